@@ -1,0 +1,102 @@
+//! The crate's single error type, with the job name or the redacted backend URL as context.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `cronlock`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job's cron expression does not parse.
+    #[error("job `{job}`: invalid cron expression `{expr}`: {reason}")]
+    InvalidSchedule {
+        /// The job name.
+        job: String,
+        /// The expression as given.
+        expr: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A job's timezone name is not an IANA zone known to `chrono-tz`.
+    #[error("job `{job}`: unknown timezone `{zone}` (expected an IANA name like `Europe/Berlin`)")]
+    UnknownTimezone {
+        /// The job name.
+        job: String,
+        /// The zone name as given.
+        zone: String,
+    },
+    /// A job specification is invalid for another reason (empty name, zero TTL, ...).
+    #[error("job `{job}`: {reason}")]
+    InvalidJob {
+        /// The job name.
+        job: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two jobs with the same name were added to one scheduler.
+    #[error("job `{job}` is already registered in this scheduler")]
+    DuplicateJob {
+        /// The job name.
+        job: String,
+    },
+    /// The backend URL cannot be used.
+    #[error("invalid backend url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL with its password redacted.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A Redis command failed (connection refused, timeout, script error, ...).
+    #[error("redis at {url}: {op}: {source}")]
+    Redis {
+        /// The URL with its password redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A Redis operation did not finish within its deadline.
+    #[error("redis at {url}: {op}: timed out after {timeout_ms} ms")]
+    RedisTimeout {
+        /// The URL with its password redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The deadline in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Getting a connection from the pool failed.
+    #[error("redis at {url}: connection pool: {reason}")]
+    Pool {
+        /// The URL with its password redacted.
+        url: String,
+        /// The pool's error message.
+        reason: String,
+    },
+    /// A file of the local backend could not be read, written or locked.
+    #[error("local backend: {op} `{}`: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data (a history record, registry entry, state file) could not be decoded.
+    #[error("{what}: {reason}")]
+    Corrupt {
+        /// Which data.
+        what: String,
+        /// The decoding error.
+        reason: String,
+    },
+    /// A blocking task of the local backend panicked or was cancelled.
+    #[error("local backend: background task failed: {0}")]
+    Task(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,264 @@
+//! Command line: `start | status | reload | stop | check` (clap), and how each command prints its
+//! result (tables for people, `--json` for scripts) and picks its exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::client;
+use crate::control::protocol::{ReloadReport, Request, Response, StatusReport};
+use crate::daemon::{self, Command};
+use crate::table::{self, Table};
+
+/// Graceful-restart process supervisor with zero-downtime reload.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, about)]
+pub struct Cli {
+    /// Config file.
+    #[arg(short, long, global = true, env = "SUPERVISOR_CONFIG", default_value = "config/supervisor.toml")]
+    pub config: PathBuf,
+    /// Log format of the supervisor (and of forwarded worker output).
+    #[arg(long, global = true, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options shared by the client commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Control socket (default: `supervisor.control_socket` of the config file).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the supervisor in the foreground (what systemd or Docker runs).
+    Start,
+    /// Validate the config file and print what it would run.
+    Check,
+    /// Show every worker and the last reload.
+    Status {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the workers one at a time (like `kill -HUP`); exits non-zero if aborted.
+    Reload {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Return at once instead of waiting for the outcome.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop every worker gracefully and the supervisor; waits until all are gone.
+    Stop {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Installs the process's signal handlers and returns what they ask of the daemon (from `main`).
+pub type SignalInstaller = fn() -> std::io::Result<mpsc::Receiver<Command>>;
+
+/// Runs a client command or the supervisor; `start` calls `signals` inside the runtime.
+pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Start => {
+                let config = Config::load(&cli.config)?;
+                let commands = signals().context("cannot install signal handlers")?;
+                daemon::run(config, commands).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Check => check(&cli.config),
+            Cmd::Status { target, json } => status(&socket(&cli.config, &target)?, json).await,
+            Cmd::Reload { target, no_wait, json, timeout } => {
+                reload(&socket(&cli.config, &target)?, !no_wait, json, timeout).await
+            }
+            Cmd::Stop { target, timeout } => stop(&socket(&cli.config, &target)?, timeout).await,
+        }
+    })
+}
+
+fn socket(config: &Path, target: &Target) -> Result<PathBuf> {
+    Ok(daemon::socket_for(config, target.socket.as_deref())?)
+}
+
+fn check(path: &Path) -> Result<ExitCode> {
+    let c = Config::load(path)?;
+    println!("{}: ok", path.display());
+    println!("  program:        {} {}", c.worker.program.display(), c.worker.args.join(" "));
+    println!("  instances:      {}", c.worker.instances);
+    for l in &c.listeners {
+        println!("  listen:         {} {}", l.name, l.addr);
+    }
+    println!("  control socket: {}", c.control_socket.display());
+    println!("  cron backend:   {}", c.cron_url);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(socket: &Path, json: bool) -> Result<ExitCode> {
+    match client::request(socket, Request::Status, Duration::from_secs(10)).await? {
+        Response::Status(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_status(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// The `status` screen.
+pub fn render_status(r: &StatusReport) -> String {
+    let s = &r.supervisor;
+    let mut out = format!(
+        "supervisor pid {}  up {}  cpu {:.1}%  mem {}  generation {}  {}\nconfig {}\n",
+        s.pid,
+        table::duration(s.uptime_secs),
+        s.cpu_percent,
+        table::bytes(s.rss_bytes),
+        r.generation,
+        r.phase,
+        r.config
+    );
+    for l in &r.listeners {
+        out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
+    }
+    out.push('\n');
+    let mut t = Table::new(&["slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status"]);
+    for w in &r.workers {
+        t.row(vec![
+            w.slot.to_string(),
+            w.name.clone(),
+            w.process.pid.to_string(),
+            w.generation.to_string(),
+            w.state.clone(),
+            table::duration(w.process.uptime_secs),
+            w.restarts.to_string(),
+            format!("{:.1}%", w.process.cpu_percent),
+            table::bytes(w.process.rss_bytes),
+            w.status_text.clone().unwrap_or_default(),
+        ]);
+    }
+    for s in &r.waiting {
+        t.row(vec![
+            s.slot.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            s.state.clone(),
+            "-".into(),
+            s.restarts.to_string(),
+            "-".into(),
+            "-".into(),
+            format!("restart in {}: {}", table::duration(s.restart_in_secs), s.last_exit),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    if let Some(p) = &r.reload_in_progress {
+        out.push_str(&format!(
+            "\nreload to generation {} in progress: {}/{} slots, {}{}\n",
+            p.generation,
+            p.done,
+            p.total,
+            table::duration(p.elapsed_secs),
+            if p.queued { " (one more queued)" } else { "" }
+        ));
+    }
+    if let Some(l) = &r.last_reload {
+        out.push_str(&format!(
+            "\nlast reload: generation {} {} in {}{}\n",
+            l.generation,
+            l.outcome,
+            table::duration(l.duration_secs),
+            l.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+fn render_reload(r: &ReloadReport) -> String {
+    let mut out = format!("reload to generation {}: {} in {}\n", r.generation, r.outcome, table::duration(r.duration_secs));
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!("reason: {reason}\n"));
+    }
+    if !r.slots.is_empty() {
+        let mut t = Table::new(&["slot", "old pid", "new pid", "ready in"]);
+        for s in &r.slots {
+            t.row(vec![
+                s.slot.to_string(),
+                s.old_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                s.new_pid.to_string(),
+                format!("{:.2}s", s.ready_secs),
+            ]);
+        }
+        out.push_str(&t.to_string());
+    }
+    out
+}
+
+async fn reload(socket: &Path, wait: bool, json: bool, timeout: Duration) -> Result<ExitCode> {
+    match client::request(socket, Request::Reload { wait }, timeout).await? {
+        Response::Reload(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if wait {
+                print!("{}", render_reload(&report));
+            } else {
+                println!("reload to generation {} {}", report.generation, report.outcome);
+            }
+            Ok(if report.outcome == "aborted" { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Response::Error { message } => bail!("reload refused: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn stop(socket: &Path, timeout: Duration) -> Result<ExitCode> {
+    match client::request(socket, Request::Stop, timeout).await? {
+        Response::Stopped => {
+            println!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}

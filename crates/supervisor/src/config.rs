@@ -1,0 +1,603 @@
+//! Configuration: TOML file -> raw serde structs -> validated [`Config`]; every check lives here
+//! and every error names the file and the key (`listen[0].address`, `worker.kill_timeout`, ...).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The dotted key path, or `(top level)`.
+        key: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The dotted key path.
+        key: String,
+        /// Why the value is rejected.
+        message: String,
+    },
+}
+
+/// A duration written as a human string in the file ("10s", "500ms", "1m 30s").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")")))
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    supervisor: RawSupervisor,
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    worker: Option<RawWorker>,
+    #[serde(default)]
+    restart: RawRestart,
+    #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
+    cron: RawCron,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    name: Option<String>,
+    address: Option<String>,
+    path: Option<PathBuf>,
+    backlog: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    name: Option<String>,
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    instances: Option<usize>,
+    readiness: Option<Readiness>,
+    ready_timeout: Option<HumanDuration>,
+    kill_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    min_uptime: Option<HumanDuration>,
+    max_restarts: Option<u32>,
+    window: Option<HumanDuration>,
+    backoff_initial: Option<HumanDuration>,
+    backoff_max: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    max_surge: Option<usize>,
+    max_unavailable: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCron {
+    redis_url: Option<String>,
+    state_dir: Option<PathBuf>,
+}
+
+/// How the supervisor learns that a worker is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// The worker says `READY=1` on `NOTIFY_SOCKET` or writes a newline to `READY_FD`.
+    Notify,
+    /// The worker counts as ready as soon as its program was executed (systemd `Type=exec`).
+    Exec,
+}
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address (IPv4 or IPv6). Port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One listening socket to bind once and pass to every worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Name passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// Address to bind.
+    pub addr: ListenAddr,
+    /// `listen(2)` backlog.
+    pub backlog: i32,
+    /// The config key this came from, for errors (`listen[0]`).
+    pub key: String,
+}
+
+/// What to run as a worker; one generation of workers shares one spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Application name, used in worker names (`demo.0`).
+    pub name: String,
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Extra environment on top of the supervisor's own.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Number of worker slots.
+    pub instances: usize,
+    /// Readiness protocol.
+    pub readiness: Readiness,
+    /// How long a new worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a stopping worker may drain before its process group is killed.
+    pub kill_timeout: Duration,
+}
+
+/// When and how fast crashed workers are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// A worker that ran at least this long before exiting was stable: restart at once.
+    pub min_uptime: Duration,
+    /// More unstable restarts than this within `window` mark the slot as crash-looping.
+    pub max_restarts: u32,
+    /// The window for `max_restarts`.
+    pub window: Duration,
+    /// First backoff delay after an unstable exit; doubles each time.
+    pub backoff_initial: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+}
+
+impl RestartPolicy {
+    /// Delay before the restart that follows `consecutive` unstable exits in a row (1-based).
+    pub fn backoff(&self, consecutive: u32) -> Duration {
+        if consecutive == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (consecutive - 1).min(30);
+        self.backoff_initial
+            .saturating_mul(1u32 << shift)
+            .min(self.backoff_max)
+    }
+}
+
+/// How a rolling reload proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadPolicy {
+    /// How many new workers may be starting at once.
+    pub max_surge: usize,
+    /// How many slots may be without a ready worker during the reload.
+    pub max_unavailable: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Listening sockets.
+    pub listeners: Vec<ListenerSpec>,
+    /// The worker program.
+    pub worker: WorkerSpec,
+    /// Crash restart policy.
+    pub restart: RestartPolicy,
+    /// Rolling reload policy.
+    pub reload: ReloadPolicy,
+    /// Cron lock backend URL handed to workers (`redis://...` or `file:///dir`).
+    pub cron_url: String,
+}
+
+fn parse_raw(path: &Path) -> Result<RawFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parse_err = |key: String, message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let de = toml::Deserializer::parse(&text)
+        .map_err(|e| parse_err("(syntax)".into(), e.message().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)".to_string() } else { key };
+        parse_err(key, e.into_inner().message().to_string())
+    })
+}
+
+/// The directory relative paths in the file are resolved against.
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// The control socket named by a config file, without validating the rest of it (used by the
+/// client commands, which must work while the supervisor holds the ports).
+pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    let raw = parse_raw(path)?;
+    Ok(control_socket_path(path, &raw))
+}
+
+fn control_socket_path(path: &Path, raw: &RawFile) -> PathBuf {
+    let base = base_dir(path);
+    match &raw.supervisor.control_socket {
+        Some(p) => resolve(&base, p),
+        None => base.join("supervisor.sock"),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Performs no binding and starts nothing.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let raw = parse_raw(path)?;
+        Validator { path, base: base_dir(path) }.validate(raw)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    base: PathBuf,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn positive(&self, key: &str, d: Option<HumanDuration>, default: Duration) -> Result<Duration, ConfigError> {
+        let d = d.map(|h| h.0).unwrap_or(default);
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let control_socket = control_socket_path(self.path, &raw);
+        let listeners = self.listeners(&raw.listen)?;
+        let Some(rw) = raw.worker else {
+            return Err(self.err("worker", "missing section [worker] (at least `command = \"...\"`)"));
+        };
+        let worker = self.worker(rw)?;
+        let restart = self.restart(&raw.restart)?;
+        let reload = ReloadPolicy {
+            max_surge: raw.reload.max_surge.unwrap_or(1),
+            max_unavailable: raw.reload.max_unavailable.unwrap_or(0),
+        };
+        if reload.max_surge == 0 {
+            return Err(self.err("reload.max_surge", "must be at least 1"));
+        }
+        if reload.max_unavailable >= worker.instances {
+            return Err(self.err(
+                "reload.max_unavailable",
+                format!("must be less than worker.instances ({})", worker.instances),
+            ));
+        }
+        let cron_url = self.cron(&raw.cron, &control_socket)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            control_socket,
+            listeners,
+            worker,
+            restart,
+            reload,
+            cron_url,
+        })
+    }
+
+    fn listeners(&self, raw: &[RawListen]) -> Result<Vec<ListenerSpec>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err("listen", "no listener: add at least one [[listen]] with `address` or `path`"));
+        }
+        let mut out: Vec<ListenerSpec> = Vec::with_capacity(raw.len());
+        for (i, l) in raw.iter().enumerate() {
+            let key = format!("listen[{i}]");
+            let addr = match (&l.address, &l.path) {
+                (Some(a), None) => ListenAddr::Tcp(self.socket_addr(&format!("{key}.address"), a)?),
+                (None, Some(p)) => ListenAddr::Unix(resolve(&self.base, p)),
+                (Some(_), Some(_)) => return Err(self.err(key, "give either `address` or `path`, not both")),
+                (None, None) => return Err(self.err(key, "needs `address = \"host:port\"` or `path = \"/a/unix.sock\"`")),
+            };
+            let name = l.name.clone().unwrap_or_else(|| format!("listen{i}"));
+            if name.is_empty() || name.len() > 255 || !name.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+                return Err(self.err(format!("{key}.name"), format!("{name:?} is not a valid fd name (printable ASCII, no ':', at most 255 bytes)")));
+            }
+            if let Some(prev) = out.iter().find(|o| o.name == name) {
+                return Err(self.err(format!("{key}.name"), format!("{name:?} is already used by {}", prev.key)));
+            }
+            if let Some(prev) = out.iter().find(|o| o.addr == addr && !matches!(&addr, ListenAddr::Tcp(a) if a.port() == 0)) {
+                return Err(self.err(key, format!("{addr} is already listed as {}", prev.key)));
+            }
+            let backlog = l.backlog.unwrap_or(1024);
+            if backlog <= 0 {
+                return Err(self.err(format!("{key}.backlog"), "must be positive"));
+            }
+            out.push(ListenerSpec { name, addr, backlog, key });
+        }
+        Ok(out)
+    }
+
+    fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let mut addrs = text
+            .to_socket_addrs()
+            .map_err(|e| self.err(key, format!("{text:?} is not a host:port address ({e})")))?;
+        addrs
+            .next()
+            .ok_or_else(|| self.err(key, format!("{text:?} resolves to no address")))
+    }
+
+    fn worker(&self, rw: RawWorker) -> Result<WorkerSpec, ConfigError> {
+        let program = self.program(&rw.command)?;
+        let name = rw.name.unwrap_or_else(|| {
+            program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "worker".into())
+        });
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err("worker.name", format!("{name:?} must be non-empty without spaces")));
+        }
+        for k in rw.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(self.err(format!("worker.env.{k}"), "not a valid environment variable name"));
+            }
+        }
+        for (i, a) in rw.args.iter().enumerate() {
+            if a.contains('\0') {
+                return Err(self.err(format!("worker.args[{i}]"), "contains a NUL byte"));
+            }
+        }
+        let cwd = rw.cwd.map(|c| resolve(&self.base, &c)).unwrap_or_else(|| self.base.clone());
+        if !cwd.is_dir() {
+            return Err(self.err("worker.cwd", format!("{} is not a directory", cwd.display())));
+        }
+        let instances = match rw.instances {
+            None | Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            Some(n) if n > 1024 => return Err(self.err("worker.instances", format!("{n} is more than 1024"))),
+            Some(n) => n,
+        };
+        Ok(WorkerSpec {
+            name,
+            program,
+            args: rw.args,
+            env: rw.env,
+            cwd,
+            instances,
+            readiness: rw.readiness.unwrap_or(Readiness::Notify),
+            ready_timeout: self.positive("worker.ready_timeout", rw.ready_timeout, Duration::from_secs(30))?,
+            kill_timeout: self.positive("worker.kill_timeout", rw.kill_timeout, Duration::from_secs(10))?,
+        })
+    }
+
+    /// Resolves `worker.command`: a path with a slash is taken relative to the config file; a bare
+    /// name is looked up next to the supervisor's own executable first, then in `PATH`.
+    fn program(&self, command: &str) -> Result<PathBuf, ConfigError> {
+        const KEY: &str = "worker.command";
+        if command.is_empty() {
+            return Err(self.err(KEY, "is empty"));
+        }
+        let candidates: Vec<PathBuf> = if command.contains('/') {
+            vec![resolve(&self.base, Path::new(command))]
+        } else {
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+                dirs.push(dir);
+            }
+            dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_else(OsString::new)));
+            dirs.into_iter().map(|d| d.join(command)).collect()
+        };
+        for c in &candidates {
+            if let Ok(meta) = std::fs::metadata(c) {
+                if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                    return std::path::absolute(c).map_err(|e| self.err(KEY, format!("{}: {e}", c.display())));
+                }
+            }
+        }
+        let hint = if command.contains('/') {
+            String::new()
+        } else {
+            " (looked next to the supervisor binary and in PATH; build it with `cargo build --release`)".to_string()
+        };
+        Err(self.err(KEY, format!("program {command:?} not found or not executable{hint}")))
+    }
+
+    fn restart(&self, r: &RawRestart) -> Result<RestartPolicy, ConfigError> {
+        let policy = RestartPolicy {
+            min_uptime: self.positive("restart.min_uptime", r.min_uptime, Duration::from_secs(1))?,
+            max_restarts: r.max_restarts.unwrap_or(5),
+            window: self.positive("restart.window", r.window, Duration::from_secs(60))?,
+            backoff_initial: self.positive("restart.backoff_initial", r.backoff_initial, Duration::from_millis(100))?,
+            backoff_max: self.positive("restart.backoff_max", r.backoff_max, Duration::from_secs(30))?,
+        };
+        if policy.backoff_max < policy.backoff_initial {
+            return Err(self.err("restart.backoff_max", "must not be smaller than restart.backoff_initial"));
+        }
+        Ok(policy)
+    }
+
+    fn cron(&self, c: &RawCron, control_socket: &Path) -> Result<String, ConfigError> {
+        match (&c.redis_url, &c.state_dir) {
+            (Some(_), Some(_)) => Err(self.err("cron", "give either `redis_url` or `state_dir`, not both")),
+            (Some(url), None) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(self.err("cron.redis_url", "must start with redis:// or rediss://"));
+                }
+                Ok(url.clone())
+            }
+            (None, dir) => {
+                let dir = match dir {
+                    Some(d) => resolve(&self.base, d),
+                    None => control_socket.with_extension("cron"),
+                };
+                let dir = std::path::absolute(&dir).map_err(|e| self.err("cron.state_dir", e.to_string()))?;
+                Ok(format!("file://{}", dir.display()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const OK: &str = r#"
+        [[listen]]
+        address = "127.0.0.1:0"
+        [worker]
+        command = "/bin/sh"
+        instances = 2
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(OK).unwrap();
+        assert_eq!(c.worker.instances, 2);
+        assert_eq!(c.worker.name, "sh");
+        assert_eq!(c.worker.kill_timeout, Duration::from_secs(10));
+        assert_eq!(c.listeners[0].name, "listen0");
+        assert_eq!(c.reload.max_surge, 1);
+        assert!(c.cron_url.starts_with("file:///"), "{}", c.cron_url);
+        assert!(c.control_socket.ends_with("supervisor.sock"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load(&format!("{OK}\nkill_timout = \"1s\"")).unwrap_err().to_string();
+        assert!(e.contains("worker.kill_timout") || e.contains("worker"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = load(&OK.replace("instances = 2", "instances = 2\nkill_timeout = \"10 parsecs\"")).unwrap_err().to_string();
+        assert!(e.contains("worker.kill_timeout"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let e = load(&OK.replace("/bin/sh", "/nonexistent/prog")).unwrap_err().to_string();
+        assert!(e.contains("worker.command") && e.contains("/nonexistent/prog"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = load(&OK.replace("127.0.0.1:0", "127.0.0.1:99999")).unwrap_err().to_string();
+        assert!(e.contains("listen[0].address"), "{e}");
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        let e = load("[worker]\ncommand = \"/bin/sh\"").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = load(&OK.replace("instances = 2", "instances = \"two\"")).unwrap_err().to_string();
+        assert!(e.contains("worker.instances"), "{e}");
+    }
+
+    #[test]
+    fn instances_zero_means_cpus() {
+        let c = load(&OK.replace("instances = 2", "instances = 0")).unwrap();
+        assert!(c.worker.instances >= 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RestartPolicy {
+            min_uptime: Duration::from_secs(1),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+        };
+        assert_eq!(p.backoff(0), Duration::ZERO);
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(3), Duration::from_millis(400));
+        assert_eq!(p.backoff(10), Duration::from_secs(1));
+        assert_eq!(p.backoff(1000), Duration::from_secs(1));
+    }
+}

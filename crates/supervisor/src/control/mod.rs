@@ -1,0 +1,6 @@
+//! The control socket: protocol (framing and messages), server (in the daemon) and client (the
+//! `status`, `reload` and `stop` commands).
+
+pub mod client;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,221 @@
+//! The control protocol: length-delimited JSON frames over the Unix control socket; one request,
+//! one response per connection turn.
+
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// A request from a client (`supervisor status`, `reload`, `stop`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// The full status.
+    Status,
+    /// Start a rolling reload; with `wait`, answer when it finished.
+    Reload {
+        /// Answer only when the reload finished.
+        wait: bool,
+    },
+    /// Stop every worker and exit; answered when everything is down.
+    Stop,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(Box<StatusReport>),
+    /// Answer to [`Request::Reload`].
+    Reload(ReloadReport),
+    /// Answer to [`Request::Stop`]: all workers are gone.
+    Stopped,
+    /// The request could not be served.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Everything `supervisor status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The supervisor process itself.
+    pub supervisor: ProcessInfo,
+    /// Config file in use.
+    pub config: String,
+    /// Current generation (the one new workers are started in).
+    pub generation: u64,
+    /// `running` or `stopping`.
+    pub phase: String,
+    /// Bound listeners.
+    pub listeners: Vec<ListenerInfo>,
+    /// Every worker process, including draining ones.
+    pub workers: Vec<WorkerInfo>,
+    /// Slots without a live worker (waiting to restart).
+    pub waiting: Vec<SlotInfo>,
+    /// The reload in progress, if any.
+    pub reload_in_progress: Option<ReloadProgress>,
+    /// The outcome of the last finished reload.
+    pub last_reload: Option<ReloadReport>,
+}
+
+/// A process's resource use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessInfo {
+    /// pid.
+    pub pid: i32,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// CPU use in percent of one core since the previous status sample (or since start).
+    pub cpu_percent: f64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Name (`LISTEN_FDNAMES`).
+    pub name: String,
+    /// Bound address.
+    pub address: String,
+    /// Its fd number in every worker.
+    pub fd: i32,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Slot.
+    pub slot: usize,
+    /// Name (`app.slot`).
+    pub name: String,
+    /// Generation.
+    pub generation: u64,
+    /// `starting`, `ready` or `draining`.
+    pub state: String,
+    /// Restarts of this slot so far.
+    pub restarts: u32,
+    /// Resources.
+    pub process: ProcessInfo,
+    /// Last `STATUS=` text.
+    pub status_text: Option<String>,
+}
+
+/// A slot waiting for a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Slot.
+    pub slot: usize,
+    /// `backoff` or `crash-loop`.
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Seconds until the next start.
+    pub restart_in_secs: f64,
+    /// Why the last worker ended.
+    pub last_exit: String,
+}
+
+/// A reload under way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadProgress {
+    /// Target generation.
+    pub generation: u64,
+    /// Slots done / total.
+    pub done: usize,
+    /// Total slots.
+    pub total: usize,
+    /// Seconds since it began.
+    pub elapsed_secs: f64,
+    /// Reloads requested meanwhile, to run after this one (at most one).
+    pub queued: bool,
+}
+
+/// A finished reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Target generation.
+    pub generation: u64,
+    /// `ok` or `aborted`.
+    pub outcome: String,
+    /// Why it was aborted.
+    pub reason: Option<String>,
+    /// Per slot: old pid -> new pid and time to ready.
+    pub slots: Vec<SlotReplacement>,
+    /// Duration of the whole reload in seconds.
+    pub duration_secs: f64,
+}
+
+impl ReloadReport {
+    /// Whether every slot was replaced.
+    pub fn ok(&self) -> bool {
+        self.outcome == "ok"
+    }
+}
+
+/// One slot's replacement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotReplacement {
+    /// Slot.
+    pub slot: usize,
+    /// The pid replaced (none if the slot had no live worker).
+    pub old_pid: Option<i32>,
+    /// The new worker's pid.
+    pub new_pid: i32,
+    /// Seconds from start to ready.
+    pub ready_secs: f64,
+}
+
+/// A control-socket connection, framed.
+pub type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+
+/// Frames a stream (frames up to 16 MiB).
+pub fn framed(stream: UnixStream) -> Conn {
+    let codec = LengthDelimitedCodec::builder().max_frame_length(16 << 20).new_codec();
+    Framed::new(stream, codec)
+}
+
+/// Sends one JSON message.
+pub async fn send<T: Serialize>(conn: &mut Conn, msg: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    conn.send(bytes::Bytes::from(bytes)).await
+}
+
+/// Receives one JSON message; `None` at end of stream.
+pub async fn recv<T: DeserializeOwned>(conn: &mut Conn) -> std::io::Result<Option<T>> {
+    match conn.next().await {
+        None => Ok(None),
+        Some(frame) => {
+            let frame = frame?;
+            serde_json::from_slice(&frame)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_shape_is_stable() {
+        assert_eq!(serde_json::to_string(&Request::Reload { wait: true }).unwrap(), r#"{"request":"reload","wait":true}"#);
+        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"request":"status"}"#);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (framed(a), framed(b));
+        send(&mut a, &Request::Stop).await.unwrap();
+        let got: Option<Request> = recv(&mut b).await.unwrap();
+        assert_eq!(got, Some(Request::Stop));
+        drop(a);
+        let end: Option<Request> = recv(&mut b).await.unwrap();
+        assert_eq!(end, None);
+    }
+}

@@ -1,0 +1,21 @@
+//! `supervisor`: binds listening sockets once, runs N workers that inherit them (systemd
+//! `LISTEN_FDS`), restarts crashed workers with backoff, replaces them one at a time on reload
+//! with zero downtime, and answers `status`/`reload`/`stop` on a Unix control socket.
+//!
+//! Module map (see README "Architecture"): [`config`] validates the file; [`listeners`] binds;
+//! [`spawn`] forks/execs one worker; [`notify`] reads readiness; [`worker`] is one process's
+//! state machine; [`reload`] plans rolling reloads; [`daemon`] is the event loop; [`control`] is
+//! the control socket; [`cli`] the commands; [`procstat`] reads `/proc`.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod listeners;
+pub mod notify;
+pub mod procstat;
+pub mod reload;
+pub mod spawn;
+pub mod table;
+pub mod worker;

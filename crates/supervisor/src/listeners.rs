@@ -1,0 +1,146 @@
+//! Binds the configured listening sockets once; the supervisor owns them for its whole life and
+//! every worker of every generation inherits the same sockets (one shared accept queue each).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::config::{ListenAddr, ListenerSpec};
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `bind`/`listen` failed (port in use, permission denied, ...).
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Config key of the listener.
+        key: String,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A Unix socket path is served by a live process.
+    #[error("{key}: {path} is in use by a running process")]
+    InUse {
+        /// Config key of the listener.
+        key: String,
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+/// One bound listening socket.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// Name for `LISTEN_FDNAMES`.
+    pub name: String,
+    /// The actual address (port 0 resolved).
+    pub local: String,
+    fd: OwnedFd,
+    unix_path: Option<PathBuf>,
+}
+
+impl BoundListener {
+    /// The socket, to be duplicated into workers.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for BoundListener {
+    fn drop(&mut self) {
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Removes a socket file left by a dead process; refuses if a live process accepts on it.
+/// Returns `Ok(false)` if the path is in use.
+pub fn clear_stale_socket(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Ok(false),
+            Err(_) => {
+                std::fs::remove_file(path)?;
+                Ok(true)
+            }
+        },
+    }
+}
+
+/// Binds every listener, or none: on error the ones already bound are closed again.
+pub fn bind_all(specs: &[ListenerSpec]) -> Result<Vec<BoundListener>, ListenError> {
+    specs.iter().map(bind_one).collect()
+}
+
+fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
+    let bind_err = |source| ListenError::Bind {
+        key: format!("{}.{}", spec.key, if matches!(spec.addr, ListenAddr::Tcp(_)) { "address" } else { "path" }),
+        addr: spec.addr.to_string(),
+        source,
+    };
+    let (fd, local, unix_path): (OwnedFd, String, Option<PathBuf>) = match &spec.addr {
+        ListenAddr::Tcp(addr) => {
+            // std sets SO_REUSEADDR (restart while old connections are in TIME_WAIT) and CLOEXEC.
+            let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+            let local = l.local_addr().map_err(bind_err)?.to_string();
+            (OwnedFd::from(l), local, None)
+        }
+        ListenAddr::Unix(path) => {
+            if !clear_stale_socket(path).map_err(bind_err)? {
+                return Err(ListenError::InUse { key: format!("{}.path", spec.key), path: path.clone() });
+            }
+            let l = UnixListener::bind(path).map_err(bind_err)?;
+            (OwnedFd::from(l), format!("unix:{}", path.display()), Some(path.clone()))
+        }
+    };
+    // Raise the accept queue to the configured backlog (a second listen() only resizes it).
+    // SAFETY: `fd` is a valid, bound, listening socket owned by this function.
+    let rc = unsafe { libc::listen(fd.as_raw_fd(), spec.backlog) };
+    if rc != 0 {
+        return Err(bind_err(std::io::Error::last_os_error()));
+    }
+    Ok(BoundListener { name: spec.name.clone(), local, fd, unix_path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(addr: ListenAddr) -> ListenerSpec {
+        ListenerSpec { name: "http".into(), addr, backlog: 16, key: "listen[0]".into() }
+    }
+
+    #[test]
+    fn port_in_use_names_key_and_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind_all(&[spec(ListenAddr::Tcp(addr))]).unwrap_err().to_string();
+        assert!(e.contains("listen[0].address"), "{e}");
+        assert!(e.contains(&addr.to_string()), "{e}");
+        assert!(e.to_lowercase().contains("in use"), "{e}");
+    }
+
+    #[test]
+    fn stale_unix_socket_is_replaced_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let live = UnixListener::bind(&path).unwrap();
+        let e = bind_all(&[spec(ListenAddr::Unix(path.clone()))]).unwrap_err();
+        assert!(matches!(e, ListenError::InUse { .. }), "{e}");
+        drop(live); // the file stays behind, nobody accepts: stale
+        let bound = bind_all(&[spec(ListenAddr::Unix(path.clone()))]).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(bound);
+        assert!(!path.exists(), "socket file removed on drop");
+    }
+}

@@ -1,0 +1,64 @@
+//! `supervisor` binary: parse the command line, set up logging, install the signal handlers for
+//! `start`, run the library, print the error chain once, and exit with its code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use supervisor::cli::{Cli, LogFormat};
+use supervisor::daemon::Command;
+use tokio::sync::mpsc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match supervisor::cli::run(cli, install_signals) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// SIGHUP -> reload, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop). Called by
+/// `start` inside the runtime, before anything is bound or started.
+fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
+    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let (tx, rx) = mpsc::channel(16);
+    let forward = async move {
+        let mut signals = signals;
+        let mut interrupts = 0;
+        while let Some(sig) = signals.next().await {
+            let cmd = match sig {
+                SIGHUP => Command::Reload,
+                SIGINT => {
+                    interrupts += 1;
+                    if interrupts > 1 { Command::FastStop } else { Command::Stop }
+                }
+                _ => Command::Stop,
+            };
+            if tx.send(cmd).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::spawn(forward);
+    Ok(rx)
+}

@@ -1,0 +1,137 @@
+//! Readiness channels of one worker: a systemd-style `NOTIFY_SOCKET` datagram socket
+//! (`READY=1`, `STOPPING=1`, `STATUS=...`) and an s6-style notification pipe (`READY_FD`: a newline
+//! means ready), merged into one stream of [`Notification`]s.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixDatagram;
+use tokio::net::unix::pipe;
+
+/// What a worker told the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// Startup finished: it serves.
+    Ready,
+    /// It began to shut down on its own.
+    Stopping,
+    /// Free-form status text (`STATUS=`).
+    Status(String),
+}
+
+/// Parses one sd_notify datagram (newline-separated `KEY=VALUE` assignments).
+pub fn parse_datagram(msg: &[u8]) -> Vec<Notification> {
+    String::from_utf8_lossy(msg)
+        .lines()
+        .filter_map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => Some(Notification::Ready),
+            Some(("STOPPING", "1")) => Some(Notification::Stopping),
+            Some(("STATUS", text)) => Some(Notification::Status(text.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both channels of one worker. Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct Channels {
+    socket: UnixDatagram,
+    path: PathBuf,
+    pipe: Option<pipe::Receiver>,
+    queued: Vec<Notification>,
+}
+
+impl Channels {
+    /// Binds the datagram socket at `path` (which goes into `NOTIFY_SOCKET`).
+    pub fn bind(path: &Path) -> std::io::Result<Channels> {
+        let _ = std::fs::remove_file(path);
+        let socket = UnixDatagram::bind(path)?;
+        Ok(Channels { socket, path: path.to_path_buf(), pipe: None, queued: Vec::new() })
+    }
+
+    /// The socket path for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Attaches the read end of the notification pipe once the child exists.
+    pub fn attach_pipe(&mut self, fd: OwnedFd) -> std::io::Result<()> {
+        self.pipe = Some(pipe::Receiver::from_owned_fd(fd)?);
+        Ok(())
+    }
+
+    /// The next notification; pends forever once both channels are closed (the caller stops
+    /// polling when the worker exits).
+    pub async fn next(&mut self) -> Notification {
+        loop {
+            if !self.queued.is_empty() {
+                return self.queued.remove(0);
+            }
+            let mut buf = [0u8; 4096];
+            let mut byte = [0u8; 64];
+            tokio::select! {
+                r = self.socket.recv(&mut buf) => {
+                    if let Ok(n) = r {
+                        self.queued = parse_datagram(&buf[..n]);
+                    }
+                }
+                r = read_pipe(&mut self.pipe, &mut byte) => match r {
+                    Some(chunk) if chunk.contains(&b'\n') => return Notification::Ready,
+                    Some(_) => {}
+                    None => self.pipe = None, // EOF or error: the exit watcher reports what follows
+                },
+            }
+        }
+    }
+}
+
+async fn read_pipe(pipe: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<Vec<u8>> {
+    match pipe {
+        Some(p) => match p.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(buf[..n].to_vec()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sd_notify_assignments() {
+        assert_eq!(
+            parse_datagram(b"STATUS=warming up\nREADY=1\nMAINPID=12\n"),
+            vec![Notification::Status("warming up".into()), Notification::Ready]
+        );
+        assert_eq!(parse_datagram(b"STOPPING=1"), vec![Notification::Stopping]);
+        assert!(parse_datagram(b"READY=0").is_empty());
+    }
+
+    #[tokio::test]
+    async fn datagram_and_pipe_both_signal_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let mut ch = Channels::bind(&path).unwrap();
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        client.send_to(b"STATUS=hi\nREADY=1", &path).unwrap();
+        assert_eq!(ch.next().await, Notification::Status("hi".into()));
+        assert_eq!(ch.next().await, Notification::Ready);
+
+        let (tx, rx) = pipe::pipe().unwrap();
+        let mut ch2 = Channels::bind(&dir.path().join("m.sock")).unwrap();
+        ch2.attach_pipe(rx.into_blocking_fd().unwrap()).unwrap();
+        tx.try_write(b"\n").unwrap();
+        assert_eq!(ch2.next().await, Notification::Ready);
+        drop(ch2);
+        assert!(!dir.path().join("m.sock").exists());
+    }
+}

@@ -1,0 +1,384 @@
+//! Fork/exec of one worker: listeners at fd 3.., the notification fd after them, `LISTEN_*`
+//! environment with `LISTEN_PID` written after fork, its own process group, a parent-death
+//! signal, and a pidfd so the supervisor learns of its exit without `SIGCHLD` or pid reuse races.
+//!
+//! Everything is allocated before `fork`; the child runs only async-signal-safe calls.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A system call in the supervisor failed (pipe, fork, pidfd_open).
+    #[error("{call} failed: {source}")]
+    Sys {
+        /// The failed call.
+        call: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The child could not execute the program.
+    #[error("cannot execute {program}: {source}")]
+    Exec {
+        /// The program path.
+        program: String,
+        /// The error `execve` (or `chdir`) returned in the child.
+        source: std::io::Error,
+    },
+    /// An argument or environment entry contains a NUL byte.
+    #[error("argument or environment entry contains a NUL byte: {0:?}")]
+    Nul(String),
+}
+
+/// What to start.
+#[derive(Debug)]
+pub struct Command<'a> {
+    /// Absolute program path.
+    pub program: &'a Path,
+    /// argv[1..].
+    pub args: &'a [String],
+    /// Full environment (`LISTEN_PID` is added by `spawn`).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: &'a Path,
+    /// Listening sockets, placed at fd 3, 4, ... in this order.
+    pub listeners: Vec<BorrowedFd<'a>>,
+}
+
+/// A started child.
+#[derive(Debug)]
+pub struct Child {
+    /// Process id (also its process group id).
+    pub pid: i32,
+    /// pidfd: readable once the child has exited.
+    pub pidfd: OwnedFd,
+    /// Read end of the child's stdout.
+    pub stdout: OwnedFd,
+    /// Read end of the child's stderr.
+    pub stderr: OwnedFd,
+    /// Read end of the s6-style notification fd (the child has the write end at `READY_FD`).
+    pub ready: OwnedFd,
+}
+
+fn sys(call: &'static str) -> SpawnError {
+    SpawnError::Sys { call, source: std::io::Error::last_os_error() }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints; O_CLOEXEC so no other child inherits them.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(sys("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Length of `LISTEN_PID=` plus room for any pid and the NUL.
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const LISTEN_PID_LEN: usize = 11 + 20 + 1;
+
+/// Writes `pid` as decimal after the `LISTEN_PID=` prefix. Async-signal-safe: no allocation.
+fn write_pid(buf: &mut [u8; LISTEN_PID_LEN], pid: i32) {
+    let mut digits = [0u8; 20];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = LISTEN_PID_PREFIX.len();
+    for i in 0..len {
+        buf[start + i] = digits[len - 1 - i];
+    }
+    buf[start + len] = 0;
+}
+
+/// Starts the program. The fd number of the notification pipe in the child is
+/// `3 + listeners.len()`; the caller puts it in `READY_FD` beforehand.
+pub fn spawn(cmd: Command<'_>) -> Result<Child, SpawnError> {
+    let program = cstring(cmd.program.as_os_str().as_bytes())?;
+    let mut argv_c = vec![program.clone()];
+    for a in cmd.args {
+        argv_c.push(cstring(a.as_bytes())?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let env_c: Vec<CString> = cmd
+        .env
+        .iter()
+        .filter(|(k, _)| k != "LISTEN_PID")
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut listen_pid = [0u8; LISTEN_PID_LEN];
+    listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+    let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(listen_pid.as_ptr().cast());
+    envp.push(std::ptr::null());
+    let listen_pid_ptr: *mut [u8; LISTEN_PID_LEN] = &mut listen_pid;
+
+    let cwd = cstring(cmd.cwd.as_os_str().as_bytes())?;
+    let devnull = cstring(OsStr::new("/dev/null").as_bytes())?;
+
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let (exec_r, exec_w) = pipe()?;
+
+    let n_listeners = cmd.listeners.len() as RawFd;
+    let first_free = 3 + n_listeners + 1; // fds >= this are outside the child's fixed layout
+    let sources: Vec<RawFd> = cmd
+        .listeners
+        .iter()
+        .map(|l| l.as_raw_fd())
+        .chain(std::iter::once(ready_w.as_raw_fd()))
+        .collect();
+    let mut temps: Vec<RawFd> = vec![-1; sources.len()];
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    // SAFETY: fork in a program that may have other threads. The child branch below calls only
+    // async-signal-safe functions (setpgid, prctl, getppid, sigprocmask, signal, open, dup2, fcntl,
+    // syscall(close_range), chdir, getpid, execve, write, _exit) and touches only memory
+    // allocated before the fork; it never returns into Rust code that could allocate or lock.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(sys("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of the fork above; see the comment there. All pointers are to
+        // buffers that stay alive (the parent's copies, duplicated by fork) until execve.
+        unsafe {
+            child_after_fork(ChildPlan {
+                parent_pid,
+                stdin: devnull.as_ptr(),
+                stdout: out_w.as_raw_fd(),
+                stderr: err_w.as_raw_fd(),
+                exec_err: exec_w.as_raw_fd(),
+                sources: &sources,
+                temps: &mut temps,
+                first_free,
+                cwd: cwd.as_ptr(),
+                program: program.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_ptr(),
+                listen_pid: listen_pid_ptr,
+            })
+        }
+    }
+
+    // Parent.
+    drop((out_w, err_w, ready_w, exec_w));
+    let mut errno_buf = [0u8; 4];
+    let n = read_full(&exec_r, &mut errno_buf);
+    if n == 4 {
+        // The child failed before or at execve and exits with 127: reap it now.
+        let errno = i32::from_ne_bytes(errno_buf);
+        let mut status = 0;
+        // SAFETY: `pid` is our child; blocking wait is short since it is exiting.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(SpawnError::Exec {
+            program: cmd.program.display().to_string(),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    // SAFETY: plain syscall with a pid of our own unreaped child (it cannot be reused meanwhile).
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        let e = sys("pidfd_open");
+        // SAFETY: `pid` is our child; kill and reap it so nothing is left half-started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(e);
+    }
+    // SAFETY: pidfd_open returned a new fd that we own; pidfds are created close-on-exec.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    Ok(Child { pid, pidfd, stdout: out_r, stderr: err_r, ready: ready_r })
+}
+
+/// Reads until `buf` is full or EOF; returns the count (EINTR retried).
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled tail of a valid buffer from an fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    got
+}
+
+/// Reports errno on the exec-error pipe and exits. Async-signal-safe.
+///
+/// # Safety
+/// Only for the child between fork and exec.
+unsafe fn fail(err_fd: RawFd) -> ! {
+    // SAFETY: errno location is thread-local and valid; write and _exit are async-signal-safe.
+    unsafe {
+        let bytes = (*libc::__errno_location()).to_ne_bytes();
+        libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+struct ChildPlan<'a> {
+    parent_pid: libc::pid_t,
+    stdin: *const libc::c_char,
+    stdout: RawFd,
+    stderr: RawFd,
+    exec_err: RawFd,
+    sources: &'a [RawFd],
+    temps: &'a mut [RawFd],
+    first_free: RawFd,
+    cwd: *const libc::c_char,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    listen_pid: *mut [u8; LISTEN_PID_LEN],
+}
+
+/// The child side between fork and exec. Never returns.
+///
+/// # Safety
+/// Must be called only in the child right after `fork`; all pointers in `plan` must be valid.
+unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
+    // SAFETY: every call below is async-signal-safe and uses only memory prepared before fork.
+    unsafe {
+        // Keep the error pipe out of the way of the fd layout we are about to build.
+        let exec_err = libc::fcntl(plan.exec_err, libc::F_DUPFD_CLOEXEC, plan.first_free);
+        if exec_err < 0 {
+            libc::_exit(127);
+        }
+        // Own process group: the supervisor can signal the worker and everything it forks.
+        if libc::setpgid(0, 0) != 0 {
+            fail(exec_err);
+        }
+        // Die with the supervisor, even if it is SIGKILLed.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(exec_err);
+        }
+        if libc::getppid() != plan.parent_pid {
+            libc::_exit(1); // the supervisor died before prctl took effect
+        }
+        // Default signal state: Rust ignores SIGPIPE; an inherited mask would block signals.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        let null = libc::open(plan.stdin, libc::O_RDONLY);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            fail(exec_err);
+        }
+        if libc::dup2(plan.stdout, 1) < 0 || libc::dup2(plan.stderr, 2) < 0 {
+            fail(exec_err);
+        }
+        // Copy every source above the layout first, then into place: a source may sit on a
+        // target number. dup2 clears close-on-exec on the targets; the copies keep it.
+        for (i, &src) in plan.sources.iter().enumerate() {
+            let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.first_free);
+            if t < 0 {
+                fail(exec_err);
+            }
+            plan.temps[i] = t;
+        }
+        for (i, &t) in plan.temps.iter().enumerate() {
+            if libc::dup2(t, 3 + i as RawFd) < 0 {
+                fail(exec_err);
+            }
+        }
+        // Belt and braces: nothing else the supervisor holds may leak into the worker.
+        let first = (3 + plan.sources.len()) as libc::c_uint;
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+
+        if libc::chdir(plan.cwd) != 0 {
+            fail(exec_err);
+        }
+        write_pid(&mut *plan.listen_pid, libc::getpid());
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(exec_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_pid_formats_decimal() {
+        let mut buf = [0u8; LISTEN_PID_LEN];
+        buf[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        write_pid(&mut buf, 40123);
+        let s = std::ffi::CStr::from_bytes_until_nul(&buf).unwrap();
+        assert_eq!(s.to_str().unwrap(), "LISTEN_PID=40123");
+        write_pid(&mut buf, 7);
+        let s = std::ffi::CStr::from_bytes_until_nul(&buf).unwrap();
+        assert_eq!(s.to_str().unwrap(), "LISTEN_PID=7");
+    }
+
+    fn wait(child: &Child) -> i32 {
+        let mut status = 0;
+        unsafe { libc::waitpid(child.pid, &mut status, 0) };
+        status
+    }
+
+    fn read_all(fd: OwnedFd) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn child_sees_fd_layout_and_own_pid() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
+        let script = "echo pid=$$ listen=$LISTEN_PID fds=$LISTEN_FDS; [ -e /proc/self/fd/3 ] && [ -e /proc/self/fd/4 ] && echo fd3 fd4; [ -e /proc/self/fd/5 ] || echo no-fd5; cut -d' ' -f5 /proc/$$/stat";
+        let args = vec!["-c".to_string(), script.to_string()];
+        let child = spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: vec![("LISTEN_FDS".into(), "1".into()), ("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: Path::new("/"),
+            listeners: vec![fd],
+        })
+        .unwrap();
+        let pid = child.pid;
+        let status = wait(&child);
+        let out = read_all(child.stdout);
+        assert_eq!(status, 0, "{out}");
+        assert!(out.contains(&format!("pid={pid} listen={pid} fds=1")), "{out}");
+        assert!(out.contains("fd3 fd4"), "{out}");
+        assert!(out.contains("no-fd5"), "{out}");
+        assert!(out.trim_end().ends_with(&pid.to_string()), "own process group: {out}");
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let e = spawn(Command {
+            program: Path::new("/nonexistent/program"),
+            args: &[],
+            env: vec![],
+            cwd: Path::new("/"),
+            listeners: vec![],
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/program"), "{e}");
+    }
+}

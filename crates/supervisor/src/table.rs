@@ -1,0 +1,92 @@
+//! Plain-text tables with aligned columns (for `status`, `reload`, `jobs`).
+
+/// A table: a header row and data rows, printed with two spaces between left-aligned columns.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers.
+    pub fn new(headers: &[&str]) -> Table {
+        Table { rows: vec![headers.iter().map(|h| h.to_string()).collect()] }
+    }
+
+    /// Appends a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Whether only the header is there.
+    pub fn is_empty(&self) -> bool {
+        self.rows.len() <= 1
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in r.iter().enumerate() {
+                if c + 1 == r.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// `1h 2m`, `3m 4s`, `5.2s`.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m {}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else if s < 86400.0 {
+        format!("{}h {}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    } else {
+        format!("{}d {}h", (s / 86400.0) as u64, ((s % 86400.0) / 3600.0) as u64)
+    }
+}
+
+/// `4.2 MB`.
+pub fn bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} kB", b / 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let mut t = Table::new(&["slot", "pid"]);
+        t.row(vec!["0".into(), "12345".into()]);
+        t.row(vec!["10".into(), "7".into()]);
+        assert_eq!(t.to_string(), "slot  pid\n0     12345\n10    7\n");
+    }
+
+    #[test]
+    fn formats_units() {
+        assert_eq!(duration(5.25), "5.2s");
+        assert_eq!(duration(125.0), "2m 5s");
+        assert_eq!(duration(7260.0), "2h 1m");
+        assert_eq!(bytes(4_200_000), "4.2 MB");
+    }
+}

@@ -1,0 +1,333 @@
+//! One worker process: its state machine (`Starting -> Ready -> Draining -> Exited`), the tasks
+//! that watch it (exit via pidfd, readiness, output forwarding) and the signals sent to it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
+use tracing::Instrument;
+
+use crate::config::{Readiness, WorkerSpec};
+use crate::listeners::BoundListener;
+use crate::notify::{Channels, Notification};
+use crate::spawn::{self, SpawnError};
+
+/// Supervisor-unique worker id (never reused, unlike pids).
+pub type WorkerId = u64;
+
+/// Lifecycle of one worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Started, not yet ready.
+    Starting,
+    /// Ready: serving.
+    Ready,
+    /// Told to stop (SIGTERM sent); finishing in-flight work.
+    Draining,
+    /// Gone.
+    Exited,
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Exited => "exited",
+        })
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called exit with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// What the per-worker tasks report to the daemon.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A readiness notification.
+    Notify(Notification),
+    /// The process exited (already reaped).
+    Exited(ExitStatus),
+}
+
+/// A running (or draining) worker process.
+#[derive(Debug)]
+pub struct Worker {
+    /// Unique id.
+    pub id: WorkerId,
+    /// Slot index.
+    pub slot: usize,
+    /// Generation it belongs to.
+    pub generation: u64,
+    /// Display name, `app.slot`.
+    pub name: String,
+    /// Process id (= process group id).
+    pub pid: i32,
+    /// Current state.
+    pub state: WorkerState,
+    /// When it was started.
+    pub started_at: Instant,
+    /// When it became ready.
+    pub ready_at: Option<Instant>,
+    /// Last `STATUS=` text.
+    pub status_text: Option<String>,
+    /// The spec it was started from.
+    pub spec: Arc<WorkerSpec>,
+    pidfd: Arc<OwnedFd>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Everything needed to start a worker.
+#[derive(Debug)]
+pub struct StartArgs<'a> {
+    /// Unique id.
+    pub id: WorkerId,
+    /// Slot index.
+    pub slot: usize,
+    /// Generation.
+    pub generation: u64,
+    /// What to run.
+    pub spec: Arc<WorkerSpec>,
+    /// Sockets to pass.
+    pub listeners: &'a [BoundListener],
+    /// Directory for the notify socket.
+    pub runtime_dir: &'a Path,
+    /// Cron lock backend URL for the worker.
+    pub cron_url: &'a str,
+    /// Where the watch tasks report.
+    pub events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+}
+
+/// Starting a worker failed before it ran.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The notify socket could not be created.
+    #[error("cannot create notify socket {path}: {source}")]
+    Notify {
+        /// Socket path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// fork/exec failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+}
+
+impl Worker {
+    /// Forks and executes the worker and starts its watch tasks.
+    pub fn start(args: StartArgs<'_>) -> Result<Worker, StartError> {
+        let spec = args.spec;
+        let name = format!("{}.{}", spec.name, args.slot);
+        let notify_path = args.runtime_dir.join(format!("notify-{}.sock", args.id));
+        let mut channels = Channels::bind(&notify_path).map_err(|source| StartError::Notify {
+            path: notify_path.display().to_string(),
+            source,
+        })?;
+
+        let n = args.listeners.len();
+        let names: Vec<&str> = args.listeners.iter().map(|l| l.name.as_str()).collect();
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| !k.starts_with("LISTEN_") && k != "NOTIFY_SOCKET" && k != "READY_FD")
+            .collect();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend([
+            ("LISTEN_FDS".to_string(), n.to_string()),
+            ("LISTEN_FDNAMES".to_string(), names.join(":")),
+            ("NOTIFY_SOCKET".to_string(), notify_path.display().to_string()),
+            ("READY_FD".to_string(), (3 + n).to_string()),
+            ("SUPERVISOR_WORKER_ID".to_string(), args.slot.to_string()),
+            ("SUPERVISOR_WORKER_NAME".to_string(), name.clone()),
+            ("SUPERVISOR_GENERATION".to_string(), args.generation.to_string()),
+            ("SUPERVISOR_KILL_TIMEOUT_MS".to_string(), spec.kill_timeout.as_millis().to_string()),
+            ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
+        ]);
+        let child = spawn::spawn(spawn::Command {
+            program: &spec.program,
+            args: &spec.args,
+            env,
+            cwd: &spec.cwd,
+            listeners: args.listeners.iter().map(|l| l.fd()).collect(),
+        })?;
+        let pid = child.pid;
+        let span = tracing::info_span!("worker", id = %name, pid);
+        // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
+        tokio::spawn(forward_output(child.stdout).instrument(span.clone()));
+        tokio::spawn(forward_output(child.stderr).instrument(span));
+        let mut tasks = Vec::with_capacity(2);
+        let id = args.id;
+        if let Err(e) = channels.attach_pipe(child.ready) {
+            tracing::warn!(worker = %name, "notification pipe unusable: {e}");
+        }
+        let events = args.events.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = channels.next().await;
+                if events.send((id, WorkerEvent::Notify(n))).is_err() {
+                    return;
+                }
+            }
+        }));
+        let events = args.events;
+        let pidfd = Arc::new(child.pidfd);
+        let watched = pidfd.clone();
+        tasks.push(tokio::spawn(async move {
+            let status = watch_exit(pid, watched).await;
+            let _ = events.send((id, WorkerEvent::Exited(status)));
+        }));
+        let mut w = Worker {
+            id,
+            slot: args.slot,
+            generation: args.generation,
+            name,
+            pid,
+            state: WorkerState::Starting,
+            started_at: Instant::now(),
+            ready_at: None,
+            status_text: None,
+            spec: spec.clone(),
+            pidfd,
+            tasks,
+        };
+        if spec.readiness == Readiness::Exec {
+            w.mark_ready();
+        }
+        Ok(w)
+    }
+
+    /// Records readiness.
+    pub fn mark_ready(&mut self) {
+        if self.state == WorkerState::Starting {
+            self.state = WorkerState::Ready;
+            self.ready_at = Some(Instant::now());
+        }
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    /// Sends SIGTERM to the worker process and marks it draining.
+    pub fn drain(&mut self) {
+        if matches!(self.state, WorkerState::Starting | WorkerState::Ready) {
+            self.state = WorkerState::Draining;
+            // SAFETY: pidfd_send_signal on our child's pidfd: cannot hit a reused pid.
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGTERM, std::ptr::null::<libc::siginfo_t>(), 0)
+            };
+        }
+    }
+
+    /// SIGKILL to the worker's whole process group (unless it was already reaped).
+    pub fn kill_group(&self) {
+        if self.state != WorkerState::Exited {
+            kill_group(self.pid);
+        }
+    }
+
+    /// Reaps the exited process; call once the exit event was handled.
+    pub fn reap(&mut self) {
+        self.state = WorkerState::Exited;
+        let _ = wait_pidfd(&self.pidfd, libc::WNOHANG);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// SIGKILL to a process group.
+pub fn kill_group(pgid: i32) {
+    // SAFETY: plain kill(2) on a negative pid (a process group). The leader is our child and is
+    // reaped only by the daemon after it processed the exit, so the id has not been reused.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+}
+
+/// waitid(2) on a pidfd; `None` if the child has not exited (with `WNOHANG`).
+fn wait_pidfd(pidfd: &OwnedFd, flags: libc::c_int) -> Option<ExitStatus> {
+    // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on a pidfd of our own child; `info` is a valid out-parameter.
+    let rc = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | flags) };
+    // SAFETY: reading si_pid of a siginfo filled by waitid (zero when nothing was reported).
+    if rc != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: waitid reported a child, so the SIGCHLD fields of the union are set.
+    let status = unsafe { info.si_status() };
+    Some(match info.si_code {
+        libc::CLD_KILLED | libc::CLD_DUMPED => ExitStatus::Signal(status),
+        _ => ExitStatus::Code(status),
+    })
+}
+
+/// Waits for the child to exit and kills whatever is left of its process group (no orphans).
+/// The child stays a zombie (`WNOWAIT`) until the daemon reaps it, so its pid is not reused while
+/// the daemon may still signal it.
+async fn watch_exit(pid: i32, pidfd: Arc<OwnedFd>) -> ExitStatus {
+    // SAFETY: the Arc keeps the pidfd open and unchanged for the AsyncFd's whole life (it owns a
+    // clone of the Arc and nothing closes or replaces the fd while any clone exists).
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await.map(|mut g| g.retain_ready());
+        }
+        Err(e) => {
+            tracing::warn!(pid, "pidfd not pollable ({}); polling for exit", e);
+            while wait_pidfd(&pidfd, libc::WNOHANG | libc::WNOWAIT).is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    kill_group(pid);
+    wait_pidfd(&pidfd, libc::WNOWAIT).unwrap_or(ExitStatus::Code(-1))
+}
+
+/// Forwards a worker's output line by line as log events in the worker's span.
+async fn forward_output(fd: OwnedFd) {
+    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else { return };
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), 16 * 1024);
+    let mut lines = FramedRead::new(rx, codec);
+    while let Some(item) = lines.next().await {
+        match item {
+            Ok(line) => {
+                let text = String::from_utf8_lossy(&line);
+                tracing::info!(target: "worker", "{}", text.trim_end_matches('\r'));
+            }
+            Err(tokio_util::codec::AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                tracing::info!(target: "worker", "(line longer than 16 KiB dropped)");
+            }
+            Err(_) => return,
+        }
+    }
+}
