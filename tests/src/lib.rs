@@ -1,1 +1,542 @@
-//! placeholder
+//! Harness for the end-to-end tests: runs the real `supervisor` and `demo-app` binaries in a temp
+//! dir on port 0, reads `status --json`, generates HTTP load (keep-alive and one connection per
+//! request) that counts every failure, and kills everything it started, also when a test fails.
+//! Every wait has a deadline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// Path of a binary built by this workspace (next to the test executable's `deps/` dir).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo nextest run --workspace` (or cargo build --workspace first)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f.first()? != &"Z" && f.get(2)?.parse::<i32>().ok()? == pgid)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A running supervisor under test.
+#[derive(Debug)]
+pub struct Supervisor {
+    child: Option<Child>,
+    /// Temp dir holding config, socket and log.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// Where the supervisor's stderr goes.
+    pub log: PathBuf,
+    known_pgids: Mutex<Vec<i32>>,
+}
+
+/// A config for tests: `{demo}` is replaced by the demo-app path; a `[[listen]]` on 127.0.0.1:0
+/// and a control socket in the temp dir are added unless the text has its own.
+pub fn config_text(body: &str) -> String {
+    let body = body.replace("{demo}", &bin("demo-app").display().to_string());
+    let mut text = String::new();
+    if !body.contains("[supervisor]") {
+        text.push_str("[supervisor]\ncontrol_socket = \"control.sock\"\n\n");
+    }
+    if !body.contains("[[listen]]") {
+        text.push_str("[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n");
+    }
+    text.push_str(&body);
+    text
+}
+
+impl Supervisor {
+    /// Writes the config and starts `supervisor start` without waiting for anything.
+    pub fn spawn(body: &str) -> Result<Supervisor> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("supervisor.toml");
+        std::fs::write(&config, config_text(body))?;
+        let log = dir.path().join("supervisor.log");
+        let child = Command::new(bin("supervisor"))
+            .args(["start", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("DRAIN_IDLE_GRACE_MS", "500")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("supervisor.out"))?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn supervisor")?;
+        Ok(Supervisor {
+            child: Some(child),
+            dir,
+            config,
+            log,
+            known_pgids: Mutex::new(vec![]),
+        })
+    }
+
+    /// Starts a supervisor and waits until `instances` workers are ready.
+    pub fn start(body: &str, instances: usize) -> Result<Supervisor> {
+        let s = Supervisor::spawn(body)?;
+        s.wait_ready(instances, Duration::from_secs(20))?;
+        Ok(s)
+    }
+
+    /// Replaces the config file (the next reload reads it).
+    pub fn rewrite(&self, body: &str) -> Result<()> {
+        Ok(std::fs::write(&self.config, config_text(body))?)
+    }
+
+    /// Ready workers of the status, sorted by slot.
+    pub fn ready_workers(&self) -> Result<Vec<WorkerRow>> {
+        let mut ws: Vec<WorkerRow> = workers(&self.status()?)
+            .into_iter()
+            .filter(|w| w.state == "ready")
+            .collect();
+        ws.sort_by_key(|w| w.slot);
+        Ok(ws)
+    }
+
+    /// The supervisor's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Runs `supervisor <args> -c <config>` and returns its output (deadline 60 s).
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        run_with_deadline(
+            Command::new(bin("supervisor"))
+                .args(args)
+                .arg("-c")
+                .arg(&self.config),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> Result<Value> {
+        let out = self.cli(&["status", "--json"])?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("status --json is not JSON")?;
+        let mut known = self.known_pgids.lock().map_err(|_| anyhow!("poisoned"))?;
+        for w in workers(&v) {
+            if !known.contains(&w.pid) {
+                known.push(w.pid);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Waits until exactly `n` workers are ready (and none starting or draining).
+    pub fn wait_ready(&self, n: usize, timeout: Duration) -> Result<Value> {
+        wait_for(
+            timeout,
+            &format!("{n} ready workers (log: {})", self.log_text()),
+            || {
+                let v = self.status().ok()?;
+                let ws = workers(&v);
+                (ws.len() == n && ws.iter().all(|w| w.state == "ready")).then_some(v)
+            },
+        )
+    }
+
+    /// The bound address of the first listener.
+    pub fn addr(&self) -> Result<SocketAddr> {
+        let v = self.status()?;
+        let a = v["listeners"][0]["address"]
+            .as_str()
+            .context("no listener in status")?;
+        Ok(a.parse()?)
+    }
+
+    /// The supervisor's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the supervisor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the supervisor to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child.as_mut().context("already reaped")?;
+        let status = wait_for(timeout, "the supervisor to exit", || {
+            child.try_wait().ok().flatten()
+        })?;
+        self.child = None;
+        Ok(status.code())
+    }
+
+    /// Every worker pid (= process group) ever seen in a status.
+    pub fn known_pgids(&self) -> Vec<i32> {
+        self.known_pgids
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pgid in self.known_pgids() {
+            // SAFETY: killing process groups this test started (cleanup after a failure).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Runs a command with a deadline; kills it at the deadline.
+pub fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "{cmd:?} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A worker row of `status --json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    /// Slot.
+    pub slot: u64,
+    /// pid.
+    pub pid: i32,
+    /// Generation.
+    pub generation: u64,
+    /// State.
+    pub state: String,
+    /// Restarts of the slot.
+    pub restarts: u64,
+}
+
+/// The worker rows of a status.
+pub fn workers(status: &Value) -> Vec<WorkerRow> {
+    status["workers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| WorkerRow {
+                    slot: w["slot"].as_u64().unwrap_or(0),
+                    pid: w["process"]["pid"].as_i64().unwrap_or(0) as i32,
+                    generation: w["generation"].as_u64().unwrap_or(0),
+                    state: w["state"].as_str().unwrap_or("").to_string(),
+                    restarts: w["restarts"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One plain HTTP/1.1 GET on a new connection; returns the status code and body.
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// How the load clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnMode {
+    /// Reuse connections (reconnect only when the server closes them).
+    KeepAlive,
+    /// A new connection per request (`Connection: close`).
+    PerRequest,
+}
+
+/// Counters of a load run.
+#[derive(Debug, Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    by_pid: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Load that runs until stopped, in its own thread and runtime.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a load run saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// 2xx responses.
+    pub ok: u64,
+    /// Failures: connect/read/write errors, timeouts, non-2xx.
+    pub failed: u64,
+    /// The first failures' descriptions.
+    pub errors: Vec<String>,
+    /// Responses per `pid=` seen in the body.
+    pub by_pid: BTreeMap<String, u64>,
+}
+
+impl Load {
+    /// Starts `clients` clients of each mode in `modes` against `addr` + `path`.
+    pub fn start(addr: SocketAddr, path: &'static str, clients: usize, modes: &[ConnMode]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (s, c, modes) = (stop.clone(), counters.clone(), modes.to_vec());
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for mode in modes {
+                    for _ in 0..clients {
+                        tasks.push(tokio::spawn(client(addr, path, mode, s.clone(), c.clone())));
+                    }
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        });
+        Load {
+            stop,
+            counters,
+            thread: Some(thread),
+        }
+    }
+
+    /// Responses so far.
+    pub fn ok_so_far(&self) -> u64 {
+        self.counters.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients (each finishes its current request) and reports.
+    pub fn stop(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        LoadReport {
+            ok: self.counters.ok.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            errors: self
+                .counters
+                .errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            by_pid: self
+                .counters
+                .by_pid
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn fail(c: &Counters, what: String) {
+    c.failed.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut e) = c.errors.lock()
+        && e.len() < 20
+    {
+        e.push(what);
+    }
+}
+
+async fn client(
+    addr: SocketAddr,
+    path: &'static str,
+    mode: ConnMode,
+    stop: Arc<AtomicBool>,
+    c: Arc<Counters>,
+) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::client::conn::http1;
+    let mut sender: Option<http1::SendRequest<Empty<bytes::Bytes>>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut s = match sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await;
+                let stream = match conn {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        fail(&c, format!("connect: {e}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        fail(&c, "connect: timeout".into());
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
+                    Ok((s, conn)) => {
+                        tokio::spawn(conn);
+                        s
+                    }
+                    Err(e) => {
+                        fail(&c, format!("handshake: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut req = hyper::Request::get(path).header("host", "test");
+        if mode == ConnMode::PerRequest {
+            req = req.header("connection", "close");
+        }
+        let Ok(req) = req.body(Empty::new()) else {
+            return;
+        };
+        // A connection the server closed before we sent anything is not a failed request: a
+        // client reconnects. A request that was sent and got no answer is one.
+        if s.ready().await.is_err() {
+            continue;
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(10), async {
+            let resp = s
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let status = resp.status();
+            let close = resp
+                .headers()
+                .get("connection")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            Ok((status, close, body))
+        })
+        .await;
+        match sent {
+            Ok(Ok((status, close, body))) => {
+                if status.is_success() {
+                    c.ok.fetch_add(1, Ordering::Relaxed);
+                    let text = String::from_utf8_lossy(&body);
+                    if let Some(pid) = text.split_whitespace().find_map(|w| w.strip_prefix("pid="))
+                        && let Ok(mut m) = c.by_pid.lock()
+                    {
+                        *m.entry(pid.to_string()).or_default() += 1;
+                    }
+                } else {
+                    fail(&c, format!("status {status}"));
+                }
+                if mode == ConnMode::KeepAlive && !close {
+                    sender = Some(s);
+                }
+            }
+            Ok(Err(e)) => fail(&c, e),
+            Err(_) => fail(&c, "timeout".into()),
+        }
+    }
+}

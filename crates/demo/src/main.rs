@@ -25,7 +25,10 @@ async fn heavy() -> String {
 async fn index() -> String {
     let generation = std::env::var("SUPERVISOR_GENERATION").unwrap_or_else(|_| "-".into());
     let worker = std::env::var("SUPERVISOR_WORKER_NAME").unwrap_or_else(|_| "standalone".into());
-    format!("demo-app pid={} generation={generation} worker={worker}\n", std::process::id())
+    format!(
+        "demo-app pid={} generation={generation} worker={worker}\n",
+        std::process::id()
+    )
 }
 
 fn router() -> Router {
@@ -42,13 +45,17 @@ fn listen_arg() -> anyhow::Result<SocketAddr> {
         match a.as_str() {
             "--listen" => listen = args.next().context("--listen needs an address")?,
             "-h" | "--help" => {
-                println!("usage: demo-app [--listen HOST:PORT]  (ignored when sockets are inherited via LISTEN_FDS)");
+                println!(
+                    "usage: demo-app [--listen HOST:PORT]  (ignored when sockets are inherited via LISTEN_FDS)"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    listen.parse().with_context(|| format!("--listen {listen:?} is not a HOST:PORT address"))
+    listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not a HOST:PORT address"))
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -61,7 +68,10 @@ async fn run() -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     worker::init_tracing();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

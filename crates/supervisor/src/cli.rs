@@ -20,7 +20,13 @@ use crate::table::{self, Table};
 #[command(name = "supervisor", version, about)]
 pub struct Cli {
     /// Config file.
-    #[arg(short, long, global = true, env = "SUPERVISOR_CONFIG", default_value = "config/supervisor.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SUPERVISOR_CONFIG",
+        default_value = "config/supervisor.toml"
+    )]
     pub config: PathBuf,
     /// Log format of the supervisor (and of forwarded worker output).
     #[arg(long, global = true, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -108,9 +114,12 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
             }
             Cmd::Check => check(&cli.config),
             Cmd::Status { target, json } => status(&socket(&cli.config, &target)?, json).await,
-            Cmd::Reload { target, no_wait, json, timeout } => {
-                reload(&socket(&cli.config, &target)?, !no_wait, json, timeout).await
-            }
+            Cmd::Reload {
+                target,
+                no_wait,
+                json,
+                timeout,
+            } => reload(&socket(&cli.config, &target)?, !no_wait, json, timeout).await,
             Cmd::Stop { target, timeout } => stop(&socket(&cli.config, &target)?, timeout).await,
         }
     })
@@ -123,7 +132,11 @@ fn socket(config: &Path, target: &Target) -> Result<PathBuf> {
 fn check(path: &Path) -> Result<ExitCode> {
     let c = Config::load(path)?;
     println!("{}: ok", path.display());
-    println!("  program:        {} {}", c.worker.program.display(), c.worker.args.join(" "));
+    println!(
+        "  program:        {} {}",
+        c.worker.program.display(),
+        c.worker.args.join(" ")
+    );
     println!("  instances:      {}", c.worker.instances);
     for l in &c.listeners {
         println!("  listen:         {} {}", l.name, l.addr);
@@ -164,7 +177,9 @@ pub fn render_status(r: &StatusReport) -> String {
         out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
     }
     out.push('\n');
-    let mut t = Table::new(&["slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status"]);
+    let mut t = Table::new(&[
+        "slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status",
+    ]);
     for w in &r.workers {
         t.row(vec![
             w.slot.to_string(),
@@ -190,7 +205,11 @@ pub fn render_status(r: &StatusReport) -> String {
             s.restarts.to_string(),
             "-".into(),
             "-".into(),
-            format!("restart in {}: {}", table::duration(s.restart_in_secs), s.last_exit),
+            format!(
+                "restart in {}: {}",
+                table::duration(s.restart_in_secs),
+                s.last_exit
+            ),
         ]);
     }
     out.push_str(&t.to_string());
@@ -210,14 +229,22 @@ pub fn render_status(r: &StatusReport) -> String {
             l.generation,
             l.outcome,
             table::duration(l.duration_secs),
-            l.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            l.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         ));
     }
     out
 }
 
 fn render_reload(r: &ReloadReport) -> String {
-    let mut out = format!("reload to generation {}: {} in {}\n", r.generation, r.outcome, table::duration(r.duration_secs));
+    let mut out = format!(
+        "reload to generation {}: {} in {}\n",
+        r.generation,
+        r.outcome,
+        table::duration(r.duration_secs)
+    );
     if let Some(reason) = &r.reason {
         out.push_str(&format!("reason: {reason}\n"));
     }
@@ -226,7 +253,9 @@ fn render_reload(r: &ReloadReport) -> String {
         for s in &r.slots {
             t.row(vec![
                 s.slot.to_string(),
-                s.old_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                s.old_pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 s.new_pid.to_string(),
                 format!("{:.2}s", s.ready_secs),
             ]);
@@ -244,9 +273,16 @@ async fn reload(socket: &Path, wait: bool, json: bool, timeout: Duration) -> Res
             } else if wait {
                 print!("{}", render_reload(&report));
             } else {
-                println!("reload to generation {} {}", report.generation, report.outcome);
+                println!(
+                    "reload to generation {} {}",
+                    report.generation, report.outcome
+                );
             }
-            Ok(if report.outcome == "aborted" { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if report.outcome == "aborted" {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Response::Error { message } => bail!("reload refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),

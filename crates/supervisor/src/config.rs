@@ -2,7 +2,6 @@
 //! and every error names the file and the key (`listen[0].address`, `worker.kill_timeout`, ...).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -52,7 +51,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: {e} (write e.g. \"10s\" or \"500ms\")"
+                ))
+            })
     }
 }
 
@@ -261,7 +264,11 @@ fn parse_raw(path: &Path) -> Result<RawFile, ConfigError> {
         .map_err(|e| parse_err("(syntax)".into(), e.message().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "(top level)".to_string() } else { key };
+        let key = if key == "." {
+            "(top level)".to_string()
+        } else {
+            key
+        };
         parse_err(key, e.into_inner().message().to_string())
     })
 }
@@ -275,19 +282,37 @@ fn base_dir(path: &Path) -> PathBuf {
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
-/// The control socket named by a config file, without validating the rest of it (used by the
-/// client commands, which must work while the supervisor holds the ports).
+/// The control socket named by a config file, reading nothing else of it: the client commands
+/// must reach the supervisor while it holds the ports, and also after someone broke the rest of
+/// the file (so that `reload` can report that the new config is invalid).
 pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
-    let raw = parse_raw(path)?;
-    Ok(control_socket_path(path, &raw))
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        key: "(syntax)".into(),
+        message: e.message().to_string(),
+    })?;
+    let socket = table
+        .get("supervisor")
+        .and_then(|s| s.get("control_socket"))
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from);
+    Ok(control_socket_path(path, socket.as_deref()))
 }
 
-fn control_socket_path(path: &Path, raw: &RawFile) -> PathBuf {
+fn control_socket_path(path: &Path, configured: Option<&Path>) -> PathBuf {
     let base = base_dir(path);
-    match &raw.supervisor.control_socket {
+    match configured {
         Some(p) => resolve(&base, p),
         None => base.join("supervisor.sock"),
     }
@@ -297,7 +322,11 @@ impl Config {
     /// Reads and validates a config file. Performs no binding and starts nothing.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let raw = parse_raw(path)?;
-        Validator { path, base: base_dir(path) }.validate(raw)
+        Validator {
+            path,
+            base: base_dir(path),
+        }
+        .validate(raw)
     }
 }
 
@@ -315,7 +344,12 @@ impl Validator<'_> {
         }
     }
 
-    fn positive(&self, key: &str, d: Option<HumanDuration>, default: Duration) -> Result<Duration, ConfigError> {
+    fn positive(
+        &self,
+        key: &str,
+        d: Option<HumanDuration>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         let d = d.map(|h| h.0).unwrap_or(default);
         if d.is_zero() {
             return Err(self.err(key, "must be greater than zero"));
@@ -324,10 +358,14 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
-        let control_socket = control_socket_path(self.path, &raw);
+        let control_socket =
+            control_socket_path(self.path, raw.supervisor.control_socket.as_deref());
         let listeners = self.listeners(&raw.listen)?;
         let Some(rw) = raw.worker else {
-            return Err(self.err("worker", "missing section [worker] (at least `command = \"...\"`)"));
+            return Err(self.err(
+                "worker",
+                "missing section [worker] (at least `command = \"...\"`)",
+            ));
         };
         let worker = self.worker(rw)?;
         let restart = self.restart(&raw.restart)?;
@@ -358,7 +396,10 @@ impl Validator<'_> {
 
     fn listeners(&self, raw: &[RawListen]) -> Result<Vec<ListenerSpec>, ConfigError> {
         if raw.is_empty() {
-            return Err(self.err("listen", "no listener: add at least one [[listen]] with `address` or `path`"));
+            return Err(self.err(
+                "listen",
+                "no listener: add at least one [[listen]] with `address` or `path`",
+            ));
         }
         let mut out: Vec<ListenerSpec> = Vec::with_capacity(raw.len());
         for (i, l) in raw.iter().enumerate() {
@@ -366,24 +407,45 @@ impl Validator<'_> {
             let addr = match (&l.address, &l.path) {
                 (Some(a), None) => ListenAddr::Tcp(self.socket_addr(&format!("{key}.address"), a)?),
                 (None, Some(p)) => ListenAddr::Unix(resolve(&self.base, p)),
-                (Some(_), Some(_)) => return Err(self.err(key, "give either `address` or `path`, not both")),
-                (None, None) => return Err(self.err(key, "needs `address = \"host:port\"` or `path = \"/a/unix.sock\"`")),
+                (Some(_), Some(_)) => {
+                    return Err(self.err(key, "give either `address` or `path`, not both"));
+                }
+                (None, None) => {
+                    return Err(self.err(
+                        key,
+                        "needs `address = \"host:port\"` or `path = \"/a/unix.sock\"`",
+                    ));
+                }
             };
             let name = l.name.clone().unwrap_or_else(|| format!("listen{i}"));
-            if name.is_empty() || name.len() > 255 || !name.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+            if name.is_empty()
+                || name.len() > 255
+                || !name.chars().all(|c| c.is_ascii_graphic() && c != ':')
+            {
                 return Err(self.err(format!("{key}.name"), format!("{name:?} is not a valid fd name (printable ASCII, no ':', at most 255 bytes)")));
             }
             if let Some(prev) = out.iter().find(|o| o.name == name) {
-                return Err(self.err(format!("{key}.name"), format!("{name:?} is already used by {}", prev.key)));
+                return Err(self.err(
+                    format!("{key}.name"),
+                    format!("{name:?} is already used by {}", prev.key),
+                ));
             }
-            if let Some(prev) = out.iter().find(|o| o.addr == addr && !matches!(&addr, ListenAddr::Tcp(a) if a.port() == 0)) {
+            if let Some(prev) = out
+                .iter()
+                .find(|o| o.addr == addr && !matches!(&addr, ListenAddr::Tcp(a) if a.port() == 0))
+            {
                 return Err(self.err(key, format!("{addr} is already listed as {}", prev.key)));
             }
             let backlog = l.backlog.unwrap_or(1024);
             if backlog <= 0 {
                 return Err(self.err(format!("{key}.backlog"), "must be positive"));
             }
-            out.push(ListenerSpec { name, addr, backlog, key });
+            out.push(ListenerSpec {
+                name,
+                addr,
+                backlog,
+                key,
+            });
         }
         Ok(out)
     }
@@ -409,11 +471,17 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "worker".into())
         });
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(self.err("worker.name", format!("{name:?} must be non-empty without spaces")));
+            return Err(self.err(
+                "worker.name",
+                format!("{name:?} must be non-empty without spaces"),
+            ));
         }
         for k in rw.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(self.err(format!("worker.env.{k}"), "not a valid environment variable name"));
+                return Err(self.err(
+                    format!("worker.env.{k}"),
+                    "not a valid environment variable name",
+                ));
             }
         }
         for (i, a) in rw.args.iter().enumerate() {
@@ -421,13 +489,23 @@ impl Validator<'_> {
                 return Err(self.err(format!("worker.args[{i}]"), "contains a NUL byte"));
             }
         }
-        let cwd = rw.cwd.map(|c| resolve(&self.base, &c)).unwrap_or_else(|| self.base.clone());
+        let cwd = rw
+            .cwd
+            .map(|c| resolve(&self.base, &c))
+            .unwrap_or_else(|| self.base.clone());
         if !cwd.is_dir() {
-            return Err(self.err("worker.cwd", format!("{} is not a directory", cwd.display())));
+            return Err(self.err(
+                "worker.cwd",
+                format!("{} is not a directory", cwd.display()),
+            ));
         }
         let instances = match rw.instances {
-            None | Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            Some(n) if n > 1024 => return Err(self.err("worker.instances", format!("{n} is more than 1024"))),
+            None | Some(0) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            Some(n) if n > 1024 => {
+                return Err(self.err("worker.instances", format!("{n} is more than 1024")));
+            }
             Some(n) => n,
         };
         Ok(WorkerSpec {
@@ -438,8 +516,16 @@ impl Validator<'_> {
             cwd,
             instances,
             readiness: rw.readiness.unwrap_or(Readiness::Notify),
-            ready_timeout: self.positive("worker.ready_timeout", rw.ready_timeout, Duration::from_secs(30))?,
-            kill_timeout: self.positive("worker.kill_timeout", rw.kill_timeout, Duration::from_secs(10))?,
+            ready_timeout: self.positive(
+                "worker.ready_timeout",
+                rw.ready_timeout,
+                Duration::from_secs(30),
+            )?,
+            kill_timeout: self.positive(
+                "worker.kill_timeout",
+                rw.kill_timeout,
+                Duration::from_secs(10),
+            )?,
         })
     }
 
@@ -454,17 +540,24 @@ impl Validator<'_> {
             vec![resolve(&self.base, Path::new(command))]
         } else {
             let mut dirs: Vec<PathBuf> = Vec::new();
-            if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+            {
                 dirs.push(dir);
             }
-            dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_else(OsString::new)));
+            dirs.extend(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            ));
             dirs.into_iter().map(|d| d.join(command)).collect()
         };
         for c in &candidates {
-            if let Ok(meta) = std::fs::metadata(c) {
-                if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                    return std::path::absolute(c).map_err(|e| self.err(KEY, format!("{}: {e}", c.display())));
-                }
+            if let Ok(meta) = std::fs::metadata(c)
+                && meta.is_file()
+                && meta.permissions().mode() & 0o111 != 0
+            {
+                return std::path::absolute(c)
+                    .map_err(|e| self.err(KEY, format!("{}: {e}", c.display())));
             }
         }
         let hint = if command.contains('/') {
@@ -472,26 +565,46 @@ impl Validator<'_> {
         } else {
             " (looked next to the supervisor binary and in PATH; build it with `cargo build --release`)".to_string()
         };
-        Err(self.err(KEY, format!("program {command:?} not found or not executable{hint}")))
+        Err(self.err(
+            KEY,
+            format!("program {command:?} not found or not executable{hint}"),
+        ))
     }
 
     fn restart(&self, r: &RawRestart) -> Result<RestartPolicy, ConfigError> {
         let policy = RestartPolicy {
-            min_uptime: self.positive("restart.min_uptime", r.min_uptime, Duration::from_secs(1))?,
+            min_uptime: self.positive(
+                "restart.min_uptime",
+                r.min_uptime,
+                Duration::from_secs(1),
+            )?,
             max_restarts: r.max_restarts.unwrap_or(5),
             window: self.positive("restart.window", r.window, Duration::from_secs(60))?,
-            backoff_initial: self.positive("restart.backoff_initial", r.backoff_initial, Duration::from_millis(100))?,
-            backoff_max: self.positive("restart.backoff_max", r.backoff_max, Duration::from_secs(30))?,
+            backoff_initial: self.positive(
+                "restart.backoff_initial",
+                r.backoff_initial,
+                Duration::from_millis(100),
+            )?,
+            backoff_max: self.positive(
+                "restart.backoff_max",
+                r.backoff_max,
+                Duration::from_secs(30),
+            )?,
         };
         if policy.backoff_max < policy.backoff_initial {
-            return Err(self.err("restart.backoff_max", "must not be smaller than restart.backoff_initial"));
+            return Err(self.err(
+                "restart.backoff_max",
+                "must not be smaller than restart.backoff_initial",
+            ));
         }
         Ok(policy)
     }
 
     fn cron(&self, c: &RawCron, control_socket: &Path) -> Result<String, ConfigError> {
         match (&c.redis_url, &c.state_dir) {
-            (Some(_), Some(_)) => Err(self.err("cron", "give either `redis_url` or `state_dir`, not both")),
+            (Some(_), Some(_)) => {
+                Err(self.err("cron", "give either `redis_url` or `state_dir`, not both"))
+            }
             (Some(url), None) => {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(self.err("cron.redis_url", "must start with redis:// or rediss://"));
@@ -503,7 +616,8 @@ impl Validator<'_> {
                     Some(d) => resolve(&self.base, d),
                     None => control_socket.with_extension("cron"),
                 };
-                let dir = std::path::absolute(&dir).map_err(|e| self.err("cron.state_dir", e.to_string()))?;
+                let dir = std::path::absolute(&dir)
+                    .map_err(|e| self.err("cron.state_dir", e.to_string()))?;
                 Ok(format!("file://{}", dir.display()))
             }
         }
@@ -543,39 +657,60 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = load(&format!("{OK}\nkill_timout = \"1s\"")).unwrap_err().to_string();
-        assert!(e.contains("worker.kill_timout") || e.contains("worker"), "{e}");
+        let e = load(&format!("{OK}\nkill_timout = \"1s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.kill_timout") || e.contains("worker"),
+            "{e}"
+        );
         assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]
     fn bad_duration_is_named() {
-        let e = load(&OK.replace("instances = 2", "instances = 2\nkill_timeout = \"10 parsecs\"")).unwrap_err().to_string();
+        let e = load(&OK.replace(
+            "instances = 2",
+            "instances = 2\nkill_timeout = \"10 parsecs\"",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("worker.kill_timeout"), "{e}");
         assert!(e.contains("invalid duration"), "{e}");
     }
 
     #[test]
     fn missing_program_is_named() {
-        let e = load(&OK.replace("/bin/sh", "/nonexistent/prog")).unwrap_err().to_string();
-        assert!(e.contains("worker.command") && e.contains("/nonexistent/prog"), "{e}");
+        let e = load(&OK.replace("/bin/sh", "/nonexistent/prog"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.command") && e.contains("/nonexistent/prog"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_address_is_named() {
-        let e = load(&OK.replace("127.0.0.1:0", "127.0.0.1:99999")).unwrap_err().to_string();
+        let e = load(&OK.replace("127.0.0.1:0", "127.0.0.1:99999"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen[0].address"), "{e}");
     }
 
     #[test]
     fn no_listener_is_an_error() {
-        let e = load("[worker]\ncommand = \"/bin/sh\"").unwrap_err().to_string();
+        let e = load("[worker]\ncommand = \"/bin/sh\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let e = load(&OK.replace("instances = 2", "instances = \"two\"")).unwrap_err().to_string();
+        let e = load(&OK.replace("instances = 2", "instances = \"two\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("worker.instances"), "{e}");
     }
 

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, ConfigError, WorkerSpec};
-use crate::control::protocol::{ListenerInfo, ReloadReport, Request, Response, SlotInfo, StatusReport, WorkerInfo};
+use crate::config::{Config, ConfigError, Readiness, WorkerSpec};
+use crate::control::protocol::{
+    ListenerInfo, ReloadReport, Request, Response, SlotInfo, StatusReport, WorkerInfo,
+};
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::listeners::{self, BoundListener, ListenError};
 use crate::notify::Notification;
@@ -68,7 +70,10 @@ impl RuntimeDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| StartupError::RuntimeDir { path: path.clone(), source })?;
+            .map_err(|source| StartupError::RuntimeDir {
+                path: path.clone(),
+                source,
+            })?;
         Ok(RuntimeDir(path))
     }
 }
@@ -83,8 +88,10 @@ impl Drop for RuntimeDir {
 /// workers, then serves events. `commands` carries the signals `main` translated.
 pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
-    let bound = listeners::bind_all(&config.listeners)
-        .map_err(|source| StartupError::Listen { path: config.path.clone(), source })?;
+    let bound = listeners::bind_all(&config.listeners).map_err(|source| StartupError::Listen {
+        path: config.path.clone(),
+        source,
+    })?;
     let runtime_dir = RuntimeDir::create()?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -135,7 +142,9 @@ struct Slot {
 #[derive(Debug)]
 enum Phase {
     Running,
-    Stopping { waiters: Vec<oneshot::Sender<Response>> },
+    Stopping {
+        waiters: Vec<oneshot::Sender<Response>>,
+    },
 }
 
 struct Daemon {
@@ -164,7 +173,9 @@ impl Daemon {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (timers_tx, timers_rx) = mpsc::unbounded_channel();
         let spec = Arc::new(config.worker.clone());
-        let slots = (0..spec.instances).map(|i| Slot::new(i, spec.clone(), 1)).collect();
+        let slots = (0..spec.instances)
+            .map(|i| Slot::new(i, spec.clone(), 1))
+            .collect();
         Daemon {
             config,
             listeners,
@@ -192,7 +203,11 @@ impl Daemon {
         }
     }
 
-    async fn event_loop(&mut self, mut commands: mpsc::Receiver<Command>, mut control: mpsc::Receiver<ControlRequest>) {
+    async fn event_loop(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut control: mpsc::Receiver<ControlRequest>,
+    ) {
         loop {
             tokio::select! {
                 Some(cmd) = commands.recv() => self.command(cmd),
@@ -201,7 +216,9 @@ impl Daemon {
                 Some(t) = self.timers_rx.recv() => self.timer(t),
             }
             if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
-                if let Phase::Stopping { waiters } = std::mem::replace(&mut self.phase, Phase::Running) {
+                if let Phase::Stopping { waiters } =
+                    std::mem::replace(&mut self.phase, Phase::Running)
+                {
                     for w in waiters {
                         let _ = w.send(Response::Stopped);
                     }
@@ -220,7 +237,12 @@ impl Daemon {
     }
 
     /// Starts a worker in `slot` with `spec`/`generation`; on a spawn error schedules a retry.
-    fn spawn_worker(&mut self, slot: usize, spec: Arc<WorkerSpec>, generation: u64) -> Result<WorkerId, String> {
+    fn spawn_worker(
+        &mut self,
+        slot: usize,
+        spec: Arc<WorkerSpec>,
+        generation: u64,
+    ) -> Result<WorkerId, String> {
         let id = self.next_id;
         self.next_id += 1;
         let started = Worker::start(StartArgs {
@@ -236,8 +258,14 @@ impl Daemon {
         match started {
             Ok(w) => {
                 tracing::info!(worker = %w.name, pid = w.pid, generation, "worker started");
-                if w.state == WorkerState::Starting {
-                    self.after(spec.ready_timeout, Timer::ReadyTimeout(id));
+                match spec.readiness {
+                    Readiness::Notify => self.after(spec.ready_timeout, Timer::ReadyTimeout(id)),
+                    // Executed = ready: handled like a READY=1, through the same path.
+                    Readiness::Exec => {
+                        let _ = self
+                            .events_tx
+                            .send((id, WorkerEvent::Notify(Notification::Ready)));
+                    }
                 }
                 self.workers.insert(id, w);
                 Ok(id)
@@ -278,7 +306,11 @@ impl Daemon {
         } else {
             s.consecutive_failures = 0;
         }
-        while s.recent_failures.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+        while s
+            .recent_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
             s.recent_failures.pop_front();
         }
         let delay = policy.backoff(s.consecutive_failures);
@@ -318,7 +350,11 @@ impl Daemon {
                     self.request_reload(Some(req.reply));
                 } else {
                     self.request_reload(None);
-                    let progress = self.reload.as_ref().map(|r| r.generation).unwrap_or(self.generation);
+                    let progress = self
+                        .reload
+                        .as_ref()
+                        .map(|r| r.generation)
+                        .unwrap_or(self.generation);
                     let _ = req.reply.send(Response::Reload(ReloadReport {
                         generation: progress,
                         outcome: "started".into(),
@@ -337,8 +373,13 @@ impl Daemon {
             waiters.extend(waiter);
             return;
         }
-        tracing::info!(workers = self.workers.len(), "stopping: draining every worker");
-        self.phase = Phase::Stopping { waiters: waiter.into_iter().collect() };
+        tracing::info!(
+            workers = self.workers.len(),
+            "stopping: draining every worker"
+        );
+        self.phase = Phase::Stopping {
+            waiters: waiter.into_iter().collect(),
+        };
         if let Some(queued) = self.queued_reload.take() {
             let report = aborted_report(self.generation + 1, "the supervisor is stopping");
             for w in queued {
@@ -359,7 +400,9 @@ impl Daemon {
     }
 
     fn drain_worker(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if w.state == WorkerState::Draining {
             return;
         }
@@ -377,7 +420,9 @@ impl Daemon {
     }
 
     fn notified(&mut self, id: WorkerId, n: Notification) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         match n {
             Notification::Ready => {
                 if w.state != WorkerState::Starting {
@@ -401,7 +446,9 @@ impl Daemon {
     }
 
     fn exited(&mut self, id: WorkerId, status: ExitStatus) {
-        let Some(mut w) = self.workers.remove(&id) else { return };
+        let Some(mut w) = self.workers.remove(&id) else {
+            return;
+        };
         let was = w.state;
         w.reap();
         self.cpu.retain(|pid| pid != w.pid);
@@ -412,11 +459,15 @@ impl Daemon {
         let reason = format!("{status} while {was}");
         tracing::warn!(worker = %w.name, pid = w.pid, %status, uptime_ms = w.uptime().as_millis() as u64, "worker exited unexpectedly ({was})");
         if self.reload.as_ref().is_some_and(|r| r.is_in_flight(id)) {
-            self.abort_reload(format!("new worker {} (pid {}) exited before it was ready: {status}", w.name, w.pid));
+            self.abort_reload(format!(
+                "new worker {} (pid {}) exited before it was ready: {status}",
+                w.name, w.pid
+            ));
             return;
         }
         if self.slots.get(w.slot).is_some_and(|s| s.worker == Some(id)) {
-            let unstable = was == WorkerState::Starting || w.uptime() < self.config.restart.min_uptime;
+            let unstable =
+                was == WorkerState::Starting || w.uptime() < self.config.restart.min_uptime;
             self.slot_failed(w.slot, reason, unstable);
         }
     }
@@ -424,7 +475,9 @@ impl Daemon {
     fn timer(&mut self, t: Timer) {
         match t {
             Timer::ReadyTimeout(id) => {
-                let Some(w) = self.workers.get(&id) else { return };
+                let Some(w) = self.workers.get(&id) else {
+                    return;
+                };
                 if w.state != WorkerState::Starting {
                     return;
                 }
@@ -445,7 +498,9 @@ impl Daemon {
                 }
             }
             Timer::Restart { slot, seq } => {
-                let due = self.slots.get(slot).is_some_and(|s| s.restart_seq == seq && s.worker.is_none() && s.restart_at.is_some());
+                let due = self.slots.get(slot).is_some_and(|s| {
+                    s.restart_seq == seq && s.worker.is_none() && s.restart_at.is_some()
+                });
                 if due && matches!(self.phase, Phase::Running) {
                     self.start_slot(slot);
                 }
@@ -458,13 +513,18 @@ impl Daemon {
     fn request_reload(&mut self, waiter: Option<oneshot::Sender<Response>>) {
         if !matches!(self.phase, Phase::Running) {
             if let Some(w) = waiter {
-                let _ = w.send(Response::Reload(aborted_report(self.generation, "the supervisor is stopping")));
+                let _ = w.send(Response::Reload(aborted_report(
+                    self.generation,
+                    "the supervisor is stopping",
+                )));
             }
             return;
         }
         if self.reload.is_some() {
             tracing::info!("reload requested while one is running: queued to run once after it");
-            self.queued_reload.get_or_insert_with(Vec::new).extend(waiter);
+            self.queued_reload
+                .get_or_insert_with(Vec::new)
+                .extend(waiter);
             return;
         }
         self.begin_reload(waiter.into_iter().collect());
@@ -475,8 +535,14 @@ impl Daemon {
         let fresh = match Config::load(&self.config.path) {
             Ok(c) => c,
             Err(e) => {
-                let report = aborted_report(generation, &format!("config no longer valid, nothing changed: {e}"));
-                tracing::error!("reload aborted: {}", report.reason.as_deref().unwrap_or_default());
+                let report = aborted_report(
+                    generation,
+                    &format!("config no longer valid, nothing changed: {e}"),
+                );
+                tracing::error!(
+                    "reload aborted: {}",
+                    report.reason.as_deref().unwrap_or_default()
+                );
                 for w in waiters {
                     let _ = w.send(Response::Reload(report.clone()));
                 }
@@ -485,10 +551,17 @@ impl Daemon {
             }
         };
         if fresh.listeners != self.config.listeners {
-            tracing::warn!("listeners changed in {}: sockets are bound once; restart the supervisor to apply", fresh.path.display());
+            tracing::warn!(
+                "listeners changed in {}: sockets are bound once; restart the supervisor to apply",
+                fresh.path.display()
+            );
         }
-        if fresh.control_socket != self.config.control_socket || fresh.cron_url != self.config.cron_url {
-            tracing::warn!("control socket or cron backend changed: restart the supervisor to apply");
+        if fresh.control_socket != self.config.control_socket
+            || fresh.cron_url != self.config.cron_url
+        {
+            tracing::warn!(
+                "control socket or cron backend changed: restart the supervisor to apply"
+            );
         }
         let new_n = fresh.worker.instances;
         let spec = Arc::new(fresh.worker.clone());
@@ -513,14 +586,20 @@ impl Daemon {
     /// Starts as many replacements as the surge allows; finishes the reload when all are done.
     fn advance_reload(&mut self) {
         loop {
-            let Some(reload) = self.reload.as_mut() else { return };
+            let Some(reload) = self.reload.as_mut() else {
+                return;
+            };
             if reload.is_complete() {
                 break;
             }
-            let Some(slot) = reload.next_slot() else { return };
+            let Some(slot) = reload.next_slot() else {
+                return;
+            };
             let drain_early = reload.may_drain_early();
             let (spec, generation) = (reload.spec.clone(), reload.generation);
-            let old = self.slots[slot].worker.and_then(|id| self.workers.get(&id).map(|w| (id, w.pid)));
+            let old = self.slots[slot]
+                .worker
+                .and_then(|id| self.workers.get(&id).map(|w| (id, w.pid)));
             match self.spawn_worker(slot, spec, generation) {
                 Ok(new) => {
                     let early = drain_early && old.is_some();
@@ -528,7 +607,13 @@ impl Daemon {
                         self.drain_worker(old_id);
                     }
                     if let Some(r) = self.reload.as_mut() {
-                        r.started(InFlight { slot, new, old, old_drained_early: early, started: Instant::now() });
+                        r.started(InFlight {
+                            slot,
+                            new,
+                            old,
+                            old_drained_early: early,
+                            started: Instant::now(),
+                        });
                     }
                 }
                 Err(e) => {
@@ -542,13 +627,15 @@ impl Daemon {
             let keep = reload.spec.instances;
             let (_, report) = reload.finish(None);
             while self.slots.len() > keep {
-                if let Some(s) = self.slots.pop() {
-                    if let Some(id) = s.worker {
-                        self.drain_worker(id);
-                    }
+                if let Some(id) = self.slots.pop().and_then(|s| s.worker) {
+                    self.drain_worker(id);
                 }
             }
-            tracing::info!(generation = report.generation, secs = format!("{:.2}", report.duration_secs), "rolling reload finished");
+            tracing::info!(
+                generation = report.generation,
+                secs = format!("{:.2}", report.duration_secs),
+                "rolling reload finished"
+            );
             self.finish_reload(report);
         }
     }
@@ -573,8 +660,13 @@ impl Daemon {
     }
 
     fn abort_reload(&mut self, reason: String) {
-        let Some(reload) = self.reload.take() else { return };
-        tracing::error!(generation = reload.generation, "reload aborted: {reason}; old workers keep serving");
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        tracing::error!(
+            generation = reload.generation,
+            "reload aborted: {reason}; old workers keep serving"
+        );
         let (starting, report) = reload.finish(Some(reason));
         for f in starting {
             if let Some(w) = self.workers.get_mut(&f.new) {
@@ -584,7 +676,11 @@ impl Daemon {
             }
             if f.old_drained_early && self.slots[f.slot].worker == f.old.map(|(id, _)| id) {
                 // Its old worker was already told to stop: start the slot again as it was.
-                self.slot_failed(f.slot, "old worker drained during an aborted reload".into(), false);
+                self.slot_failed(
+                    f.slot,
+                    "old worker drained during an aborted reload".into(),
+                    false,
+                );
             }
         }
         self.finish_reload(report);
@@ -593,6 +689,7 @@ impl Daemon {
     fn finish_reload(&mut self, report: ReloadReport) {
         self.last_reload = Some(report);
         if let Some(waiters) = self.queued_reload.take() {
+            // Stopping answered the queued waiters already; only a running daemon reloads again.
             if matches!(self.phase, Phase::Running) {
                 self.begin_reload(waiters);
             }
@@ -626,7 +723,12 @@ impl Daemon {
             .filter_map(|s| {
                 s.restart_at.map(|at| SlotInfo {
                     slot: s.index,
-                    state: if s.crash_looping(self.config.restart.max_restarts) { "crash-loop" } else { "backoff" }.into(),
+                    state: if s.crash_looping(self.config.restart.max_restarts) {
+                        "crash-loop"
+                    } else {
+                        "backoff"
+                    }
+                    .into(),
                     restarts: s.restarts,
                     restart_in_secs: at.saturating_duration_since(now).as_secs_f64(),
                     last_exit: s.last_exit.clone().unwrap_or_default(),
@@ -646,11 +748,18 @@ impl Daemon {
                 .listeners
                 .iter()
                 .enumerate()
-                .map(|(i, l)| ListenerInfo { name: l.name.clone(), address: l.local.clone(), fd: 3 + i as i32 })
+                .map(|(i, l)| ListenerInfo {
+                    name: l.name.clone(),
+                    address: l.local.clone(),
+                    fd: 3 + i as i32,
+                })
                 .collect(),
             workers: infos,
             waiting,
-            reload_in_progress: self.reload.as_ref().map(|r| r.progress(self.queued_reload.is_some())),
+            reload_in_progress: self
+                .reload
+                .as_ref()
+                .map(|r| r.progress(self.queued_reload.is_some())),
             last_reload: self.last_reload.clone(),
         }
     }

@@ -84,7 +84,15 @@ pub fn bind_all(specs: &[ListenerSpec]) -> Result<Vec<BoundListener>, ListenErro
 
 fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
     let bind_err = |source| ListenError::Bind {
-        key: format!("{}.{}", spec.key, if matches!(spec.addr, ListenAddr::Tcp(_)) { "address" } else { "path" }),
+        key: format!(
+            "{}.{}",
+            spec.key,
+            if matches!(spec.addr, ListenAddr::Tcp(_)) {
+                "address"
+            } else {
+                "path"
+            }
+        ),
         addr: spec.addr.to_string(),
         source,
     };
@@ -97,10 +105,17 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
         }
         ListenAddr::Unix(path) => {
             if !clear_stale_socket(path).map_err(bind_err)? {
-                return Err(ListenError::InUse { key: format!("{}.path", spec.key), path: path.clone() });
+                return Err(ListenError::InUse {
+                    key: format!("{}.path", spec.key),
+                    path: path.clone(),
+                });
             }
             let l = UnixListener::bind(path).map_err(bind_err)?;
-            (OwnedFd::from(l), format!("unix:{}", path.display()), Some(path.clone()))
+            (
+                OwnedFd::from(l),
+                format!("unix:{}", path.display()),
+                Some(path.clone()),
+            )
         }
     };
     // Raise the accept queue to the configured backlog (a second listen() only resizes it).
@@ -109,7 +124,12 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
     if rc != 0 {
         return Err(bind_err(std::io::Error::last_os_error()));
     }
-    Ok(BoundListener { name: spec.name.clone(), local, fd, unix_path })
+    Ok(BoundListener {
+        name: spec.name.clone(),
+        local,
+        fd,
+        unix_path,
+    })
 }
 
 #[cfg(test)]
@@ -117,14 +137,21 @@ mod tests {
     use super::*;
 
     fn spec(addr: ListenAddr) -> ListenerSpec {
-        ListenerSpec { name: "http".into(), addr, backlog: 16, key: "listen[0]".into() }
+        ListenerSpec {
+            name: "http".into(),
+            addr,
+            backlog: 16,
+            key: "listen[0]".into(),
+        }
     }
 
     #[test]
     fn port_in_use_names_key_and_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = bind_all(&[spec(ListenAddr::Tcp(addr))]).unwrap_err().to_string();
+        let e = bind_all(&[spec(ListenAddr::Tcp(addr))])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen[0].address"), "{e}");
         assert!(e.contains(&addr.to_string()), "{e}");
         assert!(e.to_lowercase().contains("in use"), "{e}");

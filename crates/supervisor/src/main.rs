@@ -33,7 +33,11 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -50,7 +54,11 @@ fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
                 SIGHUP => Command::Reload,
                 SIGINT => {
                     interrupts += 1;
-                    if interrupts > 1 { Command::FastStop } else { Command::Stop }
+                    if interrupts > 1 {
+                        Command::FastStop
+                    } else {
+                        Command::Stop
+                    }
                 }
                 _ => Command::Stop,
             };

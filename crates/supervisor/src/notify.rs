@@ -47,7 +47,12 @@ impl Channels {
     pub fn bind(path: &Path) -> std::io::Result<Channels> {
         let _ = std::fs::remove_file(path);
         let socket = UnixDatagram::bind(path)?;
-        Ok(Channels { socket, path: path.to_path_buf(), pipe: None, queued: Vec::new() })
+        Ok(Channels {
+            socket,
+            path: path.to_path_buf(),
+            pipe: None,
+            queued: Vec::new(),
+        })
     }
 
     /// The socket path for `NOTIFY_SOCKET`.
@@ -110,7 +115,10 @@ mod tests {
     fn parses_sd_notify_assignments() {
         assert_eq!(
             parse_datagram(b"STATUS=warming up\nREADY=1\nMAINPID=12\n"),
-            vec![Notification::Status("warming up".into()), Notification::Ready]
+            vec![
+                Notification::Status("warming up".into()),
+                Notification::Ready
+            ]
         );
         assert_eq!(parse_datagram(b"STOPPING=1"), vec![Notification::Stopping]);
         assert!(parse_datagram(b"READY=0").is_empty());
@@ -129,7 +137,10 @@ mod tests {
         let (tx, rx) = pipe::pipe().unwrap();
         let mut ch2 = Channels::bind(&dir.path().join("m.sock")).unwrap();
         ch2.attach_pipe(rx.into_blocking_fd().unwrap()).unwrap();
-        tx.try_write(b"\n").unwrap();
+        let mut tx = tx;
+        tokio::io::AsyncWriteExt::write_all(&mut tx, b"\n")
+            .await
+            .unwrap();
         assert_eq!(ch2.next().await, Notification::Ready);
         drop(ch2);
         assert!(!dir.path().join("m.sock").exists());

@@ -49,7 +49,12 @@ pub struct Reload {
 
 impl Reload {
     /// Plans a reload of `slots` (in order) into `generation`.
-    pub fn new(generation: u64, spec: Arc<WorkerSpec>, policy: ReloadPolicy, slots: impl IntoIterator<Item = usize>) -> Reload {
+    pub fn new(
+        generation: u64,
+        spec: Arc<WorkerSpec>,
+        policy: ReloadPolicy,
+        slots: impl IntoIterator<Item = usize>,
+    ) -> Reload {
         let pending: VecDeque<usize> = slots.into_iter().collect();
         Reload {
             generation,
@@ -80,7 +85,11 @@ impl Reload {
     /// Whether the old worker of a slot being started now may be drained before its replacement is
     /// ready (only within `max_unavailable`).
     pub fn may_drain_early(&self) -> bool {
-        self.in_flight.iter().filter(|f| f.old_drained_early).count() < self.policy.max_unavailable
+        self.in_flight
+            .iter()
+            .filter(|f| f.old_drained_early)
+            .count()
+            < self.policy.max_unavailable
     }
 
     /// Records a started replacement.
@@ -161,12 +170,26 @@ mod tests {
     }
 
     fn flight(slot: usize, new: WorkerId, early: bool) -> InFlight {
-        InFlight { slot, new, old: Some((slot as u64, 100 + slot as i32)), old_drained_early: early, started: Instant::now() }
+        InFlight {
+            slot,
+            new,
+            old: Some((slot as u64, 100 + slot as i32)),
+            old_drained_early: early,
+            started: Instant::now(),
+        }
     }
 
     #[test]
     fn one_slot_at_a_time_by_default() {
-        let mut r = Reload::new(2, spec(), ReloadPolicy { max_surge: 1, max_unavailable: 0 }, 0..3);
+        let mut r = Reload::new(
+            2,
+            spec(),
+            ReloadPolicy {
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+            0..3,
+        );
         assert_eq!(r.next_slot(), Some(0));
         assert!(!r.may_drain_early());
         r.started(flight(0, 10, false));
@@ -185,13 +208,27 @@ mod tests {
         let (left, report) = r.finish(None);
         assert!(left.is_empty());
         assert!(report.ok());
-        assert_eq!(report.slots.iter().map(|s| (s.old_pid, s.new_pid)).collect::<Vec<_>>(),
-                   vec![(Some(100), 1010), (Some(101), 1011), (Some(102), 1012)]);
+        assert_eq!(
+            report
+                .slots
+                .iter()
+                .map(|s| (s.old_pid, s.new_pid))
+                .collect::<Vec<_>>(),
+            vec![(Some(100), 1010), (Some(101), 1011), (Some(102), 1012)]
+        );
     }
 
     #[test]
     fn surge_and_unavailable_bound_parallelism() {
-        let mut r = Reload::new(2, spec(), ReloadPolicy { max_surge: 2, max_unavailable: 1 }, 0..3);
+        let mut r = Reload::new(
+            2,
+            spec(),
+            ReloadPolicy {
+                max_surge: 2,
+                max_unavailable: 1,
+            },
+            0..3,
+        );
         assert_eq!(r.next_slot(), Some(0));
         assert!(r.may_drain_early());
         r.started(flight(0, 10, true));
@@ -203,7 +240,15 @@ mod tests {
 
     #[test]
     fn abort_returns_starting_workers_and_notifies_waiters() {
-        let mut r = Reload::new(2, spec(), ReloadPolicy { max_surge: 1, max_unavailable: 0 }, 0..3);
+        let mut r = Reload::new(
+            2,
+            spec(),
+            ReloadPolicy {
+                max_surge: 1,
+                max_unavailable: 0,
+            },
+            0..3,
+        );
         let (tx, mut rx) = oneshot::channel();
         r.add_waiter(tx);
         r.next_slot();

@@ -64,7 +64,10 @@ pub struct Child {
 }
 
 fn sys(call: &'static str) -> SpawnError {
-    SpawnError::Sys { call, source: std::io::Error::last_os_error() }
+    SpawnError::Sys {
+        call,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
@@ -206,7 +209,13 @@ pub fn spawn(cmd: Command<'_>) -> Result<Child, SpawnError> {
     }
     // SAFETY: pidfd_open returned a new fd that we own; pidfds are created close-on-exec.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-    Ok(Child { pid, pidfd, stdout: out_r, stderr: err_r, ready: ready_r })
+    Ok(Child {
+        pid,
+        pidfd,
+        stdout: out_r,
+        stderr: err_r,
+        ready: ready_r,
+    })
 }
 
 /// Reads until `buf` is full or EOF; returns the count (EINTR retried).
@@ -214,10 +223,18 @@ fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
     let mut got = 0;
     while got < buf.len() {
         // SAFETY: reading into the unfilled tail of a valid buffer from an fd we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
         if n > 0 {
             got += n as usize;
-        } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        } else if n == 0
+            || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
             break;
         }
     }
@@ -305,7 +322,12 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         }
         // Belt and braces: nothing else the supervisor holds may leak into the worker.
         let first = (3 + plan.sources.len()) as libc::c_uint;
-        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
 
         if libc::chdir(plan.cwd) != 0 {
             fail(exec_err);
@@ -334,6 +356,7 @@ mod tests {
 
     fn wait(child: &Child) -> i32 {
         let mut status = 0;
+        // SAFETY: waiting for our own child with a valid out-parameter.
         unsafe { libc::waitpid(child.pid, &mut status, 0) };
         status
     }
@@ -348,13 +371,17 @@ mod tests {
     #[test]
     fn child_sees_fd_layout_and_own_pid() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: `l` outlives `fd` (both live until the end of this test).
         let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
         let script = "echo pid=$$ listen=$LISTEN_PID fds=$LISTEN_FDS; [ -e /proc/self/fd/3 ] && [ -e /proc/self/fd/4 ] && echo fd3 fd4; [ -e /proc/self/fd/5 ] || echo no-fd5; cut -d' ' -f5 /proc/$$/stat";
         let args = vec!["-c".to_string(), script.to_string()];
         let child = spawn(Command {
             program: Path::new("/bin/sh"),
             args: &args,
-            env: vec![("LISTEN_FDS".into(), "1".into()), ("PATH".into(), "/usr/bin:/bin".into())],
+            env: vec![
+                ("LISTEN_FDS".into(), "1".into()),
+                ("PATH".into(), "/usr/bin:/bin".into()),
+            ],
             cwd: Path::new("/"),
             listeners: vec![fd],
         })
@@ -363,10 +390,16 @@ mod tests {
         let status = wait(&child);
         let out = read_all(child.stdout);
         assert_eq!(status, 0, "{out}");
-        assert!(out.contains(&format!("pid={pid} listen={pid} fds=1")), "{out}");
+        assert!(
+            out.contains(&format!("pid={pid} listen={pid} fds=1")),
+            "{out}"
+        );
         assert!(out.contains("fd3 fd4"), "{out}");
         assert!(out.contains("no-fd5"), "{out}");
-        assert!(out.trim_end().ends_with(&pid.to_string()), "own process group: {out}");
+        assert!(
+            out.trim_end().ends_with(&pid.to_string()),
+            "own process group: {out}"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub struct Table {
 impl Table {
     /// A table with these column headers.
     pub fn new(headers: &[&str]) -> Table {
-        Table { rows: vec![headers.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     /// Appends a row.
@@ -27,7 +29,14 @@ impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for r in &self.rows {
             let mut line = String::new();
@@ -54,7 +63,11 @@ pub fn duration(secs: f64) -> String {
     } else if s < 86400.0 {
         format!("{}h {}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
     } else {
-        format!("{}d {}h", (s / 86400.0) as u64, ((s % 86400.0) / 3600.0) as u64)
+        format!(
+            "{}d {}h",
+            (s / 86400.0) as u64,
+            ((s % 86400.0) / 3600.0) as u64
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 use tracing::Instrument;
 
-use crate::config::{Readiness, WorkerSpec};
+use crate::config::WorkerSpec;
 use crate::listeners::BoundListener;
 use crate::notify::{Channels, Notification};
 use crate::spawn::{self, SpawnError};
@@ -159,12 +159,21 @@ impl Worker {
         env.extend([
             ("LISTEN_FDS".to_string(), n.to_string()),
             ("LISTEN_FDNAMES".to_string(), names.join(":")),
-            ("NOTIFY_SOCKET".to_string(), notify_path.display().to_string()),
+            (
+                "NOTIFY_SOCKET".to_string(),
+                notify_path.display().to_string(),
+            ),
             ("READY_FD".to_string(), (3 + n).to_string()),
             ("SUPERVISOR_WORKER_ID".to_string(), args.slot.to_string()),
             ("SUPERVISOR_WORKER_NAME".to_string(), name.clone()),
-            ("SUPERVISOR_GENERATION".to_string(), args.generation.to_string()),
-            ("SUPERVISOR_KILL_TIMEOUT_MS".to_string(), spec.kill_timeout.as_millis().to_string()),
+            (
+                "SUPERVISOR_GENERATION".to_string(),
+                args.generation.to_string(),
+            ),
+            (
+                "SUPERVISOR_KILL_TIMEOUT_MS".to_string(),
+                spec.kill_timeout.as_millis().to_string(),
+            ),
             ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
         ]);
         let child = spawn::spawn(spawn::Command {
@@ -200,7 +209,7 @@ impl Worker {
             let status = watch_exit(pid, watched).await;
             let _ = events.send((id, WorkerEvent::Exited(status)));
         }));
-        let mut w = Worker {
+        Ok(Worker {
             id,
             slot: args.slot,
             generation: args.generation,
@@ -213,11 +222,7 @@ impl Worker {
             spec: spec.clone(),
             pidfd,
             tasks,
-        };
-        if spec.readiness == Readiness::Exec {
-            w.mark_ready();
-        }
-        Ok(w)
+        })
     }
 
     /// Records readiness.
@@ -239,7 +244,13 @@ impl Worker {
             self.state = WorkerState::Draining;
             // SAFETY: pidfd_send_signal on our child's pidfd: cannot hit a reused pid.
             unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGTERM, std::ptr::null::<libc::siginfo_t>(), 0)
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGTERM,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
             };
         }
     }
@@ -278,7 +289,14 @@ fn wait_pidfd(pidfd: &OwnedFd, flags: libc::c_int) -> Option<ExitStatus> {
     // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid on a pidfd of our own child; `info` is a valid out-parameter.
-    let rc = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | flags) };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | flags,
+        )
+    };
     // SAFETY: reading si_pid of a siginfo filled by waitid (zero when nothing was reported).
     if rc != 0 || unsafe { info.si_pid() } == 0 {
         return None;
@@ -297,7 +315,8 @@ fn wait_pidfd(pidfd: &OwnedFd, flags: libc::c_int) -> Option<ExitStatus> {
 async fn watch_exit(pid: i32, pidfd: Arc<OwnedFd>) -> ExitStatus {
     // SAFETY: the Arc keeps the pidfd open and unchanged for the AsyncFd's whole life (it owns a
     // clone of the Arc and nothing closes or replaces the fd while any clone exists).
-    let registered = unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
     match registered {
         Ok(afd) => {
             let _ = afd.readable().await.map(|mut g| g.retain_ready());
@@ -315,7 +334,9 @@ async fn watch_exit(pid: i32, pidfd: Arc<OwnedFd>) -> ExitStatus {
 
 /// Forwards a worker's output line by line as log events in the worker's span.
 async fn forward_output(fd: OwnedFd) {
-    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else { return };
+    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
     let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), 16 * 1024);
     let mut lines = FramedRead::new(rx, codec);
     while let Some(item) = lines.next().await {

@@ -33,14 +33,20 @@ pub enum Error {
 
 /// Serves `router` on `listeners`, reports READY once the accept loops run, and on `shutdown`
 /// drains (see [`serve`]). Returns when the drain is over.
-pub async fn run(listeners: Vec<listeners::NamedListener>, router: axum::Router, shutdown: CancellationToken) -> Result<DrainReport, Error> {
+pub async fn run(
+    listeners: Vec<listeners::NamedListener>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<DrainReport, Error> {
     let opts = DrainOptions::from_env();
     for l in &listeners {
         tracing::info!(listener = %l.name, inherited = l.inherited, "serving");
     }
     let server = tokio::spawn(serve::serve(listeners, router, shutdown, opts));
     ready::notify_ready()?;
-    server.await.map_err(|e| Error::Io(std::io::Error::other(e)))
+    server
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 
 /// Logging for a worker: text to stderr; without timestamps under the supervisor, which adds its
@@ -49,7 +55,11 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let supervised = std::env::var_os("SUPERVISOR_WORKER_ID").is_some();
     if std::env::var("SUPERVISOR_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();

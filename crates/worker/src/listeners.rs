@@ -56,14 +56,31 @@ pub fn take_or_bind(fallback: SocketAddr) -> Result<Vec<NamedListener>, Listener
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
-        let std = std::net::TcpListener::bind(fallback).map_err(|source| ListenerError::Bind { addr: fallback.to_string(), source })?;
-        let tcp = tcp(std).map_err(|source| ListenerError::Bind { addr: fallback.to_string(), source })?;
-        return Ok(vec![NamedListener { name: fallback.to_string(), inherited: false, listener: Listener::Tcp(tcp) }]);
+        let std = std::net::TcpListener::bind(fallback).map_err(|source| ListenerError::Bind {
+            addr: fallback.to_string(),
+            source,
+        })?;
+        let tcp = tcp(std).map_err(|source| ListenerError::Bind {
+            addr: fallback.to_string(),
+            source,
+        })?;
+        return Ok(vec![NamedListener {
+            name: fallback.to_string(),
+            inherited: false,
+            listener: Listener::Tcp(tcp),
+        }]);
     }
     let mut out = Vec::with_capacity(fds.len());
     for i in 0..fds.len() {
-        let name = names.get(i).cloned().unwrap_or_else(|| format!("fd{}", 3 + i));
-        let inherited_err = |source| ListenerError::Inherited { fd: 3 + i as i32, name: name.clone(), source };
+        let name = names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("fd{}", 3 + i));
+        let inherited_err = |source| ListenerError::Inherited {
+            fd: 3 + i as i32,
+            name: name.clone(),
+            source,
+        };
         let listener = match fds.take_tcp_listener(i) {
             Ok(Some(l)) => Listener::Tcp(tcp(l).map_err(inherited_err)?),
             _ => match fds.take_unix_listener(i) {
@@ -75,7 +92,11 @@ pub fn take_or_bind(fallback: SocketAddr) -> Result<Vec<NamedListener>, Listener
                 Err(e) => return Err(inherited_err(e)),
             },
         };
-        out.push(NamedListener { name, inherited: true, listener });
+        out.push(NamedListener {
+            name,
+            inherited: true,
+            listener,
+        });
     }
     Ok(out)
 }

@@ -45,8 +45,12 @@ impl DrainOptions {
         let ms = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         let kill = ms("SUPERVISOR_KILL_TIMEOUT_MS").unwrap_or(30_000);
         let deadline = Duration::from_millis(kill.saturating_sub(500).max(100));
-        let idle_grace = Duration::from_millis(ms("DRAIN_IDLE_GRACE_MS").unwrap_or(1000)).min(deadline);
-        DrainOptions { idle_grace, deadline }
+        let idle_grace =
+            Duration::from_millis(ms("DRAIN_IDLE_GRACE_MS").unwrap_or(1000)).min(deadline);
+        DrainOptions {
+            idle_grace,
+            deadline,
+        }
     }
 }
 
@@ -79,11 +83,16 @@ struct Activity {
 
 impl Activity {
     fn new() -> Activity {
-        Activity { in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0), epoch: Instant::now() }
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long the connection has been idle, counted from `not_before` at the earliest; `None`
@@ -99,13 +108,23 @@ impl Activity {
 
 /// Serves `router` on `listeners` until `shutdown`, then drains. Returns when every connection
 /// is closed or the drain deadline passed.
-pub async fn serve(listeners: Vec<NamedListener>, router: Router, shutdown: CancellationToken, opts: DrainOptions) -> DrainReport {
+pub async fn serve(
+    listeners: Vec<NamedListener>,
+    router: Router,
+    shutdown: CancellationToken,
+    opts: DrainOptions,
+) -> DrainReport {
     let shared = Arc::new(Shared::default());
     let connections = TaskTracker::new();
     let draining = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
-        let ctx = ConnCtx { router: router.clone(), shared: shared.clone(), draining: draining.clone(), grace: opts.idle_grace };
+        let ctx = ConnCtx {
+            router: router.clone(),
+            shared: shared.clone(),
+            draining: draining.clone(),
+            grace: opts.idle_grace,
+        };
         let tracker = connections.clone();
         let stop = shutdown.clone();
         accept_loops.push(tokio::spawn(accept_loop(l, ctx, tracker, stop)));
@@ -120,16 +139,29 @@ pub async fn serve(listeners: Vec<NamedListener>, router: Router, shutdown: Canc
     let _ = shared.draining_since.set(started);
     let open_at_drain = shared.open.load(Ordering::Relaxed);
     crate::ready::notify_stopping();
-    tracing::info!(open_connections = open_at_drain, "listeners closed; draining connections");
+    tracing::info!(
+        open_connections = open_at_drain,
+        "listeners closed; draining connections"
+    );
     draining.cancel();
     connections.close();
-    let finished = tokio::time::timeout(opts.deadline, connections.wait()).await.is_ok();
+    let finished = tokio::time::timeout(opts.deadline, connections.wait())
+        .await
+        .is_ok();
     let report = DrainReport {
         open_at_drain,
-        dropped_at_deadline: if finished { 0 } else { shared.open.load(Ordering::Relaxed) },
+        dropped_at_deadline: if finished {
+            0
+        } else {
+            shared.open.load(Ordering::Relaxed)
+        },
         took: started.elapsed(),
     };
-    tracing::info!(took_ms = report.took.as_millis() as u64, dropped = report.dropped_at_deadline, "drained");
+    tracing::info!(
+        took_ms = report.took.as_millis() as u64,
+        dropped = report.dropped_at_deadline,
+        "drained"
+    );
     report
 }
 
@@ -141,7 +173,12 @@ struct ConnCtx {
     grace: Duration,
 }
 
-async fn accept_loop(l: NamedListener, ctx: ConnCtx, tracker: TaskTracker, stop: CancellationToken) {
+async fn accept_loop(
+    l: NamedListener,
+    ctx: ConnCtx,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return, // drops the listener: our fd is closed now
@@ -183,7 +220,8 @@ where
     ctx.shared.open.fetch_add(1, Ordering::Relaxed);
     let activity = Arc::new(Activity::new());
     let svc = {
-        let (router, activity, draining) = (ctx.router.clone(), activity.clone(), ctx.draining.clone());
+        let (router, activity, draining) =
+            (ctx.router.clone(), activity.clone(), ctx.draining.clone());
         hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let mut router = router.clone();
             let (activity, draining) = (activity.clone(), draining.clone());
@@ -196,7 +234,8 @@ where
                     Err(never) => match never {},
                 };
                 if http1 && draining.is_cancelled() {
-                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 activity.touch();
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -214,7 +253,12 @@ where
         }
         _ = ctx.draining.cancelled() => {}
     }
-    let since = ctx.shared.draining_since.get().copied().unwrap_or_else(Instant::now);
+    let since = ctx
+        .shared
+        .draining_since
+        .get()
+        .copied()
+        .unwrap_or_else(Instant::now);
     loop {
         let wait = match activity.idle_for(since) {
             Some(idle) if idle >= ctx.grace => {

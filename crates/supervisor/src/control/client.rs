@@ -11,7 +11,9 @@ use super::protocol::{self, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket.
-    #[error("no supervisor is running on control socket {path} ({source}); start one with `supervisor start`")]
+    #[error(
+        "no supervisor is running on control socket {path} ({source}); start one with `supervisor start`"
+    )]
     NotRunning {
         /// Socket path.
         path: PathBuf,
@@ -40,13 +42,23 @@ pub enum ClientError {
 }
 
 /// Sends `request` and waits up to `timeout` for the answer.
-pub async fn request(path: &Path, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+pub async fn request(
+    path: &Path,
+    request: Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let exchange = async {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::NotRunning { path: path.to_path_buf(), source })?;
+            .map_err(|source| ClientError::NotRunning {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut conn = protocol::framed(stream);
-        let io = |source| ClientError::Io { path: path.to_path_buf(), source };
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         protocol::send(&mut conn, &request).await.map_err(io)?;
         protocol::recv::<Response>(&mut conn)
             .await
@@ -55,5 +67,8 @@ pub async fn request(path: &Path, request: Request, timeout: Duration) -> Result
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| ClientError::Timeout { path: path.to_path_buf(), timeout })?
+        .map_err(|_| ClientError::Timeout {
+            path: path.to_path_buf(),
+            timeout,
+        })?
 }

@@ -174,7 +174,9 @@ pub type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 /// Frames a stream (frames up to 16 MiB).
 pub fn framed(stream: UnixStream) -> Conn {
-    let codec = LengthDelimitedCodec::builder().max_frame_length(16 << 20).new_codec();
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(16 << 20)
+        .new_codec();
     Framed::new(stream, codec)
 }
 
@@ -203,8 +205,14 @@ mod tests {
 
     #[test]
     fn request_json_shape_is_stable() {
-        assert_eq!(serde_json::to_string(&Request::Reload { wait: true }).unwrap(), r#"{"request":"reload","wait":true}"#);
-        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"request":"status"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Reload { wait: true }).unwrap(),
+            r#"{"request":"reload","wait":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"request":"status"}"#
+        );
     }
 
     #[tokio::test]

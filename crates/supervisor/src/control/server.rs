@@ -25,7 +25,9 @@ pub struct ControlRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Another supervisor answers on this socket.
-    #[error("another supervisor is running on control socket {0} (stop it with `supervisor stop`, or set supervisor.control_socket)")]
+    #[error(
+        "another supervisor is running on control socket {0} (stop it with `supervisor stop`, or set supervisor.control_socket)"
+    )]
     InUse(PathBuf),
     /// Binding failed.
     #[error("cannot create control socket {path}: {source}")]
@@ -50,7 +52,10 @@ pub fn check_free(path: &Path) -> Result<(), ControlError> {
     match clear_stale_socket(path) {
         Ok(true) => Ok(()),
         Ok(false) => Err(ControlError::InUse(path.to_path_buf())),
-        Err(source) => Err(ControlError::Bind { path: path.to_path_buf(), source }),
+        Err(source) => Err(ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -58,28 +63,43 @@ impl ControlSocket {
     /// Binds the socket with mode 0600.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
         check_free(path)?;
-        let bind_err = |source| ControlError::Bind { path: path.to_path_buf(), source };
+        let bind_err = |source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-        Ok(ControlSocket { listener: Some(listener), path: path.to_path_buf(), connections: TaskTracker::new() })
+        Ok(ControlSocket {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+            connections: TaskTracker::new(),
+        })
     }
 
     /// Serves connections until the daemon's request channel closes.
     pub fn serve(&mut self, requests: mpsc::Sender<ControlRequest>) {
-        let Some(listener) = self.listener.take() else { return };
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
         let connections = self.connections.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let requests = requests.clone();
                 connections.spawn(async move {
                     let mut conn = protocol::framed(stream);
                     while let Ok(Some(request)) = protocol::recv::<Request>(&mut conn).await {
                         let (reply, answer) = oneshot::channel();
-                        if requests.send(ControlRequest { request, reply }).await.is_err() {
+                        if requests
+                            .send(ControlRequest { request, reply })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         let Ok(response) = answer.await else { return };

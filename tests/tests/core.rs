@@ -1,0 +1,333 @@
+//! Supervisor core, end to end: shared socket, crash restart with backoff, stop without orphans,
+//! config errors, control socket ownership, status that matches /proc.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use e2e::{ConnMode, Load, Supervisor, alive, bin, get, group_members, wait_for, workers};
+
+const DEMO2: &str = "[worker]\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n";
+
+#[test]
+fn two_workers_share_the_port_and_both_answer() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let addr = s.addr().unwrap();
+    let pids: Vec<String> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid.to_string())
+        .collect();
+    // Concurrent clients, one connection per request: the kernel hands connections to whichever
+    // worker accepts first, so both pids show up.
+    let load = Load::start(addr, "/", 4, &[ConnMode::PerRequest]);
+    wait_for(Duration::from_secs(15), "answers from both workers", || {
+        std::thread::sleep(Duration::from_millis(100));
+        (load.ok_so_far() > 50).then_some(())
+    })
+    .unwrap();
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    for pid in &pids {
+        assert!(
+            report.by_pid.contains_key(pid),
+            "no answer from worker {pid}: {:?}",
+            report.by_pid
+        );
+    }
+    let (code, body) = get(addr, "/heavy").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body, "The result of the CPU intensive task is 5000000\n");
+}
+
+#[test]
+fn sigkilled_worker_is_replaced_while_the_other_keeps_serving() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let addr = s.addr().unwrap();
+    let before = workers(&s.status().unwrap());
+    let victim = before[0].pid;
+    let clients = 4;
+    let load = Load::start(
+        addr,
+        "/",
+        clients,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: killing a worker this test's supervisor started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let after = wait_for(Duration::from_secs(10), "a replacement worker", || {
+        let ws = workers(&s.status().ok()?);
+        (ws.len() == 2 && ws.iter().all(|w| w.state == "ready" && w.pid != victim)).then_some(ws)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    let replaced = after.iter().find(|w| w.slot == before[0].slot).unwrap();
+    assert_eq!(replaced.restarts, 1);
+    // Only requests in flight on the killed worker may fail: at most one per client.
+    assert!(
+        report.failed <= (2 * clients) as u64,
+        "{} failed: {:?}",
+        report.failed,
+        report.errors
+    );
+    assert!(report.ok > 100, "{report:?}");
+    assert!(
+        report.by_pid.contains_key(&replaced.pid.to_string()),
+        "replacement never answered: {:?}",
+        report.by_pid
+    );
+}
+
+#[test]
+fn crashing_worker_is_backed_off_not_restarted_in_a_loop() {
+    let s = Supervisor::spawn(
+        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\ninstances = 1\n\
+         [restart]\nbackoff_initial = \"100ms\"\nbackoff_max = \"2s\"\nmax_restarts = 3\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let v = s.status().unwrap();
+    let waiting = v["waiting"].as_array().cloned().unwrap_or_default();
+    let restarts = waiting
+        .first()
+        .map(|w| w["restarts"].as_u64().unwrap_or(0))
+        .or_else(|| workers(&v).first().map(|w| w.restarts))
+        .unwrap();
+    // 100 + 200 + 400 + 800 + 1600 ms: about 5 starts in 3 s, not hundreds.
+    assert!(
+        (3..=7).contains(&restarts),
+        "restarts in 3 s: {restarts}\n{}",
+        s.log_text()
+    );
+    let v = wait_for(Duration::from_secs(5), "crash-loop state", || {
+        let v = s.status().ok()?;
+        v["waiting"]
+            .as_array()?
+            .iter()
+            .any(|w| w["state"] == "crash-loop")
+            .then_some(v)
+    })
+    .unwrap();
+    assert!(
+        v["waiting"][0]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{v}"
+    );
+    let text = s.cli(&["status"]).unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("crash-loop"));
+}
+
+fn assert_all_gone(pgids: &[i32]) {
+    wait_for(
+        Duration::from_secs(5),
+        "every worker process to be gone",
+        || {
+            pgids
+                .iter()
+                .all(|&g| group_members(g).is_empty())
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: left {:?}",
+            pgids
+                .iter()
+                .flat_map(|&g| group_members(g))
+                .collect::<Vec<_>>()
+        )
+    });
+}
+
+/// Workers that also fork a child of their own (a grandchild of the supervisor).
+const WITH_GRANDCHILD: &str = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 300 & exec {demo}\"]\ninstances = 2\nkill_timeout = \"3s\"\n";
+
+#[test]
+fn stop_command_leaves_no_process_behind() {
+    let mut s = Supervisor::start(WITH_GRANDCHILD, 2).unwrap();
+    let pgids: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    assert!(
+        pgids.iter().all(|&g| group_members(g).len() == 2),
+        "worker + its sleep child"
+    );
+    let out = s.cli(&["stop"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    assert_all_gone(&pgids);
+    assert!(
+        !s.dir.path().join("control.sock").exists(),
+        "control socket removed"
+    );
+}
+
+#[test]
+fn sigterm_stops_everything_gracefully() {
+    let mut s = Supervisor::start(WITH_GRANDCHILD, 2).unwrap();
+    let pgids: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+    assert_all_gone(&pgids);
+    let log = s.log_text();
+    assert!(
+        log.contains("draining (SIGTERM)") && log.contains("exit code 0"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_no_worker_behind() {
+    let mut s = Supervisor::start(DEMO2, 2).unwrap();
+    let pids: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    s.signal(libc::SIGKILL);
+    let _ = s.wait_exit(Duration::from_secs(5)).unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "workers to die with the supervisor",
+        || pids.iter().all(|&p| !alive(p)).then_some(()),
+    )
+    .unwrap();
+}
+
+fn start_fails(body: &str) -> String {
+    let mut s = Supervisor::spawn(body).unwrap();
+    let code = s.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(code, Some(1), "must exit non-zero");
+    assert!(
+        !s.dir.path().join("control.sock").exists(),
+        "nothing left behind"
+    );
+    s.log_text()
+}
+
+#[test]
+fn bad_configs_fail_naming_the_key_and_start_nothing() {
+    let log = start_fails("[worker]\ncommand = \"{demo}\"\nkill_timout = \"1s\"\n");
+    assert!(
+        log.contains("worker.kill_timout") && log.contains("unknown field"),
+        "{log}"
+    );
+    let log = start_fails("[worker]\ncommand = \"/no/such/program\"\n");
+    assert!(
+        log.contains("worker.command") && log.contains("/no/such/program"),
+        "{log}"
+    );
+    let log = start_fails("[worker]\ncommand = \"{demo}\"\nready_timeout = \"soon\"\n");
+    assert!(
+        log.contains("worker.ready_timeout") && log.contains("invalid duration"),
+        "{log}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let log = start_fails(&format!(
+        "[[listen]]\naddress = \"127.0.0.1:{port}\"\n[worker]\ncommand = \"{{demo}}\"\n"
+    ));
+    assert!(
+        log.contains("listen[0].address")
+            && log.contains(&port.to_string())
+            && log.contains("in use"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("worker started"),
+        "no worker may start: {log}"
+    );
+}
+
+#[test]
+fn second_start_on_the_same_control_socket_is_refused() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let out = e2e::run_with_deadline(
+        std::process::Command::new(bin("supervisor"))
+            .args(["start", "-c"])
+            .arg(&s.config),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another supervisor is running"), "{err}");
+    // The first one is untouched.
+    s.wait_ready(2, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn status_json_matches_the_processes() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let v = s.status().unwrap();
+    assert_eq!(v["supervisor"]["pid"].as_i64().unwrap() as i32, s.pid());
+    assert_eq!(v["generation"], 1);
+    let ws = workers(&v);
+    assert_eq!(ws.iter().map(|w| w.slot).collect::<Vec<_>>(), vec![0, 1]);
+    for w in &ws {
+        assert!(alive(w.pid));
+        let exe = std::fs::read_link(format!("/proc/{}/exe", w.pid)).unwrap();
+        assert_eq!(exe, bin("demo-app"));
+        let env = std::fs::read(format!("/proc/{}/environ", w.pid)).unwrap();
+        let env = String::from_utf8_lossy(&env);
+        assert!(
+            env.split('\0')
+                .any(|e| e == format!("LISTEN_PID={}", w.pid)),
+            "LISTEN_PID is the worker's own pid"
+        );
+        assert!(env.split('\0').any(|e| e == "LISTEN_FDS=1"));
+        assert!(env.split('\0').any(|e| e == "LISTEN_FDNAMES=http"));
+        assert!(
+            env.split('\0')
+                .any(|e| e == format!("SUPERVISOR_WORKER_ID={}", w.slot))
+        );
+        // The listening socket is fd 3 in the worker.
+        let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", w.pid)).unwrap();
+        assert!(fd3.to_string_lossy().starts_with("socket:"), "{fd3:?}");
+    }
+    let rss = v["workers"][0]["process"]["rss_bytes"].as_u64().unwrap();
+    assert!(rss > 100_000, "memory from /proc: {rss}");
+    let addr = s.addr().unwrap();
+    let (code, body) = get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        ws.iter().any(|w| body.contains(&format!("pid={}", w.pid))),
+        "{body}"
+    );
+    let table = String::from_utf8_lossy(&s.cli(&["status"]).unwrap().stdout).to_string();
+    for w in &ws {
+        assert!(table.contains(&w.pid.to_string()), "{table}");
+    }
+}
+
+#[test]
+fn worker_output_is_prefixed_with_name_and_pid() {
+    let s = Supervisor::start("[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from $$; exec {demo}\"]\ninstances = 1\n", 1).unwrap();
+    let pid = workers(&s.status().unwrap())[0].pid;
+    let log = wait_for(
+        Duration::from_secs(5),
+        "the worker's line in the log",
+        || {
+            let log = s.log_text();
+            log.contains(&format!("hello from {pid}")).then_some(log)
+        },
+    )
+    .unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("hello from {pid}")))
+        .unwrap();
+    assert!(line.contains("demo.0") || line.contains("sh.0"), "{line}");
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+}

@@ -1,0 +1,205 @@
+//! Rolling reload, end to end: zero failed requests through many reloads under load, aborts that
+//! keep the old workers serving, and the awkward cases (crash, SIGTERM, stubborn worker, bursts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use e2e::{ConnMode, Load, Supervisor, group_members, wait_for, workers};
+
+const DEMO2: &str = "[worker]\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\nready_timeout = \"5s\"\n";
+/// Workers that take half a second to become ready, so a reload is slow enough to interfere with.
+const SLOW3: &str = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.5; exec {demo}\"]\ninstances = 3\nkill_timeout = \"5s\"\n";
+
+fn reload(s: &Supervisor) -> (bool, String) {
+    let out = s.cli(&["reload"]).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn ten_reloads_under_load_fail_no_request() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let addr = s.addr().unwrap();
+    let load = Load::start(addr, "/", 3, &[ConnMode::KeepAlive, ConnMode::PerRequest]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut seen: HashSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+    for round in 0..10u64 {
+        let (ok, text) = reload(&s);
+        assert!(ok, "reload {round}: {text}");
+        assert!(
+            text.contains(&format!("generation {}: ok", round + 2)),
+            "{text}"
+        );
+        let ready = s.ready_workers().unwrap();
+        assert_eq!(ready.len(), 2, "{ready:?}");
+        for w in &ready {
+            assert_eq!(w.generation, round + 2, "{ready:?}");
+            assert!(seen.insert(w.pid), "pid {} reused: not a new worker", w.pid);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(
+        report.failed, 0,
+        "failed requests during reloads: {:?}",
+        report.errors
+    );
+    assert!(report.ok > 200, "{report:?}");
+    assert!(
+        report.by_pid.len() >= 10,
+        "answers from many generations: {:?}",
+        report.by_pid
+    );
+}
+
+fn aborted_reload_keeps_old_workers(new_worker: &str, reason: &str) {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let before = s.ready_workers().unwrap();
+    let load = Load::start(
+        s.addr().unwrap(),
+        "/",
+        2,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    s.rewrite(new_worker).unwrap();
+    let (ok, text) = reload(&s);
+    assert!(!ok, "reload must exit non-zero: {text}");
+    assert!(text.contains("aborted") && text.contains(reason), "{text}");
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let after = s.ready_workers().unwrap();
+    assert_eq!(
+        after.iter().map(|w| w.pid).collect::<Vec<_>>(),
+        before.iter().map(|w| w.pid).collect::<Vec<_>>()
+    );
+    let v = s.status().unwrap();
+    assert_eq!(v["last_reload"]["outcome"], "aborted");
+    assert_eq!(workers(&v).len(), 2, "the failed new worker is gone: {v}");
+    for pid in before.iter().map(|w| w.pid.to_string()) {
+        assert!(
+            report.by_pid.contains_key(&pid),
+            "old worker {pid} kept serving: {:?}",
+            report.by_pid
+        );
+    }
+}
+
+#[test]
+fn new_worker_never_ready_aborts_the_reload() {
+    aborted_reload_keeps_old_workers(
+        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 60\"]\ninstances = 2\nready_timeout = \"1s\"\n",
+        "was not ready within 1s",
+    );
+}
+
+#[test]
+fn new_worker_exiting_at_start_aborts_the_reload() {
+    aborted_reload_keeps_old_workers(
+        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo broken >&2; exit 2\"]\ninstances = 2\n",
+        "exited before it was ready: exit code 2",
+    );
+}
+
+#[test]
+fn invalid_config_aborts_the_reload_before_anything_changes() {
+    aborted_reload_keeps_old_workers(
+        "[worker]\ncommand = \"{demo}\"\ninstances = \"many\"\n",
+        "worker.instances",
+    );
+}
+
+#[test]
+fn crash_of_an_old_worker_during_a_reload_is_restarted_and_the_reload_completes() {
+    let s = Supervisor::start(SLOW3, 3).unwrap();
+    let before = s.ready_workers().unwrap();
+    let out = s.cli(&["reload", "--no-wait"]).unwrap();
+    assert!(out.status.success());
+    // Slot 2 is replaced last: kill its old worker while slot 0 is still being replaced.
+    // SAFETY: killing a worker this test's supervisor started.
+    unsafe { libc::kill(before[2].pid, libc::SIGKILL) };
+    let v = wait_for(Duration::from_secs(20), "the reload to finish", || {
+        let v = s.status().ok()?;
+        (v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == 2).then_some(v)
+    })
+    .unwrap();
+    assert_eq!(v["last_reload"]["outcome"], "ok", "{v}");
+    let after = s.wait_ready(3, Duration::from_secs(10)).unwrap();
+    let ws = workers(&after);
+    assert!(ws.iter().all(|w| w.generation == 2), "{ws:?}");
+    assert!(ws.iter().all(|w| before.iter().all(|b| b.pid != w.pid)));
+}
+
+#[test]
+fn sigterm_during_a_reload_stops_everything() {
+    let mut s = Supervisor::start(SLOW3, 3).unwrap();
+    let out = s.cli(&["reload", "--no-wait"]).unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let pgids: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(pgids.len(), 4, "3 old + 1 new starting");
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(15)).unwrap(), Some(0));
+    wait_for(Duration::from_secs(5), "no worker left", || {
+        pgids
+            .iter()
+            .all(|&g| group_members(g).is_empty())
+            .then_some(())
+    })
+    .unwrap();
+    assert!(
+        s.log_text()
+            .contains("reload aborted: the supervisor is stopping"),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn old_worker_that_ignores_sigterm_is_killed_after_the_kill_timeout() {
+    let stubborn = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\n\
+                    instances = 1\nreadiness = \"exec\"\nkill_timeout = \"1s\"\n";
+    let s = Supervisor::start(stubborn, 1).unwrap();
+    let old = s.ready_workers().unwrap()[0].pid;
+    let (ok, text) = reload(&s);
+    assert!(ok, "{text}");
+    wait_for(
+        Duration::from_secs(5),
+        "the stubborn worker's group to be killed",
+        || group_members(old).is_empty().then_some(()),
+    )
+    .unwrap();
+    assert!(
+        s.log_text().contains("SIGKILL to its process group"),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn reloads_requested_during_a_reload_are_coalesced_into_one() {
+    let s = Supervisor::start(SLOW3, 3).unwrap();
+    for _ in 0..3 {
+        s.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = wait_for(Duration::from_secs(30), "the reloads to settle", || {
+        let v = s.status().ok()?;
+        let settled = v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == 3;
+        settled.then_some(v)
+    })
+    .unwrap();
+    assert_eq!(v["generation"], 3, "one reload plus one coalesced: {v}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.status().unwrap()["generation"], 3, "no third reload");
+    assert!(s.log_text().contains("queued to run once after it"));
+}
