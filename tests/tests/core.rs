@@ -331,3 +331,40 @@ fn worker_output_is_prefixed_with_name_and_pid() {
     assert!(line.contains("demo.0") || line.contains("sh.0"), "{line}");
     assert!(line.contains(&format!("pid={pid}")), "{line}");
 }
+
+#[test]
+fn ipv6_and_unix_socket_listeners_are_passed_in_order() {
+    use std::io::{Read, Write};
+    let body = "[[listen]]\nname = \"v6\"\naddress = \"[::1]:0\"\n[[listen]]\nname = \"local\"\npath = \"app.sock\"\n\
+                [worker]\ncommand = \"{demo}\"\ninstances = 1\n";
+    let s = Supervisor::start(body, 1).unwrap();
+    let v = s.status().unwrap();
+    assert_eq!(v["listeners"][0]["name"], "v6");
+    assert_eq!(v["listeners"][1]["fd"], 4);
+    let addr: std::net::SocketAddr = v["listeners"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(addr.is_ipv6());
+    let (code, _) = get(addr, "/healthz").unwrap();
+    assert_eq!(code, 200);
+    let path = s.dir.path().join("app.sock");
+    let mut u = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        u,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    u.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let pid = workers(&v)[0].pid;
+    let env = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .to_string();
+    assert!(
+        env.split('\0').any(|e| e == "LISTEN_FDNAMES=v6:local"),
+        "{env}"
+    );
+}

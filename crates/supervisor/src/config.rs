@@ -13,12 +13,12 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The config file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a value of the wrong type.
     #[error("{path}: {key}: {message}")]
@@ -251,9 +251,9 @@ pub struct Config {
 }
 
 fn parse_raw(path: &Path) -> Result<RawFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let parse_err = |key: String, message: String| ConfigError::Parse {
         path: path.to_path_buf(),
@@ -293,9 +293,9 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// must reach the supervisor while it holds the ports, and also after someone broke the rest of
 /// the file (so that `reload` can report that the new config is invalid).
 pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),

@@ -38,23 +38,23 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Listen {
         /// Config file.
         path: PathBuf,
         /// The bind error (names the key).
-        source: ListenError,
+        cause: ListenError,
     },
     /// The control socket is taken or cannot be created.
     #[error(transparent)]
     Control(#[from] ControlError),
     /// The runtime directory for notify sockets could not be created.
-    #[error("cannot create runtime directory {path}: {source}")]
+    #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -70,9 +70,9 @@ impl RuntimeDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| StartupError::RuntimeDir {
+            .map_err(|cause| StartupError::RuntimeDir {
                 path: path.clone(),
-                source,
+                cause,
             })?;
         Ok(RuntimeDir(path))
     }
@@ -88,9 +88,9 @@ impl Drop for RuntimeDir {
 /// workers, then serves events. `commands` carries the signals `main` translated.
 pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
-    let bound = listeners::bind_all(&config.listeners).map_err(|source| StartupError::Listen {
+    let bound = listeners::bind_all(&config.listeners).map_err(|cause| StartupError::Listen {
         path: config.path.clone(),
-        source,
+        cause,
     })?;
     let runtime_dir = RuntimeDir::create()?;
     let mut control = ControlSocket::bind(&config.control_socket)?;

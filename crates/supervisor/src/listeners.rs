@@ -11,14 +11,14 @@ use crate::config::{ListenAddr, ListenerSpec};
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// `bind`/`listen` failed (port in use, permission denied, ...).
-    #[error("{key}: cannot listen on {addr}: {source}")]
+    #[error("{key}: cannot listen on {addr}: {cause}")]
     Bind {
         /// Config key of the listener.
         key: String,
         /// The address.
         addr: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A Unix socket path is served by a live process.
     #[error("{key}: {path} is in use by a running process")]
@@ -83,7 +83,7 @@ pub fn bind_all(specs: &[ListenerSpec]) -> Result<Vec<BoundListener>, ListenErro
 }
 
 fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
-    let bind_err = |source| ListenError::Bind {
+    let bind_err = |cause| ListenError::Bind {
         key: format!(
             "{}.{}",
             spec.key,
@@ -94,7 +94,7 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
             }
         ),
         addr: spec.addr.to_string(),
-        source,
+        cause,
     };
     let (fd, local, unix_path): (OwnedFd, String, Option<PathBuf>) = match &spec.addr {
         ListenAddr::Tcp(addr) => {

@@ -13,20 +13,20 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// A system call in the supervisor failed (pipe, fork, pidfd_open).
-    #[error("{call} failed: {source}")]
+    #[error("{call} failed: {cause}")]
     Sys {
         /// The failed call.
         call: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The child could not execute the program.
-    #[error("cannot execute {program}: {source}")]
+    #[error("cannot execute {program}: {cause}")]
     Exec {
         /// The program path.
         program: String,
         /// The error `execve` (or `chdir`) returned in the child.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An argument or environment entry contains a NUL byte.
     #[error("argument or environment entry contains a NUL byte: {0:?}")]
@@ -66,7 +66,7 @@ pub struct Child {
 fn sys(call: &'static str) -> SpawnError {
     SpawnError::Sys {
         call,
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     }
 }
 
@@ -193,7 +193,7 @@ pub fn spawn(cmd: Command<'_>) -> Result<Child, SpawnError> {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return Err(SpawnError::Exec {
             program: cmd.program.display().to_string(),
-            source: std::io::Error::from_raw_os_error(errno),
+            cause: std::io::Error::from_raw_os_error(errno),
         });
     }
     // SAFETY: plain syscall with a pid of our own unreaped child (it cannot be reused meanwhile).
@@ -306,7 +306,7 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if libc::dup2(plan.stdout, 1) < 0 || libc::dup2(plan.stderr, 2) < 0 {
             fail(exec_err);
         }
-        // Copy every source above the layout first, then into place: a source may sit on a
+        // Copy every cause above the layout first, then into place: a cause may sit on a
         // target number. dup2 clears close-on-exec on the targets; the copies keep it.
         for (i, &src) in plan.sources.iter().enumerate() {
             let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.first_free);

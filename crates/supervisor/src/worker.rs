@@ -127,12 +127,12 @@ pub struct StartArgs<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The notify socket could not be created.
-    #[error("cannot create notify socket {path}: {source}")]
+    #[error("cannot create notify socket {path}: {cause}")]
     Notify {
         /// Socket path.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// fork/exec failed.
     #[error(transparent)]
@@ -145,9 +145,9 @@ impl Worker {
         let spec = args.spec;
         let name = format!("{}.{}", spec.name, args.slot);
         let notify_path = args.runtime_dir.join(format!("notify-{}.sock", args.id));
-        let mut channels = Channels::bind(&notify_path).map_err(|source| StartError::Notify {
+        let mut channels = Channels::bind(&notify_path).map_err(|cause| StartError::Notify {
             path: notify_path.display().to_string(),
-            source,
+            cause,
         })?;
 
         let n = args.listeners.len();

@@ -9,22 +9,22 @@ use tokio::net::{TcpListener, UnixListener};
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// An inherited fd is not a listening socket of a supported kind.
-    #[error("inherited fd {fd} ({name}) is neither a TCP nor a Unix stream listener: {source}")]
+    #[error("inherited fd {fd} ({name}) is neither a TCP nor a Unix stream listener: {cause}")]
     Inherited {
         /// fd number.
         fd: i32,
         /// Its name.
         name: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Binding the fallback address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: String,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -56,13 +56,13 @@ pub fn take_or_bind(fallback: SocketAddr) -> Result<Vec<NamedListener>, Listener
         .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
-        let std = std::net::TcpListener::bind(fallback).map_err(|source| ListenerError::Bind {
+        let std = std::net::TcpListener::bind(fallback).map_err(|cause| ListenerError::Bind {
             addr: fallback.to_string(),
-            source,
+            cause,
         })?;
-        let tcp = tcp(std).map_err(|source| ListenerError::Bind {
+        let tcp = tcp(std).map_err(|cause| ListenerError::Bind {
             addr: fallback.to_string(),
-            source,
+            cause,
         })?;
         return Ok(vec![NamedListener {
             name: fallback.to_string(),
@@ -76,10 +76,10 @@ pub fn take_or_bind(fallback: SocketAddr) -> Result<Vec<NamedListener>, Listener
             .get(i)
             .cloned()
             .unwrap_or_else(|| format!("fd{}", 3 + i));
-        let inherited_err = |source| ListenerError::Inherited {
+        let inherited_err = |cause| ListenerError::Inherited {
             fd: 3 + i as i32,
             name: name.clone(),
-            source,
+            cause,
         };
         let listener = match fds.take_tcp_listener(i) {
             Ok(Some(l)) => Listener::Tcp(tcp(l).map_err(inherited_err)?),

@@ -12,21 +12,21 @@ use super::protocol::{self, Request, Response};
 pub enum ClientError {
     /// Nothing listens on the socket.
     #[error(
-        "no supervisor is running on control socket {path} ({source}); start one with `supervisor start`"
+        "no supervisor is running on control socket {path} ({cause}); start one with `supervisor start`"
     )]
     NotRunning {
         /// Socket path.
         path: PathBuf,
         /// The connect error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The exchange failed.
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}: {cause}")]
     Io {
         /// Socket path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The supervisor closed the connection without an answer.
     #[error("control socket {0}: the supervisor closed the connection without answering")]
@@ -50,14 +50,14 @@ pub async fn request(
     let exchange = async {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::NotRunning {
+            .map_err(|cause| ClientError::NotRunning {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         let mut conn = protocol::framed(stream);
-        let io = |source| ClientError::Io {
+        let io = |cause| ClientError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         protocol::send(&mut conn, &request).await.map_err(io)?;
         protocol::recv::<Response>(&mut conn)

@@ -30,12 +30,12 @@ pub enum ControlError {
     )]
     InUse(PathBuf),
     /// Binding failed.
-    #[error("cannot create control socket {path}: {source}")]
+    #[error("cannot create control socket {path}: {cause}")]
     Bind {
         /// Socket path.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -52,9 +52,9 @@ pub fn check_free(path: &Path) -> Result<(), ControlError> {
     match clear_stale_socket(path) {
         Ok(true) => Ok(()),
         Ok(false) => Err(ControlError::InUse(path.to_path_buf())),
-        Err(source) => Err(ControlError::Bind {
+        Err(cause) => Err(ControlError::Bind {
             path: path.to_path_buf(),
-            source,
+            cause,
         }),
     }
 }
@@ -63,9 +63,9 @@ impl ControlSocket {
     /// Binds the socket with mode 0600.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
         check_free(path)?;
-        let bind_err = |source| ControlError::Bind {
+        let bind_err = |cause| ControlError::Bind {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
