@@ -59,16 +59,13 @@ fn parse_args() -> anyhow::Result<Args> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        // Logs are not needed by the tests; keep the example dependency-free otherwise.
-    }
     let client = redis::Client::open(args.redis_url.as_str())?;
     let conn = client.get_multiplexed_async_connection().await?;
     let backend = Backend::from_url(&args.redis_url)?;
     let mut scheduler = Scheduler::new(backend, Identity::current())
         .with_clock_offset(chrono::Duration::milliseconds(args.offset_ms));
-    let spec =
-        JobSpec::new(args.job.clone(), args.schedule.clone()).lease_ttl(Duration::from_millis(args.lease_ms));
+    let spec = JobSpec::new(args.job.clone(), args.schedule.clone())
+        .lease_ttl(Duration::from_millis(args.lease_ms));
     let list = args.list.clone();
     let job_ms = args.job_ms;
     scheduler.add(Job::new(spec, move |ctx| {

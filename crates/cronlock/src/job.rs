@@ -193,7 +193,11 @@ impl fmt::Display for TickId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TickId::Scheduled(t) => {
-                write!(f, "{}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                write!(
+                    f,
+                    "{}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                )
             }
             TickId::Manual(id) => write!(f, "manual:{id}"),
         }
@@ -377,7 +381,10 @@ mod tests {
             Ok(_) => panic!("accepted"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("report") && err.contains("Nowhere/City"), "{err}");
+        assert!(
+            err.contains("report") && err.contains("Nowhere/City"),
+            "{err}"
+        );
     }
 
     #[test]

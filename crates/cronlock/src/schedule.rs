@@ -308,12 +308,33 @@ mod tests {
     }
 
     #[test]
+    fn never_matching_expression_is_rejected_quickly() {
+        let t0 = std::time::Instant::now();
+        let err = match Schedule::parse_for("feb30", "0 0 0 30 2 *", Tz::UTC) {
+            Ok(_) => panic!("accepted 30 February"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("feb30") && err.contains("never matches"),
+            "{err}"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
     fn bad_input_names_the_job() {
         let err = match Schedule::parse_for("nightly", "61 * * * * *", Tz::UTC) {
             Ok(_) => panic!("accepted an invalid expression"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("nightly") && err.contains("61 * * * * *"), "{err}");
+        assert!(
+            err.contains("nightly") && err.contains("61 * * * * *"),
+            "{err}"
+        );
         let err = match Schedule::parse_for("nightly", "* * * * *", Tz::UTC) {
             Ok(_) => panic!("accepted 5 fields"),
             Err(e) => e.to_string(),
@@ -323,7 +344,10 @@ mod tests {
             Ok(_) => panic!("accepted an unknown zone"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("nightly") && err.contains("Mars/Olympus"), "{err}");
+        assert!(
+            err.contains("nightly") && err.contains("Mars/Olympus"),
+            "{err}"
+        );
         assert!(parse_timezone("x", "Europe/Berlin").is_ok());
     }
 }

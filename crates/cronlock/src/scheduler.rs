@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +72,9 @@ pub struct SchedulerOptions {
     pub max_sleep_step: Duration,
     /// How often the job registry is rewritten (it may have been lost with Redis data).
     pub registry_refresh: Duration,
-    /// After a lease loss or past the drain, how long a job may take to return after its
-    /// cancel token fired before its future is dropped (default: 1/10 of the lease TTL,
-    /// at most this value; 1 s).
+    /// Past the drain period, how long a job may take to return after its cancel token fired
+    /// before its future is dropped (default 1 s). After a lease loss the job gets at most half
+    /// of the safety margin (TTL / 12), so it is gone before the lease expires.
     pub cancel_grace: Duration,
 }
 
@@ -105,7 +105,7 @@ pub struct Stats {
 }
 
 /// A point-in-time copy of [`Stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Ticks this instance won and started.
     pub ticks_run: u64,
@@ -301,7 +301,10 @@ impl Scheduler {
         });
 
         shutdown.cancelled().await;
-        tracing::info!(drain_ms = drain.as_millis() as u64, "cron scheduler stopping");
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "cron scheduler stopping"
+        );
         stop.cancel();
         for l in loops {
             let _ = l.await;
@@ -330,9 +333,17 @@ impl Scheduler {
     }
 }
 
-async fn keep_registered(shared: Arc<Shared>, metas: Vec<crate::job::JobMeta>, stop: CancellationToken) {
+async fn keep_registered(
+    shared: Arc<Shared>,
+    metas: Vec<crate::job::JobMeta>,
+    stop: CancellationToken,
+) {
     loop {
-        let wait = match shared.backend.register_jobs(&metas).await {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = shared.backend.register_jobs(&metas) => r,
+        };
+        let wait = match result {
             Ok(()) => shared.options.registry_refresh,
             Err(e) => {
                 tracing::warn!(error = %e, "registering cron jobs failed; will retry");
@@ -433,7 +444,13 @@ async fn job_loop(
         }
         if run_latest {
             let period = entry.schedule.period_after(latest);
-            spawn_run(&shared, &entry, TickId::Scheduled(latest), latest, keep_for(period));
+            spawn_run(
+                &shared,
+                &entry,
+                TickId::Scheduled(latest),
+                latest,
+                keep_for(period),
+            );
         }
     }
 }
@@ -564,7 +581,9 @@ async fn watchdog(
             _ = tokio::time::sleep_until(last_ok + interval) => {}
         }
         loop {
-            let deadline = read_valid().checked_sub(margin).unwrap_or_else(Instant::now);
+            let deadline = read_valid()
+                .checked_sub(margin)
+                .unwrap_or_else(Instant::now);
             let now = Instant::now();
             if now >= deadline {
                 lose("the lease could not be renewed before it expires");
@@ -589,7 +608,8 @@ async fn watchdog(
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(job = %lease.job, token = lease.token, error = %e, "lease renewal failed; retrying");
-                    let pause = Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+                    let pause = Duration::from_millis(200)
+                        .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::select! {
                         _ = done.cancelled() => return,
                         _ = tokio::time::sleep(pause) => {}
@@ -650,10 +670,24 @@ async fn execute(
             let _ = tokio::time::timeout(grace, &mut fut).await;
             (Outcome::LeaseLost, Some("lease lost; run cancelled".to_owned()))
         }
-        r = &mut fut => match r {
-            Ok(()) => (Outcome::Ok, None),
-            Err(e) => (Outcome::Failed, Some(e)),
-        },
+        r = &mut fut => {
+            // The job may have returned because its cancel token fired: attribute the outcome
+            // to the reason of the cancellation.
+            let suffix = match &r {
+                Ok(()) => String::new(),
+                Err(e) => format!(": {e}"),
+            };
+            if lost.is_cancelled() {
+                (Outcome::LeaseLost, Some(format!("lease lost; run cancelled{suffix}")))
+            } else if shared.hard.is_cancelled() {
+                (Outcome::Cancelled, Some(format!("cancelled by shutdown{suffix}")))
+            } else {
+                match r {
+                    Ok(()) => (Outcome::Ok, None),
+                    Err(e) => (Outcome::Failed, Some(e)),
+                }
+            }
+        }
         _ = shared.hard.cancelled() => {
             let r = tokio::time::timeout(shared.options.cancel_grace, &mut fut).await;
             let msg = match r {
@@ -698,7 +732,9 @@ async fn execute(
             token,
             "lease was no longer ours at release (left untouched)"
         ),
-        Err(e) => tracing::warn!(job = %req.job, token, error = %e, "recording the run / releasing the lease failed"),
+        Err(e) => {
+            tracing::warn!(job = %req.job, token, error = %e, "recording the run / releasing the lease failed")
+        }
     }
     match outcome {
         Outcome::Ok => inc(&shared.stats.runs_ok),

@@ -13,7 +13,9 @@
 //! | `requests/{id}.json` | manual run requests, polled every 250 ms |
 //!
 //! A tick is claimed only if it is newer than the last claimed tick of the job, so two
-//! schedulers on the same host run each tick once; the token is the last token + 1.
+//! schedulers on the same host run each tick once; the token is the last token + 1. A lease
+//! never expires while its process lives (a stopped process keeps it): on one host there is no
+//! clock skew or network partition to fence against.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -154,9 +156,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
     })
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))?
@@ -225,7 +225,8 @@ impl LocalBackend {
         content.clear();
         content.push_str(&line);
         content.push('\n');
-        f.write_all(content.as_bytes()).map_err(io_err("append", path))
+        f.write_all(content.as_bytes())
+            .map_err(io_err("append", path))
     }
 
     fn claim_blocking(
@@ -297,7 +298,8 @@ impl LocalBackend {
             Some((mut f, path)) => {
                 f.set_len(0).map_err(io_err("truncate", &path))?;
                 f.seek(SeekFrom::Start(0)).map_err(io_err("seek", &path))?;
-                f.write_all(value.as_bytes()).map_err(io_err("write", &path))?;
+                f.write_all(value.as_bytes())
+                    .map_err(io_err("write", &path))?;
                 Some(f)
             }
             None => None,
@@ -400,25 +402,31 @@ impl LocalBackend {
         .await
     }
 
+    /// Reads the holder written into `{job}.lease`. The file is not locked to probe it (a probe
+    /// lock could make a concurrent claim see an overlap); instead the holder must be a live
+    /// process (`/proc/{pid}`), since the kernel drops the lock of a dead one.
     pub(crate) async fn current_holder(&self, job: &str) -> Result<Option<Holder>> {
         let path = self.path(job, "lease");
         blocking(move || {
-            let f = match File::open(&path) {
-                Ok(f) => f,
+            let content = match std::fs::read_to_string(&path) {
+                Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => {
                     return Err(Error::Io {
-                        op: "open",
+                        op: "read",
                         path,
                         source: e,
                     });
                 }
             };
-            if try_lock_exclusive(&f).map_err(io_err("lock", &path))? {
-                let _ = flock(&f, libc::LOCK_UN);
+            if content.trim().is_empty() {
                 return Ok(None);
             }
-            Ok(read_holder(&f))
+            let Ok(holder) = serde_json::from_str::<Holder>(&content) else {
+                return Ok(None);
+            };
+            let alive = Path::new(&format!("/proc/{}", holder.pid)).exists();
+            Ok(alive.then_some(holder))
         })
         .await
     }
@@ -494,7 +502,7 @@ fn scan_requests(dir: &Path) -> Vec<Request> {
             Err(_) => {}
         }
     }
-    out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    out.sort_by_key(|r| r.created_at);
     out
 }
 

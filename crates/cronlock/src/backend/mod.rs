@@ -250,6 +250,13 @@ impl Backend {
     }
 }
 
+impl std::fmt::Display for Backend {
+    /// The redacted URL (never the password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// A fresh request id: time in microseconds plus pid and a counter, unique enough per cluster.
 pub(crate) fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

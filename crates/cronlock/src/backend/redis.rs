@@ -12,9 +12,19 @@
 //! | `cron:{job}:lease` | string, PX ttl | holder JSON `{"token","host","pid","started_at","tick"}` (overlap `skip`) |
 //! | `cron:{job}:lease:{tick}` | string, PX ttl | same, per run (overlap `allow`) |
 //! | `cron:{job}:token` | string (integer) | last fencing token |
+//! | `cron:{job}:last` | string (integer) | highest claimed scheduled tick (millis): the watermark |
 //! | `cron:{job}:history` | list | newest-first JSON [`RunRecord`]s, trimmed to [`HISTORY_LEN`] |
 //! | `cron:jobs` | hash | job name -> JSON [`JobMeta`] |
 //! | channel `cron:run` | pub/sub | manual run requests `{"job","id"}` |
+//!
+//! # Tick claim
+//!
+//! `SET cron:{job}:tick:{millis} host:pid NX PX keep` with keep = max(2 periods, 60 s), so an
+//! instance whose clock lags behind cannot claim the tick again. A tick more than keep/2 older
+//! than the newest claimed tick (`cron:{job}:last`) is refused as well, so even a host lagging
+//! by more than `keep` (after the tick key expired) cannot re-run it. Smaller skews are allowed
+//! to claim out of order (a slow-clock instance may claim tick T after a fast-clock one claimed
+//! T+1): tokens then follow claim order, which is what fencing needs.
 //!
 //! # Fencing token
 //!
@@ -59,8 +69,19 @@ pub const RUN_CHANNEL: &str = "cron:run";
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local tick = tonumber(ARGV[8])
+local last = nil
+if tick then
+  last = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if last - tick >= tonumber(ARGV[9]) then
+    return {0, '', ''}
+  end
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, '', ''}
+end
+if tick and tick > last then
+  redis.call('SET', KEYS[5], ARGV[8])
 end
 local mode = ARGV[4]
 if mode == 'missed' then
@@ -350,6 +371,7 @@ impl RedisBackend {
             lease,
             token_key(&req.job),
             history_key(&req.job),
+            key(&req.job, "last"),
         ];
         let args = vec![
             format!("{}:{}", req.identity.host, req.identity.pid),
@@ -359,6 +381,11 @@ impl RedisBackend {
             holder_json_tail(req),
             record,
             HISTORY_LEN.to_string(),
+            match &req.tick {
+                TickId::Scheduled(t) => t.timestamp_millis().to_string(),
+                TickId::Manual(_) => String::new(),
+            },
+            (millis(req.keep) / 2).to_string(),
         ];
         self.script("claim tick", &CLAIM, keys, args).await
     }
@@ -514,7 +541,14 @@ impl RedisBackend {
         let stop = isize::try_from(n).unwrap_or(isize::MAX) - 1;
         let raw: Vec<String> = self
             .with_conn("read history", move |c| {
-                Box::pin(async move { redis::cmd("LRANGE").arg(&k).arg(0).arg(stop).query_async(c).await })
+                Box::pin(async move {
+                    redis::cmd("LRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(stop)
+                        .query_async(c)
+                        .await
+                })
             })
             .await?;
         raw.iter()
@@ -536,10 +570,12 @@ impl RedisBackend {
             .await?;
         match raw {
             None => Ok(None),
-            Some(s) => serde_json::from_str(&s).map(Some).map_err(|e| Error::Corrupt {
-                what: format!("lease of job `{job}`"),
-                reason: e.to_string(),
-            }),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    what: format!("lease of job `{job}`"),
+                    reason: e.to_string(),
+                }),
         }
     }
 

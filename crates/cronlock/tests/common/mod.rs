@@ -70,7 +70,9 @@ impl RedisServer {
             let mut child = match child {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    bail!("redis-server not found on PATH: install it (apt-get install redis-server)")
+                    bail!(
+                        "redis-server not found on PATH: install it (apt-get install redis-server)"
+                    )
                 }
                 Err(e) => return Err(e).context("spawning redis-server"),
             };
@@ -90,7 +92,10 @@ impl RedisServer {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("redis-server on port {} did not answer PING within 10 s", self.port);
+                    bail!(
+                        "redis-server on port {} did not answer PING within 10 s",
+                        self.port
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
