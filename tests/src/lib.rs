@@ -1,7 +1,9 @@
 //! Harness for the end-to-end tests: runs the real `supervisor` and `demo-app` binaries in a temp
 //! dir on port 0, reads `status --json`, generates HTTP load (keep-alive and one connection per
 //! request) that counts every failure, and kills everything it started, also when a test fails.
-//! Every wait has a deadline.
+//! Every wait has a deadline. [`redis`] runs private `redis-server`s.
+
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

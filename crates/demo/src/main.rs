@@ -1,13 +1,24 @@
 //! `demo-app`: the seeds' Express app on the worker library. `GET /heavy` does the seeds'
 //! CPU-bound loop, `GET /` names the process, `GET /healthz` answers `ok`. One event loop per
 //! process, like Node: scale it with `supervisor` (instances), not with threads.
+//!
+//! Two sample cron jobs run in every worker, each tick once across the cluster:
+//! - `heartbeat`, every second: logs its tick and fencing token and, if `DEMO_JOB_LOG` names a
+//!   file, appends `tick token host pid` to it (a downstream write that carries the token);
+//! - `slow-report`, every 20 s: works 5 s under a 2 s lease, so the lease is renewed while it runs.
+//!
+//! `DEMO_JOBS=off` disables both.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use std::io::Write;
+use std::time::Duration;
+
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use cronlock::{Job, JobContext, JobSpec};
 
 /// The seeds' loop: 5,000,000 increments the optimizer may not fold away.
 fn heavy_work() -> u64 {
@@ -38,6 +49,57 @@ fn router() -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
 }
 
+/// `heartbeat`: record the tick, with its token, where a downstream reader can check it.
+async fn heartbeat(ctx: JobContext) -> Result<(), String> {
+    tracing::info!(tick = %ctx.tick_id, token = ctx.token, "heartbeat");
+    if let Ok(path) = std::env::var("DEMO_JOB_LOG") {
+        let host = cronlock::Identity::current().host;
+        let line = format!(
+            "{} {} {host} {}\n",
+            ctx.tick_id,
+            ctx.token,
+            std::process::id()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        // One write(2) of a short line with O_APPEND: lines from many processes never interleave.
+        f.write_all(line.as_bytes())
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `slow-report`: longer than its lease, stops early if the lease is lost or on drain.
+async fn slow_report(ctx: JobContext) -> Result<(), String> {
+    tracing::info!(tick = %ctx.tick_id, token = ctx.token, "slow report started");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            tracing::info!(token = ctx.token, "slow report done");
+            Ok(())
+        }
+        _ = ctx.cancel.cancelled() => Err("cancelled: lease lost or shutting down".into()),
+    }
+}
+
+fn jobs() -> anyhow::Result<Vec<Job>> {
+    if std::env::var("DEMO_JOBS").is_ok_and(|v| v == "off") {
+        return Ok(vec![]);
+    }
+    Ok(vec![
+        Job::new(
+            JobSpec::new("heartbeat", "* * * * * *").lease_ttl(Duration::from_secs(5)),
+            heartbeat,
+        ),
+        Job::new(
+            JobSpec::new("slow-report", "*/20 * * * * *").lease_ttl(Duration::from_secs(2)),
+            slow_report,
+        ),
+    ])
+}
+
 fn listen_arg() -> anyhow::Result<SocketAddr> {
     let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:3000".to_string();
@@ -62,7 +124,7 @@ async fn run() -> anyhow::Result<()> {
     let fallback = listen_arg()?;
     let shutdown = worker::signals::shutdown_on_signals()?;
     let listeners = worker::listeners::take_or_bind(fallback)?;
-    worker::run(listeners, router(), shutdown).await?;
+    worker::run(listeners, router(), jobs()?, shutdown).await?;
     Ok(())
 }
 

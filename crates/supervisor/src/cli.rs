@@ -1,5 +1,5 @@
-//! Command line: `start | status | reload | stop | check` (clap), and how each command prints its
-//! result (tables for people, `--json` for scripts) and picks its exit code.
+//! Command line: `start | check | status | reload | stop | jobs` (clap), and how each command
+//! prints its result (tables for people, `--json` for scripts) and picks its exit code.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,10 +9,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, endpoints_of};
 use crate::control::client;
 use crate::control::protocol::{ReloadReport, Request, Response, StatusReport};
 use crate::daemon::{self, Command};
+use crate::jobs;
 use crate::table::{self, Table};
 
 /// Graceful-restart process supervisor with zero-downtime reload.
@@ -93,7 +94,45 @@ pub enum Cmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
+    Jobs {
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<JobsCmd>,
+    },
 }
+
+/// `supervisor jobs ...`
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Every registered job (the default).
+    List,
+    /// Trigger one run now, through the same claim/lease path as a scheduled tick.
+    Run {
+        /// Job name.
+        name: String,
+        /// Return once requested, without waiting for the run's record.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the run to finish.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The last runs of a job, newest first.
+    History {
+        /// Job name.
+        name: String,
+        /// How many.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
+}
+
+/// Deadline for one backend call of `status`/`jobs`.
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Installs the process's signal handlers and returns what they ask of the daemon (from `main`).
 pub type SignalInstaller = fn() -> std::io::Result<mpsc::Receiver<Command>>;
@@ -113,7 +152,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Check => check(&cli.config),
-            Cmd::Status { target, json } => status(&socket(&cli.config, &target)?, json).await,
+            Cmd::Status { target, json } => status(&cli.config, &target, json).await,
             Cmd::Reload {
                 target,
                 no_wait,
@@ -121,12 +160,24 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 timeout,
             } => reload(&socket(&cli.config, &target)?, !no_wait, json, timeout).await,
             Cmd::Stop { target, timeout } => stop(&socket(&cli.config, &target)?, timeout).await,
+            Cmd::Jobs { json, action } => {
+                jobs_cmd(&cli.config, json, action.unwrap_or(JobsCmd::List)).await
+            }
         }
     })
 }
 
 fn socket(config: &Path, target: &Target) -> Result<PathBuf> {
-    Ok(daemon::socket_for(config, target.socket.as_deref())?)
+    match &target.socket {
+        Some(s) => Ok(s.clone()),
+        None => Ok(endpoints_of(config)?.control_socket),
+    }
+}
+
+fn backend(config: &Path) -> Result<cronlock::Backend> {
+    let url = endpoints_of(config)?.cron_url;
+    cronlock::Backend::from_url(&url)
+        .with_context(|| format!("cron backend of {}", config.display()))
 }
 
 fn check(path: &Path) -> Result<ExitCode> {
@@ -146,18 +197,77 @@ fn check(path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(socket: &Path, json: bool) -> Result<ExitCode> {
-    match client::request(socket, Request::Status, Duration::from_secs(10)).await? {
-        Response::Status(report) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", render_status(&report));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+async fn status(config: &Path, target: &Target, json: bool) -> Result<ExitCode> {
+    let socket = socket(config, target)?;
+    let report = match client::request(&socket, Request::Status, Duration::from_secs(10)).await? {
+        Response::Status(report) => report,
         other => bail!("unexpected answer: {other:?}"),
+    };
+    // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
+    // which must never wait on Redis. Unreachable backend: status still answers, and says so.
+    let jobs = match backend(config) {
+        Ok(b) => jobs::collect(&b, BACKEND_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["jobs"] = match &jobs {
+            Ok(j) => serde_json::to_value(j)?,
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_status(&report));
+        match jobs {
+            Ok(j) if j.is_empty() => {}
+            Ok(j) => print!("\njobs\n{}", jobs::render(&j)),
+            Err(e) => println!("\njobs: {e}"),
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn jobs_cmd(config: &Path, json: bool, action: JobsCmd) -> Result<ExitCode> {
+    let backend = backend(config)?;
+    match action {
+        JobsCmd::List => {
+            let list = jobs::collect(&backend, BACKEND_TIMEOUT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", jobs::render(&list));
+            }
+        }
+        JobsCmd::History { name, n } => {
+            let runs = jobs::history(&backend, &name, n, BACKEND_TIMEOUT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print!("{}", jobs::render_history(&runs));
+            }
+        }
+        JobsCmd::Run {
+            name,
+            no_wait,
+            timeout,
+        } => {
+            let wait = if no_wait { Duration::ZERO } else { timeout };
+            let (id, record) = jobs::run_now(&backend, &name, wait).await?;
+            if json {
+                println!("{}", serde_json::json!({ "request": id, "run": record }));
+            } else if let Some(r) = &record {
+                print!("{}", jobs::render_history(std::slice::from_ref(r)));
+            } else {
+                println!("requested run of {name} (request {id})");
+            }
+            if record.is_some_and(|r| r.outcome != cronlock::Outcome::Ok) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `status` screen.

@@ -289,25 +289,49 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// The control socket named by a config file, reading nothing else of it: the client commands
-/// must reach the supervisor while it holds the ports, and also after someone broke the rest of
-/// the file (so that `reload` can report that the new config is invalid).
-pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+/// What the client commands need to reach a running supervisor and its cron backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Cron lock backend URL.
+    pub cron_url: String,
+}
+
+/// Reads only `[supervisor]` and `[cron]` of a config file: the client commands must reach the
+/// supervisor while it holds the ports, and also after someone broke the rest of the file (so
+/// that `reload` can report that the new config is invalid).
+pub fn endpoints_of(path: &Path) -> Result<Endpoints, ConfigError> {
+    #[derive(Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        supervisor: RawSupervisor,
+        #[serde(default)]
+        cron: RawCron,
+    }
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
         cause,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let parse_err = |key: String, message: String| ConfigError::Parse {
         path: path.to_path_buf(),
-        key: "(syntax)".into(),
-        message: e.message().to_string(),
-    })?;
-    let socket = table
-        .get("supervisor")
-        .and_then(|s| s.get("control_socket"))
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from);
-    Ok(control_socket_path(path, socket.as_deref()))
+        key,
+        message,
+    };
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| parse_err("(syntax)".into(), e.message().to_string()))?;
+    let partial: Partial = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| parse_err(e.path().to_string(), e.into_inner().to_string()))?;
+    let control_socket = control_socket_path(path, partial.supervisor.control_socket.as_deref());
+    let v = Validator {
+        path,
+        base: base_dir(path),
+    };
+    let cron_url = v.cron(&partial.cron, &control_socket)?;
+    Ok(Endpoints {
+        control_socket,
+        cron_url,
+    })
 }
 
 fn control_socket_path(path: &Path, configured: Option<&Path>) -> PathBuf {
@@ -718,6 +742,16 @@ mod tests {
     fn instances_zero_means_cpus() {
         let c = load(&OK.replace("instances = 2", "instances = 0")).unwrap();
         assert!(c.worker.instances >= 1);
+    }
+
+    #[test]
+    fn endpoints_survive_a_broken_worker_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[supervisor]\ncontrol_socket = \"c.sock\"\n[cron]\nredis_url = \"redis://:pw@h:1/0\"\n[worker]\ninstances = \"x\"\n").unwrap();
+        let e = endpoints_of(&path).unwrap();
+        assert_eq!(e.control_socket, dir.path().join("c.sock"));
+        assert_eq!(e.cron_url, "redis://:pw@h:1/0");
     }
 
     #[test]

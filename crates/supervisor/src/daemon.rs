@@ -3,7 +3,7 @@
 //! worker starts, so a bad port or a live control socket fails with nothing started.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -793,13 +793,5 @@ fn aborted_report(generation: u64, reason: &str) -> ReloadReport {
         reason: Some(reason.to_string()),
         slots: vec![],
         duration_secs: 0.0,
-    }
-}
-
-/// The control socket path a client command should use.
-pub fn socket_for(config_path: &Path, socket: Option<&Path>) -> Result<PathBuf, ConfigError> {
-    match socket {
-        Some(s) => Ok(s.to_path_buf()),
-        None => crate::config::control_socket_of(config_path),
     }
 }

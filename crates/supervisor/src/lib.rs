@@ -5,13 +5,15 @@
 //! Module map (see README "Architecture"): [`config`] validates the file; [`listeners`] binds;
 //! [`spawn`] forks/execs one worker; [`notify`] reads readiness; [`worker`] is one process's
 //! state machine; [`reload`] plans rolling reloads; [`daemon`] is the event loop; [`control`] is
-//! the control socket; [`cli`] the commands; [`procstat`] reads `/proc`.
+//! the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`;
+//! [`procstat`] reads `/proc`.
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod jobs;
 pub mod listeners;
 pub mod notify;
 pub mod procstat;

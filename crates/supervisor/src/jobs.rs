@@ -1,0 +1,228 @@
+//! `supervisor jobs`: the operator's view of the cluster-once cron jobs. It reads the cron
+//! backend (Redis, or the local state dir), not the daemon: the jobs run inside the workers, on
+//! every host, and their registry, history and leases live in the backend they share.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cronlock::{Backend, Holder, JobMeta, RunRecord};
+use serde::Serialize;
+
+use crate::table::{self, Table};
+
+/// One job as `supervisor jobs` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// Registration (name, schedule, timezone, lease, policies).
+    pub meta: JobMeta,
+    /// The next scheduled tick.
+    pub next_tick: Option<DateTime<Utc>>,
+    /// The most recent run record.
+    pub last_run: Option<RunRecord>,
+    /// Who runs it right now.
+    pub holder: Option<Holder>,
+}
+
+/// Reading the backend failed or the job is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The backend answered with an error (or not at all).
+    #[error("cron backend {backend}: {cause}")]
+    Backend {
+        /// Redacted backend URL.
+        backend: String,
+        /// What went wrong.
+        cause: cronlock::Error,
+    },
+    /// The backend did not answer in time.
+    #[error("cron backend {0}: no answer within {1:?}")]
+    Timeout(String, Duration),
+    /// No worker registered a job of that name.
+    #[error("unknown job {name:?} (registered: {known})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// Nobody ran a manual request in time.
+    #[error(
+        "no worker ran {name} within {timeout:?} (request {id}); manual requests reach running workers only"
+    )]
+    NotRun {
+        /// Job.
+        name: String,
+        /// Request id.
+        id: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+async fn within<T>(
+    backend: &Backend,
+    timeout: Duration,
+    f: impl std::future::Future<Output = cronlock::Result<T>>,
+) -> Result<T, JobsError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(cause)) => Err(JobsError::Backend {
+            backend: backend.describe(),
+            cause,
+        }),
+        Err(_) => Err(JobsError::Timeout(backend.describe(), timeout)),
+    }
+}
+
+/// Every registered job with its next tick, last run and current holder.
+pub async fn collect(backend: &Backend, timeout: Duration) -> Result<Vec<JobView>, JobsError> {
+    let mut metas = within(backend, timeout, backend.list_jobs()).await?;
+    metas.sort_by(|a, b| a.name.cmp(&b.name));
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(metas.len());
+    for meta in metas {
+        let last_run = within(backend, timeout, backend.history(&meta.name, 1))
+            .await?
+            .into_iter()
+            .next();
+        let holder = within(backend, timeout, backend.current_holder(&meta.name)).await?;
+        let next_tick = cronlock::next_tick(&meta, now).ok().flatten();
+        out.push(JobView {
+            meta,
+            next_tick,
+            last_run,
+            holder,
+        });
+    }
+    Ok(out)
+}
+
+fn ago(t: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - t).num_milliseconds() as f64 / 1000.0;
+    format!("{} ago", table::duration(secs))
+}
+
+/// The jobs table.
+pub fn render(jobs: &[JobView]) -> String {
+    if jobs.is_empty() {
+        return "no cron jobs registered (workers register theirs when they start)\n".into();
+    }
+    let mut t = Table::new(&["job", "schedule", "next tick", "last run", "running"]);
+    for j in jobs {
+        let schedule = format!("{} {}", j.meta.schedule, j.meta.timezone);
+        let next = j
+            .next_tick
+            .map(|n| {
+                let secs = (n - Utc::now()).num_milliseconds() as f64 / 1000.0;
+                format!("{} (in {})", n.format("%H:%M:%S"), table::duration(secs))
+            })
+            .unwrap_or_else(|| "-".into());
+        let last = j
+            .last_run
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "{} {} on {}:{} token {} {}ms, {}",
+                    r.outcome,
+                    r.tick,
+                    r.host,
+                    r.pid,
+                    r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    r.duration_ms,
+                    ago(r.started_at)
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        let running = j
+            .holder
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "{}:{} token {} since {}",
+                    h.host,
+                    h.pid,
+                    h.token,
+                    ago(h.started_at)
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        t.row(vec![j.meta.name.clone(), schedule, next, last, running]);
+    }
+    t.to_string()
+}
+
+/// The last `n` runs of one job.
+pub fn render_history(runs: &[RunRecord]) -> String {
+    let mut t = Table::new(&[
+        "tick", "outcome", "host", "pid", "token", "started", "duration", "error",
+    ]);
+    for r in runs {
+        t.row(vec![
+            r.tick.clone(),
+            r.outcome.to_string(),
+            r.host.clone(),
+            r.pid.to_string(),
+            r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            r.started_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            format!("{}ms", r.duration_ms),
+            r.error.clone().unwrap_or_default(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// History of one job (newest first), after checking that it exists.
+pub async fn history(
+    backend: &Backend,
+    name: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<RunRecord>, JobsError> {
+    ensure_known(backend, name, timeout).await?;
+    within(backend, timeout, backend.history(name, n)).await
+}
+
+async fn ensure_known(backend: &Backend, name: &str, timeout: Duration) -> Result<(), JobsError> {
+    let metas = within(backend, timeout, backend.list_jobs()).await?;
+    if metas.iter().any(|m| m.name == name) {
+        return Ok(());
+    }
+    let known: Vec<String> = metas.into_iter().map(|m| m.name).collect();
+    Err(JobsError::Unknown {
+        name: name.to_string(),
+        known: if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        },
+    })
+}
+
+/// Triggers one run of `name` through the same claim/lease path as a scheduled tick and, unless
+/// `wait` is zero, waits for its record.
+pub async fn run_now(
+    backend: &Backend,
+    name: &str,
+    wait: Duration,
+) -> Result<(String, Option<RunRecord>), JobsError> {
+    let rpc = Duration::from_secs(5);
+    ensure_known(backend, name, rpc).await?;
+    let id = within(backend, rpc, backend.request_run(name)).await?;
+    if wait.is_zero() {
+        return Ok((id, None));
+    }
+    let tick = format!("manual:{id}");
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        let runs = within(backend, rpc, backend.history(name, 50)).await?;
+        if let Some(r) = runs.into_iter().find(|r| r.tick == tick) {
+            return Ok((id, Some(r)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(JobsError::NotRun {
+        name: name.to_string(),
+        id,
+        timeout: wait,
+    })
+}

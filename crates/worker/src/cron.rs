@@ -1,0 +1,42 @@
+//! Cluster-once cron jobs next to the HTTP app: the scheduler from `cronlock`, its backend taken
+//! from `SUPERVISOR_CRON_URL` (set by the supervisor), and stopped with the same shutdown token
+//! as the server, so a drain lets running jobs finish within the drain deadline (then cancels
+//! them, recorded as `cancelled`).
+
+use std::time::Duration;
+
+use cronlock::{Backend, Identity, Job, Scheduler, StatsSnapshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The backend URL: `SUPERVISOR_CRON_URL`, else `CRONLOCK_URL`, else a local directory in the
+/// temp dir (a standalone run on one host).
+pub fn backend_url() -> String {
+    std::env::var("SUPERVISOR_CRON_URL")
+        .or_else(|_| std::env::var("CRONLOCK_URL"))
+        .unwrap_or_else(|_| {
+            format!(
+                "file://{}",
+                std::env::temp_dir().join("cronlock-standalone").display()
+            )
+        })
+}
+
+/// Validates `jobs` and starts their scheduler; it runs until `shutdown`, then gives running jobs
+/// `drain` to finish. No jobs: nothing is started. Redis being down does not fail this: ticks
+/// are skipped and counted until it is back, and the HTTP side is unaffected.
+pub fn spawn(
+    jobs: Vec<Job>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<Option<JoinHandle<StatsSnapshot>>, cronlock::Error> {
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let backend = Backend::from_url(&backend_url())?;
+    let mut scheduler = Scheduler::new(backend, Identity::current());
+    for job in jobs {
+        scheduler.add(job)?;
+    }
+    Ok(Some(tokio::spawn(scheduler.run(shutdown, drain))))
+}

@@ -1,0 +1,169 @@
+//! A private `redis-server` per test, on a free port: start (a clear error if the binary is
+//! missing), kill, restart empty on the same port, SIGSTOP / SIGCONT. Every wait has a deadline;
+//! the server is killed on drop. Shared by the end-to-end tests and cronlock's tests.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A `redis-server` child process on its own port, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn ping(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits (at most 10 s) until it answers PING.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut s = Self {
+            port: free_port()?,
+            child: None,
+            dir,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                ])
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!(
+                        "redis-server not found on PATH: install it (apt-get install redis-server)"
+                    )
+                }
+                Err(e) => return Err(e).context("spawning redis-server"),
+            };
+            loop {
+                if ping(self.port) {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Port probably still in use after a kill: retry until the deadline.
+                    if Instant::now() > deadline {
+                        bail!("redis-server on port {} exited: {status}", self.port);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "redis-server on port {} did not answer PING within 10 s",
+                        self.port
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a fresh (empty) server on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// SIGSTOP the server.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        signal(self.pid().context("not running")?, "STOP")
+    }
+
+    /// SIGCONT the server.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        signal(self.pid().context("not running")?, "CONT")
+    }
+
+    /// A blocking connection for assertions.
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        Ok(redis::Client::open(self.url())?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = signal(pid, "CONT");
+        }
+        self.kill();
+    }
+}
+
+/// Sends a signal (`STOP`, `CONT`, `KILL`, `TERM`) to a process with kill(1).
+pub fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !st.success() {
+        bail!("kill -{sig} {pid} failed: {st}");
+    }
+    Ok(())
+}
