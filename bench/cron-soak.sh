@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Soak: 3 supervisors x 3 demo-app workers share one redis-server; the 1 s `heartbeat` job runs
+# for TICKS seconds; then every tick in the window must have run exactly once, with tokens
+# increasing in tick order. Prints a summary table.
+#   bench/cron-soak.sh            # TICKS=600 by default
+source "$(dirname "$0")/lib.sh"
+TICKS=${TICKS:-600}
+need redis-server "apt-get install -y redis-server"
+(cd "$ROOT" && cargo build --release -q -p supervisor -p demo)
+work=$(mktemp -d)
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+redis_pid=$!
+trap 'for c in "$work"/s*.toml; do "$SUP" stop -c "$c" >/dev/null 2>&1 || true; done; kill $redis_pid 2>/dev/null || true' EXIT
+sleep 0.5
+log="$work/heartbeat.log"
+for i in 1 2 3; do
+  cat > "$work/s$i.toml" <<CONF
+[supervisor]
+control_socket = "s$i.sock"
+[[listen]]
+address = "127.0.0.1:0"
+[worker]
+command = "$DEMO"
+instances = 3
+env = { DEMO_JOB_LOG = "$log" }
+[cron]
+redis_url = "redis://127.0.0.1:$rport/0"
+CONF
+  "$SUP" start -c "$work/s$i.toml" > "$work/s$i.log" 2>&1 &
+done
+sleep 2
+from=$(( $(date +%s) + 1 ))
+echo "soak: $TICKS ticks, 3 supervisors x 3 workers, redis on port $rport (logs in $work)"
+sleep "$TICKS"
+to=$(( $(date +%s) - 2 ))
+for i in 1 2 3; do "$SUP" stop -c "$work/s$i.toml" > /dev/null; done
+python3 - "$log" "$from" "$to" <<'PY'
+import sys, collections, datetime
+path, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+runs = collections.Counter(); tokens = {}; hosts = collections.Counter()
+for line in open(path):
+    tick, token, host, pid = line.split()
+    if tick.startswith("manual:"): continue
+    s = int(datetime.datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
+    runs[s] += 1; tokens[s] = int(token); hosts[pid] += 1
+window = range(lo, hi + 1)
+missing = [s for s in window if runs[s] == 0]
+dups = [s for s in window if runs[s] > 1]
+order = sorted(tokens.items())
+increasing = all(a[1] < b[1] for a, b in zip(order, order[1:]))
+print(f"{'ticks in window':<28}{len(window):>8}")
+print(f"{'run exactly once':<28}{sum(1 for s in window if runs[s] == 1):>8}")
+print(f"{'missed':<28}{len(missing):>8}")
+print(f"{'run more than once':<28}{len(dups):>8}")
+print(f"{'tokens increase with tick':<28}{str(increasing):>8}")
+print(f"{'workers that ran ticks':<28}{len(hosts):>8}")
+sys.exit(0 if not missing and not dups and increasing else 1)
+PY
