@@ -7,7 +7,6 @@
 //! ```
 //! Without `--redis-url` it starts its own `redis-server` on a free port.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,51 +16,6 @@ use cronlock::{
     Backend, ClaimOutcome, ClaimRequest, Identity, Outcome, Overlap, RunRecord, TickId,
 };
 use futures_util::future::join_all;
-
-struct OwnRedis(Child);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> anyhow::Result<(OwnRedis, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("redis-server not found on PATH: install it (apt-get install redis-server)")?;
-    let guard = OwnRedis(child);
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let client = redis::Client::open(url.as_str())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut c).is_ok()
-        {
-            return Ok((guard, url));
-        }
-        if Instant::now() > deadline {
-            bail!("redis-server did not answer within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Sum of calls of top-level commands (scripts count once; commands inside scripts excluded),
 /// and the server time spent in them (µs).
@@ -123,8 +77,9 @@ async fn main() -> anyhow::Result<()> {
     let (_own, url) = match url {
         Some(u) => (None, u),
         None => {
-            let (g, u) = start_redis()?;
-            (Some(g), u)
+            let server = e2e::redis::RedisServer::start()?;
+            let u = server.url();
+            (Some(server), u)
         }
     };
     let admin = redis::Client::open(url.as_str())?;

@@ -480,17 +480,8 @@ fn spawn_mark_missed(
             let period = entry.schedule.period_after(tick);
             let req = claim_request(&shared, &entry, TickId::Scheduled(tick), keep_for(period));
             let late_ms = (judged_at - tick).num_milliseconds().max(0);
-            let record = RunRecord {
-                job: req.job.clone(),
-                tick: req.tick.to_string(),
-                host: req.identity.host.clone(),
-                pid: req.identity.pid,
-                token: None,
-                started_at: req.started_at,
-                duration_ms: 0,
-                outcome: Outcome::Missed,
-                error: Some(format!("scheduler was {late_ms} ms late")),
-            };
+            let record =
+                req.record_not_run(Outcome::Missed, format!("scheduler was {late_ms} ms late"));
             if let Err(e) = shared.backend.mark_missed(&req, &record).await {
                 tracing::warn!(job = %req.job, error = %e, "backend error while recording missed ticks");
                 return;

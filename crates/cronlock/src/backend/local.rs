@@ -271,17 +271,10 @@ impl LocalBackend {
                 if !try_lock_exclusive(&f).map_err(io_err("lock", &lease_path))? {
                     let holder = read_holder(&f);
                     write_atomic(&state_path, to_json(&state)?.as_bytes())?;
-                    let record = RunRecord {
-                        job: req.job.clone(),
-                        tick: req.tick.to_string(),
-                        host: req.identity.host.clone(),
-                        pid: req.identity.pid,
-                        token: None,
-                        started_at: req.started_at,
-                        duration_ms: 0,
-                        outcome: Outcome::SkippedOverlap,
-                        error: Some("the previous run still holds the lease".to_owned()),
-                    };
+                    let record = req.record_not_run(
+                        Outcome::SkippedOverlap,
+                        "the previous run still holds the lease",
+                    );
                     Self::append_history_locked(&history_path, &record)?;
                     return Ok(ClaimOutcome::SkippedOverlap { holder });
                 }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::job::{Holder, Identity, JobMeta, Overlap, RunRecord, TickId};
+use crate::job::{Holder, Identity, JobMeta, Outcome, Overlap, RunRecord, TickId};
 use crate::url::RedactedUrl;
 
 pub use self::local::LocalBackend;
@@ -51,6 +51,23 @@ pub struct ClaimRequest {
     pub identity: Identity,
     /// When the claim is made (written into the lease and the history).
     pub started_at: DateTime<Utc>,
+}
+
+impl ClaimRequest {
+    /// The history record of a tick this request did not run (missed, skipped for overlap).
+    pub fn record_not_run(&self, outcome: Outcome, error: impl Into<String>) -> RunRecord {
+        RunRecord {
+            job: self.job.clone(),
+            tick: self.tick.to_string(),
+            host: self.identity.host.clone(),
+            pid: self.identity.pid,
+            token: None,
+            started_at: self.started_at,
+            duration_ms: 0,
+            outcome,
+            error: Some(error.into()),
+        }
+    }
 }
 
 /// The answer to a claim.

@@ -395,17 +395,10 @@ impl RedisBackend {
             Overlap::Skip => "skip",
             Overlap::Allow => "allow",
         };
-        let skipped = RunRecord {
-            job: req.job.clone(),
-            tick: req.tick.to_string(),
-            host: req.identity.host.clone(),
-            pid: req.identity.pid,
-            token: None,
-            started_at: req.started_at,
-            duration_ms: 0,
-            outcome: crate::job::Outcome::SkippedOverlap,
-            error: Some("the previous run still holds the lease".to_owned()),
-        };
+        let skipped = req.record_not_run(
+            crate::job::Outcome::SkippedOverlap,
+            "the previous run still holds the lease",
+        );
         let (status, token, value) = self.claim_inner(req, mode, Some(&skipped)).await?;
         match status {
             0 => Ok(ClaimOutcome::ClaimedElsewhere),
