@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// TLS port, when started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -41,11 +43,104 @@ impl RedisServer {
         let dir = tempfile::tempdir()?;
         let mut s = Self {
             port: free_port()?,
+            tls_port: None,
             child: None,
             dir,
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    /// Starts a server that also listens with TLS: a throwaway CA and a certificate for
+    /// `localhost` and 127.0.0.1 signed by it, made with the `openssl` command (trust the CA in
+    /// [`RedisServer::ca_file`]).
+    pub fn start_tls() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )?;
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "server.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "cert.pem",
+                "-extfile",
+                "san.ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .context("openssl not found on PATH: install it (apt-get install openssl)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let mut s = Self {
+            port: free_port()?,
+            tls_port: Some(free_port()?),
+            child: None,
+            dir,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// `rediss://localhost:TLS_PORT/0` (for a server started with [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://localhost:{p}/0"))
+    }
+
+    /// The CA certificate to trust (e.g. through `SSL_CERT_FILE`).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -64,6 +159,7 @@ impl RedisServer {
                     "--dir",
                 ])
                 .arg(self.dir.path())
+                .args(self.tls_args())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();
@@ -100,6 +196,25 @@ impl RedisServer {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let Some(port) = self.tls_port else {
+            return vec![];
+        };
+        let d = self.dir.path();
+        let (cert, key, ca) = (d.join("cert.pem"), d.join("key.pem"), d.join("ca.pem"));
+        let mut args = vec!["--tls-port".to_string(), port.to_string()];
+        for (flag, path) in [
+            ("--tls-cert-file", &cert),
+            ("--tls-key-file", &key),
+            ("--tls-ca-cert-file", &ca),
+        ] {
+            args.push(flag.to_string());
+            args.push(path.display().to_string());
+        }
+        args.extend(["--tls-auth-clients".to_string(), "no".to_string()]);
+        args
     }
 
     /// The port.

@@ -211,8 +211,12 @@ fn sample_reload(s: &Supervisor, generation: u64) -> Vec<(usize, usize)> {
     wait_for(Duration::from_secs(30), "the reload to finish", || {
         let v = s.status().ok()?;
         let ws = workers(&v);
-        samples.push((ws.iter().filter(|w| w.state == "ready").count(), ws.iter().filter(|w| w.state == "starting").count()));
-        (v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == generation).then_some(())
+        samples.push((
+            ws.iter().filter(|w| w.state == "ready").count(),
+            ws.iter().filter(|w| w.state == "starting").count(),
+        ));
+        (v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == generation)
+            .then_some(())
     })
     .unwrap();
     samples
@@ -224,8 +228,14 @@ fn never_fewer_ready_workers_than_instances_during_a_reload() {
     assert!(s.cli(&["reload", "--no-wait"]).unwrap().status.success());
     let samples = sample_reload(&s, 2);
     assert!(samples.len() > 5, "sampled the reload: {samples:?}");
-    assert!(samples.iter().all(|(ready, _)| *ready >= 3), "max_unavailable = 0: {samples:?}");
-    assert!(samples.iter().all(|(_, starting)| *starting <= 1), "max_surge = 1: {samples:?}");
+    assert!(
+        samples.iter().all(|(ready, _)| *ready >= 3),
+        "max_unavailable = 0: {samples:?}"
+    );
+    assert!(
+        samples.iter().all(|(_, starting)| *starting <= 1),
+        "max_surge = 1: {samples:?}"
+    );
 }
 
 #[test]
@@ -233,6 +243,9 @@ fn max_surge_starts_several_new_workers_at_once() {
     let s = Supervisor::start(&format!("{SLOW3}[reload]\nmax_surge = 3\n"), 3).unwrap();
     assert!(s.cli(&["reload", "--no-wait"]).unwrap().status.success());
     let samples = sample_reload(&s, 2);
-    assert!(samples.iter().any(|(_, starting)| *starting == 3), "three new workers starting together: {samples:?}");
+    assert!(
+        samples.iter().any(|(_, starting)| *starting == 3),
+        "three new workers starting together: {samples:?}"
+    );
     assert!(samples.iter().all(|(ready, _)| *ready >= 3), "{samples:?}");
 }
