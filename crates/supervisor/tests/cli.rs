@@ -1,0 +1,80 @@
+//! The `supervisor` binary's client side without a running supervisor: `check`, clear errors
+//! with non-zero exit codes, and `--help`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::process::Command;
+
+fn supervisor(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_supervisor"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_validates_a_config_without_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n[worker]\ncommand = \"/bin/sh\"\ninstances = 3\n",
+    )
+    .unwrap();
+    let (code, out, _) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("instances:      3"), "{out}");
+    assert!(!dir.path().join("supervisor.sock").exists());
+
+    std::fs::write(
+        &cfg,
+        "[worker]\ncommand = \"/bin/sh\"\nreadiness = \"psychic\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("worker.readiness") && err.contains(cfg.to_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_commands_without_a_supervisor_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(&cfg, "[worker]\ncommand = \"/bin/sh\"\n").unwrap();
+    for cmd in ["status", "reload", "stop"] {
+        let (code, _, err) = supervisor(&[cmd, "-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 1, "{cmd}");
+        assert!(
+            err.contains("no supervisor is running on control socket"),
+            "{cmd}: {err}"
+        );
+        assert_eq!(
+            err.matches("No such file or directory").count(),
+            1,
+            "the cause is printed once: {err}"
+        );
+    }
+    let (code, _, err) = supervisor(&["status", "-c", "/no/such/config.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read config file /no/such/config.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (code, out, _) = supervisor(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in ["start", "check", "status", "reload", "stop", "jobs"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}
