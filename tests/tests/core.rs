@@ -368,3 +368,27 @@ fn ipv6_and_unix_socket_listeners_are_passed_in_order() {
         "{env}"
     );
 }
+
+#[test]
+fn second_sigint_kills_workers_that_ignore_sigterm_at_once() {
+    let stubborn = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM INT; while true; do sleep 1; done\"]\n\
+                    instances = 2\nreadiness = \"exec\"\nkill_timeout = \"60s\"\n";
+    let mut s = Supervisor::start(stubborn, 2).unwrap();
+    let pgids: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    s.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pgids.iter().all(|&g| !group_members(g).is_empty()),
+        "first SIGINT: graceful, they ignore it"
+    );
+    s.signal(libc::SIGINT);
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(5)).unwrap(),
+        Some(0),
+        "second SIGINT: fast stop"
+    );
+    assert_all_gone(&pgids);
+}

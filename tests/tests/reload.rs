@@ -249,3 +249,23 @@ fn max_surge_starts_several_new_workers_at_once() {
     );
     assert!(samples.iter().all(|(ready, _)| *ready >= 3), "{samples:?}");
 }
+
+#[test]
+fn reload_picks_up_a_changed_instance_count_both_ways() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    s.rewrite(&DEMO2.replace("instances = 2", "instances = 3"))
+        .unwrap();
+    let (ok, text) = reload(&s);
+    assert!(ok, "{text}");
+    let ws = s.wait_ready(3, Duration::from_secs(10)).unwrap();
+    assert!(workers(&ws).iter().all(|w| w.generation == 2), "{ws}");
+    s.rewrite(&DEMO2.replace("instances = 2", "instances = 1"))
+        .unwrap();
+    let (ok, text) = reload(&s);
+    assert!(ok, "{text}");
+    let v = s.wait_ready(1, Duration::from_secs(10)).unwrap();
+    let ws = workers(&v);
+    assert_eq!((ws[0].slot, ws[0].generation), (0, 3), "{v}");
+    let (code, _) = e2e::get(s.addr().unwrap(), "/").unwrap();
+    assert_eq!(code, 200);
+}
