@@ -250,7 +250,8 @@ pub struct Config {
     pub cron_url: String,
 }
 
-fn parse_raw(path: &Path) -> Result<RawFile, ConfigError> {
+/// Reads and deserializes a TOML file; errors name the file and the dotted key.
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
         cause,
@@ -309,19 +310,8 @@ pub fn endpoints_of(path: &Path) -> Result<Endpoints, ConfigError> {
         #[serde(default)]
         cron: RawCron,
     }
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })?;
-    let parse_err = |key: String, message: String| ConfigError::Parse {
-        path: path.to_path_buf(),
-        key,
-        message,
-    };
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| parse_err("(syntax)".into(), e.message().to_string()))?;
-    let partial: Partial = serde_path_to_error::deserialize(toml::Value::Table(table))
-        .map_err(|e| parse_err(e.path().to_string(), e.into_inner().to_string()))?;
+    // Not `deny_unknown_fields`: the other sections are not read at all.
+    let partial: Partial = parse_toml(path)?;
     let control_socket = control_socket_path(path, partial.supervisor.control_socket.as_deref());
     let v = Validator {
         path,
@@ -345,7 +335,7 @@ fn control_socket_path(path: &Path, configured: Option<&Path>) -> PathBuf {
 impl Config {
     /// Reads and validates a config file. Performs no binding and starts nothing.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let raw = parse_raw(path)?;
+        let raw: RawFile = parse_toml(path)?;
         Validator {
             path,
             base: base_dir(path),
