@@ -11,8 +11,9 @@ CPUS=$(nproc)
 build
 
 rows=()
-measure() { # measure NAME PORT
+measure() { # measure NAME PORT  (2 s of warm-up first, not counted)
   local report="$OUT/tp-$(echo "$1" | tr -c 'a-z0-9\n' '_').txt"
+  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$2/heavy" > /dev/null 2>&1
   wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "http://127.0.0.1:$2/heavy" > "$report" 2>&1
   read -r req err rps p50 p99 < <(wrk_summary "$report")
   rows+=("$(printf '%-40s %10s %10s %10s %8s' "$1" "$rps" "$p50" "$p99" "$err")")

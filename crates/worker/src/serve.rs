@@ -188,9 +188,11 @@ async fn accept_loop(
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
                 tracker.spawn(serve_conn(s, ctx.clone()));
+                single_accept().await;
             }
             Ok(Accepted::Unix(s)) => {
                 tracker.spawn(serve_conn(s, ctx.clone()));
+                single_accept().await;
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -199,6 +201,18 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// After each accept, step off the CPU for a moment before accepting again. Every worker blocked
+/// in `accept` on the shared socket is woken by a burst of new connections, but the one already
+/// running would otherwise drain the whole queue before the others get a core; keep-alive
+/// connections never move between workers afterwards, so the spread at connect time is the load
+/// balance. This is libuv's `UV_TCP_SINGLE_ACCEPT` for Node's cluster: a 1 ns `nanosleep`, which
+/// the kernel's timer slack turns into tens of microseconds during which a woken peer can run.
+/// Blocking the event loop that briefly is the point; it only happens right after an accept.
+async fn single_accept() {
+    std::thread::sleep(Duration::from_nanos(1));
+    tokio::task::yield_now().await;
 }
 
 enum Accepted {
