@@ -2,7 +2,7 @@
 # Is the supervisor out of the data path, and how small is it? Prints, in one run:
 #  - requests/s and p50/p99 on /heavy: demo-app alone, under the supervisor with 1 worker and
 #    with one worker per CPU (wrk, keep-alive, loopback); Node rows when bench/node is installed;
-#  - the supervisor's resident memory with 1, 4 and 16 workers, and after 20 reloads of 16.
+#  - the supervisor's resident memory with 1, 4 and 16 workers, and after 200 reloads of 16.
 #   bench/throughput.sh      # DURATION=10 CONNS=32 by default
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10}
@@ -63,7 +63,7 @@ for n in 1 4 16; do
   kb=$(rss_kb "$SUP_PID")
   extra=""
   if [ "$n" = 16 ]; then
-    for _ in $(seq 1 20); do "$SUP" reload -c "$cfg" > /dev/null; done
+    for _ in $(seq 1 200); do "$SUP" reload -c "$cfg" > /dev/null; done
     sleep 1.5
     extra=$(rss_kb "$SUP_PID")
   fi
@@ -75,7 +75,7 @@ echo
 printf '%-40s %10s %10s %10s %8s\n' "throughput on /heavy ($CONNS conns, ${DURATION}s)" "req/s" "p50" "p99" "errors"
 for r in "${rows[@]}"; do echo "$r"; done
 echo
-printf '%-40s %10s %18s\n' "resident memory" "RSS" "after 20 reloads"
+printf '%-40s %10s %18s\n' "resident memory" "RSS" "after 200 reloads"
 for r in "${mem_rows[@]}"; do echo "$r"; done
 [ -n "${pm2_rss:-}" ] && printf '%-40s %10s\n' "pm2 daemon (God), $CPUS apps" "$((pm2_rss/1024)) MB"
 exit 0

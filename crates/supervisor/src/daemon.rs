@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
 
 use crate::config::{Config, ConfigError, Readiness, WorkerSpec};
 use crate::control::protocol::{
@@ -228,12 +229,14 @@ impl Daemon {
         }
     }
 
-    fn after(&self, delay: Duration, timer: Timer) {
+    /// Sends `timer` to the event loop after `delay`; abort the handle to cancel it.
+    fn after(&self, delay: Duration, timer: Timer) -> AbortHandle {
         let tx = self.timers_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = tx.send(timer);
-        });
+        })
+        .abort_handle()
     }
 
     /// Starts a worker in `slot` with `spec`/`generation`; on a spawn error schedules a retry.
@@ -256,10 +259,12 @@ impl Daemon {
             events: self.events_tx.clone(),
         });
         match started {
-            Ok(w) => {
+            Ok(mut w) => {
                 tracing::info!(worker = %w.name, pid = w.pid, generation, "worker started");
                 match spec.readiness {
-                    Readiness::Notify => self.after(spec.ready_timeout, Timer::ReadyTimeout(id)),
+                    Readiness::Notify => w.set_deadline(Some(
+                        self.after(spec.ready_timeout, Timer::ReadyTimeout(id)),
+                    )),
                     // Executed = ready: handled like a READY=1, through the same path.
                     Readiness::Exec => {
                         let _ = self
@@ -322,7 +327,8 @@ impl Daemon {
             tracing::warn!(slot = index, delay = ?delay, "restarting worker");
         }
         let seq = s.restart_seq;
-        self.after(delay, Timer::Restart { slot: index, seq });
+        // Not kept: a stale restart timer is ignored by its sequence number, and it is one per slot.
+        let _ = self.after(delay, Timer::Restart { slot: index, seq });
     }
 
     fn command(&mut self, cmd: Command) {
@@ -409,7 +415,10 @@ impl Daemon {
         w.drain();
         let timeout = w.spec.kill_timeout;
         tracing::info!(worker = %w.name, pid = w.pid, "draining (SIGTERM)");
-        self.after(timeout, Timer::KillTimeout(id));
+        let deadline = self.after(timeout, Timer::KillTimeout(id));
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.set_deadline(Some(deadline));
+        }
     }
 
     fn worker_event(&mut self, id: WorkerId, ev: WorkerEvent) {

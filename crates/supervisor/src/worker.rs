@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 use tracing::Instrument;
 
@@ -100,6 +100,8 @@ pub struct Worker {
     pub spec: Arc<WorkerSpec>,
     pidfd: Arc<OwnedFd>,
     tasks: Vec<JoinHandle<()>>,
+    /// The pending ready or kill timeout, cancelled when it no longer applies.
+    deadline: Option<AbortHandle>,
 }
 
 /// Everything needed to start a worker.
@@ -222,14 +224,23 @@ impl Worker {
             spec: spec.clone(),
             pidfd,
             tasks,
+            deadline: None,
         })
     }
 
-    /// Records readiness.
+    /// Records readiness (and cancels the ready timeout).
     pub fn mark_ready(&mut self) {
         if self.state == WorkerState::Starting {
             self.state = WorkerState::Ready;
             self.ready_at = Some(Instant::now());
+            self.set_deadline(None);
+        }
+    }
+
+    /// Replaces the pending timeout (ready or kill); the previous one is cancelled.
+    pub fn set_deadline(&mut self, deadline: Option<AbortHandle>) {
+        if let Some(old) = std::mem::replace(&mut self.deadline, deadline) {
+            old.abort();
         }
     }
 
@@ -274,6 +285,7 @@ impl Drop for Worker {
         for t in &self.tasks {
             t.abort();
         }
+        self.set_deadline(None);
     }
 }
 
