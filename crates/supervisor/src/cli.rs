@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, endpoints_of};
 use crate::control::client;
-use crate::control::protocol::{ReloadReport, Request, Response, StatusReport};
+use crate::control::protocol::{ReloadOutcome, ReloadReport, Request, Response, StatusReport};
 use crate::daemon::{self, Command};
 use crate::jobs;
 use crate::table::{self, Table};
@@ -388,7 +388,7 @@ async fn reload(socket: &Path, wait: bool, json: bool, timeout: Duration) -> Res
                     report.generation, report.outcome
                 );
             }
-            Ok(if report.outcome == "aborted" {
+            Ok(if report.outcome == ReloadOutcome::Aborted {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

@@ -12,7 +12,8 @@ use tokio::task::AbortHandle;
 
 use crate::config::{Config, ConfigError, Readiness, WorkerSpec};
 use crate::control::protocol::{
-    ListenerInfo, ReloadReport, Request, Response, SlotInfo, StatusReport, WorkerInfo,
+    ListenerInfo, ReloadOutcome, ReloadReport, Request, Response, SlotInfo, StatusReport,
+    WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::listeners::{self, BoundListener, ListenError};
@@ -363,7 +364,7 @@ impl Daemon {
                         .unwrap_or(self.generation);
                     let _ = req.reply.send(Response::Reload(ReloadReport {
                         generation: progress,
-                        outcome: "started".into(),
+                        outcome: ReloadOutcome::Started,
                         reason: None,
                         slots: vec![],
                         duration_secs: 0.0,
@@ -798,7 +799,7 @@ impl Slot {
 fn aborted_report(generation: u64, reason: &str) -> ReloadReport {
     ReloadReport {
         generation,
-        outcome: "aborted".into(),
+        outcome: ReloadOutcome::Aborted,
         reason: Some(reason.to_string()),
         slots: vec![],
         duration_secs: 0.0,

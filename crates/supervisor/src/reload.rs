@@ -13,7 +13,9 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::config::{ReloadPolicy, WorkerSpec};
-use crate::control::protocol::{ReloadProgress, ReloadReport, Response, SlotReplacement};
+use crate::control::protocol::{
+    ReloadOutcome, ReloadProgress, ReloadReport, Response, SlotReplacement,
+};
 use crate::worker::WorkerId;
 
 /// A new worker being started for a slot.
@@ -126,7 +128,11 @@ impl Reload {
     pub fn finish(mut self, reason: Option<String>) -> (Vec<InFlight>, ReloadReport) {
         let report = ReloadReport {
             generation: self.generation,
-            outcome: if reason.is_none() { "ok" } else { "aborted" }.to_string(),
+            outcome: if reason.is_none() {
+                ReloadOutcome::Ok
+            } else {
+                ReloadOutcome::Aborted
+            },
             reason,
             slots: std::mem::take(&mut self.done),
             duration_secs: self.started.elapsed().as_secs_f64(),
@@ -207,7 +213,7 @@ mod tests {
         assert!(r.is_complete());
         let (left, report) = r.finish(None);
         assert!(left.is_empty());
-        assert!(report.ok());
+        assert_eq!(report.outcome, ReloadOutcome::Ok);
         assert_eq!(
             report
                 .slots
@@ -255,7 +261,7 @@ mod tests {
         r.started(flight(0, 10, false));
         let (left, report) = r.finish(Some("new worker exited".into()));
         assert_eq!(left.len(), 1);
-        assert_eq!(report.outcome, "aborted");
+        assert_eq!(report.outcome, ReloadOutcome::Aborted);
         match rx.try_recv().unwrap() {
             Response::Reload(rep) => assert_eq!(rep.reason.as_deref(), Some("new worker exited")),
             other => panic!("{other:?}"),

@@ -18,11 +18,6 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
-
-    /// Whether only the header is there.
-    pub fn is_empty(&self) -> bool {
-        self.rows.len() <= 1
-    }
 }
 
 impl std::fmt::Display for Table {

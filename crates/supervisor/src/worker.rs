@@ -92,8 +92,6 @@ pub struct Worker {
     pub state: WorkerState,
     /// When it was started.
     pub started_at: Instant,
-    /// When it became ready.
-    pub ready_at: Option<Instant>,
     /// Last `STATUS=` text.
     pub status_text: Option<String>,
     /// The spec it was started from.
@@ -219,7 +217,6 @@ impl Worker {
             pid,
             state: WorkerState::Starting,
             started_at: Instant::now(),
-            ready_at: None,
             status_text: None,
             spec: spec.clone(),
             pidfd,
@@ -232,7 +229,6 @@ impl Worker {
     pub fn mark_ready(&mut self) {
         if self.state == WorkerState::Starting {
             self.state = WorkerState::Ready;
-            self.ready_at = Some(Instant::now());
             self.set_deadline(None);
         }
     }

@@ -139,8 +139,8 @@ pub struct ReloadProgress {
 pub struct ReloadReport {
     /// Target generation.
     pub generation: u64,
-    /// `ok` or `aborted`.
-    pub outcome: String,
+    /// How it ended (or that it started, for `--no-wait`).
+    pub outcome: ReloadOutcome,
     /// Why it was aborted.
     pub reason: Option<String>,
     /// Per slot: old pid -> new pid and time to ready.
@@ -149,10 +149,25 @@ pub struct ReloadReport {
     pub duration_secs: f64,
 }
 
-impl ReloadReport {
-    /// Whether every slot was replaced.
-    pub fn ok(&self) -> bool {
-        self.outcome == "ok"
+/// The outcome of a reload request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadOutcome {
+    /// Every slot was replaced.
+    Ok,
+    /// Stopped early; the reason says why.
+    Aborted,
+    /// Accepted, not waited for (`reload --no-wait`).
+    Started,
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Aborted => "aborted",
+            ReloadOutcome::Started => "started",
+        })
     }
 }
 
