@@ -240,7 +240,7 @@ impl Daemon {
         .abort_handle()
     }
 
-    /// Starts a worker in `slot` with `spec`/`generation`; on a spawn error schedules a retry.
+    /// Starts a worker in `slot` with `spec`/`generation`; the caller decides what a spawn error means.
     fn spawn_worker(
         &mut self,
         slot: usize,

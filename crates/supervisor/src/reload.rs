@@ -175,6 +175,19 @@ mod tests {
         })
     }
 
+    /// A reload of slots 0..3 into generation 2.
+    fn reload(max_surge: usize, max_unavailable: usize) -> Reload {
+        Reload::new(
+            2,
+            spec(),
+            ReloadPolicy {
+                max_surge,
+                max_unavailable,
+            },
+            0..3,
+        )
+    }
+
     fn flight(slot: usize, new: WorkerId, early: bool) -> InFlight {
         InFlight {
             slot,
@@ -187,15 +200,7 @@ mod tests {
 
     #[test]
     fn one_slot_at_a_time_by_default() {
-        let mut r = Reload::new(
-            2,
-            spec(),
-            ReloadPolicy {
-                max_surge: 1,
-                max_unavailable: 0,
-            },
-            0..3,
-        );
+        let mut r = reload(1, 0);
         assert_eq!(r.next_slot(), Some(0));
         assert!(!r.may_drain_early());
         r.started(flight(0, 10, false));
@@ -226,15 +231,7 @@ mod tests {
 
     #[test]
     fn surge_and_unavailable_bound_parallelism() {
-        let mut r = Reload::new(
-            2,
-            spec(),
-            ReloadPolicy {
-                max_surge: 2,
-                max_unavailable: 1,
-            },
-            0..3,
-        );
+        let mut r = reload(2, 1);
         assert_eq!(r.next_slot(), Some(0));
         assert!(r.may_drain_early());
         r.started(flight(0, 10, true));
@@ -246,15 +243,7 @@ mod tests {
 
     #[test]
     fn abort_returns_starting_workers_and_notifies_waiters() {
-        let mut r = Reload::new(
-            2,
-            spec(),
-            ReloadPolicy {
-                max_surge: 1,
-                max_unavailable: 0,
-            },
-            0..3,
-        );
+        let mut r = reload(1, 0);
         let (tx, mut rx) = oneshot::channel();
         r.add_waiter(tx);
         r.next_slot();
