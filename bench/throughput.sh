@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Is the supervisor out of the data path, and how small is it? Prints, in one run:
 #  - requests/s and p50/p99 on /heavy: demo-app alone, under the supervisor with 1 worker and
-#    with one worker per CPU (wrk, keep-alive, loopback); Node rows when bench/node is installed;
+#    with one worker per CPU (wrk, keep-alive, loopback); Node, node cluster and pm2 side by side
+#    are bench/compare.sh;
 #  - the supervisor's resident memory with 1, 4 and 16 workers, and after 200 reloads of 16.
 #   bench/throughput.sh      # DURATION=10 CONNS=32 by default
 source "$(dirname "$0")/lib.sh"
@@ -34,25 +35,6 @@ for n in 1 "$CPUS"; do
   stop_supervisor "$cfg"
 done
 
-PM2="$ROOT/bench/node/node_modules/.bin/pm2"
-if command -v node >/dev/null && [ -d "$ROOT/bench/node/node_modules/express" ]; then
-  port=$(free_port)
-  PORT=$port node "$ROOT/bench/node/index.js" > "$OUT/node.log" 2>&1 & pid=$!
-  wait_http "$port"; measure "node index.js (1 process)" "$port"; kill "$pid"; wait "$pid" 2>/dev/null || true
-  port=$(free_port)
-  PORT=$port WORKERS=$CPUS node "$ROOT/bench/node/primary.js" > "$OUT/node-cluster.log" 2>&1 & pid=$!
-  wait_http "$port"; sleep 1; measure "node cluster, $CPUS workers" "$port"; kill "$pid"; wait "$pid" 2>/dev/null || true
-  if [ -x "$PM2" ]; then
-    export PM2_HOME="$OUT/pm2-home"
-    port=$(free_port)
-    PORT=$port "$PM2" start "$ROOT/bench/node/index.js" -i "$CPUS" --name tp-app >/dev/null
-    wait_http "$port"; sleep 1; measure "pm2 -i $CPUS" "$port"
-    pm2_god=$(cat "$PM2_HOME/pm2.pid" 2>/dev/null || echo)
-    pm2_rss=$([ -n "$pm2_god" ] && rss_kb "$pm2_god" || echo "?")
-    "$PM2" kill >/dev/null 2>&1 || true
-  fi
-fi
-
 mem_rows=()
 for n in 1 4 16; do
   port=$(free_port); cfg="$OUT/mem-$n.toml"
@@ -77,5 +59,4 @@ for r in "${rows[@]}"; do echo "$r"; done
 echo
 printf '%-40s %10s %18s\n' "resident memory" "RSS" "after 200 reloads"
 for r in "${mem_rows[@]}"; do echo "$r"; done
-[ -n "${pm2_rss:-}" ] && printf '%-40s %10s\n' "pm2 daemon (God), $CPUS apps" "$((pm2_rss/1024)) MB"
 exit 0

@@ -33,6 +33,46 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `examples/node-express`, with its dependencies installed; panics with what to run when Node or
+/// the example's `node_modules` is missing (the tests need them: `scripts/test` installs both).
+pub fn node_example() -> PathBuf {
+    let dir = workspace_root().join("examples/node-express");
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "`node` is not on the PATH: install Node.js 18+ (apt-get install nodejs npm), or run scripts/test, which does"
+    );
+    assert!(
+        dir.join("node_modules/express").is_dir(),
+        "{}/node_modules is missing: run `npm ci` there (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A loopback address whose `port` is free, for apps that hard-code their port (the seeds' app
+/// listens on 3000): 127.0.0.2 .. 127.0.0.254, the first one that binds. Panics, saying what holds
+/// the port, when every one is taken (a wildcard listener on that port takes them all).
+pub fn free_loopback_with_port(port: u16) -> SocketAddr {
+    for host in 2..=254u8 {
+        let addr = SocketAddr::from(([127, 0, 0, host], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!(
+        "port {port} is taken on every loopback address (a process listens on 0.0.0.0:{port}?): stop it to run this test"
+    );
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -248,6 +288,38 @@ impl Drop for Supervisor {
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
     }
+}
+
+/// Runs `supervisor reload` `rounds` times under load of `mode` on `path` (`clients` clients),
+/// asserting that every reload succeeds and replaces every worker; returns what the load saw.
+pub fn reloads_under_load(
+    s: &Supervisor,
+    path: &'static str,
+    mode: ConnMode,
+    clients: usize,
+    rounds: usize,
+) -> Result<LoadReport> {
+    let load = Load::start(s.addr()?, path, clients, &[mode]);
+    wait_for(Duration::from_secs(10), "the first responses", || {
+        (load.ok_so_far() > 0).then_some(())
+    })?;
+    for round in 0..rounds {
+        let before: Vec<i32> = s.ready_workers()?.iter().map(|w| w.pid).collect();
+        let out = s.cli(&["reload"])?;
+        if !out.status.success() {
+            bail!(
+                "reload {round} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let after = s.ready_workers()?;
+        if after.iter().any(|w| before.contains(&w.pid)) {
+            bail!("reload {round} kept a worker: before {before:?}, after {after:?}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(load.stop())
 }
 
 /// Runs a command with a deadline; kills it at the deadline.

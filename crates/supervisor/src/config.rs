@@ -102,6 +102,7 @@ struct RawWorker {
     cwd: Option<PathBuf>,
     instances: Option<usize>,
     readiness: Option<Readiness>,
+    runtime: Option<Runtime>,
     ready_timeout: Option<HumanDuration>,
     kill_timeout: Option<HumanDuration>,
 }
@@ -138,6 +139,65 @@ pub enum Readiness {
     Notify,
     /// The worker counts as ready as soon as its program was executed (systemd `Type=exec`).
     Exec,
+}
+
+/// What the supervisor adds to a worker for the language it runs (see [`crate::runtimes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Node: the built-in preload takes the inherited sockets for the app's own `listen()`,
+    /// reports readiness and drains on SIGTERM, so an unchanged app reloads without failures.
+    Node,
+    /// Nothing: the program follows the worker protocol itself.
+    None,
+}
+
+impl Runtime {
+    /// The default for a program: `node` for a program whose file name is `node` (or `nodejs`,
+    /// `node20`, ...), otherwise `none`.
+    pub fn detect(program: &Path) -> Runtime {
+        if looks_like_node(program) {
+            Runtime::Node
+        } else {
+            Runtime::None
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Runtime::Node => "node",
+            Runtime::None => "none",
+        })
+    }
+}
+
+/// Whether the program is Node by its file name (`node`, `nodejs`, `node20`): what `runtime`
+/// defaults on.
+fn looks_like_node(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("node"))
+}
+
+/// Whether the program is Node by its file name, or is a script run by Node (`#!/usr/bin/env
+/// node`): what `runtime = "node"` accepts.
+fn runs_node(program: &Path) -> bool {
+    if looks_like_node(program) {
+        return true;
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(program)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    head.starts_with(b"#!")
+        && head
+            .split(|b| *b == b'\n')
+            .next()
+            .is_some_and(|line| String::from_utf8_lossy(line).contains("node"))
 }
 
 /// Where a listener listens.
@@ -188,6 +248,8 @@ pub struct WorkerSpec {
     pub instances: usize,
     /// Readiness protocol.
     pub readiness: Readiness,
+    /// What the supervisor adds for the program's language.
+    pub runtime: Runtime,
     /// How long a new worker may take to become ready.
     pub ready_timeout: Duration,
     /// How long a stopping worker may drain before its process group is killed.
@@ -522,6 +584,29 @@ impl Validator<'_> {
             }
             Some(n) => n,
         };
+        let runtime = match rw.runtime {
+            None => Runtime::detect(&program),
+            Some(Runtime::Node) if !runs_node(&program) => {
+                return Err(self.err(
+                    "worker.runtime",
+                    format!(
+                        "\"node\" needs Node as the program, but worker.command is {} (run node itself: \
+                         command = \"node\", args = [\"app.js\"]; a wrapper such as npm or a shell \
+                         starts Node in another process, which cannot take the sockets)",
+                        program.display()
+                    ),
+                ));
+            }
+            Some(r) => r,
+        };
+        let readiness = rw.readiness.unwrap_or(Readiness::Notify);
+        if runtime == Runtime::Node && readiness == Readiness::Exec {
+            return Err(self.err(
+                "worker.readiness",
+                "\"exec\" with runtime \"node\": the Node preload reports readiness once the app \
+                 listens; remove `readiness` (or set runtime = \"none\")",
+            ));
+        }
         Ok(WorkerSpec {
             name,
             program,
@@ -529,7 +614,8 @@ impl Validator<'_> {
             env: rw.env,
             cwd,
             instances,
-            readiness: rw.readiness.unwrap_or(Readiness::Notify),
+            readiness,
+            runtime,
             ready_timeout: self.positive(
                 "worker.ready_timeout",
                 rw.ready_timeout,
@@ -742,6 +828,62 @@ mod tests {
         let e = endpoints_of(&path).unwrap();
         assert_eq!(e.control_socket, dir.path().join("c.sock"));
         assert_eq!(e.cron_url, "redis://:pw@h:1/0");
+    }
+
+    /// An executable file named `name` in a fresh directory (kept alive by the returned dir).
+    fn program_named(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn runtime_defaults_to_node_for_a_program_named_node() {
+        let (_d, node) = program_named("node", "");
+        let c = load(&OK.replace("/bin/sh", &node.display().to_string())).unwrap();
+        assert_eq!(c.worker.runtime, Runtime::Node);
+        assert_eq!(load(OK).unwrap().worker.runtime, Runtime::None);
+        let c = load(
+            &OK.replace("instances = 2", "instances = 2\nruntime = \"none\"")
+                .replace("/bin/sh", &node.display().to_string()),
+        )
+        .unwrap();
+        assert_eq!(
+            c.worker.runtime,
+            Runtime::None,
+            "runtime = \"none\" opts out"
+        );
+    }
+
+    #[test]
+    fn runtime_node_accepts_a_node_script_and_refuses_other_programs() {
+        let (_d, script) = program_named("app", "#!/usr/bin/env node\nconsole.log(1)\n");
+        let with = |program: &str| {
+            load(
+                &OK.replace("/bin/sh", program)
+                    .replace("instances = 2", "instances = 2\nruntime = \"node\""),
+            )
+        };
+        assert_eq!(
+            with(&script.display().to_string()).unwrap().worker.runtime,
+            Runtime::Node
+        );
+        let e = with("/bin/sh").unwrap_err().to_string();
+        assert!(e.contains("worker.runtime") && e.contains("/bin/sh"), "{e}");
+    }
+
+    #[test]
+    fn readiness_exec_with_the_node_preload_is_refused() {
+        let (_d, node) = program_named("node", "");
+        let e = load(
+            &OK.replace("/bin/sh", &node.display().to_string())
+                .replace("instances = 2", "instances = 2\nreadiness = \"exec\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("worker.readiness"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::listeners::{self, BoundListener, ListenError};
 use crate::notify::Notification;
 use crate::procstat::CpuMeter;
 use crate::reload::{InFlight, Reload};
+use crate::runtimes::{self, RuntimeFiles};
 use crate::worker::{ExitStatus, StartArgs, Worker, WorkerEvent, WorkerId, WorkerState};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -60,9 +61,13 @@ pub enum StartupError {
     },
 }
 
-/// Private directory for the workers' notify sockets; removed on drop.
+/// Private directory for the workers' notify sockets and the runtime files (the Node preload);
+/// removed on drop.
 #[derive(Debug)]
-struct RuntimeDir(PathBuf);
+struct RuntimeDir {
+    path: PathBuf,
+    files: RuntimeFiles,
+}
 
 impl RuntimeDir {
     fn create() -> Result<RuntimeDir, StartupError> {
@@ -72,17 +77,18 @@ impl RuntimeDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|cause| StartupError::RuntimeDir {
+            .and_then(|()| RuntimeFiles::install(&path))
+            .map(|files| RuntimeDir {
                 path: path.clone(),
-                cause,
-            })?;
-        Ok(RuntimeDir(path))
+                files,
+            })
+            .map_err(|cause| StartupError::RuntimeDir { path, cause })
     }
 }
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -255,7 +261,8 @@ impl Daemon {
             generation,
             spec: spec.clone(),
             listeners: &self.listeners,
-            runtime_dir: &self.runtime_dir.0,
+            runtime_dir: &self.runtime_dir.path,
+            runtime_files: &self.runtime_dir.files,
             cron_url: &self.config.cron_url,
             events: self.events_tx.clone(),
         });
@@ -491,10 +498,13 @@ impl Daemon {
                 if w.state != WorkerState::Starting {
                     return;
                 }
-                let msg = format!(
+                let mut msg = format!(
                     "new worker {} (pid {}) was not ready within {:?}",
                     w.name, w.pid, w.spec.ready_timeout
                 );
+                if let Some(hint) = runtimes::not_ready_hint(w.spec.runtime, &self.listeners) {
+                    msg = format!("{msg}: {hint}");
+                }
                 tracing::warn!("{msg}; killing it");
                 w.kill_group();
                 if self.reload.as_ref().is_some_and(|r| r.is_in_flight(id)) {

@@ -3,7 +3,8 @@
 //! with zero downtime, and answers `status`/`reload`/`stop` on a Unix control socket.
 //!
 //! Module map (see README "Architecture"): [`config`] validates the file; [`listeners`] binds;
-//! [`spawn`] forks/execs one worker; [`notify`] reads readiness; [`worker`] is one process's
+//! [`spawn`] forks/execs one worker; [`notify`] reads readiness; [`runtimes`] adds what a
+//! language needs (the Node preload); [`worker`] is one process's
 //! state machine; [`reload`] plans rolling reloads; [`daemon`] is the event loop; [`control`] is
 //! the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`;
 //! [`procstat`] reads `/proc`.
@@ -18,6 +19,7 @@ pub mod listeners;
 pub mod notify;
 pub mod procstat;
 pub mod reload;
+pub mod runtimes;
 pub mod spawn;
 pub mod table;
 pub mod worker;

@@ -37,6 +37,10 @@ pub struct BoundListener {
     pub name: String,
     /// The actual address (port 0 resolved).
     pub local: String,
+    /// The actual TCP port (port 0 resolved); `None` for a Unix socket.
+    pub port: Option<u16>,
+    /// The `listen(2)` backlog it was bound with.
+    pub backlog: i32,
     fd: OwnedFd,
     unix_path: Option<PathBuf>,
 }
@@ -46,6 +50,11 @@ impl BoundListener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// The socket file of a Unix listener.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
 }
 
 impl Drop for BoundListener {
@@ -54,6 +63,29 @@ impl Drop for BoundListener {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// `SUPERVISOR_LISTENERS` for workers: the inherited sockets in fd order as a JSON array of
+/// `{"name", "fd", "address", "port"}` (TCP) or `{"name", "fd", "path"}` (Unix), each with its
+/// `"backlog"`, so a worker can tell which fd is which address without asking the socket.
+pub fn describe(listeners: &[BoundListener]) -> String {
+    let list: Vec<serde_json::Value> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v = serde_json::json!({ "name": l.name, "fd": 3 + i, "backlog": l.backlog });
+            match (l.port, l.unix_path()) {
+                (Some(port), _) => {
+                    v["address"] = l.local.clone().into();
+                    v["port"] = port.into();
+                }
+                (None, Some(path)) => v["path"] = path.display().to_string().into(),
+                (None, None) => {}
+            }
+            v
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 /// Removes a socket file left by a dead process; refuses if a live process accepts on it.
@@ -96,28 +128,35 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
         addr: spec.addr.to_string(),
         cause,
     };
-    let (fd, local, unix_path): (OwnedFd, String, Option<PathBuf>) = match &spec.addr {
-        ListenAddr::Tcp(addr) => {
-            // std sets SO_REUSEADDR (restart while old connections are in TIME_WAIT) and CLOEXEC.
-            let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-            let local = l.local_addr().map_err(bind_err)?.to_string();
-            (OwnedFd::from(l), local, None)
-        }
-        ListenAddr::Unix(path) => {
-            if !clear_stale_socket(path).map_err(bind_err)? {
-                return Err(ListenError::InUse {
-                    key: format!("{}.path", spec.key),
-                    path: path.clone(),
-                });
+    let (fd, local, port, unix_path): (OwnedFd, String, Option<u16>, Option<PathBuf>) =
+        match &spec.addr {
+            ListenAddr::Tcp(addr) => {
+                // std sets SO_REUSEADDR (restart while old connections are in TIME_WAIT) and CLOEXEC.
+                let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+                let local = l.local_addr().map_err(bind_err)?;
+                (
+                    OwnedFd::from(l),
+                    local.to_string(),
+                    Some(local.port()),
+                    None,
+                )
             }
-            let l = UnixListener::bind(path).map_err(bind_err)?;
-            (
-                OwnedFd::from(l),
-                format!("unix:{}", path.display()),
-                Some(path.clone()),
-            )
-        }
-    };
+            ListenAddr::Unix(path) => {
+                if !clear_stale_socket(path).map_err(bind_err)? {
+                    return Err(ListenError::InUse {
+                        key: format!("{}.path", spec.key),
+                        path: path.clone(),
+                    });
+                }
+                let l = UnixListener::bind(path).map_err(bind_err)?;
+                (
+                    OwnedFd::from(l),
+                    format!("unix:{}", path.display()),
+                    None,
+                    Some(path.clone()),
+                )
+            }
+        };
     // Raise the accept queue to the configured backlog (a second listen() only resizes it).
     // SAFETY: `fd` is a valid, bound, listening socket owned by this function.
     let rc = unsafe { libc::listen(fd.as_raw_fd(), spec.backlog) };
@@ -127,6 +166,8 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
     Ok(BoundListener {
         name: spec.name.clone(),
         local,
+        port,
+        backlog: spec.backlog,
         fd,
         unix_path,
     })

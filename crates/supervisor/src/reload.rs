@@ -170,6 +170,7 @@ mod tests {
             cwd: PathBuf::from("/"),
             instances: 3,
             readiness: crate::config::Readiness::Notify,
+            runtime: crate::config::Runtime::None,
             ready_timeout: Duration::from_secs(1),
             kill_timeout: Duration::from_secs(1),
         })

@@ -1,6 +1,7 @@
 //! One worker process: its state machine (`Starting -> Ready -> Draining -> Exited`), the tasks
 //! that watch it (exit via pidfd, readiness, output forwarding) and the signals sent to it.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tracing::Instrument;
 use crate::config::WorkerSpec;
 use crate::listeners::BoundListener;
 use crate::notify::{Channels, Notification};
+use crate::runtimes::RuntimeFiles;
 use crate::spawn::{self, SpawnError};
 
 /// Supervisor-unique worker id (never reused, unlike pids).
@@ -117,6 +119,8 @@ pub struct StartArgs<'a> {
     pub listeners: &'a [BoundListener],
     /// Directory for the notify socket.
     pub runtime_dir: &'a Path,
+    /// What the runtimes add to the environment.
+    pub runtime_files: &'a RuntimeFiles,
     /// Cron lock backend URL for the worker.
     pub cron_url: &'a str,
     /// Where the watch tasks report.
@@ -139,10 +143,50 @@ pub enum StartError {
     Spawn(#[from] SpawnError),
 }
 
+/// A worker's environment: the supervisor's own (less what belongs to the supervisor itself), the
+/// runtime's additions, the app's `env`, then the worker protocol's variables; a later entry
+/// replaces an earlier one of the same name, so each name appears once.
+fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(String, String)> {
+    let spec = &args.spec;
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("LISTEN_") && k != "NOTIFY_SOCKET" && k != "READY_FD")
+        .collect();
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    args.runtime_files
+        .apply(spec.runtime, &mut env, &spec.env, args.listeners);
+    let n = args.listeners.len();
+    let names: Vec<&str> = args.listeners.iter().map(|l| l.name.as_str()).collect();
+    env.extend([
+        ("LISTEN_FDS".to_string(), n.to_string()),
+        ("LISTEN_FDNAMES".to_string(), names.join(":")),
+        (
+            "SUPERVISOR_LISTENERS".to_string(),
+            crate::listeners::describe(args.listeners),
+        ),
+        (
+            "NOTIFY_SOCKET".to_string(),
+            notify_path.display().to_string(),
+        ),
+        ("READY_FD".to_string(), (3 + n).to_string()),
+        ("SUPERVISOR_WORKER_ID".to_string(), args.slot.to_string()),
+        ("SUPERVISOR_WORKER_NAME".to_string(), name.to_string()),
+        (
+            "SUPERVISOR_GENERATION".to_string(),
+            args.generation.to_string(),
+        ),
+        (
+            "SUPERVISOR_KILL_TIMEOUT_MS".to_string(),
+            spec.kill_timeout.as_millis().to_string(),
+        ),
+        ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
+    ]);
+    env.into_iter().collect()
+}
+
 impl Worker {
     /// Forks and executes the worker and starts its watch tasks.
     pub fn start(args: StartArgs<'_>) -> Result<Worker, StartError> {
-        let spec = args.spec;
+        let spec = args.spec.clone();
         let name = format!("{}.{}", spec.name, args.slot);
         let notify_path = args.runtime_dir.join(format!("notify-{}.sock", args.id));
         let mut channels = Channels::bind(&notify_path).map_err(|cause| StartError::Notify {
@@ -150,32 +194,7 @@ impl Worker {
             cause,
         })?;
 
-        let n = args.listeners.len();
-        let names: Vec<&str> = args.listeners.iter().map(|l| l.name.as_str()).collect();
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| !k.starts_with("LISTEN_") && k != "NOTIFY_SOCKET" && k != "READY_FD")
-            .collect();
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend([
-            ("LISTEN_FDS".to_string(), n.to_string()),
-            ("LISTEN_FDNAMES".to_string(), names.join(":")),
-            (
-                "NOTIFY_SOCKET".to_string(),
-                notify_path.display().to_string(),
-            ),
-            ("READY_FD".to_string(), (3 + n).to_string()),
-            ("SUPERVISOR_WORKER_ID".to_string(), args.slot.to_string()),
-            ("SUPERVISOR_WORKER_NAME".to_string(), name.clone()),
-            (
-                "SUPERVISOR_GENERATION".to_string(),
-                args.generation.to_string(),
-            ),
-            (
-                "SUPERVISOR_KILL_TIMEOUT_MS".to_string(),
-                spec.kill_timeout.as_millis().to_string(),
-            ),
-            ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
-        ]);
+        let env = environment(&args, &name, &notify_path);
         let child = spawn::spawn(spawn::Command {
             program: &spec.program,
             args: &spec.args,

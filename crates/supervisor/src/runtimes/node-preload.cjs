@@ -1,0 +1,302 @@
+// The supervisor's Node preload: loaded with `--require` (through NODE_OPTIONS) into every worker
+// of a `runtime = "node"` app, so that an unchanged Node app (Express, Fastify, Koa, NestJS, plain
+// http/https/net; CommonJS or ESM) runs as a supervisor worker:
+//
+//  - `server.listen(...)` in any form takes the inherited socket (LISTEN_FDS) whose port (or unix
+//    path) matches, and otherwise listens normally (with one warning naming the port);
+//  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on;
+//  - SIGTERM drains like crates/worker: stop accepting at once, every response from then on carries
+//    `Connection: close`, an idle keep-alive connection is closed only after DRAIN_IDLE_GRACE_MS
+//    of idleness (counted from the drain's start or its last request), exit 0 when the last
+//    connection is gone, hard deadline 500 ms inside SUPERVISOR_KILL_TIMEOUT_MS. The app's own
+//    SIGTERM handlers still run; `server.close()` and `process.exit()` called from them wait for
+//    the drain instead of cutting it short.
+//
+// It is shipped inside the supervisor binary and written to the supervisor's private runtime
+// directory; it is inert in any process that is not the worker itself (LISTEN_PID differs), such
+// as children the app spawns with the same NODE_OPTIONS.
+"use strict";
+
+(function supervisorPreload() {
+  const env = process.env;
+  if (!env.LISTEN_PID || Number(env.LISTEN_PID) !== process.pid) return;
+
+  const fs = require("fs");
+  const net = require("net");
+  const http = require("http");
+  const https = require("https");
+  const pathModule = require("path");
+  const { performance } = require("perf_hooks");
+
+  const PREFIX = "supervisor-preload:";
+  const log = (msg) => {
+    try {
+      process.stderr.write(`${PREFIX} ${msg}\n`);
+    } catch (_) {
+      // stderr gone: nothing to tell anyone.
+    }
+  };
+  const envMs = (name, fallback) => {
+    const n = Number(env[name]);
+    return Number.isFinite(n) && n >= 0 && env[name] !== "" && env[name] !== undefined ? n : fallback;
+  };
+
+  // The inherited sockets, in fd order: [{name, fd, port?, address?, path?, backlog}].
+  let listeners = [];
+  try {
+    listeners = JSON.parse(env.SUPERVISOR_LISTENERS || "[]");
+  } catch (e) {
+    log(`SUPERVISOR_LISTENERS is not JSON (${e.message}); no inherited socket will be used`);
+  }
+  const describe = (l) => `${l.path ? `unix:${l.path}` : l.address} (${l.name})`;
+  const held = listeners.map(describe).join(", ");
+
+  // ---- readiness ----
+  const taken = new Set(); // fds some server in this process listens on
+  let readySent = false;
+  function maybeReady() {
+    if (readySent || listeners.some((l) => !taken.has(l.fd))) return;
+    readySent = true;
+    const fd = Number(env.READY_FD);
+    if (!Number.isInteger(fd) || fd < 0) return;
+    try {
+      fs.writeSync(fd, "\n");
+      fs.closeSync(fd);
+    } catch (e) {
+      log(`cannot report readiness on READY_FD=${fd}: ${e.message}`);
+    }
+  }
+  if (listeners.length === 0) setImmediate(maybeReady);
+
+  // ---- listen: which inherited socket does a listen() call mean? ----
+  // Mirrors Node's own argument normalisation: listen(port[, host][, backlog][, cb]),
+  // listen(path[, backlog][, cb]), listen(options[, cb]), listen(handle[, backlog][, cb]), listen().
+  function requested(args) {
+    const first = args[0];
+    if (first !== null && typeof first === "object") {
+      if (typeof first.fd === "number") return { fd: first.fd };
+      if (first._handle || first.handle) return { handle: true };
+      if (typeof first.path === "string" && first.path !== "") return { path: first.path };
+      return { port: first.port === undefined ? 0 : Number(first.port), options: first };
+    }
+    if (typeof first === "string" && !(Number(first) >= 0)) return { path: first };
+    if (typeof first === "number" || typeof first === "string") return { port: Number(first) };
+    return { port: 0 };
+  }
+
+  function match(want) {
+    if (want.fd !== undefined) return listeners.find((l) => l.fd === want.fd);
+    if (want.path !== undefined) {
+      const p = pathModule.resolve(want.path);
+      return listeners.find((l) => l.path && pathModule.resolve(l.path) === p);
+    }
+    if (want.port) return listeners.find((l) => l.port === want.port);
+    return undefined;
+  }
+
+  const warned = new Set();
+  const origListen = net.Server.prototype.listen;
+  net.Server.prototype.listen = function listen(...args) {
+    const want = requested(args);
+    const l = match(want);
+    track(this);
+    if (l && want.fd === undefined) {
+      if (!taken.has(l.fd)) {
+        const cb = typeof args[args.length - 1] === "function" ? args[args.length - 1] : undefined;
+        const options = { fd: l.fd, backlog: l.backlog };
+        if (want.options && want.options.signal) options.signal = want.options.signal;
+        this.once("listening", () => {
+          taken.add(l.fd);
+          maybeReady();
+        });
+        return cb ? origListen.call(this, options, cb) : origListen.call(this, options);
+      }
+      const key = `taken:${l.fd}`;
+      if (!warned.has(key)) {
+        warned.add(key);
+        log(`a second server listens on ${describe(l)}, which another server of this process already took; it listens directly`);
+      }
+    } else if (l) {
+      this.once("listening", () => {
+        taken.add(l.fd);
+        maybeReady();
+      });
+    } else if (want.port || want.path) {
+      const what = want.path ? `unix:${want.path}` : `port ${want.port}`;
+      if (!warned.has(what)) {
+        warned.add(what);
+        log(
+          `the app listens on ${what}, which the supervisor does not hold (it holds ${held || "nothing"}); ` +
+            "listening on it directly: it is not shared with the other workers and not kept across reloads",
+        );
+      }
+    }
+    return origListen.apply(this, args);
+  };
+
+  // ---- connection bookkeeping, for the drain ----
+  const kState = Symbol("supervisor.connection");
+  const servers = new Set(); // every server of this process that listened
+  const tracked = new WeakSet();
+  const inFlight = new Set(); // responses whose headers are not sent yet
+  let draining = false;
+  let drainStart = 0;
+
+  function isHttp(server) {
+    return server instanceof http.Server || server instanceof https.Server;
+  }
+
+  function track(server) {
+    if (tracked.has(server)) return;
+    tracked.add(server);
+    server.once("listening", () => servers.add(server));
+    server.once("close", () => {
+      servers.delete(server);
+      if (draining) check();
+    });
+    if (!isHttp(server)) {
+      // http2 servers: a session is closed with a graceful GOAWAY when the drain starts.
+      server.on("session", (session) => {
+        if (draining) session.close();
+        else (server[kState] || (server[kState] = new Set())).add(session);
+      });
+      return;
+    }
+    const conns = new Set();
+    server[kState] = conns;
+    const event = server instanceof https.Server ? "secureConnection" : "connection";
+    server.on(event, (socket) => {
+      socket[kState] = { busy: 0, last: performance.now() };
+      conns.add(socket);
+      socket.once("close", () => conns.delete(socket));
+    });
+    server.prependListener("request", onRequest);
+  }
+
+  function onRequest(req, res) {
+    if (req.httpVersionMajor >= 2) return;
+    const st = req.socket && req.socket[kState];
+    if (st) {
+      st.busy += 1;
+      st.last = performance.now();
+    }
+    if (draining) res.shouldKeepAlive = false;
+    else inFlight.add(res);
+    let done = false;
+    const end = () => {
+      if (done) return;
+      done = true;
+      inFlight.delete(res);
+      if (st) {
+        st.busy -= 1;
+        st.last = performance.now();
+      }
+      if (draining) check();
+    };
+    res.once("finish", end);
+    res.once("close", end);
+  }
+
+  // Node 19+ closes idle keep-alive connections in http `server.close()`: a client that sends on
+  // one at that instant gets a reset. While draining, idle connections are closed by the rule above.
+  for (const proto of [http.Server.prototype, https.Server.prototype]) {
+    const original = proto.closeIdleConnections;
+    if (typeof original !== "function") continue;
+    proto.closeIdleConnections = function closeIdleConnections(...args) {
+      if (draining) return undefined;
+      return original.apply(this, args);
+    };
+  }
+
+  // ---- the drain ----
+  const killTimeout = envMs("SUPERVISOR_KILL_TIMEOUT_MS", 30000);
+  const deadline = Math.max(killTimeout - 500, 100);
+  const grace = Math.min(envMs("DRAIN_IDLE_GRACE_MS", 1000), deadline);
+  const realExit = process.exit;
+  let exitCode; // set when the app asked to exit during the drain
+  let appHandlers = false;
+  let drained = false;
+  let timer;
+
+  process.exit = function exit(code) {
+    if (draining && !drained) {
+      exitCode = code === undefined ? (process.exitCode ?? 0) : code;
+      return undefined;
+    }
+    return realExit.call(process, code);
+  };
+
+  function check() {
+    if (drained) return;
+    if (servers.size === 0) return finish(false);
+    const t = performance.now();
+    let next = Infinity;
+    for (const server of servers) {
+      const conns = server[kState];
+      if (!(conns instanceof Set) || !isHttp(server)) continue;
+      for (const socket of conns) {
+        const st = socket[kState];
+        if (st.busy > 0) {
+          next = Math.min(next, grace);
+          continue;
+        }
+        const idle = t - Math.max(st.last, drainStart);
+        if (idle >= grace) socket.destroy();
+        else next = Math.min(next, grace - idle);
+      }
+    }
+    clearTimeout(timer);
+    if (next !== Infinity) timer = setTimeout(check, Math.ceil(next)).unref();
+  }
+
+  function finish(atDeadline) {
+    if (drained) return;
+    drained = true;
+    clearTimeout(timer);
+    const took = Math.round(performance.now() - drainStart);
+    if (atDeadline) {
+      let open = 0;
+      for (const server of servers) {
+        const conns = server[kState];
+        if (conns instanceof Set) for (const c of conns) (open += 1), c.destroy();
+      }
+      log(`drain deadline (${deadline} ms) reached: ${open} connection(s) dropped`);
+    } else {
+      log(`drained in ${took} ms`);
+    }
+    if (exitCode !== undefined || !appHandlers || atDeadline) realExit.call(process, exitCode ?? 0);
+    // Otherwise the app's own SIGTERM handler is shutting it down: the process ends when its event
+    // loop is empty, or at the deadline.
+  }
+
+  process.on("SIGTERM", function supervisorDrain() {
+    if (draining) {
+      // Asked again (NestJS re-raises the signal after its own shutdown): exit once drained.
+      if (drained) realExit.call(process, exitCode ?? 0);
+      else if (exitCode === undefined) exitCode = 0;
+      return;
+    }
+    draining = true;
+    drainStart = performance.now();
+    appHandlers = process.listenerCount("SIGTERM") > 1;
+    for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+    inFlight.clear();
+    let open = 0;
+    for (const server of servers) {
+      const conns = server[kState];
+      if (conns instanceof Set) open += conns.size;
+    }
+    log(`SIGTERM: stopped accepting; draining ${open} connection(s)`);
+    setTimeout(() => finish(true), deadline).unref();
+    // After the app's own SIGTERM handlers (they run right after this one): close what they left
+    // listening, with net's close, which does not drop idle keep-alive connections.
+    setImmediate(() => {
+      for (const server of servers) {
+        if (server.listening) net.Server.prototype.close.call(server);
+        const sessions = server[kState];
+        if (!isHttp(server) && sessions instanceof Set) for (const s of sessions) s.close();
+      }
+      check();
+    });
+  });
+})();
