@@ -24,8 +24,11 @@ wait_http() {
   echo "bench: nothing answers on port $1" >&2; return 1
 }
 
-# write_config FILE PORT INSTANCES: a supervisor config for demo-app.
+# write_config FILE PORT INSTANCES [COMMAND [ARG...]]: a supervisor config for demo-app, or for
+# COMMAND ARG... (e.g. node /abs/path/app.js) when given.
 write_config() {
+  local command=${4:-$DEMO} args="" a
+  for a in "${@:5}"; do args+="${args:+, }\"$a\""; done
   cat > "$1" <<CONF
 [supervisor]
 control_socket = "$(dirname "$1")/bench-$2.sock"
@@ -33,23 +36,25 @@ control_socket = "$(dirname "$1")/bench-$2.sock"
 name = "http"
 address = "127.0.0.1:$2"
 [worker]
-command = "$DEMO"
+command = "$command"
+args = [$args]
 instances = $3
 ready_timeout = "10s"
 kill_timeout = "10s"
 CONF
 }
 
-# start_supervisor CONFIG INSTANCES: starts it in the background, sets SUP_PID, waits until ready.
+# start_supervisor CONFIG INSTANCES [LOG]: starts it in the background, sets SUP_PID, waits until
+# ready. LOG defaults to $OUT/supervisor.log.
 start_supervisor() {
-  "$SUP" start -c "$1" > "$OUT/supervisor.log" 2>&1 &
+  "$SUP" start -c "$1" > "${3:-$OUT/supervisor.log}" 2>&1 &
   SUP_PID=$!
   for _ in $(seq 1 200); do
     n=$("$SUP" status --json -c "$1" 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for w in json.load(sys.stdin)["workers"] if w["state"]=="ready"))' 2>/dev/null || echo 0)
     [ "$n" = "$2" ] && return 0
     sleep 0.05
   done
-  echo "bench: supervisor did not get $2 ready workers; log: $OUT/supervisor.log" >&2; return 1
+  echo "bench: supervisor did not get $2 ready workers; log: ${3:-$OUT/supervisor.log}" >&2; return 1
 }
 
 stop_supervisor() {
@@ -71,3 +76,76 @@ wrk_summary() {
 }
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# kb_mb KB: "12.3 MB".
+kb_mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k/1024 }'; }
+
+# port_busy PORT: true when something listens on TCP PORT (any address).
+port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+
+# wait_port_free PORT [SECONDS]: until nothing listens on PORT (10 s by default).
+wait_port_free() {
+  local i
+  for i in $(seq 1 $(( ${2:-10} * 20 ))); do port_busy "$1" || return 0; sleep 0.05; done
+  echo "bench: port $1 is still in use" >&2; return 1
+}
+
+# wait_answers PORT [SECONDS]: until 127.0.0.1:PORT answers HTTP at all, any status (10 s default).
+# For apps without /healthz: GET / costs nothing even when only a 404.
+wait_answers() {
+  local i
+  for i in $(seq 1 $(( ${2:-10} * 20 ))); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/" 2>/dev/null)" != 000 ] && return 0
+    sleep 0.05
+  done
+  echo "bench: nothing answers on port $1" >&2; return 1
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+# kill_tree PID...: SIGTERM to each PID and all its descendants, SIGKILL what is left after 10 s.
+kill_tree() {
+  local all=() queue=("$@") p i left
+  while [ ${#queue[@]} -gt 0 ]; do
+    p=${queue[0]}; queue=("${queue[@]:1}")
+    alive "$p" || continue
+    all+=("$p")
+    # shellcheck disable=SC2207
+    queue+=($(pgrep -P "$p" || true))
+  done
+  [ ${#all[@]} -gt 0 ] || return 0
+  kill -TERM "${all[@]}" 2>/dev/null || true
+  for i in $(seq 1 200); do
+    left=0
+    for p in "${all[@]}"; do alive "$p" && left=1 && break; done
+    [ "$left" = 0 ] && break
+    sleep 0.05
+  done
+  [ "$left" = 0 ] || kill -KILL "${all[@]}" 2>/dev/null || true
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+# reload_under_load NAME keepalive|close RELOAD_CMD COUNT PORT [CONNS]: constant wrk load on /heavy
+# (2 s before the first reload and after the last), RELOAD_CMD run COUNT times (120 s each at
+# most). Prints "requests failures reloads_ok reloads_failed ms_per_reload req/s"; the wrk report
+# is $OUT/wrk-<name>.txt. Failures as in wrk_summary.
+reload_under_load() {
+  local name=$1 mode=$2 reload_cmd=$3 count=$4 port=$5 conns=${6:-${CONNS:-64}}
+  local report="$OUT/wrk-$(echo "$name" | tr -c 'a-z0-9\n' '_').txt"
+  local extra=() wrk_pid start end ok=0 bad=0 req err rps p50 p99
+  [ "$mode" = close ] && extra=(-H "Connection: close")
+  # wrk stops at SIGINT and prints its report; -d only bounds it.
+  wrk -t2 -c"$conns" -d600s --timeout 5s --latency "${extra[@]}" "http://127.0.0.1:$port/heavy" > "$report" 2>&1 &
+  wrk_pid=$!
+  sleep 2
+  start=$(date +%s%N)
+  for _ in $(seq 1 "$count"); do
+    if timeout 120 bash -c "$reload_cmd" >/dev/null 2>&1; then ok=$((ok+1)); else bad=$((bad+1)); fi
+  done
+  end=$(date +%s%N)
+  sleep 2
+  kill -INT "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
+  read -r req err rps p50 p99 < <(wrk_summary "$report")
+  echo "$req $err $ok $bad $(( (end-start)/1000000/(count>0?count:1) )) $rps"
+}
