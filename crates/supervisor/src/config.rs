@@ -21,10 +21,12 @@ pub enum ConfigError {
         cause: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a value of the wrong type.
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}{at}: {key}: {message}")]
     Parse {
         /// The config file.
         path: PathBuf,
+        /// Where in the file, when the parser knows (`:LINE:COL`).
+        at: Location,
         /// The dotted key path, or `(top level)`.
         key: String,
         /// What the parser said.
@@ -40,6 +42,38 @@ pub enum ConfigError {
         /// Why the value is rejected.
         message: String,
     },
+}
+
+/// A position in the config file, shown as `:LINE:COL` after the path (nothing when unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location(pub Option<(usize, usize)>);
+
+impl Location {
+    /// The 1-based line and column (in characters) of byte offset `offset` of `text`.
+    pub fn of_offset(text: &str, offset: usize) -> Location {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        Location(Some((line, before[line_start..].chars().count() + 1)))
+    }
+
+    fn of_span(text: &str, span: Option<std::ops::Range<usize>>) -> Location {
+        span.map(|s| Location::of_offset(text, s.start))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, ":{line}:{column}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A duration written as a human string in the file ("10s", "500ms", "1m 30s").
@@ -318,13 +352,13 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
         path: path.to_path_buf(),
         cause,
     })?;
-    let parse_err = |key: String, message: String| ConfigError::Parse {
+    let parse_err = |key: String, e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
+        at: Location::of_span(&text, e.span()),
         key,
-        message,
+        message: e.message().trim_end().to_string(),
     };
-    let de = toml::Deserializer::parse(&text)
-        .map_err(|e| parse_err("(syntax)".into(), e.message().to_string()))?;
+    let de = toml::Deserializer::parse(&text).map_err(|e| parse_err("(syntax)".into(), e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
@@ -332,7 +366,7 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
         } else {
             key
         };
-        parse_err(key, e.into_inner().message().to_string())
+        parse_err(key, e.into_inner())
     })
 }
 
@@ -765,6 +799,40 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_keeps_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, format!("{OK}\n[worker]\ncommand = \"/bin/true\"\n")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        // OK is 7 lines (a leading newline, a trailing indented one): the second `worker` is 8:2.
+        let want = format!("{}:8:2: (syntax): ", path.display());
+        assert!(e.starts_with(&want), "{e}");
+        assert!(e.contains("duplicate key"), "{e}");
+    }
+
+    #[test]
+    fn type_error_has_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let text = OK.replace("instances = 2", "instances = \"two\"");
+        std::fs::write(&path, &text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        let want = format!("{}:6:", path.display());
+        assert!(
+            e.starts_with(&want) && e.contains("worker.instances"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn location_counts_lines_and_characters() {
+        assert_eq!(Location::of_offset("ab\ncd", 4).to_string(), ":2:2");
+        assert_eq!(Location::of_offset("", 0).to_string(), ":1:1");
+        assert_eq!(Location::of_offset("\u{e9}x", 2).to_string(), ":1:2");
+        assert_eq!(Location(None).to_string(), "");
     }
 
     #[test]
