@@ -392,3 +392,80 @@ fn second_sigint_kills_workers_that_ignore_sigterm_at_once() {
     );
     assert_all_gone(&pgids);
 }
+
+/// User + system CPU ticks of `pid`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    f[0] + f[1]
+}
+
+#[test]
+fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
+    let s = Supervisor::start(
+        "[worker]\ncommand = \"{demo}\"\ninstances = 1\nkill_timeout = \"5s\"\n",
+        1,
+    )
+    .unwrap();
+    let pid = s.pid();
+    let victim = workers(&s.status().unwrap())[0].pid;
+    let sock = s.dir.path().join("control.sock");
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into a valid rlimit struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // Room for a few more fds only: the idle clients take them, and every client after them makes
+    // accept fail with EMFILE while it waits in the backlog.
+    limit.rlim_cur = open_fds + 8;
+    // SAFETY: prlimit on our own child with a valid rlimit struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let clients: Vec<_> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - t0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 100 < hz * 20,
+        "supervisor used {used} ticks of {hz} in 1 s at the fd limit (spinning on accept?)"
+    );
+    let log = s.log_text();
+    assert_eq!(
+        log.matches("accept failed").count(),
+        1,
+        "the accept error is logged once per episode: {log}"
+    );
+    // Once the clients are gone (and the idle ones dropped), fds are free again: status answers
+    // and a killed worker is replaced, the limit still as tight.
+    drop(clients);
+    wait_for(
+        Duration::from_secs(15),
+        "status at the tight fd limit",
+        || s.status().ok(),
+    )
+    .unwrap();
+    // SAFETY: killing a worker this test's supervisor started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    wait_for(Duration::from_secs(15), "a replacement worker", || {
+        let ws = workers(&s.status().ok()?);
+        (ws.len() == 1 && ws[0].state == "ready" && ws[0].pid != victim).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", s.log_text()));
+    assert!(s.log_text().contains("accepting again"), "{}", s.log_text());
+}

@@ -201,6 +201,7 @@ async fn status(config: &Path, target: &Target, json: bool) -> Result<ExitCode> 
     let socket = socket(config, target)?;
     let report = match client::request(&socket, Request::Status, Duration::from_secs(10)).await? {
         Response::Status(report) => report,
+        Response::Error { message } => bail!("status refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
     // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
@@ -405,6 +406,7 @@ async fn stop(socket: &Path, timeout: Duration) -> Result<ExitCode> {
             println!("stopped");
             Ok(ExitCode::SUCCESS)
         }
+        Response::Error { message } => bail!("stop refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),
     }
 }

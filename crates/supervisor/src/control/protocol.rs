@@ -187,12 +187,24 @@ pub struct SlotReplacement {
 /// A control-socket connection, framed.
 pub type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
-/// Frames a stream (frames up to 16 MiB).
+/// The largest frame a client accepts (a status report of many workers).
+pub const MAX_RESPONSE_FRAME: usize = 16 << 20;
+
+/// The largest request frame the server reads: requests are small, and a longer length prefix is
+/// refused before anything is allocated for it.
+pub const MAX_REQUEST_FRAME: usize = 64 << 10;
+
+/// The length-delimited codec with frames up to `max` bytes (longer ones are an `InvalidData`
+/// error as soon as their length prefix is read).
+pub fn codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max)
+        .new_codec()
+}
+
+/// Frames a client's stream (frames up to [`MAX_RESPONSE_FRAME`]).
 pub fn framed(stream: UnixStream) -> Conn {
-    let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(16 << 20)
-        .new_codec();
-    Framed::new(stream, codec)
+    Framed::new(stream, codec(MAX_RESPONSE_FRAME))
 }
 
 /// Sends one JSON message.

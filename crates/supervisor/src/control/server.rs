@@ -1,16 +1,46 @@
 //! Control socket server: a 0600 Unix socket; each request is handed to the daemon loop with a
 //! oneshot for the answer. A stale socket file from a dead supervisor is replaced; a live one is
-//! refused.
+//! refused. The server protects the daemon from its clients: accept errors (fd limit reached) are
+//! retried after a pause, connections are capped in number, idle ones are dropped, request frames
+//! are capped in size, and a request that cannot be read gets an error answer.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::task::TaskTracker;
 
 use super::protocol::{self, Request, Response};
 use crate::listeners::clear_stale_socket;
+
+/// What the server tolerates from its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the socket's backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a whole request before it is dropped.
+    pub idle_timeout: Duration,
+    /// The largest request frame read; a longer length prefix is answered with an error.
+    pub max_request: usize,
+    /// Pause after a failed `accept` (e.g. `EMFILE`) before the next try.
+    pub accept_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(5),
+            max_request: protocol::MAX_REQUEST_FRAME,
+            accept_backoff: Duration::from_millis(100),
+        }
+    }
+}
 
 /// A request waiting for the daemon's answer.
 #[derive(Debug)]
@@ -79,38 +109,121 @@ impl ControlSocket {
         })
     }
 
-    /// Serves connections until the daemon's request channel closes.
+    /// Serves connections with the default [`Limits`] until the daemon's request channel closes.
     pub fn serve(&mut self, requests: mpsc::Sender<ControlRequest>) {
+        self.serve_with(requests, Limits::default());
+    }
+
+    /// Serves connections with `limits` until the daemon's request channel closes.
+    pub fn serve_with(&mut self, requests: mpsc::Sender<ControlRequest>, limits: Limits) {
         let Some(listener) = self.listener.take() else {
             return;
         };
         let connections = self.connections.clone();
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         tokio::spawn(async move {
+            // Set while accept keeps failing: the failure is logged once per episode.
+            let mut failing = false;
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                // Over the cap, new connections wait in the backlog until one ends.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
                 };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(
+                                error = %e,
+                                retry_ms = limits.accept_backoff.as_millis() as u64,
+                                "control socket: accept failed; retrying until it works again"
+                            );
+                            failing = true;
+                        }
+                        tokio::time::sleep(limits.accept_backoff).await;
+                        continue;
+                    }
+                };
+                if failing {
+                    tracing::info!("control socket: accepting again");
+                    failing = false;
+                }
+                if requests.is_closed() {
+                    return;
+                }
                 let requests = requests.clone();
                 connections.spawn(async move {
-                    let mut conn = protocol::framed(stream);
-                    while let Ok(Some(request)) = protocol::recv::<Request>(&mut conn).await {
-                        let (reply, answer) = oneshot::channel();
-                        if requests
-                            .send(ControlRequest { request, reply })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        let Ok(response) = answer.await else { return };
-                        if protocol::send(&mut conn, &response).await.is_err() {
-                            return;
-                        }
-                    }
+                    serve_connection(stream, requests, limits).await;
+                    drop(slot);
                 });
             }
         });
     }
+}
+
+/// Answers the requests of one connection until it ends, is idle too long or sends a frame that
+/// cannot be read.
+async fn serve_connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<ControlRequest>,
+    limits: Limits,
+) {
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, protocol::codec(limits.max_request));
+    let mut writer = FramedWrite::new(write, protocol::codec(protocol::MAX_RESPONSE_FRAME));
+    loop {
+        let frame = match tokio::time::timeout(limits.idle_timeout, reader.next()).await {
+            Err(_) => {
+                tracing::debug!(
+                    "control socket: dropping a connection idle for {:?}",
+                    limits.idle_timeout
+                );
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
+                // The codec refuses an oversized length prefix before allocating for it; any other
+                // read error means the peer is gone.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    let message = format!(
+                        "request refused: frame longer than {} bytes ({e})",
+                        limits.max_request
+                    );
+                    let _ = answer(&mut writer, &Response::Error { message }).await;
+                }
+                return;
+            }
+        };
+        let response = match serde_json::from_slice::<Request>(&frame) {
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                if requests
+                    .send(ControlRequest { request, reply })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(response) = answer.await else { return };
+                response
+            }
+            Err(e) => Response::Error {
+                message: format!("malformed request: {e}"),
+            },
+        };
+        if answer(&mut writer, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
+    response: &Response,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    writer.send(bytes::Bytes::from(bytes)).await
 }
 
 impl ControlSocket {
@@ -124,5 +237,136 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A served control socket whose "daemon" answers every request with `Stopped`.
+    fn serve(limits: Limits) -> (tempfile::TempDir, PathBuf, ControlSocket) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let mut socket = ControlSocket::bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
+        socket.serve_with(tx, limits);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let _ = r.reply.send(Response::Stopped);
+            }
+        });
+        (dir, path, socket)
+    }
+
+    async fn raw(conn: &mut protocol::Conn, bytes: &[u8]) -> Option<Response> {
+        conn.send(bytes::Bytes::copy_from_slice(bytes))
+            .await
+            .unwrap();
+        tokio::time::timeout(DEADLINE, protocol::recv::<Response>(conn))
+            .await
+            .expect("no answer in time")
+            .unwrap()
+    }
+
+    fn error_text(r: Option<Response>) -> String {
+        match r {
+            Some(Response::Error { message }) => message,
+            other => panic!("expected an error answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_malformed_requests_get_an_error_answer() {
+        let (_d, path, _s) = serve(Limits::default());
+        let mut conn = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        let e = error_text(raw(&mut conn, br#"{"request":"scale","n":3}"#).await);
+        assert!(
+            e.contains("malformed request") && e.contains("scale"),
+            "{e}"
+        );
+        let e = error_text(raw(&mut conn, b"not json").await);
+        assert!(e.contains("malformed request"), "{e}");
+        // The connection still serves a good request afterwards.
+        let ok = raw(&mut conn, br#"{"request":"status"}"#).await;
+        assert!(matches!(ok, Some(Response::Stopped)), "{ok:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_from_its_length_prefix() {
+        let (_d, path, _s) = serve(Limits::default());
+        let mut stream = UnixStream::connect(&path).await.unwrap();
+        // A 16 MiB length prefix and nothing else: answered at once, nothing allocated for it.
+        stream
+            .write_all(&(16u32 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        let mut conn = protocol::framed(stream);
+        let answer = tokio::time::timeout(DEADLINE, protocol::recv::<Response>(&mut conn))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        let e = error_text(answer);
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
+        let end = tokio::time::timeout(DEADLINE, protocol::recv::<Response>(&mut conn))
+            .await
+            .expect("connection not closed");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_dropped() {
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (_d, path, _s) = serve(limits);
+        let mut stream = UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("idle connection still open")
+            .unwrap();
+        assert_eq!(n, 0, "closed by the server");
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_free_one() {
+        let limits = Limits {
+            max_connections: 2,
+            idle_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (_d, path, _s) = serve(limits);
+        let mut idle = vec![];
+        for _ in 0..2 {
+            let mut c = protocol::framed(UnixStream::connect(&path).await.unwrap());
+            // Answered, so the server has taken this connection (and holds its slot).
+            assert!(raw(&mut c, br#"{"request":"status"}"#).await.is_some());
+            idle.push(c);
+        }
+        let mut third = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        third
+            .send(bytes::Bytes::from_static(br#"{"request":"status"}"#))
+            .await
+            .unwrap();
+        let early = tokio::time::timeout(
+            Duration::from_millis(300),
+            protocol::recv::<Response>(&mut third),
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "third connection served over the cap: {early:?}"
+        );
+        drop(idle.pop());
+        let late = tokio::time::timeout(DEADLINE, protocol::recv::<Response>(&mut third))
+            .await
+            .expect("third connection never served")
+            .unwrap();
+        assert!(matches!(late, Some(Response::Stopped)), "{late:?}");
     }
 }
