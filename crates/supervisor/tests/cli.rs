@@ -78,3 +78,38 @@ fn help_lists_the_commands() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+/// `status` by a user who may not connect to the socket: the socket is there, permission is
+/// denied; not "no supervisor is running". Needs root (to run the client as nobody with setpriv).
+#[test]
+fn status_as_another_user_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    if !root || !setpriv {
+        eprintln!("skipped: needs root and setpriv to run the client as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("c.sock");
+    let _live = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_supervisor"))
+        .args(["status", "--socket", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "control socket {} exists but permission is denied",
+            sock.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("no supervisor is running"), "{err}");
+}
