@@ -12,8 +12,10 @@ use tokio::sync::mpsc;
 use crate::config::{Config, endpoints_of};
 use crate::control::client;
 use crate::control::protocol::{ReloadOutcome, ReloadReport, Request, Response, StatusReport};
-use crate::daemon::{self, Command};
+use crate::control::server::{ControlError, check_free};
+use crate::daemon::{self, Command, StartupError};
 use crate::jobs;
+use crate::listeners;
 use crate::table::{self, Table};
 
 /// Graceful-restart process supervisor with zero-downtime reload.
@@ -180,8 +182,66 @@ fn backend(config: &Path) -> Result<cronlock::Backend> {
         .with_context(|| format!("cron backend of {}", config.display()))
 }
 
+/// What `start` would find before starting a worker: every listener binds (each is closed again
+/// at once) and the control socket can be created. With a supervisor already running on the
+/// control socket its ports are taken by design (`check` before `reload`): binding is not tried,
+/// and the returned note says so.
+fn try_start(c: &Config) -> Result<Option<String>, StartupError> {
+    if let Err(ControlError::InUse(socket)) = check_free(&c.control_socket) {
+        return Ok(Some(format!(
+            "a supervisor is running on control socket {}: its listeners were not bound again",
+            socket.display()
+        )));
+    }
+    check_free(&c.control_socket)?;
+    drop(
+        listeners::bind_all(&c.listeners).map_err(|cause| StartupError::Listen {
+            path: c.path.clone(),
+            cause,
+        })?,
+    );
+    control_dir_writable(&c.control_socket)?;
+    Ok(None)
+}
+
+/// The control socket's directory (or, as `start` creates it, its nearest existing ancestor) is a
+/// directory this user may create files in.
+fn control_dir_writable(socket: &Path) -> Result<(), ControlError> {
+    use std::os::unix::ffi::OsStrExt;
+    let err = |cause| ControlError::Bind {
+        path: socket.to_path_buf(),
+        cause,
+    };
+    let parent = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = parent
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )));
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: access(2) with a valid NUL-terminated path; it only reads it.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let os = std::io::Error::last_os_error();
+        return Err(err(std::io::Error::new(
+            os.kind(),
+            format!("directory {} is not writable: {os}", dir.display()),
+        )));
+    }
+    Ok(())
+}
+
 fn check(path: &Path) -> Result<ExitCode> {
     let c = Config::load(path)?;
+    let note = try_start(&c)?;
     println!("{}: ok", path.display());
     println!(
         "  program:        {} {}",
@@ -194,6 +254,9 @@ fn check(path: &Path) -> Result<ExitCode> {
     }
     println!("  control socket: {}", c.control_socket.display());
     println!("  cron backend:   {}", c.cron_url);
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -113,3 +113,52 @@ fn status_as_another_user_says_permission_denied() {
     );
     assert!(!err.contains("no supervisor is running"), "{err}");
 }
+
+/// `check` tries what `start` does: a port in use or a Unix socket in a missing directory fail
+/// with the error `start` gives (the same `StartupError`: file, key, address), exit 1.
+#[test]
+fn check_binds_like_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    let worker = "[worker]\ncommand = \"/bin/sh\"\ninstances = 1\n";
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"{addr}\"\n{worker}"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: listen[1].address: cannot listen on {addr}",
+            cfg.display()
+        )) && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        format!("[[listen]]\npath = \"no/such/dir/a.sock\"\n{worker}"),
+    )
+    .unwrap();
+    let (code, _, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("listen[0].path") && err.contains("no/such/dir/a.sock"),
+        "{err}"
+    );
+
+    // A supervisor running on the control socket holds its ports by design: check says so, ok.
+    let _live = std::os::unix::net::UnixListener::bind(dir.path().join("supervisor.sock")).unwrap();
+    std::fs::write(&cfg, format!("[[listen]]\naddress = \"{addr}\"\n{worker}")).unwrap();
+    let (code, out, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("a supervisor is running on control socket"),
+        "{out}"
+    );
+    assert!(!dir.path().join("no").exists());
+}
