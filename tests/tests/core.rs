@@ -469,3 +469,33 @@ fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
     .unwrap_or_else(|e| panic!("{e}: {}", s.log_text()));
     assert!(s.log_text().contains("accepting again"), "{}", s.log_text());
 }
+
+#[test]
+fn status_counts_the_workers_whole_process_group() {
+    // The worker (sh) does nothing itself; the child it forked burns a core: what gunicorn's
+    // arbiter and its workers look like.
+    let s = Supervisor::start(
+        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"while :; do :; done & wait\"]\n\
+         readiness = \"exec\"\ninstances = 1\nkill_timeout = \"1s\"\n",
+        1,
+    )
+    .unwrap();
+    let first = workers(&s.status().unwrap())[0].pid;
+    std::thread::sleep(Duration::from_secs(1));
+    let v = s.status().unwrap();
+    let w = &v["workers"][0];
+    assert_eq!(w["process"]["pid"].as_i64(), Some(i64::from(first)));
+    let cpu = w["process"]["cpu_percent"].as_f64().unwrap();
+    assert!(
+        cpu > 30.0,
+        "the busy child's cpu counts for its worker: {w}"
+    );
+    assert!(group_members(first).len() >= 2, "sh and its child");
+    let own_rss = std::fs::read_to_string(format!("/proc/{first}/statm")).unwrap();
+    let own_pages: u64 = own_rss.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let rss = w["process"]["rss_bytes"].as_u64().unwrap();
+    assert!(
+        rss > own_pages * 4096,
+        "the child's memory counts: {rss} bytes: {w}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::control::protocol::{
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::listeners::{self, BoundListener, ListenError};
 use crate::notify::Notification;
-use crate::procstat::CpuMeter;
+use crate::procstat::{CpuMeter, GroupScan};
 use crate::reload::{InFlight, Reload};
 use crate::runtimes::{self, RuntimeFiles};
 use crate::worker::{ExitStatus, StartArgs, Worker, WorkerEvent, WorkerId, WorkerState};
@@ -721,6 +721,8 @@ impl Daemon {
     fn status(&mut self) -> StatusReport {
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.started);
+        // One pass over /proc for every worker's process group.
+        let procs = GroupScan::scan();
         let mut workers: Vec<&Worker> = self.workers.values().collect();
         workers.sort_by_key(|w| (w.slot, w.generation, w.id));
         let infos = workers
@@ -731,7 +733,7 @@ impl Daemon {
                 generation: w.generation,
                 state: w.state.to_string(),
                 restarts: self.slots.get(w.slot).map(|s| s.restarts).unwrap_or(0),
-                process: self.cpu.sample(w.pid, w.started_at),
+                process: self.cpu.sample_group(&procs, w.pid, w.started_at),
                 status_text: w.status_text.clone(),
             })
             .collect();

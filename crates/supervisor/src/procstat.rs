@@ -1,5 +1,7 @@
-//! Resource use of a process from `/proc`: resident memory and CPU time, with a meter that turns
-//! CPU time into a percentage between two status samples.
+//! Resource use from `/proc`: resident memory and CPU time of a process or of a whole process
+//! group (a worker and the children it forked, e.g. a gunicorn arbiter and its workers, from one
+//! scan of `/proc` per status), with a meter that turns CPU time into a percentage between two
+//! status samples.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -30,6 +32,74 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * sysconf(libc::_SC_PAGESIZE, 4096))
 }
 
+/// CPU time and resident memory of one process or a group of processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User + system CPU time in clock ticks, including that of waited-for children.
+    pub ticks: u64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+}
+
+/// The fields of `/proc/<pid>/stat` the group sums need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    pgrp: i32,
+    /// utime + stime + cutime + cstime: a child reaped by a member keeps counting.
+    ticks: u64,
+    rss_pages: u64,
+}
+
+/// Parses `/proc/<pid>/stat`; the command name may contain spaces and parentheses, so the fields
+/// are counted after the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // After ')': state(3) ppid(4) pgrp(5) ... utime(14) stime(15) cutime(16) cstime(17) ... rss(24)
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i)?.parse::<i64>().ok();
+    let ticks = (11..=14).map(num).sum::<Option<i64>>()?;
+    Some(Stat {
+        pgrp: i32::try_from(num(2)?).ok()?,
+        ticks: u64::try_from(ticks).unwrap_or(0),
+        rss_pages: u64::try_from(num(21)?).unwrap_or(0),
+    })
+}
+
+/// Per process group, the summed usage of its members: one pass over `/proc`.
+#[derive(Debug, Default)]
+pub struct GroupScan {
+    groups: HashMap<i32, Usage>,
+}
+
+impl GroupScan {
+    /// Reads `/proc/<pid>/stat` of every process once (processes that vanish meanwhile are
+    /// skipped).
+    pub fn scan() -> GroupScan {
+        let stats = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|text| parse_stat(&text));
+        GroupScan::from_stats(stats, sysconf(libc::_SC_PAGESIZE, 4096))
+    }
+
+    fn from_stats(stats: impl IntoIterator<Item = Stat>, page: u64) -> GroupScan {
+        let mut groups: HashMap<i32, Usage> = HashMap::new();
+        for s in stats {
+            let g = groups.entry(s.pgrp).or_default();
+            g.ticks += s.ticks;
+            g.rss_bytes += s.rss_pages * page;
+        }
+        GroupScan { groups }
+    }
+
+    /// The summed usage of process group `pgid` (a worker's pid: each worker leads its group).
+    pub fn group(&self, pgid: i32) -> Option<Usage> {
+        self.groups.get(&pgid).copied()
+    }
+}
+
 /// Remembers the last CPU sample of each pid.
 #[derive(Debug, Default)]
 pub struct CpuMeter {
@@ -40,8 +110,23 @@ impl CpuMeter {
     /// Samples `pid`, started at `started`, and returns its resource use. CPU percent covers the
     /// time since the previous sample of this pid, or since start for the first one.
     pub fn sample(&mut self, pid: i32, started: Instant) -> ProcessInfo {
+        let usage = Usage {
+            ticks: cpu_ticks(pid).unwrap_or(0),
+            rss_bytes: rss_bytes(pid).unwrap_or(0),
+        };
+        self.record(pid, started, usage)
+    }
+
+    /// Like [`CpuMeter::sample`] for the whole process group led by `pid` (a worker and every
+    /// process it started that stayed in its group), from a [`GroupScan`] taken once per status.
+    pub fn sample_group(&mut self, scan: &GroupScan, pid: i32, started: Instant) -> ProcessInfo {
+        let usage = scan.group(pid).unwrap_or_default();
+        self.record(pid, started, usage)
+    }
+
+    fn record(&mut self, pid: i32, started: Instant, usage: Usage) -> ProcessInfo {
         let now = Instant::now();
-        let ticks = cpu_ticks(pid).unwrap_or(0);
+        let ticks = usage.ticks;
         let hz = sysconf(libc::_SC_CLK_TCK, 100) as f64;
         let (prev_ticks, since) = self.last.get(&pid).copied().unwrap_or((0, started));
         let secs = now.duration_since(since).as_secs_f64();
@@ -55,7 +140,7 @@ impl CpuMeter {
             pid,
             uptime_secs: now.duration_since(started).as_secs_f64(),
             cpu_percent: (cpu_percent * 10.0).round() / 10.0,
-            rss_bytes: rss_bytes(pid).unwrap_or(0),
+            rss_bytes: usage.rss_bytes,
         }
     }
 
@@ -68,6 +153,67 @@ impl CpuMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_paren() {
+        let line = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 100 0 0 0 \
+                    30 12 5 3 20 0 1 0 100 1000000 250 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                pgrp: 4240,
+                ticks: 30 + 12 + 5 + 3,
+                rss_pages: 250
+            }
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn groups_sum_their_members() {
+        let st = |pgrp, ticks, rss_pages| Stat {
+            pgrp,
+            ticks,
+            rss_pages,
+        };
+        let scan = GroupScan::from_stats(
+            [
+                st(10, 0, 100),
+                st(10, 56, 200),
+                st(10, 75, 300),
+                st(11, 7, 1),
+            ],
+            4096,
+        );
+        assert_eq!(
+            scan.group(10),
+            Some(Usage {
+                ticks: 131,
+                rss_bytes: 600 * 4096
+            })
+        );
+        assert_eq!(scan.group(11).unwrap().ticks, 7);
+        assert_eq!(scan.group(12), None);
+    }
+
+    #[test]
+    fn scan_sees_a_child_in_our_group() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        // SAFETY: getpgrp has no preconditions.
+        let pgrp = unsafe { libc::getpgrp() };
+        let scan = GroupScan::scan();
+        let _ = child.kill();
+        let _ = child.wait();
+        let me = rss_bytes(std::process::id() as i32).unwrap();
+        assert!(
+            scan.group(pgrp).unwrap().rss_bytes > me,
+            "the child's memory counts"
+        );
+    }
 
     #[test]
     fn reads_own_process() {
