@@ -1,27 +1,29 @@
-//! The supervisor's event loop: one task owns all state and reacts to commands (signals), control
-//! requests, worker events (readiness, exit) and timers. Startup binds everything before any
-//! worker starts, so a bad port or a live control socket fails with nothing started.
+//! The shell around the core: the one event loop that owns all state. It turns signals, control
+//! requests, worker events (readiness, exit) and deadlines into [`core::Event`]s and carries out
+//! the [`core::Action`]s the core returns (fork/exec, signals, timers, config reads, replies).
+//! Timers are one deadline queue on `tokio::time::Instant`; the loop sleeps until the next one.
+//! Startup binds everything before any worker starts, so a bad port or a live control socket
+//! fails with nothing started.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use crate::config::{Config, ConfigError, Readiness, WorkerSpec};
+use crate::config::{Config, ConfigError};
 use crate::control::protocol::{
     ListenerInfo, ReloadOutcome, ReloadReport, Request, Response, SlotInfo, StatusReport,
     WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
+use crate::core::{self, Action, AppSettings, Core, Event, ReplyTo, Signal, TimerKey};
 use crate::listeners::{self, BoundListener, ListenError};
 use crate::notify::Notification;
 use crate::procstat::{CpuMeter, GroupScan};
-use crate::reload::{InFlight, Reload};
 use crate::runtimes::{self, RuntimeFiles};
-use crate::worker::{ExitStatus, StartArgs, Worker, WorkerEvent, WorkerId, WorkerState};
+use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub enum StartupError {
     /// The control socket is taken or cannot be created.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// No worker of the first start could be executed (nothing is left running).
+    #[error("{0}")]
+    NoWorker(String),
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -114,100 +119,103 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         program = %config.worker.program.display(),
         "supervisor started"
     );
-    let mut daemon = Daemon::new(config, bound, runtime_dir);
-    daemon.start_all();
-    daemon.event_loop(commands, control_rx).await;
+    let mut shell = Shell::new(config, bound, runtime_dir);
+    let outcome = shell.event_loop(commands, control_rx).await;
     control.flush(Duration::from_millis(500)).await;
     drop(control);
-    tracing::info!("supervisor stopped");
-    Ok(())
+    match outcome {
+        Ok(()) => {
+            tracing::info!("supervisor stopped");
+            Ok(())
+        }
+        Err(reason) => Err(StartupError::NoWorker(reason)),
+    }
 }
 
-#[derive(Debug)]
-enum Timer {
-    ReadyTimeout(WorkerId),
-    KillTimeout(WorkerId),
-    Restart { slot: usize, seq: u64 },
+/// The core's settings for a config: the worker spec and policies, and the hint for a worker
+/// that is never ready (which sockets its runtime waits for).
+fn app_settings(config: &Config, listeners: &[BoundListener]) -> AppSettings {
+    AppSettings {
+        spec: std::sync::Arc::new(config.worker.clone()),
+        restart: config.restart,
+        reload: config.reload,
+        not_ready_hint: runtimes::not_ready_hint(config.worker.runtime, listeners),
+    }
 }
 
-#[derive(Debug)]
-struct Slot {
-    index: usize,
-    /// The slot's serving (or starting) worker.
-    worker: Option<WorkerId>,
-    /// What this slot runs (the generation it was last started or replaced in).
-    spec: Arc<WorkerSpec>,
-    generation: u64,
-    restarts: u32,
-    consecutive_failures: u32,
-    recent_failures: VecDeque<Instant>,
-    /// When waiting to restart: when, and the timer sequence number that is valid.
-    restart_at: Option<Instant>,
-    restart_seq: u64,
-    last_exit: Option<String>,
+/// Pending deadlines: one per key, ordered by time.
+#[derive(Debug, Default)]
+struct Deadlines {
+    by_time: BTreeSet<(Instant, TimerKey)>,
+    by_key: HashMap<TimerKey, Instant>,
 }
 
-#[derive(Debug)]
-enum Phase {
-    Running,
-    Stopping {
-        waiters: Vec<oneshot::Sender<Response>>,
-    },
-}
+impl Deadlines {
+    fn arm(&mut self, key: TimerKey, at: Instant) {
+        self.cancel(key);
+        self.by_time.insert((at, key));
+        self.by_key.insert(key, at);
+    }
 
-struct Daemon {
-    config: Config,
-    listeners: Vec<BoundListener>,
-    runtime_dir: RuntimeDir,
-    workers: HashMap<WorkerId, Worker>,
-    slots: Vec<Slot>,
-    next_id: WorkerId,
-    generation: u64,
-    events_tx: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
-    events_rx: mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
-    timers_tx: mpsc::UnboundedSender<Timer>,
-    timers_rx: mpsc::UnboundedReceiver<Timer>,
-    reload: Option<Reload>,
-    /// A reload requested while one runs: runs once after it (coalesced), with its waiters.
-    queued_reload: Option<Vec<oneshot::Sender<Response>>>,
-    last_reload: Option<ReloadReport>,
-    phase: Phase,
-    cpu: CpuMeter,
-    started: Instant,
-}
-
-impl Daemon {
-    fn new(config: Config, listeners: Vec<BoundListener>, runtime_dir: RuntimeDir) -> Daemon {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (timers_tx, timers_rx) = mpsc::unbounded_channel();
-        let spec = Arc::new(config.worker.clone());
-        let slots = (0..spec.instances)
-            .map(|i| Slot::new(i, spec.clone(), 1))
-            .collect();
-        Daemon {
-            config,
-            listeners,
-            runtime_dir,
-            workers: HashMap::new(),
-            slots,
-            next_id: 1,
-            generation: 1,
-            events_tx,
-            events_rx,
-            timers_tx,
-            timers_rx,
-            reload: None,
-            queued_reload: None,
-            last_reload: None,
-            phase: Phase::Running,
-            cpu: CpuMeter::default(),
-            started: Instant::now(),
+    fn cancel(&mut self, key: TimerKey) {
+        if let Some(at) = self.by_key.remove(&key) {
+            self.by_time.remove(&(at, key));
         }
     }
 
-    fn start_all(&mut self) {
-        for i in 0..self.slots.len() {
-            self.start_slot(i);
+    fn next(&self) -> Option<Instant> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the keys due at `now`, earliest first.
+    fn due(&mut self, now: Instant) -> Vec<TimerKey> {
+        let mut keys = Vec::new();
+        while let Some(&(at, key)) = self.by_time.first() {
+            if at > now {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_key.remove(&key);
+            keys.push(key);
+        }
+        keys
+    }
+}
+
+struct Shell {
+    config: Config,
+    listeners: Vec<BoundListener>,
+    runtime_dir: RuntimeDir,
+    core: Core,
+    processes: HashMap<WorkerId, Process>,
+    deadlines: Deadlines,
+    replies: HashMap<ReplyTo, oneshot::Sender<Response>>,
+    next_reply: ReplyTo,
+    events_tx: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
+    exit: Option<Result<(), String>>,
+    cpu: CpuMeter,
+    started: std::time::Instant,
+}
+
+impl Shell {
+    fn new(config: Config, listeners: Vec<BoundListener>, runtime_dir: RuntimeDir) -> Shell {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let core = Core::new(app_settings(&config, &listeners));
+        Shell {
+            config,
+            listeners,
+            runtime_dir,
+            core,
+            processes: HashMap::new(),
+            deadlines: Deadlines::default(),
+            replies: HashMap::new(),
+            next_reply: 1,
+            events_tx,
+            events_rx,
+            exit: None,
+            cpu: CpuMeter::default(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -215,361 +223,96 @@ impl Daemon {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut control: mpsc::Receiver<ControlRequest>,
-    ) {
+    ) -> Result<(), String> {
+        self.feed(Event::Start);
         loop {
+            if let Some(outcome) = self.exit.take() {
+                return outcome;
+            }
+            let next = self.deadlines.next();
             tokio::select! {
-                Some(cmd) = commands.recv() => self.command(cmd),
+                Some(cmd) = commands.recv() => self.feed(match cmd {
+                    Command::Reload => Event::Reload { reply: None },
+                    Command::Stop => Event::Stop { reply: None },
+                    Command::FastStop => Event::FastStop,
+                }),
                 Some(req) = control.recv() => self.control(req),
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
-                Some(t) = self.timers_rx.recv() => self.timer(t),
-            }
-            if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
-                if let Phase::Stopping { waiters } =
-                    std::mem::replace(&mut self.phase, Phase::Running)
-                {
-                    for w in waiters {
-                        let _ = w.send(Response::Stopped);
+                () = sleep_until(next) => {
+                    for key in self.deadlines.due(Instant::now()) {
+                        self.feed(Event::Timer(key));
                     }
                 }
-                return;
             }
         }
     }
 
-    /// Sends `timer` to the event loop after `delay`; abort the handle to cancel it.
-    fn after(&self, delay: Duration, timer: Timer) -> AbortHandle {
-        let tx = self.timers_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(timer);
-        })
-        .abort_handle()
-    }
-
-    /// Starts a worker in `slot` with `spec`/`generation`; the caller decides what a spawn error means.
-    fn spawn_worker(
-        &mut self,
-        slot: usize,
-        spec: Arc<WorkerSpec>,
-        generation: u64,
-    ) -> Result<WorkerId, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let started = Worker::start(StartArgs {
-            id,
-            slot,
-            generation,
-            spec: spec.clone(),
-            listeners: &self.listeners,
-            runtime_dir: &self.runtime_dir.path,
-            runtime_files: &self.runtime_dir.files,
-            cron_url: &self.config.cron_url,
-            events: self.events_tx.clone(),
-        });
-        match started {
-            Ok(mut w) => {
-                tracing::info!(worker = %w.name, pid = w.pid, generation, "worker started");
-                match spec.readiness {
-                    Readiness::Notify => w.set_deadline(Some(
-                        self.after(spec.ready_timeout, Timer::ReadyTimeout(id)),
-                    )),
-                    // Executed = ready: handled like a READY=1, through the same path.
-                    Readiness::Exec => {
-                        let _ = self
-                            .events_tx
-                            .send((id, WorkerEvent::Notify(Notification::Ready)));
-                    }
-                }
-                self.workers.insert(id, w);
-                Ok(id)
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    fn start_slot(&mut self, index: usize) {
-        let (spec, generation) = {
-            let s = &mut self.slots[index];
-            s.restart_at = None;
-            (s.spec.clone(), s.generation)
-        };
-        match self.spawn_worker(index, spec, generation) {
-            Ok(id) => self.slots[index].worker = Some(id),
-            Err(e) => {
-                tracing::error!(slot = index, "cannot start worker: {e}");
-                self.slot_failed(index, e, true);
+    /// Hands `event` to the core and carries out what it decides, including the events that
+    /// carrying it out produces (a spawn's outcome, a config read), until nothing is left.
+    fn feed(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.core.handle(event, Instant::now()) {
+                self.act(action, &mut queue);
             }
         }
     }
 
-    /// A slot lost its worker without being asked to: schedule the restart with backoff.
-    fn slot_failed(&mut self, index: usize, reason: String, unstable: bool) {
-        if !matches!(self.phase, Phase::Running) {
-            return;
-        }
-        let policy = self.config.restart;
-        let s = &mut self.slots[index];
-        s.worker = None;
-        s.restarts += 1;
-        s.last_exit = Some(reason);
-        let now = Instant::now();
-        if unstable {
-            s.consecutive_failures += 1;
-            s.recent_failures.push_back(now);
-        } else {
-            s.consecutive_failures = 0;
-        }
-        while s
-            .recent_failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            s.recent_failures.pop_front();
-        }
-        let delay = policy.backoff(s.consecutive_failures);
-        s.restart_seq += 1;
-        s.restart_at = Some(now + delay);
-        if s.crash_looping(policy.max_restarts) {
-            tracing::error!(slot = index, restarts = s.restarts, delay = ?delay, "slot is crash-looping; next start after backoff");
-        } else {
-            tracing::warn!(slot = index, delay = ?delay, "restarting worker");
-        }
-        let seq = s.restart_seq;
-        // Not kept: a stale restart timer is ignored by its sequence number, and it is one per slot.
-        let _ = self.after(delay, Timer::Restart { slot: index, seq });
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Reload => self.request_reload(None),
-            Command::Stop => self.stop(None),
-            Command::FastStop => {
-                tracing::warn!("fast stop: killing every worker");
-                self.stop(None);
-                for w in self.workers.values() {
-                    w.kill_group();
-                }
-            }
-        }
-    }
-
-    fn control(&mut self, req: ControlRequest) {
-        match req.request {
-            Request::Status => {
-                let report = self.status();
-                let _ = req.reply.send(Response::Status(Box::new(report)));
-            }
-            Request::Reload { wait } => {
-                if wait {
-                    self.request_reload(Some(req.reply));
-                } else {
-                    self.request_reload(None);
-                    let progress = self
-                        .reload
-                        .as_ref()
-                        .map(|r| r.generation)
-                        .unwrap_or(self.generation);
-                    let _ = req.reply.send(Response::Reload(ReloadReport {
-                        generation: progress,
-                        outcome: ReloadOutcome::Started,
-                        reason: None,
-                        slots: vec![],
-                        duration_secs: 0.0,
-                    }));
-                }
-            }
-            Request::Stop => self.stop(Some(req.reply)),
-        }
-    }
-
-    fn stop(&mut self, waiter: Option<oneshot::Sender<Response>>) {
-        if let Phase::Stopping { waiters } = &mut self.phase {
-            waiters.extend(waiter);
-            return;
-        }
-        tracing::info!(
-            workers = self.workers.len(),
-            "stopping: draining every worker"
-        );
-        self.phase = Phase::Stopping {
-            waiters: waiter.into_iter().collect(),
-        };
-        if let Some(queued) = self.queued_reload.take() {
-            let report = aborted_report(self.generation + 1, "the supervisor is stopping");
-            for w in queued {
-                let _ = w.send(Response::Reload(report.clone()));
-            }
-        }
-        if self.reload.is_some() {
-            self.abort_reload("the supervisor is stopping".into());
-        }
-        for s in &mut self.slots {
-            s.restart_at = None;
-            s.restart_seq += 1;
-        }
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ids {
-            self.drain_worker(id);
-        }
-    }
-
-    fn drain_worker(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if w.state == WorkerState::Draining {
-            return;
-        }
-        w.drain();
-        let timeout = w.spec.kill_timeout;
-        tracing::info!(worker = %w.name, pid = w.pid, "draining (SIGTERM)");
-        let deadline = self.after(timeout, Timer::KillTimeout(id));
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.set_deadline(Some(deadline));
-        }
-    }
-
-    fn worker_event(&mut self, id: WorkerId, ev: WorkerEvent) {
-        match ev {
-            WorkerEvent::Notify(n) => self.notified(id, n),
-            WorkerEvent::Exited(status) => self.exited(id, status),
-        }
-    }
-
-    fn notified(&mut self, id: WorkerId, n: Notification) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        match n {
-            Notification::Ready => {
-                if w.state != WorkerState::Starting {
-                    return;
-                }
-                w.mark_ready();
-                let pid = w.pid;
-                tracing::info!(worker = %w.name, pid, generation = w.generation, ready_ms = w.uptime().as_millis() as u64, "worker ready");
-                let replaced = self.reload.as_mut().and_then(|r| r.ready(id, pid));
-                if let Some(f) = replaced {
-                    self.slot_replaced(f);
-                    self.advance_reload();
-                }
-            }
-            Notification::Status(text) => w.status_text = Some(text),
-            Notification::Stopping if w.state == WorkerState::Draining => {}
-            Notification::Stopping => {
-                tracing::info!(worker = %w.name, pid = w.pid, "worker is stopping on its own");
-            }
-        }
-    }
-
-    fn exited(&mut self, id: WorkerId, status: ExitStatus) {
-        let Some(mut w) = self.workers.remove(&id) else {
-            return;
-        };
-        let was = w.state;
-        w.reap();
-        self.cpu.retain(|pid| pid != w.pid);
-        if was == WorkerState::Draining {
-            tracing::info!(worker = %w.name, pid = w.pid, %status, uptime_ms = w.uptime().as_millis() as u64, "worker exited");
-            return;
-        }
-        let reason = format!("{status} while {was}");
-        tracing::warn!(worker = %w.name, pid = w.pid, %status, uptime_ms = w.uptime().as_millis() as u64, "worker exited unexpectedly ({was})");
-        if self.reload.as_ref().is_some_and(|r| r.is_in_flight(id)) {
-            self.abort_reload(format!(
-                "new worker {} (pid {}) exited before it was ready: {status}",
-                w.name, w.pid
-            ));
-            return;
-        }
-        if self.slots.get(w.slot).is_some_and(|s| s.worker == Some(id)) {
-            let unstable =
-                was == WorkerState::Starting || w.uptime() < self.config.restart.min_uptime;
-            self.slot_failed(w.slot, reason, unstable);
-        }
-    }
-
-    fn timer(&mut self, t: Timer) {
-        match t {
-            Timer::ReadyTimeout(id) => {
-                let Some(w) = self.workers.get(&id) else {
-                    return;
-                };
-                if w.state != WorkerState::Starting {
-                    return;
-                }
-                let mut msg = format!(
-                    "new worker {} (pid {}) was not ready within {:?}",
-                    w.name, w.pid, w.spec.ready_timeout
-                );
-                if let Some(hint) = runtimes::not_ready_hint(w.spec.runtime, &self.listeners) {
-                    msg = format!("{msg}: {hint}");
-                }
-                tracing::warn!("{msg}; killing it");
-                w.kill_group();
-                if self.reload.as_ref().is_some_and(|r| r.is_in_flight(id)) {
-                    self.abort_reload(msg);
-                }
-            }
-            Timer::KillTimeout(id) => {
-                if let Some(w) = self.workers.get(&id) {
-                    tracing::warn!(worker = %w.name, pid = w.pid, "still running after kill_timeout {:?}: SIGKILL to its process group", w.spec.kill_timeout);
-                    w.kill_group();
-                }
-            }
-            Timer::Restart { slot, seq } => {
-                let due = self.slots.get(slot).is_some_and(|s| {
-                    s.restart_seq == seq && s.worker.is_none() && s.restart_at.is_some()
-                });
-                if due && matches!(self.phase, Phase::Running) {
-                    self.start_slot(slot);
-                }
-            }
-        }
-    }
-
-    // ---- rolling reload ----
-
-    fn request_reload(&mut self, waiter: Option<oneshot::Sender<Response>>) {
-        if !matches!(self.phase, Phase::Running) {
-            if let Some(w) = waiter {
-                let _ = w.send(Response::Reload(aborted_report(
-                    self.generation,
-                    "the supervisor is stopping",
-                )));
-            }
-            return;
-        }
-        if self.reload.is_some() {
-            tracing::info!("reload requested while one is running: queued to run once after it");
-            self.queued_reload
-                .get_or_insert_with(Vec::new)
-                .extend(waiter);
-            return;
-        }
-        self.begin_reload(waiter.into_iter().collect());
-    }
-
-    fn begin_reload(&mut self, waiters: Vec<oneshot::Sender<Response>>) {
-        let generation = self.generation + 1;
-        let fresh = match Config::load(&self.config.path) {
-            Ok(c) => c,
-            Err(e) => {
-                let report = aborted_report(
+    fn act(&mut self, action: Action, queue: &mut VecDeque<Event>) {
+        match action {
+            Action::Spawn {
+                worker,
+                slot,
+                generation,
+                spec,
+            } => {
+                let started = Process::start(StartArgs {
+                    id: worker,
+                    slot,
                     generation,
-                    &format!("config no longer valid, nothing changed: {e}"),
-                );
-                tracing::error!(
-                    "reload aborted: {}",
-                    report.reason.as_deref().unwrap_or_default()
-                );
-                for w in waiters {
-                    let _ = w.send(Response::Reload(report.clone()));
-                }
-                self.last_reload = Some(report);
-                return;
+                    spec,
+                    listeners: &self.listeners,
+                    runtime_dir: &self.runtime_dir.path,
+                    runtime_files: &self.runtime_dir.files,
+                    cron_url: &self.config.cron_url,
+                    events: self.events_tx.clone(),
+                });
+                queue.push_back(match started {
+                    Ok(p) => {
+                        let pid = p.pid;
+                        self.processes.insert(worker, p);
+                        Event::Spawned { worker, pid }
+                    }
+                    Err(e) => Event::SpawnFailed {
+                        worker,
+                        error: e.to_string(),
+                    },
+                });
             }
-        };
+            Action::Signal { worker, signal } => {
+                if let Some(p) = self.processes.get(&worker) {
+                    match signal {
+                        Signal::Term => p.term(),
+                        Signal::KillGroup => p.kill_group(),
+                    }
+                }
+            }
+            Action::Arm { timer, at } => self.deadlines.arm(timer, at),
+            Action::Cancel(timer) => self.deadlines.cancel(timer),
+            Action::ReadConfig => queue.push_back(Event::Config(self.read_config())),
+            Action::Reply { to, response } => {
+                if let Some(tx) = self.replies.remove(&to) {
+                    let _ = tx.send(response);
+                }
+            }
+            Action::Exit(outcome) => self.exit = Some(outcome),
+        }
+    }
+
+    /// Re-reads the config file for a reload. What cannot change without a restart is kept, with
+    /// a warning.
+    fn read_config(&mut self) -> Result<AppSettings, String> {
+        let fresh = Config::load(&self.config.path).map_err(|e| e.to_string())?;
         if fresh.listeners != self.config.listeners {
             tracing::warn!(
                 "listeners changed in {}: sockets are bound once; restart the supervisor to apply",
@@ -583,189 +326,102 @@ impl Daemon {
                 "control socket or cron backend changed: restart the supervisor to apply"
             );
         }
-        let new_n = fresh.worker.instances;
-        let spec = Arc::new(fresh.worker.clone());
-        self.config.worker = fresh.worker;
-        self.config.restart = fresh.restart;
-        self.config.reload = fresh.reload;
-        self.generation = generation;
-        // New slots (scale up) take part in the reload as slots without an old worker.
-        while self.slots.len() < new_n {
-            let i = self.slots.len();
-            self.slots.push(Slot::new(i, spec.clone(), generation));
-        }
-        tracing::info!(generation, slots = new_n, "rolling reload started");
-        let mut reload = Reload::new(generation, spec, self.config.reload, 0..new_n);
-        for w in waiters {
-            reload.add_waiter(w);
-        }
-        self.reload = Some(reload);
-        self.advance_reload();
+        Ok(app_settings(&fresh, &self.listeners))
     }
 
-    /// Starts as many replacements as the surge allows; finishes the reload when all are done.
-    fn advance_reload(&mut self) {
-        loop {
-            let Some(reload) = self.reload.as_mut() else {
-                return;
-            };
-            if reload.is_complete() {
-                break;
+    fn control(&mut self, req: ControlRequest) {
+        match req.request {
+            Request::Status => {
+                let report = self.status();
+                let _ = req.reply.send(Response::Status(Box::new(report)));
             }
-            let Some(slot) = reload.next_slot() else {
-                return;
-            };
-            let drain_early = reload.may_drain_early();
-            let (spec, generation) = (reload.spec.clone(), reload.generation);
-            let old = self.slots[slot]
-                .worker
-                .and_then(|id| self.workers.get(&id).map(|w| (id, w.pid)));
-            match self.spawn_worker(slot, spec, generation) {
-                Ok(new) => {
-                    let early = drain_early && old.is_some();
-                    if let (true, Some((old_id, _))) = (early, old) {
-                        self.drain_worker(old_id);
-                    }
-                    if let Some(r) = self.reload.as_mut() {
-                        r.started(InFlight {
-                            slot,
-                            new,
-                            old,
-                            old_drained_early: early,
-                            started: Instant::now(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    self.abort_reload(format!("cannot start new worker for slot {slot}: {e}"));
-                    return;
+            Request::Reload { wait: true } => {
+                let reply = self.reply_to(req.reply);
+                self.feed(Event::Reload { reply: Some(reply) });
+            }
+            Request::Reload { wait: false } => {
+                self.feed(Event::Reload { reply: None });
+                let snapshot = self.core.snapshot(Instant::now());
+                let generation = snapshot
+                    .reload_in_progress
+                    .map_or(snapshot.generation, |p| p.generation);
+                let _ = req.reply.send(Response::Reload(ReloadReport {
+                    generation,
+                    outcome: ReloadOutcome::Started,
+                    reason: None,
+                    slots: vec![],
+                    duration_secs: 0.0,
+                }));
+            }
+            Request::Stop => {
+                let reply = self.reply_to(req.reply);
+                self.feed(Event::Stop { reply: Some(reply) });
+            }
+        }
+    }
+
+    fn reply_to(&mut self, tx: oneshot::Sender<Response>) -> ReplyTo {
+        let id = self.next_reply;
+        self.next_reply += 1;
+        self.replies.insert(id, tx);
+        id
+    }
+
+    fn worker_event(&mut self, id: WorkerId, ev: WorkerEvent) {
+        match ev {
+            WorkerEvent::Notify(Notification::Ready) => self.feed(Event::Ready(id)),
+            WorkerEvent::Notify(Notification::Status(text)) => {
+                self.feed(Event::StatusText(id, text))
+            }
+            WorkerEvent::Notify(Notification::Stopping) => {
+                if let Some(w) = self.core.worker(id)
+                    && w.state != core::WorkerState::Draining
+                {
+                    tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "worker is stopping on its own");
                 }
             }
-        }
-        // Complete: retire slots beyond the new instance count.
-        if let Some(reload) = self.reload.take() {
-            let keep = reload.spec.instances;
-            let (_, report) = reload.finish(None);
-            while self.slots.len() > keep {
-                if let Some(id) = self.slots.pop().and_then(|s| s.worker) {
-                    self.drain_worker(id);
+            WorkerEvent::Exited(status) => {
+                self.feed(Event::Exited { worker: id, status });
+                // Reaped only now: until the core handled the exit, the pid could not be reused.
+                if let Some(mut p) = self.processes.remove(&id) {
+                    p.reap();
+                    self.cpu.retain(|pid| pid != p.pid);
                 }
             }
-            tracing::info!(
-                generation = report.generation,
-                secs = format!("{:.2}", report.duration_secs),
-                "rolling reload finished"
-            );
-            self.finish_reload(report);
         }
     }
-
-    /// The new worker of a slot is ready: it becomes the slot's worker and the old one drains.
-    fn slot_replaced(&mut self, f: InFlight) {
-        let reload_gen = self.generation;
-        let spec = self.reload.as_ref().map(|r| r.spec.clone());
-        let s = &mut self.slots[f.slot];
-        let previous = s.worker.replace(f.new);
-        if let Some(spec) = spec {
-            s.spec = spec;
-        }
-        s.generation = reload_gen;
-        s.consecutive_failures = 0;
-        s.recent_failures.clear();
-        s.restart_at = None;
-        s.restart_seq += 1; // a pending crash restart of the old worker is void
-        if let Some(old) = previous {
-            self.drain_worker(old);
-        }
-    }
-
-    fn abort_reload(&mut self, reason: String) {
-        let Some(reload) = self.reload.take() else {
-            return;
-        };
-        tracing::error!(
-            generation = reload.generation,
-            "reload aborted: {reason}; old workers keep serving"
-        );
-        let (starting, report) = reload.finish(Some(reason));
-        for f in starting {
-            if let Some(w) = self.workers.get_mut(&f.new) {
-                // Not a slot's worker: its exit is expected and must not trigger a restart.
-                w.state = WorkerState::Draining;
-                w.kill_group();
-            }
-            if f.old_drained_early && self.slots[f.slot].worker == f.old.map(|(id, _)| id) {
-                // Its old worker was already told to stop: start the slot again as it was.
-                self.slot_failed(
-                    f.slot,
-                    "old worker drained during an aborted reload".into(),
-                    false,
-                );
-            }
-        }
-        self.finish_reload(report);
-    }
-
-    fn finish_reload(&mut self, report: ReloadReport) {
-        self.last_reload = Some(report);
-        if let Some(waiters) = self.queued_reload.take() {
-            // Stopping answered the queued waiters already; only a running daemon reloads again.
-            if matches!(self.phase, Phase::Running) {
-                self.begin_reload(waiters);
-            }
-        }
-    }
-
-    // ---- status ----
 
     fn status(&mut self) -> StatusReport {
+        let now = Instant::now();
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.started);
         // One pass over /proc for every worker's process group.
         let procs = GroupScan::scan();
-        let mut workers: Vec<&Worker> = self.workers.values().collect();
-        workers.sort_by_key(|w| (w.slot, w.generation, w.id));
-        let infos = workers
+        let snapshot = self.core.snapshot(now);
+        let workers = snapshot
+            .workers
             .iter()
-            .map(|w| WorkerInfo {
-                slot: w.slot,
-                name: w.name.clone(),
-                generation: w.generation,
-                state: w.state.to_string(),
-                restarts: self.slots.get(w.slot).map(|s| s.restarts).unwrap_or(0),
-                process: self.cpu.sample_group(&procs, w.pid, w.started_at),
-                status_text: w.status_text.clone(),
-            })
-            .collect();
-        let now = Instant::now();
-        let waiting = self
-            .slots
-            .iter()
-            .filter(|s| s.worker.is_none())
-            .filter_map(|s| {
-                s.restart_at.map(|at| SlotInfo {
-                    slot: s.index,
-                    state: if s.crash_looping(self.config.restart.max_restarts) {
-                        "crash-loop"
-                    } else {
-                        "backoff"
-                    }
-                    .into(),
-                    restarts: s.restarts,
-                    restart_in_secs: at.saturating_duration_since(now).as_secs_f64(),
-                    last_exit: s.last_exit.clone().unwrap_or_default(),
-                })
+            .map(|(w, restarts)| {
+                let process = match self.processes.get(&w.id) {
+                    Some(p) => self.cpu.sample_group(&procs, p.pid, p.started_at),
+                    None => Default::default(),
+                };
+                WorkerInfo {
+                    slot: w.slot,
+                    name: w.name.clone(),
+                    generation: w.generation,
+                    state: w.state,
+                    restarts: *restarts,
+                    process,
+                    status_text: w.status_text.clone(),
+                }
             })
             .collect();
         StatusReport {
             supervisor,
             config: self.config.path.display().to_string(),
-            generation: self.generation,
-            phase: match self.phase {
-                Phase::Running => "running",
-                Phase::Stopping { .. } => "stopping",
-            }
-            .into(),
+            generation: snapshot.generation,
+            phase: snapshot.phase,
             listeners: self
                 .listeners
                 .iter()
@@ -776,44 +432,28 @@ impl Daemon {
                     fd: 3 + i as i32,
                 })
                 .collect(),
-            workers: infos,
-            waiting,
-            reload_in_progress: self
-                .reload
-                .as_ref()
-                .map(|r| r.progress(self.queued_reload.is_some())),
-            last_reload: self.last_reload.clone(),
+            workers,
+            waiting: snapshot
+                .waiting
+                .into_iter()
+                .map(|s| SlotInfo {
+                    slot: s.slot,
+                    state: s.state,
+                    restarts: s.restarts,
+                    restart_in_secs: s.restart_in.as_secs_f64(),
+                    last_exit: s.last_exit,
+                })
+                .collect(),
+            reload_in_progress: snapshot.reload_in_progress,
+            last_reload: snapshot.last_reload,
         }
     }
 }
 
-impl Slot {
-    fn new(index: usize, spec: Arc<WorkerSpec>, generation: u64) -> Slot {
-        Slot {
-            index,
-            worker: None,
-            spec,
-            generation,
-            restarts: 0,
-            consecutive_failures: 0,
-            recent_failures: VecDeque::new(),
-            restart_at: None,
-            restart_seq: 0,
-            last_exit: None,
-        }
-    }
-
-    fn crash_looping(&self, max_restarts: u32) -> bool {
-        self.recent_failures.len() as u32 > max_restarts
-    }
-}
-
-fn aborted_report(generation: u64, reason: &str) -> ReloadReport {
-    ReloadReport {
-        generation,
-        outcome: ReloadOutcome::Aborted,
-        reason: Some(reason.to_string()),
-        slots: vec![],
-        duration_secs: 0.0,
+/// Sleeps until `at`, or forever when nothing is due.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -2,23 +2,24 @@
 //! `LISTEN_FDS`), restarts crashed workers with backoff, replaces them one at a time on reload
 //! with zero downtime, and answers `status`/`reload`/`stop` on a Unix control socket.
 //!
-//! Module map (see README "Architecture"): [`config`] validates the file; [`listeners`] binds;
-//! [`spawn`] forks/execs one worker; [`notify`] reads readiness; [`runtimes`] adds what a
-//! language needs (the Node preload); [`worker`] is one process's
-//! state machine; [`reload`] plans rolling reloads; [`daemon`] is the event loop; [`control`] is
-//! the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`;
-//! [`procstat`] reads `/proc`.
+//! Module map (see README "Architecture"): [`config`] validates the file; [`core`] decides
+//! (a pure state machine: events in, actions out, with the rolling reload in `core::reload`);
+//! [`daemon`] is the shell that carries the decisions out (the event loop, its deadline queue);
+//! [`listeners`] binds; [`spawn`] forks/execs one worker; [`worker`] is one process's OS side
+//! (pidfd, signals, output); [`notify`] reads readiness; [`runtimes`] adds what a language needs
+//! (the Node preload); [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the
+//! cron backend for `supervisor jobs`; [`procstat`] reads `/proc`.
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod core;
 pub mod daemon;
 pub mod jobs;
 pub mod listeners;
 pub mod notify;
 pub mod procstat;
-pub mod reload;
 pub mod runtimes;
 pub mod spawn;
 pub mod table;

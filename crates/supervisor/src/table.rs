@@ -48,10 +48,12 @@ impl std::fmt::Display for Table {
     }
 }
 
-/// `1h 2m`, `3m 4s`, `5.2s`.
+/// `1h 2m`, `3m 4s`, `5.2s`, `170 ms`.
 pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0);
-    if s < 60.0 {
+    if s < 1.0 {
+        format!("{} ms", (s * 1000.0).round() as u64)
+    } else if s < 60.0 {
         format!("{s:.1}s")
     } else if s < 3600.0 {
         format!("{}m {}s", (s / 60.0) as u64, (s % 60.0) as u64)
@@ -63,6 +65,16 @@ pub fn duration(secs: f64) -> String {
             (s / 86400.0) as u64,
             ((s % 86400.0) / 3600.0) as u64
         )
+    }
+}
+
+/// A configured or measured span for messages: `3 ms`, `250 ms`, `1s`, `1.5s`, `2m 3s`.
+pub fn span(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if (1000..60_000).contains(&ms) && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        duration(d.as_secs_f64())
     }
 }
 

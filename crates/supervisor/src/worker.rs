@@ -1,5 +1,6 @@
-//! One worker process: its state machine (`Starting -> Ready -> Draining -> Exited`), the tasks
-//! that watch it (exit via pidfd, readiness, output forwarding) and the signals sent to it.
+//! One worker process, the OS side: fork/exec with its environment, the tasks that watch it
+//! (exit via pidfd, readiness, output forwarding) and the signals sent to it. What state it is
+//! in and what to do with it is the core's ([`crate::core`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -8,100 +9,40 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 use tracing::Instrument;
 
 use crate::config::WorkerSpec;
+pub use crate::core::{ExitStatus, WorkerId};
 use crate::listeners::BoundListener;
 use crate::notify::{Channels, Notification};
 use crate::runtimes::RuntimeFiles;
 use crate::spawn::{self, SpawnError};
-
-/// Supervisor-unique worker id (never reused, unlike pids).
-pub type WorkerId = u64;
-
-/// Lifecycle of one worker process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Started, not yet ready.
-    Starting,
-    /// Ready: serving.
-    Ready,
-    /// Told to stop (SIGTERM sent); finishing in-flight work.
-    Draining,
-    /// Gone.
-    Exited,
-}
-
-impl std::fmt::Display for WorkerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Ready => "ready",
-            WorkerState::Draining => "draining",
-            WorkerState::Exited => "exited",
-        })
-    }
-}
-
-/// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// It called exit with this code.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signal(s) => write!(f, "signal {s}"),
-        }
-    }
-}
 
 /// What the per-worker tasks report to the daemon.
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// A readiness notification.
     Notify(Notification),
-    /// The process exited (already reaped).
+    /// The process exited (not reaped yet: [`Process::reap`] after handling this).
     Exited(ExitStatus),
 }
 
-/// A running (or draining) worker process.
+/// A started worker process: its pid, the pidfd its signals go through, and the tasks that watch
+/// it (exit, readiness, output). Its lifecycle state lives in the core ([`crate::core::Worker`]).
 #[derive(Debug)]
-pub struct Worker {
-    /// Unique id.
-    pub id: WorkerId,
-    /// Slot index.
-    pub slot: usize,
-    /// Generation it belongs to.
-    pub generation: u64,
-    /// Display name, `app.slot`.
-    pub name: String,
+pub struct Process {
     /// Process id (= process group id).
     pub pid: i32,
-    /// Current state.
-    pub state: WorkerState,
-    /// When it was started.
+    /// When it was started, for cpu accounting.
     pub started_at: Instant,
-    /// Last `STATUS=` text.
-    pub status_text: Option<String>,
-    /// The spec it was started from.
-    pub spec: Arc<WorkerSpec>,
     pidfd: Arc<OwnedFd>,
     tasks: Vec<JoinHandle<()>>,
-    /// The pending ready or kill timeout, cancelled when it no longer applies.
-    deadline: Option<AbortHandle>,
+    reaped: bool,
 }
 
 /// Everything needed to start a worker.
@@ -183,9 +124,9 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
     env.into_iter().collect()
 }
 
-impl Worker {
+impl Process {
     /// Forks and executes the worker and starts its watch tasks.
-    pub fn start(args: StartArgs<'_>) -> Result<Worker, StartError> {
+    pub fn start(args: StartArgs<'_>) -> Result<Process, StartError> {
         let spec = args.spec.clone();
         let name = format!("{}.{}", spec.name, args.slot);
         let notify_path = args.runtime_dir.join(format!("notify-{}.sock", args.id));
@@ -228,79 +169,51 @@ impl Worker {
             let status = watch_exit(pid, watched).await;
             let _ = events.send((id, WorkerEvent::Exited(status)));
         }));
-        Ok(Worker {
-            id,
-            slot: args.slot,
-            generation: args.generation,
-            name,
+        Ok(Process {
             pid,
-            state: WorkerState::Starting,
             started_at: Instant::now(),
-            status_text: None,
-            spec: spec.clone(),
             pidfd,
             tasks,
-            deadline: None,
+            reaped: false,
         })
     }
 
-    /// Records readiness (and cancels the ready timeout).
-    pub fn mark_ready(&mut self) {
-        if self.state == WorkerState::Starting {
-            self.state = WorkerState::Ready;
-            self.set_deadline(None);
+    /// SIGTERM to the worker process (drain).
+    pub fn term(&self) {
+        if self.reaped {
+            return;
         }
-    }
-
-    /// Replaces the pending timeout (ready or kill); the previous one is cancelled.
-    pub fn set_deadline(&mut self, deadline: Option<AbortHandle>) {
-        if let Some(old) = std::mem::replace(&mut self.deadline, deadline) {
-            old.abort();
-        }
-    }
-
-    /// Time since start.
-    pub fn uptime(&self) -> Duration {
-        self.started_at.elapsed()
-    }
-
-    /// Sends SIGTERM to the worker process and marks it draining.
-    pub fn drain(&mut self) {
-        if matches!(self.state, WorkerState::Starting | WorkerState::Ready) {
-            self.state = WorkerState::Draining;
-            // SAFETY: pidfd_send_signal on our child's pidfd: cannot hit a reused pid.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.pidfd.as_raw_fd(),
-                    libc::SIGTERM,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-        }
+        // SAFETY: pidfd_send_signal on our child's pidfd: cannot hit a reused pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGTERM,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 
     /// SIGKILL to the worker's whole process group (unless it was already reaped).
     pub fn kill_group(&self) {
-        if self.state != WorkerState::Exited {
+        if !self.reaped {
             kill_group(self.pid);
         }
     }
 
     /// Reaps the exited process; call once the exit event was handled.
     pub fn reap(&mut self) {
-        self.state = WorkerState::Exited;
+        self.reaped = true;
         let _ = wait_pidfd(&self.pidfd, libc::WNOHANG);
     }
 }
 
-impl Drop for Worker {
+impl Drop for Process {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
         }
-        self.set_deadline(None);
     }
 }
 

@@ -47,8 +47,8 @@ pub struct StatusReport {
     pub config: String,
     /// Current generation (the one new workers are started in).
     pub generation: u64,
-    /// `running` or `stopping`.
-    pub phase: String,
+    /// Starting, running or stopping.
+    pub phase: crate::core::Phase,
     /// Bound listeners.
     pub listeners: Vec<ListenerInfo>,
     /// Every worker process, including draining ones.
@@ -62,7 +62,7 @@ pub struct StatusReport {
 }
 
 /// A process's resource use.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInfo {
     /// pid.
     pub pid: i32,
@@ -94,8 +94,8 @@ pub struct WorkerInfo {
     pub name: String,
     /// Generation.
     pub generation: u64,
-    /// `starting`, `ready` or `draining`.
-    pub state: String,
+    /// Starting, ready or draining.
+    pub state: crate::core::WorkerState,
     /// Restarts of this slot so far.
     pub restarts: u32,
     /// Resources.
@@ -109,8 +109,8 @@ pub struct WorkerInfo {
 pub struct SlotInfo {
     /// Slot.
     pub slot: usize,
-    /// `backoff` or `crash-loop`.
-    pub state: String,
+    /// Backoff or crash loop.
+    pub state: crate::core::WaitState,
     /// Restarts so far.
     pub restarts: u32,
     /// Seconds until the next start.

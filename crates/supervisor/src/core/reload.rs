@@ -1,5 +1,5 @@
-//! Rolling reload bookkeeping: which slots are still to replace, which new workers are starting,
-//! what has been replaced. The daemon executes the steps; this module decides them.
+//! Rolling reload bookkeeping inside the core: which slots are still to replace, which new
+//! workers are starting, what has been replaced, who waits for the outcome.
 //!
 //! Policy on failure: a new worker that exits or is not ready within `ready_timeout` aborts the
 //! reload. Slots already replaced keep their new (ready, proven) workers; every other slot keeps
@@ -8,15 +8,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
+use super::{ReplyTo, WorkerId};
 use crate::config::{ReloadPolicy, WorkerSpec};
-use crate::control::protocol::{
-    ReloadOutcome, ReloadProgress, ReloadReport, Response, SlotReplacement,
-};
-use crate::worker::WorkerId;
+use crate::control::protocol::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
 
 /// A new worker being started for a slot.
 #[derive(Debug, Clone)]
@@ -46,16 +43,17 @@ pub struct Reload {
     done: Vec<SlotReplacement>,
     total: usize,
     started: Instant,
-    waiters: Vec<oneshot::Sender<Response>>,
+    waiters: Vec<ReplyTo>,
 }
 
 impl Reload {
-    /// Plans a reload of `slots` (in order) into `generation`.
+    /// Plans a reload of `slots` (in order) into `generation`, beginning `now`.
     pub fn new(
         generation: u64,
         spec: Arc<WorkerSpec>,
         policy: ReloadPolicy,
         slots: impl IntoIterator<Item = usize>,
+        now: Instant,
     ) -> Reload {
         let pending: VecDeque<usize> = slots.into_iter().collect();
         Reload {
@@ -66,14 +64,14 @@ impl Reload {
             pending,
             in_flight: Vec::new(),
             done: Vec::new(),
-            started: Instant::now(),
+            started: now,
             waiters: Vec::new(),
         }
     }
 
-    /// Adds a client waiting for the outcome.
-    pub fn add_waiter(&mut self, w: oneshot::Sender<Response>) {
-        self.waiters.push(w);
+    /// Adds clients waiting for the outcome.
+    pub fn add_waiters(&mut self, w: impl IntoIterator<Item = ReplyTo>) {
+        self.waiters.extend(w);
     }
 
     /// The next slot to start a new worker for, if the surge allows one more now.
@@ -106,14 +104,14 @@ impl Reload {
 
     /// The new worker `id` is ready: its slot is replaced. Returns the replacement for the daemon
     /// to swap in (and drain the old worker).
-    pub fn ready(&mut self, id: WorkerId, new_pid: i32) -> Option<InFlight> {
+    pub fn ready(&mut self, id: WorkerId, new_pid: i32, now: Instant) -> Option<InFlight> {
         let pos = self.in_flight.iter().position(|f| f.new == id)?;
         let f = self.in_flight.remove(pos);
         self.done.push(SlotReplacement {
             slot: f.slot,
             old_pid: f.old.map(|(_, pid)| pid),
             new_pid,
-            ready_secs: f.started.elapsed().as_secs_f64(),
+            ready_secs: (now - f.started).as_secs_f64(),
         });
         Some(f)
     }
@@ -123,9 +121,13 @@ impl Reload {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Ends the reload. Returns the new workers still starting (to kill) and the report, after
-    /// answering every waiting client.
-    pub fn finish(mut self, reason: Option<String>) -> (Vec<InFlight>, ReloadReport) {
+    /// Ends the reload. Returns the new workers still starting (to stop), the report, and the
+    /// clients waiting for it.
+    pub fn finish(
+        mut self,
+        reason: Option<String>,
+        now: Instant,
+    ) -> (Vec<InFlight>, ReloadReport, Vec<ReplyTo>) {
         let report = ReloadReport {
             generation: self.generation,
             outcome: if reason.is_none() {
@@ -135,21 +137,22 @@ impl Reload {
             },
             reason,
             slots: std::mem::take(&mut self.done),
-            duration_secs: self.started.elapsed().as_secs_f64(),
+            duration_secs: (now - self.started).as_secs_f64(),
         };
-        for w in self.waiters.drain(..) {
-            let _ = w.send(Response::Reload(report.clone()));
-        }
-        (std::mem::take(&mut self.in_flight), report)
+        (
+            std::mem::take(&mut self.in_flight),
+            report,
+            std::mem::take(&mut self.waiters),
+        )
     }
 
     /// Progress for `status`.
-    pub fn progress(&self, queued: bool) -> ReloadProgress {
+    pub fn progress(&self, queued: bool, now: Instant) -> ReloadProgress {
         ReloadProgress {
             generation: self.generation,
             done: self.done.len(),
             total: self.total,
-            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            elapsed_secs: (now - self.started).as_secs_f64(),
             queued,
         }
     }
@@ -186,6 +189,7 @@ mod tests {
                 max_unavailable,
             },
             0..3,
+            Instant::now(),
         )
     }
 
@@ -207,17 +211,17 @@ mod tests {
         r.started(flight(0, 10, false));
         assert_eq!(r.next_slot(), None, "surge 1: wait for slot 0");
         assert!(r.is_in_flight(10));
-        let f = r.ready(10, 1010).unwrap();
+        let f = r.ready(10, 1010, Instant::now()).unwrap();
         assert_eq!(f.slot, 0);
         assert_eq!(r.next_slot(), Some(1));
         r.started(flight(1, 11, false));
-        r.ready(11, 1011).unwrap();
+        r.ready(11, 1011, Instant::now()).unwrap();
         assert_eq!(r.next_slot(), Some(2));
         r.started(flight(2, 12, false));
         assert!(!r.is_complete());
-        r.ready(12, 1012).unwrap();
+        r.ready(12, 1012, Instant::now()).unwrap();
         assert!(r.is_complete());
-        let (left, report) = r.finish(None);
+        let (left, report, _) = r.finish(None, Instant::now());
         assert!(left.is_empty());
         assert_eq!(report.outcome, ReloadOutcome::Ok);
         assert_eq!(
@@ -243,18 +247,15 @@ mod tests {
     }
 
     #[test]
-    fn abort_returns_starting_workers_and_notifies_waiters() {
+    fn abort_returns_starting_workers_and_the_waiters() {
         let mut r = reload(1, 0);
-        let (tx, mut rx) = oneshot::channel();
-        r.add_waiter(tx);
+        r.add_waiters([7, 9]);
         r.next_slot();
         r.started(flight(0, 10, false));
-        let (left, report) = r.finish(Some("new worker exited".into()));
+        let (left, report, waiters) = r.finish(Some("new worker exited".into()), Instant::now());
         assert_eq!(left.len(), 1);
         assert_eq!(report.outcome, ReloadOutcome::Aborted);
-        match rx.try_recv().unwrap() {
-            Response::Reload(rep) => assert_eq!(rep.reason.as_deref(), Some("new worker exited")),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(report.reason.as_deref(), Some("new worker exited"));
+        assert_eq!(waiters, vec![7, 9]);
     }
 }
