@@ -18,12 +18,13 @@ for i in 1 2 3; do
   cat > "$work/s$i.toml" <<CONF
 [supervisor]
 control_socket = "s$i.sock"
-[[listen]]
-address = "127.0.0.1:0"
-[worker]
+[[app]]
+name = "demo"
 command = "$DEMO"
 instances = 3
 env = { DEMO_JOB_LOG = "$log" }
+[[app.listen]]
+address = "127.0.0.1:0"
 [cron]
 redis_url = "redis://127.0.0.1:$rport/0"
 CONF

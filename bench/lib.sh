@@ -32,15 +32,16 @@ write_config() {
   cat > "$1" <<CONF
 [supervisor]
 control_socket = "$(dirname "$1")/bench-$2.sock"
-[[listen]]
-name = "http"
-address = "127.0.0.1:$2"
-[worker]
+[[app]]
+name = "$(basename "$command" | tr -c 'A-Za-z0-9_\n-' _)"
 command = "$command"
 args = [$args]
 instances = $3
 ready_timeout = "10s"
 kill_timeout = "10s"
+[[app.listen]]
+name = "http"
+address = "127.0.0.1:$2"
 CONF
 }
 
@@ -50,7 +51,7 @@ start_supervisor() {
   "$SUP" start -c "$1" > "${3:-$OUT/supervisor.log}" 2>&1 &
   SUP_PID=$!
   for _ in $(seq 1 200); do
-    n=$("$SUP" status --json -c "$1" 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for w in json.load(sys.stdin)["workers"] if w["state"]=="ready"))' 2>/dev/null || echo 0)
+    n=$("$SUP" status --json -c "$1" 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for a in json.load(sys.stdin)["apps"] for w in a["workers"] if w["state"]=="ready"))' 2>/dev/null || echo 0)
     [ "$n" = "$2" ] && return 0
     sleep 0.05
   done

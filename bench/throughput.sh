@@ -35,21 +35,33 @@ for n in 1 "$CPUS"; do
   stop_supervisor "$cfg"
 done
 
+# write_apps_config FILE APPS INSTANCES: APPS demo-app apps of INSTANCES workers, each on its
+# own free port.
+write_apps_config() {
+  printf '[supervisor]\ncontrol_socket = "%s"\n' "$(dirname "$1")/mem-apps.sock" > "$1"
+  for a in $(seq 1 "$2"); do
+    printf '[[app]]\nname = "app%s"\ncommand = "%s"\ninstances = %s\n[[app.listen]]\naddress = "127.0.0.1:%s"\n' \
+      "$a" "$DEMO" "$3" "$(free_port)" >> "$1"
+  done
+}
+
 mem_rows=()
-for n in 1 4 16; do
-  port=$(free_port); cfg="$OUT/mem-$n.toml"
-  write_config "$cfg" "$port" "$n"
-  start_supervisor "$cfg" "$n"
+for shape in 1x1 1x4 1x16 3x16; do
+  apps=${shape%x*}; n=${shape#*x}; cfg="$OUT/mem-$shape.toml"
+  write_apps_config "$cfg" "$apps" "$n"
+  start_supervisor "$cfg" $((apps * n))
   sleep 0.5
   "$SUP" status -c "$cfg" > /dev/null
   kb=$(rss_kb "$SUP_PID")
   extra=""
-  if [ "$n" = 16 ]; then
+  if [ "$shape" = 1x16 ] || [ "$shape" = 3x16 ]; then
     for _ in $(seq 1 200); do "$SUP" reload -c "$cfg" > /dev/null; done
     sleep 1.5
     extra=$(rss_kb "$SUP_PID")
   fi
-  mem_rows+=("$(printf '%-40s %10s %18s' "supervisor with $n workers" "$((kb/1024)).$(( (kb%1024)*10/1024 )) MB" "${extra:+$((extra/1024)).$(( (extra%1024)*10/1024 )) MB}")")
+  label="supervisor with $n workers"
+  [ "$apps" = 1 ] || label="supervisor with $apps apps x $n workers"
+  mem_rows+=("$(printf '%-40s %10s %18s' "$label" "$(kb_mb "$kb")" "${extra:+$(kb_mb "$extra")}")")
   stop_supervisor "$cfg"
 done
 

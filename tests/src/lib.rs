@@ -130,18 +130,39 @@ pub struct Supervisor {
     known_pgids: Mutex<Vec<i32>>,
 }
 
-/// A config for tests: `{demo}` is replaced by the demo-app path; a `[[listen]]` on 127.0.0.1:0
-/// and a control socket in the temp dir are added unless the text has its own.
+/// A config for tests: `{demo}` is replaced by the demo-app path; a control socket in the temp
+/// dir is added unless the text has its own `[supervisor]`, and a listener on 127.0.0.1:0 for the
+/// first `[[app]]` unless the text has `[[app.listen]]` anywhere.
 pub fn config_text(body: &str) -> String {
     let body = body.replace("{demo}", &bin("demo-app").display().to_string());
     let mut text = String::new();
     if !body.contains("[supervisor]") {
         text.push_str("[supervisor]\ncontrol_socket = \"control.sock\"\n\n");
     }
-    if !body.contains("[[listen]]") {
-        text.push_str("[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n");
+    if body.contains("[[app.listen]]") {
+        text.push_str(&body);
+        return text;
     }
-    text.push_str(&body);
+    // Right after the first app's own keys: before the next table header, or at the end.
+    let listen = "\n[[app.listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n";
+    let lines: Vec<&str> = body.lines().collect();
+    let app = lines.iter().position(|l| l.trim() == "[[app]]");
+    let at = app.map(|a| {
+        lines[a + 1..]
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .map_or(lines.len(), |p| a + 1 + p)
+    });
+    for (i, line) in lines.iter().enumerate() {
+        if Some(i) == at {
+            text.push_str(listen);
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    if at == Some(lines.len()) {
+        text.push_str(listen);
+    }
     text
 }
 
@@ -241,7 +262,7 @@ impl Supervisor {
     /// The bound address of the first listener.
     pub fn addr(&self) -> Result<SocketAddr> {
         let v = self.status()?;
-        let a = v["listeners"][0]["address"]
+        let a = v["apps"][0]["listeners"][0]["address"]
             .as_str()
             .context("no listener in status")?;
         Ok(a.parse()?)
@@ -349,6 +370,8 @@ pub fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> Result<Output>
 /// A worker row of `status --json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerRow {
+    /// Name (`app.slot`).
+    pub name: String,
     /// Slot.
     pub slot: u64,
     /// pid.
@@ -361,13 +384,15 @@ pub struct WorkerRow {
     pub restarts: u64,
 }
 
-/// The worker rows of a status.
+/// The worker rows of a status, every app's, in app order.
 pub fn workers(status: &Value) -> Vec<WorkerRow> {
-    status["workers"]
+    status["apps"]
         .as_array()
-        .map(|a| {
-            a.iter()
+        .map(|apps| {
+            apps.iter()
+                .flat_map(|app| app["workers"].as_array().cloned().unwrap_or_default())
                 .map(|w| WorkerRow {
+                    name: w["name"].as_str().unwrap_or("").to_string(),
                     slot: w["slot"].as_u64().unwrap_or(0),
                     pid: w["process"]["pid"].as_i64().unwrap_or(0) as i32,
                     generation: w["generation"].as_u64().unwrap_or(0),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use e2e::{ConnMode, Load, Supervisor, alive, bin, get, group_members, wait_for, workers};
 
-const DEMO2: &str = "[worker]\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n";
+const DEMO2: &str =
+    "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n";
 
 #[test]
 fn two_workers_share_the_port_and_both_answer() {
@@ -82,13 +83,16 @@ fn sigkilled_worker_is_replaced_while_the_other_keeps_serving() {
 #[test]
 fn crashing_worker_is_backed_off_not_restarted_in_a_loop() {
     let s = Supervisor::spawn(
-        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\ninstances = 1\n\
-         [restart]\nbackoff_initial = \"100ms\"\nbackoff_max = \"2s\"\nmax_restarts = 3\n",
+        "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exit 3\"]\ninstances = 1\n\
+         [app.restart]\nbackoff_initial = \"100ms\"\nbackoff_max = \"2s\"\nmax_restarts = 3\n",
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let v = s.status().unwrap();
-    let waiting = v["waiting"].as_array().cloned().unwrap_or_default();
+    let waiting = v["apps"][0]["waiting"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let restarts = waiting
         .first()
         .map(|w| w["restarts"].as_u64().unwrap_or(0))
@@ -102,7 +106,7 @@ fn crashing_worker_is_backed_off_not_restarted_in_a_loop() {
     );
     let v = wait_for(Duration::from_secs(5), "crash-loop state", || {
         let v = s.status().ok()?;
-        v["waiting"]
+        v["apps"][0]["waiting"]
             .as_array()?
             .iter()
             .any(|w| w["state"] == "crash-loop")
@@ -110,7 +114,7 @@ fn crashing_worker_is_backed_off_not_restarted_in_a_loop() {
     })
     .unwrap();
     assert!(
-        v["waiting"][0]["last_exit"]
+        v["apps"][0]["waiting"][0]["last_exit"]
             .as_str()
             .unwrap()
             .contains("exit code 3"),
@@ -143,7 +147,7 @@ fn assert_all_gone(pgids: &[i32]) {
 }
 
 /// Workers that also fork a child of their own (a grandchild of the supervisor).
-const WITH_GRANDCHILD: &str = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 300 & exec {demo}\"]\ninstances = 2\nkill_timeout = \"3s\"\n";
+const WITH_GRANDCHILD: &str = "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 300 & exec {demo}\"]\ninstances = 2\nkill_timeout = \"3s\"\n";
 
 #[test]
 fn stop_command_leaves_no_process_behind() {
@@ -217,29 +221,30 @@ fn start_fails(body: &str) -> String {
 
 #[test]
 fn bad_configs_fail_naming_the_key_and_start_nothing() {
-    let log = start_fails("[worker]\ncommand = \"{demo}\"\nkill_timout = \"1s\"\n");
+    let log = start_fails("[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\nkill_timout = \"1s\"\n");
     assert!(
-        log.contains("worker.kill_timout") && log.contains("unknown field"),
+        log.contains("app[0].kill_timout") && log.contains("unknown field"),
         "{log}"
     );
-    let log = start_fails("[worker]\ncommand = \"/no/such/program\"\n");
+    let log = start_fails("[[app]]\nname = \"demo\"\ncommand = \"/no/such/program\"\n");
     assert!(
-        log.contains("worker.command") && log.contains("/no/such/program"),
+        log.contains("app[0].command") && log.contains("/no/such/program"),
         "{log}"
     );
-    let log = start_fails("[worker]\ncommand = \"{demo}\"\nready_timeout = \"soon\"\n");
+    let log =
+        start_fails("[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\nready_timeout = \"soon\"\n");
     assert!(
-        log.contains("worker.ready_timeout") && log.contains("invalid duration"),
+        log.contains("app[0].ready_timeout") && log.contains("invalid duration"),
         "{log}"
     );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let log = start_fails(&format!(
-        "[[listen]]\naddress = \"127.0.0.1:{port}\"\n[worker]\ncommand = \"{{demo}}\"\n"
+        "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\n[[app.listen]]\naddress = \"127.0.0.1:{port}\"\n"
     ));
     assert!(
-        log.contains("listen[0].address")
+        log.contains("app[0].listen[0].address")
             && log.contains(&port.to_string())
             && log.contains("in use"),
         "{log}"
@@ -272,7 +277,7 @@ fn status_json_matches_the_processes() {
     let s = Supervisor::start(DEMO2, 2).unwrap();
     let v = s.status().unwrap();
     assert_eq!(v["supervisor"]["pid"].as_i64().unwrap() as i32, s.pid());
-    assert_eq!(v["generation"], 1);
+    assert_eq!(v["apps"][0]["generation"], 1);
     let ws = workers(&v);
     assert_eq!(ws.iter().map(|w| w.slot).collect::<Vec<_>>(), vec![0, 1]);
     for w in &ws {
@@ -296,7 +301,9 @@ fn status_json_matches_the_processes() {
         let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", w.pid)).unwrap();
         assert!(fd3.to_string_lossy().starts_with("socket:"), "{fd3:?}");
     }
-    let rss = v["workers"][0]["process"]["rss_bytes"].as_u64().unwrap();
+    let rss = v["apps"][0]["workers"][0]["process"]["rss_bytes"]
+        .as_u64()
+        .unwrap();
     assert!(rss > 100_000, "memory from /proc: {rss}");
     let addr = s.addr().unwrap();
     let (code, body) = get(addr, "/").unwrap();
@@ -313,7 +320,7 @@ fn status_json_matches_the_processes() {
 
 #[test]
 fn worker_output_is_prefixed_with_name_and_pid() {
-    let s = Supervisor::start("[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from $$; exec {demo}\"]\ninstances = 1\n", 1).unwrap();
+    let s = Supervisor::start("[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo hello from $$; exec {demo}\"]\ninstances = 1\n", 1).unwrap();
     let pid = workers(&s.status().unwrap())[0].pid;
     let log = wait_for(
         Duration::from_secs(5),
@@ -335,13 +342,13 @@ fn worker_output_is_prefixed_with_name_and_pid() {
 #[test]
 fn ipv6_and_unix_socket_listeners_are_passed_in_order() {
     use std::io::{Read, Write};
-    let body = "[[listen]]\nname = \"v6\"\naddress = \"[::1]:0\"\n[[listen]]\nname = \"local\"\npath = \"app.sock\"\n\
-                [worker]\ncommand = \"{demo}\"\ninstances = 1\n";
+    let body = "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 1\n\
+                [[app.listen]]\nname = \"v6\"\naddress = \"[::1]:0\"\n[[app.listen]]\nname = \"local\"\npath = \"app.sock\"\n";
     let s = Supervisor::start(body, 1).unwrap();
     let v = s.status().unwrap();
-    assert_eq!(v["listeners"][0]["name"], "v6");
-    assert_eq!(v["listeners"][1]["fd"], 4);
-    let addr: std::net::SocketAddr = v["listeners"][0]["address"]
+    assert_eq!(v["apps"][0]["listeners"][0]["name"], "v6");
+    assert_eq!(v["apps"][0]["listeners"][1]["fd"], 4);
+    let addr: std::net::SocketAddr = v["apps"][0]["listeners"][0]["address"]
         .as_str()
         .unwrap()
         .parse()
@@ -371,7 +378,7 @@ fn ipv6_and_unix_socket_listeners_are_passed_in_order() {
 
 #[test]
 fn second_sigint_kills_workers_that_ignore_sigterm_at_once() {
-    let stubborn = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM INT; while true; do sleep 1; done\"]\n\
+    let stubborn = "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM INT; while true; do sleep 1; done\"]\n\
                     instances = 2\nreadiness = \"exec\"\nkill_timeout = \"60s\"\n";
     let mut s = Supervisor::start(stubborn, 2).unwrap();
     let pgids: Vec<i32> = workers(&s.status().unwrap())
@@ -409,7 +416,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
     let s = Supervisor::start(
-        "[worker]\ncommand = \"{demo}\"\ninstances = 1\nkill_timeout = \"5s\"\n",
+        "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 1\nkill_timeout = \"5s\"\n",
         1,
     )
     .unwrap();
@@ -475,7 +482,7 @@ fn status_counts_the_workers_whole_process_group() {
     // The worker (sh) does nothing itself; the child it forked burns a core: what gunicorn's
     // arbiter and its workers look like.
     let s = Supervisor::start(
-        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"while :; do :; done & wait\"]\n\
+        "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"while :; do :; done & wait\"]\n\
          readiness = \"exec\"\ninstances = 1\nkill_timeout = \"1s\"\n",
         1,
     )
@@ -483,7 +490,7 @@ fn status_counts_the_workers_whole_process_group() {
     let first = workers(&s.status().unwrap())[0].pid;
     std::thread::sleep(Duration::from_secs(1));
     let v = s.status().unwrap();
-    let w = &v["workers"][0];
+    let w = &v["apps"][0]["workers"][0];
     assert_eq!(w["process"]["pid"].as_i64(), Some(i64::from(first)));
     let cpu = w["process"]["cpu_percent"].as_f64().unwrap();
     assert!(

@@ -21,7 +21,7 @@ fn body(
         .map(|r| format!("[cron]\nredis_url = \"{}\"\n", r.url()))
         .unwrap_or_default();
     format!(
-        "[worker]\ncommand = \"{{demo}}\"\ninstances = {instances}\nkill_timeout = \"{kill_timeout}\"\n\
+        "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\ninstances = {instances}\nkill_timeout = \"{kill_timeout}\"\n\
          env = {{ DEMO_JOB_LOG = \"{}\" }}\n{cron}",
         job_log.display()
     )

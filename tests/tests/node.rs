@@ -18,11 +18,11 @@ use e2e::{
 fn node_config(script: &str, listen: Option<SocketAddr>, extra: &str) -> String {
     let dir = node_example();
     let listen = listen
-        .map(|a| format!("[[listen]]\nname = \"http\"\naddress = \"{a}\"\n\n"))
+        .map(|a| format!("[[app.listen]]\nname = \"http\"\naddress = \"{a}\"\n"))
         .unwrap_or_default();
     format!(
-        "{listen}[worker]\nname = \"web\"\ncommand = \"node\"\nargs = [\"{}\"]\ninstances = 2\n\
-         ready_timeout = \"10s\"\nkill_timeout = \"5s\"\n{extra}",
+        "[[app]]\nname = \"web\"\ncommand = \"node\"\nargs = [\"{}\"]\ninstances = 2\n\
+         ready_timeout = \"10s\"\nkill_timeout = \"5s\"\n{extra}{listen}",
         dir.join(script).display()
     )
 }
@@ -131,7 +131,7 @@ fn reload_into_is_aborted(worker: &str, reason: &str) -> String {
 /// A node worker running `code` with `node -e`.
 fn node_eval(code: &str, extra: &str) -> String {
     format!(
-        "[worker]\nname = \"web\"\ncommand = \"node\"\nargs = [\"-e\", {code:?}]\ninstances = 2\n\
+        "[[app]]\nname = \"web\"\ncommand = \"node\"\nargs = [\"-e\", {code:?}]\ninstances = 2\n\
          ready_timeout = \"2s\"\nkill_timeout = \"2s\"\n{extra}"
     )
 }
@@ -204,7 +204,7 @@ fn runtime_node_for_a_program_that_is_not_node_is_refused_naming_the_key() {
     let cfg = dir.path().join("s.toml");
     std::fs::write(
         &cfg,
-        e2e::config_text("[worker]\ncommand = \"/bin/sh\"\nruntime = \"node\"\n"),
+        e2e::config_text("[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nruntime = \"node\"\n"),
     )
     .unwrap();
     let out = run_with_deadline(
@@ -217,7 +217,7 @@ fn runtime_node_for_a_program_that_is_not_node_is_refused_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("worker.runtime") && err.contains("/bin/sh"),
+        err.contains("app[0].runtime") && err.contains("/bin/sh"),
         "{err}"
     );
 }

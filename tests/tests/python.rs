@@ -66,7 +66,7 @@ fn shipped_config(name: &str, extra_env: &str) -> String {
         };
         out.push_str(&line);
         out.push('\n');
-        if line == "[worker]" {
+        if line == "[[app]]" {
             replaced += 1;
             out.push_str(&format!("cwd = \"{}\"\n", examples.display()));
         }

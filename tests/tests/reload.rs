@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use e2e::{ConnMode, Load, Supervisor, group_members, wait_for, workers};
 
-const DEMO2: &str = "[worker]\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\nready_timeout = \"5s\"\n";
+const DEMO2: &str = "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\nready_timeout = \"5s\"\n";
 /// Workers that take half a second to become ready, so a reload is slow enough to interfere with.
-const SLOW3: &str = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.5; exec {demo}\"]\ninstances = 3\nkill_timeout = \"5s\"\n";
+const SLOW3: &str = "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.5; exec {demo}\"]\ninstances = 3\nkill_timeout = \"5s\"\n";
 
 fn reload(s: &Supervisor) -> (bool, String) {
     let out = s.cli(&["reload"]).unwrap();
@@ -80,7 +80,7 @@ fn aborted_reload_keeps_old_workers(new_worker: &str, reason: &str) {
         before.iter().map(|w| w.pid).collect::<Vec<_>>()
     );
     let v = s.status().unwrap();
-    assert_eq!(v["last_reload"]["outcome"], "aborted");
+    assert_eq!(v["apps"][0]["last_reload"]["outcome"], "aborted");
     assert_eq!(workers(&v).len(), 2, "the failed new worker is gone: {v}");
     for pid in before.iter().map(|w| w.pid.to_string()) {
         assert!(
@@ -94,7 +94,7 @@ fn aborted_reload_keeps_old_workers(new_worker: &str, reason: &str) {
 #[test]
 fn new_worker_never_ready_aborts_the_reload() {
     aborted_reload_keeps_old_workers(
-        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 60\"]\ninstances = 2\nready_timeout = \"1s\"\n",
+        "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 60\"]\ninstances = 2\nready_timeout = \"1s\"\n",
         "was not ready within 1s",
     );
 }
@@ -102,7 +102,7 @@ fn new_worker_never_ready_aborts_the_reload() {
 #[test]
 fn new_worker_exiting_at_start_aborts_the_reload() {
     aborted_reload_keeps_old_workers(
-        "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo broken >&2; exit 2\"]\ninstances = 2\n",
+        "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo broken >&2; exit 2\"]\ninstances = 2\n",
         "exited before it was ready: exit code 2",
     );
 }
@@ -110,8 +110,8 @@ fn new_worker_exiting_at_start_aborts_the_reload() {
 #[test]
 fn invalid_config_aborts_the_reload_before_anything_changes() {
     aborted_reload_keeps_old_workers(
-        "[worker]\ncommand = \"{demo}\"\ninstances = \"many\"\n",
-        "worker.instances",
+        "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = \"many\"\n",
+        "app[0].instances",
     );
 }
 
@@ -126,10 +126,12 @@ fn crash_of_an_old_worker_during_a_reload_is_restarted_and_the_reload_completes(
     unsafe { libc::kill(before[2].pid, libc::SIGKILL) };
     let v = wait_for(Duration::from_secs(20), "the reload to finish", || {
         let v = s.status().ok()?;
-        (v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == 2).then_some(v)
+        (v["apps"][0]["reload_in_progress"].is_null()
+            && v["apps"][0]["last_reload"]["generation"] == 2)
+            .then_some(v)
     })
     .unwrap();
-    assert_eq!(v["last_reload"]["outcome"], "ok", "{v}");
+    assert_eq!(v["apps"][0]["last_reload"]["outcome"], "ok", "{v}");
     let after = s.wait_ready(3, Duration::from_secs(10)).unwrap();
     let ws = workers(&after);
     assert!(ws.iter().all(|w| w.generation == 2), "{ws:?}");
@@ -166,7 +168,7 @@ fn sigterm_during_a_reload_stops_everything() {
 
 #[test]
 fn old_worker_that_ignores_sigterm_is_killed_after_the_kill_timeout() {
-    let stubborn = "[worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\n\
+    let stubborn = "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\n\
                     instances = 1\nreadiness = \"exec\"\nkill_timeout = \"1s\"\n";
     let s = Supervisor::start(stubborn, 1).unwrap();
     let old = s.ready_workers().unwrap()[0].pid;
@@ -194,13 +196,21 @@ fn reloads_requested_during_a_reload_are_coalesced_into_one() {
     }
     let v = wait_for(Duration::from_secs(30), "the reloads to settle", || {
         let v = s.status().ok()?;
-        let settled = v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == 3;
+        let settled = v["apps"][0]["reload_in_progress"].is_null()
+            && v["apps"][0]["last_reload"]["generation"] == 3;
         settled.then_some(v)
     })
     .unwrap();
-    assert_eq!(v["generation"], 3, "one reload plus one coalesced: {v}");
+    assert_eq!(
+        v["apps"][0]["generation"], 3,
+        "one reload plus one coalesced: {v}"
+    );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(s.status().unwrap()["generation"], 3, "no third reload");
+    assert_eq!(
+        s.status().unwrap()["apps"][0]["generation"],
+        3,
+        "no third reload"
+    );
     assert!(s.log_text().contains("queued to run once after it"));
 }
 
@@ -215,7 +225,8 @@ fn sample_reload(s: &Supervisor, generation: u64) -> Vec<(usize, usize)> {
             ws.iter().filter(|w| w.state == "ready").count(),
             ws.iter().filter(|w| w.state == "starting").count(),
         ));
-        (v["reload_in_progress"].is_null() && v["last_reload"]["generation"] == generation)
+        (v["apps"][0]["reload_in_progress"].is_null()
+            && v["apps"][0]["last_reload"]["generation"] == generation)
             .then_some(())
     })
     .unwrap();
@@ -240,7 +251,7 @@ fn never_fewer_ready_workers_than_instances_during_a_reload() {
 
 #[test]
 fn max_surge_starts_several_new_workers_at_once() {
-    let s = Supervisor::start(&format!("{SLOW3}[reload]\nmax_surge = 3\n"), 3).unwrap();
+    let s = Supervisor::start(&format!("{SLOW3}[app.reload]\nmax_surge = 3\n"), 3).unwrap();
     assert!(s.cli(&["reload", "--no-wait"]).unwrap().status.success());
     let samples = sample_reload(&s, 2);
     assert!(

@@ -1,5 +1,6 @@
-//! Command line: `start | check | status | reload | stop | jobs` (clap), and how each command
-//! prints its result (tables for people, `--json` for scripts) and picks its exit code.
+//! Command line: `start | check | status | reload | restart | scale | stop | jobs` (clap), and
+//! how each command prints its result (tables for people, `--json` for scripts) and picks its
+//! exit code.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,11 +12,13 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, endpoints_of};
 use crate::control::client;
-use crate::control::protocol::{ReloadOutcome, ReloadReport, Request, Response, StatusReport};
+use crate::control::protocol::{
+    AppStatus, ReloadOutcome, ReloadReport, Request, Response, StatusReport,
+};
 use crate::control::server::{ControlError, check_free};
 use crate::daemon::{self, Command, StartupError};
 use crate::jobs;
-use crate::listeners;
+use crate::sys::listeners;
 use crate::table::{self, Table};
 
 /// Graceful-restart process supervisor with zero-downtime reload.
@@ -63,8 +66,10 @@ pub enum Cmd {
     Start,
     /// Validate the config file and print what it would run.
     Check,
-    /// Show every worker and the last reload.
+    /// Show every app's workers, and the jobs.
     Status {
+        /// Only this app.
+        app: Option<String>,
         /// Which supervisor.
         #[command(flatten)]
         target: Target,
@@ -72,8 +77,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the workers one at a time (like `kill -HUP`); exits non-zero if aborted.
+    /// Replace an app's workers one at a time, or every app's, one app at a time (like
+    /// `kill -HUP`); re-reads the config file; exits non-zero if a reload was aborted.
     Reload {
+        /// Only this app.
+        app: Option<String>,
         /// Which supervisor.
         #[command(flatten)]
         target: Target,
@@ -87,11 +95,40 @@ pub enum Cmd {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Stop every worker gracefully and the supervisor; waits until all are gone.
+    /// New workers for every slot of an app at once, without waiting for readiness (for a stuck
+    /// app; `reload` is the zero-downtime way).
+    Restart {
+        /// The app.
+        app: String,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run N workers of an app: new ones start at once, the highest slots drain. Kept until the
+    /// next reload, which takes `instances` from the config file again.
+    Scale {
+        /// The app.
+        app: String,
+        /// How many workers.
+        instances: usize,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every app gracefully (in reverse order) and the supervisor; waits until all are gone.
     Stop {
         /// Which supervisor.
         #[command(flatten)]
         target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -154,14 +191,39 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Check => check(&cli.config),
-            Cmd::Status { target, json } => status(&cli.config, &target, json).await,
+            Cmd::Status { app, target, json } => status(&cli.config, app, &target, json).await,
             Cmd::Reload {
+                app,
                 target,
                 no_wait,
                 json,
                 timeout,
-            } => reload(&socket(&cli.config, &target)?, !no_wait, json, timeout).await,
-            Cmd::Stop { target, timeout } => stop(&socket(&cli.config, &target)?, timeout).await,
+            } => {
+                let socket = socket(&cli.config, &target)?;
+                reload(&socket, app, !no_wait, json, timeout).await
+            }
+            Cmd::Restart { app, target, json } => {
+                let answer = ask(&cli.config, &target, Request::Restart { app }).await?;
+                print_answer(&answer, json)
+            }
+            Cmd::Scale {
+                app,
+                instances,
+                target,
+                json,
+            } => {
+                let answer = ask(&cli.config, &target, Request::Scale { app, instances }).await?;
+                print_answer(&answer, json)
+            }
+            Cmd::Stop {
+                target,
+                timeout,
+                json,
+            } => {
+                let answer =
+                    client::request(&socket(&cli.config, &target)?, Request::Stop, timeout).await?;
+                print_answer(&answer, json)
+            }
             Cmd::Jobs { json, action } => {
                 jobs_cmd(&cli.config, json, action.unwrap_or(JobsCmd::List)).await
             }
@@ -194,12 +256,14 @@ fn try_start(c: &Config) -> Result<Option<String>, StartupError> {
         )));
     }
     check_free(&c.control_socket)?;
-    drop(
-        listeners::bind_all(&c.listeners).map_err(|cause| StartupError::Listen {
-            path: c.path.clone(),
-            cause,
-        })?,
-    );
+    for app in &c.apps {
+        drop(
+            listeners::bind_all(&app.listeners).map_err(|cause| StartupError::Listen {
+                path: c.path.clone(),
+                cause,
+            })?,
+        );
+    }
     control_dir_writable(&c.control_socket)?;
     Ok(None)
 }
@@ -243,30 +307,83 @@ fn check(path: &Path) -> Result<ExitCode> {
     let c = Config::load(path)?;
     let note = try_start(&c)?;
     println!("{}: ok", path.display());
-    println!(
-        "  program:        {} {}",
-        c.worker.program.display(),
-        c.worker.args.join(" ")
-    );
-    println!("  instances:      {}", c.worker.instances);
-    for l in &c.listeners {
-        println!("  listen:         {} {}", l.name, l.addr);
+    for app in &c.apps {
+        let w = &app.worker;
+        println!("app {}", app.name);
+        println!(
+            "  program:        {} {}",
+            w.program.display(),
+            w.args.join(" ")
+        );
+        println!("  instances:      {}", w.instances);
+        println!("  runtime:        {}", w.runtime);
+        for l in &app.listeners {
+            println!("  listen:         {} {}", l.name, l.addr);
+        }
+        if !app.after.is_empty() {
+            println!("  after:          {}", app.after.join(", "));
+        }
     }
-    println!("  control socket: {}", c.control_socket.display());
-    println!("  cron backend:   {}", c.cron_url);
+    println!("control socket:   {}", c.control_socket.display());
+    println!("cron backend:     {}", c.cron_url);
     if let Some(note) = note {
         println!("note: {note}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(config: &Path, target: &Target, json: bool) -> Result<ExitCode> {
-    let socket = socket(config, target)?;
-    let report = match client::request(&socket, Request::Status, Duration::from_secs(10)).await? {
-        Response::Status(report) => report,
-        Response::Error { message } => bail!("status refused: {message}"),
+/// Sends `request` to the supervisor of `config` (or `target`) and returns the answer.
+async fn ask(config: &Path, target: &Target, request: Request) -> Result<Response> {
+    Ok(client::request(&socket(config, target)?, request, Duration::from_secs(60)).await?)
+}
+
+/// Prints the answer to `restart`, `scale` or `stop`; an error answer is an error.
+fn print_answer(answer: &Response, json: bool) -> Result<ExitCode> {
+    if let Response::Error { message } = answer {
+        bail!("{message}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match answer {
+        Response::Restarted {
+            app,
+            generation,
+            workers,
+        } => println!(
+            "{app}: restarting {workers} worker(s) in generation {generation} (no readiness gating; `status {app}` shows them)"
+        ),
+        Response::Scaled {
+            app,
+            from,
+            to,
+            note,
+        } => {
+            println!("{app}: scaled from {from} to {to} worker(s)");
+            if let Some(note) = note {
+                println!("note: {note}");
+            }
+        }
+        Response::Stopped => println!("stopped"),
         other => bail!("unexpected answer: {other:?}"),
-    };
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(
+    config: &Path,
+    app: Option<String>,
+    target: &Target,
+    json: bool,
+) -> Result<ExitCode> {
+    let socket = socket(config, target)?;
+    let report =
+        match client::request(&socket, Request::Status { app }, Duration::from_secs(10)).await? {
+            Response::Status(report) => report,
+            Response::Error { message } => bail!("status refused: {message}"),
+            other => bail!("unexpected answer: {other:?}"),
+        };
     // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
     // which must never wait on Redis. Unreachable backend: status still answers, and says so.
     let jobs = match backend(config) {
@@ -334,27 +451,39 @@ async fn jobs_cmd(config: &Path, json: bool, action: JobsCmd) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `status` screen.
+/// The `status` screen: the supervisor, then each app with its listeners and workers.
 pub fn render_status(r: &StatusReport) -> String {
     let s = &r.supervisor;
     let mut out = format!(
-        "supervisor pid {}  up {}  cpu {:.1}%  mem {}  generation {}  {}\nconfig {}\n",
+        "supervisor {} pid {}  up {}  cpu {:.1}%  mem {}  {}\nconfig {}\n",
+        r.version,
         s.pid,
         table::duration(s.uptime_secs),
         s.cpu_percent,
         table::bytes(s.rss_bytes),
-        r.generation,
         r.phase,
         r.config
     );
-    for l in &r.listeners {
-        out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
+    for app in &r.apps {
+        out.push('\n');
+        out.push_str(&render_app(app));
+    }
+    out
+}
+
+fn render_app(a: &AppStatus) -> String {
+    let mut out = format!("app {}  generation {}  {}", a.name, a.generation, a.phase);
+    if !a.waiting_for.is_empty() {
+        out.push_str(&format!(" for {}", a.waiting_for.join(", ")));
     }
     out.push('\n');
+    for l in &a.listeners {
+        out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
+    }
     let mut t = Table::new(&[
         "slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status",
     ]);
-    for w in &r.workers {
+    for w in &a.workers {
         t.row(vec![
             w.slot.to_string(),
             w.name.clone(),
@@ -368,7 +497,7 @@ pub fn render_status(r: &StatusReport) -> String {
             w.status_text.clone().unwrap_or_default(),
         ]);
     }
-    for s in &r.waiting {
+    for s in &a.waiting {
         t.row(vec![
             s.slot.to_string(),
             "-".into(),
@@ -386,10 +515,12 @@ pub fn render_status(r: &StatusReport) -> String {
             ),
         ]);
     }
-    out.push_str(&t.to_string());
-    if let Some(p) = &r.reload_in_progress {
+    if !a.workers.is_empty() || !a.waiting.is_empty() {
+        out.push_str(&t.to_string());
+    }
+    if let Some(p) = &a.reload_in_progress {
         out.push_str(&format!(
-            "\nreload to generation {} in progress: {}/{} slots, {}{}\n",
+            "reload to generation {} in progress: {}/{} slots, {}{}\n",
             p.generation,
             p.done,
             p.total,
@@ -397,9 +528,9 @@ pub fn render_status(r: &StatusReport) -> String {
             if p.queued { " (one more queued)" } else { "" }
         ));
     }
-    if let Some(l) = &r.last_reload {
+    if let Some(l) = &a.last_reload {
         out.push_str(&format!(
-            "\nlast reload: generation {} {} in {}{}\n",
+            "last reload: generation {} {} in {}{}\n",
             l.generation,
             l.outcome,
             table::duration(l.duration_secs),
@@ -414,13 +545,17 @@ pub fn render_status(r: &StatusReport) -> String {
 
 fn render_reload(r: &ReloadReport) -> String {
     let mut out = format!(
-        "reload to generation {}: {} in {}\n",
+        "{}: reload to generation {}: {} in {}\n",
+        r.app,
         r.generation,
         r.outcome,
         table::duration(r.duration_secs)
     );
     if let Some(reason) = &r.reason {
         out.push_str(&format!("reason: {reason}\n"));
+    }
+    if let Some(note) = &r.note {
+        out.push_str(&format!("note: {note}\n"));
     }
     if !r.slots.is_empty() {
         let mut t = Table::new(&["slot", "old pid", "new pid", "ready in"]);
@@ -431,7 +566,7 @@ fn render_reload(r: &ReloadReport) -> String {
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into()),
                 s.new_pid.to_string(),
-                format!("{:.2}s", s.ready_secs),
+                table::duration(s.ready_secs),
             ]);
         }
         out.push_str(&t.to_string());
@@ -439,37 +574,40 @@ fn render_reload(r: &ReloadReport) -> String {
     out
 }
 
-async fn reload(socket: &Path, wait: bool, json: bool, timeout: Duration) -> Result<ExitCode> {
-    match client::request(socket, Request::Reload { wait }, timeout).await? {
-        Response::Reload(report) => {
+async fn reload(
+    socket: &Path,
+    app: Option<String>,
+    wait: bool,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    match client::request(socket, Request::Reload { app, wait }, timeout).await? {
+        Response::Reload { reports } => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&reports)?);
             } else if wait {
-                print!("{}", render_reload(&report));
+                for r in &reports {
+                    print!("{}", render_reload(r));
+                }
             } else {
-                println!(
-                    "reload to generation {} {}",
-                    report.generation, report.outcome
-                );
+                for r in &reports {
+                    println!(
+                        "{}: reload to generation {} {}",
+                        r.app,
+                        r.generation + 1,
+                        r.outcome
+                    );
+                }
             }
-            Ok(if report.outcome == ReloadOutcome::Aborted {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(
+                if reports.iter().any(|r| r.outcome == ReloadOutcome::Aborted) {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         Response::Error { message } => bail!("reload refused: {message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
-}
-
-async fn stop(socket: &Path, timeout: Duration) -> Result<ExitCode> {
-    match client::request(socket, Request::Stop, timeout).await? {
-        Response::Stopped => {
-            println!("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Response::Error { message } => bail!("stop refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),
     }
 }

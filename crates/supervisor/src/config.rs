@@ -1,5 +1,7 @@
 //! Configuration: TOML file -> raw serde structs -> validated [`Config`]; every check lives here
-//! and every error names the file and the key (`listen[0].address`, `worker.kill_timeout`, ...).
+//! and every error names the file and the key (`app[0].listen[1].address`, `app[1].kill_timeout`,
+//! ...). A file holds `[supervisor]`, `[cron]` and one or more `[[app]]` tables, each with its own
+//! `[[app.listen]]` sockets and `[app.restart]` / `[app.reload]` policies.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -99,12 +101,7 @@ struct RawFile {
     #[serde(default)]
     supervisor: RawSupervisor,
     #[serde(default)]
-    listen: Vec<RawListen>,
-    worker: Option<RawWorker>,
-    #[serde(default)]
-    restart: RawRestart,
-    #[serde(default)]
-    reload: RawReload,
+    app: Vec<RawApp>,
     #[serde(default)]
     cron: RawCron,
 }
@@ -126,8 +123,16 @@ struct RawListen {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWorker {
-    name: Option<String>,
+struct RawApp {
+    name: String,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    #[serde(default)]
+    restart: RawRestart,
+    #[serde(default)]
+    reload: RawReload,
     command: String,
     #[serde(default)]
     args: Vec<String>,
@@ -268,7 +273,7 @@ pub struct ListenerSpec {
 /// What to run as a worker; one generation of workers shares one spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSpec {
-    /// Application name, used in worker names (`demo.0`).
+    /// The app's name, used in worker names (`web.0`).
     pub name: String,
     /// Absolute path of the program.
     pub program: PathBuf,
@@ -334,7 +339,29 @@ pub struct Config {
     pub path: PathBuf,
     /// Control socket path.
     pub control_socket: PathBuf,
-    /// Listening sockets.
+    /// The apps, in file order (the order they start in, unless `after` says otherwise).
+    pub apps: Vec<AppConfig>,
+    /// Cron lock backend URL handed to workers (`redis://...` or `file:///dir`).
+    pub cron_url: String,
+}
+
+impl Config {
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// One app: a program run as N workers sharing its own listening sockets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// Unique name; workers are `name.slot`.
+    pub name: String,
+    /// The config key it came from (`app[0]`).
+    pub key: String,
+    /// Apps (by name) that must be ready before this one starts.
+    pub after: Vec<String>,
+    /// Its listening sockets, passed at fd 3.. to its workers only.
     pub listeners: Vec<ListenerSpec>,
     /// The worker program.
     pub worker: WorkerSpec,
@@ -342,8 +369,6 @@ pub struct Config {
     pub restart: RestartPolicy,
     /// Rolling reload policy.
     pub reload: ReloadPolicy,
-    /// Cron lock backend URL handed to workers (`redis://...` or `file:///dir`).
-    pub cron_url: String,
 }
 
 /// Reads and deserializes a TOML file; errors name the file and the dotted key.
@@ -470,50 +495,137 @@ impl Validator<'_> {
     fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let control_socket =
             control_socket_path(self.path, raw.supervisor.control_socket.as_deref());
-        let listeners = self.listeners(&raw.listen)?;
-        let Some(rw) = raw.worker else {
+        if raw.app.is_empty() {
             return Err(self.err(
-                "worker",
-                "missing section [worker] (at least `command = \"...\"`)",
-            ));
-        };
-        let worker = self.worker(rw)?;
-        let restart = self.restart(&raw.restart)?;
-        let reload = ReloadPolicy {
-            max_surge: raw.reload.max_surge.unwrap_or(1),
-            max_unavailable: raw.reload.max_unavailable.unwrap_or(0),
-        };
-        if reload.max_surge == 0 {
-            return Err(self.err("reload.max_surge", "must be at least 1"));
-        }
-        if reload.max_unavailable >= worker.instances {
-            return Err(self.err(
-                "reload.max_unavailable",
-                format!("must be less than worker.instances ({})", worker.instances),
+                "app",
+                "no app: add at least one [[app]] with `name` and `command`",
             ));
         }
+        let mut apps: Vec<AppConfig> = Vec::with_capacity(raw.app.len());
+        for (i, ra) in raw.app.into_iter().enumerate() {
+            let app = self.app(&format!("app[{i}]"), ra)?;
+            if let Some(prev) = apps.iter().find(|a| a.name == app.name) {
+                return Err(self.err(
+                    format!("{}.name", app.key),
+                    format!("{:?} is already the name of {}", app.name, prev.key),
+                ));
+            }
+            for l in &app.listeners {
+                let taken = apps.iter().flat_map(|a| &a.listeners).find(|o| {
+                    o.addr == l.addr && !matches!(&l.addr, ListenAddr::Tcp(a) if a.port() == 0)
+                });
+                if let Some(prev) = taken {
+                    return Err(self.err(
+                        &l.key,
+                        format!("{} is already listed as {}", l.addr, prev.key),
+                    ));
+                }
+            }
+            apps.push(app);
+        }
+        self.check_after(&apps)?;
         let cron_url = self.cron(&raw.cron, &control_socket)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             control_socket,
-            listeners,
-            worker,
-            restart,
-            reload,
+            apps,
             cron_url,
         })
     }
 
-    fn listeners(&self, raw: &[RawListen]) -> Result<Vec<ListenerSpec>, ConfigError> {
-        if raw.is_empty() {
+    /// Every `after` names another app, and no app waits for itself through others.
+    fn check_after(&self, apps: &[AppConfig]) -> Result<(), ConfigError> {
+        for a in apps {
+            for (j, dep) in a.after.iter().enumerate() {
+                if dep == &a.name {
+                    return Err(self.err(
+                        format!("{}.after[{j}]", a.key),
+                        "an app cannot wait for itself",
+                    ));
+                }
+                if !apps.iter().any(|o| &o.name == dep) {
+                    let names: Vec<&str> = apps.iter().map(|o| o.name.as_str()).collect();
+                    return Err(self.err(
+                        format!("{}.after[{j}]", a.key),
+                        format!("no app is named {dep:?} (apps: {})", names.join(", ")),
+                    ));
+                }
+            }
+        }
+        // A cycle: following `after` from an app comes back to it.
+        for a in apps {
+            let mut seen = vec![a.name.as_str()];
+            let mut frontier: Vec<&str> = a.after.iter().map(String::as_str).collect();
+            while let Some(name) = frontier.pop() {
+                if name == a.name {
+                    return Err(self.err(
+                        format!("{}.after", a.key),
+                        format!(
+                            "{:?} waits for itself through {}",
+                            a.name,
+                            seen[1..].join(" -> ")
+                        ),
+                    ));
+                }
+                if seen.contains(&name) {
+                    continue;
+                }
+                seen.push(name);
+                if let Some(o) = apps.iter().find(|o| o.name == name) {
+                    frontier.extend(o.after.iter().map(String::as_str));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn app(&self, key: &str, ra: RawApp) -> Result<AppConfig, ConfigError> {
+        let name = ra.name.clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
             return Err(self.err(
-                "listen",
-                "no listener: add at least one [[listen]] with `address` or `path`",
+                format!("{key}.name"),
+                format!(
+                    "{name:?}: use letters, digits, '-' and '_' (worker names are `name.slot`)"
+                ),
             ));
         }
+        let listeners = self.listeners(key, &ra.listen)?;
+        let restart = self.restart(key, &ra.restart)?;
+        let after = ra.after.clone();
+        let reload_raw = (ra.reload.max_surge, ra.reload.max_unavailable);
+        let worker = self.worker(key, ra)?;
+        let reload = ReloadPolicy {
+            max_surge: reload_raw.0.unwrap_or(1),
+            max_unavailable: reload_raw.1.unwrap_or(0),
+        };
+        if reload.max_surge == 0 {
+            return Err(self.err(format!("{key}.reload.max_surge"), "must be at least 1"));
+        }
+        if reload.max_unavailable >= worker.instances.max(1) {
+            return Err(self.err(
+                format!("{key}.reload.max_unavailable"),
+                format!("must be less than instances ({})", worker.instances),
+            ));
+        }
+        Ok(AppConfig {
+            name,
+            key: key.to_string(),
+            after,
+            listeners,
+            worker,
+            restart,
+            reload,
+        })
+    }
+
+    fn listeners(&self, app: &str, raw: &[RawListen]) -> Result<Vec<ListenerSpec>, ConfigError> {
         let mut out: Vec<ListenerSpec> = Vec::with_capacity(raw.len());
         for (i, l) in raw.iter().enumerate() {
-            let key = format!("listen[{i}]");
+            let key = format!("{app}.listen[{i}]");
             let addr = match (&l.address, &l.path) {
                 (Some(a), None) => ListenAddr::Tcp(self.socket_addr(&format!("{key}.address"), a)?),
                 (None, Some(p)) => ListenAddr::Unix(resolve(&self.base, p)),
@@ -572,31 +684,20 @@ impl Validator<'_> {
             .ok_or_else(|| self.err(key, format!("{text:?} resolves to no address")))
     }
 
-    fn worker(&self, rw: RawWorker) -> Result<WorkerSpec, ConfigError> {
-        let program = self.program(&rw.command)?;
-        let name = rw.name.unwrap_or_else(|| {
-            program
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "worker".into())
-        });
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(self.err(
-                "worker.name",
-                format!("{name:?} must be non-empty without spaces"),
-            ));
-        }
+    fn worker(&self, key: &str, rw: RawApp) -> Result<WorkerSpec, ConfigError> {
+        let program = self.program(key, &rw.command)?;
+        let name = rw.name;
         for k in rw.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(self.err(
-                    format!("worker.env.{k}"),
+                    format!("{key}.env.{k}"),
                     "not a valid environment variable name",
                 ));
             }
         }
         for (i, a) in rw.args.iter().enumerate() {
             if a.contains('\0') {
-                return Err(self.err(format!("worker.args[{i}]"), "contains a NUL byte"));
+                return Err(self.err(format!("{key}.args[{i}]"), "contains a NUL byte"));
             }
         }
         let cwd = rw
@@ -605,7 +706,7 @@ impl Validator<'_> {
             .unwrap_or_else(|| self.base.clone());
         if !cwd.is_dir() {
             return Err(self.err(
-                "worker.cwd",
+                format!("{key}.cwd"),
                 format!("{} is not a directory", cwd.display()),
             ));
         }
@@ -614,7 +715,7 @@ impl Validator<'_> {
                 .map(|n| n.get())
                 .unwrap_or(1),
             Some(n) if n > 1024 => {
-                return Err(self.err("worker.instances", format!("{n} is more than 1024")));
+                return Err(self.err(format!("{key}.instances"), format!("{n} is more than 1024")));
             }
             Some(n) => n,
         };
@@ -622,9 +723,9 @@ impl Validator<'_> {
             None => Runtime::detect(&program),
             Some(Runtime::Node) if !runs_node(&program) => {
                 return Err(self.err(
-                    "worker.runtime",
+                    format!("{key}.runtime"),
                     format!(
-                        "\"node\" needs Node as the program, but worker.command is {} (run node itself: \
+                        "\"node\" needs Node as the program, but {key}.command is {} (run node itself: \
                          command = \"node\", args = [\"app.js\"]; a wrapper such as npm or a shell \
                          starts Node in another process, which cannot take the sockets)",
                         program.display()
@@ -636,7 +737,7 @@ impl Validator<'_> {
         let readiness = rw.readiness.unwrap_or(Readiness::Notify);
         if runtime == Runtime::Node && readiness == Readiness::Exec {
             return Err(self.err(
-                "worker.readiness",
+                format!("{key}.readiness"),
                 "\"exec\" with runtime \"node\": the Node preload reports readiness once the app \
                  listens; remove `readiness` (or set runtime = \"none\")",
             ));
@@ -651,24 +752,25 @@ impl Validator<'_> {
             readiness,
             runtime,
             ready_timeout: self.positive(
-                "worker.ready_timeout",
+                &format!("{key}.ready_timeout"),
                 rw.ready_timeout,
                 Duration::from_secs(30),
             )?,
             kill_timeout: self.positive(
-                "worker.kill_timeout",
+                &format!("{key}.kill_timeout"),
                 rw.kill_timeout,
                 Duration::from_secs(10),
             )?,
         })
     }
 
-    /// Resolves `worker.command`: a path with a slash is taken relative to the config file; a bare
-    /// name is looked up next to the supervisor's own executable first, then in `PATH`.
-    fn program(&self, command: &str) -> Result<PathBuf, ConfigError> {
-        const KEY: &str = "worker.command";
+    /// Resolves an app's `command`: a path with a slash is taken relative to the config file; a
+    /// bare name is looked up next to the supervisor's own executable first, then in `PATH`.
+    fn program(&self, app: &str, command: &str) -> Result<PathBuf, ConfigError> {
+        let key = format!("{app}.command");
+        let key = key.as_str();
         if command.is_empty() {
-            return Err(self.err(KEY, "is empty"));
+            return Err(self.err(key, "is empty"));
         }
         let candidates: Vec<PathBuf> = if command.contains('/') {
             vec![resolve(&self.base, Path::new(command))]
@@ -691,7 +793,7 @@ impl Validator<'_> {
                 && meta.permissions().mode() & 0o111 != 0
             {
                 return std::path::absolute(c)
-                    .map_err(|e| self.err(KEY, format!("{}: {e}", c.display())));
+                    .map_err(|e| self.err(key, format!("{}: {e}", c.display())));
             }
         }
         let hint = if command.contains('/') {
@@ -700,35 +802,32 @@ impl Validator<'_> {
             " (looked next to the supervisor binary and in PATH; build it with `cargo build --release`)".to_string()
         };
         Err(self.err(
-            KEY,
+            key,
             format!("program {command:?} not found or not executable{hint}"),
         ))
     }
 
-    fn restart(&self, r: &RawRestart) -> Result<RestartPolicy, ConfigError> {
+    fn restart(&self, app: &str, r: &RawRestart) -> Result<RestartPolicy, ConfigError> {
+        let key = |k: &str| format!("{app}.restart.{k}");
         let policy = RestartPolicy {
-            min_uptime: self.positive(
-                "restart.min_uptime",
-                r.min_uptime,
-                Duration::from_secs(1),
-            )?,
+            min_uptime: self.positive(&key("min_uptime"), r.min_uptime, Duration::from_secs(1))?,
             max_restarts: r.max_restarts.unwrap_or(5),
-            window: self.positive("restart.window", r.window, Duration::from_secs(60))?,
+            window: self.positive(&key("window"), r.window, Duration::from_secs(60))?,
             backoff_initial: self.positive(
-                "restart.backoff_initial",
+                &key("backoff_initial"),
                 r.backoff_initial,
                 Duration::from_millis(100),
             )?,
             backoff_max: self.positive(
-                "restart.backoff_max",
+                &key("backoff_max"),
                 r.backoff_max,
                 Duration::from_secs(30),
             )?,
         };
         if policy.backoff_max < policy.backoff_initial {
             return Err(self.err(
-                "restart.backoff_max",
-                "must not be smaller than restart.backoff_initial",
+                key("backoff_max"),
+                "must not be smaller than backoff_initial",
             ));
         }
         Ok(policy)
@@ -770,21 +869,23 @@ mod tests {
     }
 
     const OK: &str = r#"
-        [[listen]]
-        address = "127.0.0.1:0"
-        [worker]
+        [[app]]
+        name = "sh"
         command = "/bin/sh"
         instances = 2
+        [[app.listen]]
+        address = "127.0.0.1:0"
     "#;
 
     #[test]
     fn minimal_config_gets_defaults() {
         let c = load(OK).unwrap();
-        assert_eq!(c.worker.instances, 2);
-        assert_eq!(c.worker.name, "sh");
-        assert_eq!(c.worker.kill_timeout, Duration::from_secs(10));
-        assert_eq!(c.listeners[0].name, "listen0");
-        assert_eq!(c.reload.max_surge, 1);
+        let a = &c.apps[0];
+        assert_eq!(a.worker.instances, 2);
+        assert_eq!(a.worker.name, "sh");
+        assert_eq!(a.worker.kill_timeout, Duration::from_secs(10));
+        assert_eq!(a.listeners[0].name, "listen0");
+        assert_eq!(a.reload.max_surge, 1);
         assert!(c.cron_url.starts_with("file:///"), "{}", c.cron_url);
         assert!(c.control_socket.ends_with("supervisor.sock"));
     }
@@ -794,10 +895,7 @@ mod tests {
         let e = load(&format!("{OK}\nkill_timout = \"1s\""))
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("worker.kill_timout") || e.contains("worker"),
-            "{e}"
-        );
+        assert!(e.contains("app[0].listen[0].kill_timout"), "{e}");
         assert!(e.contains("unknown field"), "{e}");
     }
 
@@ -805,10 +903,10 @@ mod tests {
     fn syntax_error_keeps_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
-        std::fs::write(&path, format!("{OK}\n[worker]\ncommand = \"/bin/true\"\n")).unwrap();
+        std::fs::write(&path, format!("{OK}\naddress = \"127.0.0.1:1\"\n")).unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        // OK is 7 lines (a leading newline, a trailing indented one): the second `worker` is 8:2.
-        let want = format!("{}:8:2: (syntax): ", path.display());
+        // OK is 8 lines (a leading newline, a trailing indented one): the second `address` is 9:1.
+        let want = format!("{}:9:1: (syntax): ", path.display());
         assert!(e.starts_with(&want), "{e}");
         assert!(e.contains("duplicate key"), "{e}");
     }
@@ -820,9 +918,9 @@ mod tests {
         let text = OK.replace("instances = 2", "instances = \"two\"");
         std::fs::write(&path, &text).unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        let want = format!("{}:6:", path.display());
+        let want = format!("{}:5:", path.display());
         assert!(
-            e.starts_with(&want) && e.contains("worker.instances"),
+            e.starts_with(&want) && e.contains("app[0].instances"),
             "{e}"
         );
     }
@@ -843,7 +941,7 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("worker.kill_timeout"), "{e}");
+        assert!(e.contains("app[0].kill_timeout"), "{e}");
         assert!(e.contains("invalid duration"), "{e}");
     }
 
@@ -853,7 +951,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("worker.command") && e.contains("/nonexistent/prog"),
+            e.contains("app[0].command") && e.contains("/nonexistent/prog"),
             "{e}"
         );
     }
@@ -863,15 +961,79 @@ mod tests {
         let e = load(&OK.replace("127.0.0.1:0", "127.0.0.1:99999"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("listen[0].address"), "{e}");
+        assert!(e.contains("app[0].listen[0].address"), "{e}");
     }
 
     #[test]
-    fn no_listener_is_an_error() {
-        let e = load("[worker]\ncommand = \"/bin/sh\"")
+    fn no_app_is_an_error() {
+        let e = load("[supervisor]\n").unwrap_err().to_string();
+        assert!(e.contains("app: no app"), "{e}");
+    }
+
+    #[test]
+    fn an_app_without_listeners_is_fine() {
+        let c = load("[[app]]\nname = \"queue\"\ncommand = \"/bin/sh\"\ninstances = 1\n").unwrap();
+        assert!(c.apps[0].listeners.is_empty());
+    }
+
+    /// OK with a second app `name` appended (listening on port 0).
+    fn two_apps(second: &str) -> String {
+        format!("{OK}\n[[app]]\ncommand = \"/bin/sh\"\ninstances = 1\n{second}\n")
+    }
+
+    #[test]
+    fn apps_need_unique_names_and_addresses() {
+        let e = load(&two_apps("name = \"sh\"")).unwrap_err().to_string();
+        assert!(
+            e.contains("app[1].name") && e.contains("already the name of app[0]"),
+            "{e}"
+        );
+        let e = load(&two_apps("name = \"sh.x\"")).unwrap_err().to_string();
+        assert!(e.contains("app[1].name"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("a.sock");
+        let text = format!(
+            "[[app]]\nname = \"a\"\ncommand = \"/bin/sh\"\n[[app.listen]]\npath = \"{0}\"\n\
+             [[app]]\nname = \"b\"\ncommand = \"/bin/sh\"\n[[app.listen]]\npath = \"{0}\"\n",
+            sock.display()
+        );
+        let e = load(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("app[1].listen[0]") && e.contains("already listed as app[0].listen[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn after_must_name_other_apps_without_a_cycle() {
+        let e = load(&two_apps("name = \"b\"\nafter = [\"nope\"]"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("listen"), "{e}");
+        assert!(
+            e.contains("app[1].after[0]") && e.contains("no app is named \"nope\""),
+            "{e}"
+        );
+        let e = load(&two_apps("name = \"b\"\nafter = [\"b\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot wait for itself"), "{e}");
+        let cyclic = two_apps("name = \"b\"\nafter = [\"sh\"]").replacen(
+            "instances = 2",
+            "instances = 2\nafter = [\"b\"]",
+            1,
+        );
+        let e = load(&cyclic).unwrap_err().to_string();
+        assert!(e.contains("waits for itself through b"), "{e}");
+        let c = load(&two_apps("name = \"b\"\nafter = [\"sh\"]")).unwrap();
+        assert_eq!(c.apps[1].after, vec!["sh"]);
+    }
+
+    #[test]
+    fn keys_of_a_later_app_are_named_by_its_index() {
+        let e = load(&two_apps("name = \"b\"\nkill_timeout = \"0s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("app[1].kill_timeout"), "{e}");
     }
 
     #[test]
@@ -879,20 +1041,20 @@ mod tests {
         let e = load(&OK.replace("instances = 2", "instances = \"two\""))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("worker.instances"), "{e}");
+        assert!(e.contains("app[0].instances"), "{e}");
     }
 
     #[test]
     fn instances_zero_means_cpus() {
         let c = load(&OK.replace("instances = 2", "instances = 0")).unwrap();
-        assert!(c.worker.instances >= 1);
+        assert!(c.apps[0].worker.instances >= 1);
     }
 
     #[test]
     fn endpoints_survive_a_broken_worker_section() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
-        std::fs::write(&path, "[supervisor]\ncontrol_socket = \"c.sock\"\n[cron]\nredis_url = \"redis://:pw@h:1/0\"\n[worker]\ninstances = \"x\"\n").unwrap();
+        std::fs::write(&path, "[supervisor]\ncontrol_socket = \"c.sock\"\n[cron]\nredis_url = \"redis://:pw@h:1/0\"\n[[app]]\ninstances = \"x\"\n").unwrap();
         let e = endpoints_of(&path).unwrap();
         assert_eq!(e.control_socket, dir.path().join("c.sock"));
         assert_eq!(e.cron_url, "redis://:pw@h:1/0");
@@ -911,15 +1073,15 @@ mod tests {
     fn runtime_defaults_to_node_for_a_program_named_node() {
         let (_d, node) = program_named("node", "");
         let c = load(&OK.replace("/bin/sh", &node.display().to_string())).unwrap();
-        assert_eq!(c.worker.runtime, Runtime::Node);
-        assert_eq!(load(OK).unwrap().worker.runtime, Runtime::None);
+        assert_eq!(c.apps[0].worker.runtime, Runtime::Node);
+        assert_eq!(load(OK).unwrap().apps[0].worker.runtime, Runtime::None);
         let c = load(
             &OK.replace("instances = 2", "instances = 2\nruntime = \"none\"")
                 .replace("/bin/sh", &node.display().to_string()),
         )
         .unwrap();
         assert_eq!(
-            c.worker.runtime,
+            c.apps[0].worker.runtime,
             Runtime::None,
             "runtime = \"none\" opts out"
         );
@@ -935,11 +1097,13 @@ mod tests {
             )
         };
         assert_eq!(
-            with(&script.display().to_string()).unwrap().worker.runtime,
+            with(&script.display().to_string()).unwrap().apps[0]
+                .worker
+                .runtime,
             Runtime::Node
         );
         let e = with("/bin/sh").unwrap_err().to_string();
-        assert!(e.contains("worker.runtime") && e.contains("/bin/sh"), "{e}");
+        assert!(e.contains("app[0].runtime") && e.contains("/bin/sh"), "{e}");
     }
 
     #[test]
@@ -951,7 +1115,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("worker.readiness"), "{e}");
+        assert!(e.contains("app[0].readiness"), "{e}");
     }
 
     #[test]

@@ -12,17 +12,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
-    ListenerInfo, ReloadOutcome, ReloadReport, Request, Response, SlotInfo, StatusReport,
-    WorkerInfo,
+    AppStatus, ListenerInfo, ReloadOutcome, ReloadReport, Request, Response, SlotInfo,
+    StatusReport, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
-use crate::core::{self, Action, AppSettings, Core, Event, ReplyTo, Signal, TimerKey};
-use crate::listeners::{self, BoundListener, ListenError};
+use crate::core::{
+    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey,
+};
 use crate::notify::Notification;
-use crate::procstat::{CpuMeter, GroupScan};
 use crate::runtimes::{self, RuntimeFiles};
+use crate::sys::listeners::{self, BoundListener, ListenError};
+use crate::sys::procstat::{CpuMeter, GroupScan};
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -101,22 +103,29 @@ impl Drop for RuntimeDir {
 /// workers, then serves events. `commands` carries the signals `main` translated.
 pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
-    let bound = listeners::bind_all(&config.listeners).map_err(|cause| StartupError::Listen {
-        path: config.path.clone(),
-        cause,
-    })?;
+    let bound = config
+        .apps
+        .iter()
+        .map(|a| listeners::bind_all(&a.listeners))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|cause| StartupError::Listen {
+            path: config.path.clone(),
+            cause,
+        })?;
     let runtime_dir = RuntimeDir::create()?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
     control.serve(control_tx);
-    for l in &bound {
-        tracing::info!(name = %l.name, address = %l.local, "listening");
+    for (app, listeners) in config.apps.iter().zip(&bound) {
+        for l in listeners {
+            tracing::info!(app = %app.name, name = %l.name, address = %l.local, "listening");
+        }
     }
     tracing::info!(
         pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
         control_socket = %config.control_socket.display(),
-        workers = config.worker.instances,
-        program = %config.worker.program.display(),
+        apps = config.apps.len(),
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir);
@@ -132,15 +141,34 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
     }
 }
 
-/// The core's settings for a config: the worker spec and policies, and the hint for a worker
-/// that is never ready (which sockets its runtime waits for).
-fn app_settings(config: &Config, listeners: &[BoundListener]) -> AppSettings {
+/// The core's settings for an app: the worker spec and policies, and the hint for a worker that
+/// is never ready (which sockets its runtime waits for).
+fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
     AppSettings {
-        spec: std::sync::Arc::new(config.worker.clone()),
-        restart: config.restart,
-        reload: config.reload,
-        not_ready_hint: runtimes::not_ready_hint(config.worker.runtime, listeners),
+        spec: std::sync::Arc::new(app.worker.clone()),
+        restart: app.restart,
+        reload: app.reload,
+        not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
     }
+}
+
+/// The core for a config: every app with the indices of the apps it is `after`.
+fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Supervisor {
+    Supervisor::new(
+        config
+            .apps
+            .iter()
+            .zip(listeners)
+            .map(|(a, l)| {
+                let after = a
+                    .after
+                    .iter()
+                    .filter_map(|name| config.apps.iter().position(|o| &o.name == name))
+                    .collect();
+                (app_settings(a, l), after)
+            })
+            .collect(),
+    )
 }
 
 /// Pending deadlines: one per key, ordered by time.
@@ -184,9 +212,10 @@ impl Deadlines {
 
 struct Shell {
     config: Config,
-    listeners: Vec<BoundListener>,
+    /// Each app's listeners, in app order.
+    listeners: Vec<Vec<BoundListener>>,
     runtime_dir: RuntimeDir,
-    core: Core,
+    core: Supervisor,
     processes: HashMap<WorkerId, Process>,
     deadlines: Deadlines,
     replies: HashMap<ReplyTo, oneshot::Sender<Response>>,
@@ -199,9 +228,9 @@ struct Shell {
 }
 
 impl Shell {
-    fn new(config: Config, listeners: Vec<BoundListener>, runtime_dir: RuntimeDir) -> Shell {
+    fn new(config: Config, listeners: Vec<Vec<BoundListener>>, runtime_dir: RuntimeDir) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let core = Core::new(app_settings(&config, &listeners));
+        let core = supervisor_core(&config, &listeners);
         Shell {
             config,
             listeners,
@@ -232,7 +261,7 @@ impl Shell {
             let next = self.deadlines.next();
             tokio::select! {
                 Some(cmd) = commands.recv() => self.feed(match cmd {
-                    Command::Reload => Event::Reload { reply: None },
+                    Command::Reload => Event::Reload { app: None, reply: None },
                     Command::Stop => Event::Stop { reply: None },
                     Command::FastStop => Event::FastStop,
                 }),
@@ -261,6 +290,7 @@ impl Shell {
     fn act(&mut self, action: Action, queue: &mut VecDeque<Event>) {
         match action {
             Action::Spawn {
+                app,
                 worker,
                 slot,
                 generation,
@@ -271,7 +301,7 @@ impl Shell {
                     slot,
                     generation,
                     spec,
-                    listeners: &self.listeners,
+                    listeners: self.listeners.get(app).map_or(&[], Vec::as_slice),
                     runtime_dir: &self.runtime_dir.path,
                     runtime_files: &self.runtime_dir.files,
                     cron_url: &self.config.cron_url,
@@ -306,18 +336,29 @@ impl Shell {
                 }
             }
             Action::Exit(outcome) => self.exit = Some(outcome),
+            // The core answers finished reloads itself; nothing of this reaches the shell.
+            Action::Reloaded { .. } => {}
         }
     }
 
     /// Re-reads the config file for a reload. What cannot change without a restart is kept, with
     /// a warning.
-    fn read_config(&mut self) -> Result<AppSettings, String> {
+    fn read_config(&mut self) -> Result<Vec<AppSettings>, String> {
         let fresh = Config::load(&self.config.path).map_err(|e| e.to_string())?;
-        if fresh.listeners != self.config.listeners {
-            tracing::warn!(
-                "listeners changed in {}: sockets are bound once; restart the supervisor to apply",
-                fresh.path.display()
-            );
+        let mut settings = Vec::with_capacity(fresh.apps.len());
+        for app in &fresh.apps {
+            let Some(i) = self.app_index(&app.name) else {
+                tracing::warn!(app = %app.name, "a new app in the config file: adding apps needs a restart");
+                continue;
+            };
+            if app.listeners != self.config.apps[i].listeners {
+                tracing::warn!(
+                    app = %app.name,
+                    "listeners changed in {}: sockets are bound once; restart the supervisor to apply",
+                    fresh.path.display()
+                );
+            }
+            settings.push(app_settings(app, &self.listeners[i]));
         }
         if fresh.control_socket != self.config.control_socket
             || fresh.cron_url != self.config.cron_url
@@ -326,32 +367,91 @@ impl Shell {
                 "control socket or cron backend changed: restart the supervisor to apply"
             );
         }
-        Ok(app_settings(&fresh, &self.listeners))
+        Ok(settings)
+    }
+
+    fn app_index(&self, name: &str) -> Option<AppIndex> {
+        self.config.apps.iter().position(|a| a.name == name)
+    }
+
+    /// The app a request names, or the error answer that says which apps there are.
+    fn named_app(&self, name: &str) -> Result<AppIndex, Response> {
+        self.app_index(name).ok_or_else(|| {
+            let names: Vec<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
+            Response::Error {
+                message: format!("no app is named {name:?} (apps: {})", names.join(", ")),
+            }
+        })
     }
 
     fn control(&mut self, req: ControlRequest) {
+        let app = |name: &Option<String>| name.as_deref().map(|n| self.named_app(n)).transpose();
+        let target = match &req.request {
+            Request::Status { app: name } | Request::Reload { app: name, .. } => app(name),
+            Request::Restart { app: name } | Request::Scale { app: name, .. } => {
+                self.named_app(name).map(Some)
+            }
+            Request::Stop => Ok(None),
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(answer) => {
+                let _ = req.reply.send(answer);
+                return;
+            }
+        };
         match req.request {
-            Request::Status => {
-                let report = self.status();
+            Request::Status { .. } => {
+                let report = self.status(target);
                 let _ = req.reply.send(Response::Status(Box::new(report)));
             }
-            Request::Reload { wait: true } => {
+            Request::Reload { wait: true, .. } => {
                 let reply = self.reply_to(req.reply);
-                self.feed(Event::Reload { reply: Some(reply) });
+                self.feed(Event::Reload {
+                    app: target,
+                    reply: Some(reply),
+                });
             }
-            Request::Reload { wait: false } => {
-                self.feed(Event::Reload { reply: None });
-                let snapshot = self.core.snapshot(Instant::now());
-                let generation = snapshot
-                    .reload_in_progress
-                    .map_or(snapshot.generation, |p| p.generation);
-                let _ = req.reply.send(Response::Reload(ReloadReport {
-                    generation,
-                    outcome: ReloadOutcome::Started,
-                    reason: None,
-                    slots: vec![],
-                    duration_secs: 0.0,
-                }));
+            Request::Reload { wait: false, .. } => {
+                self.feed(Event::Reload {
+                    app: target,
+                    reply: None,
+                });
+                let reports = self
+                    .core
+                    .apps()
+                    .enumerate()
+                    .filter(|(i, _)| target.is_none_or(|t| t == *i))
+                    .map(|(_, v)| ReloadReport {
+                        app: v.app.name().to_string(),
+                        generation: v.app.snapshot(Instant::now()).generation,
+                        outcome: ReloadOutcome::Started,
+                        reason: None,
+                        note: None,
+                        slots: vec![],
+                        duration_secs: 0.0,
+                    })
+                    .collect();
+                let _ = req.reply.send(Response::Reload { reports });
+            }
+            Request::Restart { .. } => {
+                let reply = self.reply_to(req.reply);
+                if let Some(app) = target {
+                    self.feed(Event::Restart {
+                        app,
+                        reply: Some(reply),
+                    });
+                }
+            }
+            Request::Scale { instances, .. } => {
+                let reply = self.reply_to(req.reply);
+                if let Some(app) = target {
+                    self.feed(Event::Scale {
+                        app,
+                        instances,
+                        reply: Some(reply),
+                    });
+                }
             }
             Request::Stop => {
                 let reply = self.reply_to(req.reply);
@@ -391,61 +491,71 @@ impl Shell {
         }
     }
 
-    fn status(&mut self) -> StatusReport {
+    /// `status`, of every app or of `only`.
+    fn status(&mut self, only: Option<AppIndex>) -> StatusReport {
         let now = Instant::now();
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.started);
         // One pass over /proc for every worker's process group.
         let procs = GroupScan::scan();
-        let snapshot = self.core.snapshot(now);
-        let workers = snapshot
-            .workers
-            .iter()
-            .map(|(w, restarts)| {
-                let process = match self.processes.get(&w.id) {
-                    Some(p) => self.cpu.sample_group(&procs, p.pid, p.started_at),
-                    None => Default::default(),
-                };
-                WorkerInfo {
+        let mut apps = Vec::new();
+        for (i, view) in self.core.apps().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let snapshot = view.app.snapshot(now);
+            let workers = snapshot
+                .workers
+                .iter()
+                .map(|(w, restarts)| WorkerInfo {
                     slot: w.slot,
                     name: w.name.clone(),
                     generation: w.generation,
                     state: w.state,
                     restarts: *restarts,
-                    process,
+                    process: match self.processes.get(&w.id) {
+                        Some(p) => self.cpu.sample_group(&procs, p.pid, p.started_at),
+                        None => Default::default(),
+                    },
                     status_text: w.status_text.clone(),
-                }
-            })
-            .collect();
+                })
+                .collect();
+            apps.push(AppStatus {
+                name: view.app.name().to_string(),
+                phase: snapshot.phase,
+                waiting_for: view.waiting_for,
+                generation: snapshot.generation,
+                listeners: self.listeners[i]
+                    .iter()
+                    .enumerate()
+                    .map(|(fd, l)| ListenerInfo {
+                        name: l.name.clone(),
+                        address: l.local.clone(),
+                        fd: 3 + fd as i32,
+                    })
+                    .collect(),
+                workers,
+                waiting: snapshot
+                    .waiting
+                    .into_iter()
+                    .map(|s| SlotInfo {
+                        slot: s.slot,
+                        state: s.state,
+                        restarts: s.restarts,
+                        restart_in_secs: s.restart_in.as_secs_f64(),
+                        last_exit: s.last_exit,
+                    })
+                    .collect(),
+                reload_in_progress: snapshot.reload_in_progress,
+                last_reload: snapshot.last_reload,
+            });
+        }
         StatusReport {
             supervisor,
+            version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.config.path.display().to_string(),
-            generation: snapshot.generation,
-            phase: snapshot.phase,
-            listeners: self
-                .listeners
-                .iter()
-                .enumerate()
-                .map(|(i, l)| ListenerInfo {
-                    name: l.name.clone(),
-                    address: l.local.clone(),
-                    fd: 3 + i as i32,
-                })
-                .collect(),
-            workers,
-            waiting: snapshot
-                .waiting
-                .into_iter()
-                .map(|s| SlotInfo {
-                    slot: s.slot,
-                    state: s.state,
-                    restarts: s.restarts,
-                    restart_in_secs: s.restart_in.as_secs_f64(),
-                    last_exit: s.last_exit,
-                })
-                .collect(),
-            reload_in_progress: snapshot.reload_in_progress,
-            last_reload: snapshot.last_reload,
+            phase: self.core.phase(),
+            apps,
         }
     }
 }

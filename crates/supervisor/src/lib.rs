@@ -5,10 +5,10 @@
 //! Module map (see README "Architecture"): [`config`] validates the file; [`core`] decides
 //! (a pure state machine: events in, actions out, with the rolling reload in `core::reload`);
 //! [`daemon`] is the shell that carries the decisions out (the event loop, its deadline queue);
-//! [`listeners`] binds; [`spawn`] forks/execs one worker; [`worker`] is one process's OS side
-//! (pidfd, signals, output); [`notify`] reads readiness; [`runtimes`] adds what a language needs
-//! (the Node preload); [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the
-//! cron backend for `supervisor jobs`; [`procstat`] reads `/proc`.
+//! [`sys`] holds every system call (binding, fork/exec, pidfd signals and exits, `/proc`);
+//! [`worker`] is one process's handle (environment, watch tasks, output); [`notify`] reads
+//! readiness; [`runtimes`] adds what a language needs (the Node preload); [`control`] is the
+//! control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -17,10 +17,8 @@ pub mod control;
 pub mod core;
 pub mod daemon;
 pub mod jobs;
-pub mod listeners;
 pub mod notify;
-pub mod procstat;
 pub mod runtimes;
-pub mod spawn;
+pub mod sys;
 pub mod table;
 pub mod worker;

@@ -55,11 +55,6 @@ impl Channels {
         })
     }
 
-    /// The socket path for `NOTIFY_SOCKET`.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Attaches the read end of the notification pipe once the child exists.
     pub fn attach_pipe(&mut self, fd: OwnedFd) -> std::io::Result<()> {
         self.pipe = Some(pipe::Receiver::from_owned_fd(fd)?);

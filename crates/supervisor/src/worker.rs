@@ -3,13 +3,12 @@
 //! in and what to do with it is the core's ([`crate::core`]).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
-use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,10 +17,11 @@ use tracing::Instrument;
 
 use crate::config::WorkerSpec;
 pub use crate::core::{ExitStatus, WorkerId};
-use crate::listeners::BoundListener;
 use crate::notify::{Channels, Notification};
 use crate::runtimes::RuntimeFiles;
-use crate::spawn::{self, SpawnError};
+use crate::sys::listeners::BoundListener;
+use crate::sys::process;
+use crate::sys::spawn::{self, SpawnError};
 
 /// What the per-worker tasks report to the daemon.
 #[derive(Debug)]
@@ -102,13 +102,14 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
         ("LISTEN_FDNAMES".to_string(), names.join(":")),
         (
             "SUPERVISOR_LISTENERS".to_string(),
-            crate::listeners::describe(args.listeners),
+            crate::sys::listeners::describe(args.listeners),
         ),
         (
             "NOTIFY_SOCKET".to_string(),
             notify_path.display().to_string(),
         ),
         ("READY_FD".to_string(), (3 + n).to_string()),
+        ("SUPERVISOR_APP".to_string(), spec.name.clone()),
         ("SUPERVISOR_WORKER_ID".to_string(), args.slot.to_string()),
         ("SUPERVISOR_WORKER_NAME".to_string(), name.to_string()),
         (
@@ -136,7 +137,7 @@ impl Process {
         })?;
 
         let env = environment(&args, &name, &notify_path);
-        let child = spawn::spawn(spawn::Command {
+        let child = spawn::spawn(spawn::Exec {
             program: &spec.program,
             args: &spec.args,
             env,
@@ -166,7 +167,7 @@ impl Process {
         let pidfd = Arc::new(child.pidfd);
         let watched = pidfd.clone();
         tasks.push(tokio::spawn(async move {
-            let status = watch_exit(pid, watched).await;
+            let status = process::watch_exit(pid, watched).await;
             let _ = events.send((id, WorkerEvent::Exited(status)));
         }));
         Ok(Process {
@@ -180,32 +181,22 @@ impl Process {
 
     /// SIGTERM to the worker process (drain).
     pub fn term(&self) {
-        if self.reaped {
-            return;
+        if !self.reaped {
+            process::signal(&self.pidfd, libc::SIGTERM);
         }
-        // SAFETY: pidfd_send_signal on our child's pidfd: cannot hit a reused pid.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGTERM,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
     }
 
     /// SIGKILL to the worker's whole process group (unless it was already reaped).
     pub fn kill_group(&self) {
         if !self.reaped {
-            kill_group(self.pid);
+            process::kill_group(self.pid);
         }
     }
 
     /// Reaps the exited process; call once the exit event was handled.
     pub fn reap(&mut self) {
         self.reaped = true;
-        let _ = wait_pidfd(&self.pidfd, libc::WNOHANG);
+        process::reap(&self.pidfd);
     }
 }
 
@@ -215,61 +206,6 @@ impl Drop for Process {
             t.abort();
         }
     }
-}
-
-/// SIGKILL to a process group.
-pub fn kill_group(pgid: i32) {
-    // SAFETY: plain kill(2) on a negative pid (a process group). The leader is our child and is
-    // reaped only by the daemon after it processed the exit, so the id has not been reused.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-}
-
-/// waitid(2) on a pidfd; `None` if the child has not exited (with `WNOHANG`).
-fn wait_pidfd(pidfd: &OwnedFd, flags: libc::c_int) -> Option<ExitStatus> {
-    // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on a pidfd of our own child; `info` is a valid out-parameter.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | flags,
-        )
-    };
-    // SAFETY: reading si_pid of a siginfo filled by waitid (zero when nothing was reported).
-    if rc != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
-    }
-    // SAFETY: waitid reported a child, so the SIGCHLD fields of the union are set.
-    let status = unsafe { info.si_status() };
-    Some(match info.si_code {
-        libc::CLD_KILLED | libc::CLD_DUMPED => ExitStatus::Signal(status),
-        _ => ExitStatus::Code(status),
-    })
-}
-
-/// Waits for the child to exit and kills whatever is left of its process group (no orphans).
-/// The child stays a zombie (`WNOWAIT`) until the daemon reaps it, so its pid is not reused while
-/// the daemon may still signal it.
-async fn watch_exit(pid: i32, pidfd: Arc<OwnedFd>) -> ExitStatus {
-    // SAFETY: the Arc keeps the pidfd open and unchanged for the AsyncFd's whole life (it owns a
-    // clone of the Arc and nothing closes or replaces the fd while any clone exists).
-    let registered =
-        unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
-    match registered {
-        Ok(afd) => {
-            let _ = afd.readable().await.map(|mut g| g.retain_ready());
-        }
-        Err(e) => {
-            tracing::warn!(pid, "pidfd not pollable ({}); polling for exit", e);
-            while wait_pidfd(&pidfd, libc::WNOHANG | libc::WNOWAIT).is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    kill_group(pid);
-    wait_pidfd(&pidfd, libc::WNOWAIT).unwrap_or(ExitStatus::Code(-1))
 }
 
 /// Forwards a worker's output line by line as log events in the worker's span.

@@ -23,7 +23,7 @@ fn check_validates_a_config_without_starting_anything() {
     let cfg = dir.path().join("s.toml");
     std::fs::write(
         &cfg,
-        "[[listen]]\naddress = \"127.0.0.1:0\"\n[worker]\ncommand = \"/bin/sh\"\ninstances = 3\n",
+        "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\ninstances = 3\n[[app.listen]]\naddress = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let (code, out, _) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
@@ -33,13 +33,13 @@ fn check_validates_a_config_without_starting_anything() {
 
     std::fs::write(
         &cfg,
-        "[worker]\ncommand = \"/bin/sh\"\nreadiness = \"psychic\"\n",
+        "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\nreadiness = \"psychic\"\n",
     )
     .unwrap();
     let (code, _, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("worker.readiness") && err.contains(cfg.to_str().unwrap()),
+        err.contains("app[0].readiness") && err.contains(cfg.to_str().unwrap()),
         "{err}"
     );
 }
@@ -48,7 +48,7 @@ fn check_validates_a_config_without_starting_anything() {
 fn client_commands_without_a_supervisor_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("s.toml");
-    std::fs::write(&cfg, "[worker]\ncommand = \"/bin/sh\"\n").unwrap();
+    std::fs::write(&cfg, "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\n").unwrap();
     for cmd in ["status", "reload", "stop"] {
         let (code, _, err) = supervisor(&[cmd, "-c", cfg.to_str().unwrap()]);
         assert_eq!(code, 1, "{cmd}");
@@ -120,13 +120,13 @@ fn status_as_another_user_says_permission_denied() {
 fn check_binds_like_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("s.toml");
-    let worker = "[worker]\ncommand = \"/bin/sh\"\ninstances = 1\n";
+    let worker = "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\ninstances = 1\n";
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     std::fs::write(
         &cfg,
         format!(
-            "[[listen]]\naddress = \"127.0.0.1:0\"\n[[listen]]\naddress = \"{addr}\"\n{worker}"
+            "{worker}[[app.listen]]\naddress = \"127.0.0.1:0\"\n[[app.listen]]\naddress = \"{addr}\"\n"
         ),
     )
     .unwrap();
@@ -134,26 +134,30 @@ fn check_binds_like_start() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!(
-            "{}: listen[1].address: cannot listen on {addr}",
+            "{}: app[0].listen[1].address: cannot listen on {addr}",
             cfg.display()
         )) && err.to_lowercase().contains("in use"),
         "{err}"
     );
     std::fs::write(
         &cfg,
-        format!("[[listen]]\npath = \"no/such/dir/a.sock\"\n{worker}"),
+        format!("{worker}[[app.listen]]\npath = \"no/such/dir/a.sock\"\n"),
     )
     .unwrap();
     let (code, _, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("listen[0].path") && err.contains("no/such/dir/a.sock"),
+        err.contains("app[0].listen[0].path") && err.contains("no/such/dir/a.sock"),
         "{err}"
     );
 
     // A supervisor running on the control socket holds its ports by design: check says so, ok.
     let _live = std::os::unix::net::UnixListener::bind(dir.path().join("supervisor.sock")).unwrap();
-    std::fs::write(&cfg, format!("[[listen]]\naddress = \"{addr}\"\n{worker}")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{worker}[[app.listen]]\naddress = \"{addr}\"\n"),
+    )
+    .unwrap();
     let (code, out, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -205,14 +205,6 @@ impl Backend {
         }
     }
 
-    /// Appends a history record (for outcomes without a lease).
-    pub async fn record(&self, record: &RunRecord) -> Result<()> {
-        match self {
-            Backend::Redis(r) => r.append_history(record).await,
-            Backend::Local(l) => l.append_history(record).await,
-        }
-    }
-
     /// Registers (or updates) job metadata in the registry.
     pub async fn register_jobs(&self, metas: &[JobMeta]) -> Result<()> {
         match self {

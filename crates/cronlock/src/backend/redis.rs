@@ -471,23 +471,6 @@ impl RedisBackend {
         Ok(n == 1)
     }
 
-    pub(crate) async fn append_history(&self, record: &RunRecord) -> Result<()> {
-        let json = to_json(record)?;
-        let k = history_key(&record.job);
-        self.with_conn("append history", move |c| {
-            Box::pin(async move {
-                redis::pipe()
-                    .lpush(&k, json)
-                    .ignore()
-                    .ltrim(&k, 0, HISTORY_LEN as isize - 1)
-                    .ignore()
-                    .query_async::<()>(c)
-                    .await
-            })
-        })
-        .await
-    }
-
     pub(crate) async fn register_jobs(&self, metas: &[JobMeta]) -> Result<()> {
         if metas.is_empty() {
             return Ok(());

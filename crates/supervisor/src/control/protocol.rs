@@ -6,16 +6,37 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// A request from a client (`supervisor status`, `reload`, `stop`).
+/// A request from a client (`supervisor status`, `reload`, `restart`, `scale`, `stop`). `app`
+/// names an app of the config; a name no app has is answered with [`Response::Error`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// The full status.
-    Status,
-    /// Start a rolling reload; with `wait`, answer when it finished.
+    /// The status of every app, or of one.
+    Status {
+        /// Only this app.
+        #[serde(default)]
+        app: Option<String>,
+    },
+    /// A rolling reload of one app, or of every app one at a time; with `wait`, answer when it
+    /// finished.
     Reload {
+        /// Only this app.
+        #[serde(default)]
+        app: Option<String>,
         /// Answer only when the reload finished.
         wait: bool,
+    },
+    /// New workers for every slot of an app at once, without readiness gating.
+    Restart {
+        /// The app.
+        app: String,
+    },
+    /// Run `instances` workers of an app (until the next reload re-reads the file).
+    Scale {
+        /// The app.
+        app: String,
+        /// How many.
+        instances: usize,
     },
     /// Stop every worker and exit; answered when everything is down.
     Stop,
@@ -27,8 +48,31 @@ pub enum Request {
 pub enum Response {
     /// Answer to [`Request::Status`].
     Status(Box<StatusReport>),
-    /// Answer to [`Request::Reload`].
-    Reload(ReloadReport),
+    /// Answer to [`Request::Reload`]: one report per app reloaded.
+    Reload {
+        /// In the order the apps were reloaded.
+        reports: Vec<ReloadReport>,
+    },
+    /// Answer to [`Request::Restart`].
+    Restarted {
+        /// The app.
+        app: String,
+        /// The generation its new workers run.
+        generation: u64,
+        /// How many were started.
+        workers: usize,
+    },
+    /// Answer to [`Request::Scale`].
+    Scaled {
+        /// The app.
+        app: String,
+        /// Slots before.
+        from: usize,
+        /// Slots now.
+        to: usize,
+        /// What to know (until when it holds, or why it was not applied).
+        note: Option<String>,
+    },
     /// Answer to [`Request::Stop`]: all workers are gone.
     Stopped,
     /// The request could not be served.
@@ -43,13 +87,28 @@ pub enum Response {
 pub struct StatusReport {
     /// The supervisor process itself.
     pub supervisor: ProcessInfo,
+    /// The supervisor's version.
+    pub version: String,
     /// Config file in use.
     pub config: String,
+    /// Running or stopping.
+    pub phase: crate::core::Phase,
+    /// The apps, in file order.
+    pub apps: Vec<AppStatus>,
+}
+
+/// One app in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// Its name.
+    pub name: String,
+    /// Waiting for the apps it is `after`, starting, running or stopping.
+    pub phase: crate::core::Phase,
+    /// The apps it still waits for.
+    pub waiting_for: Vec<String>,
     /// Current generation (the one new workers are started in).
     pub generation: u64,
-    /// Starting, running or stopping.
-    pub phase: crate::core::Phase,
-    /// Bound listeners.
+    /// Its listeners.
     pub listeners: Vec<ListenerInfo>,
     /// Every worker process, including draining ones.
     pub workers: Vec<WorkerInfo>,
@@ -134,15 +193,20 @@ pub struct ReloadProgress {
     pub queued: bool,
 }
 
-/// A finished reload.
+/// A finished reload of one app.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReloadReport {
+    /// The app.
+    pub app: String,
     /// Target generation.
     pub generation: u64,
     /// How it ended (or that it started, for `--no-wait`).
     pub outcome: ReloadOutcome,
     /// Why it was aborted.
     pub reason: Option<String>,
+    /// What else to know (a `scale` the file's `instances` undid).
+    #[serde(default)]
+    pub note: Option<String>,
     /// Per slot: old pid -> new pid and time to ready.
     pub slots: Vec<SlotReplacement>,
     /// Duration of the whole reload in seconds.
@@ -233,13 +297,23 @@ mod tests {
     #[test]
     fn request_json_shape_is_stable() {
         assert_eq!(
-            serde_json::to_string(&Request::Reload { wait: true }).unwrap(),
-            r#"{"request":"reload","wait":true}"#
+            serde_json::to_string(&Request::Reload {
+                app: Some("web".into()),
+                wait: true
+            })
+            .unwrap(),
+            r#"{"request":"reload","app":"web","wait":true}"#
         );
         assert_eq!(
-            serde_json::to_string(&Request::Status).unwrap(),
-            r#"{"request":"status"}"#
+            serde_json::to_string(&Request::Scale {
+                app: "web".into(),
+                instances: 4
+            })
+            .unwrap(),
+            r#"{"request":"scale","app":"web","instances":4}"#
         );
+        let status: Request = serde_json::from_str(r#"{"request":"status"}"#).unwrap();
+        assert_eq!(status, Request::Status { app: None }, "app is optional");
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::task::TaskTracker;
 
 use super::protocol::{self, Request, Response};
-use crate::listeners::clear_stale_socket;
+use crate::sys::listeners::clear_stale_socket;
 
 /// What the server tolerates from its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,9 +283,9 @@ mod tests {
     async fn unknown_and_malformed_requests_get_an_error_answer() {
         let (_d, path, _s) = serve(Limits::default());
         let mut conn = protocol::framed(UnixStream::connect(&path).await.unwrap());
-        let e = error_text(raw(&mut conn, br#"{"request":"scale","n":3}"#).await);
+        let e = error_text(raw(&mut conn, br#"{"request":"resize","n":3}"#).await);
         assert!(
-            e.contains("malformed request") && e.contains("scale"),
+            e.contains("malformed request") && e.contains("resize"),
             "{e}"
         );
         let e = error_text(raw(&mut conn, b"not json").await);

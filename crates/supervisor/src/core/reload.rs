@@ -44,6 +44,8 @@ pub struct Reload {
     total: usize,
     started: Instant,
     waiters: Vec<ReplyTo>,
+    /// Said in the report (the `scale` the file's `instances` undid).
+    pub note: Option<String>,
 }
 
 impl Reload {
@@ -66,6 +68,7 @@ impl Reload {
             done: Vec::new(),
             started: now,
             waiters: Vec::new(),
+            note: None,
         }
     }
 
@@ -129,6 +132,7 @@ impl Reload {
         now: Instant,
     ) -> (Vec<InFlight>, ReloadReport, Vec<ReplyTo>) {
         let report = ReloadReport {
+            app: self.spec.name.clone(),
             generation: self.generation,
             outcome: if reason.is_none() {
                 ReloadOutcome::Ok
@@ -136,6 +140,7 @@ impl Reload {
                 ReloadOutcome::Aborted
             },
             reason,
+            note: self.note.take(),
             slots: std::mem::take(&mut self.done),
             duration_secs: (now - self.started).as_secs_f64(),
         };

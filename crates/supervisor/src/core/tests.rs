@@ -1,9 +1,10 @@
-//! The core's rules, driven with plain instants and no processes: a small stand-in for the shell
-//! answers spawns and config reads, keeps the armed deadlines and fires them as time advances.
+//! The rules across apps, driven with plain instants and no processes: start order (`after`),
+//! reloading every app one at a time, stopping in reverse order, scale and restart, and a first
+//! start that fails as a whole.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +12,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::{Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
+use crate::config::{Readiness, Runtime};
+use crate::control::protocol::ReloadOutcome;
 
-const MS: Duration = Duration::from_millis(1);
-
-fn settings(instances: usize, surge: usize, unavailable: usize) -> AppSettings {
+fn settings(name: &str, instances: usize) -> AppSettings {
     AppSettings {
         spec: Arc::new(WorkerSpec {
-            name: "web".into(),
+            name: name.into(),
             program: PathBuf::from("/bin/true"),
             args: vec![],
             env: Default::default(),
@@ -37,51 +37,42 @@ fn settings(instances: usize, surge: usize, unavailable: usize) -> AppSettings {
             backoff_max: Duration::from_secs(2),
         },
         reload: ReloadPolicy {
-            max_surge: surge,
-            max_unavailable: unavailable,
+            max_surge: 1,
+            max_unavailable: 0,
         },
         not_ready_hint: None,
     }
 }
 
-/// The shell, simulated: spawns succeed with fresh pids (unless told to fail), config reads
-/// return `next_config`, deadlines fire when time is advanced past them.
+/// The shell, simulated (see `app_tests.rs`), for a whole supervisor.
 struct Sim {
-    core: Core,
+    core: Supervisor,
     now: Instant,
     next_pid: i32,
-    fail_spawns: bool,
-    next_config: Option<Result<AppSettings, String>>,
+    fail_app: Option<usize>,
+    config: Vec<AppSettings>,
     timers: BTreeMap<TimerKey, Instant>,
     signals: Vec<(WorkerId, Signal)>,
+    spawned: Vec<(usize, WorkerId)>,
     replies: HashMap<ReplyTo, Vec<Response>>,
     exit: Option<Result<(), String>>,
 }
 
 impl Sim {
-    fn new(s: AppSettings) -> Sim {
-        let mut sim = Sim {
-            core: Core::new(s),
+    fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
+        let config = apps.iter().map(|(s, _)| s.clone()).collect();
+        Sim {
+            core: Supervisor::new(apps),
             now: Instant::now(),
             next_pid: 100,
-            fail_spawns: false,
-            next_config: None,
+            fail_app: None,
+            config,
             timers: BTreeMap::new(),
             signals: Vec::new(),
+            spawned: Vec::new(),
             replies: HashMap::new(),
             exit: None,
-        };
-        sim.send(Event::Start);
-        sim
-    }
-
-    /// A started app whose workers are all ready.
-    fn ready(n: usize) -> Sim {
-        let mut sim = Sim::new(settings(n, 1, 0));
-        for id in sim.ids(WorkerState::Starting) {
-            sim.send(Event::Ready(id));
         }
-        sim
     }
 
     fn send(&mut self, event: Event) {
@@ -89,18 +80,20 @@ impl Sim {
         while let Some(ev) = queue.pop_front() {
             for action in self.core.handle(ev, self.now) {
                 match action {
-                    Action::Spawn { worker, .. } if self.fail_spawns => {
-                        queue.push_back(Event::SpawnFailed {
-                            worker,
-                            error: "No such file or directory".into(),
-                        })
-                    }
-                    Action::Spawn { worker, .. } => {
-                        self.next_pid += 1;
-                        queue.push_back(Event::Spawned {
-                            worker,
-                            pid: self.next_pid,
-                        });
+                    Action::Spawn { app, worker, .. } => {
+                        self.spawned.push((app, worker));
+                        if self.fail_app == Some(app) {
+                            queue.push_back(Event::SpawnFailed {
+                                worker,
+                                error: "Exec format error".into(),
+                            });
+                        } else {
+                            self.next_pid += 1;
+                            queue.push_back(Event::Spawned {
+                                worker,
+                                pid: self.next_pid,
+                            });
+                        }
                     }
                     Action::Signal { worker, signal } => self.signals.push((worker, signal)),
                     Action::Arm { timer, at } => {
@@ -109,38 +102,21 @@ impl Sim {
                     Action::Cancel(timer) => {
                         self.timers.remove(&timer);
                     }
-                    Action::ReadConfig => queue.push_back(Event::Config(
-                        self.next_config.take().expect("a config to read"),
-                    )),
+                    Action::ReadConfig => queue.push_back(Event::Config(Ok(self.config.clone()))),
                     Action::Reply { to, response } => {
                         self.replies.entry(to).or_default().push(response)
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
+                    Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
                 }
             }
         }
     }
 
-    /// Moves time forward by `d`, firing every deadline passed on the way, in order.
-    fn advance(&mut self, d: Duration) {
-        let until = self.now + d;
-        loop {
-            let due = self
-                .timers
-                .iter()
-                .filter(|(_, at)| **at <= until)
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, at)| (*k, *at));
-            let Some((key, at)) = due else { break };
-            self.timers.remove(&key);
-            self.now = self.now.max(at);
-            self.send(Event::Timer(key));
-        }
-        self.now = until;
-    }
-
-    fn ids(&self, state: WorkerState) -> Vec<WorkerId> {
-        self.core
+    /// Live workers of app `app` in `state`.
+    fn workers(&self, app: usize, state: WorkerState) -> Vec<WorkerId> {
+        let view = self.core.apps().nth(app).unwrap();
+        view.app
             .snapshot(self.now)
             .workers
             .iter()
@@ -149,373 +125,275 @@ impl Sim {
             .collect()
     }
 
-    fn pid(&self, id: WorkerId) -> i32 {
-        self.core.worker(id).and_then(|w| w.pid).unwrap()
+    fn ready_all(&mut self, app: usize) {
+        for id in self.workers(app, WorkerState::Starting) {
+            self.send(Event::Ready(id));
+        }
     }
 
-    fn exit(&mut self, id: WorkerId, status: ExitStatus) {
-        self.send(Event::Exited { worker: id, status });
+    fn exit_all_draining(&mut self, app: usize) {
+        for id in self.workers(app, WorkerState::Draining) {
+            self.send(Event::Exited {
+                worker: id,
+                status: ExitStatus::Code(0),
+            });
+        }
     }
 
-    fn reload(&mut self, reply: ReplyTo, next: AppSettings) {
-        self.next_config = Some(Ok(next));
-        self.send(Event::Reload { reply: Some(reply) });
+    fn phase(&self, app: usize) -> Phase {
+        self.core.apps().nth(app).unwrap().app.phase()
     }
 
-    fn reload_report(&self, reply: ReplyTo) -> &ReloadReport {
+    fn reports(&self, reply: ReplyTo) -> Vec<ReloadReport> {
         match self.replies.get(&reply).and_then(|r| r.first()) {
-            Some(Response::Reload(report)) => report,
+            Some(Response::Reload { reports }) => reports.clone(),
             other => panic!("no reload answer for {reply}: {other:?}"),
         }
     }
+}
 
-    fn signalled(&self, id: WorkerId) -> Vec<Signal> {
-        self.signals
-            .iter()
-            .filter(|(w, _)| *w == id)
-            .map(|(_, s)| *s)
-            .collect()
-    }
+/// db (1 worker), web after db (2 workers), jobs (1 worker, no dependency).
+fn three_apps() -> Sim {
+    let mut sim = Sim::new(vec![
+        (settings("db", 1), vec![]),
+        (settings("web", 2), vec![0]),
+        (settings("jobs", 1), vec![]),
+    ]);
+    sim.send(Event::Start);
+    sim
 }
 
 #[test]
-fn start_spawns_every_slot_and_waits_for_readiness() {
-    let mut sim = Sim::new(settings(3, 1, 0));
-    let starting = sim.ids(WorkerState::Starting);
-    assert_eq!(starting.len(), 3);
-    assert_eq!(sim.core.phase(), Phase::Running);
-    for id in &starting {
-        assert!(sim.timers.contains_key(&TimerKey::Ready(*id)));
-    }
-    sim.send(Event::Ready(starting[0]));
-    assert!(!sim.timers.contains_key(&TimerKey::Ready(starting[0])));
-    assert_eq!(sim.ids(WorkerState::Ready), vec![starting[0]]);
+fn an_app_starts_once_the_apps_it_is_after_are_ready() {
+    let mut sim = three_apps();
+    assert_eq!(sim.phase(0), Phase::Running);
+    assert_eq!(sim.phase(1), Phase::Waiting, "web waits for db");
+    assert_eq!(sim.phase(2), Phase::Running, "jobs has no `after`");
+    let waiting: Vec<Vec<String>> = sim.core.apps().map(|v| v.waiting_for).collect();
+    assert_eq!(waiting, vec![vec![], vec!["db".to_string()], vec![]]);
+    assert!(sim.spawned.iter().all(|(app, _)| *app != 1));
+    sim.ready_all(0);
+    assert_eq!(sim.phase(1), Phase::Running);
+    assert_eq!(sim.workers(1, WorkerState::Starting).len(), 2);
+    // Worker ids say which app they belong to.
+    assert!(sim.spawned.iter().all(|(app, id)| app_of(*id) == *app));
 }
 
 #[test]
-fn exec_readiness_is_ready_once_spawned() {
-    let mut s = settings(2, 1, 0);
-    Arc::make_mut(&mut s.spec).readiness = Readiness::Exec;
-    let sim = Sim::new(s);
-    assert_eq!(sim.ids(WorkerState::Ready).len(), 2);
-    assert!(sim.timers.is_empty());
+fn reload_of_every_app_goes_one_app_at_a_time() {
+    let mut sim = three_apps();
+    sim.ready_all(0);
+    sim.ready_all(1);
+    sim.ready_all(2);
+    sim.send(Event::Reload {
+        app: None,
+        reply: Some(1),
+    });
+    assert_eq!(sim.workers(0, WorkerState::Starting).len(), 1, "db first");
+    assert!(sim.workers(1, WorkerState::Starting).is_empty());
+    assert!(sim.workers(2, WorkerState::Starting).is_empty());
+    sim.ready_all(0);
+    assert_eq!(sim.workers(1, WorkerState::Starting).len(), 1, "then web");
+    sim.ready_all(1);
+    sim.ready_all(1);
+    assert_eq!(sim.workers(2, WorkerState::Starting).len(), 1, "then jobs");
+    assert!(!sim.replies.contains_key(&1));
+    sim.ready_all(2);
+    let reports = sim.reports(1);
+    let apps: Vec<&str> = reports.iter().map(|r| r.app.as_str()).collect();
+    assert_eq!(apps, vec!["db", "web", "jobs"]);
+    assert!(reports.iter().all(|r| r.outcome == ReloadOutcome::Ok));
 }
 
 #[test]
-fn unstable_exits_back_off_doubling_then_show_a_crash_loop() {
-    let mut sim = Sim::ready(1);
-    let mut delays = Vec::new();
-    for _ in 0..6 {
-        let id = sim.ids(WorkerState::Ready)[0];
-        sim.exit(id, ExitStatus::Code(3)); // well within min_uptime: unstable
-        let at = sim.timers[&TimerKey::Restart(0)];
-        delays.push((at - sim.now).as_millis());
-        sim.advance(at - sim.now);
-        let new = sim.ids(WorkerState::Starting)[0];
-        sim.send(Event::Ready(new));
-    }
-    assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000]);
-    let id = sim.ids(WorkerState::Ready)[0];
-    sim.exit(id, ExitStatus::Code(3));
-    let snap = sim.core.snapshot(sim.now);
-    assert_eq!(snap.waiting.len(), 1);
-    assert_eq!(snap.waiting[0].state, WaitState::CrashLoop);
-    assert_eq!(snap.waiting[0].restarts, 7);
-    assert!(snap.waiting[0].last_exit.contains("exit code 3"));
+fn reloading_one_app_leaves_the_others_alone() {
+    let mut sim = three_apps();
+    sim.ready_all(0);
+    sim.ready_all(1);
+    sim.ready_all(2);
+    let before = sim.spawned.len();
+    sim.send(Event::Reload {
+        app: Some(2),
+        reply: Some(7),
+    });
+    sim.ready_all(2);
+    assert_eq!(sim.spawned.len(), before + 1);
+    assert!(sim.spawned[before..].iter().all(|(app, _)| *app == 2));
+    assert_eq!(sim.reports(7)[0].app, "jobs");
+    assert!(sim.signals.iter().all(|(id, _)| app_of(*id) == 2));
 }
 
 #[test]
-fn a_stable_worker_is_restarted_at_once_and_resets_the_backoff() {
-    let mut sim = Sim::ready(1);
-    let id = sim.ids(WorkerState::Ready)[0];
-    sim.advance(Duration::from_secs(5));
-    sim.exit(id, ExitStatus::Signal(9));
-    assert_eq!(sim.timers[&TimerKey::Restart(0)], sim.now, "no backoff");
-    sim.advance(Duration::ZERO);
-    assert_eq!(sim.ids(WorkerState::Starting).len(), 1);
+fn stop_goes_in_reverse_order_one_app_after_the_other() {
+    let mut sim = three_apps();
+    sim.ready_all(0);
+    sim.ready_all(1);
+    sim.ready_all(2);
+    sim.send(Event::Stop { reply: Some(9) });
+    assert_eq!(sim.phase(2), Phase::Stopping, "the last app first");
+    assert_eq!(sim.phase(1), Phase::Running);
+    sim.exit_all_draining(2);
+    assert_eq!(sim.phase(1), Phase::Stopping);
+    assert_eq!(sim.phase(0), Phase::Running);
+    sim.exit_all_draining(1);
+    assert_eq!(sim.phase(0), Phase::Stopping);
+    assert!(sim.exit.is_none());
+    sim.exit_all_draining(0);
+    assert!(matches!(sim.exit, Some(Ok(()))));
+    assert!(matches!(sim.replies[&9][..], [Response::Stopped]));
 }
 
 #[test]
-fn a_worker_not_ready_in_time_is_drained_then_killed_and_its_slot_backs_off() {
-    let mut sim = Sim::new(settings(1, 1, 0));
-    let id = sim.ids(WorkerState::Starting)[0];
-    sim.advance(Duration::from_secs(5));
-    assert_eq!(
-        sim.signalled(id),
-        vec![Signal::Term],
-        "SIGTERM first, not SIGKILL"
-    );
-    let waiting = sim.core.snapshot(sim.now).waiting;
-    assert!(
-        waiting[0].last_exit.contains("not ready within 5s"),
-        "{waiting:?}"
-    );
-    sim.advance(Duration::from_secs(10) - MS);
-    assert_eq!(sim.signalled(id), vec![Signal::Term]);
-    sim.advance(MS);
-    assert_eq!(sim.signalled(id), vec![Signal::Term, Signal::KillGroup]);
-    sim.exit(id, ExitStatus::Signal(9));
-    assert_eq!(
-        sim.ids(WorkerState::Starting).len(),
-        1,
-        "the slot was started again"
-    );
+fn an_app_still_waiting_stops_at_once() {
+    let mut sim = three_apps();
+    sim.send(Event::Stop { reply: None });
+    sim.exit_all_draining(2);
+    assert_eq!(sim.phase(1), Phase::Stopped, "never started");
+    assert_eq!(sim.phase(0), Phase::Stopping);
 }
 
 #[test]
-fn a_first_start_where_no_worker_can_be_executed_exits_with_the_reason() {
-    let mut sim = Sim {
-        fail_spawns: true,
-        ..Sim::new(settings(0, 1, 0))
-    };
-    sim.core = Core::new(settings(2, 1, 0));
+fn a_first_start_that_cannot_execute_an_app_stops_everything_with_the_reason() {
+    let mut sim = Sim::new(vec![
+        (settings("ok", 2), vec![]),
+        (settings("broken", 2), vec![]),
+    ]);
+    sim.fail_app = Some(1);
     sim.send(Event::Start);
     match &sim.exit {
-        Some(Err(reason)) => {
-            assert!(reason.contains("no worker could be started"), "{reason}");
-            assert!(reason.contains("web.0: No such file"), "{reason}");
-            assert!(reason.contains("(and 1 more)"), "{reason}");
-        }
+        Some(Err(reason)) => assert!(
+            reason
+                .starts_with("app broken: no worker could be started: broken.0: Exec format error"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let ok_workers: Vec<WorkerId> = sim
+        .spawned
+        .iter()
+        .filter(|(a, _)| *a == 0)
+        .map(|(_, id)| *id)
+        .collect();
+    for id in ok_workers {
+        assert!(
+            sim.signals.contains(&(id, Signal::KillGroup)),
+            "nothing left running"
+        );
+    }
+}
+
+#[test]
+fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
+    let mut sim = Sim::new(vec![(settings("web", 2), vec![])]);
+    sim.send(Event::Start);
+    sim.ready_all(0);
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 4,
+        reply: Some(1),
+    });
+    assert_eq!(sim.workers(0, WorkerState::Starting).len(), 2);
+    assert!(
+        sim.signals.is_empty(),
+        "scaling up touches no running worker"
+    );
+    sim.ready_all(0);
+    // A reload runs: the scale down waits for it.
+    sim.config = vec![settings("web", 4)];
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(2),
+    });
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 1,
+        reply: Some(3),
+    });
+    assert!(!sim.replies.contains_key(&3));
+    for _ in 0..4 {
+        sim.ready_all(0);
+    }
+    assert_eq!(sim.reports(2)[0].outcome, ReloadOutcome::Ok);
+    match &sim.replies[&3][..] {
+        [Response::Scaled { from, to, .. }] => assert_eq!((*from, *to), (4, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.workers(0, WorkerState::Ready).len(), 1);
+    // The next reload takes `instances` from the file again, and says so.
+    sim.config = vec![settings("web", 2)];
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(4),
+    });
+    sim.ready_all(0);
+    sim.ready_all(0);
+    let report = &sim.reports(4)[0];
+    assert_eq!(report.outcome, ReloadOutcome::Ok);
+    assert!(
+        report
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("back to 2 from the config file"),
+        "{report:?}"
+    );
+    assert_eq!(sim.workers(0, WorkerState::Ready).len(), 2);
+}
+
+#[test]
+fn restart_replaces_every_worker_at_once_without_waiting() {
+    let mut sim = Sim::new(vec![(settings("web", 3), vec![])]);
+    sim.send(Event::Start);
+    sim.ready_all(0);
+    let old = sim.workers(0, WorkerState::Ready);
+    sim.send(Event::Restart {
+        app: 0,
+        reply: Some(5),
+    });
+    for id in &old {
+        assert!(sim.signals.contains(&(*id, Signal::Term)));
+    }
+    assert_eq!(sim.workers(0, WorkerState::Starting).len(), 3);
+    match &sim.replies[&5][..] {
+        [
+            Response::Restarted {
+                generation,
+                workers,
+                ..
+            },
+        ] => assert_eq!((*generation, *workers), (2, 3)),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
-fn after_the_first_start_spawn_failures_back_off_instead() {
-    let mut sim = Sim::ready(1);
-    sim.fail_spawns = true;
-    let id = sim.ids(WorkerState::Ready)[0];
-    sim.advance(Duration::from_secs(5));
-    sim.exit(id, ExitStatus::Code(1));
-    sim.advance(Duration::from_secs(1));
-    assert!(sim.exit.is_none());
-    assert_eq!(sim.core.snapshot(sim.now).waiting.len(), 1);
-}
-
-#[test]
-fn a_reload_replaces_one_slot_at_a_time_and_drains_old_workers_only_when_replaced() {
-    let mut sim = Sim::ready(2);
-    let old = sim.ids(WorkerState::Ready);
-    sim.reload(1, settings(2, 1, 0));
-    let new0 = sim.ids(WorkerState::Starting);
-    assert_eq!(new0.len(), 1, "surge 1");
+fn a_crash_during_the_reload_of_every_app_is_restarted_and_the_reload_goes_on() {
+    let mut sim = three_apps();
+    sim.ready_all(0);
+    sim.ready_all(1);
+    sim.ready_all(2);
+    sim.send(Event::Reload {
+        app: None,
+        reply: Some(1),
+    });
+    // jobs' worker crashes while db reloads.
+    let jobs = sim.workers(2, WorkerState::Ready)[0];
+    sim.send(Event::Exited {
+        worker: jobs,
+        status: ExitStatus::Signal(9),
+    });
     assert!(
-        sim.signals.is_empty(),
-        "nothing drained before the new worker is ready"
+        sim.timers
+            .contains_key(&TimerKey::Restart { app: 2, slot: 0 })
     );
-    sim.advance(30 * MS);
-    sim.send(Event::Ready(new0[0]));
-    assert_eq!(sim.signalled(old[0]), vec![Signal::Term]);
-    assert!(sim.signalled(old[1]).is_empty());
-    let new1 = sim.ids(WorkerState::Starting);
-    assert_eq!(new1.len(), 1);
-    sim.send(Event::Ready(new1[0]));
-    assert_eq!(sim.signalled(old[1]), vec![Signal::Term]);
-    let report = sim.reload_report(1);
-    assert_eq!(report.outcome, ReloadOutcome::Ok);
-    assert_eq!(report.generation, 2);
-    assert_eq!(report.slots.len(), 2);
-    assert_eq!(report.slots[0].old_pid, Some(101));
-    assert_eq!(report.slots[0].ready_secs, 0.03);
-    let snap = sim.core.snapshot(sim.now);
-    assert_eq!(snap.generation, 2);
+    sim.ready_all(0);
+    sim.ready_all(1);
+    sim.ready_all(1);
+    sim.ready_all(2);
+    let reports = sim.reports(1);
+    assert_eq!(reports.len(), 3);
     assert!(
-        snap.workers
-            .iter()
-            .all(|(w, _)| w.generation == 2 || w.state == WorkerState::Draining)
+        reports.iter().all(|r| r.outcome == ReloadOutcome::Ok),
+        "{reports:?}"
     );
-}
-
-#[test]
-fn max_unavailable_drains_an_old_worker_before_its_replacement_is_ready() {
-    let mut sim = Sim::ready(3);
-    let old = sim.ids(WorkerState::Ready);
-    sim.reload(1, settings(3, 2, 1));
-    assert_eq!(sim.ids(WorkerState::Starting).len(), 2, "surge 2");
-    assert_eq!(
-        sim.signalled(old[0]),
-        vec![Signal::Term],
-        "one slot may be unavailable"
-    );
-    assert!(sim.signalled(old[1]).is_empty());
-}
-
-#[test]
-fn reloads_asked_for_during_a_reload_run_once_after_it_for_every_caller() {
-    let mut sim = Sim::ready(1);
-    sim.reload(1, settings(1, 1, 0));
-    sim.send(Event::Reload { reply: Some(2) });
-    sim.send(Event::Reload { reply: Some(3) });
-    sim.next_config = Some(Ok(settings(1, 1, 0)));
-    let first = sim.ids(WorkerState::Starting)[0];
-    sim.send(Event::Ready(first));
-    assert_eq!(sim.reload_report(1).generation, 2);
-    let second = sim.ids(WorkerState::Starting);
-    assert_eq!(second.len(), 1, "the queued reload started");
-    sim.send(Event::Ready(second[0]));
-    assert_eq!(sim.reload_report(2).generation, 3);
-    assert_eq!(sim.reload_report(3).generation, 3);
-    assert_eq!(sim.core.snapshot(sim.now).generation, 3, "+2 exactly");
-}
-
-#[test]
-fn a_new_worker_that_exits_aborts_the_reload_and_old_workers_keep_serving() {
-    let mut sim = Sim::ready(2);
-    let old = sim.ids(WorkerState::Ready);
-    sim.reload(1, settings(2, 1, 0));
-    let new = sim.ids(WorkerState::Starting)[0];
-    sim.exit(new, ExitStatus::Code(2));
-    let report = sim.reload_report(1);
-    assert_eq!(report.outcome, ReloadOutcome::Aborted);
-    assert!(
-        report
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("exited before it was ready: exit code 2")
-    );
-    assert!(sim.signals.is_empty(), "no old worker was signalled");
-    assert_eq!(sim.ids(WorkerState::Ready), old);
-    assert!(
-        sim.core.snapshot(sim.now).waiting.is_empty(),
-        "no restart for a reload's worker"
-    );
-}
-
-#[test]
-fn a_new_worker_not_ready_in_time_aborts_the_reload_and_is_drained() {
-    let mut sim = Sim::ready(1);
-    let mut next = settings(1, 1, 0);
-    next.not_ready_hint = Some("the app did not listen".into());
-    sim.reload(1, next);
-    let new = sim.ids(WorkerState::Starting)[0];
-    sim.advance(Duration::from_secs(5));
-    let reason = sim.reload_report(1).reason.clone().unwrap();
-    assert!(
-        reason.contains("was not ready within 5s: the app did not listen"),
-        "{reason}"
-    );
-    assert_eq!(sim.signalled(new), vec![Signal::Term]);
-    sim.advance(Duration::from_secs(10));
-    assert_eq!(sim.signalled(new), vec![Signal::Term, Signal::KillGroup]);
-}
-
-#[test]
-fn an_invalid_config_aborts_the_reload_before_anything_changes() {
-    let mut sim = Sim::ready(2);
-    sim.next_config = Some(Err("s.toml: worker.instances: invalid type".into()));
-    sim.send(Event::Reload { reply: Some(1) });
-    let report = sim.reload_report(1);
-    assert_eq!(report.outcome, ReloadOutcome::Aborted);
-    assert!(
-        report
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("worker.instances")
-    );
-    assert!(sim.ids(WorkerState::Starting).is_empty());
-    assert_eq!(sim.core.snapshot(sim.now).generation, 1);
-}
-
-#[test]
-fn stop_during_a_reload_aborts_it_drains_everything_and_exits_when_all_are_gone() {
-    let mut sim = Sim::ready(2);
-    sim.reload(1, settings(2, 1, 0));
-    sim.send(Event::Reload { reply: Some(2) }); // queued
-    sim.send(Event::Stop { reply: Some(9) });
-    assert!(
-        sim.reload_report(1)
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("stopping")
-    );
-    assert!(
-        sim.reload_report(2)
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("stopping")
-    );
-    let all: Vec<WorkerId> = sim
-        .core
-        .snapshot(sim.now)
-        .workers
-        .iter()
-        .map(|(w, _)| w.id)
-        .collect();
-    assert_eq!(all.len(), 3);
-    for id in &all {
-        assert_eq!(sim.signalled(*id), vec![Signal::Term]);
-    }
-    assert!(sim.exit.is_none());
-    for id in all {
-        sim.exit(id, ExitStatus::Code(0));
-    }
-    assert!(matches!(sim.exit, Some(Ok(()))));
-    assert!(matches!(sim.replies[&9][..], [Response::Stopped]));
-    assert!(sim.timers.is_empty(), "no deadline left: {:?}", sim.timers);
-}
-
-#[test]
-fn a_crash_during_a_reload_is_restarted_and_the_slot_still_replaced() {
-    let mut sim = Sim::ready(2);
-    let old = sim.ids(WorkerState::Ready);
-    sim.reload(1, settings(2, 1, 0));
-    sim.advance(Duration::from_secs(2));
-    sim.exit(old[1], ExitStatus::Signal(9)); // slot 1's old worker, not yet replaced
-    assert!(sim.timers.contains_key(&TimerKey::Restart(1)));
-    let new0 = sim
-        .ids(WorkerState::Starting)
-        .into_iter()
-        .find(|id| sim.core.worker(*id).unwrap().slot == 0)
-        .unwrap();
-    sim.send(Event::Ready(new0));
-    let new1 = sim.ids(WorkerState::Starting);
-    assert_eq!(new1.len(), 1);
-    sim.send(Event::Ready(new1[0]));
-    assert!(
-        !sim.timers.contains_key(&TimerKey::Restart(1)),
-        "the pending restart is void"
-    );
-    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Ok);
-    let slots: Vec<(usize, u64)> = sim
-        .core
-        .snapshot(sim.now)
-        .workers
-        .iter()
-        .filter(|(w, _)| w.state == WorkerState::Ready)
-        .map(|(w, _)| (w.slot, w.generation))
-        .collect();
-    assert_eq!(slots, vec![(0, 2), (1, 2)]);
-}
-
-#[test]
-fn a_reload_scales_up_and_down() {
-    let mut sim = Sim::ready(2);
-    sim.reload(1, settings(3, 1, 0));
-    for _ in 0..3 {
-        let new = sim.ids(WorkerState::Starting)[0];
-        sim.send(Event::Ready(new));
-    }
-    assert_eq!(sim.ids(WorkerState::Ready).len(), 3);
-    sim.reload(2, settings(1, 1, 0));
-    let new = sim.ids(WorkerState::Starting)[0];
-    sim.send(Event::Ready(new));
-    assert_eq!(sim.reload_report(2).outcome, ReloadOutcome::Ok);
-    let ready = sim.ids(WorkerState::Ready);
-    assert_eq!(ready, vec![new], "slots 1 and 2 retired: {ready:?}");
-    // Slot 0's old worker and the retired slots 1 and 2, besides the 2 of the first reload.
-    assert_eq!(sim.ids(WorkerState::Draining).len(), 5);
-}
-
-#[test]
-fn fast_stop_kills_every_group_at_once() {
-    let mut sim = Sim::ready(2);
-    sim.send(Event::FastStop);
-    for id in sim.core.snapshot(sim.now).workers.iter().map(|(w, _)| w.id) {
-        assert_eq!(sim.signalled(id), vec![Signal::Term, Signal::KillGroup]);
-    }
-    assert_eq!(sim.pid(1), 101);
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Runtime;
-use crate::listeners::BoundListener;
+use crate::sys::listeners::BoundListener;
 
 /// The Node preload, as shipped.
 pub const NODE_PRELOAD: &str = include_str!("node-preload.cjs");

@@ -35,7 +35,7 @@ pub enum SpawnError {
 
 /// What to start.
 #[derive(Debug)]
-pub struct Command<'a> {
+pub struct Exec<'a> {
     /// Absolute program path.
     pub program: &'a Path,
     /// argv[1..].
@@ -110,7 +110,7 @@ fn write_pid(buf: &mut [u8; LISTEN_PID_LEN], pid: i32) {
 
 /// Starts the program. The fd number of the notification pipe in the child is
 /// `3 + listeners.len()`; the caller puts it in `READY_FD` beforehand.
-pub fn spawn(cmd: Command<'_>) -> Result<Child, SpawnError> {
+pub fn spawn(cmd: Exec<'_>) -> Result<Child, SpawnError> {
     let program = cstring(cmd.program.as_os_str().as_bytes())?;
     let mut argv_c = vec![program.clone()];
     for a in cmd.args {
@@ -375,7 +375,7 @@ mod tests {
         let fd = unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) };
         let script = "echo pid=$$ listen=$LISTEN_PID fds=$LISTEN_FDS; [ -e /proc/self/fd/3 ] && [ -e /proc/self/fd/4 ] && echo fd3 fd4; [ -e /proc/self/fd/5 ] || echo no-fd5; cut -d' ' -f5 /proc/$$/stat";
         let args = vec!["-c".to_string(), script.to_string()];
-        let child = spawn(Command {
+        let child = spawn(Exec {
             program: Path::new("/bin/sh"),
             args: &args,
             env: vec![
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn exec_failure_is_reported() {
-        let e = spawn(Command {
+        let e = spawn(Exec {
             program: Path::new("/nonexistent/program"),
             args: &[],
             env: vec![],

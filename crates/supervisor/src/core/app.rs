@@ -1,0 +1,958 @@
+//! One app: its slots (one worker each when serving), the workers starting, serving or
+//! draining, crash restarts with backoff, its rolling reload, scale and restart. Pure: it is
+//! driven by the [`super::Supervisor`] and returns [`Action`]s.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::reload::{InFlight, Reload};
+use super::{
+    Action, AppIndex, AppSettings, Event, ExitStatus, Phase, ReplyTo, Signal, TimerKey, WaitState,
+    Worker, WorkerId, WorkerState,
+};
+use crate::config::{Readiness, WorkerSpec};
+use crate::control::protocol::{ReloadOutcome, ReloadProgress, ReloadReport, Response};
+
+/// What a slot is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Its worker (starting or ready).
+    Serving(WorkerId),
+    /// Waiting until then to start again.
+    BackingOff(Instant),
+    /// No worker and nothing scheduled: a slot a reload is about to fill, or a stopping one.
+    Idle,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    /// What this slot runs (the generation it was last started or replaced in).
+    spec: Arc<WorkerSpec>,
+    generation: u64,
+    restarts: u32,
+    consecutive_failures: u32,
+    recent_failures: VecDeque<Instant>,
+    last_exit: Option<String>,
+}
+
+/// The reload in progress.
+#[derive(Debug)]
+enum Reloading {
+    /// Waiting for [`Event::Config`]; these clients wait for the outcome.
+    ReadingConfig(Vec<ReplyTo>),
+    /// Replacing slots.
+    Rolling(Reload),
+}
+
+/// The first start: `start` fails when no worker could even be executed.
+#[derive(Debug, Default)]
+struct FirstStart {
+    outstanding: usize,
+    errors: Vec<String>,
+}
+
+/// A slot without a serving worker, for `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingSlot {
+    /// Slot.
+    pub slot: usize,
+    /// Backoff or crash loop.
+    pub state: WaitState,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Until the next start.
+    pub restart_in: Duration,
+    /// Why the last worker ended.
+    pub last_exit: String,
+}
+
+/// The app's state for `status`.
+#[derive(Debug, Clone)]
+pub struct Snapshot<'a> {
+    /// Phase.
+    pub phase: Phase,
+    /// The generation new workers start in.
+    pub generation: u64,
+    /// Every live worker, by slot then generation, with its slot's restart count.
+    pub workers: Vec<(&'a Worker, u32)>,
+    /// Slots waiting to restart.
+    pub waiting: Vec<WaitingSlot>,
+    /// The reload under way.
+    pub reload_in_progress: Option<ReloadProgress>,
+    /// The last finished reload.
+    pub last_reload: Option<ReloadReport>,
+}
+
+/// The state machine of one app.
+#[derive(Debug)]
+pub struct App {
+    index: AppIndex,
+    settings: AppSettings,
+    /// `instances` set by `scale`, until a reload re-reads the file.
+    scaled: Option<usize>,
+    /// A scale asked for during a reload: applied when it ends.
+    queued_scale: Option<(usize, Vec<ReplyTo>)>,
+    slots: Vec<Slot>,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    generation: u64,
+    reloading: Option<Reloading>,
+    /// A reload asked for while one runs: it runs once after it, for all these clients.
+    queued_reload: Option<Vec<ReplyTo>>,
+    last_reload: Option<ReloadReport>,
+    phase: Phase,
+    stop_waiters: Vec<ReplyTo>,
+    first_start: Option<FirstStart>,
+    out: Vec<Action>,
+}
+
+impl App {
+    /// The app at `index` of the file with `settings`, generation 1; nothing runs until
+    /// [`Event::Start`].
+    pub fn new(index: AppIndex, settings: AppSettings) -> App {
+        let slots = (0..settings.spec.instances)
+            .map(|_| Slot::new(settings.spec.clone(), 1))
+            .collect();
+        App {
+            index,
+            settings,
+            scaled: None,
+            queued_scale: None,
+            slots,
+            workers: BTreeMap::new(),
+            next_id: ((index as u64) + 1) << 32,
+            generation: 1,
+            reloading: None,
+            queued_reload: None,
+            last_reload: None,
+            phase: Phase::Waiting,
+            stop_waiters: Vec::new(),
+            first_start: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles an event about one of its workers or timers at `now`; the supervisor routes the
+    /// others to the methods below. What to do is collected for [`App::take_actions`].
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Start => self.start(now),
+            Event::Spawned { worker, pid } => self.spawned(worker, pid, now),
+            Event::SpawnFailed { worker, error } => self.spawn_failed(worker, error, now),
+            Event::Ready(id) => self.ready(id, now),
+            Event::StatusText(id, text) => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.status_text = Some(text);
+                }
+            }
+            Event::Exited { worker, status } => self.exited(worker, status, now),
+            Event::Timer(key) => self.timer(key, now),
+            Event::Stop { reply } => self.stop(reply, now),
+            Event::FastStop => self.fast_stop(now),
+            Event::Reload { reply, .. } => self.request_reload(reply, now),
+            Event::Restart { reply, .. } => self.restart(reply, now),
+            Event::Scale {
+                instances, reply, ..
+            } => self.scale(instances, reply, now),
+            Event::Config(_) => {}
+        }
+        self.check_stopped();
+    }
+
+    /// What the last calls decided, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.settings.spec.name
+    }
+
+    /// Whether every slot has a ready worker (the apps `after` it may start).
+    pub fn is_up(&self) -> bool {
+        self.phase == Phase::Running
+            && self.slots.iter().all(|s| match s.state {
+                SlotState::Serving(id) => self
+                    .workers
+                    .get(&id)
+                    .is_some_and(|w| w.state == WorkerState::Ready),
+                _ => false,
+            })
+    }
+
+    /// Whether a reload runs or waits for its config.
+    pub fn is_reloading(&self) -> bool {
+        self.reloading.is_some()
+    }
+
+    fn fast_stop(&mut self, now: Instant) {
+        self.stop(None, now);
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for worker in ids {
+            self.out.push(Action::Signal {
+                worker,
+                signal: Signal::KillGroup,
+            });
+        }
+    }
+
+    /// A worker by id.
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    /// The current settings (the latest generation's).
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The state `status` shows.
+    pub fn snapshot(&self, now: Instant) -> Snapshot<'_> {
+        let mut workers: Vec<(&Worker, u32)> = self
+            .workers
+            .values()
+            .map(|w| (w, self.slots.get(w.slot).map_or(0, |s| s.restarts)))
+            .collect();
+        workers.sort_by_key(|(w, _)| (w.slot, w.generation, w.id));
+        let waiting = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.state {
+                SlotState::BackingOff(at) => Some(WaitingSlot {
+                    slot: i,
+                    state: if s.crash_looping(self.settings.restart.max_restarts) {
+                        WaitState::CrashLoop
+                    } else {
+                        WaitState::Backoff
+                    },
+                    restarts: s.restarts,
+                    restart_in: at.saturating_duration_since(now),
+                    last_exit: s.last_exit.clone().unwrap_or_default(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let reload_in_progress = match &self.reloading {
+            Some(Reloading::Rolling(r)) => Some(r.progress(self.queued_reload.is_some(), now)),
+            _ => None,
+        };
+        Snapshot {
+            phase: self.phase,
+            generation: self.generation,
+            workers,
+            waiting,
+            reload_in_progress,
+            last_reload: self.last_reload.clone(),
+        }
+    }
+
+    // ---- starting and watching workers ----
+
+    fn start(&mut self, now: Instant) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        self.phase = Phase::Starting;
+        if self.slots.is_empty() {
+            self.phase = Phase::Running;
+            return;
+        }
+        self.first_start = Some(FirstStart {
+            outstanding: self.slots.len(),
+            errors: Vec::new(),
+        });
+        for i in 0..self.slots.len() {
+            self.start_slot(i, now);
+        }
+    }
+
+    fn start_slot(&mut self, index: usize, now: Instant) {
+        let (spec, generation) = (self.slots[index].spec.clone(), self.slots[index].generation);
+        let id = self.spawn(index, spec, generation, now);
+        self.slots[index].state = SlotState::Serving(id);
+    }
+
+    /// Asks the shell to start a worker; the core knows it as starting from now on.
+    fn spawn(
+        &mut self,
+        slot: usize,
+        spec: Arc<WorkerSpec>,
+        generation: u64,
+        now: Instant,
+    ) -> WorkerId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                slot,
+                generation,
+                name: format!("{}.{slot}", spec.name),
+                pid: None,
+                state: WorkerState::Starting,
+                started_at: now,
+                status_text: None,
+                spec: spec.clone(),
+            },
+        );
+        self.out.push(Action::Spawn {
+            app: self.index,
+            worker: id,
+            slot,
+            generation,
+            spec,
+        });
+        id
+    }
+
+    fn spawned(&mut self, id: WorkerId, pid: i32, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.pid = Some(pid);
+        w.started_at = now;
+        tracing::info!(worker = %w.name, pid, generation = w.generation, "worker started");
+        let (readiness, timeout) = (w.spec.readiness, w.spec.ready_timeout);
+        if self.first_start.take().is_some() {
+            // One worker runs: whatever happens next is a crash loop, not a failed start.
+            self.phase_running();
+        }
+        match readiness {
+            Readiness::Notify => self.out.push(Action::Arm {
+                timer: TimerKey::Ready(id),
+                at: now + timeout,
+            }),
+            // Executed = ready, through the same path as READY=1.
+            Readiness::Exec => self.ready(id, now),
+        }
+    }
+
+    fn spawn_failed(&mut self, id: WorkerId, error: String, now: Instant) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        tracing::error!(worker = %w.name, "cannot start worker: {error}");
+        if let Some(first) = &mut self.first_start {
+            first.outstanding -= 1;
+            first.errors.push(format!("{}: {error}", w.name));
+            if first.outstanding == 0 {
+                let errors = std::mem::take(&mut first.errors);
+                self.first_start = None;
+                self.fail_start(errors);
+                return;
+            }
+        }
+        if self.in_flight(id) {
+            self.abort_reload(
+                format!("cannot start new worker for slot {}: {error}", w.slot),
+                now,
+            );
+        } else if self.slot_worker(w.slot) == Some(id) {
+            self.slot_failed(w.slot, error, true, now);
+        }
+    }
+
+    /// No worker of the first start could be executed: exit with the reason, nothing left running.
+    fn fail_start(&mut self, errors: Vec<String>) {
+        let mut reason = String::from("no worker could be started");
+        if let Some(first) = errors.first() {
+            reason = format!("{reason}: {first}");
+        }
+        if errors.len() > 1 {
+            reason = format!("{reason} (and {} more)", errors.len() - 1);
+        }
+        for s in &mut self.slots {
+            s.state = SlotState::Idle;
+        }
+        self.phase = Phase::Stopped;
+        self.out.push(Action::Exit(Err(reason)));
+    }
+
+    fn phase_running(&mut self) {
+        if self.phase == Phase::Starting {
+            self.phase = Phase::Running;
+        }
+    }
+
+    fn ready(&mut self, id: WorkerId, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state != WorkerState::Starting {
+            return;
+        }
+        w.state = WorkerState::Ready;
+        let pid = w.pid.unwrap_or(0);
+        tracing::info!(worker = %w.name, pid, generation = w.generation, ready_ms = (now - w.started_at).as_millis() as u64, "worker ready");
+        self.out.push(Action::Cancel(TimerKey::Ready(id)));
+        let replaced = match &mut self.reloading {
+            Some(Reloading::Rolling(r)) => r.ready(id, pid, now),
+            _ => None,
+        };
+        if let Some(f) = replaced {
+            self.slot_replaced(f, now);
+            self.advance_reload(now);
+        }
+    }
+
+    fn exited(&mut self, id: WorkerId, status: ExitStatus, now: Instant) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        self.out.push(Action::Cancel(TimerKey::Ready(id)));
+        self.out.push(Action::Cancel(TimerKey::Kill(id)));
+        let uptime = now - w.started_at;
+        let pid = w.pid.unwrap_or(0);
+        if w.state == WorkerState::Draining {
+            tracing::info!(worker = %w.name, pid, %status, uptime_ms = uptime.as_millis() as u64, "worker exited");
+            return;
+        }
+        tracing::warn!(worker = %w.name, pid, %status, uptime_ms = uptime.as_millis() as u64, "worker exited unexpectedly ({})", w.state);
+        if self.in_flight(id) {
+            self.abort_reload(
+                format!(
+                    "new worker {} (pid {pid}) exited before it was ready: {status}",
+                    w.name
+                ),
+                now,
+            );
+        } else if self.slot_worker(w.slot) == Some(id) {
+            let unstable =
+                w.state == WorkerState::Starting || uptime < self.settings.restart.min_uptime;
+            self.slot_failed(w.slot, format!("{status} while {}", w.state), unstable, now);
+        }
+    }
+
+    fn timer(&mut self, key: TimerKey, now: Instant) {
+        match key {
+            TimerKey::Ready(id) => {
+                let Some(w) = self.workers.get(&id) else {
+                    return;
+                };
+                if w.state != WorkerState::Starting {
+                    return;
+                }
+                let mut msg = format!(
+                    "new worker {} (pid {}) was not ready within {}",
+                    w.name,
+                    w.pid.unwrap_or(0),
+                    crate::table::span(w.spec.ready_timeout)
+                );
+                if let Some(hint) = &self.settings.not_ready_hint {
+                    msg = format!("{msg}: {hint}");
+                }
+                tracing::warn!("{msg}; stopping it");
+                // It may already take connections from the shared socket: drain it like any
+                // other worker (SIGTERM, SIGKILL after its kill timeout).
+                let slot = w.slot;
+                self.drain(id, now);
+                if self.in_flight(id) {
+                    self.abort_reload(msg, now);
+                } else if self.slot_worker(slot) == Some(id) {
+                    self.slot_failed(slot, msg, true, now);
+                }
+            }
+            TimerKey::Restart { slot, .. } => {
+                let due = self
+                    .slots
+                    .get(slot)
+                    .is_some_and(|s| matches!(s.state, SlotState::BackingOff(at) if at <= now));
+                if due && self.phase == Phase::Running {
+                    self.start_slot(slot, now);
+                }
+            }
+            TimerKey::Kill(id) => {
+                if let Some(w) = self.workers.get(&id) {
+                    tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::table::span(w.spec.kill_timeout));
+                    self.out.push(Action::Signal {
+                        worker: id,
+                        signal: Signal::KillGroup,
+                    });
+                }
+            }
+        }
+    }
+
+    fn restart_key(&self, slot: usize) -> TimerKey {
+        TimerKey::Restart {
+            app: self.index,
+            slot,
+        }
+    }
+
+    /// The worker serving `slot`, if any.
+    fn slot_worker(&self, slot: usize) -> Option<WorkerId> {
+        match self.slots.get(slot)?.state {
+            SlotState::Serving(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether `id` is a new worker of the running reload, not ready yet.
+    fn in_flight(&self, id: WorkerId) -> bool {
+        matches!(&self.reloading, Some(Reloading::Rolling(r)) if r.is_in_flight(id))
+    }
+
+    /// A slot lost its worker without being asked to: restart it after the backoff.
+    fn slot_failed(&mut self, index: usize, reason: String, unstable: bool, now: Instant) {
+        if !matches!(self.phase, Phase::Running | Phase::Starting) {
+            return;
+        }
+        let policy = self.settings.restart;
+        let s = &mut self.slots[index];
+        s.restarts += 1;
+        s.last_exit = Some(reason);
+        if unstable {
+            s.consecutive_failures += 1;
+            s.recent_failures.push_back(now);
+        } else {
+            s.consecutive_failures = 0;
+        }
+        while s
+            .recent_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            s.recent_failures.pop_front();
+        }
+        let delay = policy.backoff(s.consecutive_failures);
+        s.state = SlotState::BackingOff(now + delay);
+        let delay_text = crate::table::span(delay);
+        if s.crash_looping(policy.max_restarts) {
+            tracing::error!(
+                slot = index,
+                restarts = s.restarts,
+                "slot is crash-looping; next start in {delay_text}"
+            );
+        } else {
+            tracing::warn!(slot = index, "restarting worker in {delay_text}");
+        }
+        self.out.push(Action::Arm {
+            timer: self.restart_key(index),
+            at: now + delay,
+        });
+    }
+
+    /// SIGTERM to a starting or ready worker, and its kill deadline.
+    fn drain(&mut self, id: WorkerId, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state == WorkerState::Draining {
+            return;
+        }
+        w.state = WorkerState::Draining;
+        tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining (SIGTERM)");
+        let at = now + w.spec.kill_timeout;
+        self.out.extend([
+            Action::Cancel(TimerKey::Ready(id)),
+            Action::Signal {
+                worker: id,
+                signal: Signal::Term,
+            },
+            Action::Arm {
+                timer: TimerKey::Kill(id),
+                at,
+            },
+        ]);
+    }
+
+    // ---- stopping ----
+
+    fn stop(&mut self, reply: Option<ReplyTo>, now: Instant) {
+        if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
+            self.stop_waiters.extend(reply);
+            return;
+        }
+        tracing::info!(
+            workers = self.workers.len(),
+            "stopping: draining every worker"
+        );
+        self.phase = Phase::Stopping;
+        self.first_start = None;
+        self.stop_waiters.extend(reply);
+        let stopping = "the supervisor is stopping";
+        if let Some(waiters) = self.queued_reload.take() {
+            self.answer_aborted(waiters, stopping);
+        }
+        match self.reloading.take() {
+            Some(Reloading::ReadingConfig(waiters)) => self.answer_aborted(waiters, stopping),
+            Some(rolling) => {
+                self.reloading = Some(rolling);
+                self.abort_reload(stopping.into(), now);
+            }
+            None => {}
+        }
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i].state, SlotState::BackingOff(_)) {
+                self.out.push(Action::Cancel(self.restart_key(i)));
+            }
+            self.slots[i].state = SlotState::Idle;
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.drain(id, now);
+        }
+    }
+
+    fn check_stopped(&mut self) {
+        if self.phase == Phase::Stopping && self.workers.is_empty() {
+            self.phase = Phase::Stopped;
+            for to in std::mem::take(&mut self.stop_waiters) {
+                self.out.push(Action::Reply {
+                    to,
+                    response: Response::Stopped,
+                });
+            }
+            self.out.push(Action::Exit(Ok(())));
+        }
+    }
+
+    // ---- rolling reload ----
+
+    fn request_reload(&mut self, reply: Option<ReplyTo>, _now: Instant) {
+        if self.phase != Phase::Running {
+            let why = match self.phase {
+                Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
+                Phase::Starting => "its first workers are still starting",
+                _ => "the supervisor is stopping",
+            };
+            self.answer_aborted(reply, why);
+            return;
+        }
+        if self.reloading.is_some() {
+            tracing::info!("reload requested while one is running: queued to run once after it");
+            self.queued_reload
+                .get_or_insert_with(Vec::new)
+                .extend(reply);
+            return;
+        }
+        self.reloading = Some(Reloading::ReadingConfig(reply.into_iter().collect()));
+        self.out.push(Action::ReadConfig);
+    }
+
+    /// Whether it waits for [`App::config_read`].
+    pub fn wants_config(&self) -> bool {
+        matches!(self.reloading, Some(Reloading::ReadingConfig(_)))
+    }
+
+    /// The answer to its [`Action::ReadConfig`]: its settings from the file read again.
+    pub fn config_read(&mut self, settings: Result<AppSettings, String>, now: Instant) {
+        let Some(Reloading::ReadingConfig(waiters)) = self.reloading.take() else {
+            return;
+        };
+        let generation = self.generation + 1;
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
+                let report = self.aborted_report(
+                    generation,
+                    &format!("config no longer valid, nothing changed: {e}"),
+                );
+                tracing::error!("reload aborted: config no longer valid, nothing changed: {e}");
+                self.reply_all(waiters, &report);
+                self.finish_reload(report, now);
+                return;
+            }
+        };
+        let spec = settings.spec.clone();
+        let new_n = spec.instances;
+        let note = self.scaled.take().filter(|n| *n != new_n).map(|n| {
+            format!("instances back to {new_n} from the config file (`scale` had set {n})")
+        });
+        self.settings = settings;
+        self.generation = generation;
+        // New slots (scale up) take part in the reload as slots without an old worker.
+        while self.slots.len() < new_n {
+            self.slots.push(Slot::new(spec.clone(), generation));
+        }
+        tracing::info!(app = %self.name(), generation, slots = new_n, "rolling reload started");
+        let mut reload = Reload::new(generation, spec, self.settings.reload, 0..new_n, now);
+        reload.add_waiters(waiters);
+        reload.note = note;
+        self.reloading = Some(Reloading::Rolling(reload));
+        self.advance_reload(now);
+    }
+
+    /// Starts as many replacements as the surge allows; finishes the reload when all are done.
+    fn advance_reload(&mut self, now: Instant) {
+        loop {
+            let Some(Reloading::Rolling(reload)) = &mut self.reloading else {
+                return;
+            };
+            if reload.is_complete() {
+                break;
+            }
+            let Some(slot) = reload.next_slot() else {
+                return;
+            };
+            let drain_early = reload.may_drain_early();
+            let (spec, generation) = (reload.spec.clone(), reload.generation);
+            let old = self
+                .slot_worker(slot)
+                .and_then(|id| Some((id, self.workers.get(&id)?.pid?)));
+            let new = self.spawn(slot, spec, generation, now);
+            let early = drain_early && old.is_some();
+            if let (true, Some((old_id, _))) = (early, old) {
+                self.drain(old_id, now);
+            }
+            if let Some(Reloading::Rolling(r)) = &mut self.reloading {
+                r.started(InFlight {
+                    slot,
+                    new,
+                    old,
+                    old_drained_early: early,
+                    started: now,
+                });
+            }
+        }
+        // Complete: retire slots beyond the new instance count.
+        if let Some(Reloading::Rolling(reload)) = self.reloading.take() {
+            let keep = reload.spec.instances;
+            let (_, report, waiters) = reload.finish(None, now);
+            self.retire_slots_beyond(keep, now);
+            tracing::info!(
+                app = %self.name(),
+                generation = report.generation,
+                "rolling reload finished in {}",
+                crate::table::duration(report.duration_secs)
+            );
+            self.reply_all(waiters, &report);
+            self.finish_reload(report, now);
+        }
+    }
+
+    /// The new worker of a slot is ready: it becomes the slot's worker and the old one drains.
+    fn slot_replaced(&mut self, f: InFlight, now: Instant) {
+        let (spec, generation) = match &self.reloading {
+            Some(Reloading::Rolling(r)) => (r.spec.clone(), r.generation),
+            _ => return,
+        };
+        let s = &mut self.slots[f.slot];
+        let previous = std::mem::replace(&mut s.state, SlotState::Serving(f.new));
+        s.spec = spec;
+        s.generation = generation;
+        s.consecutive_failures = 0;
+        s.recent_failures.clear();
+        match previous {
+            SlotState::Serving(old) if old != f.new => self.drain(old, now),
+            // A pending crash restart of the old worker is void.
+            SlotState::BackingOff(_) => self.out.push(Action::Cancel(self.restart_key(f.slot))),
+            _ => {}
+        }
+    }
+
+    fn abort_reload(&mut self, reason: String, now: Instant) {
+        let Some(Reloading::Rolling(reload)) = self.reloading.take() else {
+            return;
+        };
+        tracing::error!(
+            generation = reload.generation,
+            "reload aborted: {reason}; old workers keep serving"
+        );
+        let (starting, report, waiters) = reload.finish(Some(reason), now);
+        for f in starting {
+            // Not a slot's worker: it drains like any other (it may already take connections),
+            // and its exit is expected.
+            self.drain(f.new, now);
+            if f.old_drained_early && self.slot_worker(f.slot) == f.old.map(|(id, _)| id) {
+                // Its old worker was already told to stop: start the slot again as it was.
+                self.slot_failed(
+                    f.slot,
+                    "old worker drained during an aborted reload".into(),
+                    false,
+                    now,
+                );
+            }
+        }
+        self.reply_all(waiters, &report);
+        self.finish_reload(report, now);
+    }
+
+    fn finish_reload(&mut self, report: ReloadReport, now: Instant) {
+        self.last_reload = Some(report);
+        if let Some(waiters) = self.queued_reload.take() {
+            // Stopping answered the queued clients already; only a running app reloads again.
+            if self.phase == Phase::Running {
+                self.reloading = Some(Reloading::ReadingConfig(waiters));
+                self.out.push(Action::ReadConfig);
+                return;
+            }
+        }
+        if let Some((n, waiters)) = self.queued_scale.take() {
+            for reply in waiters {
+                self.scale(n, Some(reply), now);
+            }
+        }
+    }
+
+    // ---- scale and restart ----
+
+    /// Runs `n` workers from now on: new slots start at once, the highest slots beyond `n` drain.
+    /// Asked for during a reload, it applies when the reload ends.
+    fn scale(&mut self, n: usize, reply: Option<ReplyTo>, now: Instant) {
+        if self.reloading.is_some() {
+            let q = self.queued_scale.get_or_insert((n, Vec::new()));
+            q.0 = n;
+            q.1.extend(reply);
+            return;
+        }
+        let from = self.slots.len();
+        let answer = |app: &App, note: Option<String>| Response::Scaled {
+            app: app.name().to_string(),
+            from,
+            to: n,
+            note,
+        };
+        if !matches!(
+            self.phase,
+            Phase::Running | Phase::Waiting | Phase::Starting
+        ) {
+            if let Some(to) = reply {
+                self.out.push(Action::Reply {
+                    to,
+                    response: answer(self, Some("the supervisor is stopping".into())),
+                });
+            }
+            return;
+        }
+        Arc::make_mut(&mut self.settings.spec).instances = n;
+        self.scaled = Some(n);
+        let generation = self.generation;
+        let started = self.phase != Phase::Waiting;
+        while self.slots.len() < n {
+            self.slots
+                .push(Slot::new(self.settings.spec.clone(), generation));
+            if started {
+                self.start_slot(self.slots.len() - 1, now);
+            }
+        }
+        self.retire_slots_beyond(n, now);
+        tracing::info!(app = %self.name(), from, to = n, "scaled");
+        if let Some(to) = reply {
+            let note = (from != n).then(|| {
+                "kept until the next reload, which takes `instances` from the config file again"
+                    .to_string()
+            });
+            self.out.push(Action::Reply {
+                to,
+                response: answer(self, note),
+            });
+        }
+    }
+
+    /// Drains the workers of the slots at `n` and above, and forgets those slots.
+    fn retire_slots_beyond(&mut self, n: usize, now: Instant) {
+        while self.slots.len() > n {
+            let index = self.slots.len() - 1;
+            match self.slots.pop().map(|s| s.state) {
+                Some(SlotState::Serving(id)) => self.drain(id, now),
+                Some(SlotState::BackingOff(_)) => {
+                    self.out.push(Action::Cancel(self.restart_key(index)))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// New workers for every slot at once, old ones drained without waiting for the new ones to
+    /// be ready: for an app that is stuck. A reload under way is aborted.
+    fn restart(&mut self, reply: Option<ReplyTo>, now: Instant) {
+        if self.phase != Phase::Running {
+            if let Some(to) = reply {
+                self.out.push(Action::Reply {
+                    to,
+                    response: Response::Error {
+                        message: format!("{} is {}: nothing to restart", self.name(), self.phase),
+                    },
+                });
+            }
+            return;
+        }
+        self.abort_reload("a restart was asked for".into(), now);
+        self.generation += 1;
+        let generation = self.generation;
+        tracing::warn!(app = %self.name(), generation, "restarting every worker");
+        for i in 0..self.slots.len() {
+            match self.slots[i].state {
+                SlotState::Serving(id) => self.drain(id, now),
+                SlotState::BackingOff(_) => self.out.push(Action::Cancel(self.restart_key(i))),
+                SlotState::Idle => {}
+            }
+            let s = &mut self.slots[i];
+            s.spec = self.settings.spec.clone();
+            s.generation = generation;
+            s.consecutive_failures = 0;
+            s.recent_failures.clear();
+            self.start_slot(i, now);
+        }
+        if let Some(to) = reply {
+            self.out.push(Action::Reply {
+                to,
+                response: Response::Restarted {
+                    app: self.name().to_string(),
+                    generation,
+                    workers: self.slots.len(),
+                },
+            });
+        }
+    }
+
+    fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, why: &str) {
+        let report = self.aborted_report(self.generation + 1, why);
+        self.reply_all(waiters, &report);
+    }
+
+    fn reply_all(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, report: &ReloadReport) {
+        self.out.push(Action::Reloaded {
+            report: report.clone(),
+            waiters: waiters.into_iter().collect(),
+        });
+    }
+
+    fn aborted_report(&self, generation: u64, reason: &str) -> ReloadReport {
+        ReloadReport {
+            app: self.name().to_string(),
+            generation,
+            outcome: ReloadOutcome::Aborted,
+            reason: Some(reason.to_string()),
+            note: None,
+            slots: vec![],
+            duration_secs: 0.0,
+        }
+    }
+}
+
+impl Slot {
+    fn new(spec: Arc<WorkerSpec>, generation: u64) -> Slot {
+        Slot {
+            state: SlotState::Idle,
+            spec,
+            generation,
+            restarts: 0,
+            consecutive_failures: 0,
+            recent_failures: VecDeque::new(),
+            last_exit: None,
+        }
+    }
+
+    fn crash_looping(&self, max_restarts: u32) -> bool {
+        self.recent_failures.len() as u32 > max_restarts
+    }
+}
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

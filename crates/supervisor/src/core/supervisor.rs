@@ -1,0 +1,420 @@
+//! The decisions across apps: start order (`after`), reloading every app one at a time, stopping
+//! in reverse order, and a first start that fails as a whole. Each app's own rules live in
+//! [`super::app`]; this routes events to the app they concern and turns what the apps report
+//! (a finished reload, a stopped app) into answers and the next steps.
+
+use std::collections::VecDeque;
+
+use tokio::time::Instant;
+
+use super::app::App;
+use super::{
+    Action, AppIndex, AppSettings, Event, Phase, ReplyTo, TimerKey, Worker, WorkerId, app_of,
+};
+use crate::control::protocol::{ReloadOutcome, ReloadReport, Response};
+
+/// Reply ids from here up are the supervisor's own (a reload of every app waits on each app).
+const INTERNAL: ReplyTo = 1 << 62;
+
+/// A reload of every app, one at a time.
+#[derive(Debug)]
+struct ReloadAll {
+    queue: VecDeque<AppIndex>,
+    current: Option<ReplyTo>,
+    reports: Vec<ReloadReport>,
+    waiters: Vec<ReplyTo>,
+}
+
+/// One app for `status`.
+#[derive(Debug)]
+pub struct AppView<'a> {
+    /// The app.
+    pub app: &'a App,
+    /// The apps it still waits for before it starts.
+    pub waiting_for: Vec<String>,
+}
+
+/// The state machine of the whole supervisor: its apps in file order.
+#[derive(Debug)]
+pub struct Supervisor {
+    apps: Vec<App>,
+    after: Vec<Vec<AppIndex>>,
+    /// Whether an app has had every slot ready once (the apps after it may start).
+    up: Vec<bool>,
+    phase: Phase,
+    /// Apps still to stop, in order; the first is stopping.
+    stopping: VecDeque<AppIndex>,
+    stop_waiters: Vec<ReplyTo>,
+    reload_all: Option<ReloadAll>,
+    /// A reload of every app asked for while one runs: once more after it, for these clients.
+    queued_all: Option<Vec<ReplyTo>>,
+    next_internal: ReplyTo,
+    out: Vec<Action>,
+}
+
+impl Supervisor {
+    /// The apps of a config, in file order, each with the indices of the apps it is `after`.
+    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Supervisor {
+        let n = apps.len();
+        let (apps, after): (Vec<App>, Vec<Vec<AppIndex>>) = apps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (settings, after))| (App::new(i, settings), after))
+            .unzip();
+        Supervisor {
+            apps,
+            after,
+            up: vec![false; n],
+            phase: Phase::Starting,
+            stopping: VecDeque::new(),
+            stop_waiters: Vec::new(),
+            reload_all: None,
+            queued_all: None,
+            next_internal: INTERNAL,
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one event at `now`; returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Start => {
+                if self.phase == Phase::Starting {
+                    self.phase = Phase::Running;
+                }
+            }
+            Event::Spawned { worker, .. }
+            | Event::SpawnFailed { worker, .. }
+            | Event::Ready(worker)
+            | Event::StatusText(worker, _)
+            | Event::Exited { worker, .. } => self.route(app_of(worker), event, now),
+            Event::Timer(key) => {
+                let app = match key {
+                    TimerKey::Ready(id) | TimerKey::Kill(id) => app_of(id),
+                    TimerKey::Restart { app, .. } => app,
+                };
+                self.route(app, Event::Timer(key), now);
+            }
+            Event::Reload {
+                app: Some(app),
+                reply,
+            } => self.route(
+                app,
+                Event::Reload {
+                    app: Some(app),
+                    reply,
+                },
+                now,
+            ),
+            Event::Reload { app: None, reply } => self.reload_every_app(reply, now),
+            Event::Config(settings) => self.config_read(settings, now),
+            Event::Restart { app, reply } => self.route(app, Event::Restart { app, reply }, now),
+            Event::Scale {
+                app,
+                instances,
+                reply,
+            } => self.route(
+                app,
+                Event::Scale {
+                    app,
+                    instances,
+                    reply,
+                },
+                now,
+            ),
+            Event::Stop { reply } => self.stop(reply, false, now),
+            Event::FastStop => {
+                tracing::warn!("fast stop: killing every worker");
+                self.stop(None, true, now);
+            }
+        }
+        self.start_apps_that_may(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The apps, in file order.
+    pub fn apps(&self) -> impl Iterator<Item = AppView<'_>> {
+        self.apps.iter().enumerate().map(|(i, app)| AppView {
+            app,
+            waiting_for: if app.phase() == Phase::Waiting {
+                self.after[i]
+                    .iter()
+                    .filter(|d| !self.up[**d])
+                    .map(|d| self.apps[*d].name().to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// A worker by id.
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.apps.get(app_of(id))?.worker(id)
+    }
+
+    /// The supervisor's phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn route(&mut self, i: AppIndex, event: Event, now: Instant) {
+        let Some(app) = self.apps.get_mut(i) else {
+            return;
+        };
+        app.handle(event, now);
+        self.collect(i, now);
+    }
+
+    /// Takes app `i`'s actions: passes most on, and acts on a finished reload or a stopped app.
+    fn collect(&mut self, i: AppIndex, now: Instant) {
+        let actions = self.apps[i].take_actions();
+        for action in actions {
+            match action {
+                Action::Reloaded { report, waiters } => self.reloaded(report, waiters, now),
+                Action::Exit(Ok(())) => self.app_stopped(i, now),
+                Action::Exit(Err(reason)) => self.start_failed(i, reason, now),
+                other => self.out.push(other),
+            }
+        }
+        if !self.up[i] && self.apps[i].is_up() {
+            self.up[i] = true;
+        }
+    }
+
+    /// Starts every app still waiting whose `after` apps are all up.
+    fn start_apps_that_may(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        loop {
+            let ready = (0..self.apps.len()).find(|&i| {
+                self.apps[i].phase() == Phase::Waiting && self.after[i].iter().all(|d| self.up[*d])
+            });
+            let Some(i) = ready else { return };
+            tracing::info!(app = %self.apps[i].name(), "starting");
+            self.route(i, Event::Start, now);
+        }
+    }
+
+    // ---- reload ----
+
+    fn reload_every_app(&mut self, reply: Option<ReplyTo>, now: Instant) {
+        if self.phase != Phase::Running {
+            self.answer(
+                reply,
+                Response::Error {
+                    message: "the supervisor is stopping".into(),
+                },
+            );
+            return;
+        }
+        if self.reload_all.is_some() {
+            tracing::info!(
+                "reload of every app requested while one runs: queued to run once after it"
+            );
+            self.queued_all.get_or_insert_with(Vec::new).extend(reply);
+            return;
+        }
+        let queue = (0..self.apps.len())
+            .filter(|&i| self.apps[i].phase() != Phase::Waiting)
+            .collect();
+        self.reload_all = Some(ReloadAll {
+            queue,
+            current: None,
+            reports: Vec::new(),
+            waiters: reply.into_iter().collect(),
+        });
+        self.next_in_reload_all(now);
+    }
+
+    /// Reloads the next app of the reload of every app, or answers when none is left.
+    fn next_in_reload_all(&mut self, now: Instant) {
+        let Some(all) = &mut self.reload_all else {
+            return;
+        };
+        if let Some(i) = all.queue.pop_front() {
+            let id = self.next_internal;
+            self.next_internal += 1;
+            all.current = Some(id);
+            self.route(
+                i,
+                Event::Reload {
+                    app: Some(i),
+                    reply: Some(id),
+                },
+                now,
+            );
+            return;
+        }
+        let Some(all) = self.reload_all.take() else {
+            return;
+        };
+        for to in all.waiters {
+            self.out.push(Action::Reply {
+                to,
+                response: Response::Reload {
+                    reports: all.reports.clone(),
+                },
+            });
+        }
+        if let Some(waiters) = self.queued_all.take() {
+            let mut first = waiters.into_iter();
+            self.reload_every_app(first.next(), now);
+            if let Some(all) = &mut self.reload_all {
+                all.waiters.extend(first);
+            }
+        }
+    }
+
+    /// An app's reload ended: answer its clients, or go on with the reload of every app.
+    fn reloaded(&mut self, report: ReloadReport, waiters: Vec<ReplyTo>, now: Instant) {
+        let mut next = false;
+        for to in waiters {
+            if to < INTERNAL {
+                self.out.push(Action::Reply {
+                    to,
+                    response: Response::Reload {
+                        reports: vec![report.clone()],
+                    },
+                });
+            } else if let Some(all) = &mut self.reload_all
+                && all.current == Some(to)
+            {
+                all.reports.push(report.clone());
+                all.current = None;
+                next = true;
+            }
+        }
+        if next {
+            self.next_in_reload_all(now);
+        }
+    }
+
+    /// The config file was read again: every app waiting for it gets its part.
+    fn config_read(&mut self, settings: Result<Vec<AppSettings>, String>, now: Instant) {
+        for i in 0..self.apps.len() {
+            if !self.apps[i].wants_config() {
+                continue;
+            }
+            let mine = match &settings {
+                Err(e) => Err(e.clone()),
+                Ok(all) => all
+                    .iter()
+                    .find(|s| s.spec.name == self.apps[i].name())
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "app {:?} is no longer in the config file (adding or removing apps needs a restart)",
+                            self.apps[i].name()
+                        )
+                    }),
+            };
+            self.apps[i].config_read(mine, now);
+            self.collect(i, now);
+        }
+    }
+
+    // ---- stop ----
+
+    fn stop(&mut self, reply: Option<ReplyTo>, fast: bool, now: Instant) {
+        self.stop_waiters.extend(reply);
+        if fast {
+            // Every app at once, every group killed.
+            self.phase = Phase::Stopping;
+            self.abort_reload_all();
+            self.stopping = (0..self.apps.len()).rev().collect();
+            for i in (0..self.apps.len()).rev() {
+                self.route(i, Event::FastStop, now);
+            }
+            return;
+        }
+        if self.phase == Phase::Stopping || self.phase == Phase::Stopped {
+            return;
+        }
+        self.phase = Phase::Stopping;
+        self.abort_reload_all();
+        self.stopping = (0..self.apps.len()).rev().collect();
+        match self.stopping.front() {
+            Some(&first) => self.route(first, Event::Stop { reply: None }, now),
+            None => self.all_stopped(),
+        }
+    }
+
+    fn abort_reload_all(&mut self) {
+        let waiting = self
+            .queued_all
+            .take()
+            .into_iter()
+            .flatten()
+            .chain(self.reload_all.take().into_iter().flat_map(|a| a.waiters))
+            .collect::<Vec<_>>();
+        for to in waiting {
+            self.out.push(Action::Reply {
+                to,
+                response: Response::Reload {
+                    reports: vec![ReloadReport {
+                        app: "(every app)".into(),
+                        generation: 0,
+                        outcome: ReloadOutcome::Aborted,
+                        reason: Some("the supervisor is stopping".into()),
+                        note: None,
+                        slots: vec![],
+                        duration_secs: 0.0,
+                    }],
+                },
+            });
+        }
+    }
+
+    /// App `i` has no worker left: stop the next one, in reverse file order.
+    fn app_stopped(&mut self, i: AppIndex, now: Instant) {
+        tracing::info!(app = %self.apps[i].name(), "stopped");
+        self.stopping.retain(|&a| a != i);
+        if self.phase != Phase::Stopping {
+            return;
+        }
+        match self.stopping.front() {
+            Some(&next) if self.apps[next].phase() != Phase::Stopping => {
+                self.route(next, Event::Stop { reply: None }, now)
+            }
+            Some(_) => {}
+            None => self.all_stopped(),
+        }
+    }
+
+    fn all_stopped(&mut self) {
+        self.phase = Phase::Stopped;
+        for to in std::mem::take(&mut self.stop_waiters) {
+            self.out.push(Action::Reply {
+                to,
+                response: Response::Stopped,
+            });
+        }
+        self.out.push(Action::Exit(Ok(())));
+    }
+
+    /// No worker of app `i`'s first start could be executed: the supervisor does not run half a
+    /// config. Every worker is killed and it exits with the reason.
+    fn start_failed(&mut self, i: AppIndex, reason: String, now: Instant) {
+        let reason = format!("app {}: {reason}", self.apps[i].name());
+        self.phase = Phase::Stopped;
+        for a in 0..self.apps.len() {
+            if a != i {
+                self.apps[a].handle(Event::FastStop, now);
+                for action in self.apps[a].take_actions() {
+                    if matches!(action, Action::Signal { .. }) {
+                        self.out.push(action);
+                    }
+                }
+            }
+        }
+        self.out.push(Action::Exit(Err(reason)));
+    }
+
+    fn answer(&mut self, reply: Option<ReplyTo>, response: Response) {
+        if let Some(to) = reply {
+            self.out.push(Action::Reply { to, response });
+        }
+    }
+}
