@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not built: run the tests with `cargo nextest run --workspace` (or cargo build --workspace first)",
+        "{} not built: run the tests with `scripts/test` (it builds the binaries first), or `cargo build --workspace --bins` before `cargo nextest run`",
         path.display()
     );
     path

@@ -76,6 +76,9 @@ pub enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print only the supervisor's pid (for `kill -HUP "$(supervisor status --pid)"`).
+        #[arg(long, conflicts_with = "json")]
+        pid: bool,
     },
     /// Replace an app's workers one at a time, or every app's, one app at a time (like
     /// `kill -HUP`); re-reads the config file; exits non-zero if a reload was aborted.
@@ -191,7 +194,23 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Check => check(&cli.config),
-            Cmd::Status { app, target, json } => status(&cli.config, app, &target, json).await,
+            Cmd::Status {
+                app,
+                target,
+                json,
+                pid,
+            } => {
+                if pid {
+                    return match ask(&cli.config, &target, Request::Status { app: None }).await? {
+                        Response::Status(report) => {
+                            println!("{}", report.supervisor.pid);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        other => bail!("unexpected answer: {other:?}"),
+                    };
+                }
+                status(&cli.config, app, &target, json).await
+            }
             Cmd::Reload {
                 app,
                 target,

@@ -221,11 +221,28 @@ fn looks_like_node(program: &Path) -> bool {
         .is_some_and(|n| n.starts_with("node"))
 }
 
+/// Package managers that start the app in a child process: `LISTEN_PID` is theirs, not the app's,
+/// so the app cannot take the sockets (they are themselves `#!/usr/bin/env node` scripts).
+const NODE_WRAPPERS: &[&str] = &["npm", "npx", "yarn", "pnpm", "corepack"];
+
 /// Whether the program is Node by its file name, or is a script run by Node (`#!/usr/bin/env
-/// node`): what `runtime = "node"` accepts.
+/// node`) other than a package manager: what `runtime = "node"` accepts.
 fn runs_node(program: &Path) -> bool {
     if looks_like_node(program) {
         return true;
+    }
+    let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let target = std::fs::canonicalize(program).ok();
+    let target_name = target
+        .as_deref()
+        .and_then(|t| t.file_stem())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if NODE_WRAPPERS
+        .iter()
+        .any(|w| name == *w || target_name.starts_with(w))
+    {
+        return false;
     }
     let mut head = [0u8; 256];
     let n = std::fs::File::open(program)
@@ -1104,6 +1121,21 @@ mod tests {
         );
         let e = with("/bin/sh").unwrap_err().to_string();
         assert!(e.contains("app[0].runtime") && e.contains("/bin/sh"), "{e}");
+    }
+
+    #[test]
+    fn runtime_node_refuses_a_package_manager_that_starts_node_in_a_child() {
+        let (_d, npm) = program_named("npm", "#!/usr/bin/env node\nrequire('./npm-cli')\n");
+        let e = load(
+            &OK.replace("/bin/sh", &npm.display().to_string())
+                .replace("instances = 2", "instances = 2\nruntime = \"node\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("app[0].runtime") && e.contains("wrapper such as npm"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl RuntimeDir {
         use std::os::unix::fs::DirBuilderExt;
         let path = std::env::temp_dir().join(format!("supervisor-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path); // left by a dead process that had our pid
+        remove_stale_runtime_dirs();
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -90,6 +91,31 @@ impl RuntimeDir {
                 files,
             })
             .map_err(|cause| StartupError::RuntimeDir { path, cause })
+    }
+}
+
+/// Removes the runtime directories of supervisors that died without cleaning up (`SIGKILL`):
+/// `supervisor-<pid>` in the temp dir, owned by this user, whose pid is not a live process.
+fn remove_stale_runtime_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("supervisor-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -948,8 +948,10 @@ impl Slot {
         }
     }
 
+    /// More unstable exits than `max_restarts` in a row, or within the window: with the backoff
+    /// capped above the window, the window alone would stop counting a slot that never comes up.
     fn crash_looping(&self, max_restarts: u32) -> bool {
-        self.recent_failures.len() as u32 > max_restarts
+        self.consecutive_failures > max_restarts || self.recent_failures.len() as u32 > max_restarts
     }
 }
 

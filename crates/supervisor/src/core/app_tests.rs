@@ -240,6 +240,24 @@ fn unstable_exits_back_off_doubling_then_show_a_crash_loop() {
 }
 
 #[test]
+fn a_slot_that_never_comes_up_stays_a_crash_loop_when_the_backoff_exceeds_the_window() {
+    let mut s = settings(1, 1, 0);
+    s.restart.window = Duration::from_secs(1);
+    s.restart.backoff_max = Duration::from_secs(30);
+    let mut sim = Sim::new(s);
+    for _ in 0..12 {
+        let id = sim.ids(WorkerState::Starting)[0];
+        sim.exit(id, ExitStatus::Code(1));
+        let at = sim.timers[&TimerKey::Restart { app: 0, slot: 0 }];
+        sim.advance(at - sim.now);
+    }
+    let id = sim.ids(WorkerState::Starting)[0];
+    sim.exit(id, ExitStatus::Code(1));
+    let waiting = sim.core.snapshot(sim.now).waiting;
+    assert_eq!(waiting[0].state, WaitState::CrashLoop, "{waiting:?}");
+}
+
+#[test]
 fn a_stable_worker_is_restarted_at_once_and_resets_the_backoff() {
     let mut sim = Sim::ready(1);
     let id = sim.ids(WorkerState::Ready)[0];
