@@ -146,7 +146,7 @@ start_demo() {
 }
 
 # ---------------------------------------------------------------- measurements
-declare -A LABEL FAILED LT_RPS LT_MEAN LT_ERR WRK_RPS WRK_P50 WRK_P99 WRK_ERR
+declare -A LABEL FAILED LT_RPS LT_MEAN LT_ERR WRK_RPS WRK_P50 WRK_P99 WRK_ERR CLOSE_RPS CLOSE_ERR
 declare -A RSS_IDLE RSS_LOAD RSS_RELOAD REL_REQ REL_FAIL REL_OK REL_BAD REL_MS REL_RPS
 KEYS=()
 
@@ -167,6 +167,11 @@ throughput() { # throughput KEY PORT
   read -r LT_RPS[$1] LT_MEAN[$1] LT_ERR[$1] < <(loadtest_summary "$lt")
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "$url" > "$report" 2>&1 || true
   read -r req WRK_ERR[$1] WRK_RPS[$1] WRK_P50[$1] WRK_P99[$1] < <(wrk_summary "$report")
+  # A new connection per request: where a manager that accepts every connection (node cluster's
+  # and pm2's round-robin primary) is in the data path.
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s -H "Connection: close" "$url" > "$report.close" 2>&1 || true
+  local p50 p99
+  read -r req CLOSE_ERR[$1] CLOSE_RPS[$1] p50 p99 < <(wrk_summary "$report.close")
 }
 
 reloads() { # reloads KEY PORT
@@ -215,12 +220,13 @@ report() {
   echo "supervisor vs pm2 vs node cluster: $(date -u +%FT%TZ), $(nproc) CPUs, N=$N workers, loopback, /heavy"
   echo "load average before: $LOAD_START, after: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running skews every figure)"
   echo
-  echo "== 1. Throughput, each setup alone (loadtest -n $LT_REQUESTS -c $LT_CONC -k; wrk -t2 -c$CONNS -d${DURATION}s after ${WARMUP}s warm-up)"
-  printf '%-42s %13s %10s %9s %10s %9s %9s %7s\n' setup "loadtest r/s" "mean ms" "lt errs" "wrk r/s" p50 p99 errors
+  echo "== 1. Throughput, each setup alone (loadtest -n $LT_REQUESTS -c $LT_CONC -k; wrk -t2 -c$CONNS -d${DURATION}s after ${WARMUP}s warm-up,"
+  echo "   keep-alive, then with a new connection per request)"
+  printf '%-42s %13s %10s %9s %10s %9s %9s %7s %12s %7s\n' setup "loadtest r/s" "mean ms" "lt errs" "wrk r/s" p50 p99 errors "new-conn r/s" errors
   for k in "${KEYS[@]}"; do
     if [ -n "${FAILED[$k]:-}" ]; then printf '%-42s %s\n' "${LABEL[$k]}" "FAILED: ${FAILED[$k]}"; continue; fi
-    printf '%-42s %13s %10s %9s %10s %9s %9s %7s\n' "${LABEL[$k]}" "${LT_RPS[$k]}" "${LT_MEAN[$k]}" "${LT_ERR[$k]}" \
-      "${WRK_RPS[$k]}" "${WRK_P50[$k]}" "${WRK_P99[$k]}" "${WRK_ERR[$k]}"
+    printf '%-42s %13s %10s %9s %10s %9s %9s %7s %12s %7s\n' "${LABEL[$k]}" "${LT_RPS[$k]}" "${LT_MEAN[$k]}" "${LT_ERR[$k]}" \
+      "${WRK_RPS[$k]}" "${WRK_P50[$k]}" "${WRK_P99[$k]}" "${WRK_ERR[$k]}" "${CLOSE_RPS[$k]}" "${CLOSE_ERR[$k]}"
   done
   echo
   echo "== 2. Reloads under load: $RELOADS reloads of the Node app ($N workers), wrk -t2 -c$CONNS on /heavy"
@@ -247,8 +253,9 @@ report() {
   done
   echo
   echo "== Ratios"
-  local r_wrk r_lt r_mem mem_note=""
+  local r_wrk r_lt r_close r_mem mem_note=""
   r_wrk=$(ratio "${WRK_RPS[sup_node]:-}" "${WRK_RPS[pm2]:-}")
+  r_close=$(ratio "${CLOSE_RPS[sup_node]:-}" "${CLOSE_RPS[pm2]:-}")
   r_lt=$(ratio "${LT_RPS[sup_node]:-}" "${LT_RPS[pm2]:-}")
   r_mem=$(ratio "${RSS_LOAD[sup_node]:-}" "${RSS_LOAD[pm2]:-}")
   if [ "$r_mem" = n/a ] && [ -n "${RSS_LOAD[sup_demo]:-}" ]; then
@@ -256,6 +263,7 @@ report() {
   fi
   printf '%-52s %6s   goal >= 1.05   %s\n' "supervisor+node req/s / pm2 req/s, wrk" "$r_wrk" "$(goal "$r_wrk" '>=' 1.05)"
   printf '%-52s %6s   goal >= 1.05   %s\n' "supervisor+node req/s / pm2 req/s, loadtest" "$r_lt" "$(goal "$r_lt" '>=' 1.05)"
+  printf '%-52s %6s   goal >= 1.05   %s\n' "supervisor+node req/s / pm2 req/s, new connections" "$r_close" "$(goal "$r_close" '>=' 1.05)"
   printf '%-52s %6s   goal <  0.125  %s%s\n' "supervisor RSS / pm2 daemon RSS, after load" "$r_mem" "$(goal "$r_mem" '<' 0.125)" "$mem_note"
   for m in keepalive close; do
     printf '%-52s pm2 %s of %s, supervisor %s of %s   goal: supervisor 0\n' \
@@ -272,7 +280,7 @@ chart_data() {
   local k m
   num() { [[ "${1:-}" =~ ^[0-9.]+$ ]] && echo "$1" || echo NaN; }
   for k in "${KEYS[@]}"; do
-    printf '"%s" %s %s\n' "${SHORT[$k]}" "$(num "${LT_RPS[$k]:-}")" "$(num "${WRK_RPS[$k]:-}")"
+    printf '"%s" %s %s %s\n' "${SHORT[$k]}" "$(num "${LT_RPS[$k]:-}")" "$(num "${WRK_RPS[$k]:-}")" "$(num "${CLOSE_RPS[$k]:-}")"
   done > "$OUT/compare-rps.dat"
   for m in keepalive close; do
     printf '"%s" %s %s\n' "$([ $m = keepalive ] && echo keep-alive || echo 'Connection: close')" \
@@ -305,7 +313,7 @@ def bars(ax, data, names, title, ylabel):
         ax.bar_label(bs, labels=["-" if y != y else f"{y:.0f}" for y in ys], fontsize=8)
     ax.set_xticks(range(len(data)), [r[0] for r in data], rotation=20, ha="right")
     ax.set_title(title); ax.set_ylabel(ylabel); ax.legend()
-bars(a, rps, [sys.argv[5], "wrk"], "throughput on /heavy", "requests/s")
+bars(a, rps, [sys.argv[5], "wrk, keep-alive", "wrk, new connection per request"], "throughput on /heavy", "requests/s")
 bars(b, rel, ["pm2 reload", "supervisor reload"], "failed requests during reloads", "failed requests")
 fig.suptitle("bench/compare.sh: " + sys.argv[4]); fig.tight_layout(); fig.savefig(sys.argv[3], dpi=100)
 PY
