@@ -48,6 +48,7 @@ CONF
 # start_supervisor CONFIG INSTANCES [LOG]: starts it in the background, sets SUP_PID, waits until
 # ready. LOG defaults to $OUT/supervisor.log.
 start_supervisor() {
+  local n
   "$SUP" start -c "$1" > "${3:-$OUT/supervisor.log}" 2>&1 &
   SUP_PID=$!
   for _ in $(seq 1 200); do
