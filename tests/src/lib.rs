@@ -230,6 +230,17 @@ impl Supervisor {
         )
     }
 
+    /// Runs `supervisor <args> -c <config>`: whether it exited 0, and its stdout and stderr.
+    pub fn cli_text(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = self.cli(args)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
     /// `status --json`, parsed.
     pub fn status(&self) -> Result<Value> {
         let out = self.cli(&["status", "--json"])?;

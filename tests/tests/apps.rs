@@ -60,13 +60,8 @@ fn app_addr(s: &Supervisor, app: usize) -> SocketAddr {
 }
 
 fn cli_ok(s: &Supervisor, args: &[&str]) -> String {
-    let out = s.cli(args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?}: {text}");
+    let (ok, text) = s.cli_text(args).unwrap();
+    assert!(ok, "{args:?}: {text}");
     text
 }
 

@@ -113,13 +113,8 @@ fn reload_into_is_aborted(worker: &str, reason: &str) -> String {
         &[ConnMode::KeepAlive, ConnMode::PerRequest],
     );
     s.rewrite(worker).unwrap();
-    let out = s.cli(&["reload"]).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "reload must fail: {text}");
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(!ok, "reload must fail: {text}");
     assert!(text.contains("aborted") && text.contains(reason), "{text}");
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);

@@ -80,13 +80,7 @@ fn shipped_config(name: &str, extra_env: &str) -> String {
 }
 
 fn reload(s: &Supervisor) -> (bool, String) {
-    let out = s.cli(&["reload"]).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    s.cli_text(&["reload"]).unwrap()
 }
 
 /// Waits until every worker in `pids` but the ready ones has exited, then checks the log: each

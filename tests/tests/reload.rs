@@ -13,13 +13,7 @@ const DEMO2: &str = "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances =
 const SLOW3: &str = "[[app]]\nname = \"demo\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 0.5; exec {demo}\"]\ninstances = 3\nkill_timeout = \"5s\"\n";
 
 fn reload(s: &Supervisor) -> (bool, String) {
-    let out = s.cli(&["reload"]).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    s.cli_text(&["reload"]).unwrap()
 }
 
 #[test]

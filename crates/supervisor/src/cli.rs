@@ -64,8 +64,12 @@ pub struct Target {
 pub enum Cmd {
     /// Run the supervisor in the foreground (what systemd or Docker runs).
     Start,
-    /// Validate the config file and print what it would run.
-    Check,
+    /// Validate the config file, try what `start` would bind, and print what it would run.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every app's workers, and the jobs.
     Status {
         /// Only this app.
@@ -193,7 +197,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 daemon::run(config, commands).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Check => check(&cli.config),
+            Cmd::Check { json } => check(&cli.config, json),
             Cmd::Status {
                 app,
                 target,
@@ -322,18 +326,47 @@ fn control_dir_writable(socket: &Path) -> Result<(), ControlError> {
     Ok(())
 }
 
-fn check(path: &Path) -> Result<ExitCode> {
+fn check(path: &Path, json: bool) -> Result<ExitCode> {
     let c = Config::load(path)?;
     let note = try_start(&c)?;
+    // The cron URL may carry a password: shown redacted, like in every log line.
+    let cron = cronlock::redact_url(&c.cron_url);
+    if json {
+        let apps: Vec<serde_json::Value> = c
+            .apps
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "program": a.worker.program,
+                    "args": a.worker.args,
+                    "instances": a.worker.instances,
+                    "runtime": a.worker.runtime,
+                    "readiness": a.worker.readiness,
+                    "listen": a.listeners.iter().map(|l| serde_json::json!({
+                        "name": l.name, "address": l.addr.to_string(),
+                    })).collect::<Vec<_>>(),
+                    "after": a.after,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "config": path,
+            "ok": true,
+            "apps": apps,
+            "control_socket": c.control_socket,
+            "cron_backend": cron,
+            "note": note,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{}: ok", path.display());
     for app in &c.apps {
         let w = &app.worker;
+        let args: String = w.args.iter().map(|a| format!(" {a}")).collect();
         println!("app {}", app.name);
-        println!(
-            "  program:        {} {}",
-            w.program.display(),
-            w.args.join(" ")
-        );
+        println!("  program:        {}{args}", w.program.display());
         println!("  instances:      {}", w.instances);
         println!("  runtime:        {}", w.runtime);
         for l in &app.listeners {
@@ -344,7 +377,7 @@ fn check(path: &Path) -> Result<ExitCode> {
         }
     }
     println!("control socket:   {}", c.control_socket.display());
-    println!("cron backend:     {}", c.cron_url);
+    println!("cron backend:     {cron}");
     if let Some(note) = note {
         println!("note: {note}");
     }
@@ -612,9 +645,7 @@ async fn reload(
                 for r in &reports {
                     println!(
                         "{}: reload to generation {} {}",
-                        r.app,
-                        r.generation + 1,
-                        r.outcome
+                        r.app, r.generation, r.outcome
                     );
                 }
             }

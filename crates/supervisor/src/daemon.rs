@@ -450,7 +450,13 @@ impl Shell {
                     .filter(|(i, _)| target.is_none_or(|t| t == *i))
                     .map(|(_, v)| ReloadReport {
                         app: v.app.name().to_string(),
-                        generation: v.app.snapshot(Instant::now()).generation,
+                        // The reload under way (this one, or the one it was queued behind).
+                        generation: {
+                            let snapshot = v.app.snapshot(Instant::now());
+                            snapshot
+                                .reload_in_progress
+                                .map_or(snapshot.generation, |p| p.generation)
+                        },
                         outcome: ReloadOutcome::Started,
                         reason: None,
                         note: None,

@@ -105,7 +105,6 @@ pub struct App {
     queued_reload: Option<Vec<ReplyTo>>,
     last_reload: Option<ReloadReport>,
     phase: Phase,
-    stop_waiters: Vec<ReplyTo>,
     first_start: Option<FirstStart>,
     out: Vec<Action>,
 }
@@ -130,7 +129,6 @@ impl App {
             queued_reload: None,
             last_reload: None,
             phase: Phase::Waiting,
-            stop_waiters: Vec::new(),
             first_start: None,
             out: Vec::new(),
         }
@@ -151,7 +149,7 @@ impl App {
             }
             Event::Exited { worker, status } => self.exited(worker, status, now),
             Event::Timer(key) => self.timer(key, now),
-            Event::Stop { reply } => self.stop(reply, now),
+            Event::Stop { .. } => self.stop(now),
             Event::FastStop => self.fast_stop(now),
             Event::Reload { reply, .. } => self.request_reload(reply, now),
             Event::Restart { reply, .. } => self.restart(reply, now),
@@ -191,7 +189,7 @@ impl App {
     }
 
     fn fast_stop(&mut self, now: Instant) {
-        self.stop(None, now);
+        self.stop(now);
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for worker in ids {
             self.out.push(Action::Signal {
@@ -571,9 +569,10 @@ impl App {
 
     // ---- stopping ----
 
-    fn stop(&mut self, reply: Option<ReplyTo>, now: Instant) {
+    /// Drains every worker; [`Action::Exit`] says when none is left (the supervisor answers the
+    /// clients waiting for the stop).
+    fn stop(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
-            self.stop_waiters.extend(reply);
             return;
         }
         tracing::info!(
@@ -582,7 +581,6 @@ impl App {
         );
         self.phase = Phase::Stopping;
         self.first_start = None;
-        self.stop_waiters.extend(reply);
         let stopping = "the supervisor is stopping";
         if let Some(waiters) = self.queued_reload.take() {
             self.answer_aborted(waiters, stopping);
@@ -610,12 +608,6 @@ impl App {
     fn check_stopped(&mut self) {
         if self.phase == Phase::Stopping && self.workers.is_empty() {
             self.phase = Phase::Stopped;
-            for to in std::mem::take(&mut self.stop_waiters) {
-                self.out.push(Action::Reply {
-                    to,
-                    response: Response::Stopped,
-                });
-            }
             self.out.push(Action::Exit(Ok(())));
         }
     }

@@ -14,6 +14,8 @@ pub mod app;
 pub mod reload;
 mod supervisor;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use app::{App, Snapshot, WaitingSlot};

@@ -5,43 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::{Readiness, Runtime};
 use crate::control::protocol::ReloadOutcome;
 
 fn settings(name: &str, instances: usize) -> AppSettings {
-    AppSettings {
-        spec: Arc::new(WorkerSpec {
-            name: name.into(),
-            program: PathBuf::from("/bin/true"),
-            args: vec![],
-            env: Default::default(),
-            cwd: PathBuf::from("/"),
-            instances,
-            readiness: Readiness::Notify,
-            runtime: Runtime::None,
-            ready_timeout: Duration::from_secs(5),
-            kill_timeout: Duration::from_secs(10),
-        }),
-        restart: RestartPolicy {
-            min_uptime: Duration::from_secs(1),
-            max_restarts: 3,
-            window: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(2),
-        },
-        reload: ReloadPolicy {
-            max_surge: 1,
-            max_unavailable: 0,
-        },
-        not_ready_hint: None,
-    }
+    super::test_support::settings(name, instances, 1, 0)
 }
 
 /// The shell, simulated (see `app_tests.rs`), for a whole supervisor.
