@@ -322,6 +322,34 @@ impl Drop for Supervisor {
     }
 }
 
+/// Runs `supervisor reload` `rounds` times on a supervisor whose one app has `workers` workers in
+/// generation 1: every reload exits 0 saying `generation N: ok`, and brings `workers` new ready
+/// workers of that generation, none of whose pids was seen before. Returns every pid seen, of every
+/// generation.
+pub fn reload_rounds(
+    s: &Supervisor,
+    rounds: u64,
+    workers: usize,
+) -> Result<std::collections::HashSet<i32>> {
+    let mut seen: std::collections::HashSet<i32> =
+        s.ready_workers()?.iter().map(|w| w.pid).collect();
+    for round in 0..rounds {
+        let generation = round + 2;
+        let (ok, text) = s.cli_text(&["reload"])?;
+        if !ok || !text.contains(&format!("generation {generation}: ok")) {
+            bail!("reload {round}: {text}\n{}", s.log_text());
+        }
+        let ready = s.ready_workers()?;
+        if ready.len() != workers || ready.iter().any(|w| w.generation != generation) {
+            bail!("after reload {round}: {ready:?}");
+        }
+        if let Some(w) = ready.iter().find(|w| !seen.insert(w.pid)) {
+            bail!("pid {} reused: not a new worker", w.pid);
+        }
+    }
+    Ok(seen)
+}
+
 /// Runs `supervisor reload` `rounds` times under load of `mode` on `path` (`clients` clients),
 /// asserting that every reload succeeds and replaces every worker; returns what the load saw.
 pub fn reloads_under_load(

@@ -122,21 +122,7 @@ fn ten_reloads_under_load(config: &str) {
         (load.ok_so_far() > 20).then_some(())
     })
     .unwrap();
-    let mut seen: HashSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
-    for round in 0..10u64 {
-        let (ok, text) = reload(&s);
-        assert!(ok, "reload {round}: {text}\n{}", s.log_text());
-        assert!(
-            text.contains(&format!("generation {}: ok", round + 2)),
-            "{text}"
-        );
-        let ready = s.ready_workers().unwrap();
-        assert_eq!(ready.len(), 2, "{ready:?}");
-        for w in &ready {
-            assert_eq!(w.generation, round + 2, "{ready:?}");
-            assert!(seen.insert(w.pid), "pid {} reused: not a new worker", w.pid);
-        }
-    }
+    let seen = e2e::reload_rounds(&s, 10, 2).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     assert_eq!(

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use e2e::{ConnMode, Load, Supervisor, group_members, wait_for, workers};
@@ -22,21 +21,7 @@ fn ten_reloads_under_load_fail_no_request() {
     let addr = s.addr().unwrap();
     let load = Load::start(addr, "/", 3, &[ConnMode::KeepAlive, ConnMode::PerRequest]);
     std::thread::sleep(Duration::from_millis(200));
-    let mut seen: HashSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
-    for round in 0..10u64 {
-        let (ok, text) = reload(&s);
-        assert!(ok, "reload {round}: {text}");
-        assert!(
-            text.contains(&format!("generation {}: ok", round + 2)),
-            "{text}"
-        );
-        let ready = s.ready_workers().unwrap();
-        assert_eq!(ready.len(), 2, "{ready:?}");
-        for w in &ready {
-            assert_eq!(w.generation, round + 2, "{ready:?}");
-            assert!(seen.insert(w.pid), "pid {} reused: not a new worker", w.pid);
-        }
-    }
+    e2e::reload_rounds(&s, 10, 2).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     assert_eq!(

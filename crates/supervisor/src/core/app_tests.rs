@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
+use super::super::test_support::Sim;
 use super::*;
 use crate::config::Readiness;
 
@@ -18,161 +16,51 @@ fn settings(instances: usize, surge: usize, unavailable: usize) -> AppSettings {
     super::super::test_support::settings("web", instances, surge, unavailable)
 }
 
-/// The shell, simulated: spawns succeed with fresh pids (unless told to fail), config reads
-/// return `next_config`, deadlines fire when time is advanced past them.
-struct Sim {
-    core: App,
-    now: Instant,
-    next_pid: i32,
-    fail_spawns: bool,
-    next_config: Option<Result<AppSettings, String>>,
-    timers: BTreeMap<TimerKey, Instant>,
-    signals: Vec<(WorkerId, Signal)>,
-    replies: HashMap<ReplyTo, Vec<Response>>,
-    exit: Option<Result<(), String>>,
+/// A supervisor of the one app `s`, started.
+fn started(s: AppSettings) -> Sim {
+    let mut sim = Sim::new(vec![(s, vec![])]);
+    sim.send(Event::Start);
+    sim
 }
 
-impl Sim {
-    fn new(s: AppSettings) -> Sim {
-        let mut sim = Sim {
-            core: App::new(0, s),
-            now: Instant::now(),
-            next_pid: 100,
-            fail_spawns: false,
-            next_config: None,
-            timers: BTreeMap::new(),
-            signals: Vec::new(),
-            replies: HashMap::new(),
-            exit: None,
-        };
-        sim.send(Event::Start);
-        sim
-    }
+/// A started app of `n` workers, all ready.
+fn ready(n: usize) -> Sim {
+    let mut sim = started(settings(n, 1, 0));
+    sim.ready_all(0);
+    sim
+}
 
-    /// A started app whose workers are all ready.
-    fn ready(n: usize) -> Sim {
-        let mut sim = Sim::new(settings(n, 1, 0));
-        for id in sim.ids(WorkerState::Starting) {
-            sim.send(Event::Ready(id));
-        }
-        sim
-    }
+/// The one app's view of the simulation.
+trait OneApp {
+    fn ids(&self, state: WorkerState) -> Vec<WorkerId>;
+    fn reload(&mut self, reply: ReplyTo, next: AppSettings);
+    fn reload_report(&self, reply: ReplyTo) -> ReloadReport;
+}
 
-    fn send(&mut self, event: Event) {
-        let mut queue = VecDeque::from([event]);
-        while let Some(ev) = queue.pop_front() {
-            match ev {
-                Event::Config(settings) => self
-                    .core
-                    .config_read(settings.map(|mut all| all.remove(0)), self.now),
-                ev => self.core.handle(ev, self.now),
-            }
-            for action in self.core.take_actions() {
-                match action {
-                    Action::Spawn { worker, .. } if self.fail_spawns => {
-                        queue.push_back(Event::SpawnFailed {
-                            worker,
-                            error: "No such file or directory".into(),
-                        })
-                    }
-                    Action::Spawn { worker, .. } => {
-                        self.next_pid += 1;
-                        queue.push_back(Event::Spawned {
-                            worker,
-                            pid: self.next_pid,
-                        });
-                    }
-                    Action::Signal { worker, signal } => self.signals.push((worker, signal)),
-                    Action::Arm { timer, at } => {
-                        self.timers.insert(timer, at);
-                    }
-                    Action::Cancel(timer) => {
-                        self.timers.remove(&timer);
-                    }
-                    Action::ReadConfig => queue.push_back(Event::Config(
-                        self.next_config
-                            .take()
-                            .expect("a config to read")
-                            .map(|s| vec![s]),
-                    )),
-                    Action::Reloaded { report, waiters } => {
-                        for to in waiters {
-                            self.replies.entry(to).or_default().push(Response::Reload {
-                                reports: vec![report.clone()],
-                            });
-                        }
-                    }
-                    Action::Reply { to, response } => {
-                        self.replies.entry(to).or_default().push(response)
-                    }
-                    Action::Exit(outcome) => self.exit = Some(outcome),
-                }
-            }
-        }
-    }
-
-    /// Moves time forward by `d`, firing every deadline passed on the way, in order.
-    fn advance(&mut self, d: Duration) {
-        let until = self.now + d;
-        loop {
-            let due = self
-                .timers
-                .iter()
-                .filter(|(_, at)| **at <= until)
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, at)| (*k, *at));
-            let Some((key, at)) = due else { break };
-            self.timers.remove(&key);
-            self.now = self.now.max(at);
-            self.send(Event::Timer(key));
-        }
-        self.now = until;
-    }
-
+impl OneApp for Sim {
     fn ids(&self, state: WorkerState) -> Vec<WorkerId> {
-        self.core
-            .snapshot(self.now)
-            .workers
-            .iter()
-            .filter(|(w, _)| w.state == state)
-            .map(|(w, _)| w.id)
-            .collect()
-    }
-
-    fn exit(&mut self, id: WorkerId, status: ExitStatus) {
-        self.send(Event::Exited { worker: id, status });
+        self.workers(0, state)
     }
 
     fn reload(&mut self, reply: ReplyTo, next: AppSettings) {
-        self.next_config = Some(Ok(next));
+        self.config = Ok(vec![next]);
         self.send(Event::Reload {
             app: Some(0),
             reply: Some(reply),
         });
     }
 
-    fn reload_report(&self, reply: ReplyTo) -> &ReloadReport {
-        match self.replies.get(&reply).and_then(|r| r.first()) {
-            Some(Response::Reload { reports }) => &reports[0],
-            other => panic!("no reload answer for {reply}: {other:?}"),
-        }
-    }
-
-    fn signalled(&self, id: WorkerId) -> Vec<Signal> {
-        self.signals
-            .iter()
-            .filter(|(w, _)| *w == id)
-            .map(|(_, s)| *s)
-            .collect()
+    fn reload_report(&self, reply: ReplyTo) -> ReloadReport {
+        self.reports(reply).remove(0)
     }
 }
 
 #[test]
 fn start_spawns_every_slot_and_waits_for_readiness() {
-    let mut sim = Sim::new(settings(3, 1, 0));
+    let mut sim = started(settings(3, 1, 0));
     let starting = sim.ids(WorkerState::Starting);
     assert_eq!(starting.len(), 3);
-    assert_eq!(sim.core.phase(), Phase::Running);
+    assert_eq!(sim.app(0).phase(), Phase::Running);
     for id in &starting {
         assert!(sim.timers.contains_key(&TimerKey::Ready(*id)));
     }
@@ -185,14 +73,14 @@ fn start_spawns_every_slot_and_waits_for_readiness() {
 fn exec_readiness_is_ready_once_spawned() {
     let mut s = settings(2, 1, 0);
     Arc::make_mut(&mut s.spec).readiness = Readiness::Exec;
-    let sim = Sim::new(s);
+    let sim = started(s);
     assert_eq!(sim.ids(WorkerState::Ready).len(), 2);
     assert!(sim.timers.is_empty());
 }
 
 #[test]
 fn unstable_exits_back_off_doubling_then_show_a_crash_loop() {
-    let mut sim = Sim::ready(1);
+    let mut sim = ready(1);
     let mut delays = Vec::new();
     for _ in 0..6 {
         let id = sim.ids(WorkerState::Ready)[0];
@@ -206,7 +94,7 @@ fn unstable_exits_back_off_doubling_then_show_a_crash_loop() {
     assert_eq!(delays, vec![100, 200, 400, 800, 1600, 2000]);
     let id = sim.ids(WorkerState::Ready)[0];
     sim.exit(id, ExitStatus::Code(3));
-    let snap = sim.core.snapshot(sim.now);
+    let snap = sim.app(0).snapshot(sim.now);
     assert_eq!(snap.waiting.len(), 1);
     assert_eq!(snap.waiting[0].state, WaitState::CrashLoop);
     assert_eq!(snap.waiting[0].restarts, 7);
@@ -218,7 +106,7 @@ fn a_slot_that_never_comes_up_stays_a_crash_loop_when_the_backoff_exceeds_the_wi
     let mut s = settings(1, 1, 0);
     s.restart.window = Duration::from_secs(1);
     s.restart.backoff_max = Duration::from_secs(30);
-    let mut sim = Sim::new(s);
+    let mut sim = started(s);
     for _ in 0..12 {
         let id = sim.ids(WorkerState::Starting)[0];
         sim.exit(id, ExitStatus::Code(1));
@@ -227,13 +115,13 @@ fn a_slot_that_never_comes_up_stays_a_crash_loop_when_the_backoff_exceeds_the_wi
     }
     let id = sim.ids(WorkerState::Starting)[0];
     sim.exit(id, ExitStatus::Code(1));
-    let waiting = sim.core.snapshot(sim.now).waiting;
+    let waiting = sim.app(0).snapshot(sim.now).waiting;
     assert_eq!(waiting[0].state, WaitState::CrashLoop, "{waiting:?}");
 }
 
 #[test]
 fn a_stable_worker_is_restarted_at_once_and_resets_the_backoff() {
-    let mut sim = Sim::ready(1);
+    let mut sim = ready(1);
     let id = sim.ids(WorkerState::Ready)[0];
     sim.advance(Duration::from_secs(5));
     sim.exit(id, ExitStatus::Signal(9));
@@ -248,7 +136,7 @@ fn a_stable_worker_is_restarted_at_once_and_resets_the_backoff() {
 
 #[test]
 fn a_worker_not_ready_in_time_is_drained_then_killed_and_its_slot_backs_off() {
-    let mut sim = Sim::new(settings(1, 1, 0));
+    let mut sim = started(settings(1, 1, 0));
     let id = sim.ids(WorkerState::Starting)[0];
     sim.advance(Duration::from_secs(5));
     assert_eq!(
@@ -256,7 +144,7 @@ fn a_worker_not_ready_in_time_is_drained_then_killed_and_its_slot_backs_off() {
         vec![Signal::Term],
         "SIGTERM first, not SIGKILL"
     );
-    let waiting = sim.core.snapshot(sim.now).waiting;
+    let waiting = sim.app(0).snapshot(sim.now).waiting;
     assert!(
         waiting[0].last_exit.contains("not ready within 5s"),
         "{waiting:?}"
@@ -275,11 +163,8 @@ fn a_worker_not_ready_in_time_is_drained_then_killed_and_its_slot_backs_off() {
 
 #[test]
 fn a_first_start_where_no_worker_can_be_executed_exits_with_the_reason() {
-    let mut sim = Sim {
-        fail_spawns: true,
-        ..Sim::new(settings(0, 1, 0))
-    };
-    sim.core = App::new(0, settings(2, 1, 0));
+    let mut sim = Sim::new(vec![(settings(2, 1, 0), vec![])]);
+    sim.fail_app = Some(0);
     sim.send(Event::Start);
     match &sim.exit {
         Some(Err(reason)) => {
@@ -293,19 +178,19 @@ fn a_first_start_where_no_worker_can_be_executed_exits_with_the_reason() {
 
 #[test]
 fn after_the_first_start_spawn_failures_back_off_instead() {
-    let mut sim = Sim::ready(1);
-    sim.fail_spawns = true;
+    let mut sim = ready(1);
+    sim.fail_app = Some(0);
     let id = sim.ids(WorkerState::Ready)[0];
     sim.advance(Duration::from_secs(5));
     sim.exit(id, ExitStatus::Code(1));
     sim.advance(Duration::from_secs(1));
     assert!(sim.exit.is_none());
-    assert_eq!(sim.core.snapshot(sim.now).waiting.len(), 1);
+    assert_eq!(sim.app(0).snapshot(sim.now).waiting.len(), 1);
 }
 
 #[test]
 fn a_reload_replaces_one_slot_at_a_time_and_drains_old_workers_only_when_replaced() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     let old = sim.ids(WorkerState::Ready);
     sim.reload(1, settings(2, 1, 0));
     let new0 = sim.ids(WorkerState::Starting);
@@ -328,7 +213,7 @@ fn a_reload_replaces_one_slot_at_a_time_and_drains_old_workers_only_when_replace
     assert_eq!(report.slots.len(), 2);
     assert_eq!(report.slots[0].old_pid, Some(101));
     assert_eq!(report.slots[0].ready_secs, 0.03);
-    let snap = sim.core.snapshot(sim.now);
+    let snap = sim.app(0).snapshot(sim.now);
     assert_eq!(snap.generation, 2);
     assert!(
         snap.workers
@@ -339,7 +224,7 @@ fn a_reload_replaces_one_slot_at_a_time_and_drains_old_workers_only_when_replace
 
 #[test]
 fn max_unavailable_drains_an_old_worker_before_its_replacement_is_ready() {
-    let mut sim = Sim::ready(3);
+    let mut sim = ready(3);
     let old = sim.ids(WorkerState::Ready);
     sim.reload(1, settings(3, 2, 1));
     assert_eq!(sim.ids(WorkerState::Starting).len(), 2, "surge 2");
@@ -353,7 +238,7 @@ fn max_unavailable_drains_an_old_worker_before_its_replacement_is_ready() {
 
 #[test]
 fn reloads_asked_for_during_a_reload_run_once_after_it_for_every_caller() {
-    let mut sim = Sim::ready(1);
+    let mut sim = ready(1);
     sim.reload(1, settings(1, 1, 0));
     sim.send(Event::Reload {
         app: Some(0),
@@ -363,7 +248,7 @@ fn reloads_asked_for_during_a_reload_run_once_after_it_for_every_caller() {
         app: Some(0),
         reply: Some(3),
     });
-    sim.next_config = Some(Ok(settings(1, 1, 0)));
+    sim.config = Ok(vec![settings(1, 1, 0)]);
     let first = sim.ids(WorkerState::Starting)[0];
     sim.send(Event::Ready(first));
     assert_eq!(sim.reload_report(1).generation, 2);
@@ -372,12 +257,12 @@ fn reloads_asked_for_during_a_reload_run_once_after_it_for_every_caller() {
     sim.send(Event::Ready(second[0]));
     assert_eq!(sim.reload_report(2).generation, 3);
     assert_eq!(sim.reload_report(3).generation, 3);
-    assert_eq!(sim.core.snapshot(sim.now).generation, 3, "+2 exactly");
+    assert_eq!(sim.app(0).snapshot(sim.now).generation, 3, "+2 exactly");
 }
 
 #[test]
 fn a_new_worker_that_exits_aborts_the_reload_and_old_workers_keep_serving() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     let old = sim.ids(WorkerState::Ready);
     sim.reload(1, settings(2, 1, 0));
     let new = sim.ids(WorkerState::Starting)[0];
@@ -394,14 +279,14 @@ fn a_new_worker_that_exits_aborts_the_reload_and_old_workers_keep_serving() {
     assert!(sim.signals.is_empty(), "no old worker was signalled");
     assert_eq!(sim.ids(WorkerState::Ready), old);
     assert!(
-        sim.core.snapshot(sim.now).waiting.is_empty(),
+        sim.app(0).snapshot(sim.now).waiting.is_empty(),
         "no restart for a reload's worker"
     );
 }
 
 #[test]
 fn a_new_worker_not_ready_in_time_aborts_the_reload_and_is_drained() {
-    let mut sim = Sim::ready(1);
+    let mut sim = ready(1);
     let mut next = settings(1, 1, 0);
     next.not_ready_hint = Some("the app did not listen".into());
     sim.reload(1, next);
@@ -419,8 +304,8 @@ fn a_new_worker_not_ready_in_time_aborts_the_reload_and_is_drained() {
 
 #[test]
 fn an_invalid_config_aborts_the_reload_before_anything_changes() {
-    let mut sim = Sim::ready(2);
-    sim.next_config = Some(Err("s.toml: worker.instances: invalid type".into()));
+    let mut sim = ready(2);
+    sim.config = Err("s.toml: app[0].instances: invalid type".into());
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
@@ -432,15 +317,15 @@ fn an_invalid_config_aborts_the_reload_before_anything_changes() {
             .reason
             .as_deref()
             .unwrap()
-            .contains("worker.instances")
+            .contains("app[0].instances")
     );
     assert!(sim.ids(WorkerState::Starting).is_empty());
-    assert_eq!(sim.core.snapshot(sim.now).generation, 1);
+    assert_eq!(sim.app(0).snapshot(sim.now).generation, 1);
 }
 
 #[test]
 fn stop_during_a_reload_aborts_it_drains_everything_and_exits_when_all_are_gone() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     sim.reload(1, settings(2, 1, 0));
     sim.send(Event::Reload {
         app: Some(0),
@@ -462,7 +347,7 @@ fn stop_during_a_reload_aborts_it_drains_everything_and_exits_when_all_are_gone(
             .contains("stopping")
     );
     let all: Vec<WorkerId> = sim
-        .core
+        .app(0)
         .snapshot(sim.now)
         .workers
         .iter()
@@ -485,7 +370,7 @@ fn stop_during_a_reload_aborts_it_drains_everything_and_exits_when_all_are_gone(
 
 #[test]
 fn a_crash_during_a_reload_is_restarted_and_the_slot_still_replaced() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     let old = sim.ids(WorkerState::Ready);
     sim.reload(1, settings(2, 1, 0));
     sim.advance(Duration::from_secs(2));
@@ -510,7 +395,7 @@ fn a_crash_during_a_reload_is_restarted_and_the_slot_still_replaced() {
     );
     assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Ok);
     let slots: Vec<(usize, u64)> = sim
-        .core
+        .app(0)
         .snapshot(sim.now)
         .workers
         .iter()
@@ -522,7 +407,7 @@ fn a_crash_during_a_reload_is_restarted_and_the_slot_still_replaced() {
 
 #[test]
 fn a_reload_scales_up_and_down() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     sim.reload(1, settings(3, 1, 0));
     for _ in 0..3 {
         let new = sim.ids(WorkerState::Starting)[0];
@@ -541,9 +426,15 @@ fn a_reload_scales_up_and_down() {
 
 #[test]
 fn fast_stop_kills_every_group_at_once() {
-    let mut sim = Sim::ready(2);
+    let mut sim = ready(2);
     sim.send(Event::FastStop);
-    for id in sim.core.snapshot(sim.now).workers.iter().map(|(w, _)| w.id) {
+    for id in sim
+        .app(0)
+        .snapshot(sim.now)
+        .workers
+        .iter()
+        .map(|(w, _)| w.id)
+    {
         assert_eq!(sim.signalled(id), vec![Signal::Term, Signal::KillGroup]);
     }
 }

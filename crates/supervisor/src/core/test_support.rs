@@ -1,11 +1,21 @@
-//! Fixtures for the core's tests: an app's settings with short, round timeouts.
+//! Fixtures for the core's tests: an app's settings with short, round timeouts, and [`Sim`], the
+//! shell simulated with plain instants and no processes.
 
+#![allow(clippy::expect_used)] // tests: a failed expectation is a failed test
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::AppSettings;
+use tokio::time::Instant;
+
+use super::{
+    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, Signal, Supervisor, TimerKey,
+    WorkerId, WorkerState,
+};
 use crate::config::{Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
+use crate::control::protocol::{ReloadReport, Response};
 
 /// App `name` with `instances` workers: ready timeout 5 s, kill timeout 10 s, backoff 100 ms
 /// doubling to 2 s, crash loop above 3 restarts in 60 s, reload with `surge` and `unavailable`.
@@ -35,5 +45,151 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             max_unavailable: unavailable,
         },
         not_ready_hint: None,
+    }
+}
+
+/// The shell, simulated, around a whole [`Supervisor`]: spawns succeed with fresh pids (unless
+/// `fail_app` says which app's fail), config reads return `config`, deadlines fire when time is
+/// advanced past them, and everything the core asks for is recorded.
+pub struct Sim {
+    /// The core under test.
+    pub core: Supervisor,
+    /// The current instant.
+    pub now: Instant,
+    next_pid: i32,
+    /// Spawns of this app fail (`execve` would).
+    pub fail_app: Option<AppIndex>,
+    /// What a config read returns.
+    pub config: Result<Vec<AppSettings>, String>,
+    /// Armed deadlines.
+    pub timers: BTreeMap<TimerKey, Instant>,
+    /// Signals sent, in order.
+    pub signals: Vec<(WorkerId, Signal)>,
+    /// Spawns asked for, in order.
+    pub spawned: Vec<(AppIndex, WorkerId)>,
+    /// Answers, per client.
+    pub replies: HashMap<ReplyTo, Vec<Response>>,
+    /// How the supervisor exited, once it did.
+    pub exit: Option<Result<(), String>>,
+}
+
+impl Sim {
+    /// Not started yet: send [`Event::Start`].
+    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
+        let config = Ok(apps.iter().map(|(s, _)| s.clone()).collect());
+        Sim {
+            core: Supervisor::new(apps),
+            now: Instant::now(),
+            next_pid: 100,
+            fail_app: None,
+            config,
+            timers: BTreeMap::new(),
+            signals: Vec::new(),
+            spawned: Vec::new(),
+            replies: HashMap::new(),
+            exit: None,
+        }
+    }
+
+    /// Hands `event` to the core and carries out what it asks, as the shell would.
+    pub fn send(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(ev) = queue.pop_front() {
+            for action in self.core.handle(ev, self.now) {
+                match action {
+                    Action::Spawn { app, worker, .. } => {
+                        self.spawned.push((app, worker));
+                        queue.push_back(if self.fail_app == Some(app) {
+                            Event::SpawnFailed {
+                                worker,
+                                error: "No such file or directory".into(),
+                            }
+                        } else {
+                            self.next_pid += 1;
+                            Event::Spawned {
+                                worker,
+                                pid: self.next_pid,
+                            }
+                        });
+                    }
+                    Action::Signal { worker, signal } => self.signals.push((worker, signal)),
+                    Action::Arm { timer, at } => {
+                        self.timers.insert(timer, at);
+                    }
+                    Action::Cancel(timer) => {
+                        self.timers.remove(&timer);
+                    }
+                    Action::ReadConfig => queue.push_back(Event::Config(self.config.clone())),
+                    Action::Reply { to, response } => {
+                        self.replies.entry(to).or_default().push(response)
+                    }
+                    Action::Exit(outcome) => self.exit = Some(outcome),
+                    Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
+                }
+            }
+        }
+    }
+
+    /// Moves time forward by `d`, firing every deadline passed on the way, in order.
+    pub fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            let due = self
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= until)
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, at)| (*k, *at));
+            let Some((key, at)) = due else { break };
+            self.timers.remove(&key);
+            self.now = self.now.max(at);
+            self.send(Event::Timer(key));
+        }
+        self.now = until;
+    }
+
+    /// App `i`.
+    pub fn app(&self, i: AppIndex) -> &App {
+        self.core.apps().nth(i).map(|v| v.app).expect("no such app")
+    }
+
+    /// Live workers of app `app` in `state`.
+    pub fn workers(&self, app: AppIndex, state: WorkerState) -> Vec<WorkerId> {
+        self.app(app)
+            .snapshot(self.now)
+            .workers
+            .iter()
+            .filter(|(w, _)| w.state == state)
+            .map(|(w, _)| w.id)
+            .collect()
+    }
+
+    /// Every starting worker of app `app` says it is ready.
+    pub fn ready_all(&mut self, app: AppIndex) {
+        for id in self.workers(app, WorkerState::Starting) {
+            self.send(Event::Ready(id));
+        }
+    }
+
+    /// The worker exited.
+    pub fn exit(&mut self, worker: WorkerId, status: ExitStatus) {
+        self.send(Event::Exited { worker, status });
+    }
+
+    /// The reports a client got for its reload.
+    pub fn reports(&self, reply: ReplyTo) -> Vec<ReloadReport> {
+        match self.replies.get(&reply).and_then(|r| r.first()) {
+            Some(Response::Reload { reports }) => reports.clone(),
+            other => panic!("no reload answer for {reply}: {other:?}"),
+        }
+    }
+
+    /// The signals a worker got, in order.
+    pub fn signalled(&self, id: WorkerId) -> Vec<Signal> {
+        self.signals
+            .iter()
+            .filter(|(w, _)| *w == id)
+            .map(|(_, s)| *s)
+            .collect()
     }
 }

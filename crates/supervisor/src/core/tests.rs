@@ -4,10 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use tokio::time::Instant;
-
+use super::test_support::Sim;
 use super::*;
 use crate::control::protocol::ReloadOutcome;
 
@@ -15,111 +12,21 @@ fn settings(name: &str, instances: usize) -> AppSettings {
     super::test_support::settings(name, instances, 1, 0)
 }
 
-/// The shell, simulated (see `app_tests.rs`), for a whole supervisor.
-struct Sim {
-    core: Supervisor,
-    now: Instant,
-    next_pid: i32,
-    fail_app: Option<usize>,
-    config: Vec<AppSettings>,
-    timers: BTreeMap<TimerKey, Instant>,
-    signals: Vec<(WorkerId, Signal)>,
-    spawned: Vec<(usize, WorkerId)>,
-    replies: HashMap<ReplyTo, Vec<Response>>,
-    exit: Option<Result<(), String>>,
+/// The simulation's view of apps by index.
+trait Apps {
+    fn exit_all_draining(&mut self, app: usize);
+    fn phase(&self, app: usize) -> Phase;
 }
 
-impl Sim {
-    fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
-        let config = apps.iter().map(|(s, _)| s.clone()).collect();
-        Sim {
-            core: Supervisor::new(apps),
-            now: Instant::now(),
-            next_pid: 100,
-            fail_app: None,
-            config,
-            timers: BTreeMap::new(),
-            signals: Vec::new(),
-            spawned: Vec::new(),
-            replies: HashMap::new(),
-            exit: None,
-        }
-    }
-
-    fn send(&mut self, event: Event) {
-        let mut queue = VecDeque::from([event]);
-        while let Some(ev) = queue.pop_front() {
-            for action in self.core.handle(ev, self.now) {
-                match action {
-                    Action::Spawn { app, worker, .. } => {
-                        self.spawned.push((app, worker));
-                        if self.fail_app == Some(app) {
-                            queue.push_back(Event::SpawnFailed {
-                                worker,
-                                error: "Exec format error".into(),
-                            });
-                        } else {
-                            self.next_pid += 1;
-                            queue.push_back(Event::Spawned {
-                                worker,
-                                pid: self.next_pid,
-                            });
-                        }
-                    }
-                    Action::Signal { worker, signal } => self.signals.push((worker, signal)),
-                    Action::Arm { timer, at } => {
-                        self.timers.insert(timer, at);
-                    }
-                    Action::Cancel(timer) => {
-                        self.timers.remove(&timer);
-                    }
-                    Action::ReadConfig => queue.push_back(Event::Config(Ok(self.config.clone()))),
-                    Action::Reply { to, response } => {
-                        self.replies.entry(to).or_default().push(response)
-                    }
-                    Action::Exit(outcome) => self.exit = Some(outcome),
-                    Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
-                }
-            }
-        }
-    }
-
-    /// Live workers of app `app` in `state`.
-    fn workers(&self, app: usize, state: WorkerState) -> Vec<WorkerId> {
-        let view = self.core.apps().nth(app).unwrap();
-        view.app
-            .snapshot(self.now)
-            .workers
-            .iter()
-            .filter(|(w, _)| w.state == state)
-            .map(|(w, _)| w.id)
-            .collect()
-    }
-
-    fn ready_all(&mut self, app: usize) {
-        for id in self.workers(app, WorkerState::Starting) {
-            self.send(Event::Ready(id));
-        }
-    }
-
+impl Apps for Sim {
     fn exit_all_draining(&mut self, app: usize) {
         for id in self.workers(app, WorkerState::Draining) {
-            self.send(Event::Exited {
-                worker: id,
-                status: ExitStatus::Code(0),
-            });
+            self.exit(id, ExitStatus::Code(0));
         }
     }
 
     fn phase(&self, app: usize) -> Phase {
-        self.core.apps().nth(app).unwrap().app.phase()
-    }
-
-    fn reports(&self, reply: ReplyTo) -> Vec<ReloadReport> {
-        match self.replies.get(&reply).and_then(|r| r.first()) {
-            Some(Response::Reload { reports }) => reports.clone(),
-            other => panic!("no reload answer for {reply}: {other:?}"),
-        }
+        self.app(app).phase()
     }
 }
 
@@ -233,8 +140,9 @@ fn a_first_start_that_cannot_execute_an_app_stops_everything_with_the_reason() {
     sim.send(Event::Start);
     match &sim.exit {
         Some(Err(reason)) => assert!(
-            reason
-                .starts_with("app broken: no worker could be started: broken.0: Exec format error"),
+            reason.starts_with(
+                "app broken: no worker could be started: broken.0: No such file or directory"
+            ),
             "{reason}"
         ),
         other => panic!("{other:?}"),
@@ -270,7 +178,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     );
     sim.ready_all(0);
     // A reload runs: the scale down waits for it.
-    sim.config = vec![settings("web", 4)];
+    sim.config = Ok(vec![settings("web", 4)]);
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(2),
@@ -291,7 +199,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     }
     assert_eq!(sim.workers(0, WorkerState::Ready).len(), 1);
     // The next reload takes `instances` from the file again, and says so.
-    sim.config = vec![settings("web", 2)];
+    sim.config = Ok(vec![settings("web", 2)]);
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(4),
