@@ -519,8 +519,23 @@ impl Shell {
                     p.reap();
                     self.cpu.retain(|pid| pid != p.pid);
                 }
+                if !self.any_draining() {
+                    crate::sys::release_free_memory();
+                }
             }
         }
+    }
+
+    /// Whether any worker is draining (a reload or a stop is still settling).
+    fn any_draining(&self) -> bool {
+        let now = Instant::now();
+        self.core.apps().any(|v| {
+            v.app
+                .snapshot(now)
+                .workers
+                .iter()
+                .any(|(w, _)| w.state == core::WorkerState::Draining)
+        })
     }
 
     /// `status`, of every app or of `only`.

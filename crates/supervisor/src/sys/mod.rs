@@ -6,3 +6,15 @@ pub mod listeners;
 pub mod process;
 pub mod procstat;
 pub mod spawn;
+
+/// Gives the memory freed by the allocator back to the system. After a reload settles, the
+/// allocator otherwise keeps the high-water mark of every worker that was draining at once
+/// (about 1 MB with 48 workers replaced back to back).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes no
+    // pointers and is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
