@@ -49,7 +49,7 @@ enum Reloading {
 }
 
 /// The first start: `start` fails when no worker could even be executed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FirstStart {
     outstanding: usize,
     errors: Vec<String>,
@@ -151,7 +151,7 @@ impl App {
             Event::Timer(key) => self.timer(key, now),
             Event::Stop { .. } => self.stop(now),
             Event::FastStop => self.fast_stop(now),
-            Event::Reload { reply, .. } => self.request_reload(reply, now),
+            Event::Reload { reply, .. } => self.request_reload(reply),
             Event::Restart { reply, .. } => self.restart(reply, now),
             Event::Scale {
                 instances, reply, ..
@@ -323,9 +323,9 @@ impl App {
         w.started_at = now;
         tracing::info!(worker = %w.name, pid, generation = w.generation, "worker started");
         let (readiness, timeout) = (w.spec.readiness, w.spec.ready_timeout);
-        if self.first_start.take().is_some() {
+        if self.first_start.take().is_some() && self.phase == Phase::Starting {
             // One worker runs: whatever happens next is a crash loop, not a failed start.
-            self.phase_running();
+            self.phase = Phase::Running;
         }
         match readiness {
             Readiness::Notify => self.out.push(Action::Arm {
@@ -376,12 +376,6 @@ impl App {
         }
         self.phase = Phase::Stopped;
         self.out.push(Action::Exit(Err(reason)));
-    }
-
-    fn phase_running(&mut self) {
-        if self.phase == Phase::Starting {
-            self.phase = Phase::Running;
-        }
     }
 
     fn ready(&mut self, id: WorkerId, now: Instant) {
@@ -614,7 +608,7 @@ impl App {
 
     // ---- rolling reload ----
 
-    fn request_reload(&mut self, reply: Option<ReplyTo>, _now: Instant) {
+    fn request_reload(&mut self, reply: Option<ReplyTo>) {
         if self.phase != Phase::Running {
             let why = match self.phase {
                 Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
