@@ -519,23 +519,11 @@ impl Shell {
                     p.reap();
                     self.cpu.retain(|pid| pid != p.pid);
                 }
-                if !self.any_draining() {
+                if !self.core.any_draining() {
                     crate::sys::release_free_memory();
                 }
             }
         }
-    }
-
-    /// Whether any worker is draining (a reload or a stop is still settling).
-    fn any_draining(&self) -> bool {
-        let now = Instant::now();
-        self.core.apps().any(|v| {
-            v.app
-                .snapshot(now)
-                .workers
-                .iter()
-                .any(|(w, _)| w.state == core::WorkerState::Draining)
-        })
     }
 
     /// `status`, of every app or of `only`.
@@ -561,7 +549,9 @@ impl Shell {
                     state: w.state,
                     restarts: *restarts,
                     process: match self.processes.get(&w.id) {
-                        Some(p) => self.cpu.sample_group(&procs, p.pid, p.started_at),
+                        Some(p) => self
+                            .cpu
+                            .sample_group(&procs, p.pid, w.started_at.into_std()),
                         None => Default::default(),
                     },
                     status_text: w.status_text.clone(),

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::net::unix::pipe;
@@ -38,8 +37,6 @@ pub enum WorkerEvent {
 pub struct Process {
     /// Process id (= process group id).
     pub pid: i32,
-    /// When it was started, for cpu accounting.
-    pub started_at: Instant,
     pidfd: Arc<OwnedFd>,
     tasks: Vec<JoinHandle<()>>,
     reaped: bool,
@@ -172,7 +169,6 @@ impl Process {
         }));
         Ok(Process {
             pid,
-            started_at: Instant::now(),
             pidfd,
             tasks,
             reaped: false,

@@ -183,9 +183,11 @@ impl App {
             })
     }
 
-    /// Whether a reload runs or waits for its config.
-    pub fn is_reloading(&self) -> bool {
-        self.reloading.is_some()
+    /// Whether any of its workers is draining.
+    pub fn has_draining(&self) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.state == WorkerState::Draining)
     }
 
     fn fast_stop(&mut self, now: Instant) {
@@ -202,11 +204,6 @@ impl App {
     /// A worker by id.
     pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
         self.workers.get(&id)
-    }
-
-    /// The current settings (the latest generation's).
-    pub fn settings(&self) -> &AppSettings {
-        &self.settings
     }
 
     /// The phase.

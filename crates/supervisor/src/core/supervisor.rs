@@ -153,6 +153,11 @@ impl Supervisor {
         self.apps.get(app_of(id))?.worker(id)
     }
 
+    /// Whether any worker of any app is draining (a reload or a stop is still settling).
+    pub fn any_draining(&self) -> bool {
+        self.apps.iter().any(App::has_draining)
+    }
+
     /// The supervisor's phase.
     pub fn phase(&self) -> Phase {
         self.phase
