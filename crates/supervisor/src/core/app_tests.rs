@@ -34,6 +34,7 @@ fn ready(n: usize) -> Sim {
 trait OneApp {
     fn ids(&self, state: WorkerState) -> Vec<WorkerId>;
     fn reload(&mut self, reply: ReplyTo, next: AppSettings);
+    fn ask_reload(&mut self, reply: ReplyTo);
     fn reload_report(&self, reply: ReplyTo) -> ReloadReport;
 }
 
@@ -42,8 +43,14 @@ impl OneApp for Sim {
         self.workers(0, state)
     }
 
+    /// Asks for a reload that will read `next` from the config file.
     fn reload(&mut self, reply: ReplyTo, next: AppSettings) {
         self.config = Ok(vec![next]);
+        self.ask_reload(reply);
+    }
+
+    /// Asks for a reload of the one app, for client `reply`.
+    fn ask_reload(&mut self, reply: ReplyTo) {
         self.send(Event::Reload {
             app: Some(0),
             reply: Some(reply),
@@ -240,14 +247,8 @@ fn max_unavailable_drains_an_old_worker_before_its_replacement_is_ready() {
 fn reloads_asked_for_during_a_reload_run_once_after_it_for_every_caller() {
     let mut sim = ready(1);
     sim.reload(1, settings(1, 1, 0));
-    sim.send(Event::Reload {
-        app: Some(0),
-        reply: Some(2),
-    });
-    sim.send(Event::Reload {
-        app: Some(0),
-        reply: Some(3),
-    });
+    sim.ask_reload(2);
+    sim.ask_reload(3);
     sim.config = Ok(vec![settings(1, 1, 0)]);
     let first = sim.ids(WorkerState::Starting)[0];
     sim.send(Event::Ready(first));
@@ -306,10 +307,7 @@ fn a_new_worker_not_ready_in_time_aborts_the_reload_and_is_drained() {
 fn an_invalid_config_aborts_the_reload_before_anything_changes() {
     let mut sim = ready(2);
     sim.config = Err("s.toml: app[0].instances: invalid type".into());
-    sim.send(Event::Reload {
-        app: Some(0),
-        reply: Some(1),
-    });
+    sim.ask_reload(1);
     let report = sim.reload_report(1);
     assert_eq!(report.outcome, ReloadOutcome::Aborted);
     assert!(
@@ -327,10 +325,7 @@ fn an_invalid_config_aborts_the_reload_before_anything_changes() {
 fn stop_during_a_reload_aborts_it_drains_everything_and_exits_when_all_are_gone() {
     let mut sim = ready(2);
     sim.reload(1, settings(2, 1, 0));
-    sim.send(Event::Reload {
-        app: Some(0),
-        reply: Some(2),
-    }); // queued
+    sim.ask_reload(2); // queued
     sim.send(Event::Stop { reply: Some(9) });
     assert!(
         sim.reload_report(1)

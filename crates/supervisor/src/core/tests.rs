@@ -41,6 +41,15 @@ fn three_apps() -> Sim {
     sim
 }
 
+/// The three apps, each with every worker ready.
+fn three_apps_ready() -> Sim {
+    let mut sim = three_apps();
+    for app in 0..3 {
+        sim.ready_all(app);
+    }
+    sim
+}
+
 #[test]
 fn an_app_starts_once_the_apps_it_is_after_are_ready() {
     let mut sim = three_apps();
@@ -59,10 +68,7 @@ fn an_app_starts_once_the_apps_it_is_after_are_ready() {
 
 #[test]
 fn reload_of_every_app_goes_one_app_at_a_time() {
-    let mut sim = three_apps();
-    sim.ready_all(0);
-    sim.ready_all(1);
-    sim.ready_all(2);
+    let mut sim = three_apps_ready();
     sim.send(Event::Reload {
         app: None,
         reply: Some(1),
@@ -85,10 +91,7 @@ fn reload_of_every_app_goes_one_app_at_a_time() {
 
 #[test]
 fn reloading_one_app_leaves_the_others_alone() {
-    let mut sim = three_apps();
-    sim.ready_all(0);
-    sim.ready_all(1);
-    sim.ready_all(2);
+    let mut sim = three_apps_ready();
     let before = sim.spawned.len();
     sim.send(Event::Reload {
         app: Some(2),
@@ -103,10 +106,7 @@ fn reloading_one_app_leaves_the_others_alone() {
 
 #[test]
 fn stop_goes_in_reverse_order_one_app_after_the_other() {
-    let mut sim = three_apps();
-    sim.ready_all(0);
-    sim.ready_all(1);
-    sim.ready_all(2);
+    let mut sim = three_apps_ready();
     sim.send(Event::Stop { reply: Some(9) });
     assert_eq!(sim.phase(2), Phase::Stopping, "the last app first");
     assert_eq!(sim.phase(1), Phase::Running);
@@ -247,10 +247,7 @@ fn restart_replaces_every_worker_at_once_without_waiting() {
 
 #[test]
 fn a_crash_during_the_reload_of_every_app_is_restarted_and_the_reload_goes_on() {
-    let mut sim = three_apps();
-    sim.ready_all(0);
-    sim.ready_all(1);
-    sim.ready_all(2);
+    let mut sim = three_apps_ready();
     sim.send(Event::Reload {
         app: None,
         reply: Some(1),
