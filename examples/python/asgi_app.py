@@ -1,16 +1,10 @@
 # ASGI app for the uvicorn example: / (answers with its pid), /heavy (a few ms of CPU), /healthz.
 import os
 
+from pages import page
+
 if os.environ.get("APP_FAIL_AT_IMPORT"):
     raise RuntimeError("APP_FAIL_AT_IMPORT is set: this app refuses to start")
-
-
-def heavy():
-    """A few milliseconds of pure-Python CPU work."""
-    total = 0
-    for i in range(60_000):
-        total += i * i
-    return total
 
 
 async def app(scope, receive, send):
@@ -26,16 +20,7 @@ async def app(scope, receive, send):
                 return
     if scope["type"] != "http":
         return
-    path = scope["path"]
-    status = 200
-    if path == "/":
-        body = f"python pid={os.getpid()}\n".encode()
-    elif path == "/heavy":
-        body = f"python pid={os.getpid()} heavy={heavy()}\n".encode()
-    elif path == "/healthz":
-        body = b"ok\n"
-    else:
-        status, body = 404, b"not found\n"
+    status, body = page(scope["path"])
     await send(
         {
             "type": "http.response.start",

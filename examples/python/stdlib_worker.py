@@ -20,6 +20,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pages import page
+
 
 def env_ms(name, default):
     try:
@@ -71,30 +73,15 @@ def notify(state):
         s.sendto(state.encode(), path)
 
 
-def heavy():
-    total = 0
-    for i in range(60_000):
-        total += i * i
-    return total
-
-
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     disable_nagle_algorithm = True  # TCP_NODELAY on each connection
     wbufsize = -1  # buffer the response: headers and body leave in one write at the flush
 
     def do_GET(self):
-        if self.path == "/":
-            self.respond(200, f"python pid={os.getpid()}\n")
-        elif self.path == "/heavy":
-            self.respond(200, f"python pid={os.getpid()} heavy={heavy()}\n")
-        elif self.path == "/healthz":
-            self.respond(200, "ok\n")
-        else:
-            self.respond(404, "not found\n")
+        self.respond(*page(self.path))
 
-    def respond(self, status, text):
-        body = text.encode()
+    def respond(self, status, body):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
