@@ -423,9 +423,21 @@ fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
     let pid = s.pid();
     let victim = workers(&s.status().unwrap())[0].pid;
     let sock = s.dir.path().join("control.sock");
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64;
+    // EMFILE is about fd numbers: a new fd takes the lowest free number, and fails when that is
+    // at or above the limit. Set the limit so exactly 16 numbers are free below it: room for a
+    // worker restart (pipes, notify socket, pidfd, and the child's own copies before exec) once
+    // the clients are gone, but not for the clients below.
+    let limit_with_free = |free: usize| {
+        let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0u64..)
+            .filter(|n| !open.contains(n))
+            .nth(free - 1)
+            .unwrap()
+            + 1
+    };
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -433,13 +445,13 @@ fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
     // SAFETY: prlimit on our own child, reading into a valid rlimit struct.
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    // Room for a few more fds only: the idle clients take them, and every client after them makes
-    // accept fail with EMFILE while it waits in the backlog.
-    limit.rlim_cur = open_fds + 8;
+    limit.rlim_cur = limit_with_free(16);
     // SAFETY: prlimit on our own child with a valid rlimit struct.
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    let clients: Vec<_> = (0..16)
+    // More clients than free fds: the first ones are accepted and sit idle, every one after them
+    // makes accept fail with EMFILE while it waits in the backlog.
+    let clients: Vec<_> = (0..40)
         .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -473,7 +485,27 @@ fn control_socket_at_the_fd_limit_backs_off_and_recovers() {
         let ws = workers(&s.status().ok()?);
         (ws.len() == 1 && ws[0].state == "ready" && ws[0].pid != victim).then_some(())
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", s.log_text()));
+    .unwrap_or_else(|e| {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let e = e.ok()?;
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    Some(format!(
+                        "{} -> {}",
+                        e.file_name().to_str()?,
+                        target.display()
+                    ))
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        panic!(
+            "{e} (limit {}; open fds: {fds:?}): {}",
+            limit.rlim_cur,
+            s.log_text()
+        )
+    });
     assert!(s.log_text().contains("accepting again"), "{}", s.log_text());
 }
 
