@@ -34,9 +34,6 @@ pub struct Cli {
         default_value = "config/supervisor.toml"
     )]
     pub config: PathBuf,
-    /// Log format of the supervisor (and of forwarded worker output).
-    #[arg(long, global = true, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -63,7 +60,11 @@ pub struct Target {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the supervisor in the foreground (what systemd or Docker runs).
-    Start,
+    Start {
+        /// Log format of the supervisor's own lines and of the workers' forwarded output.
+        #[arg(long, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Validate the config file, try what `start` would bind, and print what it would run.
     Check {
         /// Print JSON.
@@ -191,7 +192,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         .context("cannot build the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Start => {
+            Cmd::Start { .. } => {
                 let config = Config::load(&cli.config)?;
                 let commands = signals().context("cannot install signal handlers")?;
                 daemon::run(config, commands).await?;

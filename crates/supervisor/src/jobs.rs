@@ -122,13 +122,13 @@ pub fn render(jobs: &[JobView]) -> String {
             .as_ref()
             .map(|r| {
                 format!(
-                    "{} {} on {}:{} token {} {}ms, {}",
+                    "{} {} on {}:{} token {} in {}, {}",
                     r.outcome,
                     r.tick,
                     r.host,
                     r.pid,
                     r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    r.duration_ms,
+                    table::duration(r.duration_ms as f64 / 1000.0),
                     ago(r.started_at)
                 )
             })
@@ -164,7 +164,7 @@ pub fn render_history(runs: &[RunRecord]) -> String {
             r.pid.to_string(),
             r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             r.started_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
-            format!("{}ms", r.duration_ms),
+            table::duration(r.duration_ms as f64 / 1000.0),
             r.error.clone().unwrap_or_default(),
         ]);
     }

@@ -6,13 +6,19 @@ use std::process::ExitCode;
 use clap::Parser;
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use supervisor::cli::{Cli, LogFormat};
+use supervisor::cli::{Cli, Cmd, LogFormat};
 use supervisor::daemon::Command;
 use tokio::sync::mpsc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Only the supervisor itself logs; a client command prints its answer and, on failure, the
+    // error below (RUST_LOG=... still turns its logs on, for debugging).
+    match cli.command {
+        Cmd::Start { log_format } => init_tracing(log_format, "info"),
+        _ if std::env::var_os("RUST_LOG").is_some() => init_tracing(LogFormat::Text, "off"),
+        _ => {}
+    }
     match supervisor::cli::run(cli, install_signals) {
         Ok(code) => code,
         Err(e) => {
@@ -22,9 +28,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr, each line with an RFC 3339 timestamp (UTC), as text or one JSON object per line.
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

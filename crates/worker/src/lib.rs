@@ -56,7 +56,8 @@ pub async fn run(
         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     if let Some(s) = scheduler {
         match s.await {
-            Ok(stats) => tracing::info!(?stats, "cron scheduler stopped"),
+            // The scheduler logged its counters itself when it stopped.
+            Ok(_stats) => {}
             Err(e) => tracing::warn!("cron scheduler task failed: {e}"),
         }
     }

@@ -198,20 +198,43 @@ mod tests {
     }
 
     #[test]
-    fn scan_sees_a_child_in_our_group() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+    fn scan_sums_a_group_with_a_child_in_it() {
+        use std::os::unix::process::CommandExt;
+        // A group of its own: `sh` (the leader, idle in `wait`) and the `sleep` it forked, like a
+        // worker and its child. Our own group would mix in the test runner's processes, whose
+        // memory changes between two reads.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .process_group(0)
             .spawn()
             .unwrap();
-        // SAFETY: getpgrp has no preconditions.
-        let pgrp = unsafe { libc::getpgrp() };
+        let leader = sh.id() as i32;
+        let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let sleeper_runs = || {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                    return false;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+                stat.and_then(|t| parse_stat(&t))
+                    .is_some_and(|s| s.pgrp == leader)
+                    && pid != sh.id()
+                    && comm(pid).is_some_and(|c| c.trim() == "sleep")
+            })
+        };
+        while !sleeper_runs() {
+            assert!(Instant::now() < deadline, "sh never forked its sleep");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let scan = GroupScan::scan();
-        let _ = child.kill();
-        let _ = child.wait();
-        let me = rss_bytes(std::process::id() as i32).unwrap();
+        let leader_alone = rss_bytes(leader).unwrap();
+        // SAFETY: kill of the process group this test created (sh and its sleep).
+        unsafe { libc::kill(-leader, libc::SIGKILL) };
+        let _ = sh.wait();
         assert!(
-            scan.group(pgrp).unwrap().rss_bytes > me,
-            "the child's memory counts"
+            scan.group(leader).unwrap().rss_bytes > leader_alone,
+            "the child's memory counts for its group"
         );
     }
 
