@@ -10,7 +10,8 @@ use e2e::{Supervisor, wait_for, workers};
 
 /// A worker in Python: says READY=1 on `NOTIFY_SOCKET`, logs `app slot pid` to `started.log`,
 /// drains on SIGTERM by writing `term-<pid>` and exiting 0. The first worker of `mem` slot 1 then
-/// allocates (and touches) 60 MB, once: its replacement stays small.
+/// allocates (and touches) 60 MB, once: its replacement stays small. With
+/// `REPLACEMENT=never-ready`, every worker started after that one never says READY=1.
 const WORKER: &str = r#"
 import os, signal, socket, sys
 app, slot, pid = os.environ["SUPERVISOR_APP"], os.environ["SUPERVISOR_WORKER_ID"], os.getpid()
@@ -20,6 +21,8 @@ def term(*_):
     open(f"term-{pid}", "w").close()
     sys.exit(0)
 signal.signal(signal.SIGTERM, term)
+while os.environ.get("REPLACEMENT") == "never-ready" and os.path.exists("grown"):
+    signal.pause()
 addr = os.environ["NOTIFY_SOCKET"]
 if addr.startswith("@"):
     addr = "\0" + addr[1:]
@@ -33,15 +36,33 @@ while True:
     signal.pause()
 "#;
 
-fn config() -> String {
-    let app = |name: &str, instances: usize, max: &str| {
+/// App `mem` (2 workers, max_memory 30 MB, `mem_keys` added) and app `steady` (1 worker,
+/// max_memory 200 MB), both with a grace of 1 s.
+fn config(mem_keys: &str) -> String {
+    let app = |name: &str, instances: usize, max: &str, keys: &str| {
         format!(
             "[[app]]\nname = \"{name}\"\ncommand = \"python3\"\nargs = [\"-c\", '''{WORKER}''']\n\
-             instances = {instances}\nready_timeout = \"10s\"\nkill_timeout = \"5s\"\n\
-             max_memory = \"{max}\"\nmax_memory_grace = \"1s\"\n"
+             instances = {instances}\nkill_timeout = \"5s\"\n\
+             max_memory = \"{max}\"\nmax_memory_grace = \"1s\"\n{keys}\n"
         )
     };
-    format!("{}\n{}", app("mem", 2, "30MB"), app("steady", 1, "200MB"))
+    format!(
+        "{}\n{}",
+        app("mem", 2, "30MB", mem_keys),
+        app("steady", 1, "200MB", "ready_timeout = \"10s\"")
+    )
+}
+
+/// The pid of the worker that grew (once it did).
+fn grown(s: &Supervisor) -> i32 {
+    wait_for(Duration::from_secs(20), "mem.1 to grow", || {
+        std::fs::read_to_string(s.dir.path().join("grown"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .unwrap()
 }
 
 /// `app slot pid` lines of every worker started so far.
@@ -62,15 +83,8 @@ fn started(s: &Supervisor) -> Vec<(String, u64, i32)> {
 
 #[test]
 fn a_worker_above_max_memory_is_replaced_gracefully_and_the_others_are_left_alone() {
-    let s = Supervisor::spawn(&config()).unwrap();
-    let grown: i32 = wait_for(Duration::from_secs(20), "mem.1 to grow", || {
-        std::fs::read_to_string(s.dir.path().join("grown"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    })
-    .unwrap();
+    let s = Supervisor::spawn(&config("ready_timeout = \"10s\"")).unwrap();
+    let grown = grown(&s);
     let v = wait_for(
         Duration::from_secs(30),
         "one memory recycle, settled",
@@ -135,4 +149,52 @@ fn a_worker_above_max_memory_is_replaced_gracefully_and_the_others_are_left_alon
         let replaced = app == "mem" && *slot == 1 && *pid == grown;
         assert_eq!(now.contains(pid), !replaced, "{app}.{slot} pid {pid}: {v}");
     }
+}
+
+#[test]
+fn a_replacement_that_never_gets_ready_leaves_the_old_worker_serving_and_is_retried() {
+    let s = Supervisor::spawn(&config(
+        "ready_timeout = \"1s\"\nenv = { REPLACEMENT = \"never-ready\" }",
+    ))
+    .unwrap();
+    let grown = grown(&s);
+    // Above from about 1 s: a replacement after the 1 s grace, not ready within 1 s; another
+    // grace, a second one.
+    let v = wait_for(Duration::from_secs(30), "two failed replacements", || {
+        let v = s.status().ok()?;
+        (v["apps"][0]["memory_recycle_failures"].as_u64()? >= 2).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(v["apps"][0]["memory_recycles"], 0, "{v}");
+    let mem1: Vec<_> = workers(&v)
+        .into_iter()
+        .filter(|w| w.name == "mem.1" && w.state == "ready")
+        .collect();
+    assert_eq!(mem1.len(), 1, "{v}");
+    assert_eq!(mem1[0].pid, grown, "the old worker keeps serving: {v}");
+    assert!(!s.dir.path().join(format!("term-{grown}")).exists());
+    let log = s.log_text();
+    assert!(
+        log.contains("replacement for memory failed: new worker mem.1")
+            && log.contains("was not ready within 1s; the worker keeps serving"),
+        "{log}"
+    );
+    // Each failed replacement was drained with SIGTERM, like a new worker of an aborted reload.
+    let attempts: Vec<i32> = started(&s)
+        .into_iter()
+        .filter(|(app, slot, pid)| app == "mem" && *slot == 1 && *pid != grown)
+        .map(|(_, _, pid)| pid)
+        .collect();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "the failed replacements to drain",
+        || {
+            attempts[..2]
+                .iter()
+                .all(|pid| s.dir.path().join(format!("term-{pid}")).exists())
+                .then_some(())
+        },
+    )
+    .unwrap();
 }
