@@ -348,6 +348,8 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                         "name": l.name, "address": l.addr.to_string(),
                     })).collect::<Vec<_>>(),
                     "after": a.after,
+                    "max_memory": a.memory.max_bytes,
+                    "max_memory_grace_secs": a.memory.grace.as_secs_f64(),
                 })
             })
             .collect();
@@ -375,6 +377,13 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         }
         if !app.after.is_empty() {
             println!("  after:          {}", app.after.join(", "));
+        }
+        if let Some(max) = app.memory.max_bytes {
+            println!(
+                "  max_memory:     {} (grace {})",
+                table::size(max),
+                table::span(app.memory.grace)
+            );
         }
     }
     println!("control socket:   {}", c.control_socket.display());
@@ -537,6 +546,14 @@ fn render_app(a: &AppStatus) -> String {
         "slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status",
     ]);
     for w in &a.workers {
+        let over = w
+            .over_max_memory_secs
+            .map(|secs| format!("above max_memory for {}", table::duration(secs)));
+        let status = [over, w.status_text.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
         t.row(vec![
             w.slot.to_string(),
             w.name.clone(),
@@ -547,7 +564,7 @@ fn render_app(a: &AppStatus) -> String {
             w.restarts.to_string(),
             format!("{:.1}%", w.process.cpu_percent),
             table::bytes(w.process.rss_bytes),
-            w.status_text.clone().unwrap_or_default(),
+            status,
         ]);
     }
     for s in &a.waiting {
@@ -570,6 +587,37 @@ fn render_app(a: &AppStatus) -> String {
     }
     if !a.workers.is_empty() || !a.waiting.is_empty() {
         out.push_str(&t.to_string());
+    }
+    if let Some(m) = &a.max_memory {
+        out.push_str(&format!(
+            "max_memory {} (grace {}): recycled {} (memory)",
+            table::size(m.bytes),
+            table::span(Duration::try_from_secs_f64(m.grace_secs).unwrap_or_default()),
+            a.memory_recycles
+        ));
+    } else if a.memory_recycles > 0 {
+        out.push_str(&format!("recycled {} (memory)", a.memory_recycles));
+    }
+    if a.max_memory.is_some() || a.memory_recycles > 0 {
+        if a.memory_recycle_failures > 0 {
+            out.push_str(&format!(
+                ", {} replacement(s) failed",
+                a.memory_recycle_failures
+            ));
+        }
+        out.push('\n');
+    }
+    if let Some(r) = &a.memory_recycling {
+        out.push_str(&format!(
+            "replacing slot {} for memory: pid {} ({}) -> {} starting for {}\n",
+            r.slot,
+            r.old_pid,
+            table::bytes(r.rss_bytes),
+            r.new_pid
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "new worker".into()),
+            table::duration(r.elapsed_secs)
+        ));
     }
     if let Some(p) = &a.reload_in_progress {
         out.push_str(&format!(
@@ -660,5 +708,80 @@ async fn reload(
         }
         Response::Error { message } => bail!("reload refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{MemoryLimit, MemoryRecycleProgress, ProcessInfo, WorkerInfo};
+    use crate::core::{Phase, WorkerState};
+
+    fn app(max_memory: Option<MemoryLimit>, recycles: u64, failures: u64) -> AppStatus {
+        AppStatus {
+            name: "demo".into(),
+            phase: Phase::Running,
+            waiting_for: vec![],
+            generation: 1,
+            listeners: vec![],
+            workers: vec![WorkerInfo {
+                slot: 1,
+                name: "demo.1".into(),
+                generation: 1,
+                state: WorkerState::Ready,
+                restarts: 0,
+                process: ProcessInfo {
+                    pid: 1234,
+                    uptime_secs: 60.0,
+                    cpu_percent: 0.0,
+                    rss_bytes: 612_300_000,
+                },
+                status_text: Some("serving".into()),
+                over_max_memory_secs: Some(12.0),
+            }],
+            waiting: vec![],
+            reload_in_progress: None,
+            last_reload: None,
+            max_memory,
+            memory_recycles: recycles,
+            memory_recycle_failures: failures,
+            memory_recycling: None,
+        }
+    }
+
+    #[test]
+    fn status_shows_max_memory_the_recycle_count_and_who_is_above() {
+        let limit = MemoryLimit {
+            bytes: 512_000_000,
+            grace_secs: 30.0,
+        };
+        let mut a = app(Some(limit), 2, 1);
+        a.memory_recycling = Some(MemoryRecycleProgress {
+            slot: 1,
+            old_pid: 1234,
+            new_pid: Some(1240),
+            rss_bytes: 612_300_000,
+            elapsed_secs: 0.25,
+        });
+        let text = render_app(&a);
+        assert!(
+            text.contains(
+                "max_memory 512 MB (grace 30s): recycled 2 (memory), 1 replacement(s) failed\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("above max_memory for 12.0s; serving"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "replacing slot 1 for memory: pid 1234 (612.3 MB) -> pid 1240 starting for 250 ms"
+            ),
+            "{text}"
+        );
+        let none = render_app(&app(None, 0, 0));
+        assert!(!none.contains("memory)"), "{none}");
+        assert!(render_app(&app(None, 3, 0)).contains("recycled 3 (memory)\n"));
     }
 }

@@ -95,6 +95,74 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size in bytes written with a unit in the file: `B`, `KB`/`MB`/`GB` (powers of 1000) or
+/// `KiB`/`MiB`/`GiB` (powers of 1024), e.g. "300MB", "1GiB", "1.5 GB". A value that is not one is
+/// a parse error, so it is reported with the file, line and key like a bad duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteSize(u64);
+
+/// Parses a size such as "512MB" or "1GiB" into bytes (see [`ByteSize`]); the error says why.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim_start());
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "" => return Err("no unit".into()),
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    let bytes = if let Some((int, frac)) = number.split_once('.') {
+        let value: f64 = format!("{}.{frac}", if int.is_empty() { "0" } else { int })
+            .parse()
+            .map_err(|_| format!("{number:?} is not a number"))?;
+        let bytes = (value * multiplier as f64).round();
+        if bytes >= u64::MAX as f64 {
+            return Err("too large".into());
+        }
+        bytes as u64
+    } else {
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("{number:?} is not a number"))?;
+        value.checked_mul(multiplier).ok_or("too large")?
+    };
+    if bytes == 0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(bytes)
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"512MB\" or \"1GiB\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                parse_size(text).map(ByteSize).map_err(|why| {
+                    E::custom(format!(
+                        "invalid size {text:?}: {why} (write e.g. \"512MB\" or \"1GiB\"; \
+                         units B, KB, MB, GB, KiB, MiB, GiB)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -144,6 +212,8 @@ struct RawApp {
     runtime: Option<Runtime>,
     ready_timeout: Option<HumanDuration>,
     kill_timeout: Option<HumanDuration>,
+    max_memory: Option<ByteSize>,
+    max_memory_grace: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -349,6 +419,17 @@ pub struct ReloadPolicy {
     pub max_unavailable: usize,
 }
 
+/// When a worker is replaced for using too much memory (like PM2's `max_memory_restart`, but
+/// gracefully: the replacement is started and ready before the worker is drained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// Resident memory of a worker's whole process group above which it is replaced; `None`:
+    /// never.
+    pub max_bytes: Option<u64>,
+    /// How long a worker must stay above `max_bytes` before it is replaced.
+    pub grace: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -386,6 +467,8 @@ pub struct AppConfig {
     pub restart: RestartPolicy,
     /// Rolling reload policy.
     pub reload: ReloadPolicy,
+    /// Memory recycling policy.
+    pub memory: MemoryPolicy,
 }
 
 /// Reads and deserializes a TOML file; errors name the file and the dotted key.
@@ -614,6 +697,14 @@ impl Validator<'_> {
         let restart = self.restart(key, &ra.restart)?;
         let after = ra.after.clone();
         let reload_raw = (ra.reload.max_surge, ra.reload.max_unavailable);
+        let memory = MemoryPolicy {
+            max_bytes: ra.max_memory.map(|b| b.0),
+            grace: self.positive(
+                &format!("{key}.max_memory_grace"),
+                ra.max_memory_grace,
+                Duration::from_secs(30),
+            )?,
+        };
         let worker = self.worker(key, ra)?;
         let reload = ReloadPolicy {
             max_surge: reload_raw.0.unwrap_or(1),
@@ -636,6 +727,7 @@ impl Validator<'_> {
             worker,
             restart,
             reload,
+            memory,
         })
     }
 
@@ -1148,6 +1240,84 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("app[0].readiness"), "{e}");
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(parse_size("300MB"), Ok(300_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64kb"), Ok(64_000));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        for bad in [
+            "",
+            "512",
+            "MB",
+            "0MB",
+            "5 parsecs",
+            "-1MB",
+            "1..5MB",
+            "99999999999GB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn max_memory_defaults_to_off_with_a_30s_grace() {
+        let c = load(OK).unwrap();
+        assert_eq!(c.apps[0].memory.max_bytes, None);
+        assert_eq!(c.apps[0].memory.grace, Duration::from_secs(30));
+        let c = load(&OK.replace(
+            "instances = 2",
+            "instances = 2\nmax_memory = \"512MB\"\nmax_memory_grace = \"5s\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.apps[0].memory,
+            MemoryPolicy {
+                max_bytes: Some(512_000_000),
+                grace: Duration::from_secs(5)
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_max_memory_names_file_line_key_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        for (value, why) in [
+            ("\"512XB\"", "unknown unit \"xb\""),
+            ("\"512\"", "no unit"),
+            ("\"0GiB\"", "must be greater than zero"),
+            ("512", "expected a size such as"),
+        ] {
+            let text = OK.replace(
+                "instances = 2",
+                &format!("instances = 2\nmax_memory = {value}"),
+            );
+            std::fs::write(&path, &text).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            // The key is on line 6 (OK starts with an empty line).
+            let want = format!("{}:6:", path.display());
+            assert!(e.starts_with(&want), "{e}");
+            assert!(e.contains("app[0].max_memory") && e.contains(why), "{e}");
+            if value.starts_with('"') {
+                assert!(e.contains(value), "names the value: {e}");
+            }
+        }
+        let e = load(&OK.replace(
+            "instances = 2",
+            "instances = 2\nmax_memory = \"1GB\"\nmax_memory_grace = \"0s\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("app[0].max_memory_grace") && e.contains("greater than zero"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! requests, worker events (readiness, exit) and deadlines into [`core::Event`]s and carries out
 //! the [`core::Action`]s the core returns (fork/exec, signals, timers, config reads, replies).
 //! Timers are one deadline queue on `tokio::time::Instant`; the loop sleeps until the next one.
+//! Worker memory for `max_memory` is measured on the core's request (a deadline it arms once a
+//! second while some app has a limit), with one `/proc` scan for every worker.
 //! Startup binds everything before any worker starts, so a bad port or a live control socket
 //! fails with nothing started.
 
@@ -14,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
-    AppStatus, ListenerInfo, ReloadOutcome, ReloadReport, Request, Response, SlotInfo,
+    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response, SlotInfo,
     StatusReport, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
@@ -174,6 +176,7 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
         spec: std::sync::Arc::new(app.worker.clone()),
         restart: app.restart,
         reload: app.reload,
+        memory: app.memory,
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
     }
 }
@@ -356,6 +359,7 @@ impl Shell {
             Action::Arm { timer, at } => self.deadlines.arm(timer, at),
             Action::Cancel(timer) => self.deadlines.cancel(timer),
             Action::ReadConfig => queue.push_back(Event::Config(self.read_config())),
+            Action::SampleMemory => queue.push_back(Event::Memory(self.sample_memory())),
             Action::Reply { to, response } => {
                 if let Some(tx) = self.replies.remove(&to) {
                     let _ = tx.send(response);
@@ -394,6 +398,16 @@ impl Shell {
             );
         }
         Ok(settings)
+    }
+
+    /// The resident memory of every worker's process group, from one scan of `/proc` (the same
+    /// measure `status` shows).
+    fn sample_memory(&self) -> Vec<(WorkerId, u64)> {
+        let scan = GroupScan::scan();
+        self.processes
+            .iter()
+            .filter_map(|(id, p)| Some((*id, scan.group(p.pid)?.rss_bytes)))
+            .collect()
     }
 
     fn app_index(&self, name: &str) -> Option<AppIndex> {
@@ -555,6 +569,9 @@ impl Shell {
                         None => Default::default(),
                     },
                     status_text: w.status_text.clone(),
+                    over_max_memory_secs: w
+                        .over_memory
+                        .map(|(since, _)| now.saturating_duration_since(since).as_secs_f64()),
                 })
                 .collect();
             apps.push(AppStatus {
@@ -585,6 +602,13 @@ impl Shell {
                     .collect(),
                 reload_in_progress: snapshot.reload_in_progress,
                 last_reload: snapshot.last_reload,
+                max_memory: snapshot.memory.max_bytes.map(|bytes| MemoryLimit {
+                    bytes,
+                    grace_secs: snapshot.memory.grace.as_secs_f64(),
+                }),
+                memory_recycles: snapshot.memory_recycles,
+                memory_recycle_failures: snapshot.memory_recycle_failures,
+                memory_recycling: snapshot.memory_recycling,
             });
         }
         StatusReport {

@@ -90,6 +90,23 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
+/// A configured size in the unit it was most likely written in: `512 MB`, `1 GiB`, `300 kB`, or
+/// like [`bytes`] when no unit divides it.
+pub fn size(b: u64) -> String {
+    const UNITS: [(u64, &str); 6] = [
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1000, "kB"),
+    ];
+    match UNITS.iter().find(|(u, _)| b >= *u && b.is_multiple_of(*u)) {
+        Some((u, name)) => format!("{} {name}", b / u),
+        None => format!("{b} B"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +125,10 @@ mod tests {
         assert_eq!(duration(125.0), "2m 5s");
         assert_eq!(duration(7260.0), "2h 1m");
         assert_eq!(bytes(4_200_000), "4.2 MB");
+        assert_eq!(size(512_000_000), "512 MB");
+        assert_eq!(size(1 << 30), "1 GiB");
+        assert_eq!(size(300 << 20), "300 MiB");
+        assert_eq!(size(30_000_000), "30 MB");
+        assert_eq!(size(1001), "1001 B");
     }
 }

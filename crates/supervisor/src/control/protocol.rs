@@ -118,6 +118,43 @@ pub struct AppStatus {
     pub reload_in_progress: Option<ReloadProgress>,
     /// The outcome of the last finished reload.
     pub last_reload: Option<ReloadReport>,
+    /// Its `max_memory`, if it has one.
+    #[serde(default)]
+    pub max_memory: Option<MemoryLimit>,
+    /// Workers replaced because they stayed above `max_memory` (counted when the replacement
+    /// became ready), since the supervisor started.
+    #[serde(default)]
+    pub memory_recycles: u64,
+    /// Replacements for memory that failed (the old worker kept serving).
+    #[serde(default)]
+    pub memory_recycle_failures: u64,
+    /// The replacement for memory under way, if any.
+    #[serde(default)]
+    pub memory_recycling: Option<MemoryRecycleProgress>,
+}
+
+/// An app's memory limit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct MemoryLimit {
+    /// Resident memory of a worker's process group above which it is replaced.
+    pub bytes: u64,
+    /// Seconds a worker must stay above it before it is replaced.
+    pub grace_secs: f64,
+}
+
+/// A worker being replaced because of its memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryRecycleProgress {
+    /// Slot.
+    pub slot: usize,
+    /// The worker being replaced.
+    pub old_pid: i32,
+    /// Its replacement, once spawned.
+    pub new_pid: Option<i32>,
+    /// The old worker's memory when its replacement was started.
+    pub rss_bytes: u64,
+    /// Seconds since the replacement was started.
+    pub elapsed_secs: f64,
 }
 
 /// A process's resource use.
@@ -161,6 +198,9 @@ pub struct WorkerInfo {
     pub process: ProcessInfo,
     /// Last `STATUS=` text.
     pub status_text: Option<String>,
+    /// Seconds it has been above the app's `max_memory` (every sample since), if it is.
+    #[serde(default)]
+    pub over_max_memory_secs: Option<f64>,
 }
 
 /// A slot waiting for a restart.

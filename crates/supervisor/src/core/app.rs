@@ -1,6 +1,14 @@
 //! One app: its slots (one worker each when serving), the workers starting, serving or
-//! draining, crash restarts with backoff, its rolling reload, scale and restart. Pure: it is
-//! driven by the [`super::Supervisor`] and returns [`Action`]s.
+//! draining, crash restarts with backoff, its rolling reload, scale and restart, and memory
+//! recycling. Pure: it is driven by the [`super::Supervisor`] and returns [`Action`]s.
+//!
+//! Memory recycling (`max_memory`): each sample marks a serving worker above the limit with the
+//! instant it was first seen above (a sample below clears it). One whose mark is older than
+//! `max_memory_grace` is replaced like one slot of a rolling reload: a new worker for its slot,
+//! same generation and program, and the old one drains only once the new one is ready. One slot
+//! at a time per app, never while the app reloads or stops. A replacement that fails (exits,
+//! cannot be executed, is not ready within `ready_timeout`) leaves the old worker serving, and
+//! its mark starts over: it is tried again once it has stayed above the limit for another grace.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -13,8 +21,10 @@ use super::{
     Action, AppIndex, AppSettings, Event, ExitStatus, Phase, ReplyTo, Signal, TimerKey, WaitState,
     Worker, WorkerId, WorkerState,
 };
-use crate::config::{Readiness, WorkerSpec};
-use crate::control::protocol::{ReloadOutcome, ReloadProgress, ReloadReport, Response};
+use crate::config::{MemoryPolicy, Readiness, WorkerSpec};
+use crate::control::protocol::{
+    MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport, Response,
+};
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +56,17 @@ enum Reloading {
     ReadingConfig(Vec<ReplyTo>),
     /// Replacing slots.
     Rolling(Reload),
+}
+
+/// A worker being replaced for its memory: its replacement starts beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recycle {
+    slot: usize,
+    old: WorkerId,
+    new: WorkerId,
+    /// The old worker's memory when its replacement was started.
+    rss: u64,
+    started: Instant,
 }
 
 /// The first start: `start` fails when no worker could even be executed.
@@ -85,6 +106,14 @@ pub struct Snapshot<'a> {
     pub reload_in_progress: Option<ReloadProgress>,
     /// The last finished reload.
     pub last_reload: Option<ReloadReport>,
+    /// The memory limit and its grace.
+    pub memory: MemoryPolicy,
+    /// Workers replaced because they stayed above `max_memory` (the replacement became ready).
+    pub memory_recycles: u64,
+    /// Replacements for memory that failed (the old worker kept serving).
+    pub memory_recycle_failures: u64,
+    /// The replacement for memory under way.
+    pub memory_recycling: Option<MemoryRecycleProgress>,
 }
 
 /// The state machine of one app.
@@ -106,6 +135,10 @@ pub struct App {
     last_reload: Option<ReloadReport>,
     phase: Phase,
     first_start: Option<FirstStart>,
+    /// The replacement for memory under way (one at a time).
+    recycling: Option<Recycle>,
+    memory_recycles: u64,
+    memory_recycle_failures: u64,
     out: Vec<Action>,
 }
 
@@ -130,6 +163,9 @@ impl App {
             last_reload: None,
             phase: Phase::Waiting,
             first_start: None,
+            recycling: None,
+            memory_recycles: 0,
+            memory_recycle_failures: 0,
             out: Vec::new(),
         }
     }
@@ -149,6 +185,7 @@ impl App {
             }
             Event::Exited { worker, status } => self.exited(worker, status, now),
             Event::Timer(key) => self.timer(key, now),
+            Event::Memory(samples) => self.memory(&samples, now),
             Event::Stop { .. } => self.stop(now),
             Event::FastStop => self.fast_stop(now),
             Event::Reload { reply, .. } => self.request_reload(reply),
@@ -242,6 +279,13 @@ impl App {
             Some(Reloading::Rolling(r)) => Some(r.progress(self.queued_reload.is_some(), now)),
             _ => None,
         };
+        let memory_recycling = self.recycling.map(|r| MemoryRecycleProgress {
+            slot: r.slot,
+            old_pid: self.workers.get(&r.old).and_then(|w| w.pid).unwrap_or(0),
+            new_pid: self.workers.get(&r.new).and_then(|w| w.pid),
+            rss_bytes: r.rss,
+            elapsed_secs: now.saturating_duration_since(r.started).as_secs_f64(),
+        });
         Snapshot {
             phase: self.phase,
             generation: self.generation,
@@ -249,6 +293,10 @@ impl App {
             waiting,
             reload_in_progress,
             last_reload: self.last_reload.clone(),
+            memory: self.settings.memory,
+            memory_recycles: self.memory_recycles,
+            memory_recycle_failures: self.memory_recycle_failures,
+            memory_recycling,
         }
     }
 
@@ -300,6 +348,7 @@ impl App {
                 started_at: now,
                 status_text: None,
                 spec: spec.clone(),
+                over_memory: None,
             },
         );
         self.out.push(Action::Spawn {
@@ -354,6 +403,8 @@ impl App {
                 format!("cannot start new worker for slot {}: {error}", w.slot),
                 now,
             );
+        } else if let Some(r) = self.recycling.filter(|r| r.new == id) {
+            self.recycle_failed(r, format!("cannot start new worker: {error}"), now);
         } else if self.slot_worker(w.slot) == Some(id) {
             self.slot_failed(w.slot, error, true, now);
         }
@@ -393,6 +444,8 @@ impl App {
         if let Some(f) = replaced {
             self.slot_replaced(f, now);
             self.advance_reload(now);
+        } else if let Some(r) = self.recycling.filter(|r| r.new == id) {
+            self.recycle_done(r, pid, now);
         }
     }
 
@@ -417,6 +470,20 @@ impl App {
                 ),
                 now,
             );
+        } else if let Some(r) = self.recycling.filter(|r| r.new == id) {
+            let why = format!("new worker (pid {pid}) exited before it was ready: {status}");
+            self.recycle_failed(r, why, now);
+        } else if let Some(r) = self.recycling.filter(|r| r.old == id) {
+            // The worker being replaced died first: its replacement, already starting, takes
+            // the slot at once instead of a crash restart (it is the slot's worker from now on,
+            // with the slot's ready deadline and crash rules).
+            self.recycling = None;
+            tracing::warn!(worker = %w.name, pid, "exited while its replacement for memory was starting: the replacement takes the slot");
+            if let Some(s) = self.slots.get_mut(r.slot) {
+                s.state = SlotState::Serving(r.new);
+                s.restarts += 1;
+                s.last_exit = Some(format!("{status} while {}", w.state));
+            }
         } else if self.slot_worker(w.slot) == Some(id) {
             let unstable =
                 w.state == WorkerState::Starting || uptime < self.settings.restart.min_uptime;
@@ -449,6 +516,8 @@ impl App {
                 self.drain(id, now);
                 if self.in_flight(id) {
                     self.abort_reload(msg, now);
+                } else if let Some(r) = self.recycling.filter(|r| r.new == id) {
+                    self.recycle_failed(r, msg, now);
                 } else if self.slot_worker(slot) == Some(id) {
                     self.slot_failed(slot, msg, true, now);
                 }
@@ -462,6 +531,8 @@ impl App {
                     self.start_slot(slot, now);
                 }
             }
+            // The supervisor's; it hands the samples over as `Event::Memory`.
+            TimerKey::MemorySample => {}
             TimerKey::Kill(id) => {
                 if let Some(w) = self.workers.get(&id) {
                     tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::table::span(w.spec.kill_timeout));
@@ -573,6 +644,7 @@ impl App {
         self.phase = Phase::Stopping;
         self.first_start = None;
         let stopping = "the supervisor is stopping";
+        self.cancel_recycle(stopping, now);
         if let Some(waiters) = self.queued_reload.take() {
             self.answer_aborted(waiters, stopping);
         }
@@ -650,6 +722,7 @@ impl App {
                 return;
             }
         };
+        self.cancel_recycle("a reload replaces every slot", now);
         let spec = settings.spec.clone();
         let new_n = spec.instances;
         let note = self.scaled.take().filter(|n| *n != new_n).map(|n| {
@@ -781,6 +854,157 @@ impl App {
         }
     }
 
+    // ---- memory recycling ----
+
+    /// Its `max_memory` in bytes, if it has one (the supervisor samples memory while some app
+    /// does).
+    pub fn max_memory(&self) -> Option<u64> {
+        self.settings.memory.max_bytes
+    }
+
+    /// A memory sample of its workers (bytes of resident memory of each one's process group) at
+    /// `now`: marks the serving workers above `max_memory`, clears the others, and replaces one
+    /// whose mark is older than the grace, if nothing else is being replaced.
+    fn memory(&mut self, samples: &[(WorkerId, u64)], now: Instant) {
+        let policy = self.settings.memory;
+        let Some(max) = policy.max_bytes else {
+            for w in self.workers.values_mut() {
+                w.over_memory = None;
+            }
+            return;
+        };
+        for &(id, rss) in samples {
+            // Only a ready worker serving its slot counts: a starting one is not serving yet, a
+            // draining one is going anyway.
+            let serving = self.workers.get(&id).is_some_and(|w| {
+                w.state == WorkerState::Ready && self.slot_worker(w.slot) == Some(id)
+            });
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            let pid = w.pid.unwrap_or(0);
+            match (serving && rss > max, w.over_memory) {
+                (true, None) => {
+                    tracing::info!(
+                        worker = %w.name,
+                        pid,
+                        "uses {} > max_memory {}: replaced if it stays above for {}",
+                        crate::table::bytes(rss),
+                        crate::table::size(max),
+                        crate::table::span(policy.grace)
+                    );
+                    w.over_memory = Some((now, rss));
+                }
+                (true, Some((since, _))) => w.over_memory = Some((since, rss)),
+                (false, Some(_)) => {
+                    if serving {
+                        tracing::info!(worker = %w.name, pid, "back below max_memory ({})", crate::table::bytes(rss));
+                    }
+                    w.over_memory = None;
+                }
+                (false, None) => {}
+            }
+        }
+        self.maybe_recycle(now);
+    }
+
+    /// Starts the replacement of the worker longest above `max_memory` for at least the grace,
+    /// unless the app is not running, reloads, or is already replacing one.
+    fn maybe_recycle(&mut self, now: Instant) {
+        let policy = self.settings.memory;
+        let Some(max) = policy.max_bytes else {
+            return;
+        };
+        if self.phase != Phase::Running || self.reloading.is_some() || self.recycling.is_some() {
+            return;
+        }
+        let due = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready && self.slot_worker(w.slot) == Some(w.id))
+            .filter_map(|w| {
+                let (since, rss) = w.over_memory?;
+                (now.saturating_duration_since(since) >= policy.grace)
+                    .then_some((since, w.slot, w.id, rss))
+            })
+            .min();
+        let Some((since, slot, old, rss)) = due else {
+            return;
+        };
+        let Some(w) = self.workers.get(&old) else {
+            return;
+        };
+        tracing::warn!(
+            "{} pid {} used {} > max_memory {} for {}: replacing it",
+            w.name,
+            w.pid.unwrap_or(0),
+            crate::table::bytes(rss),
+            crate::table::size(max),
+            crate::table::span(now.saturating_duration_since(since))
+        );
+        let (spec, generation) = (self.slots[slot].spec.clone(), self.slots[slot].generation);
+        let new = self.spawn(slot, spec, generation, now);
+        self.recycling = Some(Recycle {
+            slot,
+            old,
+            new,
+            rss,
+            started: now,
+        });
+    }
+
+    /// The replacement for memory is ready: it serves the slot and the old worker drains.
+    fn recycle_done(&mut self, r: Recycle, new_pid: i32, now: Instant) {
+        self.recycling = None;
+        let Some(s) = self.slots.get_mut(r.slot) else {
+            self.drain(r.new, now);
+            return;
+        };
+        let previous = std::mem::replace(&mut s.state, SlotState::Serving(r.new));
+        self.memory_recycles += 1;
+        let old_pid = self.workers.get(&r.old).and_then(|w| w.pid).unwrap_or(0);
+        tracing::info!(
+            app = %self.name(),
+            slot = r.slot,
+            recycles = self.memory_recycles,
+            "replaced for memory: pid {old_pid} -> {new_pid}, ready in {}; draining the old worker",
+            crate::table::duration(now.saturating_duration_since(r.started).as_secs_f64())
+        );
+        match previous {
+            SlotState::Serving(old) if old != r.new => self.drain(old, now),
+            SlotState::BackingOff(_) => self.out.push(Action::Cancel(self.restart_key(r.slot))),
+            _ => {}
+        }
+    }
+
+    /// The replacement for memory failed (the caller stopped it if it runs): the old worker keeps
+    /// serving, and is tried again once it stayed above the limit for another grace.
+    fn recycle_failed(&mut self, r: Recycle, why: String, now: Instant) {
+        self.recycling = None;
+        self.memory_recycle_failures += 1;
+        let grace = self.settings.memory.grace;
+        if let Some(w) = self.workers.get_mut(&r.old) {
+            if let Some((_, rss)) = w.over_memory {
+                w.over_memory = Some((now, rss));
+            }
+            tracing::error!(
+                worker = %w.name,
+                pid = w.pid.unwrap_or(0),
+                "replacement for memory failed: {why}; the worker keeps serving, tried again if it stays above max_memory for another {}",
+                crate::table::span(grace)
+            );
+        }
+    }
+
+    /// Gives up the replacement for memory under way (a reload, restart, scale or stop takes
+    /// over): its new worker drains, the old one stays the slot's.
+    fn cancel_recycle(&mut self, why: &str, now: Instant) {
+        if let Some(r) = self.recycling.take() {
+            tracing::info!(app = %self.name(), slot = r.slot, "replacement for memory given up: {why}");
+            self.drain(r.new, now);
+        }
+    }
+
     // ---- scale and restart ----
 
     /// Runs `n` workers from now on: new slots start at once, the highest slots beyond `n` drain.
@@ -810,6 +1034,9 @@ impl App {
                 });
             }
             return;
+        }
+        if self.recycling.is_some_and(|r| r.slot >= n) {
+            self.cancel_recycle("its slot is scaled away", now);
         }
         Arc::make_mut(&mut self.settings.spec).instances = n;
         self.scaled = Some(n);
@@ -865,6 +1092,7 @@ impl App {
             return;
         }
         self.abort_reload("a restart was asked for".into(), now);
+        self.cancel_recycle("a restart was asked for", now);
         self.generation += 1;
         let generation = self.generation;
         tracing::warn!(app = %self.name(), generation, "restarting every worker");

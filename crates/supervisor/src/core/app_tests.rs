@@ -433,3 +433,354 @@ fn fast_stop_kills_every_group_at_once() {
         assert_eq!(sim.signalled(id), vec![Signal::Term, Signal::KillGroup]);
     }
 }
+
+// ---- memory recycling ----
+
+const MB: u64 = 1_000_000;
+const SEC: Duration = Duration::from_secs(1);
+
+/// A started app of `n` workers, all ready, with `max_memory` 100 MB and a 30 s grace.
+fn ready_with_max_memory(n: usize) -> Sim {
+    let mut s = settings(n, 1, 0);
+    s.memory.max_bytes = Some(100 * MB);
+    let mut sim = started(s);
+    sim.ready_all(0);
+    sim
+}
+
+impl Sim {
+    /// Sets the memory every later sample reports for `id`.
+    fn uses(&mut self, id: WorkerId, bytes: u64) {
+        self.memory.insert(id, bytes);
+    }
+
+    /// The slot of a worker.
+    fn slot_of(&self, id: WorkerId) -> usize {
+        self.core.worker(id).unwrap().slot
+    }
+
+    fn recycles(&self) -> (u64, u64) {
+        let snap = self.app(0).snapshot(self.now);
+        (snap.memory_recycles, snap.memory_recycle_failures)
+    }
+}
+
+#[test]
+fn memory_is_sampled_once_a_second_only_while_an_app_has_max_memory() {
+    let mut sim = ready(2);
+    assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
+    sim.advance(5 * SEC);
+    assert_eq!(sim.memory_samples, 0);
+
+    let mut sim = ready_with_max_memory(2);
+    assert!(sim.timers.contains_key(&TimerKey::MemorySample));
+    sim.advance(5 * SEC);
+    assert_eq!(sim.memory_samples, 5);
+    sim.send(Event::Stop { reply: None });
+    assert!(
+        !sim.timers.contains_key(&TimerKey::MemorySample),
+        "no sampling while stopping"
+    );
+    sim.advance(5 * SEC);
+    assert_eq!(sim.memory_samples, 5);
+}
+
+#[test]
+fn a_worker_above_max_memory_for_the_grace_is_replaced_once_like_a_reload_slot() {
+    let mut sim = ready_with_max_memory(2);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[0], 50 * MB);
+    sim.uses(old[1], 150 * MB);
+    sim.advance(SEC); // first sample above: the grace starts
+    let since = sim.now;
+    sim.advance(29 * SEC);
+    assert!(sim.ids(WorkerState::Starting).is_empty(), "29 s: not yet");
+    let w = sim.core.worker(old[1]).unwrap();
+    assert_eq!(w.over_memory, Some((since, 150 * MB)));
+    assert_eq!(sim.core.worker(old[0]).unwrap().over_memory, None);
+
+    sim.advance(SEC);
+    let new = sim.ids(WorkerState::Starting);
+    assert_eq!(new.len(), 1, "30 s above: one replacement");
+    assert_eq!(sim.slot_of(new[0]), 1);
+    assert_eq!(
+        sim.core.worker(new[0]).unwrap().generation,
+        1,
+        "same generation"
+    );
+    assert!(
+        sim.signals.is_empty(),
+        "the old worker serves until the new one is ready"
+    );
+    let progress = sim.app(0).snapshot(sim.now).memory_recycling.unwrap();
+    assert_eq!((progress.slot, progress.rss_bytes), (1, 150 * MB));
+
+    // Still above while the replacement starts: no second replacement.
+    sim.advance(3 * SEC);
+    assert_eq!(sim.ids(WorkerState::Starting), new);
+    assert_eq!(
+        sim.ids(WorkerState::Ready),
+        old,
+        "never fewer ready than instances"
+    );
+
+    sim.send(Event::Ready(new[0]));
+    assert_eq!(sim.signalled(old[1]), vec![Signal::Term]);
+    assert!(
+        sim.signalled(old[0]).is_empty(),
+        "the other slot is left alone"
+    );
+    assert_eq!(sim.recycles(), (1, 0));
+    assert!(sim.app(0).snapshot(sim.now).memory_recycling.is_none());
+    assert_eq!(sim.ids(WorkerState::Ready), vec![old[0], new[0]]);
+
+    // The draining worker still reports its memory: it is not replaced again, and it is killed
+    // after its kill timeout like any draining worker.
+    sim.advance(60 * SEC);
+    assert_eq!(sim.spawned.len(), 3, "exactly one replacement");
+    assert_eq!(sim.signalled(old[1]), vec![Signal::Term, Signal::KillGroup]);
+    sim.exit(old[1], ExitStatus::Signal(9));
+    assert!(
+        sim.app(0).snapshot(sim.now).waiting.is_empty(),
+        "no crash restart"
+    );
+    assert_eq!(sim.recycles(), (1, 0));
+}
+
+#[test]
+fn a_sample_below_max_memory_starts_the_grace_over() {
+    let mut sim = ready_with_max_memory(1);
+    let id = sim.ids(WorkerState::Ready)[0];
+    sim.uses(id, 150 * MB);
+    sim.advance(20 * SEC);
+    sim.uses(id, 100 * MB); // at the limit is not above it
+    sim.advance(SEC);
+    assert_eq!(sim.core.worker(id).unwrap().over_memory, None);
+    sim.uses(id, 150 * MB);
+    sim.advance(SEC);
+    sim.advance(29 * SEC);
+    assert!(
+        sim.ids(WorkerState::Starting).is_empty(),
+        "the grace started over"
+    );
+    sim.advance(SEC);
+    assert_eq!(sim.ids(WorkerState::Starting).len(), 1);
+}
+
+#[test]
+fn no_replacement_for_memory_during_a_reload_and_the_next_sample_after_an_aborted_one() {
+    let mut s = settings(2, 1, 0);
+    s.memory.max_bytes = Some(100 * MB);
+    Arc::make_mut(&mut s.spec).ready_timeout = Duration::from_secs(60);
+    let mut sim = started(s.clone());
+    sim.ready_all(0);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[1], 150 * MB); // above from the first sample, at 1 s
+    sim.advance(10 * SEC + 500 * MS); // between two samples
+    sim.reload(1, s);
+    assert_eq!(sim.ids(WorkerState::Starting).len(), 1);
+    sim.advance(60 * SEC - MS); // 70 s: far beyond the grace, and the reload still runs
+    assert_eq!(
+        sim.spawned.len(),
+        3,
+        "only the reload's new worker was started"
+    );
+    sim.advance(MS); // its ready timeout: the reload is aborted
+    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Aborted);
+    assert_eq!(sim.spawned.len(), 3);
+    // The next sample replaces the worker above the limit for 70 s.
+    sim.advance(SEC);
+    assert_eq!(sim.spawned.len(), 4);
+    let new = *sim.spawned.last().map(|(_, id)| id).unwrap();
+    assert_eq!(sim.slot_of(new), 1);
+}
+
+#[test]
+fn a_worker_the_reload_replaces_is_not_replaced_again_for_memory() {
+    let mut s = settings(2, 1, 0);
+    s.memory.max_bytes = Some(100 * MB);
+    let mut sim = started(s.clone());
+    sim.ready_all(0);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[1], 150 * MB);
+    sim.advance(29 * SEC);
+    sim.reload(1, s);
+    sim.advance(2 * SEC);
+    assert_eq!(sim.spawned.len(), 3, "the reload's new worker only");
+    sim.ready_all(0);
+    sim.advance(2 * SEC);
+    sim.ready_all(0);
+    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Ok);
+    sim.advance(60 * SEC);
+    assert_eq!(
+        sim.spawned.len(),
+        4,
+        "both slots replaced by the reload, nothing else"
+    );
+    assert_eq!(sim.recycles(), (0, 0));
+}
+
+#[test]
+fn no_replacement_for_memory_while_stopping() {
+    let mut sim = ready_with_max_memory(1);
+    let id = sim.ids(WorkerState::Ready)[0];
+    sim.uses(id, 150 * MB);
+    sim.advance(10 * SEC);
+    sim.send(Event::Stop { reply: None });
+    sim.advance(60 * SEC);
+    assert_eq!(sim.spawned.len(), 1);
+}
+
+#[test]
+fn a_replacement_not_ready_in_time_keeps_the_old_worker_and_is_tried_again_after_another_grace() {
+    let mut sim = ready_with_max_memory(1);
+    let old = sim.ids(WorkerState::Ready)[0];
+    sim.uses(old, 150 * MB);
+    sim.advance(31 * SEC);
+    let new = sim.ids(WorkerState::Starting)[0];
+    sim.advance(5 * SEC); // ready_timeout
+    assert_eq!(
+        sim.signalled(new),
+        vec![Signal::Term],
+        "drained like any worker"
+    );
+    assert!(
+        sim.signalled(old).is_empty(),
+        "the old worker keeps serving"
+    );
+    assert_eq!(sim.ids(WorkerState::Ready), vec![old]);
+    assert_eq!(sim.recycles(), (0, 1));
+    assert!(sim.app(0).snapshot(sim.now).waiting.is_empty());
+    let failed_at = sim.now;
+    sim.exit(new, ExitStatus::Code(0));
+    // Another grace from the failure, then a second attempt.
+    sim.advance(failed_at + 30 * SEC - sim.now - MS);
+    assert_eq!(sim.spawned.len(), 2);
+    sim.advance(SEC);
+    assert_eq!(sim.spawned.len(), 3, "tried again");
+    let second = sim.ids(WorkerState::Starting)[0];
+    sim.send(Event::Ready(second));
+    assert_eq!(sim.signalled(old), vec![Signal::Term]);
+    assert_eq!(sim.recycles(), (1, 1));
+}
+
+#[test]
+fn a_replacement_that_exits_or_cannot_start_keeps_the_old_worker() {
+    let mut sim = ready_with_max_memory(1);
+    let old = sim.ids(WorkerState::Ready)[0];
+    sim.uses(old, 150 * MB);
+    sim.advance(31 * SEC);
+    let new = sim.ids(WorkerState::Starting)[0];
+    sim.exit(new, ExitStatus::Code(1));
+    assert_eq!(sim.recycles(), (0, 1));
+    assert!(
+        sim.app(0).snapshot(sim.now).waiting.is_empty(),
+        "no crash restart for it"
+    );
+    sim.fail_app = Some(0);
+    sim.advance(30 * SEC);
+    assert_eq!(sim.recycles(), (0, 2), "spawn failure");
+    assert!(sim.signals.is_empty());
+    assert_eq!(sim.ids(WorkerState::Ready), vec![old]);
+}
+
+#[test]
+fn one_replacement_at_a_time_the_longest_above_first() {
+    let mut sim = ready_with_max_memory(3);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[2], 150 * MB);
+    sim.advance(SEC);
+    sim.uses(old[0], 150 * MB);
+    sim.uses(old[1], 150 * MB);
+    sim.advance(30 * SEC);
+    let first = sim.ids(WorkerState::Starting);
+    assert_eq!(first.len(), 1, "one at a time");
+    assert_eq!(sim.slot_of(first[0]), 2, "above the longest");
+    sim.send(Event::Ready(first[0]));
+    sim.advance(SEC);
+    let second = sim.ids(WorkerState::Starting);
+    assert_eq!(second.len(), 1);
+    assert_eq!(sim.slot_of(second[0]), 0, "then by slot");
+    sim.send(Event::Ready(second[0]));
+    sim.advance(SEC);
+    let third = sim.ids(WorkerState::Starting);
+    assert_eq!(sim.slot_of(third[0]), 1);
+    sim.send(Event::Ready(third[0]));
+    assert_eq!(sim.recycles(), (3, 0));
+    for id in old {
+        assert_eq!(sim.signalled(id), vec![Signal::Term]);
+    }
+}
+
+#[test]
+fn a_reload_gives_up_a_replacement_for_memory_under_way() {
+    let mut s = settings(1, 1, 0);
+    s.memory.max_bytes = Some(100 * MB);
+    let mut sim = started(s.clone());
+    sim.ready_all(0);
+    let old = sim.ids(WorkerState::Ready)[0];
+    sim.uses(old, 150 * MB);
+    sim.advance(31 * SEC);
+    let recycling = sim.ids(WorkerState::Starting)[0];
+    sim.reload(1, s);
+    assert_eq!(sim.signalled(recycling), vec![Signal::Term]);
+    assert!(sim.app(0).snapshot(sim.now).memory_recycling.is_none());
+    let reload_new = sim.ids(WorkerState::Starting)[0];
+    sim.send(Event::Ready(reload_new));
+    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Ok);
+    assert_eq!(sim.signalled(old), vec![Signal::Term]);
+    assert_eq!(sim.recycles(), (0, 0));
+}
+
+#[test]
+fn when_the_old_worker_dies_first_its_replacement_takes_the_slot() {
+    let mut sim = ready_with_max_memory(1);
+    let old = sim.ids(WorkerState::Ready)[0];
+    sim.uses(old, 150 * MB);
+    sim.advance(31 * SEC);
+    let new = sim.ids(WorkerState::Starting)[0];
+    sim.exit(old, ExitStatus::Signal(9)); // the OOM killer came first
+    assert!(
+        !sim.timers
+            .contains_key(&TimerKey::Restart { app: 0, slot: 0 }),
+        "no crash restart: the replacement is already starting"
+    );
+    sim.send(Event::Ready(new));
+    assert_eq!(sim.ids(WorkerState::Ready), vec![new]);
+    let snap = sim.app(0).snapshot(sim.now);
+    assert_eq!(snap.workers[0].1, 1, "counted as a restart of the slot");
+    assert_eq!((snap.memory_recycles, snap.memory_recycle_failures), (0, 0));
+    assert!(sim.signals.is_empty());
+}
+
+#[test]
+fn with_exec_readiness_the_replacement_is_ready_at_once() {
+    let mut s = settings(2, 1, 0);
+    s.memory.max_bytes = Some(100 * MB);
+    Arc::make_mut(&mut s.spec).readiness = Readiness::Exec;
+    let mut sim = started(s);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[0], 150 * MB);
+    sim.advance(31 * SEC);
+    assert_eq!(sim.signalled(old[0]), vec![Signal::Term]);
+    assert_eq!(sim.ids(WorkerState::Ready).len(), 2);
+    assert_eq!(sim.recycles(), (1, 0));
+}
+
+#[test]
+fn scaling_away_the_slot_gives_up_its_replacement() {
+    let mut sim = ready_with_max_memory(2);
+    let old = sim.ids(WorkerState::Ready);
+    sim.uses(old[1], 150 * MB);
+    sim.advance(31 * SEC);
+    let new = sim.ids(WorkerState::Starting)[0];
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 1,
+        reply: None,
+    });
+    assert_eq!(sim.signalled(new), vec![Signal::Term]);
+    assert_eq!(sim.signalled(old[1]), vec![Signal::Term]);
+    assert_eq!(sim.ids(WorkerState::Ready), vec![old[0]]);
+    assert!(sim.app(0).snapshot(sim.now).memory_recycling.is_none());
+}

@@ -6,6 +6,11 @@
 //! and unavailability, coalescing, aborts, stop during a reload, the first start) is unit-tested
 //! with plain instants and no processes.
 //!
+//! Memory recycling (`max_memory`) follows the same split: the core arms
+//! [`TimerKey::MemorySample`] once a second while some app has a limit, the shell answers the
+//! resulting [`Action::SampleMemory`] with one `/proc` scan ([`Event::Memory`]), and the app
+//! decides from plain numbers and instants which worker to replace, when and how.
+//!
 //! [`Supervisor`] holds the apps in file order: it starts each once the apps it is `after` are
 //! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
 //! its slots (one worker each when serving) and the workers that are starting, serving or draining.
@@ -26,7 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{ReloadPolicy, RestartPolicy, WorkerSpec};
+use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, WorkerSpec};
 use crate::control::protocol::{ReloadReport, Response};
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
@@ -53,9 +58,14 @@ pub struct AppSettings {
     pub restart: RestartPolicy,
     /// Rolling reload policy.
     pub reload: ReloadPolicy,
+    /// Memory recycling policy.
+    pub memory: MemoryPolicy,
     /// Said after "was not ready within ..." (what the runtime waits for), if anything.
     pub not_ready_hint: Option<String>,
 }
+
+/// How often worker memory is measured while some app has `max_memory`.
+pub const MEMORY_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A pending deadline; at most one per key is armed (arming again moves it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +81,8 @@ pub enum TimerKey {
         /// The slot.
         slot: usize,
     },
+    /// Measure every worker's memory then (armed while some app has `max_memory`).
+    MemorySample,
 }
 
 /// A signal for a worker.
@@ -116,6 +128,9 @@ pub enum Action {
     Cancel(TimerKey),
     /// Read the config file again; answer with [`Event::Config`].
     ReadConfig,
+    /// Measure the resident memory of every worker's process group (one `/proc` scan); answer
+    /// with [`Event::Memory`].
+    SampleMemory,
     /// An app's reload ended (inside the core: the supervisor answers the clients).
     Reloaded {
         /// The report.
@@ -184,6 +199,9 @@ pub enum Event {
     },
     /// An armed deadline passed.
     Timer(TimerKey),
+    /// The answer to [`Action::SampleMemory`]: the resident memory in bytes of each worker's
+    /// process group (workers whose group could not be read are left out).
+    Memory(Vec<(WorkerId, u64)>),
     /// A rolling reload of one app, or of every app one at a time; `reply` waits for the outcome.
     Reload {
         /// The app, or every app.
@@ -309,4 +327,7 @@ pub struct Worker {
     pub status_text: Option<String>,
     /// What it runs.
     pub spec: Arc<WorkerSpec>,
+    /// Since when its memory has been above the app's `max_memory` (every sample since), with
+    /// the last sample in bytes; `None` while below or not measured.
+    pub over_memory: Option<(Instant, u64)>,
 }

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::app::App;
 use super::{
-    Action, AppIndex, AppSettings, Event, Phase, ReplyTo, TimerKey, Worker, WorkerId, app_of,
+    Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, TimerKey, Worker,
+    WorkerId, app_of,
 };
 use crate::control::protocol::{ReloadOutcome, ReloadReport, Response};
 
@@ -49,6 +50,8 @@ pub struct Supervisor {
     /// A reload of every app asked for while one runs: once more after it, for these clients.
     queued_all: Option<Vec<ReplyTo>>,
     next_internal: ReplyTo,
+    /// Whether [`TimerKey::MemorySample`] is armed.
+    sampling: bool,
     out: Vec<Action>,
 }
 
@@ -71,6 +74,7 @@ impl Supervisor {
             reload_all: None,
             queued_all: None,
             next_internal: INTERNAL,
+            sampling: false,
             out: Vec::new(),
         }
     }
@@ -88,12 +92,27 @@ impl Supervisor {
             | Event::Ready(worker)
             | Event::StatusText(worker, _)
             | Event::Exited { worker, .. } => self.route(app_of(worker), event, now),
-            Event::Timer(key) => {
-                let app = match key {
-                    TimerKey::Ready(id) | TimerKey::Kill(id) => app_of(id),
-                    TimerKey::Restart { app, .. } => app,
-                };
-                self.route(app, Event::Timer(key), now);
+            Event::Timer(key) => match key {
+                TimerKey::Ready(id) | TimerKey::Kill(id) => {
+                    self.route(app_of(id), Event::Timer(key), now)
+                }
+                TimerKey::Restart { app, .. } => self.route(app, Event::Timer(key), now),
+                TimerKey::MemorySample => {
+                    self.sampling = false;
+                    if self.wants_memory_samples() {
+                        self.out.push(Action::SampleMemory);
+                    }
+                }
+            },
+            Event::Memory(samples) => {
+                for i in 0..self.apps.len() {
+                    let mine = samples
+                        .iter()
+                        .filter(|(id, _)| app_of(*id) == i)
+                        .copied()
+                        .collect();
+                    self.route(i, Event::Memory(mine), now);
+                }
             }
             Event::Reload {
                 app: Some(app),
@@ -129,7 +148,28 @@ impl Supervisor {
             }
         }
         self.start_apps_that_may(now);
+        self.schedule_memory_sample(now);
         std::mem::take(&mut self.out)
+    }
+
+    /// Whether worker memory is to be measured: while running, with some app's `max_memory`.
+    fn wants_memory_samples(&self) -> bool {
+        self.phase == Phase::Running && self.apps.iter().any(|a| a.max_memory().is_some())
+    }
+
+    /// Keeps [`TimerKey::MemorySample`] armed exactly while memory is to be measured (a reload
+    /// may add or remove the last `max_memory`; a stop ends it).
+    fn schedule_memory_sample(&mut self, now: Instant) {
+        let wanted = self.wants_memory_samples();
+        if wanted && !self.sampling {
+            self.out.push(Action::Arm {
+                timer: TimerKey::MemorySample,
+                at: now + MEMORY_SAMPLE_INTERVAL,
+            });
+        } else if !wanted && self.sampling {
+            self.out.push(Action::Cancel(TimerKey::MemorySample));
+        }
+        self.sampling = wanted;
     }
 
     /// The apps, in file order.

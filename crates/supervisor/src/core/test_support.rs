@@ -14,11 +14,12 @@ use super::{
     Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, Signal, Supervisor, TimerKey,
     WorkerId, WorkerState,
 };
-use crate::config::{Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
+use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 use crate::control::protocol::{ReloadReport, Response};
 
 /// App `name` with `instances` workers: ready timeout 5 s, kill timeout 10 s, backoff 100 ms
-/// doubling to 2 s, crash loop above 3 restarts in 60 s, reload with `surge` and `unavailable`.
+/// doubling to 2 s, crash loop above 3 restarts in 60 s, reload with `surge` and `unavailable`,
+/// no `max_memory` (grace 30 s once one is set).
 pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) -> AppSettings {
     AppSettings {
         spec: Arc::new(WorkerSpec {
@@ -44,13 +45,18 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             max_surge: surge,
             max_unavailable: unavailable,
         },
+        memory: MemoryPolicy {
+            max_bytes: None,
+            grace: Duration::from_secs(30),
+        },
         not_ready_hint: None,
     }
 }
 
 /// The shell, simulated, around a whole [`Supervisor`]: spawns succeed with fresh pids (unless
-/// `fail_app` says which app's fail), config reads return `config`, deadlines fire when time is
-/// advanced past them, and everything the core asks for is recorded.
+/// `fail_app` says which app's fail), config reads return `config`, memory samples return
+/// `memory`, deadlines fire when time is advanced past them, and everything the core asks for is
+/// recorded.
 pub struct Sim {
     /// The core under test.
     pub core: Supervisor,
@@ -61,6 +67,11 @@ pub struct Sim {
     pub fail_app: Option<AppIndex>,
     /// What a config read returns.
     pub config: Result<Vec<AppSettings>, String>,
+    /// What a memory sample returns: bytes per worker (workers not listed are left out, as
+    /// ones whose process group could not be read).
+    pub memory: BTreeMap<WorkerId, u64>,
+    /// Memory samples taken.
+    pub memory_samples: usize,
     /// Armed deadlines.
     pub timers: BTreeMap<TimerKey, Instant>,
     /// Signals sent, in order.
@@ -83,6 +94,8 @@ impl Sim {
             next_pid: 100,
             fail_app: None,
             config,
+            memory: BTreeMap::new(),
+            memory_samples: 0,
             timers: BTreeMap::new(),
             signals: Vec::new(),
             spawned: Vec::new(),
@@ -120,6 +133,11 @@ impl Sim {
                         self.timers.remove(&timer);
                     }
                     Action::ReadConfig => queue.push_back(Event::Config(self.config.clone())),
+                    Action::SampleMemory => {
+                        self.memory_samples += 1;
+                        let samples = self.memory.iter().map(|(w, b)| (*w, *b)).collect();
+                        queue.push_back(Event::Memory(samples));
+                    }
                     Action::Reply { to, response } => {
                         self.replies.entry(to).or_default().push(response)
                     }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+use std::time::Duration;
+
 use super::test_support::Sim;
 use super::*;
 use crate::control::protocol::ReloadOutcome;
@@ -272,4 +274,82 @@ fn a_crash_during_the_reload_of_every_app_is_restarted_and_the_reload_goes_on() 
         reports.iter().all(|r| r.outcome == ReloadOutcome::Ok),
         "{reports:?}"
     );
+}
+
+#[test]
+fn memory_recycling_is_per_app_one_at_a_time_each_and_a_reload_of_one_leaves_the_other_alone() {
+    let limited = |name: &str, n: usize| {
+        let mut s = settings(name, n);
+        s.memory.max_bytes = Some(100_000_000);
+        s
+    };
+    let mut sim = Sim::new(vec![
+        (limited("a", 2), vec![]),
+        (limited("b", 2), vec![]),
+        (settings("c", 1), vec![]),
+    ]);
+    sim.send(Event::Start);
+    for app in 0..3 {
+        sim.ready_all(app);
+    }
+    for app in 0..3 {
+        for id in sim.workers(app, WorkerState::Ready) {
+            sim.memory.insert(id, 200_000_000);
+        }
+    }
+    // Every worker is above 100 MB from the first sample (1 s). App a reloads from 27 s (its new
+    // worker is not ready yet at 31 s); apps b and c do not.
+    sim.advance(Duration::from_secs(27));
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(1),
+    });
+    sim.advance(Duration::from_secs(4));
+    assert_eq!(
+        sim.workers(0, WorkerState::Starting).len(),
+        1,
+        "a: the reload's worker only"
+    );
+    assert_eq!(
+        sim.workers(1, WorkerState::Starting).len(),
+        1,
+        "b: one at a time"
+    );
+    assert!(
+        sim.workers(2, WorkerState::Starting).is_empty(),
+        "c has no max_memory"
+    );
+    assert!(sim.signals.is_empty());
+    let b = sim.workers(1, WorkerState::Starting)[0];
+    sim.send(Event::Ready(b));
+    let recycles = |sim: &Sim, app| sim.app(app).snapshot(sim.now).memory_recycles;
+    assert_eq!((recycles(&sim, 0), recycles(&sim, 1)), (0, 1));
+    assert_eq!(sim.signals.len(), 1);
+    assert_eq!(app_of(sim.signals[0].0), 1);
+}
+
+#[test]
+fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_it_stops() {
+    let mut sim = Sim::new(vec![(settings("web", 1), vec![])]);
+    sim.send(Event::Start);
+    sim.ready_all(0);
+    assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
+    let mut limited = settings("web", 1);
+    limited.memory.max_bytes = Some(1_000_000);
+    sim.config = Ok(vec![limited]);
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(1),
+    });
+    sim.ready_all(0);
+    assert!(sim.timers.contains_key(&TimerKey::MemorySample));
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.memory_samples, 3);
+    sim.config = Ok(vec![settings("web", 1)]);
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(2),
+    });
+    sim.ready_all(0);
+    assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
 }
