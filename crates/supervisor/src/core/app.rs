@@ -85,6 +85,9 @@ pub struct Snapshot<'a> {
     pub reload_in_progress: Option<ReloadProgress>,
     /// The last finished reload.
     pub last_reload: Option<ReloadReport>,
+    /// Crash restarts of every slot since the supervisor started, slots retired by `scale` or a
+    /// reload included (never goes down: what `status` shows per slot, summed).
+    pub restarts_total: u64,
 }
 
 /// The state machine of one app.
@@ -104,6 +107,8 @@ pub struct App {
     /// A reload asked for while one runs: it runs once after it, for all these clients.
     queued_reload: Option<Vec<ReplyTo>>,
     last_reload: Option<ReloadReport>,
+    /// Every slot's restarts so far, kept when slots are retired.
+    restarts_total: u64,
     phase: Phase,
     first_start: Option<FirstStart>,
     out: Vec<Action>,
@@ -128,6 +133,7 @@ impl App {
             reloading: None,
             queued_reload: None,
             last_reload: None,
+            restarts_total: 0,
             phase: Phase::Waiting,
             first_start: None,
             out: Vec::new(),
@@ -249,6 +255,7 @@ impl App {
             waiting,
             reload_in_progress,
             last_reload: self.last_reload.clone(),
+            restarts_total: self.restarts_total,
         }
     }
 
@@ -500,6 +507,7 @@ impl App {
             return;
         }
         let policy = self.settings.restart;
+        self.restarts_total += 1;
         let s = &mut self.slots[index];
         s.restarts += 1;
         s.last_exit = Some(reason);
