@@ -233,3 +233,26 @@ fn a_metrics_port_in_use_fails_check_and_start_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn a_cron_backend_that_never_answers_is_down_and_the_scrape_still_answers() {
+    // A Redis that accepts connections (the kernel's backlog) and never replies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis = silent.local_addr().unwrap();
+    let body = DEMO2.replace(
+        "\n\n[[app]]",
+        &format!("\n[cron]\nredis_url = \"redis://{redis}/0\"\n\n[[app]]"),
+    );
+    let s = Supervisor::start(&body, 2).unwrap();
+    let addr = metrics_addr(&s);
+    let started = std::time::Instant::now();
+    let (_, m) = scrape(addr);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "the scrape took {took:?}");
+    assert_eq!(value(&m, "supervisor_jobs_backend_up"), 0.0);
+    assert!(!m.keys().any(|k| k.starts_with("supervisor_job_")), "{m:?}");
+    assert_eq!(
+        value(&m, "supervisor_workers{app=\"demo\",state=\"ready\"}"),
+        2.0
+    );
+}
