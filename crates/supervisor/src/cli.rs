@@ -280,13 +280,15 @@ fn try_start(c: &Config) -> Result<Option<String>, StartupError> {
         )));
     }
     check_free(&c.control_socket)?;
+    let listen_err = |cause| StartupError::Listen {
+        path: c.path.clone(),
+        cause,
+    };
     for app in &c.apps {
-        drop(
-            listeners::bind_all(&app.listeners).map_err(|cause| StartupError::Listen {
-                path: c.path.clone(),
-                cause,
-            })?,
-        );
+        drop(listeners::bind_all(&app.listeners).map_err(listen_err)?);
+    }
+    if let Some(addr) = c.metrics {
+        drop(listeners::bind_own(daemon::METRICS_KEY, addr).map_err(listen_err)?);
     }
     control_dir_writable(&c.control_socket)?;
     Ok(None)
@@ -358,6 +360,7 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
             "ok": true,
             "apps": apps,
             "control_socket": c.control_socket,
+            "metrics": c.metrics.map(|a| a.to_string()),
             "cron_backend": cron,
             "note": note,
         });
@@ -387,6 +390,9 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         }
     }
     println!("control socket:   {}", c.control_socket.display());
+    if let Some(addr) = c.metrics {
+        println!("metrics:          http://{addr}/metrics");
+    }
     println!("cron backend:     {cron}");
     if let Some(note) = note {
         println!("note: {note}");

@@ -178,6 +178,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawSupervisor {
     control_socket: Option<PathBuf>,
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,6 +442,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Cron lock backend URL handed to workers (`redis://...` or `file:///dir`).
     pub cron_url: String,
+    /// Where `GET /metrics` is served (Prometheus text format); `None`: no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -595,6 +598,12 @@ impl Validator<'_> {
     fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let control_socket =
             control_socket_path(self.path, raw.supervisor.control_socket.as_deref());
+        let metrics = raw
+            .supervisor
+            .metrics
+            .as_deref()
+            .map(|a| self.socket_addr("supervisor.metrics", a))
+            .transpose()?;
         if raw.app.is_empty() {
             return Err(self.err(
                 "app",
@@ -630,6 +639,7 @@ impl Validator<'_> {
             control_socket,
             apps,
             cron_url,
+            metrics,
         })
     }
 
@@ -1334,5 +1344,23 @@ mod tests {
         assert_eq!(p.backoff(3), Duration::from_millis(400));
         assert_eq!(p.backoff(10), Duration::from_secs(1));
         assert_eq!(p.backoff(1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn metrics_address_is_optional_and_named_when_bad() {
+        assert_eq!(load(OK).unwrap().metrics, None, "off unless configured");
+        let c = load(&format!("[supervisor]\nmetrics = \"127.0.0.1:9090\"\n{OK}")).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9090".parse().unwrap()));
+        let e = load(&format!("[supervisor]\nmetrics = \"9090\"\n{OK}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("supervisor.metrics") && e.contains("not a host:port address"),
+            "{e}"
+        );
+        let e = load(&format!("[supervisor]\nmetrics = 9090\n{OK}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:11: supervisor.metrics: invalid type"), "{e}");
     }
 }

@@ -21,12 +21,14 @@ use crate::control::protocol::{
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey,
+    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey, WaitState,
+    WorkerState,
 };
+use crate::metrics::{self, server::SnapshotRequest};
 use crate::notify::Notification;
 use crate::runtimes::{self, RuntimeFiles};
 use crate::sys::listeners::{self, BoundListener, ListenError};
-use crate::sys::procstat::{CpuMeter, GroupScan};
+use crate::sys::procstat::{self, CpuMeter, GroupScan};
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -69,6 +71,9 @@ pub enum StartupError {
         cause: std::io::Error,
     },
 }
+
+/// The config key of the metrics listener, named in its errors.
+pub const METRICS_KEY: &str = "supervisor.metrics";
 
 /// Private directory for the workers' notify sockets and the runtime files (the Node preload);
 /// removed on drop.
@@ -140,10 +145,37 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
             path: config.path.clone(),
             cause,
         })?;
+    let listen_err = |cause| StartupError::Listen {
+        path: config.path.clone(),
+        cause,
+    };
+    let metrics_listener = config
+        .metrics
+        .map(|addr| listeners::bind_own(METRICS_KEY, addr))
+        .transpose()
+        .map_err(listen_err)?;
     let runtime_dir = RuntimeDir::create()?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
     control.serve(control_tx);
+    let (snapshots_tx, snapshots_rx) = mpsc::channel(16);
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let task = metrics::server::spawn(l, snapshots_tx, config.cron_url.clone()).map_err(
+                |cause| {
+                    listen_err(ListenError::Bind {
+                        key: METRICS_KEY.into(),
+                        addr: local.clone(),
+                        cause,
+                    })
+                },
+            )?;
+            tracing::info!("metrics on http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     for (app, listeners) in config.apps.iter().zip(&bound) {
         for l in listeners {
             tracing::info!(app = %app.name, name = %l.name, address = %l.local, "listening");
@@ -157,7 +189,10 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir);
-    let outcome = shell.event_loop(commands, control_rx).await;
+    let outcome = shell.event_loop(commands, control_rx, snapshots_rx).await;
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -254,6 +289,10 @@ struct Shell {
     exit: Option<Result<(), String>>,
     cpu: CpuMeter,
     started: std::time::Instant,
+    /// When it started, in Unix seconds (for the metrics).
+    started_unix: f64,
+    /// What the metrics accumulate (reloads).
+    metrics: metrics::Registry,
 }
 
 impl Shell {
@@ -274,6 +313,10 @@ impl Shell {
             exit: None,
             cpu: CpuMeter::default(),
             started: std::time::Instant::now(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            metrics: metrics::Registry::default(),
         }
     }
 
@@ -281,6 +324,7 @@ impl Shell {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut control: mpsc::Receiver<ControlRequest>,
+        mut snapshots: mpsc::Receiver<SnapshotRequest>,
     ) -> Result<(), String> {
         self.feed(Event::Start);
         loop {
@@ -295,6 +339,9 @@ impl Shell {
                     Command::FastStop => Event::FastStop,
                 }),
                 Some(req) = control.recv() => self.control(req),
+                Some(reply) = snapshots.recv() => {
+                    let _ = reply.send(self.metrics_snapshot());
+                }
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
@@ -366,8 +413,9 @@ impl Shell {
                 }
             }
             Action::Exit(outcome) => self.exit = Some(outcome),
-            // The core answers finished reloads itself; nothing of this reaches the shell.
+            // The core answers finished reloads itself; the shell only records them.
             Action::Reloaded { .. } => {}
+            Action::ReloadEnded(report) => self.metrics.reload_ended(&report),
         }
     }
 
@@ -392,9 +440,10 @@ impl Shell {
         }
         if fresh.control_socket != self.config.control_socket
             || fresh.cron_url != self.config.cron_url
+            || fresh.metrics != self.config.metrics
         {
             tracing::warn!(
-                "control socket or cron backend changed: restart the supervisor to apply"
+                "control socket, metrics address or cron backend changed: restart the supervisor to apply"
             );
         }
         Ok(settings)
@@ -537,6 +586,66 @@ impl Shell {
                     crate::sys::release_free_memory();
                 }
             }
+        }
+    }
+
+    /// What a metrics scrape shows of the apps and processes (the jobs are read by the endpoint).
+    /// One pass over /proc for every worker's process group, as for `status`.
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let now = Instant::now();
+        let hz = procstat::ticks_per_second() as f64;
+        let usage = |u: procstat::Usage| metrics::Usage {
+            cpu_seconds: u.ticks as f64 / hz,
+            rss_bytes: u.rss_bytes,
+        };
+        let me = std::process::id() as i32;
+        let supervisor = usage(procstat::Usage {
+            ticks: procstat::cpu_ticks(me).unwrap_or(0),
+            rss_bytes: procstat::rss_bytes(me).unwrap_or(0),
+        });
+        let procs = GroupScan::scan();
+        let apps = self
+            .core
+            .apps()
+            .map(|view| {
+                let name = view.app.name().to_string();
+                let s = view.app.snapshot(now);
+                let workers = |state| s.workers.iter().filter(|(w, _)| w.state == state).count();
+                let waiting = |state| s.waiting.iter().filter(|w| w.state == state).count();
+                let processes = s
+                    .workers
+                    .iter()
+                    .filter_map(|(w, _)| {
+                        let pid = self.processes.get(&w.id)?.pid;
+                        Some(metrics::WorkerProcess {
+                            name: w.name.clone(),
+                            pid,
+                            usage: usage(procs.group(pid).unwrap_or_default()),
+                        })
+                    })
+                    .collect();
+                metrics::AppMetrics {
+                    generation: s.generation,
+                    starting: workers(WorkerState::Starting) as u64,
+                    ready: workers(WorkerState::Ready) as u64,
+                    draining: workers(WorkerState::Draining) as u64,
+                    backoff: waiting(WaitState::Backoff) as u64,
+                    crash_loop: waiting(WaitState::CrashLoop) as u64,
+                    restarts: s.restarts_total,
+                    memory_recycles: s.memory_recycles,
+                    memory_recycle_failures: s.memory_recycle_failures,
+                    reloads: self.metrics.reloads(&name),
+                    processes,
+                    name,
+                }
+            })
+            .collect();
+        metrics::Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            start_time: self.started_unix,
+            supervisor,
+            apps,
+            jobs: None,
         }
     }
 

@@ -102,6 +102,23 @@ fn ago(t: DateTime<Utc>) -> String {
     format!("{} ago", table::duration(secs))
 }
 
+/// Every registered job's name with its last `n` history records (newest first), for the
+/// metrics endpoint.
+pub async fn histories(
+    backend: &Backend,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(String, Vec<RunRecord>)>, JobsError> {
+    let mut metas = within(backend, timeout, backend.list_jobs()).await?;
+    metas.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::with_capacity(metas.len());
+    for meta in metas {
+        let runs = within(backend, timeout, backend.history(&meta.name, n)).await?;
+        out.push((meta.name, runs));
+    }
+    Ok(out)
+}
+
 /// The jobs table.
 pub fn render(jobs: &[JobView]) -> String {
     if jobs.is_empty() {

@@ -8,7 +8,8 @@
 //! [`sys`] holds every system call (binding, fork/exec, pidfd signals and exits, `/proc`);
 //! [`worker`] is one process's handle (environment, watch tasks, output); [`notify`] reads
 //! readiness; [`runtimes`] adds what a language needs (the Node preload); [`control`] is the
-//! control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`.
+//! control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`;
+//! [`metrics`] renders and serves the Prometheus metrics.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod core;
 pub mod daemon;
 pub mod jobs;
+pub mod metrics;
 pub mod notify;
 pub mod runtimes;
 pub mod sys;

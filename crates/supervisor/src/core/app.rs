@@ -114,6 +114,9 @@ pub struct Snapshot<'a> {
     pub memory_recycle_failures: u64,
     /// The replacement for memory under way.
     pub memory_recycling: Option<MemoryRecycleProgress>,
+    /// Crash restarts of every slot since the supervisor started, slots retired by `scale` or a
+    /// reload included (never goes down: what `status` shows per slot, summed).
+    pub restarts_total: u64,
 }
 
 /// The state machine of one app.
@@ -133,6 +136,8 @@ pub struct App {
     /// A reload asked for while one runs: it runs once after it, for all these clients.
     queued_reload: Option<Vec<ReplyTo>>,
     last_reload: Option<ReloadReport>,
+    /// Every slot's restarts so far, kept when slots are retired.
+    restarts_total: u64,
     phase: Phase,
     first_start: Option<FirstStart>,
     /// The replacement for memory under way (one at a time).
@@ -161,6 +166,7 @@ impl App {
             reloading: None,
             queued_reload: None,
             last_reload: None,
+            restarts_total: 0,
             phase: Phase::Waiting,
             first_start: None,
             recycling: None,
@@ -297,6 +303,7 @@ impl App {
             memory_recycles: self.memory_recycles,
             memory_recycle_failures: self.memory_recycle_failures,
             memory_recycling,
+            restarts_total: self.restarts_total,
         }
     }
 
@@ -571,6 +578,7 @@ impl App {
             return;
         }
         let policy = self.settings.restart;
+        self.restarts_total += 1;
         let s = &mut self.slots[index];
         s.restarts += 1;
         s.last_exit = Some(reason);

@@ -420,6 +420,63 @@ fn a_reload_scales_up_and_down() {
 }
 
 #[test]
+fn every_ended_reload_is_recorded_once_with_its_outcome() {
+    let mut sim = ready(1);
+    sim.reload(1, settings(1, 1, 0));
+    sim.ask_reload(2);
+    sim.ask_reload(3);
+    let first = sim.ids(WorkerState::Starting)[0];
+    sim.now += Duration::from_millis(40);
+    sim.send(Event::Ready(first));
+    let second = sim.ids(WorkerState::Starting)[0];
+    sim.exit(second, ExitStatus::Code(1));
+    sim.config = Err("broken".into());
+    sim.ask_reload(4);
+    let ended: Vec<(u64, ReloadOutcome)> = sim
+        .ended
+        .iter()
+        .map(|r| (r.generation, r.outcome))
+        .collect();
+    // The queued reload ran once for two callers: one record.
+    assert_eq!(
+        ended,
+        vec![
+            (2, ReloadOutcome::Ok),
+            (3, ReloadOutcome::Aborted),
+            (4, ReloadOutcome::Aborted)
+        ]
+    );
+    assert_eq!(sim.ended[0].duration_secs, 0.04);
+}
+
+#[test]
+fn the_restart_total_counts_crash_restarts_and_survives_retired_slots() {
+    let mut sim = ready(2);
+    let total = |sim: &Sim| sim.app(0).snapshot(sim.now).restarts_total;
+    let first = sim.ids(WorkerState::Ready);
+    sim.now += Duration::from_secs(5);
+    sim.exit(first[1], ExitStatus::Signal(9));
+    assert_eq!(total(&sim), 1);
+    sim.advance(Duration::from_secs(1));
+    sim.ready_all(0);
+    // A reload replaces workers: not a restart.
+    sim.reload(1, settings(2, 1, 0));
+    for _ in 0..2 {
+        let new = sim.ids(WorkerState::Starting)[0];
+        sim.send(Event::Ready(new));
+    }
+    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Ok);
+    assert_eq!(total(&sim), 1);
+    // The slot that restarted is retired: the count stays.
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 1,
+        reply: None,
+    });
+    assert_eq!(total(&sim), 1);
+}
+
+#[test]
 fn fast_stop_kills_every_group_at_once() {
     let mut sim = ready(2);
     sim.send(Event::FastStop);

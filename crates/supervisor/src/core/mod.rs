@@ -138,6 +138,9 @@ pub enum Action {
         /// Who waits for it.
         waiters: Vec<ReplyTo>,
     },
+    /// An app's reload ended, for the shell's record (metrics: outcome and duration); the
+    /// supervisor has answered its clients already. Emitted once per [`Action::Reloaded`].
+    ReloadEnded(ReloadReport),
     /// Answer a client.
     Reply {
         /// The client.

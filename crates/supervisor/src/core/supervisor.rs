@@ -216,7 +216,10 @@ impl Supervisor {
         let actions = self.apps[i].take_actions();
         for action in actions {
             match action {
-                Action::Reloaded { report, waiters } => self.reloaded(report, waiters, now),
+                Action::Reloaded { report, waiters } => {
+                    self.out.push(Action::ReloadEnded(report.clone()));
+                    self.reloaded(report, waiters, now);
+                }
                 Action::Exit(Ok(())) => self.app_stopped(i, now),
                 Action::Exit(Err(reason)) => self.start_failed(i, reason, now),
                 other => self.out.push(other),

@@ -82,6 +82,8 @@ pub struct Sim {
     pub replies: HashMap<ReplyTo, Vec<Response>>,
     /// How the supervisor exited, once it did.
     pub exit: Option<Result<(), String>>,
+    /// Every app's reload that ended, in order, as the shell records them.
+    pub ended: Vec<ReloadReport>,
 }
 
 impl Sim {
@@ -101,6 +103,7 @@ impl Sim {
             spawned: Vec::new(),
             replies: HashMap::new(),
             exit: None,
+            ended: Vec::new(),
         }
     }
 
@@ -143,6 +146,7 @@ impl Sim {
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
                     Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
+                    Action::ReloadEnded(report) => self.ended.push(report),
                 }
             }
         }

@@ -109,6 +109,19 @@ pub fn clear_stale_socket(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Binds a TCP listener the supervisor serves itself (not passed to workers: close-on-exec, like
+/// every socket std creates), e.g. the metrics endpoint; errors name the config key.
+pub fn bind_own(
+    key: &str,
+    addr: std::net::SocketAddr,
+) -> Result<std::net::TcpListener, ListenError> {
+    std::net::TcpListener::bind(addr).map_err(|cause| ListenError::Bind {
+        key: key.to_string(),
+        addr: addr.to_string(),
+        cause,
+    })
+}
+
 /// Binds every listener, or none: on error the ones already bound are closed again.
 pub fn bind_all(specs: &[ListenerSpec]) -> Result<Vec<BoundListener>, ListenError> {
     specs.iter().map(bind_one).collect()
@@ -195,6 +208,20 @@ mod tests {
             .to_string();
         assert!(e.contains("listen[0].address"), "{e}");
         assert!(e.contains(&addr.to_string()), "{e}");
+        assert!(e.to_lowercase().contains("in use"), "{e}");
+    }
+
+    #[test]
+    fn own_listener_in_use_names_key_and_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind_own("supervisor.metrics", addr)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("supervisor.metrics: cannot listen on {addr}: ")),
+            "{e}"
+        );
         assert!(e.to_lowercase().contains("in use"), "{e}");
     }
 

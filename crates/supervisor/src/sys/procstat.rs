@@ -14,6 +14,11 @@ fn sysconf(name: libc::c_int, fallback: u64) -> u64 {
     if v > 0 { v as u64 } else { fallback }
 }
 
+/// Clock ticks per second (`/proc` CPU times are in these).
+pub fn ticks_per_second() -> u64 {
+    sysconf(libc::_SC_CLK_TCK, 100)
+}
+
 /// User + system CPU time of `pid` in clock ticks.
 pub fn cpu_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
