@@ -19,12 +19,14 @@ use crate::control::protocol::{
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey,
+    self, Action, AppIndex, AppSettings, Event, ReplyTo, ServiceState, Signal, Supervisor, TimerKey,
 };
-use crate::notify::Notification;
+use crate::notify::{self, Notification};
+use crate::orphans;
 use crate::runtimes::{self, RuntimeFiles};
 use crate::sys::listeners::{self, BoundListener, ListenError};
 use crate::sys::procstat::{CpuMeter, GroupScan};
+use crate::sys::{reaper, sdnotify};
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -36,6 +38,8 @@ pub enum Command {
     Stop,
     /// Kill everything now (second `SIGINT`).
     FastStop,
+    /// A child exited (`SIGCHLD`): reap the adopted orphans among them.
+    ChildExited,
 }
 
 /// The supervisor could not start.
@@ -129,6 +133,17 @@ impl Drop for RuntimeDir {
 /// workers, then serves events. `commands` carries the signals `main` translated.
 pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
+    // Read once: the workers get their own NOTIFY_SOCKET, never this one.
+    let service = match sdnotify::Notifier::from_env() {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            tracing::warn!(
+                "NOTIFY_SOCKET is set but unusable ({e}): no notifications to the service manager"
+            );
+            None
+        }
+        None => None,
+    };
     let bound = config
         .apps
         .iter()
@@ -147,15 +162,30 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
             tracing::info!(app = %app.name, name = %l.name, address = %l.local, "listening");
         }
     }
+    let subreaper = match reaper::become_subreaper() {
+        Ok(true) => "subreaper",
+        Ok(false) => "pid 1",
+        Err(e) => {
+            tracing::warn!("cannot become child subreaper ({e}): orphans of workers go to init");
+            "no"
+        }
+    };
     tracing::info!(
         pid = std::process::id(),
         version = env!("CARGO_PKG_VERSION"),
         control_socket = %config.control_socket.display(),
         apps = config.apps.len(),
+        adopts_orphans = subreaper,
+        notify_socket = service.as_ref().map_or("", |n| n.target.as_str()),
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir);
+    shell.service = service;
     let outcome = shell.event_loop(commands, control_rx).await;
+    // Whatever a worker left behind outside its process group (setsid) and that this process
+    // adopted would outlive it: killed and reaped now, once every worker is gone.
+    let workers: Vec<i32> = shell.processes.values().map(|p| p.pid).collect();
+    orphans::kill_all(|pid| workers.contains(&pid), Duration::from_millis(2000));
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -251,6 +281,9 @@ struct Shell {
     exit: Option<Result<(), String>>,
     cpu: CpuMeter,
     started: std::time::Instant,
+    /// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
+    service: Option<sdnotify::Notifier>,
+    told: Option<ServiceState>,
 }
 
 impl Shell {
@@ -271,6 +304,8 @@ impl Shell {
             exit: None,
             cpu: CpuMeter::default(),
             started: std::time::Instant::now(),
+            service: None,
+            told: None,
         }
     }
 
@@ -286,11 +321,12 @@ impl Shell {
             }
             let next = self.deadlines.next();
             tokio::select! {
-                Some(cmd) = commands.recv() => self.feed(match cmd {
-                    Command::Reload => Event::Reload { app: None, reply: None },
-                    Command::Stop => Event::Stop { reply: None },
-                    Command::FastStop => Event::FastStop,
-                }),
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Reload => self.feed(Event::Reload { app: None, reply: None }),
+                    Command::Stop => self.feed(Event::Stop { reply: None }),
+                    Command::FastStop => self.feed(Event::FastStop),
+                    Command::ChildExited => self.sweep_orphans(None),
+                },
                 Some(req) = control.recv() => self.control(req),
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
                 () = sleep_until(next) => {
@@ -362,9 +398,36 @@ impl Shell {
                 }
             }
             Action::Exit(outcome) => self.exit = Some(outcome),
+            Action::Service { state, status } => self.tell_service(state, &status),
             // The core answers finished reloads itself; nothing of this reaches the shell.
             Action::Reloaded { .. } => {}
         }
+    }
+
+    /// Tells the supervisor's own service manager (if it was started with `NOTIFY_SOCKET`).
+    fn tell_service(&mut self, state: ServiceState, status: &str) {
+        let Some(n) = &self.service else { return };
+        let msg = notify::service_datagram(
+            self.told,
+            state,
+            status,
+            std::process::id(),
+            sdnotify::monotonic_usec,
+        );
+        if let Err(e) = n.send(&msg) {
+            tracing::warn!(socket = %n.target, "cannot notify the service manager: {e}");
+        }
+        self.told = Some(state);
+    }
+
+    /// Reaps adopted orphans that exited, and kills those left in the process group of the worker
+    /// that just exited (`exited_group`); workers are left to their pidfd watchers.
+    fn sweep_orphans(&self, exited_group: Option<i32>) {
+        orphans::sweep(
+            |pid| self.processes.values().any(|p| p.pid == pid),
+            exited_group,
+            false,
+        );
     }
 
     /// Re-reads the config file for a reload. What cannot change without a restart is kept, with
@@ -518,6 +581,7 @@ impl Shell {
                 if let Some(mut p) = self.processes.remove(&id) {
                     p.reap();
                     self.cpu.retain(|pid| pid != p.pid);
+                    self.sweep_orphans(Some(p.pid));
                 }
                 if !self.core.any_draining() {
                     crate::sys::release_free_memory();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, Signal, Supervisor, TimerKey,
-    WorkerId, WorkerState,
+    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, ServiceState, Signal,
+    Supervisor, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 use crate::control::protocol::{ReloadReport, Response};
@@ -71,6 +71,8 @@ pub struct Sim {
     pub replies: HashMap<ReplyTo, Vec<Response>>,
     /// How the supervisor exited, once it did.
     pub exit: Option<Result<(), String>>,
+    /// Every [`Action::Service`], in order.
+    pub service: Vec<(ServiceState, String)>,
 }
 
 impl Sim {
@@ -88,6 +90,7 @@ impl Sim {
             spawned: Vec::new(),
             replies: HashMap::new(),
             exit: None,
+            service: Vec::new(),
         }
     }
 
@@ -124,6 +127,7 @@ impl Sim {
                         self.replies.entry(to).or_default().push(response)
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
+                    Action::Service { state, status } => self.service.push((state, status)),
                     Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
                 }
             }
@@ -182,6 +186,14 @@ impl Sim {
             Some(Response::Reload { reports }) => reports.clone(),
             other => panic!("no reload answer for {reply}: {other:?}"),
         }
+    }
+
+    /// The service states emitted so far, in order, each once where it repeats (a status line
+    /// change alone repeats the state).
+    pub fn service_states(&self) -> Vec<ServiceState> {
+        let mut states: Vec<ServiceState> = self.service.iter().map(|(s, _)| *s).collect();
+        states.dedup();
+        states
     }
 
     /// The signals a worker got, in order.
