@@ -169,6 +169,11 @@ pub fn config_text(body: &str) -> String {
 impl Supervisor {
     /// Writes the config and starts `supervisor start` without waiting for anything.
     pub fn spawn(body: &str) -> Result<Supervisor> {
+        Supervisor::spawn_with_env(body, &[])
+    }
+
+    /// [`Supervisor::spawn`] with extra variables in the supervisor's environment.
+    pub fn spawn_with_env(body: &str, env: &[(&str, &str)]) -> Result<Supervisor> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, config_text(body))?;
@@ -178,6 +183,7 @@ impl Supervisor {
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("DRAIN_IDLE_GRACE_MS", "500")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("supervisor.out"))?)
             .stderr(std::fs::File::create(&log)?)

@@ -346,6 +346,8 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "instances": a.worker.instances,
                     "runtime": a.worker.runtime,
                     "readiness": a.worker.readiness,
+                    "ready_timeout_ms": a.worker.ready_timeout.as_millis() as u64,
+                    "kill_timeout_ms": a.worker.kill_timeout.as_millis() as u64,
                     "listen": a.listeners.iter().map(|l| serde_json::json!({
                         "name": l.name, "address": l.addr.to_string(),
                     })).collect::<Vec<_>>(),

@@ -21,14 +21,16 @@ use crate::control::protocol::{
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey, WaitState,
-    WorkerState,
+    self, Action, AppIndex, AppSettings, Event, ReplyTo, ServiceState, Signal, Supervisor,
+    TimerKey, WaitState, WorkerState,
 };
 use crate::metrics::{self, server::SnapshotRequest};
-use crate::notify::Notification;
+use crate::notify::{self, Notification};
+use crate::orphans;
 use crate::runtimes::{self, RuntimeFiles};
 use crate::sys::listeners::{self, BoundListener, ListenError};
 use crate::sys::procstat::{self, CpuMeter, GroupScan};
+use crate::sys::{reaper, sdnotify};
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -40,6 +42,8 @@ pub enum Command {
     Stop,
     /// Kill everything now (second `SIGINT`).
     FastStop,
+    /// A child exited (`SIGCHLD`): reap the adopted orphans among them.
+    ChildExited,
 }
 
 /// The supervisor could not start.
@@ -136,6 +140,17 @@ impl Drop for RuntimeDir {
 /// workers, then serves events. `commands` carries the signals `main` translated.
 pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
+    // Read once: the workers get their own NOTIFY_SOCKET, never this one.
+    let service = match sdnotify::Notifier::from_env() {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            tracing::warn!(
+                "NOTIFY_SOCKET is set but unusable ({e}): no notifications to the service manager"
+            );
+            None
+        }
+        None => None,
+    };
     let bound = config
         .apps
         .iter()
@@ -181,18 +196,33 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
             tracing::info!(app = %app.name, name = %l.name, address = %l.local, "listening");
         }
     }
+    let subreaper = match reaper::become_subreaper() {
+        Ok(true) => "subreaper",
+        Ok(false) => "pid 1",
+        Err(e) => {
+            tracing::warn!("cannot become child subreaper ({e}): orphans of workers go to init");
+            "no"
+        }
+    };
     tracing::info!(
         pid = std::process::id(),
         version = env!("CARGO_PKG_VERSION"),
         control_socket = %config.control_socket.display(),
         apps = config.apps.len(),
+        adopts_orphans = subreaper,
+        notify_socket = service.as_ref().map_or("", |n| n.target.as_str()),
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir);
+    shell.service = service;
     let outcome = shell.event_loop(commands, control_rx, snapshots_rx).await;
     if let Some(task) = metrics_server {
         task.abort();
     }
+    // Whatever a worker left behind outside its process group (setsid) and that this process
+    // adopted would outlive it: killed and reaped now, once every worker is gone.
+    let workers: Vec<i32> = shell.processes.values().map(|p| p.pid).collect();
+    orphans::kill_all(|pid| workers.contains(&pid), Duration::from_millis(2000));
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -293,6 +323,9 @@ struct Shell {
     started_unix: f64,
     /// What the metrics accumulate (reloads).
     metrics: metrics::Registry,
+    /// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
+    service: Option<sdnotify::Notifier>,
+    told: Option<ServiceState>,
 }
 
 impl Shell {
@@ -317,6 +350,8 @@ impl Shell {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             metrics: metrics::Registry::default(),
+            service: None,
+            told: None,
         }
     }
 
@@ -333,11 +368,12 @@ impl Shell {
             }
             let next = self.deadlines.next();
             tokio::select! {
-                Some(cmd) = commands.recv() => self.feed(match cmd {
-                    Command::Reload => Event::Reload { app: None, reply: None },
-                    Command::Stop => Event::Stop { reply: None },
-                    Command::FastStop => Event::FastStop,
-                }),
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Reload => self.feed(Event::Reload { app: None, reply: None }),
+                    Command::Stop => self.feed(Event::Stop { reply: None }),
+                    Command::FastStop => self.feed(Event::FastStop),
+                    Command::ChildExited => self.sweep_orphans(None),
+                },
                 Some(req) = control.recv() => self.control(req),
                 Some(reply) = snapshots.recv() => {
                     let _ = reply.send(self.metrics_snapshot());
@@ -413,10 +449,37 @@ impl Shell {
                 }
             }
             Action::Exit(outcome) => self.exit = Some(outcome),
+            Action::Service { state, status } => self.tell_service(state, &status),
             // The core answers finished reloads itself; the shell only records them.
             Action::Reloaded { .. } => {}
             Action::ReloadEnded(report) => self.metrics.reload_ended(&report),
         }
+    }
+
+    /// Tells the supervisor's own service manager (if it was started with `NOTIFY_SOCKET`).
+    fn tell_service(&mut self, state: ServiceState, status: &str) {
+        let Some(n) = &self.service else { return };
+        let msg = notify::service_datagram(
+            self.told,
+            state,
+            status,
+            std::process::id(),
+            sdnotify::monotonic_usec,
+        );
+        if let Err(e) = n.send(&msg) {
+            tracing::warn!(socket = %n.target, "cannot notify the service manager: {e}");
+        }
+        self.told = Some(state);
+    }
+
+    /// Reaps adopted orphans that exited, and kills those left in the process group of the worker
+    /// that just exited (`exited_group`); workers are left to their pidfd watchers.
+    fn sweep_orphans(&self, exited_group: Option<i32>) {
+        orphans::sweep(
+            |pid| self.processes.values().any(|p| p.pid == pid),
+            exited_group,
+            false,
+        );
     }
 
     /// Re-reads the config file for a reload. What cannot change without a restart is kept, with
@@ -581,6 +644,7 @@ impl Shell {
                 if let Some(mut p) = self.processes.remove(&id) {
                     p.reap();
                     self.cpu.retain(|pid| pid != p.pid);
+                    self.sweep_orphans(Some(p.pid));
                 }
                 if !self.core.any_draining() {
                     crate::sys::release_free_memory();

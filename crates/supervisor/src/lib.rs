@@ -7,9 +7,10 @@
 //! [`daemon`] is the shell that carries the decisions out (the event loop, its deadline queue);
 //! [`sys`] holds every system call (binding, fork/exec, pidfd signals and exits, `/proc`);
 //! [`worker`] is one process's handle (environment, watch tasks, output); [`notify`] reads
-//! readiness; [`runtimes`] adds what a language needs (the Node preload); [`control`] is the
-//! control socket; [`cli`] the commands; [`jobs`] reads the cron backend for `supervisor jobs`;
-//! [`metrics`] renders and serves the Prometheus metrics.
+//! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
+//! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
+//! [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for
+//! `supervisor jobs`; [`metrics`] renders and serves the Prometheus metrics.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod orphans;
 pub mod runtimes;
 pub mod sys;
 pub mod table;

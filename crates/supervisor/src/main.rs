@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use supervisor::cli::{Cli, Cmd, LogFormat};
 use supervisor::daemon::Command;
 use tokio::sync::mpsc;
@@ -48,10 +48,11 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// SIGHUP -> reload, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop). Called by
-/// `start` inside the runtime, before anything is bound or started.
+/// SIGHUP -> reload, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop), SIGCHLD ->
+/// reap adopted orphans (workers are watched through their pidfds, not through SIGCHLD). Called
+/// by `start` inside the runtime, before anything is bound or started.
 fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
-    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGCHLD])?;
     let (tx, rx) = mpsc::channel(16);
     let forward = async move {
         let mut signals = signals;
@@ -59,6 +60,7 @@ fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
         while let Some(sig) = signals.next().await {
             let cmd = match sig {
                 SIGHUP => Command::Reload,
+                SIGCHLD => Command::ChildExited,
                 SIGINT => {
                     interrupts += 1;
                     if interrupts > 1 {

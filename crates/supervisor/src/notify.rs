@@ -1,6 +1,7 @@
 //! Readiness channels of one worker: a systemd-style `NOTIFY_SOCKET` datagram socket
 //! (`READY=1`, `STOPPING=1`, `STATUS=...`) and an s6-style notification pipe (`READY_FD`: a newline
-//! means ready), merged into one stream of [`Notification`]s.
+//! means ready), merged into one stream of [`Notification`]s. And the other direction: what the
+//! supervisor itself tells its own service manager ([`service_datagram`]).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixDatagram;
 use tokio::net::unix::pipe;
+
+use crate::core::ServiceState;
 
 /// What a worker told the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,44 @@ pub fn parse_datagram(msg: &[u8]) -> Vec<Notification> {
             _ => None,
         })
         .collect()
+}
+
+/// The datagram for the supervisor's own `NOTIFY_SOCKET` when the core reports `state` and
+/// `status` after `previous`: `READY=1` (with `MAINPID=` the first time) when it becomes ready,
+/// `RELOADING=1` with `MONOTONIC_USEC=` when a reload starts, `STOPPING=1` when a stop starts,
+/// and always the `STATUS=` line.
+pub fn service_datagram(
+    previous: Option<ServiceState>,
+    state: ServiceState,
+    status: &str,
+    mainpid: u32,
+    monotonic_usec: impl FnOnce() -> u64,
+) -> String {
+    let mut msg = String::new();
+    if previous != Some(state) {
+        match state {
+            ServiceState::Ready => {
+                msg.push_str("READY=1\n");
+                if matches!(previous, None | Some(ServiceState::Starting)) {
+                    msg.push_str(&format!("MAINPID={mainpid}\n"));
+                }
+            }
+            ServiceState::Reloading => {
+                msg.push_str(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}\n",
+                    monotonic_usec()
+                ));
+            }
+            ServiceState::Stopping => msg.push_str("STOPPING=1\n"),
+            ServiceState::Starting => {}
+        }
+    }
+    let line: String = status
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    msg.push_str(&format!("STATUS={line}"));
+    msg
 }
 
 /// Both channels of one worker. Dropping it removes the socket file.
@@ -117,6 +158,36 @@ mod tests {
         );
         assert_eq!(parse_datagram(b"STOPPING=1"), vec![Notification::Stopping]);
         assert!(parse_datagram(b"READY=0").is_empty());
+    }
+
+    #[test]
+    fn service_datagrams_say_what_changed() {
+        use ServiceState::*;
+        let at = || 1234;
+        assert_eq!(
+            service_datagram(None, Starting, "starting; a: 0/2 ready", 7, at),
+            "STATUS=starting; a: 0/2 ready"
+        );
+        assert_eq!(
+            service_datagram(Some(Starting), Ready, "a: 2/2 ready", 7, at),
+            "READY=1\nMAINPID=7\nSTATUS=a: 2/2 ready"
+        );
+        assert_eq!(
+            service_datagram(Some(Ready), Ready, "a: 1/2\nready", 7, at),
+            "STATUS=a: 1/2 ready"
+        );
+        assert_eq!(
+            service_datagram(Some(Ready), Reloading, "reloading a", 7, at),
+            "RELOADING=1\nMONOTONIC_USEC=1234\nSTATUS=reloading a"
+        );
+        assert_eq!(
+            service_datagram(Some(Reloading), Ready, "a: 2/2 ready", 7, at),
+            "READY=1\nSTATUS=a: 2/2 ready"
+        );
+        assert_eq!(
+            service_datagram(Some(Ready), Stopping, "stopping", 7, at),
+            "STOPPING=1\nSTATUS=stopping"
+        );
     }
 
     #[tokio::test]

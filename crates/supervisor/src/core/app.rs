@@ -226,6 +226,36 @@ impl App {
             })
     }
 
+    /// Slots serving a ready worker, and slots in all (`status` lines for the service manager).
+    pub fn ready_slots(&self) -> (usize, usize) {
+        let ready = self
+            .slots
+            .iter()
+            .filter(|s| match s.state {
+                SlotState::Serving(id) => self
+                    .workers
+                    .get(&id)
+                    .is_some_and(|w| w.state == WorkerState::Ready),
+                _ => false,
+            })
+            .count();
+        (ready, self.slots.len())
+    }
+
+    /// The generation a reload under way (or asked for and queued) brings, if any.
+    pub fn reload_generation(&self) -> Option<u64> {
+        match &self.reloading {
+            Some(Reloading::Rolling(r)) => Some(r.generation),
+            Some(Reloading::ReadingConfig(_)) => Some(self.generation + 1),
+            None => self.queued_reload.as_ref().map(|_| self.generation + 1),
+        }
+    }
+
+    /// How many worker processes it has (any state).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Whether any of its workers is draining.
     pub fn has_draining(&self) -> bool {
         self.workers

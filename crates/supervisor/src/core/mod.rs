@@ -148,8 +148,29 @@ pub enum Action {
         /// The answer.
         response: Response,
     },
+    /// The supervisor as a whole changed state or status line (for a service manager: systemd's
+    /// `READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=`). Emitted only on a change.
+    Service {
+        /// What it does now.
+        state: ServiceState,
+        /// One line: every app's ready workers, or what it reloads or stops.
+        status: String,
+    },
     /// Everything is stopped (`Ok`) or the first start failed (`Err` with the reason): exit.
     Exit(Result<(), String>),
+}
+
+/// What the supervisor as a whole is doing, as a service manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// The first workers of some app are not all ready yet.
+    Starting,
+    /// Every app had all its first workers ready once, and no reload is under way.
+    Ready,
+    /// A reload (of one app or of all) is under way.
+    Reloading,
+    /// Stopping (or stopped).
+    Stopping,
 }
 
 /// How a worker process ended.

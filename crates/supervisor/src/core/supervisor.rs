@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use super::app::App;
 use super::{
-    Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, TimerKey, Worker,
-    WorkerId, app_of,
+    Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, ServiceState,
+    TimerKey, Worker, WorkerId, app_of,
 };
 use crate::control::protocol::{ReloadOutcome, ReloadReport, Response};
 
@@ -52,6 +52,8 @@ pub struct Supervisor {
     next_internal: ReplyTo,
     /// Whether [`TimerKey::MemorySample`] is armed.
     sampling: bool,
+    /// The last [`Action::Service`] emitted.
+    service: Option<(ServiceState, String)>,
     out: Vec<Action>,
 }
 
@@ -75,6 +77,7 @@ impl Supervisor {
             queued_all: None,
             next_internal: INTERNAL,
             sampling: false,
+            service: None,
             out: Vec::new(),
         }
     }
@@ -149,6 +152,7 @@ impl Supervisor {
         }
         self.start_apps_that_may(now);
         self.schedule_memory_sample(now);
+        self.service_changed();
         std::mem::take(&mut self.out)
     }
 
@@ -170,6 +174,82 @@ impl Supervisor {
             self.out.push(Action::Cancel(TimerKey::MemorySample));
         }
         self.sampling = wanted;
+    }
+
+    /// What the supervisor as a whole is doing: starting until every app was up once, then ready
+    /// or reloading, then stopping.
+    pub fn service_state(&self) -> ServiceState {
+        match self.phase {
+            Phase::Stopping | Phase::Stopped => ServiceState::Stopping,
+            _ if !self.up.iter().all(|u| *u) => ServiceState::Starting,
+            _ if self.reload_all.is_some()
+                || self.queued_all.is_some()
+                || self.apps.iter().any(|a| a.reload_generation().is_some()) =>
+            {
+                ServiceState::Reloading
+            }
+            _ => ServiceState::Ready,
+        }
+    }
+
+    /// One line on every app, for a service manager's status: `demo: 2/2 ready, api: 4/4 ready`,
+    /// `reloading demo (generation 3); ...`, `stopping: 3 workers left`.
+    pub fn status_line(&self) -> String {
+        let apps = || {
+            self.apps
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if a.phase() == Phase::Waiting {
+                        let names: Vec<&str> = self.after[i]
+                            .iter()
+                            .filter(|d| !self.up[**d])
+                            .map(|d| self.apps[*d].name())
+                            .collect();
+                        format!("{}: waiting for {}", a.name(), names.join(", "))
+                    } else {
+                        let (ready, slots) = a.ready_slots();
+                        format!("{}: {ready}/{slots} ready", a.name())
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self.service_state() {
+            ServiceState::Starting => format!("starting; {}", apps()),
+            ServiceState::Ready => apps(),
+            ServiceState::Reloading => {
+                let reloading: Vec<String> = self
+                    .apps
+                    .iter()
+                    .filter_map(|a| {
+                        let g = a.reload_generation()?;
+                        Some(format!("{} (generation {g})", a.name()))
+                    })
+                    .collect();
+                if reloading.is_empty() {
+                    format!("reloading; {}", apps())
+                } else {
+                    format!("reloading {}; {}", reloading.join(", "), apps())
+                }
+            }
+            ServiceState::Stopping => {
+                let left: usize = self.apps.iter().map(App::worker_count).sum();
+                format!("stopping: {left} worker(s) left")
+            }
+        }
+    }
+
+    /// Emits [`Action::Service`] when the state or the status line changed since the last one.
+    fn service_changed(&mut self) {
+        let now = (self.service_state(), self.status_line());
+        if self.service.as_ref() != Some(&now) {
+            self.out.push(Action::Service {
+                state: now.0,
+                status: now.1.clone(),
+            });
+            self.service = Some(now);
+        }
     }
 
     /// The apps, in file order.

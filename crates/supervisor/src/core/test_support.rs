@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, Signal, Supervisor, TimerKey,
-    WorkerId, WorkerState,
+    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, ServiceState, Signal,
+    Supervisor, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 use crate::control::protocol::{ReloadReport, Response};
@@ -84,6 +84,8 @@ pub struct Sim {
     pub exit: Option<Result<(), String>>,
     /// Every app's reload that ended, in order, as the shell records them.
     pub ended: Vec<ReloadReport>,
+    /// Every [`Action::Service`], in order.
+    pub service: Vec<(ServiceState, String)>,
 }
 
 impl Sim {
@@ -104,6 +106,7 @@ impl Sim {
             replies: HashMap::new(),
             exit: None,
             ended: Vec::new(),
+            service: Vec::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Sim {
                         self.replies.entry(to).or_default().push(response)
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
+                    Action::Service { state, status } => self.service.push((state, status)),
                     Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
                     Action::ReloadEnded(report) => self.ended.push(report),
                 }
@@ -204,6 +208,14 @@ impl Sim {
             Some(Response::Reload { reports }) => reports.clone(),
             other => panic!("no reload answer for {reply}: {other:?}"),
         }
+    }
+
+    /// The service states emitted so far, in order, each once where it repeats (a status line
+    /// change alone repeats the state).
+    pub fn service_states(&self) -> Vec<ServiceState> {
+        let mut states: Vec<ServiceState> = self.service.iter().map(|(s, _)| *s).collect();
+        states.dedup();
+        states
     }
 
     /// The signals a worker got, in order.

@@ -353,3 +353,101 @@ fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_
     sim.ready_all(0);
     assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
 }
+
+#[test]
+fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
+    let mut sim = three_apps();
+    assert_eq!(sim.service_states(), vec![ServiceState::Starting]);
+    assert_eq!(
+        sim.service.last().unwrap().1,
+        "starting; db: 0/1 ready, web: waiting for db, jobs: 0/1 ready"
+    );
+    sim.ready_all(0);
+    sim.ready_all(2);
+    assert_eq!(
+        sim.core.service_state(),
+        ServiceState::Starting,
+        "web not up"
+    );
+    sim.ready_all(1);
+    assert_eq!(
+        sim.service.last().unwrap(),
+        &(
+            ServiceState::Ready,
+            "db: 1/1 ready, web: 2/2 ready, jobs: 1/1 ready".to_string()
+        )
+    );
+    // A crash after the first start does not make it "starting" again: only the line changes.
+    let db = sim.workers(0, WorkerState::Ready)[0];
+    sim.exit(db, ExitStatus::Signal(9));
+    assert_eq!(
+        sim.service.last().unwrap(),
+        &(
+            ServiceState::Ready,
+            "db: 0/1 ready, web: 2/2 ready, jobs: 1/1 ready".to_string()
+        )
+    );
+    sim.advance(std::time::Duration::from_secs(1));
+    sim.ready_all(0);
+
+    // Reload of every app: reloading from the request to the last app's end, then ready.
+    let emitted = sim.service.len();
+    sim.send(Event::Reload {
+        app: None,
+        reply: Some(1),
+    });
+    assert_eq!(sim.service[emitted].0, ServiceState::Reloading);
+    assert_eq!(
+        sim.service.last().unwrap().1,
+        "reloading db (generation 2); db: 1/1 ready, web: 2/2 ready, jobs: 1/1 ready"
+    );
+    for app in 0..3 {
+        for _ in 0..2 {
+            sim.ready_all(app);
+        }
+        sim.exit_all_draining(app);
+    }
+    assert!(!sim.reports(1).is_empty());
+    let states: Vec<ServiceState> = sim.service[emitted..].iter().map(|(s, _)| *s).collect();
+    let ended = states
+        .iter()
+        .position(|s| *s == ServiceState::Ready)
+        .unwrap();
+    assert!(
+        states[..ended]
+            .iter()
+            .all(|s| *s == ServiceState::Reloading)
+    );
+    assert_eq!(sim.core.service_state(), ServiceState::Ready);
+
+    // A reload that fails (bad config) ends too: ready again.
+    let emitted = sim.service.len();
+    sim.config = Err("bad".into());
+    sim.send(Event::Reload {
+        app: Some(2),
+        reply: Some(2),
+    });
+    assert_eq!(sim.reports(2)[0].outcome, ReloadOutcome::Aborted);
+    assert_eq!(
+        sim.service[emitted..]
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        vec![ServiceState::Reloading, ServiceState::Ready],
+        "the config read ends it"
+    );
+
+    sim.send(Event::Stop { reply: None });
+    assert_eq!(
+        sim.service.last().unwrap(),
+        &(
+            ServiceState::Stopping,
+            "stopping: 4 worker(s) left".to_string()
+        )
+    );
+    for app in (0..3).rev() {
+        sim.exit_all_draining(app);
+    }
+    assert!(matches!(sim.exit, Some(Ok(()))));
+    assert_eq!(sim.service.last().unwrap().1, "stopping: 0 worker(s) left");
+}

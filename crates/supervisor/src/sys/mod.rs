@@ -1,10 +1,13 @@
 //! Every system call of the supervisor in one place: binding the listeners, fork/exec of a
-//! worker, signals and exit through its pidfd, and `/proc` for cpu and memory. The rest of the
-//! crate asks these modules; the core never calls them.
+//! worker, signals and exit through its pidfd, `/proc` for cpu and memory, reaping adopted
+//! orphans, and the supervisor's own service manager notifications. The rest of the crate asks
+//! these modules; the core never calls them.
 
 pub mod listeners;
 pub mod process;
 pub mod procstat;
+pub mod reaper;
+pub mod sdnotify;
 pub mod spawn;
 
 /// Gives the memory freed by the allocator back to the system. After a reload settles, the
