@@ -21,6 +21,7 @@ use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
     self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey,
 };
+use crate::jobs::config_jobs::{self, ConfigJobs};
 use crate::notify::Notification;
 use crate::runtimes::{self, RuntimeFiles};
 use crate::sys::listeners::{self, BoundListener, ListenError};
@@ -58,6 +59,14 @@ pub enum StartupError {
     /// No worker of the first start could be executed (nothing is left running).
     #[error("{0}")]
     NoWorker(String),
+    /// The `[[job]]` scheduler could not be set up (its cron backend URL).
+    #[error("{path}: [[job]]: {cause}")]
+    Jobs {
+        /// Config file.
+        path: PathBuf,
+        /// What cronlock said.
+        cause: cronlock::Error,
+    },
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -139,6 +148,15 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
             cause,
         })?;
     let runtime_dir = RuntimeDir::create()?;
+    // Its own tasks: the event loop never waits on the cron backend.
+    let jobs = ConfigJobs::start(
+        &config.cron_url,
+        config_jobs::prepare(&config, &config.apps, &bound),
+    )
+    .map_err(|cause| StartupError::Jobs {
+        path: config.path.clone(),
+        cause,
+    })?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
     control.serve(control_tx);
@@ -154,8 +172,11 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         apps = config.apps.len(),
         "supervisor started"
     );
-    let mut shell = Shell::new(config, bound, runtime_dir);
+    let mut shell = Shell::new(config, bound, runtime_dir, jobs);
     let outcome = shell.event_loop(commands, control_rx).await;
+    if let Some(jobs) = shell.jobs.take() {
+        jobs.finish().await;
+    }
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -251,10 +272,17 @@ struct Shell {
     exit: Option<Result<(), String>>,
     cpu: CpuMeter,
     started: std::time::Instant,
+    /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
+    jobs: Option<ConfigJobs>,
 }
 
 impl Shell {
-    fn new(config: Config, listeners: Vec<Vec<BoundListener>>, runtime_dir: RuntimeDir) -> Shell {
+    fn new(
+        config: Config,
+        listeners: Vec<Vec<BoundListener>>,
+        runtime_dir: RuntimeDir,
+        jobs: ConfigJobs,
+    ) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let core = supervisor_core(&config, &listeners);
         Shell {
@@ -271,6 +299,7 @@ impl Shell {
             exit: None,
             cpu: CpuMeter::default(),
             started: std::time::Instant::now(),
+            jobs: Some(jobs),
         }
     }
 
@@ -286,11 +315,18 @@ impl Shell {
             }
             let next = self.deadlines.next();
             tokio::select! {
-                Some(cmd) = commands.recv() => self.feed(match cmd {
-                    Command::Reload => Event::Reload { app: None, reply: None },
-                    Command::Stop => Event::Stop { reply: None },
-                    Command::FastStop => Event::FastStop,
-                }),
+                Some(cmd) = commands.recv() => {
+                    match cmd {
+                        Command::Stop => self.stop_jobs(false),
+                        Command::FastStop => self.stop_jobs(true),
+                        Command::Reload => {}
+                    }
+                    self.feed(match cmd {
+                        Command::Reload => Event::Reload { app: None, reply: None },
+                        Command::Stop => Event::Stop { reply: None },
+                        Command::FastStop => Event::FastStop,
+                    })
+                }
                 Some(req) = control.recv() => self.control(req),
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
                 () = sleep_until(next) => {
@@ -386,6 +422,14 @@ impl Shell {
             }
             settings.push(app_settings(app, &self.listeners[i]));
         }
+        // The `[[job]]` tables: a changed set replaces the scheduler (running jobs finish).
+        if let Some(jobs) = &mut self.jobs {
+            jobs.replace(config_jobs::prepare(
+                &fresh,
+                &self.config.apps,
+                &self.listeners,
+            ));
+        }
         if fresh.control_socket != self.config.control_socket
             || fresh.cron_url != self.config.cron_url
         {
@@ -394,6 +438,17 @@ impl Shell {
             );
         }
         Ok(settings)
+    }
+
+    /// Supervisor stop: the `[[job]]` scheduler takes no new tick; `fast` kills running commands.
+    fn stop_jobs(&mut self, fast: bool) {
+        if let Some(jobs) = &mut self.jobs {
+            if fast {
+                jobs.kill();
+            } else {
+                jobs.stop();
+            }
+        }
     }
 
     fn app_index(&self, name: &str) -> Option<AppIndex> {
@@ -486,6 +541,7 @@ impl Shell {
                 }
             }
             Request::Stop => {
+                self.stop_jobs(false);
                 let reply = self.reply_to(req.reply);
                 self.feed(Event::Stop { reply: Some(reply) });
             }

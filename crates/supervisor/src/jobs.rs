@@ -1,6 +1,13 @@
-//! `supervisor jobs`: the operator's view of the cluster-once cron jobs. It reads the cron
-//! backend (Redis, or the local state dir), not the daemon: the jobs run inside the workers, on
-//! every host, and their registry, history and leases live in the backend they share.
+//! Cluster-once cron jobs on cronlock. The `[[job]]` tables of the config are scheduled by the
+//! supervisor itself ([`config_jobs`], running a [`command`] or an [`http`] request per tick);
+//! worker-library jobs run inside the workers. Both register in the same backend, so
+//! `supervisor jobs` (this file) shows them side by side: it reads the cron backend (Redis, or
+//! the local state dir), not the daemon, since jobs run on every host and their registry,
+//! history and leases live in the backend they share.
+
+pub mod command;
+pub mod config_jobs;
+pub mod http;
 
 use std::time::Duration;
 
