@@ -44,7 +44,7 @@ pub enum JobsError {
     /// The backend did not answer in time.
     #[error("cron backend {0}: no answer within {1:?}")]
     Timeout(String, Duration),
-    /// No worker registered a job of that name.
+    /// No worker or supervisor registered a job of that name.
     #[error("unknown job {name:?} (registered: {known})")]
     Unknown {
         /// The name asked for.
@@ -54,7 +54,7 @@ pub enum JobsError {
     },
     /// Nobody ran a manual request in time.
     #[error(
-        "no worker ran {name} within {timeout:?} (request {id}); manual requests reach running workers only"
+        "nobody ran {name} within {timeout:?} (request {id}); manual requests reach running workers and supervisors only"
     )]
     NotRun {
         /// Job.
@@ -112,7 +112,7 @@ fn ago(t: DateTime<Utc>) -> String {
 /// The jobs table.
 pub fn render(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
-        return "no cron jobs registered (workers register theirs when they start)\n".into();
+        return "no cron jobs registered (workers, and supervisors with [[job]] tables, register theirs when they start)\n".into();
     }
     let mut t = Table::new(&["job", "schedule", "next tick", "last run", "running"]);
     for j in jobs {
