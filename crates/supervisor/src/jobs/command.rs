@@ -214,3 +214,118 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn job(script: &str, timeout: Duration) -> Arc<CommandJob> {
+        Arc::new(CommandJob {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            env: BTreeMap::from([("FROM_APP".into(), "yes".into())]),
+            cwd: PathBuf::from("/"),
+            app: Some("web".into()),
+            timeout,
+            kill_timeout: Duration::from_millis(300),
+            lease_ttl: Duration::from_secs(3),
+        })
+    }
+
+    fn ctx(cancel: CancellationToken) -> JobContext {
+        let tick = chrono::DateTime::parse_from_rfc3339("2026-11-30T02:30:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        JobContext {
+            job: "report".into(),
+            tick,
+            tick_id: cronlock::TickId::Scheduled(tick),
+            token: 42,
+            cancel,
+        }
+    }
+
+    #[tokio::test]
+    async fn env_reaches_the_command_and_its_exit_code_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let script = format!(
+            "echo \"$SUPERVISOR_JOB_NAME $SUPERVISOR_JOB_TICK $SUPERVISOR_JOB_TOKEN $SUPERVISOR_JOB_RUN $SUPERVISOR_APP $FROM_APP $(pwd)\" > {}; exit 3",
+            out.display()
+        );
+        let r = run(
+            job(&script, Duration::from_secs(10)),
+            ctx(CancellationToken::new()),
+            Stops::default(),
+        )
+        .await;
+        assert_eq!(r, Err("exit code 3".to_string()));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap().trim(),
+            "report 2026-11-30T02:30:00.000Z 42 2026-11-30T02:30:00.000Z web yes /"
+        );
+        let pidfile = dir.path().join("pid");
+        let r = run(
+            job(
+                &format!("echo $$ > {}", pidfile.display()),
+                Duration::from_secs(10),
+            ),
+            ctx(CancellationToken::new()),
+            Stops::default(),
+        )
+        .await;
+        assert_eq!(r, Ok(()));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!is_job_child(pid), "reaped and unlisted");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_a_command_that_ignores_sigterm() {
+        let started = std::time::Instant::now();
+        let r = run(
+            job("trap '' TERM; sleep 20", Duration::from_millis(200)),
+            ctx(CancellationToken::new()),
+            Stops::default(),
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert!(
+            e.starts_with("timed out after 200ms") && e.ends_with("killed by signal 9"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_stops_within_a_twelfth_of_the_lease() {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.cancel();
+        });
+        let started = std::time::Instant::now();
+        let r = run(
+            job("trap '' TERM; sleep 20", Duration::from_secs(60)),
+            ctx(cancel),
+            Stops::default(),
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert!(
+            e.starts_with("cancelled") && e.ends_with("killed by signal 9"),
+            "{e}"
+        );
+        // 200 ms, then SIGKILL 3 s / 12 = 250 ms after SIGTERM.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
