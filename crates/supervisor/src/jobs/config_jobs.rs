@@ -54,7 +54,7 @@ pub struct PreparedJob {
     pub target: Option<Target>,
 }
 
-/// The first listener of `app` as a place to connect to: a wildcard address on loopback.
+/// A bound listener as a place to connect to (a wildcard address is reached on loopback).
 fn target_of(listener: &BoundListener) -> Option<Target> {
     if let Some(p) = listener.unix_path() {
         return Some(Target::Unix(p.to_path_buf()));
