@@ -149,3 +149,105 @@ where
     });
     Ok((sender, AbortOnDrop(task)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx() -> JobContext {
+        let tick = chrono::DateTime::parse_from_rfc3339("2026-11-30T02:30:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        JobContext {
+            job: "report".into(),
+            tick,
+            tick_id: cronlock::TickId::Scheduled(tick),
+            token: 7,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn job(addr: SocketAddr, timeout: Duration) -> Arc<HttpJob> {
+        Arc::new(HttpJob {
+            method: "POST".into(),
+            path: "/tasks/report?x=1".into(),
+            app: "web".into(),
+            target: Target::Tcp(addr),
+            timeout,
+        })
+    }
+
+    /// A one-connection server answering `answer`; returns its address and the request it read.
+    async fn server(answer: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf[got..]).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if !answer.is_empty() {
+                s.write_all(answer.as_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+            } else {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            String::from_utf8_lossy(&buf[..got]).into_owned()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_2xx_is_ok_and_the_request_carries_the_run() {
+        let (addr, req) = server("HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await;
+        let r = run(job(addr, Duration::from_secs(5)), ctx(), Stops::default()).await;
+        assert_eq!(r, Ok(()));
+        let req = req.await.unwrap().to_ascii_lowercase();
+        assert!(
+            req.starts_with("post /tasks/report?x=1 http/1.1\r\n"),
+            "{req}"
+        );
+        for h in [
+            "supervisor-job-name: report",
+            "supervisor-job-tick: 2026-11-30t02:30:00.000z",
+            "supervisor-job-token: 7",
+            "supervisor-job-run: 2026-11-30t02:30:00.000z",
+            "content-length: 0",
+        ] {
+            assert!(req.contains(&format!("\r\n{h}\r\n")), "{h}: {req}");
+        }
+    }
+
+    #[tokio::test]
+    async fn another_status_fails_with_the_status_and_the_body() {
+        let (addr, _req) = server(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n",
+        )
+        .await;
+        let e = run(job(addr, Duration::from_secs(5)), ctx(), Stops::default())
+            .await
+            .unwrap_err();
+        assert!(e.ends_with("status 503 Service Unavailable: busy"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_timeout_cancels_a_request_without_an_answer() {
+        let (addr, _req) = server("").await;
+        let e = run(
+            job(addr, Duration::from_millis(200)),
+            ctx(),
+            Stops::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("no answer within 200ms"), "{e}");
+    }
+}
