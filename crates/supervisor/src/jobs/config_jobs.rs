@@ -170,7 +170,9 @@ struct Running {
 /// finishing their runs), and the stop tokens of every run.
 #[derive(Debug)]
 pub struct ConfigJobs {
-    backend: Backend,
+    cron_url: String,
+    /// Made when the first job is scheduled: a config without jobs never touches the backend.
+    backend: Option<Backend>,
     current: Option<Running>,
     retiring: Vec<JoinHandle<StatsSnapshot>>,
     stops: Stops,
@@ -184,7 +186,8 @@ impl ConfigJobs {
     /// Starts scheduling `jobs` on the backend at `cron_url` (nothing runs when there are none).
     pub fn start(cron_url: &str, jobs: Vec<PreparedJob>) -> Result<ConfigJobs, cronlock::Error> {
         let mut me = ConfigJobs {
-            backend: Backend::from_url(cron_url)?,
+            cron_url: cron_url.to_string(),
+            backend: None,
             current: None,
             retiring: Vec::new(),
             stops: Stops::default(),
@@ -199,7 +202,15 @@ impl ConfigJobs {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut scheduler = Scheduler::new(self.backend.clone(), Identity::current());
+        let backend = match &self.backend {
+            Some(b) => b.clone(),
+            None => {
+                let b = Backend::from_url(&self.cron_url)?;
+                self.backend = Some(b.clone());
+                b
+            }
+        };
+        let mut scheduler = Scheduler::new(backend, Identity::current());
         for p in &jobs {
             if let Some(job) = cron_job(p, &self.stops) {
                 scheduler.add(job)?;
