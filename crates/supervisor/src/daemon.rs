@@ -136,7 +136,10 @@ impl Drop for RuntimeDir {
 
 /// Runs the supervisor until it is stopped: binds listeners and the control socket, starts the
 /// workers, then serves events. `commands` carries the signals `main` translated.
-pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
+pub async fn run(
+    config: Config,
+    mut commands: mpsc::Receiver<Command>,
+) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
     let bound = config
         .apps
@@ -173,9 +176,21 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir, jobs);
-    let outcome = shell.event_loop(commands, control_rx).await;
+    let outcome = shell.event_loop(&mut commands, control_rx).await;
     if let Some(jobs) = shell.jobs.take() {
-        jobs.finish().await;
+        // Running job commands may still be finishing; a fast stop (second SIGINT) kills them.
+        let stops = jobs.stops();
+        let finish = jobs.finish();
+        tokio::pin!(finish);
+        loop {
+            tokio::select! {
+                () = &mut finish => break,
+                Some(cmd) = commands.recv() => if cmd == Command::FastStop {
+                    stops.term.cancel();
+                    stops.kill.cancel();
+                },
+            }
+        }
     }
     control.flush(Duration::from_millis(500)).await;
     drop(control);
@@ -305,7 +320,7 @@ impl Shell {
 
     async fn event_loop(
         &mut self,
-        mut commands: mpsc::Receiver<Command>,
+        commands: &mut mpsc::Receiver<Command>,
         mut control: mpsc::Receiver<ControlRequest>,
     ) -> Result<(), String> {
         self.feed(Event::Start);

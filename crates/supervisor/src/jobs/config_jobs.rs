@@ -237,6 +237,11 @@ impl ConfigJobs {
         Ok(())
     }
 
+    /// The stop tokens every run watches (to kill them while [`ConfigJobs::finish`] waits).
+    pub fn stops(&self) -> Stops {
+        self.stops.clone()
+    }
+
     /// The jobs scheduled now.
     pub fn jobs(&self) -> &[PreparedJob] {
         self.current.as_ref().map_or(&[], |r| r.jobs.as_slice())
