@@ -1,5 +1,7 @@
 //! `demo-app`: the seeds' Express app on the worker library. `GET /heavy` does the seeds'
-//! CPU-bound loop, `GET /` names the process, `GET /healthz` answers `ok`. One event loop per
+//! CPU-bound loop, `GET /` names the process, `GET /healthz` answers `ok`, and
+//! `POST /tasks/report` is a target for a supervisor `[[job]] http`: it logs the
+//! `Supervisor-Job-*` headers and answers 200 (400 when they are missing). One event loop per
 //! process, like Node: scale it with `supervisor` (instances), not with threads.
 //!
 //! Two sample cron jobs run in every worker, each tick once across the cluster:
@@ -17,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
 use cronlock::{Job, JobContext, JobSpec};
 
 /// The seeds' loop: 5,000,000 increments the optimizer may not fold away.
@@ -42,11 +45,36 @@ async fn index() -> String {
     )
 }
 
+/// `POST /tasks/report`: what a supervisor `[[job]] http` calls once per tick.
+async fn task_report(headers: HeaderMap) -> (StatusCode, String) {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    match (
+        h("supervisor-job-name"),
+        h("supervisor-job-tick"),
+        h("supervisor-job-token"),
+    ) {
+        (Some(job), Some(tick), Some(token)) => {
+            tracing::info!(%job, %tick, %token, "task report");
+            (StatusCode::OK, format!("reported {job} {tick} {token}\n"))
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "missing Supervisor-Job-Name/-Tick/-Token headers\n".into(),
+        ),
+    }
+}
+
 fn router() -> Router {
     Router::new()
         .route("/", get(index))
         .route("/heavy", get(heavy))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/tasks/report", post(task_report))
 }
 
 /// `heartbeat`: record the tick, with its token, where a downstream reader can check it.

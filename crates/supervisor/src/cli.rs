@@ -357,10 +357,29 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                 })
             })
             .collect();
+        let jobs: Vec<serde_json::Value> = c
+            .jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.spec.name,
+                    "schedule": j.spec.schedule,
+                    "timezone": j.spec.timezone.name(),
+                    "kind": j.action.kind(),
+                    "run": job_action_text(&j.action),
+                    "timeout_ms": j.timeout.as_millis() as u64,
+                    "kill_timeout_ms": j.kill_timeout.as_millis() as u64,
+                    "lease_ttl_ms": j.spec.lease_ttl.as_millis() as u64,
+                    "overlap": j.spec.overlap,
+                    "misfire": j.spec.misfire,
+                })
+            })
+            .collect();
         let v = serde_json::json!({
             "config": path,
             "ok": true,
             "apps": apps,
+            "jobs": jobs,
             "control_socket": c.control_socket,
             "metrics": c.metrics.map(|a| a.to_string()),
             "cron_backend": cron,
@@ -391,6 +410,16 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
             );
         }
     }
+    for j in &c.jobs {
+        println!(
+            "job {}  {} {}  {}: {}",
+            j.spec.name,
+            j.spec.schedule,
+            j.spec.timezone.name(),
+            j.action.kind(),
+            job_action_text(&j.action)
+        );
+    }
     println!("control socket:   {}", c.control_socket.display());
     if let Some(addr) = c.metrics {
         println!("metrics:          http://{addr}/metrics");
@@ -400,6 +429,19 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         println!("note: {note}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a `[[job]]` runs, in one line: the command line, or `POST /path -> app`.
+fn job_action_text(a: &crate::config::JobAction) -> String {
+    match a {
+        crate::config::JobAction::Command { program, args, .. } => {
+            let args: String = args.iter().map(|a| format!(" {a}")).collect();
+            format!("{}{args}", program.display())
+        }
+        crate::config::JobAction::Http { method, path, app } => {
+            format!("{method} {path} -> app {app}")
+        }
+    }
 }
 
 /// Sends `request` to the supervisor of `config` (or `target`) and returns the answer.

@@ -1,7 +1,8 @@
 //! Configuration: TOML file -> raw serde structs -> validated [`Config`]; every check lives here
 //! and every error names the file and the key (`app[0].listen[1].address`, `app[1].kill_timeout`,
-//! ...). A file holds `[supervisor]`, `[cron]` and one or more `[[app]]` tables, each with its own
-//! `[[app.listen]]` sockets and `[app.restart]` / `[app.reload]` policies.
+//! ...). A file holds `[supervisor]`, `[cron]`, one or more `[[app]]` tables, each with its own
+//! `[[app.listen]]` sockets and `[app.restart]` / `[app.reload]` policies, and any number of
+//! `[[job]]` tables: cluster-once cron jobs the supervisor itself runs (see [`JobConfig`]).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -35,10 +36,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A value parsed but is not acceptable.
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}{at}: {key}: {message}")]
     Invalid {
         /// The config file.
         path: PathBuf,
+        /// Where in the file, when known (`:LINE:COL`).
+        at: Location,
         /// The dotted key path.
         key: String,
         /// Why the value is rejected.
@@ -172,6 +175,28 @@ struct RawFile {
     app: Vec<RawApp>,
     #[serde(default)]
     cron: RawCron,
+    #[serde(default)]
+    job: Vec<RawJob>,
+}
+
+/// A value with its byte range in the file, for errors with a line number.
+type Spanned<T> = toml::Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Spanned<String>,
+    schedule: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    overlap: Option<cronlock::Overlap>,
+    misfire: Option<Spanned<String>>,
+    misfire_grace: Option<Spanned<HumanDuration>>,
+    lease_ttl: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
+    kill_timeout: Option<Spanned<HumanDuration>>,
+    command: Option<Spanned<Vec<String>>>,
+    http: Option<Spanned<String>>,
+    app: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -431,6 +456,67 @@ pub struct MemoryPolicy {
     pub grace: Duration,
 }
 
+/// A cluster-once cron job the supervisor runs itself (`[[job]]`): each tick once across every
+/// supervisor sharing the cron backend, under cronlock's claim, lease and fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobConfig {
+    /// The config key it came from (`job[0]`).
+    pub key: String,
+    /// Name, schedule, timezone, lease and policies, as cronlock takes them.
+    pub spec: cronlock::JobSpec,
+    /// A run still going after this long is stopped and recorded `failed`.
+    pub timeout: Duration,
+    /// How long a command may take to exit after SIGTERM (timeout, supervisor stop) before its
+    /// process group is killed.
+    pub kill_timeout: Duration,
+    /// What a run does.
+    pub action: JobAction,
+}
+
+/// What one run of a `[[job]]` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobAction {
+    /// Run a program as a child of the supervisor, in its own process group.
+    Command {
+        /// Absolute path of the program.
+        program: PathBuf,
+        /// Arguments after the program name.
+        args: Vec<String>,
+        /// Extra environment (the app's `env` when the job names an app).
+        env: BTreeMap<String, String>,
+        /// Working directory (the app's `cwd`, else the config file's directory).
+        cwd: PathBuf,
+        /// The app whose environment and directory it takes, if any.
+        app: Option<String>,
+    },
+    /// Send a request to an app through its own first listener.
+    Http {
+        /// Request method (`POST`).
+        method: String,
+        /// Request path and query (`/tasks/report`).
+        path: String,
+        /// The app whose first listener receives it.
+        app: String,
+    },
+}
+
+impl JobAction {
+    /// `command` or `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobAction::Command { .. } => "command",
+            JobAction::Http { .. } => "http",
+        }
+    }
+}
+
+/// Default `[[job]] timeout`.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `[[job]] kill_timeout` of a job that names no app.
+pub const DEFAULT_JOB_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `[[job]] misfire_grace` with `misfire = "run_late"`.
+pub const DEFAULT_MISFIRE_GRACE: Duration = Duration::from_secs(60);
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -444,6 +530,8 @@ pub struct Config {
     pub cron_url: String,
     /// Where `GET /metrics` is served (Prometheus text format); `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// The `[[job]]` tables, in file order.
+    pub jobs: Vec<JobConfig>,
 }
 
 impl Config {
@@ -475,7 +563,7 @@ pub struct AppConfig {
 }
 
 /// Reads and deserializes a TOML file; errors name the file and the dotted key.
-fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
         cause,
@@ -487,7 +575,7 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
         message: e.message().trim_end().to_string(),
     };
     let de = toml::Deserializer::parse(&text).map_err(|e| parse_err("(syntax)".into(), e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
             "(top level)".to_string()
@@ -495,7 +583,8 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
             key
         };
         parse_err(key, e.into_inner())
-    })
+    })?;
+    Ok((value, text))
 }
 
 /// The directory relative paths in the file are resolved against.
@@ -535,11 +624,12 @@ pub fn endpoints_of(path: &Path) -> Result<Endpoints, ConfigError> {
         cron: RawCron,
     }
     // Not `deny_unknown_fields`: the other sections are not read at all.
-    let partial: Partial = parse_toml(path)?;
+    let (partial, text): (Partial, String) = parse_toml(path)?;
     let control_socket = control_socket_path(path, partial.supervisor.control_socket.as_deref());
     let v = Validator {
         path,
         base: base_dir(path),
+        text: &text,
     };
     let cron_url = v.cron(&partial.cron, &control_socket)?;
     Ok(Endpoints {
@@ -559,10 +649,11 @@ fn control_socket_path(path: &Path, configured: Option<&Path>) -> PathBuf {
 impl Config {
     /// Reads and validates a config file. Performs no binding and starts nothing.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawFile = parse_toml(path)?;
+        let (raw, text): (RawFile, String) = parse_toml(path)?;
         Validator {
             path,
             base: base_dir(path),
+            text: &text,
         }
         .validate(raw)
     }
@@ -571,14 +662,50 @@ impl Config {
 struct Validator<'a> {
     path: &'a Path,
     base: PathBuf,
+    /// The file's text, for the line of a spanned value.
+    text: &'a str,
 }
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
+            at: Location::default(),
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    /// An error at the value whose byte range is `span`.
+    fn err_at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            at: Location::of_span(self.text, Some(span)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `e` with the location of `span` if it has none yet.
+    fn located(&self, e: ConfigError, span: std::ops::Range<usize>) -> ConfigError {
+        match e {
+            ConfigError::Invalid {
+                path,
+                at: Location(None),
+                key,
+                message,
+            } => ConfigError::Invalid {
+                path,
+                at: Location::of_span(self.text, Some(span)),
+                key,
+                message,
+            },
+            other => other,
         }
     }
 
@@ -634,12 +761,216 @@ impl Validator<'_> {
         }
         self.check_after(&apps)?;
         let cron_url = self.cron(&raw.cron, &control_socket)?;
+        let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.job.len());
+        for (i, rj) in raw.job.into_iter().enumerate() {
+            let key = format!("job[{i}]");
+            let name_span = rj.name.span();
+            let job = self.job(&key, rj, &apps)?;
+            if let Some(prev) = jobs.iter().find(|j| j.spec.name == job.spec.name) {
+                return Err(self.err_at(
+                    name_span,
+                    format!("{key}.name"),
+                    format!("{:?} is already the name of {}", job.spec.name, prev.key),
+                ));
+            }
+            jobs.push(job);
+        }
         Ok(Config {
             path: self.path.to_path_buf(),
             control_socket,
             apps,
             cron_url,
             metrics,
+            jobs,
+        })
+    }
+
+    /// A positive duration from a spanned value, or `default`.
+    fn positive_at(
+        &self,
+        key: &str,
+        d: Option<Spanned<HumanDuration>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match d {
+            None => Ok(default),
+            Some(d) if d.get_ref().0.is_zero() => {
+                Err(self.err_at(d.span(), key, "must be greater than zero"))
+            }
+            Some(d) => Ok(d.get_ref().0),
+        }
+    }
+
+    /// One `[[job]]` table, checked against the apps.
+    fn job(&self, key: &str, rj: RawJob, apps: &[AppConfig]) -> Result<JobConfig, ConfigError> {
+        let name_span = rj.name.span();
+        let name = rj.name.into_inner();
+        let mut spec = cronlock::JobSpec::new(name.clone(), rj.schedule.get_ref().clone());
+        // Name checks first (cronlock's rules: the name is part of the backend's keys).
+        if let Err(e) = cronlock::JobSpec::new(name.clone(), "* * * * * *").validate() {
+            return Err(self.err_at(name_span, format!("{key}.name"), e.to_string()));
+        }
+        if let Some(tz) = &rj.timezone {
+            spec = spec.timezone_name(tz.get_ref()).map_err(|_| {
+                self.err_at(
+                    tz.span(),
+                    format!("{key}.timezone"),
+                    format!(
+                        "unknown timezone {:?} (an IANA name such as \"Europe/Berlin\" or \"UTC\")",
+                        tz.get_ref()
+                    ),
+                )
+            })?;
+        }
+        if let Err(e) = spec.validate() {
+            return Err(self.err_at(
+                rj.schedule.span(),
+                format!("{key}.schedule"),
+                format!("{e} (6 fields with seconds, e.g. \"0 30 2 * * *\", or 7 with a year)"),
+            ));
+        }
+        if let Some(ttl) = &rj.lease_ttl {
+            if ttl.get_ref().0 < Duration::from_millis(300) {
+                return Err(self.err_at(
+                    ttl.span(),
+                    format!("{key}.lease_ttl"),
+                    "must be at least 300ms",
+                ));
+            }
+            spec = spec.lease_ttl(ttl.get_ref().0);
+        }
+        if let Some(o) = rj.overlap {
+            spec = spec.overlap(o);
+        }
+        let grace = rj.misfire_grace;
+        match rj
+            .misfire
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("skip", _)) => {
+                if let Some(g) = grace {
+                    return Err(self.err_at(
+                        g.span(),
+                        format!("{key}.misfire_grace"),
+                        "only with misfire = \"run_late\"",
+                    ));
+                }
+            }
+            Some(("run_late", _)) => {
+                let grace = self.positive_at(
+                    &format!("{key}.misfire_grace"),
+                    grace,
+                    DEFAULT_MISFIRE_GRACE,
+                )?;
+                spec = spec.misfire(cronlock::Misfire::RunLate { grace });
+            }
+            Some((other, span)) => {
+                return Err(self.err_at(
+                    span,
+                    format!("{key}.misfire"),
+                    format!("{other:?}: use \"skip\" or \"run_late\""),
+                ));
+            }
+        }
+        let timeout =
+            self.positive_at(&format!("{key}.timeout"), rj.timeout, DEFAULT_JOB_TIMEOUT)?;
+        let app = match &rj.app {
+            None => None,
+            Some(a) => match apps.iter().find(|x| &x.name == a.get_ref()) {
+                Some(app) => Some((app, a.span())),
+                None => {
+                    let names: Vec<&str> = apps.iter().map(|o| o.name.as_str()).collect();
+                    return Err(self.err_at(
+                        a.span(),
+                        format!("{key}.app"),
+                        format!(
+                            "no app is named {:?} (apps: {})",
+                            a.get_ref(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            },
+        };
+        let kill_timeout = self.positive_at(
+            &format!("{key}.kill_timeout"),
+            rj.kill_timeout,
+            app.as_ref()
+                .map_or(DEFAULT_JOB_KILL_TIMEOUT, |(a, _)| a.worker.kill_timeout),
+        )?;
+        let action = match (rj.command, rj.http) {
+            (Some(_), Some(h)) => {
+                return Err(self.err_at(
+                    h.span(),
+                    key,
+                    "give either `command` or `http`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.err_at(
+                    name_span,
+                    key,
+                    "needs `command = [\"prog\", \"arg\"]` or `http = \"POST /path\"` (with `app`)",
+                ));
+            }
+            (Some(c), None) => {
+                let span = c.span();
+                let argv = c.into_inner();
+                let Some((prog, args)) = argv.split_first() else {
+                    return Err(self.err_at(span, format!("{key}.command"), "is empty"));
+                };
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return Err(self.err_at(span, format!("{key}.command"), "contains a NUL byte"));
+                }
+                let program = self
+                    .program(key, prog)
+                    .map_err(|e| self.located(e, span.clone()))?;
+                let (env, cwd) = match &app {
+                    Some((a, _)) => (a.worker.env.clone(), a.worker.cwd.clone()),
+                    None => (BTreeMap::new(), self.base.clone()),
+                };
+                JobAction::Command {
+                    program,
+                    args: args.to_vec(),
+                    env,
+                    cwd,
+                    app: app.map(|(a, _)| a.name.clone()),
+                }
+            }
+            (None, Some(h)) => {
+                let (method, path) = parse_http(h.get_ref())
+                    .map_err(|m| self.err_at(h.span(), format!("{key}.http"), m))?;
+                let Some((app, app_span)) = app else {
+                    return Err(self.err_at(
+                        h.span(),
+                        format!("{key}.http"),
+                        "needs `app = \"NAME\"`: the request goes to that app's first listener",
+                    ));
+                };
+                if app.listeners.is_empty() {
+                    return Err(self.err_at(
+                        app_span,
+                        format!("{key}.app"),
+                        format!(
+                            "app {:?} has no listener to send the request to (add [[app.listen]] to it)",
+                            app.name
+                        ),
+                    ));
+                }
+                JobAction::Http {
+                    method,
+                    path,
+                    app: app.name.clone(),
+                }
+            }
+        };
+        Ok(JobConfig {
+            key: key.to_string(),
+            spec,
+            timeout,
+            kill_timeout,
+            action,
         })
     }
 
@@ -976,6 +1307,25 @@ impl Validator<'_> {
     }
 }
 
+/// `"POST /tasks/report"` -> (`POST`, `/tasks/report`).
+fn parse_http(text: &str) -> Result<(String, String), String> {
+    let mut parts = text.split_whitespace();
+    let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "{text:?}: write the method and the path, e.g. \"POST /tasks/report\""
+        ));
+    };
+    if !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "{method:?} is not a method (GET, POST, PUT, ...: upper case)"
+        ));
+    }
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!("{path:?} is not a path starting with '/'"));
+    }
+    Ok((method.to_string(), path.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1250,6 +1600,166 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("app[0].readiness"), "{e}");
+    }
+
+    /// OK plus one `[[job]]` table with `keys`; the error text (with the file's path).
+    fn job_error(keys: &str) -> String {
+        load(&format!("{OK}\n[[job]]\n{keys}\n"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Asserts that `e` names `key` at line `line` of the file and says `what`.
+    #[track_caller]
+    fn assert_at(e: &str, line: usize, key: &str, what: &str) {
+        assert!(e.contains(&format!("s.toml:{line}:")), "line {line}: {e}");
+        assert!(e.contains(&format!(": {key}: ")), "key {key}: {e}");
+        assert!(e.contains(what), "{what:?}: {e}");
+    }
+
+    // OK and a newline are 8 lines: the `[[job]]` header is line 9, the job's first key line 10.
+
+    #[test]
+    fn jobs_get_defaults_and_resolve_their_program() {
+        let c = load(&format!(
+            "{OK}\n[[job]]\nname = \"report\"\nschedule = \"*/5 * * * * *\"\ncommand = [\"sh\", \"-c\", \"true\"]\n\
+             [[job]]\nname = \"ping\"\nschedule = \"0 30 2 * * *\"\ntimezone = \"Europe/Berlin\"\nhttp = \"POST /tasks/report\"\n\
+             app = \"sh\"\noverlap = \"allow\"\nmisfire = \"run_late\"\nlease_ttl = \"5s\"\ntimeout = \"2m\"\n"
+        ))
+        .unwrap();
+        let report = &c.jobs[0];
+        assert_eq!(report.timeout, DEFAULT_JOB_TIMEOUT);
+        assert_eq!(report.kill_timeout, DEFAULT_JOB_KILL_TIMEOUT);
+        assert_eq!(report.spec.lease_ttl, Duration::from_secs(30));
+        match &report.action {
+            JobAction::Command {
+                program, args, app, ..
+            } => {
+                assert!(
+                    program.is_absolute() && program.ends_with("sh"),
+                    "{program:?}"
+                );
+                assert_eq!(args, &["-c", "true"]);
+                assert_eq!(app, &None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let ping = &c.jobs[1];
+        assert_eq!(ping.spec.timezone.name(), "Europe/Berlin");
+        assert_eq!(ping.spec.overlap, cronlock::Overlap::Allow);
+        assert_eq!(
+            ping.spec.misfire,
+            cronlock::Misfire::RunLate {
+                grace: DEFAULT_MISFIRE_GRACE
+            }
+        );
+        assert_eq!(ping.spec.lease_ttl, Duration::from_secs(5));
+        assert_eq!(ping.timeout, Duration::from_secs(120));
+        assert_eq!(
+            ping.kill_timeout,
+            Duration::from_secs(10),
+            "the app's kill_timeout"
+        );
+        assert_eq!(
+            ping.action,
+            JobAction::Http {
+                method: "POST".into(),
+                path: "/tasks/report".into(),
+                app: "sh".into()
+            }
+        );
+    }
+
+    #[test]
+    fn job_with_a_bad_schedule_is_named_with_its_line() {
+        let e = job_error("name = \"r\"\nschedule = \"every day\"\ncommand = [\"sh\"]");
+        assert_at(&e, 11, "job[0].schedule", "every day");
+    }
+
+    #[test]
+    fn job_with_an_unknown_timezone() {
+        let e = job_error(
+            "name = \"r\"\nschedule = \"* * * * * *\"\ntimezone = \"Mars/Olympus\"\ncommand = [\"sh\"]",
+        );
+        assert_at(
+            &e,
+            12,
+            "job[0].timezone",
+            "unknown timezone \"Mars/Olympus\"",
+        );
+    }
+
+    #[test]
+    fn job_needs_exactly_one_of_command_and_http() {
+        let e = job_error(
+            "name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]\nhttp = \"GET /\"\napp = \"sh\"",
+        );
+        assert_at(&e, 13, "job[0]", "either `command` or `http`, not both");
+        let e = job_error("name = \"r\"\nschedule = \"* * * * * *\"");
+        assert_at(&e, 10, "job[0]", "needs `command");
+        let e = job_error("name = \"r\"\nschedule = \"* * * * * *\"\ncommand = []");
+        assert_at(&e, 12, "job[0].command", "is empty");
+        let e =
+            job_error("name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"/nonexistent/x\"]");
+        assert_at(&e, 12, "job[0].command", "not found");
+    }
+
+    #[test]
+    fn http_job_needs_an_app_that_exists_and_listens() {
+        let e = job_error("name = \"r\"\nschedule = \"* * * * * *\"\nhttp = \"POST /x\"");
+        assert_at(&e, 12, "job[0].http", "needs `app");
+        let e = job_error(
+            "name = \"r\"\nschedule = \"* * * * * *\"\nhttp = \"POST /x\"\napp = \"nope\"",
+        );
+        assert_at(&e, 13, "job[0].app", "no app is named \"nope\" (apps: sh)");
+        let e = load(
+            "[[app]]\nname = \"queue\"\ncommand = \"/bin/sh\"\ninstances = 1\n\
+             [[job]]\nname = \"r\"\nschedule = \"* * * * * *\"\nhttp = \"POST /x\"\napp = \"queue\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_at(&e, 9, "job[0].app", "has no listener");
+        let e = job_error("name = \"r\"\nschedule = \"* * * * * *\"\nhttp = \"/x\"\napp = \"sh\"");
+        assert_at(&e, 12, "job[0].http", "method and the path");
+        let e =
+            job_error("name = \"r\"\nschedule = \"* * * * * *\"\nhttp = \"post x\"\napp = \"sh\"");
+        assert_at(&e, 12, "job[0].http", "not a method");
+    }
+
+    #[test]
+    fn command_job_naming_a_missing_app_is_refused() {
+        let e = job_error(
+            "name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]\napp = \"web\"",
+        );
+        assert_at(&e, 13, "job[0].app", "no app is named \"web\"");
+    }
+
+    #[test]
+    fn job_names_are_unique_and_key_safe() {
+        let one = "name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]";
+        let e = load(&format!("{OK}\n[[job]]\n{one}\n[[job]]\n{one}\n"))
+            .unwrap_err()
+            .to_string();
+        assert_at(&e, 14, "job[1].name", "already the name of job[0]");
+        let e = job_error("name = \"a b\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]");
+        assert_at(&e, 10, "job[0].name", "whitespace");
+    }
+
+    #[test]
+    fn job_policies_and_durations_are_checked() {
+        let base = "name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]";
+        let e = job_error(&format!("{base}\nmisfire = \"later\""));
+        assert_at(&e, 13, "job[0].misfire", "\"skip\" or \"run_late\"");
+        let e = job_error(&format!("{base}\nmisfire_grace = \"5s\""));
+        assert_at(&e, 13, "job[0].misfire_grace", "only with misfire");
+        let e = job_error(&format!("{base}\ntimeout = \"0s\""));
+        assert_at(&e, 13, "job[0].timeout", "greater than zero");
+        let e = job_error(&format!("{base}\nlease_ttl = \"100ms\""));
+        assert_at(&e, 13, "job[0].lease_ttl", "at least 300ms");
+        let e = job_error(&format!("{base}\noverlap = \"queue\""));
+        assert!(e.contains("job[0].overlap"), "{e}");
+        let e = job_error(&format!("{base}\ncomand = [\"sh\"]"));
+        assert!(e.contains("job[0]") && e.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::core::{
     self, Action, AppIndex, AppSettings, Event, ReplyTo, ServiceState, Signal, Supervisor,
     TimerKey, WaitState, WorkerState,
 };
+use crate::jobs::config_jobs::{self, ConfigJobs};
 use crate::metrics::{self, server::SnapshotRequest};
 use crate::notify::{self, Notification};
 use crate::orphans;
@@ -66,6 +67,14 @@ pub enum StartupError {
     /// No worker of the first start could be executed (nothing is left running).
     #[error("{0}")]
     NoWorker(String),
+    /// The `[[job]]` scheduler could not be set up (its cron backend URL).
+    #[error("{path}: [[job]]: {cause}")]
+    Jobs {
+        /// Config file.
+        path: PathBuf,
+        /// What cronlock said.
+        cause: cronlock::Error,
+    },
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -138,7 +147,10 @@ impl Drop for RuntimeDir {
 
 /// Runs the supervisor until it is stopped: binds listeners and the control socket, starts the
 /// workers, then serves events. `commands` carries the signals `main` translated.
-pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<(), StartupError> {
+pub async fn run(
+    config: Config,
+    mut commands: mpsc::Receiver<Command>,
+) -> Result<(), StartupError> {
     server::check_free(&config.control_socket)?;
     // Read once: the workers get their own NOTIFY_SOCKET, never this one.
     let service = match sdnotify::Notifier::from_env() {
@@ -170,6 +182,15 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         .transpose()
         .map_err(listen_err)?;
     let runtime_dir = RuntimeDir::create()?;
+    // Its own tasks: the event loop never waits on the cron backend.
+    let jobs = ConfigJobs::start(
+        &config.cron_url,
+        config_jobs::prepare(&config, &config.apps, &bound),
+    )
+    .map_err(|cause| StartupError::Jobs {
+        path: config.path.clone(),
+        cause,
+    })?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
     control.serve(control_tx);
@@ -213,16 +234,36 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         notify_socket = service.as_ref().map_or("", |n| n.target.as_str()),
         "supervisor started"
     );
-    let mut shell = Shell::new(config, bound, runtime_dir);
+    let mut shell = Shell::new(config, bound, runtime_dir, jobs);
     shell.service = service;
-    let outcome = shell.event_loop(commands, control_rx, snapshots_rx).await;
+    let outcome = shell
+        .event_loop(&mut commands, control_rx, snapshots_rx)
+        .await;
     if let Some(task) = metrics_server {
         task.abort();
     }
+    if let Some(jobs) = shell.jobs.take() {
+        // Running job commands may still be finishing; a fast stop (second SIGINT) kills them.
+        let stops = jobs.stops();
+        let finish = jobs.finish();
+        tokio::pin!(finish);
+        loop {
+            tokio::select! {
+                () = &mut finish => break,
+                Some(cmd) = commands.recv() => if cmd == Command::FastStop {
+                    stops.term.cancel();
+                    stops.kill.cancel();
+                },
+            }
+        }
+    }
     // Whatever a worker left behind outside its process group (setsid) and that this process
-    // adopted would outlive it: killed and reaped now, once every worker is gone.
+    // adopted would outlive it: killed and reaped now, once every worker and job is gone.
     let workers: Vec<i32> = shell.processes.values().map(|p| p.pid).collect();
-    orphans::kill_all(|pid| workers.contains(&pid), Duration::from_millis(2000));
+    orphans::kill_all(
+        |pid| workers.contains(&pid) || crate::jobs::command::is_job_child(pid),
+        Duration::from_millis(2000),
+    );
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -326,10 +367,17 @@ struct Shell {
     /// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
     service: Option<sdnotify::Notifier>,
     told: Option<ServiceState>,
+    /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
+    jobs: Option<ConfigJobs>,
 }
 
 impl Shell {
-    fn new(config: Config, listeners: Vec<Vec<BoundListener>>, runtime_dir: RuntimeDir) -> Shell {
+    fn new(
+        config: Config,
+        listeners: Vec<Vec<BoundListener>>,
+        runtime_dir: RuntimeDir,
+        jobs: ConfigJobs,
+    ) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let core = supervisor_core(&config, &listeners);
         Shell {
@@ -352,12 +400,13 @@ impl Shell {
             metrics: metrics::Registry::default(),
             service: None,
             told: None,
+            jobs: Some(jobs),
         }
     }
 
     async fn event_loop(
         &mut self,
-        mut commands: mpsc::Receiver<Command>,
+        commands: &mut mpsc::Receiver<Command>,
         mut control: mpsc::Receiver<ControlRequest>,
         mut snapshots: mpsc::Receiver<SnapshotRequest>,
     ) -> Result<(), String> {
@@ -370,8 +419,14 @@ impl Shell {
             tokio::select! {
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload => self.feed(Event::Reload { app: None, reply: None }),
-                    Command::Stop => self.feed(Event::Stop { reply: None }),
-                    Command::FastStop => self.feed(Event::FastStop),
+                    Command::Stop => {
+                        self.stop_jobs(false);
+                        self.feed(Event::Stop { reply: None });
+                    }
+                    Command::FastStop => {
+                        self.stop_jobs(true);
+                        self.feed(Event::FastStop);
+                    }
                     Command::ChildExited => self.sweep_orphans(None),
                 },
                 Some(req) = control.recv() => self.control(req),
@@ -476,7 +531,10 @@ impl Shell {
     /// that just exited (`exited_group`); workers are left to their pidfd watchers.
     fn sweep_orphans(&self, exited_group: Option<i32>) {
         orphans::sweep(
-            |pid| self.processes.values().any(|p| p.pid == pid),
+            |pid| {
+                self.processes.values().any(|p| p.pid == pid)
+                    || crate::jobs::command::is_job_child(pid)
+            },
             exited_group,
             false,
         );
@@ -501,6 +559,14 @@ impl Shell {
             }
             settings.push(app_settings(app, &self.listeners[i]));
         }
+        // The `[[job]]` tables: a changed set replaces the scheduler (running jobs finish).
+        if let Some(jobs) = &mut self.jobs {
+            jobs.replace(config_jobs::prepare(
+                &fresh,
+                &self.config.apps,
+                &self.listeners,
+            ));
+        }
         if fresh.control_socket != self.config.control_socket
             || fresh.cron_url != self.config.cron_url
             || fresh.metrics != self.config.metrics
@@ -520,6 +586,17 @@ impl Shell {
             .iter()
             .filter_map(|(id, p)| Some((*id, scan.group(p.pid)?.rss_bytes)))
             .collect()
+    }
+
+    /// Supervisor stop: the `[[job]]` scheduler takes no new tick; `fast` kills running commands.
+    fn stop_jobs(&mut self, fast: bool) {
+        if let Some(jobs) = &mut self.jobs {
+            if fast {
+                jobs.kill();
+            } else {
+                jobs.stop();
+            }
+        }
     }
 
     fn app_index(&self, name: &str) -> Option<AppIndex> {
@@ -612,6 +689,7 @@ impl Shell {
                 }
             }
             Request::Stop => {
+                self.stop_jobs(false);
                 let reply = self.reply_to(req.reply);
                 self.feed(Event::Stop { reply: Some(reply) });
             }

@@ -1,6 +1,13 @@
-//! `supervisor jobs`: the operator's view of the cluster-once cron jobs. It reads the cron
-//! backend (Redis, or the local state dir), not the daemon: the jobs run inside the workers, on
-//! every host, and their registry, history and leases live in the backend they share.
+//! Cluster-once cron jobs on cronlock. The `[[job]]` tables of the config are scheduled by the
+//! supervisor itself ([`config_jobs`], running a [`command`] or an [`http`] request per tick);
+//! worker-library jobs run inside the workers. Both register in the same backend, so
+//! `supervisor jobs` (this file) shows them side by side: it reads the cron backend (Redis, or
+//! the local state dir), not the daemon, since jobs run on every host and their registry,
+//! history and leases live in the backend they share.
+
+pub mod command;
+pub mod config_jobs;
+pub mod http;
 
 use std::time::Duration;
 
@@ -37,7 +44,7 @@ pub enum JobsError {
     /// The backend did not answer in time.
     #[error("cron backend {0}: no answer within {1:?}")]
     Timeout(String, Duration),
-    /// No worker registered a job of that name.
+    /// No worker or supervisor registered a job of that name.
     #[error("unknown job {name:?} (registered: {known})")]
     Unknown {
         /// The name asked for.
@@ -47,7 +54,7 @@ pub enum JobsError {
     },
     /// Nobody ran a manual request in time.
     #[error(
-        "no worker ran {name} within {timeout:?} (request {id}); manual requests reach running workers only"
+        "nobody ran {name} within {timeout:?} (request {id}); manual requests reach running workers and supervisors only"
     )]
     NotRun {
         /// Job.
@@ -122,7 +129,7 @@ pub async fn histories(
 /// The jobs table.
 pub fn render(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
-        return "no cron jobs registered (workers register theirs when they start)\n".into();
+        return "no cron jobs registered (workers, and supervisors with [[job]] tables, register theirs when they start)\n".into();
     }
     let mut t = Table::new(&["job", "schedule", "next tick", "last run", "running"]);
     for j in jobs {

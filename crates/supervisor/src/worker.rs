@@ -204,8 +204,8 @@ impl Drop for Process {
     }
 }
 
-/// Forwards a worker's output line by line as log events in the worker's span.
-async fn forward_output(fd: OwnedFd) {
+/// Forwards a worker's (or a `[[job]]` command's) output line by line as log events in its span.
+pub(crate) async fn forward_output(fd: OwnedFd) {
     let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };

@@ -35,6 +35,13 @@ pub fn kill_group(pgid: i32) {
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
 }
 
+/// `signal` to a process group whose leader is our unreaped child (a `[[job]]` command).
+pub fn signal_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: plain kill(2) on a negative pid (a process group). The leader is our child, reaped
+    // only after its exit was handled, so the id has not been reused.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
 /// waitid(2) on a pidfd; `None` if the child has not exited (with `WNOHANG`).
 fn wait_pidfd(pidfd: &OwnedFd, flags: libc::c_int) -> Option<ExitStatus> {
     // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.

@@ -111,6 +111,17 @@ fn write_pid(buf: &mut [u8; LISTEN_PID_LEN], pid: i32) {
 /// Starts the program. The fd number of the notification pipe in the child is
 /// `3 + listeners.len()`; the caller puts it in `READY_FD` beforehand.
 pub fn spawn(cmd: Exec<'_>) -> Result<Child, SpawnError> {
+    spawn_with(cmd, true)
+}
+
+/// Starts a program that is not a worker (a `[[job]]` command): the same process group,
+/// parent-death signal, output pipes and pidfd as [`spawn`], but no notification fd (the child
+/// gets nothing above fd 2 besides `cmd.listeners`; `Child::ready` only ever reads EOF).
+pub fn spawn_plain(cmd: Exec<'_>) -> Result<Child, SpawnError> {
+    spawn_with(cmd, false)
+}
+
+fn spawn_with(cmd: Exec<'_>, notify_fd: bool) -> Result<Child, SpawnError> {
     let program = cstring(cmd.program.as_os_str().as_bytes())?;
     let mut argv_c = vec![program.clone()];
     for a in cmd.args {
@@ -140,14 +151,14 @@ pub fn spawn(cmd: Exec<'_>) -> Result<Child, SpawnError> {
     let (ready_r, ready_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
 
-    let n_listeners = cmd.listeners.len() as RawFd;
-    let first_free = 3 + n_listeners + 1; // fds >= this are outside the child's fixed layout
     let sources: Vec<RawFd> = cmd
         .listeners
         .iter()
         .map(|l| l.as_raw_fd())
-        .chain(std::iter::once(ready_w.as_raw_fd()))
+        .chain(notify_fd.then(|| ready_w.as_raw_fd()))
         .collect();
+    // fds >= this are outside the child's fixed layout
+    let first_free = 3 + sources.len() as RawFd;
     let mut temps: Vec<RawFd> = vec![-1; sources.len()];
     let parent_pid = std::process::id() as libc::pid_t;
 
@@ -400,6 +411,26 @@ mod tests {
             out.trim_end().ends_with(&pid.to_string()),
             "own process group: {out}"
         );
+    }
+
+    #[test]
+    fn a_plain_child_gets_no_fd_above_stderr() {
+        let args = vec![
+            "-c".to_string(),
+            "[ -e /proc/self/fd/3 ] && echo fd3 || echo no-fd3".to_string(),
+        ];
+        let child = spawn_plain(Exec {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: Path::new("/"),
+            listeners: vec![],
+        })
+        .unwrap();
+        let status = wait(&child);
+        let out = read_all(child.stdout);
+        assert_eq!(status, 0, "{out}");
+        assert_eq!(out.trim(), "no-fd3");
     }
 
     #[test]
