@@ -85,6 +85,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The local backend's state directory could be controlled by another user: it belongs to
+    /// someone else, or others may write into it (they could hold its locks and block the jobs).
+    #[error(
+        "local backend: state directory `{}` {problem} (we are uid {our_uid}): refusing to use it, \
+         since another user could hold its locks and block the jobs; remove it or choose another \
+         directory", path.display()
+    )]
+    UnsafeStateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong (names the owner uid or the mode).
+        problem: String,
+        /// Our effective uid.
+        our_uid: u32,
+    },
     /// Stored data (a history record, registry entry, state file) could not be decoded.
     #[error("{what}: {reason}")]
     Corrupt {
