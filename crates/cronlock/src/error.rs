@@ -66,6 +66,19 @@ pub enum Error {
         /// The deadline in milliseconds.
         timeout_ms: u64,
     },
+    /// A claim reached Redis after the deadline its client had set (Redis was paused or
+    /// overloaded): the script refused it and changed nothing, so the tick is not run.
+    #[error(
+        "redis at {url}: {op}: refused by Redis, which ran it {late_ms} ms past the client's deadline (tick not run)"
+    )]
+    RedisTooLate {
+        /// The URL with its password redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// How far past the deadline Redis ran it, in milliseconds.
+        late_ms: u64,
+    },
     /// Getting a connection from the pool failed.
     #[error("redis at {url}: connection pool: {reason}")]
     Pool {

@@ -684,3 +684,83 @@ async fn paused_scheduler_records_missed_ticks_and_resumes() -> anyhow::Result<(
     drop(p);
     Ok(())
 }
+
+/// A claim sent while Redis is stopped (SIGSTOP) times out on the client, which counts the tick
+/// as not run; when Redis resumes, the queued claim script must not take effect. It used to take
+/// the lease with a fresh token that nobody ran or released: the next ticks were recorded
+/// `skipped_overlap` until the lease expired, and `jobs` showed a run that never happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_the_client_gave_up_on_never_takes_effect() -> anyhow::Result<()> {
+    let server = RedisServer::start()?;
+    let url = server.url();
+    let runs = Sink::default();
+    let sink = Arc::clone(&runs);
+    // The default 30 s lease: a ghost lease would block the job for 30 s.
+    let spec = JobSpec::new("ghost", "* * * * * *");
+    let job = Job::new(spec, move |ctx| {
+        let sink = Arc::clone(&sink);
+        async move {
+            if let (TickId::Scheduled(t), Ok(mut v)) = (&ctx.tick_id, sink.lock()) {
+                v.push((t.timestamp_millis(), ctx.token));
+            }
+            Ok(())
+        }
+    });
+    let mut s = Scheduler::new(Backend::from_url(&url)?, identity(42));
+    s.add(job)?;
+    let stats = s.stats();
+    let shutdown = CancellationToken::new();
+    let handle = spawn_scheduler(s, &shutdown);
+    let ran = |after: i64| {
+        let runs = Arc::clone(&runs);
+        move || {
+            let n = runs
+                .lock()
+                .map(|v| v.iter().filter(|r| r.0 > after).count())
+                .unwrap_or(0);
+            async move { (n > 0).then_some(()) }
+        }
+    };
+    wait_for("a first run", Duration::from_secs(5), ran(0)).await?;
+    // Longer than the client's 2 s claim timeout: several claims queue up in Redis.
+    server.pause()?;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    server.resume()?;
+    let resumed = Utc::now().timestamp_millis();
+    let resumed_run = wait_for(
+        "a run of a tick after Redis resumed",
+        Duration::from_secs(5),
+        ran(resumed),
+    )
+    .await;
+    let b = Backend::from_url(&url)?;
+    let history = b.history("ghost", 100).await?;
+    let holder = b.current_holder("ghost").await?;
+    shutdown.cancel();
+    let snap = tokio::time::timeout(Duration::from_secs(15), handle).await??;
+    let runs = runs.lock().map(|v| v.clone()).unwrap_or_default();
+    let detail = format!("runs {runs:?}\nholder {holder:?}\nstats {snap:?}\nhistory {history:#?}");
+    resumed_run.with_context(|| detail.clone())?;
+    ensure!(
+        !history.iter().any(|r| r.outcome == Outcome::SkippedOverlap),
+        "ticks skipped for a ghost's lease\n{detail}"
+    );
+    let tokens: HashSet<u64> = runs.iter().map(|r| r.1).collect();
+    ensure!(
+        history
+            .iter()
+            .filter_map(|r| r.token)
+            .all(|t| tokens.contains(&t)),
+        "a recorded token that never ran\n{detail}"
+    );
+    ensure!(
+        holder.is_none_or(|h| tokens.contains(&h.token)),
+        "the lease is held by a run that never happened\n{detail}"
+    );
+    ensure!(
+        stats.snapshot().ticks_backend_down >= 2,
+        "the claims during the pause were not counted as not run\n{detail}"
+    );
+    eprintln!("{detail}");
+    Ok(())
+}
