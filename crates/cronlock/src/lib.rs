@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod error;
+mod health;
 pub mod job;
 pub mod schedule;
 pub mod scheduler;

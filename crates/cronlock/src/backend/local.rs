@@ -387,6 +387,16 @@ impl LocalBackend {
         .await
     }
 
+    pub(crate) async fn jobs_registered(&self, names: &[String]) -> Result<bool> {
+        let path = self.dir.join("jobs.json");
+        let names = names.to_vec();
+        blocking(move || {
+            let all = read_registry(&path)?;
+            Ok(names.iter().all(|n| all.contains_key(n)))
+        })
+        .await
+    }
+
     pub(crate) async fn list_jobs(&self) -> Result<Vec<JobMeta>> {
         let path = self.dir.join("jobs.json");
         blocking(move || Ok(read_registry(&path)?.into_values().collect())).await

@@ -76,6 +76,7 @@ use super::{
     ClaimOutcome, ClaimRequest, HISTORY_LEN, Lease, LeaseInner, holder_json_tail, new_request_id,
 };
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job::{Holder, JobMeta, Overlap, RunRecord, TickId};
 use crate::url::RedactedUrl;
 
@@ -135,6 +136,24 @@ local tok = string.format('%.0f', t)
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[5], 2)
 redis.call('SET', KEYS[2], value, 'PX', ARGV[3])
 return {1, tok, value, now_ms}
+"#,
+    )
+});
+
+/// How many of the job names `ARGV` are missing from the registry `KEYS[1]`, and the server's
+/// clock in milliseconds: `{missing, server_ms}` (a scheduler's periodic check, which also keeps
+/// the clock offset of claims fresh).
+static REGISTRY_CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local missing = 0
+for i, name in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], name) == 0 then
+    missing = missing + 1
+  end
+end
+local now = redis.call('TIME')
+return {missing, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 "#,
     )
 });
@@ -418,6 +437,9 @@ impl RedisBackend {
                 Err(e) => {
                     if is_broken(&e) {
                         drop(Object::take(obj));
+                        // The server probably went away (or restarted): its other idle
+                        // connections are dead too, and would each fail one more operation.
+                        self.pool.retain(|_, _| false);
                     }
                     Err(self.redis_err(op, e))
                 }
@@ -607,6 +629,22 @@ impl RedisBackend {
         .await
     }
 
+    pub(crate) async fn jobs_registered(&self, names: &[String]) -> Result<bool> {
+        if names.is_empty() {
+            return Ok(true);
+        }
+        let (missing, server_ms): (i64, i64) = self
+            .script(
+                "check job registry",
+                &REGISTRY_CHECK,
+                vec![JOBS_KEY.to_owned()],
+                names.to_vec(),
+            )
+            .await?;
+        self.observe_server_time(server_ms, Instant::now());
+        Ok(missing == 0)
+    }
+
     pub(crate) async fn list_jobs(&self) -> Result<Vec<JobMeta>> {
         let all: Vec<(String, String)> = self
             .with_conn("list jobs", |c| {
@@ -693,10 +731,12 @@ impl RedisBackend {
     }
 
     /// Subscribes to [`RUN_CHANNEL`] on a dedicated connection and forwards requests to `tx`;
-    /// reconnects (with a short backoff) whenever the connection fails.
+    /// reconnects (with a short backoff) whenever the connection fails. Failures are reported
+    /// to `health` (which logs an outage once), not logged one by one.
     pub(crate) async fn listen_requests(
         self: std::sync::Arc<Self>,
         tx: mpsc::Sender<(String, String)>,
+        health: std::sync::Arc<Health>,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
@@ -713,19 +753,32 @@ impl RedisBackend {
             let ps = match ps {
                 Ok(Ok(ps)) => ps,
                 Ok(Err(e)) => {
-                    tracing::warn!(url = %self.url, error = %e, "manual-trigger subscription failed; retrying");
+                    health.failure(
+                        "subscribing to manual run requests",
+                        &self.redis_err("subscribe", e),
+                        0,
+                    );
                     sleep_or_stop(&stop, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(url = %self.url, "manual-trigger subscription timed out; retrying");
+                    health.failure(
+                        "subscribing to manual run requests",
+                        &Error::RedisTimeout {
+                            url: self.url.to_string(),
+                            op: "subscribe",
+                            timeout_ms: millis(self.opts.op_timeout),
+                        },
+                        0,
+                    );
                     sleep_or_stop(&stop, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
             backoff = Duration::from_millis(100);
+            health.success();
             tracing::debug!(url = %self.url, channel = RUN_CHANNEL, "subscribed to manual-trigger channel");
             let mut stream = ps.into_on_message();
             loop {
@@ -734,7 +787,7 @@ impl RedisBackend {
                     m = stream.next() => m,
                 };
                 let Some(msg) = msg else {
-                    tracing::warn!(url = %self.url, "manual-trigger subscription lost; reconnecting");
+                    tracing::debug!(url = %self.url, "manual-trigger subscription lost; reconnecting");
                     break;
                 };
                 let payload: String = match msg.get_payload() {
