@@ -919,9 +919,10 @@ async fn an_outage_is_logged_once_with_a_periodic_count_and_once_when_it_ends() 
     );
     ensure!(down == 2, "one 'unreachable' per scheduler: {detail}");
     ensure!(back == 2, "one 'reachable again' per scheduler: {detail}");
-    // About 7 s down, a count every 2 s at most: 3 per scheduler (the first after 2 s).
+    // About 7 s down, a count every 2 s at most: 3 per scheduler (the first after 2 s), one
+    // more if the first claims after the restart still fail on a dead connection.
     ensure!(
-        (2..=2 * (down_secs as usize / 2)).contains(&still),
+        (2..=2 * (down_secs as usize / 2 + 1)).contains(&still),
         "periodic counts: {detail}"
     );
     ensure!(
