@@ -66,6 +66,19 @@ pub enum Error {
         /// The deadline in milliseconds.
         timeout_ms: u64,
     },
+    /// A claim reached Redis after the deadline its client had set (Redis was paused or
+    /// overloaded): the script refused it and changed nothing, so the tick is not run.
+    #[error(
+        "redis at {url}: {op}: refused by Redis, which ran it {late_ms} ms past the client's deadline (tick not run)"
+    )]
+    RedisTooLate {
+        /// The URL with its password redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// How far past the deadline Redis ran it, in milliseconds.
+        late_ms: u64,
+    },
     /// Getting a connection from the pool failed.
     #[error("redis at {url}: connection pool: {reason}")]
     Pool {
@@ -84,6 +97,21 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The local backend's state directory could be controlled by another user: it belongs to
+    /// someone else, or others may write into it (they could hold its locks and block the jobs).
+    #[error(
+        "local backend: state directory `{}` {problem} (we are uid {our_uid}): refusing to use it, \
+         since another user could hold its locks and block the jobs; remove it or choose another \
+         directory", path.display()
+    )]
+    UnsafeStateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong (names the owner uid or the mode).
+        problem: String,
+        /// Our effective uid.
+        our_uid: u32,
     },
     /// Stored data (a history record, registry entry, state file) could not be decoded.
     #[error("{what}: {reason}")]

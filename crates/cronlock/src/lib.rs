@@ -24,11 +24,14 @@
 //! restart without persistence forgets tick claims younger than their keep time (a tick may then
 //! run again only if it is re-claimed within its misfire tolerance) but never lowers the fencing
 //! token; a process paused longer than its lease loses the lease, stops its job before the lease
-//! would expire where it can, and is recognisable downstream by its lower token.
+//! would expire where it can, and is recognisable downstream by its lower token. A claim that
+//! Redis runs after its client gave up on it (Redis paused or stalled) is refused by Redis and
+//! changes nothing (see [`backend::redis`]).
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod error;
+mod health;
 pub mod job;
 pub mod schedule;
 pub mod scheduler;

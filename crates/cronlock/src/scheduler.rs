@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, ClaimOutcome, ClaimRequest, Lease};
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job::{Identity, Job, JobContext, Misfire, Outcome, RunRecord, TickId};
 use crate::schedule::Schedule;
 
@@ -70,8 +71,15 @@ pub struct SchedulerOptions {
     pub max_missed_records: usize,
     /// Longest single sleep before the wall clock is checked again (default 1 s).
     pub max_sleep_step: Duration,
-    /// How often the job registry is rewritten (it may have been lost with Redis data).
+    /// How often the job registry is rewritten in full (default 60 s).
     pub registry_refresh: Duration,
+    /// How often the registry is checked for this scheduler's jobs (default 2 s): a backend
+    /// that lost its data (Redis restarted empty) gets them back at once. The jobs are also
+    /// registered again as soon as the backend answers after an outage.
+    pub registry_check: Duration,
+    /// While the backend is unreachable, how often the count of skipped ticks is logged
+    /// (default 30 s). Going down and coming back are logged once each.
+    pub outage_report_every: Duration,
     /// Past the drain period, how long a job may take to return after its cancel token fired
     /// before its future is dropped (default 1 s). After a lease loss the job gets at most half
     /// of the safety margin (TTL / 12), so it is gone before the lease expires.
@@ -85,6 +93,8 @@ impl Default for SchedulerOptions {
             max_missed_records: 100,
             max_sleep_step: Duration::from_secs(1),
             registry_refresh: Duration::from_secs(60),
+            registry_check: Duration::from_secs(2),
+            outage_report_every: Duration::from_secs(30),
             cancel_grace: Duration::from_secs(1),
         }
     }
@@ -176,6 +186,8 @@ struct JobEntry {
 
 struct Shared {
     backend: Backend,
+    /// Reachability of the backend: logs outages, wakes the registry when it is back.
+    health: Arc<Health>,
     identity: Identity,
     clock: Clock,
     stats: Arc<Stats>,
@@ -272,8 +284,10 @@ impl Scheduler {
         let _stop_guard = stop.clone().drop_guard();
         let hard = CancellationToken::new();
         let _hard_guard = hard.clone().drop_guard();
+        let health = Arc::new(Health::new(backend.describe(), options.outage_report_every));
         let shared = Arc::new(Shared {
             backend,
+            health,
             identity,
             clock,
             stats: Arc::clone(&stats),
@@ -293,7 +307,10 @@ impl Scheduler {
         let registry = tokio::spawn(keep_registered(Arc::clone(&shared), metas, stop.clone()));
 
         let (req_tx, mut req_rx) = mpsc::channel::<(String, String)>(64);
-        let listener = shared.backend.spawn_request_listener(req_tx, stop.clone());
+        let listener =
+            shared
+                .backend
+                .spawn_request_listener(req_tx, Arc::clone(&shared.health), stop.clone());
         let mut routes: HashMap<String, mpsc::Sender<String>> = HashMap::new();
         let mut loops = Vec::new();
         for entry in jobs {
@@ -353,26 +370,66 @@ impl Scheduler {
     }
 }
 
+/// Keeps this scheduler's jobs in the backend's registry: written in full at start and every
+/// `registry_refresh`, checked every `registry_check` (written again at once if one is missing:
+/// the backend lost its data), and written again as soon as the backend is back after an outage.
 async fn keep_registered(
     shared: Arc<Shared>,
     metas: Vec<crate::job::JobMeta>,
     stop: CancellationToken,
 ) {
+    if metas.is_empty() {
+        return;
+    }
+    let names: Vec<String> = metas.iter().map(|m| m.name.clone()).collect();
+    let options = &shared.options;
+    // When the registry was last written in full (None: write it now).
+    let mut written: Option<Instant> = None;
     loop {
+        let due = written.is_none_or(|t| t.elapsed() >= options.registry_refresh);
+        let op = if due {
+            "registering jobs"
+        } else {
+            "checking the job registry"
+        };
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = shared.backend.register_jobs(&metas) => r,
+            r = async {
+                if due {
+                    shared.backend.register_jobs(&metas).await.map(|()| true)
+                } else {
+                    shared.backend.jobs_registered(&names).await
+                }
+            } => r,
         };
-        let wait = match result {
-            Ok(()) => shared.options.registry_refresh,
-            Err(e) => {
-                tracing::warn!(error = %e, "registering cron jobs failed; will retry");
-                Duration::from_secs(2)
+        // After a failure, try again soon: the backend may be back with its data lost.
+        let mut wait = options.registry_check;
+        match result {
+            Ok(present) => {
+                shared.health.success();
+                if due {
+                    written = Some(Instant::now());
+                    tracing::debug!(jobs = names.len(), "cron jobs registered");
+                } else if !present {
+                    tracing::info!(
+                        backend = %shared.backend,
+                        "cron jobs missing from the registry (the backend lost its data?): \
+                         registering them again"
+                    );
+                    written = None;
+                    continue;
+                }
             }
-        };
+            Err(e) => {
+                shared.health.failure(op, &e, 0);
+                written = None;
+                wait = wait.min(Duration::from_millis(500));
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = shared.health.came_back() => written = None,
         }
     }
 }
@@ -502,9 +559,12 @@ fn spawn_mark_missed(
             let late_ms = (judged_at - tick).num_milliseconds().max(0);
             let record =
                 req.record_not_run(Outcome::Missed, format!("scheduler was {late_ms} ms late"));
-            if let Err(e) = shared.backend.mark_missed(&req, &record).await {
-                tracing::warn!(job = %req.job, error = %e, "backend error while recording missed ticks");
-                return;
+            match shared.backend.mark_missed(&req, &record).await {
+                Ok(_) => shared.health.success(),
+                Err(e) => {
+                    shared.health.failure("recording missed ticks", &e, 0);
+                    return;
+                }
             }
         }
     });
@@ -534,10 +594,15 @@ async fn run_tick(
 ) {
     let req = claim_request(&shared, &entry, tick, keep);
     let claimed_at = Instant::now();
-    match shared.backend.claim(&req).await {
+    let claimed = shared.backend.claim(&req).await;
+    match &claimed {
+        Ok(_) => shared.health.success(),
+        Err(e) => shared.health.tick_skipped(e),
+    }
+    match claimed {
         Err(e) => {
             inc(&shared.stats.ticks_backend_down);
-            tracing::warn!(
+            tracing::debug!(
                 job = %req.job,
                 tick = %req.tick,
                 error = %e,
@@ -566,7 +631,7 @@ async fn run_tick(
 /// Renews the lease every ttl/3; on failure to renew before `valid_until - margin`, or when the
 /// lease turns out to be someone else's, fires `lost` and the job's cancel token.
 async fn watchdog(
-    backend: Backend,
+    shared: Arc<Shared>,
     lease: Arc<Lease>,
     valid_until: Arc<Mutex<Instant>>,
     margin: Duration,
@@ -603,10 +668,11 @@ async fn watchdog(
             let sent = now;
             let attempt = tokio::select! {
                 _ = done.cancelled() => return,
-                r = tokio::time::timeout(deadline - now, backend.renew(&lease)) => r,
+                r = tokio::time::timeout(deadline - now, shared.backend.renew(&lease)) => r,
             };
             match attempt {
                 Ok(Ok(true)) => {
+                    shared.health.success();
                     if let Ok(mut v) = valid_until.lock() {
                         *v = sent + ttl;
                     }
@@ -618,7 +684,8 @@ async fn watchdog(
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(job = %lease.job, token = lease.token, error = %e, "lease renewal failed; retrying");
+                    shared.health.failure("renewing a lease", &e, 0);
+                    tracing::debug!(job = %lease.job, token = lease.token, error = %e, "lease renewal failed; retrying");
                     let pause = Duration::from_millis(200)
                         .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::select! {
@@ -656,7 +723,7 @@ async fn execute(
     inc(&shared.stats.ticks_run);
     tracing::info!(job = %req.job, tick = %req.tick, token, "cron run started");
     let watchdog = tokio::spawn(watchdog(
-        shared.backend.clone(),
+        Arc::clone(&shared),
         Arc::clone(&lease),
         Arc::clone(&valid_until),
         margin,
@@ -736,7 +803,12 @@ async fn execute(
         outcome,
         error: error.clone(),
     };
-    match shared.backend.finish(&lease, &record).await {
+    let finished = shared.backend.finish(&lease, &record).await;
+    match &finished {
+        Ok(_) => shared.health.success(),
+        Err(e) => shared.health.failure("recording a run", e, 0),
+    }
+    match finished {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             job = %req.job,

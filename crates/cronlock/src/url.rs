@@ -43,34 +43,64 @@ impl fmt::Debug for RedactedUrl {
     }
 }
 
-/// Returns `url` with the password of its user-info part replaced by `***`.
+/// Returns `url` with the password of its user-info part, and any `pass=` / `password=` query
+/// value, replaced by `***`.
 ///
 /// `redis://user:pw@host:6379/2` -> `redis://user:***@host:6379/2`; `redis://:pw@host` ->
 /// `redis://:***@host`. A user-info without a colon (`redis://token@host`, which Redis clients may
-/// treat as a password) is redacted as a whole (`redis://***@host`). Other URLs are unchanged.
+/// treat as a password) is redacted as a whole (`redis://***@host`). Passwords are often pasted
+/// without percent-encoding, so the user-info ends at the last `@` of the URL:
+/// `redis://:a/b#c@host/0` -> `redis://:***@host/0` (an `@` in a query hides more than needed,
+/// never less). `redis+unix:///run/redis.sock?db=1&pass=pw` ->
+/// `redis+unix:///run/redis.sock?db=1&pass=***`. Other URLs are unchanged.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let rest_start = scheme_end + 3;
     let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let (head, rest) = match rest.rfind('@') {
+        None => (url[..rest_start].to_owned(), rest),
+        Some(at) => {
+            // The last `@` of all: a password pasted without percent-encoding may contain `@`,
+            // `/`, `?` or `#`. An `@` in a query hides more than needed, never less.
+            let userinfo = &rest[..at];
+            let redacted = match userinfo.find(':') {
+                Some(colon) if !userinfo[..colon].contains(['/', '?', '#']) => {
+                    format!("{}:***", &userinfo[..colon])
+                }
+                _ if userinfo.is_empty() => String::new(),
+                _ => "***".to_owned(),
+            };
+            (format!("{}{redacted}", &url[..rest_start]), &rest[at..])
+        }
     };
-    let userinfo = &authority[..at];
-    let redacted_userinfo = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        None => "***".to_owned(),
+    format!("{head}{}", redact_query(rest))
+}
+
+/// Replaces the values of `pass` and `password` query parameters (the form `redis+unix://` URLs
+/// carry their password in) with `***`.
+fn redact_query(rest: &str) -> String {
+    let Some(q) = rest.find('?') else {
+        return rest.to_owned();
     };
-    format!(
-        "{}{}{}",
-        &url[..rest_start],
-        redacted_userinfo,
-        &url[rest_start + at..]
-    )
+    let (before, query) = rest.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _))
+                if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+            {
+                format!("{k}=***")
+            }
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{before}{}{fragment}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -95,5 +125,30 @@ mod tests {
         assert_eq!(u.to_string(), "redis://:***@h:1/2");
         assert_eq!(format!("{u:?}"), "RedactedUrl(redis://:***@h:1/2)");
         assert_eq!(u.expose(), "redis://:pw@h:1/2");
+    }
+
+    #[test]
+    fn redacts_passwords_with_raw_delimiters_and_query_passwords() {
+        for (raw, shown) in [
+            (
+                "redis://app:hun/ter2@127.0.0.1:6379/0",
+                "redis://app:***@127.0.0.1:6379/0",
+            ),
+            ("redis://:a#b@h:1/0", "redis://:***@h:1/0"),
+            ("redis://:a?b@h:1/0?x=1", "redis://:***@h:1/0?x=1"),
+            ("redis://app:h@u/n?t#er@h/0", "redis://app:***@h/0"),
+            ("rediss://:p@h/0?client=me@x", "rediss://:***@x"),
+            ("redis://tok/en@h", "redis://***@h"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=pw&x=2",
+                "redis+unix:///run/r.sock?db=1&pass=***&x=2",
+            ),
+            (
+                "unix:///r.sock?password=pw#f",
+                "unix:///r.sock?password=***#f",
+            ),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+        }
     }
 }

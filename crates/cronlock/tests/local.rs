@@ -298,3 +298,92 @@ async fn shutdown_drains_then_cancels_running_jobs() -> anyhow::Result<()> {
     ensure!(quick.iter().all(|r| r.outcome == Outcome::Ok), "{quick:?}");
     Ok(())
 }
+
+fn mode_of(path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
+/// A fresh state directory is private (0700, files 0600): other users can neither read the
+/// history nor take the locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_state_directory_is_private() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let b = Backend::from_url(&format!("file://{}", dir.display()))?;
+    ensure!(
+        mode_of(&dir)? == 0o700,
+        "directory mode {:o}",
+        mode_of(&dir)?
+    );
+    ensure!(mode_of(&dir.join("requests"))? == 0o700);
+    let mut s = Scheduler::new(b.clone(), identity(0));
+    s.add(Job::new(JobSpec::new("tick", "* * * * * *"), |_| async {
+        Ok(())
+    }))?;
+    run_for(vec![s], Duration::from_millis(2200)).await?;
+    b.request_run("tick").await?;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir)?.chain(std::fs::read_dir(dir.join("requests"))?) {
+        let path = entry?.path();
+        if path.is_file() {
+            files += 1;
+            ensure!(
+                mode_of(&path)? == 0o600,
+                "{} has mode {:o}",
+                path.display(),
+                mode_of(&path)?
+            );
+        }
+    }
+    ensure!(files >= 5, "only {files} files written");
+    Ok(())
+}
+
+/// A state directory made beforehand by another user (who could hold the locks and block every
+/// job) or writable by others is refused with an error naming it, its owner and us.
+#[test]
+fn a_state_directory_of_another_user_or_writable_by_others_is_refused() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let tmp = tempfile::tempdir()?;
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open)?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))?;
+    let err = match Backend::from_url(&format!("file://{}", open.display())) {
+        Ok(_) => bail!("a directory writable by everyone was accepted"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        err.contains(&open.display().to_string()) && err.contains("0777"),
+        "{err}"
+    );
+    if me != 0 {
+        eprintln!("skipped the other-owner case: needs root to chown");
+        return Ok(());
+    }
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs)?;
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534))?;
+    for url in [
+        format!("file://{}", theirs.display()),
+        theirs.display().to_string(),
+    ] {
+        let err = match Backend::from_url(&url) {
+            Ok(_) => bail!("a directory owned by uid 65534 was accepted"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(
+            err.contains(&theirs.display().to_string())
+                && err.contains("uid 65534")
+                && err.contains(&format!("uid {me}")),
+            "{err}"
+        );
+    }
+    ensure!(
+        !theirs.join("requests").exists(),
+        "nothing is created in it"
+    );
+    Ok(())
+}

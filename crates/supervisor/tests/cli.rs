@@ -166,3 +166,36 @@ fn check_binds_like_start() {
     );
     assert!(!dir.path().join("no").exists());
 }
+
+/// `check` shows the cron backend with its password redacted, text and `--json`, also a password
+/// pasted without percent-encoding (`/`, `#`, `?`, `@` in it), which used to be printed in clear.
+#[test]
+fn check_redacts_the_redis_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    for password in ["pw~1", "pw~2/pw~3#pw~4", "pw~5?pw~6@pw~7/pw~8"] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\n[cron]\nredis_url = \"redis://app:{password}@127.0.0.1:6379/0\"\n"
+            ),
+        )
+        .unwrap();
+        let (code, text, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let (code, json, err) = supervisor(&["check", "--json", "-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["cron_backend"], "redis://app:***@127.0.0.1:6379/0",
+            "{password}: {json}"
+        );
+        assert!(
+            text.contains("cron backend:     redis://app:***@127.0.0.1:6379/0"),
+            "{password}: {text}"
+        );
+        for out in [&text, &json, &err] {
+            assert!(!out.contains('~'), "{password}: part of it shown: {out}");
+        }
+    }
+}

@@ -12,6 +12,11 @@
 //! | `jobs.json` (+ `jobs.lock`) | the job registry |
 //! | `requests/{id}.json` | manual run requests, polled every 250 ms |
 //!
+//! The directory is created `0700` and every file `0600`. A directory that already exists must
+//! belong to us and must not be writable by group or others: whoever can create the lock files
+//! can hold the locks and block every job, so such a directory is refused (with its owner's uid
+//! and ours), never used as is.
+//!
 //! A tick is claimed only if it is newer than the last claimed tick of the job, so two
 //! schedulers on the same host run each tick once; the token is the last token + 1. A lease
 //! never expires while its process lives (a stopped process keeps it): on one host there is no
@@ -21,6 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,12 +132,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Mode of the files we create (the directory is `DIR_MODE`).
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(FILE_MODE)
         .open(path)
         .map_err(io_err("open", path))
 }
@@ -145,7 +156,15 @@ fn lock_file(path: &Path) -> Result<File> {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
@@ -163,10 +182,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl LocalBackend {
-    /// Uses (and creates if needed) the directory `dir`.
+    /// Uses (and creates if needed, mode 0700) the directory `dir`. An existing directory owned
+    /// by another user, or writable by group or others, is refused ([`Error::UnsafeStateDir`]).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(dir.join("requests")).map_err(io_err("create directory", &dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+        }
+        create_private_dir(&dir)?;
+        check_private_dir(&dir)?;
+        let requests = dir.join("requests");
+        create_private_dir(&requests)?;
+        check_private_dir(&requests)?;
         Ok(Self { dir })
     }
 
@@ -220,6 +247,7 @@ impl LocalBackend {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(path)
             .map_err(io_err("open", path))?;
         content.clear();
@@ -359,6 +387,16 @@ impl LocalBackend {
         .await
     }
 
+    pub(crate) async fn jobs_registered(&self, names: &[String]) -> Result<bool> {
+        let path = self.dir.join("jobs.json");
+        let names = names.to_vec();
+        blocking(move || {
+            let all = read_registry(&path)?;
+            Ok(names.iter().all(|n| all.contains_key(n)))
+        })
+        .await
+    }
+
     pub(crate) async fn list_jobs(&self) -> Result<Vec<JobMeta>> {
         let path = self.dir.join("jobs.json");
         blocking(move || Ok(read_registry(&path)?.into_values().collect())).await
@@ -471,6 +509,48 @@ impl LocalBackend {
             }
         }
     }
+}
+
+/// Creates `dir` with mode 0700 (the umask can only narrow it); an existing one is left as is.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Io {
+            op: "create directory",
+            path: dir.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// `dir` (after symlinks) is a directory of ours that group and others cannot write to.
+fn check_private_dir(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(io_err("inspect directory", dir))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let our_uid = unsafe { libc::geteuid() };
+    let unsafe_dir = |problem: String| Error::UnsafeStateDir {
+        path: dir.to_owned(),
+        problem,
+        our_uid,
+    };
+    if !meta.is_dir() {
+        return Err(Error::Io {
+            op: "use as state directory",
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    if meta.uid() != our_uid {
+        return Err(unsafe_dir(format!("is owned by uid {}", meta.uid())));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by group or others (mode {mode:04o}; expected 0700)"
+        )));
+    }
+    Ok(())
 }
 
 fn scan_requests(dir: &Path) -> Vec<Request> {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job::{Holder, Identity, JobMeta, Outcome, Overlap, RunRecord, TickId};
 use crate::url::RedactedUrl;
 
@@ -213,6 +214,14 @@ impl Backend {
         }
     }
 
+    /// Whether every job of `names` is in the registry (one cheap read).
+    pub async fn jobs_registered(&self, names: &[String]) -> Result<bool> {
+        match self {
+            Backend::Redis(r) => r.jobs_registered(names).await,
+            Backend::Local(l) => l.jobs_registered(names).await,
+        }
+    }
+
     /// All registered jobs, sorted by name.
     pub async fn list_jobs(&self) -> Result<Vec<JobMeta>> {
         match self {
@@ -247,13 +256,15 @@ impl Backend {
     }
 
     /// Starts delivering manual run requests `(job, request id)` to `tx` until `stop`.
+    /// Failures and recoveries of a Redis subscription are reported to `health`.
     pub(crate) fn spawn_request_listener(
         &self,
         tx: mpsc::Sender<(String, String)>,
+        health: Arc<Health>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         match self {
-            Backend::Redis(r) => tokio::spawn(Arc::clone(r).listen_requests(tx, stop)),
+            Backend::Redis(r) => tokio::spawn(Arc::clone(r).listen_requests(tx, health, stop)),
             Backend::Local(l) => tokio::spawn(Arc::clone(l).listen_requests(tx, stop)),
         }
     }

@@ -26,6 +26,27 @@
 //! to claim out of order (a slow-clock instance may claim tick T after a fast-clock one claimed
 //! T+1): tokens then follow claim order, which is what fencing needs.
 //!
+//! # Claims the client gave up on
+//!
+//! A claim script may sit in Redis's input buffer for a long time (Redis paused by SIGSTOP, a
+//! long `DEBUG SLEEP`, a fork stall) while the client times out and counts the tick as not run.
+//! If Redis later ran it, it would take the lease with a fresh token that nobody runs or
+//! releases, and the next ticks would be skipped for overlap until the lease expires. So every
+//! claim carries a deadline on the *Redis server's* clock, and the script compares it with
+//! `TIME` before touching anything: past it, the script returns status 4 and changes nothing
+//! ([`Error::RedisTooLate`] if the client is still there to read it).
+//!
+//! The deadline is the moment the client starts the claim, converted to the Redis clock, plus
+//! the operation timeout minus a margin for the reply's way back (a quarter of the timeout, at
+//! most 500 ms). The conversion uses an offset between our monotonic clock and the server's
+//! `TIME`, measured from our own replies (every claim reply carries `TIME`; a `TIME` round trip
+//! first when no measurement is younger than a minute). The offset is taken at its lower bound
+//! (server time minus the moment the reply arrived), so the deadline errs on the early side: no
+//! host clock takes part and skew between hosts and Redis does not matter. What is left: a reply
+//! that takes longer than the margin to come back, or a Redis clock stepped backwards within ten
+//! seconds of a measurement, can still leave a claim the client gave up on; its lease then
+//! expires after its TTL like any other.
+//!
 //! # Fencing token
 //!
 //! `INCR cron:{job}:token`; if the result is below the Redis server's `TIME` in microseconds, the
@@ -40,8 +61,8 @@
 //! instead drops a connection from the pool as soon as a command on it fails with an I/O error
 //! or times out.
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
 use futures_util::StreamExt;
@@ -55,6 +76,7 @@ use super::{
     ClaimOutcome, ClaimRequest, HISTORY_LEN, Lease, LeaseInner, holder_json_tail, new_request_id,
 };
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::job::{Holder, JobMeta, Overlap, RunRecord, TickId};
 use crate::url::RedactedUrl;
 
@@ -64,21 +86,28 @@ pub const JOBS_KEY: &str = "cron:jobs";
 pub const RUN_CHANNEL: &str = "cron:run";
 
 /// Claim a tick; on a win, issue a fencing token and take the lease, all atomically.
-/// Returns `{status, token, value}`: 0 claimed elsewhere, 1 won, 2 skipped (lease held;
-/// value = current holder), 3 recorded as missed.
+/// Returns `{status, token, value, server_ms}`: 0 claimed elsewhere, 1 won, 2 skipped (lease
+/// held; value = current holder), 3 recorded as missed, 4 refused: run past the client's
+/// deadline `ARGV[10]` (milliseconds on the server's clock), nothing changed.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if now_ms > tonumber(ARGV[10]) then
+  return {4, '', '', now_ms}
+end
 local tick = tonumber(ARGV[8])
 local last = nil
 if tick then
   last = tonumber(redis.call('GET', KEYS[5]) or '0')
   if last - tick >= tonumber(ARGV[9]) then
-    return {0, '', ''}
+    return {0, '', '', now_ms}
   end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, '', ''}
+  return {0, '', '', now_ms}
 end
 if tick and tick > last then
   redis.call('SET', KEYS[5], ARGV[8])
@@ -87,18 +116,17 @@ local mode = ARGV[4]
 if mode == 'missed' then
   redis.call('LPUSH', KEYS[4], ARGV[6])
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
-  return {3, '', ''}
+  return {3, '', '', now_ms}
 end
 if mode == 'skip' then
   local cur = redis.call('GET', KEYS[2])
   if cur then
     redis.call('LPUSH', KEYS[4], ARGV[6])
     redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[7]) - 1)
-    return {2, '', cur}
+    return {2, '', cur, now_ms}
   end
 end
 local t = redis.call('INCR', KEYS[3])
-local now = redis.call('TIME')
 local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 if t < us then
   t = us
@@ -107,7 +135,25 @@ end
 local tok = string.format('%.0f', t)
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[5], 2)
 redis.call('SET', KEYS[2], value, 'PX', ARGV[3])
-return {1, tok, value}
+return {1, tok, value, now_ms}
+"#,
+    )
+});
+
+/// How many of the job names `ARGV` are missing from the registry `KEYS[1]`, and the server's
+/// clock in milliseconds: `{missing, server_ms}` (a scheduler's periodic check, which also keeps
+/// the clock offset of claims fresh).
+static REGISTRY_CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local missing = 0
+for i, name in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], name) == 0 then
+    missing = missing + 1
+  end
+end
+local now = redis.call('TIME')
+return {missing, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 "#,
     )
 });
@@ -185,12 +231,29 @@ impl managed::Manager for Manager {
     }
 }
 
+/// A measurement tying our monotonic clock to the Redis server's `TIME`.
+#[derive(Debug, Clone, Copy)]
+struct ClockSample {
+    /// Lower bound of (server milliseconds - our milliseconds since `epoch`).
+    offset_ms: i64,
+    /// When it was taken.
+    at: Instant,
+}
+
+/// A measurement older than this is replaced by any newer one, even a looser one.
+const SAMPLE_KEEP: Duration = Duration::from_secs(10);
+/// With no measurement younger than this, a claim first asks the server's `TIME`.
+const SAMPLE_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// The Redis backend.
 pub struct RedisBackend {
     url: RedactedUrl,
     client: Client,
     pool: Pool<Manager>,
     opts: RedisOptions,
+    /// Origin of our side of the clock offset.
+    epoch: Instant,
+    clock: Mutex<Option<ClockSample>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -274,7 +337,66 @@ impl RedisBackend {
             client,
             pool,
             opts,
+            epoch: Instant::now(),
+            clock: Mutex::new(None),
         })
+    }
+
+    fn local_ms(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Records that the server's clock read `server_ms` at some moment before `received`.
+    fn observe_server_time(&self, server_ms: i64, received: Instant) {
+        let sample = ClockSample {
+            offset_ms: server_ms.saturating_sub(self.local_ms(received)),
+            at: received,
+        };
+        let mut best = match self.clock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let replace = match *best {
+            None => true,
+            Some(b) => {
+                sample.offset_ms >= b.offset_ms || received.duration_since(b.at) > SAMPLE_KEEP
+            }
+        };
+        if replace {
+            *best = Some(sample);
+        }
+    }
+
+    /// The offset to the server's clock (lower bound): the latest measurement, or a `TIME`
+    /// round trip when there is none younger than [`SAMPLE_MAX_AGE`].
+    async fn server_offset(&self) -> Result<i64> {
+        let known = match self.clock.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        if let Some(s) = known.filter(|s| s.at.elapsed() <= SAMPLE_MAX_AGE) {
+            return Ok(s.offset_ms);
+        }
+        let (secs, micros): (i64, i64) = self
+            .with_conn("read server time", |c| {
+                Box::pin(async move { redis::cmd("TIME").query_async(c).await })
+            })
+            .await?;
+        let received = Instant::now();
+        let server_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        self.observe_server_time(server_ms, received);
+        Ok(server_ms.saturating_sub(self.local_ms(received)))
+    }
+
+    /// The deadline, on the server's clock, of an operation starting at `start`: past it the
+    /// client has given up (less a margin for the reply to come back in time).
+    fn server_deadline_ms(&self, offset_ms: i64, start: Instant) -> i64 {
+        let timeout = self.opts.op_timeout;
+        let margin = (timeout / 4).min(Duration::from_millis(500));
+        let budget = i64::try_from((timeout - margin).as_millis()).unwrap_or(i64::MAX);
+        self.local_ms(start)
+            .saturating_add(offset_ms)
+            .saturating_add(budget)
     }
 
     /// The redacted URL.
@@ -315,6 +437,9 @@ impl RedisBackend {
                 Err(e) => {
                     if is_broken(&e) {
                         drop(Object::take(obj));
+                        // The server probably went away (or restarted): its other idle
+                        // connections are dead too, and would each fail one more operation.
+                        self.pool.retain(|_, _| false);
                     }
                     Err(self.redis_err(op, e))
                 }
@@ -358,6 +483,8 @@ impl RedisBackend {
         mode: &str,
         record: Option<&RunRecord>,
     ) -> Result<(i64, String, String)> {
+        let offset_ms = self.server_offset().await?;
+        let deadline_ms = self.server_deadline_ms(offset_ms, Instant::now());
         let lease = match req.overlap {
             Overlap::Skip => lease_key(&req.job),
             Overlap::Allow => key(&req.job, &format!("lease:{}", req.tick.key_part())),
@@ -386,8 +513,19 @@ impl RedisBackend {
                 TickId::Manual(_) => String::new(),
             },
             (millis(req.keep) / 2).to_string(),
+            deadline_ms.to_string(),
         ];
-        self.script("claim tick", &CLAIM, keys, args).await
+        let (status, token, value, server_ms): (i64, String, String, i64) =
+            self.script("claim tick", &CLAIM, keys, args).await?;
+        self.observe_server_time(server_ms, Instant::now());
+        if status == 4 {
+            return Err(Error::RedisTooLate {
+                url: self.url.to_string(),
+                op: "claim tick",
+                late_ms: u64::try_from(server_ms.saturating_sub(deadline_ms)).unwrap_or(0),
+            });
+        }
+        Ok((status, token, value))
     }
 
     pub(crate) async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
@@ -491,6 +629,22 @@ impl RedisBackend {
         .await
     }
 
+    pub(crate) async fn jobs_registered(&self, names: &[String]) -> Result<bool> {
+        if names.is_empty() {
+            return Ok(true);
+        }
+        let (missing, server_ms): (i64, i64) = self
+            .script(
+                "check job registry",
+                &REGISTRY_CHECK,
+                vec![JOBS_KEY.to_owned()],
+                names.to_vec(),
+            )
+            .await?;
+        self.observe_server_time(server_ms, Instant::now());
+        Ok(missing == 0)
+    }
+
     pub(crate) async fn list_jobs(&self) -> Result<Vec<JobMeta>> {
         let all: Vec<(String, String)> = self
             .with_conn("list jobs", |c| {
@@ -577,10 +731,12 @@ impl RedisBackend {
     }
 
     /// Subscribes to [`RUN_CHANNEL`] on a dedicated connection and forwards requests to `tx`;
-    /// reconnects (with a short backoff) whenever the connection fails.
+    /// reconnects (with a short backoff) whenever the connection fails. Failures are reported
+    /// to `health` (which logs an outage once), not logged one by one.
     pub(crate) async fn listen_requests(
         self: std::sync::Arc<Self>,
         tx: mpsc::Sender<(String, String)>,
+        health: std::sync::Arc<Health>,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
@@ -597,19 +753,32 @@ impl RedisBackend {
             let ps = match ps {
                 Ok(Ok(ps)) => ps,
                 Ok(Err(e)) => {
-                    tracing::warn!(url = %self.url, error = %e, "manual-trigger subscription failed; retrying");
+                    health.failure(
+                        "subscribing to manual run requests",
+                        &self.redis_err("subscribe", e),
+                        0,
+                    );
                     sleep_or_stop(&stop, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(url = %self.url, "manual-trigger subscription timed out; retrying");
+                    health.failure(
+                        "subscribing to manual run requests",
+                        &Error::RedisTimeout {
+                            url: self.url.to_string(),
+                            op: "subscribe",
+                            timeout_ms: millis(self.opts.op_timeout),
+                        },
+                        0,
+                    );
                     sleep_or_stop(&stop, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
             backoff = Duration::from_millis(100);
+            health.success();
             tracing::debug!(url = %self.url, channel = RUN_CHANNEL, "subscribed to manual-trigger channel");
             let mut stream = ps.into_on_message();
             loop {
@@ -618,7 +787,7 @@ impl RedisBackend {
                     m = stream.next() => m,
                 };
                 let Some(msg) = msg else {
-                    tracing::warn!(url = %self.url, "manual-trigger subscription lost; reconnecting");
+                    tracing::debug!(url = %self.url, "manual-trigger subscription lost; reconnecting");
                     break;
                 };
                 let payload: String = match msg.get_payload() {
