@@ -4,6 +4,8 @@
 //! Timers are one deadline queue on `tokio::time::Instant`; the loop sleeps until the next one.
 //! Worker memory for `max_memory` is measured on the core's request (a deadline it arms once a
 //! second while some app has a limit), with one `/proc` scan for every worker.
+//! Cluster singletons (`scope = "cluster"`) each get a lease task ([`crate::singleton`]) that
+//! reports [`core::LeaseEvent`]s into the same loop; the loop itself never talks to the backend.
 //! Startup binds everything before any worker starts, so a bad port or a live control socket
 //! fails with nothing started.
 
@@ -16,15 +18,16 @@ use tokio::time::Instant;
 
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
-    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response, SlotInfo,
-    StatusReport, WorkerInfo,
+    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response,
+    SingletonStatus, SlotInfo, StatusReport, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, ReplyTo, Signal, Supervisor, TimerKey,
+    self, Action, AppIndex, AppSettings, Event, LeaseEvent, ReplyTo, Signal, Supervisor, TimerKey,
 };
 use crate::notify::Notification;
 use crate::runtimes::{self, RuntimeFiles};
+use crate::singleton::LeaseTasks;
 use crate::sys::listeners::{self, BoundListener, ListenError};
 use crate::sys::procstat::{CpuMeter, GroupScan};
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
@@ -60,6 +63,14 @@ pub enum StartupError {
     /// No worker of the first start could be executed (nothing is left running).
     #[error("{0}")]
     NoWorker(String),
+    /// The lease backend of the cluster singletons cannot be used.
+    #[error("cluster singletons: lease backend {url}: {cause}")]
+    Singleton {
+        /// The backend URL (password redacted).
+        url: String,
+        /// Why.
+        cause: cronlock::Error,
+    },
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -140,6 +151,8 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
             path: config.path.clone(),
             cause,
         })?;
+    let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+    let leases = start_lease_tasks(&config, lease_tx)?;
     let runtime_dir = RuntimeDir::create()?;
     let mut control = ControlSocket::bind(&config.control_socket)?;
     let (control_tx, control_rx) = mpsc::channel(64);
@@ -156,8 +169,12 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
         apps = config.apps.len(),
         "supervisor started"
     );
-    let mut shell = Shell::new(config, bound, runtime_dir);
+    let mut shell = Shell::new(config, bound, runtime_dir, leases, lease_rx);
     let outcome = shell.event_loop(commands, control_rx).await;
+    // The stopped singletons' releases, so that other hosts take over at once.
+    std::mem::take(&mut shell.leases)
+        .finish(Duration::from_secs(3))
+        .await;
     control.flush(Duration::from_millis(500)).await;
     drop(control);
     match outcome {
@@ -169,6 +186,53 @@ pub async fn run(config: Config, commands: mpsc::Receiver<Command>) -> Result<()
     }
 }
 
+/// One lease task per cluster singleton, on the cron backend (Redis, or the local directory).
+fn start_lease_tasks(
+    config: &Config,
+    events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+) -> Result<LeaseTasks, StartupError> {
+    let mut tasks = LeaseTasks::default();
+    let singletons: Vec<(AppIndex, &AppConfig, crate::config::SingletonPolicy)> = config
+        .apps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| Some((i, a, a.singleton?)))
+        .collect();
+    let Some(shortest) = singletons.iter().map(|(_, _, p)| p.renew_every()).min() else {
+        return Ok(tasks);
+    };
+    // Every call is bounded well inside a renewal period (the task also races each renewal
+    // against its fencing deadline).
+    let timeout = shortest.clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let leases =
+        cronlock::SingletonLeases::from_url(&config.cron_url, timeout).map_err(|cause| {
+            StartupError::Singleton {
+                url: cronlock::redact_url(&config.cron_url),
+                cause,
+            }
+        })?;
+    let leases = std::sync::Arc::new(leases);
+    let me = cronlock::Contender::current();
+    for (i, app, policy) in singletons {
+        tracing::info!(
+            app = %app.name,
+            backend = %leases.describe(),
+            holder_id = %me.id,
+            lease_ttl = %crate::table::span(policy.lease_ttl),
+            "cluster singleton: runs on the one host that holds its lease"
+        );
+        tasks.spawn(
+            i,
+            app.name.clone(),
+            policy,
+            std::sync::Arc::clone(&leases),
+            me.clone(),
+            events.clone(),
+        );
+    }
+    Ok(tasks)
+}
+
 /// The core's settings for an app: the worker spec and policies, and the hint for a worker that
 /// is never ready (which sockets its runtime waits for).
 fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
@@ -178,6 +242,7 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
         reload: app.reload,
         memory: app.memory,
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
+        singleton: app.singleton,
     }
 }
 
@@ -254,10 +319,18 @@ struct Shell {
     exit: Option<Result<(), String>>,
     cpu: CpuMeter,
     started: std::time::Instant,
+    leases: LeaseTasks,
+    lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
 }
 
 impl Shell {
-    fn new(config: Config, listeners: Vec<Vec<BoundListener>>, runtime_dir: RuntimeDir) -> Shell {
+    fn new(
+        config: Config,
+        listeners: Vec<Vec<BoundListener>>,
+        runtime_dir: RuntimeDir,
+        leases: LeaseTasks,
+        lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    ) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let core = supervisor_core(&config, &listeners);
         Shell {
@@ -274,6 +347,8 @@ impl Shell {
             exit: None,
             cpu: CpuMeter::default(),
             started: std::time::Instant::now(),
+            leases,
+            lease_rx,
         }
     }
 
@@ -296,6 +371,7 @@ impl Shell {
                 }),
                 Some(req) = control.recv() => self.control(req),
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
+                Some((app, event)) = self.lease_rx.recv() => self.feed(Event::Lease { app, event }),
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
                         self.feed(Event::Timer(key));
@@ -324,6 +400,7 @@ impl Shell {
                 slot,
                 generation,
                 spec,
+                fencing_token,
             } => {
                 let started = Process::start(StartArgs {
                     id: worker,
@@ -334,6 +411,7 @@ impl Shell {
                     runtime_dir: &self.runtime_dir.path,
                     runtime_files: &self.runtime_dir.files,
                     cron_url: &self.config.cron_url,
+                    fencing_token,
                     events: self.events_tx.clone(),
                 });
                 queue.push_back(match started {
@@ -365,6 +443,7 @@ impl Shell {
                     let _ = tx.send(response);
                 }
             }
+            Action::ReleaseLease(app) => self.leases.release(app),
             Action::Exit(outcome) => self.exit = Some(outcome),
             // The core answers finished reloads itself; nothing of this reaches the shell.
             Action::Reloaded { .. } => {}
@@ -388,7 +467,16 @@ impl Shell {
                     fresh.path.display()
                 );
             }
-            settings.push(app_settings(app, &self.listeners[i]));
+            let mut s = app_settings(app, &self.listeners[i]);
+            if s.singleton != self.config.apps[i].singleton {
+                tracing::warn!(
+                    app = %app.name,
+                    "scope, lease_ttl or standby_poll changed in {}: the lease is kept as it is; restart the supervisor to apply",
+                    fresh.path.display()
+                );
+                s.singleton = self.config.apps[i].singleton;
+            }
+            settings.push(s);
         }
         if fresh.control_socket != self.config.control_socket
             || fresh.cron_url != self.config.cron_url
@@ -609,6 +697,14 @@ impl Shell {
                 memory_recycles: snapshot.memory_recycles,
                 memory_recycle_failures: snapshot.memory_recycle_failures,
                 memory_recycling: snapshot.memory_recycling,
+                singleton: snapshot.singleton.map(|s| SingletonStatus {
+                    role: s.role,
+                    holder: s.holder,
+                    token: s.token,
+                    lease_ttl_secs: self.config.apps[i]
+                        .singleton
+                        .map_or(0.0, |p| p.lease_ttl.as_secs_f64()),
+                }),
             });
         }
         StatusReport {

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod jobs;
 pub mod notify;
 pub mod runtimes;
+pub mod singleton;
 pub mod sys;
 pub mod table;
 pub mod worker;

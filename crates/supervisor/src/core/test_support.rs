@@ -50,6 +50,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             grace: Duration::from_secs(30),
         },
         not_ready_hint: None,
+        singleton: None,
     }
 }
 
@@ -82,6 +83,10 @@ pub struct Sim {
     pub replies: HashMap<ReplyTo, Vec<Response>>,
     /// How the supervisor exited, once it did.
     pub exit: Option<Result<(), String>>,
+    /// The fencing token each spawned worker got.
+    pub tokens: BTreeMap<WorkerId, Option<u64>>,
+    /// Lease releases asked for, with the number of live workers of all apps at that moment.
+    pub released: Vec<(AppIndex, usize)>,
 }
 
 impl Sim {
@@ -101,6 +106,8 @@ impl Sim {
             spawned: Vec::new(),
             replies: HashMap::new(),
             exit: None,
+            tokens: BTreeMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -110,8 +117,14 @@ impl Sim {
         while let Some(ev) = queue.pop_front() {
             for action in self.core.handle(ev, self.now) {
                 match action {
-                    Action::Spawn { app, worker, .. } => {
+                    Action::Spawn {
+                        app,
+                        worker,
+                        fencing_token,
+                        ..
+                    } => {
                         self.spawned.push((app, worker));
+                        self.tokens.insert(worker, fencing_token);
                         queue.push_back(if self.fail_app == Some(app) {
                             Event::SpawnFailed {
                                 worker,
@@ -140,6 +153,14 @@ impl Sim {
                     }
                     Action::Reply { to, response } => {
                         self.replies.entry(to).or_default().push(response)
+                    }
+                    Action::ReleaseLease(app) => {
+                        let live = self
+                            .core
+                            .apps()
+                            .map(|v| v.app.snapshot(self.now).workers.len())
+                            .sum();
+                        self.released.push((app, live));
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
                     Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
