@@ -178,7 +178,8 @@ fn one_holder_at_a_time_failover_on_sigkill_and_handover_on_stop() {
         TTL_MS + PERIOD_MS
     );
     assert!(
-        failover <= TTL_MS + PERIOD_MS + 300,
+        // The bound, plus 500 ms for the worker's exec and a busy 2-core machine.
+        failover <= TTL_MS + PERIOD_MS + 500,
         "failover took {failover} ms"
     );
     assert!(!alive(a_worker), "A's worker died with A");
