@@ -350,6 +350,9 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "after": a.after,
                     "max_memory": a.memory.max_bytes,
                     "max_memory_grace_secs": a.memory.grace.as_secs_f64(),
+                    "scope": if a.singleton.is_some() { "cluster" } else { "host" },
+                    "lease_ttl_secs": a.singleton.map(|p| p.lease_ttl.as_secs_f64()),
+                    "standby_poll_secs": a.singleton.map(|p| p.standby_poll.as_secs_f64()),
                 })
             })
             .collect();
@@ -377,6 +380,13 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         }
         if !app.after.is_empty() {
             println!("  after:          {}", app.after.join(", "));
+        }
+        if let Some(p) = app.singleton {
+            println!(
+                "  scope:          cluster (lease ttl {}, standby poll {})",
+                table::span(p.lease_ttl),
+                table::span(p.standby_poll)
+            );
         }
         if let Some(max) = app.memory.max_bytes {
             println!(

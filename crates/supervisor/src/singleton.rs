@@ -273,3 +273,80 @@ impl Task {
         Held::Released
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    fn policy() -> SingletonPolicy {
+        SingletonPolicy {
+            lease_ttl: Duration::from_millis(600),
+            standby_poll: Duration::from_millis(50),
+        }
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>) -> LeaseEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a lease event within 5 s")
+            .expect("the task is alive")
+            .1
+    }
+
+    /// Two supervisors' tasks on one local directory: one holds, the other stands by seeing
+    /// it, and takes over right after the holder releases.
+    #[tokio::test]
+    async fn one_task_holds_the_other_stands_by_and_takes_over_on_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let leases = Arc::new(SingletonLeases::from_url(&url, Duration::from_secs(1)).unwrap());
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let mut first = LeaseTasks::default();
+        first.spawn(
+            0,
+            "consumer".into(),
+            policy(),
+            Arc::clone(&leases),
+            Contender::new("one", 1),
+            tx1,
+        );
+        let LeaseEvent::Acquired { token, holder } = next(&mut rx1).await else {
+            panic!("the first task takes the free lease");
+        };
+        assert_eq!(holder, "one:1");
+        let mut second = LeaseTasks::default();
+        second.spawn(
+            0,
+            "consumer".into(),
+            policy(),
+            Arc::clone(&leases),
+            Contender::new("two", 2),
+            tx2,
+        );
+        assert_eq!(
+            next(&mut rx2).await,
+            LeaseEvent::Standby {
+                holder: Some(("one:1".into(), token))
+            }
+        );
+        // Held for longer than the TTL: renewed, never lost.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(rx1.try_recv().is_err(), "nothing but Acquired so far");
+        assert!(rx2.try_recv().is_err(), "standby reported once");
+        first.release(0);
+        assert_eq!(next(&mut rx1).await, LeaseEvent::Released);
+        first.finish(Duration::from_secs(1)).await;
+        let LeaseEvent::Acquired { token: t2, holder } = next(&mut rx2).await else {
+            panic!("the second task takes over");
+        };
+        assert_eq!(holder, "two:2");
+        assert!(t2 > token);
+        second.release(0);
+        assert_eq!(next(&mut rx2).await, LeaseEvent::Released);
+        second.finish(Duration::from_secs(1)).await;
+        assert_eq!(leases.holder("consumer").await.unwrap(), None);
+    }
+}
