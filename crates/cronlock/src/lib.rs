@@ -35,6 +35,7 @@ mod health;
 pub mod job;
 pub mod schedule;
 pub mod scheduler;
+pub mod singleton;
 pub mod url;
 
 pub use backend::{Backend, ClaimOutcome, ClaimRequest, HISTORY_LEN, Lease};
@@ -45,4 +46,5 @@ pub use job::{
 };
 pub use schedule::{Schedule, parse_timezone};
 pub use scheduler::{Clock, Scheduler, SchedulerOptions, Stats, StatsSnapshot};
+pub use singleton::{Acquire, Contender, SingletonHolder, SingletonLease, SingletonLeases};
 pub use url::{RedactedUrl, redact_url};

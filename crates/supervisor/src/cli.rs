@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, endpoints_of};
 use crate::control::client;
 use crate::control::protocol::{
-    AppStatus, ReloadOutcome, ReloadReport, Request, Response, StatusReport,
+    AppStatus, ReloadOutcome, ReloadReport, Request, Response, SingletonStatus, StatusReport,
 };
 use crate::control::server::{ControlError, check_free};
 use crate::daemon::{self, Command, StartupError};
@@ -354,6 +354,9 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "after": a.after,
                     "max_memory": a.memory.max_bytes,
                     "max_memory_grace_secs": a.memory.grace.as_secs_f64(),
+                    "scope": if a.singleton.is_some() { "cluster" } else { "host" },
+                    "lease_ttl_secs": a.singleton.map(|p| p.lease_ttl.as_secs_f64()),
+                    "standby_poll_secs": a.singleton.map(|p| p.standby_poll.as_secs_f64()),
                 })
             })
             .collect();
@@ -401,6 +404,13 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         }
         if !app.after.is_empty() {
             println!("  after:          {}", app.after.join(", "));
+        }
+        if let Some(p) = app.singleton {
+            println!(
+                "  scope:          cluster (lease ttl {}, standby poll {})",
+                table::span(p.lease_ttl),
+                table::span(p.standby_poll)
+            );
         }
         if let Some(max) = app.memory.max_bytes {
             println!(
@@ -583,12 +593,29 @@ pub fn render_status(r: &StatusReport) -> String {
     out
 }
 
+/// `scope cluster: holder host:pid token N (this host|standby)`.
+fn render_singleton(s: &SingletonStatus) -> String {
+    let holder = match (&s.holder, s.token) {
+        (Some(h), Some(t)) => format!("holder {h} token {t}"),
+        (Some(h), None) => format!("holder {h}"),
+        _ => "holder none".to_string(),
+    };
+    format!(
+        "scope cluster: {holder} ({}), lease ttl {}\n",
+        s.role,
+        table::span(Duration::try_from_secs_f64(s.lease_ttl_secs).unwrap_or_default())
+    )
+}
+
 fn render_app(a: &AppStatus) -> String {
     let mut out = format!("app {}  generation {}  {}", a.name, a.generation, a.phase);
     if !a.waiting_for.is_empty() {
         out.push_str(&format!(" for {}", a.waiting_for.join(", ")));
     }
     out.push('\n');
+    if let Some(s) = &a.singleton {
+        out.push_str(&render_singleton(s));
+    }
     for l in &a.listeners {
         out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
     }
@@ -796,7 +823,43 @@ mod tests {
             memory_recycles: recycles,
             memory_recycle_failures: failures,
             memory_recycling: None,
+            singleton: None,
         }
+    }
+
+    #[test]
+    fn status_shows_where_a_cluster_singleton_runs() {
+        let mut a = app(None, 0, 0);
+        a.singleton = Some(SingletonStatus {
+            role: crate::core::SingletonRole::Holder,
+            holder: Some("vm1:4242".into()),
+            token: Some(17),
+            lease_ttl_secs: 10.0,
+        });
+        let text = render_app(&a);
+        assert!(
+            text.contains("scope cluster: holder vm1:4242 token 17 (this host), lease ttl 10s"),
+            "{text}"
+        );
+        a.phase = Phase::Standby;
+        a.workers.clear();
+        a.singleton = Some(SingletonStatus {
+            role: crate::core::SingletonRole::Standby,
+            holder: Some("vm2:77".into()),
+            token: Some(18),
+            lease_ttl_secs: 10.0,
+        });
+        let text = render_app(&a);
+        assert!(text.contains("app demo  generation 1  standby"), "{text}");
+        assert!(
+            text.contains("scope cluster: holder vm2:77 token 18 (standby)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["singleton"]["role"], "standby");
+        assert_eq!(json["singleton"]["holder"], "vm2:77");
+        assert_eq!(json["singleton"]["token"], 18);
+        assert_eq!(json["phase"], "standby");
     }
 
     #[test]

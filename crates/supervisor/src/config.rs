@@ -240,6 +240,9 @@ struct RawApp {
     kill_timeout: Option<HumanDuration>,
     max_memory: Option<ByteSize>,
     max_memory_grace: Option<HumanDuration>,
+    scope: Option<Scope>,
+    lease_ttl: Option<HumanDuration>,
+    standby_poll: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -274,6 +277,34 @@ pub enum Readiness {
     Notify,
     /// The worker counts as ready as soon as its program was executed (systemd `Type=exec`).
     Exec,
+}
+
+/// Where an app runs: on every host (each supervisor runs its workers), or on exactly one host
+/// of those sharing the cron backend at a time (a cluster singleton).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every supervisor runs it (the default).
+    #[default]
+    Host,
+    /// One supervisor at a time runs it: the holder of its lease in the cron backend.
+    Cluster,
+}
+
+/// The lease of a cluster singleton app (`scope = "cluster"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SingletonPolicy {
+    /// Lease TTL: how long the lease outlives its holder's last renewal; renewed every ttl/3.
+    pub lease_ttl: Duration,
+    /// How often a standby host tries to take the lease.
+    pub standby_poll: Duration,
+}
+
+impl SingletonPolicy {
+    /// How often the holder renews: a third of the TTL.
+    pub fn renew_every(&self) -> Duration {
+        self.lease_ttl / 3
+    }
 }
 
 /// What the supervisor adds to a worker for the language it runs (see [`crate::runtimes`]).
@@ -517,6 +548,9 @@ pub const DEFAULT_JOB_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `[[job]] misfire_grace` with `misfire = "run_late"`.
 pub const DEFAULT_MISFIRE_GRACE: Duration = Duration::from_secs(60);
 
+/// The default `lease_ttl` of a cluster singleton.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -560,6 +594,8 @@ pub struct AppConfig {
     pub reload: ReloadPolicy,
     /// Memory recycling policy.
     pub memory: MemoryPolicy,
+    /// `Some` for a cluster singleton (`scope = "cluster"`): its lease.
+    pub singleton: Option<SingletonPolicy>,
 }
 
 /// Reads and deserializes a TOML file; errors name the file and the dotted key.
@@ -1046,6 +1082,7 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             )?,
         };
+        let singleton = self.singleton(key, &ra)?;
         let worker = self.worker(key, ra)?;
         let reload = ReloadPolicy {
             max_surge: reload_raw.0.unwrap_or(1),
@@ -1069,7 +1106,42 @@ impl Validator<'_> {
             restart,
             reload,
             memory,
+            singleton,
         })
+    }
+
+    /// `scope`, `lease_ttl` and `standby_poll`: the lease of a cluster singleton.
+    fn singleton(&self, key: &str, ra: &RawApp) -> Result<Option<SingletonPolicy>, ConfigError> {
+        if ra.scope.unwrap_or_default() == Scope::Host {
+            for (k, set) in [
+                ("lease_ttl", ra.lease_ttl.is_some()),
+                ("standby_poll", ra.standby_poll.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        format!("{key}.{k}"),
+                        "only for a cluster singleton: add `scope = \"cluster\"`",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let lease_ttl = ra.lease_ttl.map_or(DEFAULT_LEASE_TTL, |h| h.0);
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(self.err(
+                format!("{key}.lease_ttl"),
+                "must be at least 300ms (it is renewed every third of it)",
+            ));
+        }
+        let standby_poll = self.positive(
+            &format!("{key}.standby_poll"),
+            ra.standby_poll,
+            lease_ttl / 3,
+        )?;
+        Ok(Some(SingletonPolicy {
+            lease_ttl,
+            standby_poll,
+        }))
     }
 
     fn listeners(&self, app: &str, raw: &[RawListen]) -> Result<Vec<ListenerSpec>, ConfigError> {
@@ -1782,6 +1854,52 @@ mod tests {
             "99999999999GB",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn scope_defaults_to_host_and_cluster_gets_a_lease() {
+        let c = load(OK).unwrap();
+        assert_eq!(c.apps[0].singleton, None);
+        let c = load(&OK.replace("instances = 2", "instances = 2\nscope = \"cluster\"")).unwrap();
+        let p = c.apps[0].singleton.unwrap();
+        assert_eq!(p.lease_ttl, Duration::from_secs(10));
+        assert_eq!(p.standby_poll, Duration::from_secs(10) / 3);
+        assert_eq!(p.renew_every(), Duration::from_secs(10) / 3);
+        let c = load(&OK.replace(
+            "instances = 2",
+            "instances = 2\nscope = \"cluster\"\nlease_ttl = \"3s\"\nstandby_poll = \"500ms\"",
+        ))
+        .unwrap();
+        let p = c.apps[0].singleton.unwrap();
+        assert_eq!(p.lease_ttl, Duration::from_secs(3));
+        assert_eq!(p.standby_poll, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_singleton_settings_name_the_key() {
+        for (extra, key, why) in [
+            (
+                "lease_ttl = \"3s\"",
+                "app[0].lease_ttl",
+                "scope = \"cluster\"",
+            ),
+            (
+                "scope = \"cluster\"\nlease_ttl = \"100ms\"",
+                "app[0].lease_ttl",
+                "at least 300ms",
+            ),
+            (
+                "scope = \"cluster\"\nstandby_poll = \"0s\"",
+                "app[0].standby_poll",
+                "greater than zero",
+            ),
+            ("scope = \"everywhere\"", "app[0].scope", "unknown variant"),
+        ] {
+            let e = load(&OK.replace("instances = 2", &format!("instances = 2\n{extra}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(why), "{extra}: {e}");
         }
     }
 

@@ -4,6 +4,8 @@
 //! Timers are one deadline queue on `tokio::time::Instant`; the loop sleeps until the next one.
 //! Worker memory for `max_memory` is measured on the core's request (a deadline it arms once a
 //! second while some app has a limit), with one `/proc` scan for every worker.
+//! Cluster singletons (`scope = "cluster"`) each get a lease task ([`crate::singleton`]) that
+//! reports [`core::LeaseEvent`]s into the same loop; the loop itself never talks to the backend.
 //! Startup binds everything before any worker starts, so a bad port or a live control socket
 //! fails with nothing started.
 
@@ -16,19 +18,20 @@ use tokio::time::Instant;
 
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
-    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response, SlotInfo,
-    StatusReport, WorkerInfo,
+    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response,
+    SingletonStatus, SlotInfo, StatusReport, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, ReplyTo, ServiceState, Signal, Supervisor,
-    TimerKey, WaitState, WorkerState,
+    self, Action, AppIndex, AppSettings, Event, LeaseEvent, ReplyTo, ServiceState, Signal,
+    Supervisor, TimerKey, WaitState, WorkerState,
 };
 use crate::jobs::config_jobs::{self, ConfigJobs};
 use crate::metrics::{self, server::SnapshotRequest};
 use crate::notify::{self, Notification};
 use crate::orphans;
 use crate::runtimes::{self, RuntimeFiles};
+use crate::singleton::LeaseTasks;
 use crate::sys::listeners::{self, BoundListener, ListenError};
 use crate::sys::procstat::{self, CpuMeter, GroupScan};
 use crate::sys::{reaper, sdnotify};
@@ -73,6 +76,14 @@ pub enum StartupError {
         /// Config file.
         path: PathBuf,
         /// What cronlock said.
+        cause: cronlock::Error,
+    },
+    /// The lease backend of the cluster singletons cannot be used.
+    #[error("cluster singletons: lease backend {url}: {cause}")]
+    Singleton {
+        /// The backend URL (password redacted).
+        url: String,
+        /// Why.
         cause: cronlock::Error,
     },
     /// The runtime directory for notify sockets could not be created.
@@ -181,6 +192,8 @@ pub async fn run(
         .map(|addr| listeners::bind_own(METRICS_KEY, addr))
         .transpose()
         .map_err(listen_err)?;
+    let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+    let leases = start_lease_tasks(&config, lease_tx)?;
     let runtime_dir = RuntimeDir::create()?;
     // Its own tasks: the event loop never waits on the cron backend.
     let jobs = ConfigJobs::start(
@@ -234,7 +247,7 @@ pub async fn run(
         notify_socket = service.as_ref().map_or("", |n| n.target.as_str()),
         "supervisor started"
     );
-    let mut shell = Shell::new(config, bound, runtime_dir, jobs);
+    let mut shell = Shell::new(config, bound, runtime_dir, jobs, leases, lease_rx);
     shell.service = service;
     let outcome = shell
         .event_loop(&mut commands, control_rx, snapshots_rx)
@@ -257,6 +270,10 @@ pub async fn run(
             }
         }
     }
+    // The stopped singletons' releases, so that other hosts take over at once.
+    std::mem::take(&mut shell.leases)
+        .finish(Duration::from_secs(3))
+        .await;
     // Whatever a worker left behind outside its process group (setsid) and that this process
     // adopted would outlive it: killed and reaped now, once every worker and job is gone.
     let workers: Vec<i32> = shell.processes.values().map(|p| p.pid).collect();
@@ -275,6 +292,53 @@ pub async fn run(
     }
 }
 
+/// One lease task per cluster singleton, on the cron backend (Redis, or the local directory).
+fn start_lease_tasks(
+    config: &Config,
+    events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+) -> Result<LeaseTasks, StartupError> {
+    let mut tasks = LeaseTasks::default();
+    let singletons: Vec<(AppIndex, &AppConfig, crate::config::SingletonPolicy)> = config
+        .apps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| Some((i, a, a.singleton?)))
+        .collect();
+    let Some(shortest) = singletons.iter().map(|(_, _, p)| p.renew_every()).min() else {
+        return Ok(tasks);
+    };
+    // Every call is bounded well inside a renewal period (the task also races each renewal
+    // against its fencing deadline).
+    let timeout = shortest.clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let leases =
+        cronlock::SingletonLeases::from_url(&config.cron_url, timeout).map_err(|cause| {
+            StartupError::Singleton {
+                url: cronlock::redact_url(&config.cron_url),
+                cause,
+            }
+        })?;
+    let leases = std::sync::Arc::new(leases);
+    let me = cronlock::Contender::current();
+    for (i, app, policy) in singletons {
+        tracing::info!(
+            app = %app.name,
+            backend = %leases.describe(),
+            holder_id = %me.id,
+            lease_ttl = %crate::table::span(policy.lease_ttl),
+            "cluster singleton: runs on the one host that holds its lease"
+        );
+        tasks.spawn(
+            i,
+            app.name.clone(),
+            policy,
+            std::sync::Arc::clone(&leases),
+            me.clone(),
+            events.clone(),
+        );
+    }
+    Ok(tasks)
+}
+
 /// The core's settings for an app: the worker spec and policies, and the hint for a worker that
 /// is never ready (which sockets its runtime waits for).
 fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
@@ -284,6 +348,7 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
         reload: app.reload,
         memory: app.memory,
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
+        singleton: app.singleton,
     }
 }
 
@@ -369,6 +434,8 @@ struct Shell {
     told: Option<ServiceState>,
     /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
     jobs: Option<ConfigJobs>,
+    leases: LeaseTasks,
+    lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
 }
 
 impl Shell {
@@ -377,6 +444,8 @@ impl Shell {
         listeners: Vec<Vec<BoundListener>>,
         runtime_dir: RuntimeDir,
         jobs: ConfigJobs,
+        leases: LeaseTasks,
+        lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
     ) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let core = supervisor_core(&config, &listeners);
@@ -401,6 +470,8 @@ impl Shell {
             service: None,
             told: None,
             jobs: Some(jobs),
+            leases,
+            lease_rx,
         }
     }
 
@@ -434,6 +505,7 @@ impl Shell {
                     let _ = reply.send(self.metrics_snapshot());
                 }
                 Some((id, ev)) = self.events_rx.recv() => self.worker_event(id, ev),
+                Some((app, event)) = self.lease_rx.recv() => self.feed(Event::Lease { app, event }),
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
                         self.feed(Event::Timer(key));
@@ -462,6 +534,7 @@ impl Shell {
                 slot,
                 generation,
                 spec,
+                fencing_token,
             } => {
                 let started = Process::start(StartArgs {
                     id: worker,
@@ -472,6 +545,7 @@ impl Shell {
                     runtime_dir: &self.runtime_dir.path,
                     runtime_files: &self.runtime_dir.files,
                     cron_url: &self.config.cron_url,
+                    fencing_token,
                     events: self.events_tx.clone(),
                 });
                 queue.push_back(match started {
@@ -503,6 +577,7 @@ impl Shell {
                     let _ = tx.send(response);
                 }
             }
+            Action::ReleaseLease(app) => self.leases.release(app),
             Action::Exit(outcome) => self.exit = Some(outcome),
             Action::Service { state, status } => self.tell_service(state, &status),
             // The core answers finished reloads itself; the shell only records them.
@@ -557,7 +632,16 @@ impl Shell {
                     fresh.path.display()
                 );
             }
-            settings.push(app_settings(app, &self.listeners[i]));
+            let mut s = app_settings(app, &self.listeners[i]);
+            if s.singleton != self.config.apps[i].singleton {
+                tracing::warn!(
+                    app = %app.name,
+                    "scope, lease_ttl or standby_poll changed in {}: the lease is kept as it is; restart the supervisor to apply",
+                    fresh.path.display()
+                );
+                s.singleton = self.config.apps[i].singleton;
+            }
+            settings.push(s);
         }
         // The `[[job]]` tables: a changed set replaces the scheduler (running jobs finish).
         if let Some(jobs) = &mut self.jobs {
@@ -860,6 +944,14 @@ impl Shell {
                 memory_recycles: snapshot.memory_recycles,
                 memory_recycle_failures: snapshot.memory_recycle_failures,
                 memory_recycling: snapshot.memory_recycling,
+                singleton: snapshot.singleton.map(|s| SingletonStatus {
+                    role: s.role,
+                    holder: s.holder,
+                    token: s.token,
+                    lease_ttl_secs: self.config.apps[i]
+                        .singleton
+                        .map_or(0.0, |p| p.lease_ttl.as_secs_f64()),
+                }),
             });
         }
         StatusReport {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod orphans;
 pub mod runtimes;
+pub mod singleton;
 pub mod sys;
 pub mod table;
 pub mod worker;

@@ -61,6 +61,8 @@ pub struct StartArgs<'a> {
     pub runtime_files: &'a RuntimeFiles,
     /// Cron lock backend URL for the worker.
     pub cron_url: &'a str,
+    /// A cluster singleton's fencing token (`SUPERVISOR_FENCING_TOKEN`).
+    pub fencing_token: Option<u64>,
     /// Where the watch tasks report.
     pub events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
 }
@@ -87,7 +89,12 @@ pub enum StartError {
 fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(String, String)> {
     let spec = &args.spec;
     let mut env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| !k.starts_with("LISTEN_") && k != "NOTIFY_SOCKET" && k != "READY_FD")
+        .filter(|(k, _)| {
+            !k.starts_with("LISTEN_")
+                && k != "NOTIFY_SOCKET"
+                && k != "READY_FD"
+                && k != "SUPERVISOR_FENCING_TOKEN"
+        })
         .collect();
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     args.runtime_files
@@ -119,6 +126,9 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
         ),
         ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
     ]);
+    if let Some(token) = args.fencing_token {
+        env.insert("SUPERVISOR_FENCING_TOKEN".to_string(), token.to_string());
+    }
     env.into_iter().collect()
 }
 

@@ -131,6 +131,22 @@ pub struct AppStatus {
     /// The replacement for memory under way, if any.
     #[serde(default)]
     pub memory_recycling: Option<MemoryRecycleProgress>,
+    /// For a cluster singleton (`scope = "cluster"`): where it runs.
+    #[serde(default)]
+    pub singleton: Option<SingletonStatus>,
+}
+
+/// Where a cluster singleton runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SingletonStatus {
+    /// `holder`: this host runs it; `standby`: another host (or, briefly, nobody) does.
+    pub role: crate::core::SingletonRole,
+    /// The lease holder, `host:pid`, if known.
+    pub holder: Option<String>,
+    /// The holder's fencing token, if known.
+    pub token: Option<u64>,
+    /// The lease TTL in seconds.
+    pub lease_ttl_secs: f64,
 }
 
 /// An app's memory limit.

@@ -2,6 +2,13 @@
 //! draining, crash restarts with backoff, its rolling reload, scale and restart, and memory
 //! recycling. Pure: it is driven by the [`super::Supervisor`] and returns [`Action`]s.
 //!
+//! A cluster singleton (`scope = "cluster"`) runs its slots only while this host holds its
+//! lease: it waits in [`Phase::Standby`] until [`LeaseEvent::Acquired`], starts every slot with
+//! the fencing token, and on [`LeaseEvent::Lost`] fences itself: every worker drains at once and
+//! is killed no later than the lease's expiry minus a margin (or its kill timeout, if sooner),
+//! and the app stands by again. A reload keeps the lease; a stop releases it once the workers
+//! are gone ([`Action::ReleaseLease`]).
+//!
 //! Memory recycling (`max_memory`): each sample marks a serving worker above the limit with the
 //! instant it was first seen above (a sample below clears it). One whose mark is older than
 //! `max_memory_grace` is replaced like one slot of a rolling reload: a new worker for its slot,
@@ -18,8 +25,8 @@ use tokio::time::Instant;
 
 use super::reload::{InFlight, Reload};
 use super::{
-    Action, AppIndex, AppSettings, Event, ExitStatus, Phase, ReplyTo, Signal, TimerKey, WaitState,
-    Worker, WorkerId, WorkerState,
+    Action, AppIndex, AppSettings, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Signal,
+    SingletonRole, TimerKey, WaitState, Worker, WorkerId, WorkerState, lease_kill_margin,
 };
 use crate::config::{MemoryPolicy, Readiness, WorkerSpec};
 use crate::control::protocol::{
@@ -67,6 +74,26 @@ struct Recycle {
     /// The old worker's memory when its replacement was started.
     rss: u64,
     started: Instant,
+}
+
+/// A cluster singleton's lease, as this host knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LeaseState {
+    /// The fencing token while this host holds the lease.
+    token: Option<u64>,
+    /// The holder (`host:pid`) and its token, as last seen.
+    holder: Option<(String, u64)>,
+}
+
+/// A cluster singleton's lease for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingletonView {
+    /// Holder or standby.
+    pub role: SingletonRole,
+    /// The holder (`host:pid`), if known.
+    pub holder: Option<String>,
+    /// The holder's fencing token, if known.
+    pub token: Option<u64>,
 }
 
 /// The first start: `start` fails when no worker could even be executed.
@@ -117,6 +144,8 @@ pub struct Snapshot<'a> {
     /// Crash restarts of every slot since the supervisor started, slots retired by `scale` or a
     /// reload included (never goes down: what `status` shows per slot, summed).
     pub restarts_total: u64,
+    /// A cluster singleton's lease.
+    pub singleton: Option<SingletonView>,
 }
 
 /// The state machine of one app.
@@ -144,6 +173,8 @@ pub struct App {
     recycling: Option<Recycle>,
     memory_recycles: u64,
     memory_recycle_failures: u64,
+    /// `Some` for a cluster singleton.
+    lease: Option<LeaseState>,
     out: Vec<Action>,
 }
 
@@ -154,6 +185,7 @@ impl App {
         let slots = (0..settings.spec.instances)
             .map(|_| Slot::new(settings.spec.clone(), 1))
             .collect();
+        let lease = settings_lease(&settings);
         App {
             index,
             settings,
@@ -172,6 +204,7 @@ impl App {
             recycling: None,
             memory_recycles: 0,
             memory_recycle_failures: 0,
+            lease,
             out: Vec::new(),
         }
     }
@@ -199,6 +232,7 @@ impl App {
             Event::Scale {
                 instances, reply, ..
             } => self.scale(instances, reply, now),
+            Event::Lease { event, .. } => self.lease_event(event, now),
             Event::Config(_) => {}
         }
         self.check_stopped();
@@ -214,8 +248,13 @@ impl App {
         &self.settings.spec.name
     }
 
-    /// Whether every slot has a ready worker (the apps `after` it may start).
+    /// Whether every slot has a ready worker (the apps `after` it may start). A cluster
+    /// singleton standing by counts as up: it may be running on another host, and the apps
+    /// after it must not wait for a takeover that may never come.
     pub fn is_up(&self) -> bool {
+        if self.phase == Phase::Standby {
+            return true;
+        }
         self.phase == Phase::Running
             && self.slots.iter().all(|s| match s.state {
                 SlotState::Serving(id) => self
@@ -334,6 +373,15 @@ impl App {
             memory_recycle_failures: self.memory_recycle_failures,
             memory_recycling,
             restarts_total: self.restarts_total,
+            singleton: self.lease.as_ref().map(|l| SingletonView {
+                role: if l.token.is_some() {
+                    SingletonRole::Holder
+                } else {
+                    SingletonRole::Standby
+                },
+                holder: l.holder.as_ref().map(|(h, _)| h.clone()),
+                token: l.holder.as_ref().map(|(_, t)| *t),
+            }),
         }
     }
 
@@ -341,6 +389,12 @@ impl App {
 
     fn start(&mut self, now: Instant) {
         if self.phase != Phase::Waiting {
+            return;
+        }
+        if self.lease.as_ref().is_some_and(|l| l.token.is_none()) {
+            // Not ours (yet): no worker runs, and that is not a failed start.
+            tracing::info!(app = %self.name(), "cluster singleton: standing by until this host takes its lease");
+            self.phase = Phase::Standby;
             return;
         }
         self.phase = Phase::Starting;
@@ -386,6 +440,7 @@ impl App {
                 status_text: None,
                 spec: spec.clone(),
                 over_memory: None,
+                kill_at: None,
             },
         );
         self.out.push(Action::Spawn {
@@ -394,6 +449,7 @@ impl App {
             slot,
             generation,
             spec,
+            fencing_token: self.lease.as_ref().and_then(|l| l.token),
         });
         id
     }
@@ -654,6 +710,7 @@ impl App {
         w.state = WorkerState::Draining;
         tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining (SIGTERM)");
         let at = now + w.spec.kill_timeout;
+        w.kill_at = Some(at);
         self.out.extend([
             Action::Cancel(TimerKey::Ready(id)),
             Action::Signal {
@@ -709,6 +766,10 @@ impl App {
     fn check_stopped(&mut self) {
         if self.phase == Phase::Stopping && self.workers.is_empty() {
             self.phase = Phase::Stopped;
+            if self.lease.is_some() {
+                // Only now: another host may start the app the moment the lease is gone.
+                self.out.push(Action::ReleaseLease(self.index));
+            }
             self.out.push(Action::Exit(Ok(())));
         }
     }
@@ -716,7 +777,7 @@ impl App {
     // ---- rolling reload ----
 
     fn request_reload(&mut self, reply: Option<ReplyTo>) {
-        if self.phase != Phase::Running {
+        if !matches!(self.phase, Phase::Running | Phase::Standby) {
             let why = match self.phase {
                 Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
                 Phase::Starting => "its first workers are still starting",
@@ -763,6 +824,10 @@ impl App {
         self.cancel_recycle("a reload replaces every slot", now);
         let spec = settings.spec.clone();
         let new_n = spec.instances;
+        if self.phase == Phase::Standby {
+            self.reload_standing_by(settings, generation, waiters, now);
+            return;
+        }
         let note = self.scaled.take().filter(|n| *n != new_n).map(|n| {
             format!("instances back to {new_n} from the config file (`scale` had set {n})")
         });
@@ -778,6 +843,39 @@ impl App {
         reload.note = note;
         self.reloading = Some(Reloading::Rolling(reload));
         self.advance_reload(now);
+    }
+
+    /// A reload of a cluster singleton standing by: nothing runs here, so the new settings
+    /// simply become the ones its workers start with when this host takes the lease.
+    fn reload_standing_by(
+        &mut self,
+        settings: AppSettings,
+        generation: u64,
+        waiters: Vec<ReplyTo>,
+        now: Instant,
+    ) {
+        let lease = self.settings.singleton;
+        self.settings = settings;
+        // The lease task runs with the policy it was started with.
+        self.settings.singleton = lease;
+        self.scaled = None;
+        self.generation = generation;
+        let spec = self.settings.spec.clone();
+        self.slots = (0..spec.instances)
+            .map(|_| Slot::new(spec.clone(), generation))
+            .collect();
+        tracing::info!(app = %self.name(), generation, "reloaded while standing by: the new config applies when this host takes the lease");
+        let report = ReloadReport {
+            app: self.name().to_string(),
+            generation,
+            outcome: ReloadOutcome::Ok,
+            reason: None,
+            note: Some("standby: no worker runs on this host; the new config applies when it takes the lease".into()),
+            slots: vec![],
+            duration_secs: 0.0,
+        };
+        self.reply_all(waiters, &report);
+        self.finish_reload(report, now);
     }
 
     /// Starts as many replacements as the surge allows; finishes the reload when all are done.
@@ -1063,7 +1161,7 @@ impl App {
         };
         if !matches!(
             self.phase,
-            Phase::Running | Phase::Waiting | Phase::Starting
+            Phase::Running | Phase::Waiting | Phase::Starting | Phase::Standby
         ) {
             if let Some(to) = reply {
                 self.out.push(Action::Reply {
@@ -1079,7 +1177,7 @@ impl App {
         Arc::make_mut(&mut self.settings.spec).instances = n;
         self.scaled = Some(n);
         let generation = self.generation;
-        let started = self.phase != Phase::Waiting;
+        let started = !matches!(self.phase, Phase::Waiting | Phase::Standby);
         while self.slots.len() < n {
             self.slots
                 .push(Slot::new(self.settings.spec.clone(), generation));
@@ -1159,6 +1257,112 @@ impl App {
         }
     }
 
+    // ---- cluster singleton ----
+
+    fn lease_event(&mut self, event: LeaseEvent, now: Instant) {
+        let Some(lease) = &mut self.lease else {
+            return;
+        };
+        match event {
+            LeaseEvent::Acquired { token, holder } => {
+                lease.token = Some(token);
+                lease.holder = Some((holder, token));
+                if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
+                    // The shell releases it once the stop is done.
+                    return;
+                }
+                tracing::info!(app = %self.name(), token, "cluster singleton: this host took the lease (fencing token {token}); starting its workers");
+                if self.phase == Phase::Standby {
+                    // A takeover, not the first start: workers that cannot be executed back
+                    // off like crashed ones instead of ending the supervisor.
+                    self.phase = Phase::Running;
+                    for i in 0..self.slots.len() {
+                        self.start_slot(i, now);
+                    }
+                }
+                // Waiting: it starts once the apps it is `after` are up, with the lease.
+            }
+            LeaseEvent::Standby { holder } => {
+                if lease.token.is_none() && lease.holder != holder {
+                    if let Some((h, t)) = &holder {
+                        tracing::info!(app = %self.settings.spec.name, holder = %h, token = t, "cluster singleton: held by another host; standing by");
+                    }
+                    lease.holder = holder;
+                }
+            }
+            LeaseEvent::Lost { expires_at, reason } => {
+                if lease.token.take().is_none() {
+                    return;
+                }
+                lease.holder = None;
+                let left = expires_at.saturating_duration_since(now);
+                tracing::error!(
+                    app = %self.name(),
+                    workers = self.workers.len(),
+                    "cluster singleton: lease lost ({reason}); self-fencing: every worker drains now and is killed before the lease expires in {}",
+                    crate::table::span(left)
+                );
+                self.fence(expires_at, now);
+            }
+            LeaseEvent::Released => {
+                tracing::info!(app = %self.name(), "cluster singleton: lease released");
+            }
+        }
+    }
+
+    /// The lease is lost: drain every worker, killed at the latest a margin before `expires_at`,
+    /// and stand by (a stopping app goes on stopping, with the same deadline).
+    fn fence(&mut self, expires_at: Instant, now: Instant) {
+        if matches!(self.phase, Phase::Running | Phase::Starting) {
+            self.phase = Phase::Standby;
+            self.first_start = None;
+            let why = "the cluster singleton lost its lease";
+            self.cancel_recycle(why, now);
+            if let Some(waiters) = self.queued_reload.take() {
+                self.answer_aborted(waiters, why);
+            }
+            if matches!(self.reloading, Some(Reloading::Rolling(_))) {
+                self.abort_reload(why.into(), now);
+            }
+            for i in 0..self.slots.len() {
+                if matches!(self.slots[i].state, SlotState::BackingOff(_)) {
+                    self.out.push(Action::Cancel(self.restart_key(i)));
+                }
+                self.slots[i].state = SlotState::Idle;
+            }
+        }
+        let margin = self
+            .settings
+            .singleton
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, lease_kill_margin);
+        let deadline = expires_at
+            .checked_sub(margin)
+            .unwrap_or(expires_at)
+            .max(now);
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.drain(id, now);
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if w.kill_at.is_none_or(|at| at > deadline) {
+                w.kill_at = Some(deadline);
+                if deadline <= now {
+                    self.out.push(Action::Signal {
+                        worker: id,
+                        signal: Signal::KillGroup,
+                    });
+                } else {
+                    self.out.push(Action::Arm {
+                        timer: TimerKey::Kill(id),
+                        at: deadline,
+                    });
+                }
+            }
+        }
+    }
+
     fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, why: &str) {
         let report = self.aborted_report(self.generation + 1, why);
         self.reply_all(waiters, &report);
@@ -1182,6 +1386,11 @@ impl App {
             duration_secs: 0.0,
         }
     }
+}
+
+/// The lease state a new app starts with: none for a host app, not held for a singleton.
+fn settings_lease(settings: &AppSettings) -> Option<LeaseState> {
+    settings.singleton.map(|_| LeaseState::default())
 }
 
 impl Slot {

@@ -11,19 +11,27 @@
 //! resulting [`Action::SampleMemory`] with one `/proc` scan ([`Event::Memory`]), and the app
 //! decides from plain numbers and instants which worker to replace, when and how.
 //!
+//! Cluster singletons (`scope = "cluster"`) follow it too: a lease task in the shell holds the
+//! app's lease in the cron backend and reports [`Event::Lease`]; the app runs its workers only
+//! while it holds the lease ([`Phase::Standby`] otherwise), hands each the fencing token, and on
+//! [`LeaseEvent::Lost`] drains them so that they are killed before the lease expires. A stopped
+//! singleton asks for [`Action::ReleaseLease`] once its last worker is gone.
+//!
 //! [`Supervisor`] holds the apps in file order: it starts each once the apps it is `after` are
 //! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
 //! its slots (one worker each when serving) and the workers that are starting, serving or draining.
 
 pub mod app;
 pub mod reload;
+#[cfg(test)]
+mod singleton_tests;
 mod supervisor;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use app::{App, Snapshot, WaitingSlot};
+pub use app::{App, SingletonView, Snapshot, WaitingSlot};
 pub use supervisor::{AppView, Supervisor};
 
 use std::sync::Arc;
@@ -31,7 +39,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, WorkerSpec};
+use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec};
 use crate::control::protocol::{ReloadReport, Response};
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
@@ -62,6 +70,60 @@ pub struct AppSettings {
     pub memory: MemoryPolicy,
     /// Said after "was not ready within ..." (what the runtime waits for), if anything.
     pub not_ready_hint: Option<String>,
+    /// `Some` for a cluster singleton: it runs only while this host holds its lease.
+    pub singleton: Option<SingletonPolicy>,
+}
+
+/// What the lease task of a cluster singleton reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// This host holds the lease now, with this fencing token: run the app.
+    Acquired {
+        /// The fencing token, handed to the workers (`SUPERVISOR_FENCING_TOKEN`).
+        token: u64,
+        /// This host as the holder (`host:pid`).
+        holder: String,
+    },
+    /// Another host holds it (or nobody could be read): stand by.
+    Standby {
+        /// The holder (`host:pid`) and its token, if known.
+        holder: Option<(String, u64)>,
+    },
+    /// The lease is lost (a renewal was refused, or could not succeed in time): stop the
+    /// workers so that they are gone before `expires_at`, the latest the lease may still be
+    /// valid.
+    Lost {
+        /// When the lease expires at the latest (measured from the last renewal sent).
+        expires_at: Instant,
+        /// Why.
+        reason: String,
+    },
+    /// The lease was given back after a stop.
+    Released,
+}
+
+/// A cluster singleton's role on this host, on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SingletonRole {
+    /// This host holds the lease and runs the app.
+    Holder,
+    /// Another host (or nobody yet) holds it; this one waits to take over.
+    Standby,
+}
+
+impl std::fmt::Display for SingletonRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SingletonRole::Holder => "this host",
+            SingletonRole::Standby => "standby",
+        })
+    }
+}
+
+/// SIGKILL of a fenced worker comes this long before its lease expires at the latest.
+pub fn lease_kill_margin(policy: &SingletonPolicy) -> std::time::Duration {
+    (policy.lease_ttl / 10).min(std::time::Duration::from_millis(500))
 }
 
 /// How often worker memory is measured while some app has `max_memory`.
@@ -109,7 +171,12 @@ pub enum Action {
         generation: u64,
         /// What to run.
         spec: Arc<WorkerSpec>,
+        /// The fencing token of a cluster singleton's lease (`SUPERVISOR_FENCING_TOKEN`).
+        fencing_token: Option<u64>,
     },
+    /// A stopped cluster singleton's workers are all gone: give its lease back (and stop
+    /// trying to take it).
+    ReleaseLease(AppIndex),
     /// Signal a worker.
     Signal {
         /// Which.
@@ -259,6 +326,13 @@ pub enum Event {
     },
     /// Stop, and kill every worker's process group at once.
     FastStop,
+    /// The lease task of a cluster singleton reports.
+    Lease {
+        /// The app.
+        app: AppIndex,
+        /// What happened to its lease.
+        event: LeaseEvent,
+    },
 }
 
 /// Lifecycle of a worker process (it is forgotten when it exits).
@@ -312,6 +386,8 @@ pub enum Phase {
     Starting,
     /// Serving.
     Running,
+    /// A cluster singleton whose lease another host holds: no worker runs here.
+    Standby,
     /// Draining every worker before exiting.
     Stopping,
     /// Done.
@@ -324,6 +400,7 @@ impl std::fmt::Display for Phase {
             Phase::Waiting => "waiting",
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Standby => "standby",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
         })
@@ -354,4 +431,6 @@ pub struct Worker {
     /// Since when its memory has been above the app's `max_memory` (every sample since), with
     /// the last sample in bytes; `None` while below or not measured.
     pub over_memory: Option<(Instant, u64)>,
+    /// When its process group is to be killed (armed [`TimerKey::Kill`]), once draining.
+    pub kill_at: Option<Instant>,
 }

@@ -144,6 +144,7 @@ impl Supervisor {
                 },
                 now,
             ),
+            Event::Lease { app, event } => self.route(app, Event::Lease { app, event }, now),
             Event::Stop { reply } => self.stop(reply, false, now),
             Event::FastStop => {
                 tracing::warn!("fast stop: killing every worker");

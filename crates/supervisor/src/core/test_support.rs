@@ -50,6 +50,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             grace: Duration::from_secs(30),
         },
         not_ready_hint: None,
+        singleton: None,
     }
 }
 
@@ -86,6 +87,10 @@ pub struct Sim {
     pub ended: Vec<ReloadReport>,
     /// Every [`Action::Service`], in order.
     pub service: Vec<(ServiceState, String)>,
+    /// The fencing token each spawned worker got.
+    pub tokens: BTreeMap<WorkerId, Option<u64>>,
+    /// Lease releases asked for, with the number of live workers of all apps at that moment.
+    pub released: Vec<(AppIndex, usize)>,
 }
 
 impl Sim {
@@ -107,6 +112,8 @@ impl Sim {
             exit: None,
             ended: Vec::new(),
             service: Vec::new(),
+            tokens: BTreeMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -116,8 +123,14 @@ impl Sim {
         while let Some(ev) = queue.pop_front() {
             for action in self.core.handle(ev, self.now) {
                 match action {
-                    Action::Spawn { app, worker, .. } => {
+                    Action::Spawn {
+                        app,
+                        worker,
+                        fencing_token,
+                        ..
+                    } => {
                         self.spawned.push((app, worker));
+                        self.tokens.insert(worker, fencing_token);
                         queue.push_back(if self.fail_app == Some(app) {
                             Event::SpawnFailed {
                                 worker,
@@ -146,6 +159,14 @@ impl Sim {
                     }
                     Action::Reply { to, response } => {
                         self.replies.entry(to).or_default().push(response)
+                    }
+                    Action::ReleaseLease(app) => {
+                        let live = self
+                            .core
+                            .apps()
+                            .map(|v| v.app.snapshot(self.now).workers.len())
+                            .sum();
+                        self.released.push((app, live));
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
                     Action::Service { state, status } => self.service.push((state, status)),

@@ -1,0 +1,591 @@
+//! Singleton leases: "this name runs on exactly one holder at a time" across every process that
+//! shares a backend, for the supervisor's `scope = "cluster"` apps (a queue consumer, a websocket
+//! fan-out, a legacy cron daemon).
+//!
+//! Unlike a cron lease (one run of one tick), a singleton lease is held for as long as its
+//! holder keeps renewing it, and handed over when it is released or expires.
+//!
+//! # Redis
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `singleton:{name}:lease` | string, PX ttl | holder JSON `{"token","id","host","pid","since"}` |
+//! | `singleton:{name}:token` | string (integer) | last fencing token |
+//!
+//! - **acquire**: one Lua script: if the lease key exists, answer its holder; else `INCR` the
+//!   token counter, raise it to the server's `TIME` in microseconds when lower (the scheme the
+//!   cron claims use, so tokens keep increasing even after Redis lost its data), and
+//!   `SET lease <holder JSON> PX ttl`.
+//! - **renew**: compare-and-pexpire: only a lease that still holds our exact value is extended.
+//! - **release**: compare-and-delete: a holder whose lease expired and was taken over cannot
+//!   delete the new holder's lease.
+//!
+//! The backend keeps one multiplexed connection of its own (re-made after an error), and every
+//! call has a deadline, so a Redis that hangs (SIGSTOP) makes calls fail, never block.
+//!
+//! # Local directory (one host)
+//!
+//! `singleton-{name}.lease` is locked with an exclusive `flock` for as long as the lease is held
+//! (the kernel drops it when the holder dies; a stopped holder keeps it: on one host there is no
+//! partition to fence against), and holds the holder JSON. `singleton-{name}.token` keeps the
+//! last token; the next one is the last + 1, raised to the wall clock in microseconds.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::url::RedactedUrl;
+
+/// Acquire: `{1, token, value}` when taken, `{0, '', current holder}` when held elsewhere.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {0, '', cur}
+end
+local t = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if t < us then
+  t = us
+  redis.call('SET', KEYS[2], string.format('%.0f', us))
+end
+local tok = string.format('%.0f', t)
+local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[1], 2)
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return {1, tok, value}
+"#,
+    )
+});
+
+/// Compare-and-pexpire.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+/// Compare-and-delete.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// The Redis key of a singleton's lease.
+pub fn lease_key(name: &str) -> String {
+    format!("singleton:{{{name}}}:lease")
+}
+
+/// The Redis key of a singleton's fencing token counter.
+pub fn token_key(name: &str) -> String {
+    format!("singleton:{{{name}}}:token")
+}
+
+/// Who holds (or wants) a singleton lease: `host:pid:uuid`, unique per process and start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contender {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// `host:pid:uuid`.
+    pub id: String,
+}
+
+impl Contender {
+    /// This process, with a fresh random suffix.
+    pub fn current() -> Contender {
+        let me = crate::job::Identity::current();
+        Contender::new(&me.host, me.pid)
+    }
+
+    /// `host` and `pid` with a fresh random suffix.
+    pub fn new(host: &str, pid: u32) -> Contender {
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(crate::backend::new_request_id);
+        Contender {
+            host: host.to_owned(),
+            pid,
+            id: format!("{host}:{pid}:{uuid}"),
+        }
+    }
+}
+
+/// The current holder of a singleton lease, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SingletonHolder {
+    /// Its fencing token.
+    pub token: u64,
+    /// `host:pid:uuid`.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// When it acquired the lease.
+    pub since: DateTime<Utc>,
+}
+
+impl SingletonHolder {
+    /// `host:pid`.
+    pub fn host_pid(&self) -> String {
+        format!("{}:{}", self.host, self.pid)
+    }
+}
+
+/// A held singleton lease.
+#[derive(Debug)]
+pub struct SingletonLease {
+    /// The singleton's name.
+    pub name: String,
+    /// Its fencing token: strictly increasing from one holder to the next.
+    pub token: u64,
+    /// The lease TTL (Redis): renew well within it.
+    pub ttl: Duration,
+    /// The holder as stored.
+    pub holder: SingletonHolder,
+    inner: HeldInner,
+}
+
+#[derive(Debug)]
+enum HeldInner {
+    /// The exact value we wrote.
+    Redis(String),
+    /// The locked lease file (`None` once released).
+    Local(std::sync::Mutex<Option<File>>),
+}
+
+/// The answer to [`SingletonLeases::acquire`].
+#[derive(Debug)]
+pub enum Acquire {
+    /// Ours now.
+    Acquired(SingletonLease),
+    /// Held by someone else (the holder, when readable).
+    Held(Option<SingletonHolder>),
+}
+
+/// A backend for singleton leases: Redis (a cluster) or a local directory (one host).
+#[derive(Debug)]
+pub struct SingletonLeases {
+    inner: Inner,
+}
+
+// One per supervisor: the size of the Redis variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    Redis {
+        url: RedactedUrl,
+        client: Client,
+        config: AsyncConnectionConfig,
+        conn: Mutex<Option<MultiplexedConnection>>,
+        timeout: Duration,
+    },
+    Local {
+        dir: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inner::Redis { url, timeout, .. } => f
+                .debug_struct("Redis")
+                .field("url", url)
+                .field("timeout", timeout)
+                .finish(),
+            Inner::Local { dir } => f.debug_struct("Local").field("dir", dir).finish(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn corrupt(name: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        what: format!("singleton `{name}`: lease"),
+        reason: reason.to_string(),
+    }
+}
+
+impl SingletonLeases {
+    /// From the URL the cron backend uses: `redis://` / `rediss://` (every call bounded by
+    /// `timeout`), `file:///dir` or a directory path (created if missing).
+    pub fn from_url(url: &str, timeout: Duration) -> Result<SingletonLeases> {
+        let trimmed = url.trim();
+        if trimmed.starts_with("redis://")
+            || trimmed.starts_with("rediss://")
+            || trimmed.starts_with("redis+unix://")
+            || trimmed.starts_with("unix://")
+        {
+            let redacted = RedactedUrl::new(trimmed);
+            let client = Client::open(trimmed).map_err(|e| Error::InvalidUrl {
+                url: redacted.to_string(),
+                reason: e.to_string(),
+            })?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            return Ok(SingletonLeases {
+                inner: Inner::Redis {
+                    url: redacted,
+                    client,
+                    config,
+                    conn: Mutex::new(None),
+                    timeout,
+                },
+            });
+        }
+        let dir = PathBuf::from(trimmed.strip_prefix("file://").unwrap_or(trimmed));
+        if dir.as_os_str().is_empty() || trimmed.contains("://") && !trimmed.starts_with("file://")
+        {
+            return Err(Error::InvalidUrl {
+                url: RedactedUrl::new(trimmed).to_string(),
+                reason: "expected redis://, rediss://, file:// or a directory path".to_owned(),
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            op: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(SingletonLeases {
+            inner: Inner::Local { dir },
+        })
+    }
+
+    /// The redacted URL or the directory, for logs.
+    pub fn describe(&self) -> String {
+        match &self.inner {
+            Inner::Redis { url, .. } => url.to_string(),
+            Inner::Local { dir } => format!("file://{}", dir.display()),
+        }
+    }
+
+    /// Takes the lease of `name` for `ttl` if nobody holds it.
+    pub async fn acquire(&self, name: &str, me: &Contender, ttl: Duration) -> Result<Acquire> {
+        match &self.inner {
+            Inner::Redis { .. } => {
+                let since = Utc::now();
+                let tail = serde_json::json!({
+                    "id": me.id, "host": me.host, "pid": me.pid, "since": since,
+                })
+                .to_string();
+                let (status, token, value): (i64, String, String) = self
+                    .script(
+                        "acquire singleton lease",
+                        &ACQUIRE,
+                        vec![lease_key(name), token_key(name)],
+                        vec![tail, millis(ttl).to_string()],
+                    )
+                    .await?;
+                if status != 1 {
+                    return Ok(Acquire::Held(serde_json::from_str(&value).ok()));
+                }
+                let token = token.parse::<u64>().map_err(|e| corrupt(name, e))?;
+                let holder = SingletonHolder {
+                    token,
+                    id: me.id.clone(),
+                    host: me.host.clone(),
+                    pid: me.pid,
+                    since,
+                };
+                Ok(Acquire::Acquired(SingletonLease {
+                    name: name.to_owned(),
+                    token,
+                    ttl,
+                    holder,
+                    inner: HeldInner::Redis(value),
+                }))
+            }
+            Inner::Local { dir } => {
+                let (dir, name, me) = (dir.clone(), name.to_owned(), me.clone());
+                blocking(move || local_acquire(&dir, &name, &me, ttl)).await
+            }
+        }
+    }
+
+    /// Extends the lease by its TTL if it is still ours. `Ok(false)`: it expired or another
+    /// holder has it (untouched then).
+    pub async fn renew(&self, lease: &SingletonLease) -> Result<bool> {
+        match (&self.inner, &lease.inner) {
+            (Inner::Redis { .. }, HeldInner::Redis(value)) => {
+                let n: i64 = self
+                    .script(
+                        "renew singleton lease",
+                        &RENEW,
+                        vec![lease_key(&lease.name)],
+                        vec![value.clone(), millis(lease.ttl).to_string()],
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+            (Inner::Local { .. }, HeldInner::Local(file)) => Ok(match file.lock() {
+                Ok(f) => f.is_some(),
+                Err(p) => p.into_inner().is_some(),
+            }),
+            _ => Ok(false),
+        }
+    }
+
+    /// Gives the lease up if it is still ours (compare-and-delete). Returns whether it was.
+    pub async fn release(&self, lease: &SingletonLease) -> Result<bool> {
+        match (&self.inner, &lease.inner) {
+            (Inner::Redis { .. }, HeldInner::Redis(value)) => {
+                let n: i64 = self
+                    .script(
+                        "release singleton lease",
+                        &RELEASE,
+                        vec![lease_key(&lease.name)],
+                        vec![value.clone()],
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+            (Inner::Local { .. }, HeldInner::Local(file)) => {
+                let taken = match file.lock() {
+                    Ok(mut f) => f.take(),
+                    Err(p) => p.into_inner().take(),
+                };
+                Ok(match taken {
+                    Some(f) => {
+                        let _ = f.set_len(0);
+                        let _ = flock(&f, libc::LOCK_UN);
+                        true
+                    }
+                    None => false,
+                })
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Who holds the lease of `name` now, if anyone.
+    pub async fn holder(&self, name: &str) -> Result<Option<SingletonHolder>> {
+        match &self.inner {
+            Inner::Redis { .. } => {
+                let raw: Option<String> = self
+                    .script("read singleton lease", &READ, vec![lease_key(name)], vec![])
+                    .await?;
+                raw.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(name, e)))
+                    .transpose()
+            }
+            Inner::Local { dir } => {
+                let (dir, name) = (dir.clone(), name.to_owned());
+                blocking(move || local_holder(&dir, &name)).await
+            }
+        }
+    }
+
+    async fn script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: &'static str,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T> {
+        let Inner::Redis {
+            url,
+            client,
+            config,
+            conn,
+            timeout,
+        } = &self.inner
+        else {
+            return Err(Error::Task("not a Redis backend".to_owned()));
+        };
+        let work = async {
+            let mut guard = conn.lock().await;
+            let c = match guard.as_mut() {
+                Some(c) => c,
+                None => {
+                    let c = client
+                        .get_multiplexed_async_connection_with_config(config)
+                        .await
+                        .map_err(|source| Error::Redis {
+                            url: url.to_string(),
+                            op,
+                            source,
+                        })?;
+                    guard.insert(c)
+                }
+            };
+            let mut inv = script.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            match inv.invoke_async::<T>(c).await {
+                Ok(v) => Ok(v),
+                Err(source) => {
+                    if source.is_io_error()
+                        || source.is_connection_dropped()
+                        || source.is_unrecoverable_error()
+                        || source.is_timeout()
+                    {
+                        *guard = None;
+                    }
+                    Err(Error::Redis {
+                        url: url.to_string(),
+                        op,
+                        source,
+                    })
+                }
+            }
+        };
+        match tokio::time::timeout(*timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The connection may be stuck behind a reply that never comes: make a new one.
+                if let Ok(mut guard) = conn.try_lock() {
+                    *guard = None;
+                }
+                Err(Error::RedisTimeout {
+                    url: url.to_string(),
+                    op,
+                    timeout_ms: millis(*timeout),
+                })
+            }
+        }
+    }
+}
+
+/// Read the lease (a script, so that every call goes through the same path).
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call('GET', KEYS[1])"));
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// `flock(2)`, retrying on `EINTR`.
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    loop {
+        // SAFETY: `file` owns a valid open descriptor for the duration of this call, and
+        // `flock` only takes an integer descriptor and flags; it touches no memory of ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// An exclusive lock without waiting: `Ok(false)` when someone else holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io("open", path))
+}
+
+fn read_all(mut f: &File) -> String {
+    let mut s = String::new();
+    let _ = f.seek(SeekFrom::Start(0));
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+fn local_acquire(dir: &Path, name: &str, me: &Contender, ttl: Duration) -> Result<Acquire> {
+    let path = dir.join(format!("singleton-{name}.lease"));
+    let mut file = open_rw(&path)?;
+    if !try_lock(&file).map_err(io("lock", &path))? {
+        return Ok(Acquire::Held(serde_json::from_str(&read_all(&file)).ok()));
+    }
+    // Ours: the next token, under the lease's own lock.
+    let token_path = dir.join(format!("singleton-{name}.token"));
+    let last: u64 = std::fs::read_to_string(&token_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let now_us = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+    let token = (last + 1).max(now_us);
+    let tmp = token_path.with_extension("token.tmp");
+    std::fs::write(&tmp, token.to_string()).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &token_path).map_err(io("rename", &token_path))?;
+    let holder = SingletonHolder {
+        token,
+        id: me.id.clone(),
+        host: me.host.clone(),
+        pid: me.pid,
+        since: Utc::now(),
+    };
+    let json = serde_json::to_string(&holder).map_err(|e| corrupt(name, e))?;
+    file.set_len(0).map_err(io("truncate", &path))?;
+    file.seek(SeekFrom::Start(0)).map_err(io("seek", &path))?;
+    file.write_all(json.as_bytes())
+        .map_err(io("write", &path))?;
+    Ok(Acquire::Acquired(SingletonLease {
+        name: name.to_owned(),
+        token,
+        ttl,
+        holder,
+        inner: HeldInner::Local(std::sync::Mutex::new(Some(file))),
+    }))
+}
+
+fn local_holder(dir: &Path, name: &str) -> Result<Option<SingletonHolder>> {
+    let path = dir.join(format!("singleton-{name}.lease"));
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("open", &path)(e)),
+    };
+    // If we can take the lock, nobody holds the lease.
+    if try_lock(&file).map_err(io("lock", &path))? {
+        let _ = flock(&file, libc::LOCK_UN);
+        return Ok(None);
+    }
+    Ok(serde_json::from_str(&read_all(&file)).ok())
+}
