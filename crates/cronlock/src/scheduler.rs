@@ -157,6 +157,24 @@ impl std::fmt::Display for StatsSnapshot {
     }
 }
 
+impl std::iter::Sum for StatsSnapshot {
+    /// Counters of several schedulers added up.
+    fn sum<I: Iterator<Item = StatsSnapshot>>(iter: I) -> StatsSnapshot {
+        iter.fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
+            ticks_run: a.ticks_run + b.ticks_run,
+            runs_ok: a.runs_ok + b.runs_ok,
+            runs_failed: a.runs_failed + b.runs_failed,
+            ticks_skipped_claimed_elsewhere: a.ticks_skipped_claimed_elsewhere
+                + b.ticks_skipped_claimed_elsewhere,
+            ticks_skipped_overlap: a.ticks_skipped_overlap + b.ticks_skipped_overlap,
+            ticks_backend_down: a.ticks_backend_down + b.ticks_backend_down,
+            ticks_missed: a.ticks_missed + b.ticks_missed,
+            lease_lost: a.lease_lost + b.lease_lost,
+            cancelled: a.cancelled + b.cancelled,
+        })
+    }
+}
+
 impl Stats {
     /// Reads all counters.
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -860,6 +860,10 @@ impl Shell {
                     restarts: s.restarts_total,
                     memory_recycles: s.memory_recycles,
                     memory_recycle_failures: s.memory_recycle_failures,
+                    singleton_holder: s
+                        .singleton
+                        .as_ref()
+                        .map(|v| v.role == core::SingletonRole::Holder),
                     reloads: self.metrics.reloads(&name),
                     processes,
                     name,
@@ -872,6 +876,11 @@ impl Shell {
             supervisor,
             apps,
             jobs: None,
+            config_job_ticks: self
+                .jobs
+                .as_ref()
+                .map(ConfigJobs::ticks)
+                .unwrap_or_default(),
         }
     }
 

@@ -180,6 +180,8 @@ pub struct ConfigJobs {
     /// running commands.
     longest_kill: Duration,
     stopping: bool,
+    /// The counters of every scheduler started so far (a reload starts a new one).
+    stats: Vec<Arc<cronlock::Stats>>,
 }
 
 impl ConfigJobs {
@@ -193,6 +195,7 @@ impl ConfigJobs {
             stops: Stops::default(),
             longest_kill: Duration::ZERO,
             stopping: false,
+            stats: Vec::new(),
         };
         me.launch(jobs)?;
         Ok(me)
@@ -228,6 +231,7 @@ impl ConfigJobs {
         let shutdown = CancellationToken::new();
         let names: Vec<&str> = jobs.iter().map(|p| p.config.spec.name.as_str()).collect();
         tracing::info!(jobs = %names.join(", "), "scheduling [[job]] tables");
+        self.stats.push(scheduler.stats());
         let task = tokio::spawn(scheduler.run(shutdown.clone(), drain));
         self.current = Some(Running {
             jobs,
@@ -235,6 +239,12 @@ impl ConfigJobs {
             task,
         });
         Ok(())
+    }
+
+    /// What became of the ticks of every job scheduled so far (summed over the schedulers that
+    /// reloads replaced).
+    pub fn ticks(&self) -> cronlock::StatsSnapshot {
+        self.stats.iter().map(|s| s.snapshot()).sum()
     }
 
     /// The stop tokens every run watches (to kill them while [`ConfigJobs::finish`] waits).

@@ -142,6 +142,8 @@ pub struct AppMetrics {
     pub memory_recycles: u64,
     /// Replacements for memory that failed (the old worker kept serving).
     pub memory_recycle_failures: u64,
+    /// A cluster singleton: whether this host holds its lease (`None`: not a singleton).
+    pub singleton_holder: Option<bool>,
     /// Reloads since the supervisor started.
     pub reloads: ReloadStats,
     /// Its worker processes.
@@ -199,6 +201,8 @@ pub struct Snapshot {
     pub apps: Vec<AppMetrics>,
     /// The cron jobs; `None` when they were not read.
     pub jobs: Option<JobsMetrics>,
+    /// The ticks of the `[[job]]` tables this supervisor scheduled, by what became of them.
+    pub config_job_ticks: cronlock::StatsSnapshot,
 }
 
 /// The Prometheus text format of a snapshot; metric names start with `supervisor_`.
@@ -428,6 +432,40 @@ impl Collector for Snapshot {
             Some(Unit::Seconds),
             Counter,
             &cpu,
+        )?;
+        let holders: Vec<(Labels, u64)> = apps
+            .iter()
+            .filter_map(|a| Some((app_label(a), u64::from(a.singleton_holder?))))
+            .collect();
+        family(
+            &mut e,
+            "singleton_holder",
+            "For each cluster singleton (scope = \"cluster\"): 1 while this host holds its lease \
+             and runs it, 0 while it stands by.",
+            None,
+            Gauge,
+            &holders,
+        )?;
+        let t = &self.config_job_ticks;
+        let ticks: Vec<(Labels, u64)> = [
+            ("run", t.ticks_run),
+            ("claimed_elsewhere", t.ticks_skipped_claimed_elsewhere),
+            ("overlap", t.ticks_skipped_overlap),
+            ("backend_down", t.ticks_backend_down),
+            ("missed", t.ticks_missed),
+        ]
+        .into_iter()
+        .map(|(result, n)| (vec![("result", result.to_string())], n))
+        .collect();
+        family(
+            &mut e,
+            "config_job_ticks",
+            "Ticks of the [[job]] tables this supervisor scheduled, by result: run here, claimed \
+             by another supervisor, skipped for overlap, skipped because the lock backend was \
+             down (never run unguarded), missed.",
+            None,
+            Counter,
+            &ticks,
         )?;
         if let Some(jobs) = &self.jobs {
             encode_jobs(&mut e, jobs)?;

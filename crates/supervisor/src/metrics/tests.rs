@@ -23,6 +23,7 @@ fn demo() -> AppMetrics {
         restarts: 7,
         memory_recycles: 2,
         memory_recycle_failures: 1,
+        singleton_holder: Some(true),
         reloads,
         processes: vec![WorkerProcess {
             name: "demo.0".into(),
@@ -45,6 +46,12 @@ fn snapshot() -> Snapshot {
         },
         apps: vec![demo()],
         jobs: None,
+        config_job_ticks: cronlock::StatsSnapshot {
+            ticks_run: 10,
+            ticks_skipped_claimed_elsewhere: 20,
+            ticks_backend_down: 4,
+            ..Default::default()
+        },
     }
 }
 
@@ -90,6 +97,18 @@ fn apps_workers_and_slots() {
     );
     has(&l, "# TYPE supervisor_worker_restarts_total counter");
     has(&l, "supervisor_worker_restarts_total{app=\"demo\"} 7");
+    has(&l, "# TYPE supervisor_singleton_holder gauge");
+    has(&l, "supervisor_singleton_holder{app=\"demo\"} 1");
+    has(&l, "# TYPE supervisor_config_job_ticks_total counter");
+    has(&l, "supervisor_config_job_ticks_total{result=\"run\"} 10");
+    has(
+        &l,
+        "supervisor_config_job_ticks_total{result=\"claimed_elsewhere\"} 20",
+    );
+    has(
+        &l,
+        "supervisor_config_job_ticks_total{result=\"backend_down\"} 4",
+    );
     has(&l, "# TYPE supervisor_memory_recycles_total counter");
     has(
         &l,
