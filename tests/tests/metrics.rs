@@ -242,7 +242,7 @@ fn a_cron_backend_that_never_answers_is_down_and_the_scrape_still_answers() {
     let body = DEMO2.replace(
         "\n\n[[app]]",
         &format!("\n[cron]\nredis_url = \"redis://{redis}/0\"\n\n[[app]]"),
-    );
+    ) + "\n[[job]]\nname = \"tick\"\nschedule = \"* * * * * *\"\ncommand = [\"/bin/true\"]\n";
     let s = Supervisor::start(&body, 2).unwrap();
     let addr = metrics_addr(&s);
     let started = std::time::Instant::now();
@@ -255,4 +255,36 @@ fn a_cron_backend_that_never_answers_is_down_and_the_scrape_still_answers() {
         value(&m, "supervisor_workers{app=\"demo\",state=\"ready\"}"),
         2.0
     );
+    // The supervisor's own [[job]] ticks are skipped, never run unguarded, and counted.
+    let down = wait_for(
+        Duration::from_secs(15),
+        "a tick counted backend_down",
+        || {
+            let (_, m) = scrape(addr);
+            let n = value(
+                &m,
+                "supervisor_config_job_ticks_total{result=\"backend_down\"}",
+            );
+            (n > 0.0).then_some(m)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        value(&down, "supervisor_config_job_ticks_total{result=\"run\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn config_job_ticks_run_here_are_counted() {
+    let body = format!(
+        "{DEMO2}\n[[job]]\nname = \"tick\"\nschedule = \"* * * * * *\"\ncommand = [\"/bin/true\"]\n"
+    );
+    let s = Supervisor::start(&body, 2).unwrap();
+    let addr = metrics_addr(&s);
+    wait_for(Duration::from_secs(10), "two ticks run here", || {
+        let (_, m) = scrape(addr);
+        (value(&m, "supervisor_config_job_ticks_total{result=\"run\"}") >= 2.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", s.log_text()));
 }
