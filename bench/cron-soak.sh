@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Soak: 3 supervisors x 3 demo-app workers share one redis-server; the 1 s `heartbeat` job runs
-# for TICKS seconds; then every tick in the window must have run exactly once, with tokens
-# increasing in tick order. Prints a summary table.
+# Soak: 3 supervisors x 3 demo-app workers share one redis-server; two 1 s jobs run for TICKS
+# seconds: `heartbeat` in the workers (the Rust library) and `soak-cmd`, a [[job]] command the
+# supervisors run themselves. Then, for each job, every tick in the window must have run exactly
+# once, with tokens increasing in tick order. Prints a summary table per job.
 #   bench/cron-soak.sh            # TICKS=600 by default
 source "$(dirname "$0")/lib.sh"
 TICKS=${TICKS:-600}
@@ -14,6 +15,7 @@ redis_pid=$!
 trap 'for c in "$work"/s*.toml; do "$SUP" stop -c "$c" >/dev/null 2>&1 || true; done; kill $redis_pid 2>/dev/null || true' EXIT
 sleep 0.5
 log="$work/heartbeat.log"
+cmdlog="$work/soak-cmd.log"
 for i in 1 2 3; do
   cat > "$work/s$i.toml" <<CONF
 [supervisor]
@@ -27,34 +29,43 @@ env = { DEMO_JOB_LOG = "$log" }
 address = "127.0.0.1:0"
 [cron]
 redis_url = "redis://127.0.0.1:$rport/0"
+[[job]]
+name = "soak-cmd"
+schedule = "* * * * * *"
+command = ["/bin/sh", "-c", "echo \"\$SUPERVISOR_JOB_TICK \$SUPERVISOR_JOB_TOKEN s$i \$\$\" >> $cmdlog"]
 CONF
   "$SUP" start -c "$work/s$i.toml" > "$work/s$i.log" 2>&1 &
 done
 sleep 2
 from=$(( $(date +%s) + 1 ))
-echo "soak: $TICKS ticks, 3 supervisors x 3 workers, redis on port $rport (logs in $work)"
+echo "soak: $TICKS ticks, 3 supervisors x 3 workers, a library job and a [[job]] command, redis on port $rport (logs in $work)"
 sleep "$TICKS"
 to=$(( $(date +%s) - 2 ))
 for i in 1 2 3; do "$SUP" stop -c "$work/s$i.toml" > /dev/null; done
-python3 - "$log" "$from" "$to" <<'PY'
+python3 - "$from" "$to" "heartbeat (library, in workers)=$log" "soak-cmd ([[job]], by supervisors)=$cmdlog" <<'PY'
 import sys, collections, datetime
-path, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-runs = collections.Counter(); tokens = {}; hosts = collections.Counter()
-for line in open(path):
-    tick, token, host, pid = line.split()
-    if tick.startswith("manual:"): continue
-    s = int(datetime.datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
-    runs[s] += 1; tokens[s] = int(token); hosts[pid] += 1
-window = range(lo, hi + 1)
-missing = [s for s in window if runs[s] == 0]
-dups = [s for s in window if runs[s] > 1]
-order = sorted(tokens.items())
-increasing = all(a[1] < b[1] for a, b in zip(order, order[1:]))
-print(f"{'ticks in window':<28}{len(window):>8}")
-print(f"{'run exactly once':<28}{sum(1 for s in window if runs[s] == 1):>8}")
-print(f"{'missed':<28}{len(missing):>8}")
-print(f"{'run more than once':<28}{len(dups):>8}")
-print(f"{'tokens increase with tick':<28}{str(increasing):>8}")
-print(f"{'workers that ran ticks':<28}{len(hosts):>8}")
-sys.exit(0 if not missing and not dups and increasing else 1)
+lo, hi = int(sys.argv[1]), int(sys.argv[2])
+ok = True
+for arg in sys.argv[3:]:
+    label, path = arg.split("=", 1)
+    runs = collections.Counter(); tokens = {}; runners = collections.Counter()
+    for line in open(path):
+        tick, token, host, pid = line.split()
+        if tick.startswith("manual:"): continue
+        s = int(datetime.datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
+        runs[s] += 1; tokens[s] = int(token); runners[host if label.startswith("soak") else pid] += 1
+    window = range(lo, hi + 1)
+    missing = [s for s in window if runs[s] == 0]
+    dups = [s for s in window if runs[s] > 1]
+    order = sorted(tokens.items())
+    increasing = all(a[1] < b[1] for a, b in zip(order, order[1:]))
+    print(label)
+    print(f"  {'ticks in window':<28}{len(window):>8}")
+    print(f"  {'run exactly once':<28}{sum(1 for s in window if runs[s] == 1):>8}")
+    print(f"  {'missed':<28}{len(missing):>8}")
+    print(f"  {'run more than once':<28}{len(dups):>8}")
+    print(f"  {'tokens increase with tick':<28}{str(increasing):>8}")
+    print(f"  {'runners that took ticks':<28}{len(runners):>8}")
+    ok = ok and not missing and not dups and increasing
+sys.exit(0 if ok else 1)
 PY
