@@ -15,7 +15,7 @@ work=$(mktemp -d)
 lab=svb$$
 cleanup() {
   for c in "$work"/s*.toml; do "$SUP" stop -c "$c" >/dev/null 2>&1 || true; done
-  kill "$redis_pid" 2>/dev/null || true
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
   [ "$HOSTS" = netns ] && lab_down "$lab"
   return 0
 }

@@ -29,9 +29,14 @@ fn start_hosts(lab: &Lab, redis: &NsRedis, dir: &Path, workers: usize) -> Vec<Ho
         .map(|i| {
             let name = lab.host_name(i);
             let job_log = dir.join(format!("{name}.log"));
+            // Workers log JSON lines with their own timestamps, claims lost to another
+            // instance included (debug), for `worker_events`.
             let body = format!(
-                "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\ninstances = {workers}\nkill_timeout = \"3s\"\n\
-                 env = {{ DEMO_JOB_LOG = \"{}\", SUPERVISOR_LOG_FORMAT = \"json\", RUST_LOG = \"info,cronlock::scheduler=debug\" }}\n[cron]\nredis_url = \"{}\"\n",
+                "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\ninstances = {workers}\n\
+                 kill_timeout = \"3s\"\n\
+                 env = {{ DEMO_JOB_LOG = \"{}\", SUPERVISOR_LOG_FORMAT = \"json\", \
+                 RUST_LOG = \"info,cronlock::scheduler=debug\" }}\n\
+                 [cron]\nredis_url = \"{}\"\n",
                 job_log.display(),
                 redis.url()
             );
