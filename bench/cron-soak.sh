@@ -3,17 +3,44 @@
 # seconds: `heartbeat` in the workers (the Rust library) and `soak-cmd`, a [[job]] command the
 # supervisors run themselves. Then, for each job, every tick in the window must have run exactly
 # once, with tokens increasing in tick order. Prints a summary table per job.
-#   bench/cron-soak.sh            # TICKS=600 by default
+#   bench/cron-soak.sh                   # TICKS=600 by default, all on loopback
+#   HOSTS=netns bench/cron-soak.sh       # root: each supervisor a host in its own network
+#                                        # namespace, Redis in another, joined by a bridge
 source "$(dirname "$0")/lib.sh"
 TICKS=${TICKS:-600}
+HOSTS=${HOSTS:-loopback}
+case $HOSTS in loopback|netns) ;; *) echo "bench: HOSTS is loopback or netns, not '$HOSTS'" >&2; exit 1 ;; esac
 need redis-server "apt-get install -y redis-server"
 (cd "$ROOT" && cargo build --release -q -p supervisor -p demo)
 work=$(mktemp -d)
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
-redis_pid=$!
-trap 'for c in "$work"/s*.toml; do "$SUP" stop -c "$c" >/dev/null 2>&1 || true; done; kill $redis_pid 2>/dev/null || true' EXIT
-sleep 0.5
+lab=svb$$
+cleanup() {
+  for c in "$work"/s*.toml; do "$SUP" stop -c "$c" >/dev/null 2>&1 || true; done
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  [ "$HOSTS" = netns ] && lab_down "$lab"
+  return 0
+}
+redis_pid=
+trap cleanup EXIT
+if [ "$HOSTS" = netns ]; then
+  lab_up "$lab" 3
+  rport=6379
+  redis_host=$LAB_NET.1
+  # Clients come from the hosts' addresses, not loopback: protected mode would refuse them.
+  ip netns exec "$lab-redis" redis-server --port "$rport" --bind "$redis_host" --protected-mode no \
+    --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 1 100); do
+    ip netns exec "$lab-redis" redis-cli -h "$redis_host" -p "$rport" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+else
+  rport=$(free_port)
+  redis_host=127.0.0.1
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+  redis_pid=$!
+  sleep 0.5
+fi
 log="$work/heartbeat.log"
 cmdlog="$work/soak-cmd.log"
 for i in 1 2 3; do
@@ -28,17 +55,22 @@ env = { DEMO_JOB_LOG = "$log" }
 [[app.listen]]
 address = "127.0.0.1:0"
 [cron]
-redis_url = "redis://127.0.0.1:$rport/0"
+redis_url = "redis://$redis_host:$rport/0"
 [[job]]
 name = "soak-cmd"
 schedule = "* * * * * *"
 command = ["/bin/sh", "-c", "echo \"\$SUPERVISOR_JOB_TICK \$SUPERVISOR_JOB_TOKEN s$i \$\$\" >> $cmdlog"]
 CONF
-  "$SUP" start -c "$work/s$i.toml" > "$work/s$i.log" 2>&1 &
+  if [ "$HOSTS" = netns ]; then
+    # The control socket is a path: `supervisor stop` reaches it from outside the namespace.
+    HOSTNAME=host$i ip netns exec "$lab-h$i" "$SUP" start -c "$work/s$i.toml" > "$work/s$i.log" 2>&1 &
+  else
+    "$SUP" start -c "$work/s$i.toml" > "$work/s$i.log" 2>&1 &
+  fi
 done
 sleep 2
 from=$(( $(date +%s) + 1 ))
-echo "soak: $TICKS ticks, 3 supervisors x 3 workers, a library job and a [[job]] command, redis on port $rport (logs in $work)"
+echo "soak: $TICKS ticks, 3 supervisors x 3 workers, a library job and a [[job]] command, hosts: $HOSTS, redis at $redis_host:$rport (logs in $work)"
 sleep "$TICKS"
 to=$(( $(date +%s) - 2 ))
 for i in 1 2 3; do "$SUP" stop -c "$work/s$i.toml" > /dev/null; done
@@ -48,12 +80,12 @@ lo, hi = int(sys.argv[1]), int(sys.argv[2])
 ok = True
 for arg in sys.argv[3:]:
     label, path = arg.split("=", 1)
-    runs = collections.Counter(); tokens = {}; runners = collections.Counter()
+    runs = collections.Counter(); tokens = {}; workers = collections.Counter(); hosts = collections.Counter()
     for line in open(path):
         tick, token, host, pid = line.split()
         if tick.startswith("manual:"): continue
         s = int(datetime.datetime.fromisoformat(tick.replace("Z", "+00:00")).timestamp())
-        runs[s] += 1; tokens[s] = int(token); runners[host if label.startswith("soak") else pid] += 1
+        runs[s] += 1; tokens[s] = int(token); workers[(host, pid)] += 1; hosts[host] += 1
     window = range(lo, hi + 1)
     missing = [s for s in window if runs[s] == 0]
     dups = [s for s in window if runs[s] > 1]
@@ -65,7 +97,9 @@ for arg in sys.argv[3:]:
     print(f"  {'missed':<28}{len(missing):>8}")
     print(f"  {'run more than once':<28}{len(dups):>8}")
     print(f"  {'tokens increase with tick':<28}{str(increasing):>8}")
-    print(f"  {'runners that took ticks':<28}{len(runners):>8}")
+    if not label.startswith("soak-cmd"):  # a command's pid is new every run
+        print(f"  {'workers that ran ticks':<28}{len(workers):>8}")
+    print(f"  {'hosts that ran ticks':<28}{len(hosts):>8}  " + " ".join(f"{h}:{n}" for h, n in sorted(hosts.items())))
     ok = ok and not missing and not dups and increasing
 sys.exit(0 if ok else 1)
 PY

@@ -151,3 +151,44 @@ reload_under_load() {
   read -r req err rps p50 p99 < <(wrk_summary "$report")
   echo "$req $err $ok $bad $(( (end-start)/1000000/(count>0?count:1) )) $rps"
 }
+
+# Hosts as network namespaces (root only; what tests/src/netns.rs does, in shell). A lab named
+# BASE is namespace BASE-hub holding bridge br0, BASE-redis at 10.231.250.1 and BASE-h1..hN at
+# 10.231.250.11.., each joined to br0 by a veth pair. The 10.231.250.0/24 addresses exist only
+# inside the lab's namespaces.
+LAB_NET=10.231.250
+
+# lab_up BASE N: builds the lab (bench: exits if not root or `ip netns` fails).
+lab_up() {
+  local base=$1 n=$2 i
+  [ "$(id -u)" = 0 ] || { echo "bench: HOSTS=netns needs root (ip netns add)" >&2; exit 1; }
+  need ip "apt-get install -y iproute2"
+  ip netns add "$base-hub" || { echo "bench: ip netns add failed: network namespaces unavailable" >&2; exit 1; }
+  ip -n "$base-hub" link add br0 type bridge
+  ip -n "$base-hub" link set br0 up
+  lab_join "$base" redis r "$LAB_NET.1"
+  for i in $(seq 1 "$n"); do lab_join "$base" "h$i" "h$i" "$LAB_NET.$((10 + i))"; done
+}
+
+# lab_join BASE ROLE PORT ADDR: namespace BASE-ROLE with eth0 at ADDR/24, its peer PORT on br0.
+lab_join() {
+  local ns="$1-$2"
+  ip netns add "$ns"
+  ip -n "$1-hub" link add "$3" type veth peer name eth0 netns "$ns"
+  ip -n "$1-hub" link set "$3" master br0
+  ip -n "$1-hub" link set "$3" up
+  ip -n "$ns" addr add "$4/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}
+
+# lab_down BASE: kills every process left in the lab's namespaces, then deletes them.
+lab_down() {
+  local ns pids
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$1-" || true); do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}

@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-10}
 TTL_MS=${TTL_MS:-3000}
 need redis-server "apt-get install -y redis-server"
-(cd "$ROOT" && cargo build --release -q -p supervisor)
+(cd "$ROOT" && cargo build --release -q -p supervisor -p demo)
 work=$(mktemp -d)
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
@@ -43,11 +43,12 @@ env = { HOST_TAG = "h$i", OUT = "$out" }
 redis_url = "redis://127.0.0.1:$rport/0"
 CONF
 done
-start_host() { "$SUP" start -c "$work/h$1.toml" >> "$work/h$1.log" 2>&1 & }
+# Started from a subshell: not a job of this shell, so its SIGKILL is not reported here.
+start_host() { ( "$SUP" start -c "$work/h$1.toml" >> "$work/h$1.log" 2>&1 & ); }
 for i in 1 2 3; do start_host "$i"; done
 
 # holder: the host whose worker wrote the file's last line.
-holder() { tail -n 1 "$out" 2>/dev/null | cut -d' ' -f1; }
+holder() { if [ -s "$out" ]; then tail -n 1 "$out" | cut -d' ' -f1; fi; }
 # wait_line_not_from TAG: until a line from another host appears (30 s at most).
 wait_line_not_from() {
   for _ in $(seq 1 300); do

@@ -1,8 +1,10 @@
 //! Harness for the end-to-end tests: runs the real `supervisor` and `demo-app` binaries in a temp
 //! dir on port 0, reads `status --json`, generates HTTP load (keep-alive and one connection per
 //! request) that counts every failure, and kills everything it started, also when a test fails.
-//! Every wait has a deadline. [`redis`] runs private `redis-server`s.
+//! Every wait has a deadline. [`redis`] runs private `redis-server`s; [`netns`] runs them and
+//! supervisors as separate hosts in network namespaces.
 
+pub mod netns;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -127,6 +129,8 @@ pub struct Supervisor {
     pub config: PathBuf,
     /// Where the supervisor's stderr goes.
     pub log: PathBuf,
+    /// The network namespace it runs in (and its CLI commands too), if not the test's own.
+    pub netns: Option<String>,
     known_pgids: Mutex<Vec<i32>>,
 }
 
@@ -174,11 +178,19 @@ impl Supervisor {
 
     /// [`Supervisor::spawn`] with extra variables in the supervisor's environment.
     pub fn spawn_with_env(body: &str, env: &[(&str, &str)]) -> Result<Supervisor> {
+        Supervisor::spawn_in(None, body, env)
+    }
+
+    /// [`Supervisor::spawn_with_env`] inside network namespace `netns` (`ip netns exec NETNS
+    /// supervisor start ...`; `ip` execs, so the child's pid is the supervisor's). Its workers
+    /// live there too; [`Supervisor::cli`] runs there as well, so `jobs` reaches the namespace's
+    /// Redis, while the control socket, a path, is reachable from anywhere.
+    pub fn spawn_in(netns: Option<&str>, body: &str, env: &[(&str, &str)]) -> Result<Supervisor> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, config_text(body))?;
         let log = dir.path().join("supervisor.log");
-        let child = Command::new(bin("supervisor"))
+        let child = command_in(netns, &bin("supervisor"))
             .args(["start", "-c"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -194,6 +206,7 @@ impl Supervisor {
             dir,
             config,
             log,
+            netns: netns.map(str::to_owned),
             known_pgids: Mutex::new(vec![]),
         })
     }
@@ -228,7 +241,7 @@ impl Supervisor {
     /// Runs `supervisor <args> -c <config>` and returns its output (deadline 60 s).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         run_with_deadline(
-            Command::new(bin("supervisor"))
+            command_in(self.netns.as_deref(), &bin("supervisor"))
                 .args(args)
                 .arg("-c")
                 .arg(&self.config),
@@ -325,6 +338,19 @@ impl Drop for Supervisor {
             // SAFETY: killing process groups this test started (cleanup after a failure).
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
+    }
+}
+
+/// A command for `program`, run inside network namespace `netns` (through `ip netns exec`) when
+/// one is given.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
