@@ -710,3 +710,18 @@ async fn client(
         }
     }
 }
+
+/// Now, in whole Unix seconds.
+pub fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A cron tick as the jobs write it (RFC 3339, `2026-11-30T05:19:20.000Z`) in whole Unix seconds;
+/// anything else fails the test.
+pub fn tick_secs(tick: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(tick)
+        .unwrap_or_else(|e| panic!("tick {tick:?} is not RFC 3339: {e}"))
+        .timestamp()
+}

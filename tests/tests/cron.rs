@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use e2e::redis::RedisServer;
-use e2e::{ConnMode, Load, Supervisor, get, wait_for};
+use e2e::{ConnMode, Load, Supervisor, get, tick_secs, unix_secs, wait_for};
 use serde_json::Value;
 
 fn body(
@@ -41,19 +41,6 @@ fn heartbeat_lines(path: &Path) -> (Vec<(String, u64)>, Vec<String>) {
         }
     }
     (ticks, manual)
-}
-
-fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn tick_secs(tick: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(tick)
-        .unwrap()
-        .timestamp()
 }
 
 #[test]

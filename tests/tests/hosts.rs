@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use e2e::netns::{Lab, NsRedis, lab_or_skip};
-use e2e::{Supervisor, wait_for};
+use e2e::{Supervisor, unix_secs, wait_for};
 use serde_json::Value;
 
 /// One host: a supervisor in the host's namespace, and the file its workers' heartbeats go to.
@@ -125,13 +125,6 @@ fn hms(tick: i64) -> String {
 
 fn now() -> DateTime<Utc> {
     Utc::now()
-}
-
-fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Sleeps until the wall clock reaches `t`.

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use e2e::redis::RedisServer;
-use e2e::{Supervisor, group_members, wait_for};
+use e2e::{Supervisor, group_members, tick_secs, unix_secs, wait_for};
 use serde_json::Value;
 
 /// One demo-app worker (its own sample jobs off) and `jobs`, on Redis if given.
@@ -63,19 +63,6 @@ fn wait_record(s: &Supervisor, job: &str, timeout: Duration, f: impl Fn(&Value) 
         runs.as_array()?.iter().find(|r| f(r)).cloned()
     })
     .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", s.log_text()))
-}
-
-fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn tick_secs(tick: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(tick)
-        .unwrap()
-        .timestamp()
 }
 
 #[test]

@@ -32,7 +32,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -43,6 +42,8 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::backend::local::{flock, io_err, try_lock_exclusive};
+use crate::backend::redis::RENEW;
 use crate::error::{Error, Result};
 use crate::url::RedactedUrl;
 
@@ -65,18 +66,6 @@ local tok = string.format('%.0f', t)
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, tok, value}
-"#,
-    )
-});
-
-/// Compare-and-pexpire.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
 "#,
     )
 });
@@ -487,39 +476,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// `flock(2)`, retrying on `EINTR`.
-fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
-    loop {
-        // SAFETY: `file` owns a valid open descriptor for the duration of this call, and
-        // `flock` only takes an integer descriptor and flags; it touches no memory of ours.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// An exclusive lock without waiting: `Ok(false)` when someone else holds it.
-fn try_lock(file: &File) -> std::io::Result<bool> {
-    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -527,7 +483,7 @@ fn open_rw(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(io("open", path))
+        .map_err(io_err("open", path))
 }
 
 fn read_all(mut f: &File) -> String {
@@ -540,7 +496,7 @@ fn read_all(mut f: &File) -> String {
 fn local_acquire(dir: &Path, name: &str, me: &Contender, ttl: Duration) -> Result<Acquire> {
     let path = dir.join(format!("singleton-{name}.lease"));
     let mut file = open_rw(&path)?;
-    if !try_lock(&file).map_err(io("lock", &path))? {
+    if !try_lock_exclusive(&file).map_err(io_err("lock", &path))? {
         return Ok(Acquire::Held(serde_json::from_str(&read_all(&file)).ok()));
     }
     // Ours: the next token, under the lease's own lock.
@@ -552,8 +508,8 @@ fn local_acquire(dir: &Path, name: &str, me: &Contender, ttl: Duration) -> Resul
     let now_us = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
     let token = (last + 1).max(now_us);
     let tmp = token_path.with_extension("token.tmp");
-    std::fs::write(&tmp, token.to_string()).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &token_path).map_err(io("rename", &token_path))?;
+    std::fs::write(&tmp, token.to_string()).map_err(io_err("write", &tmp))?;
+    std::fs::rename(&tmp, &token_path).map_err(io_err("rename", &token_path))?;
     let holder = SingletonHolder {
         token,
         id: me.id.clone(),
@@ -562,10 +518,11 @@ fn local_acquire(dir: &Path, name: &str, me: &Contender, ttl: Duration) -> Resul
         since: Utc::now(),
     };
     let json = serde_json::to_string(&holder).map_err(|e| corrupt(name, e))?;
-    file.set_len(0).map_err(io("truncate", &path))?;
-    file.seek(SeekFrom::Start(0)).map_err(io("seek", &path))?;
+    file.set_len(0).map_err(io_err("truncate", &path))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("seek", &path))?;
     file.write_all(json.as_bytes())
-        .map_err(io("write", &path))?;
+        .map_err(io_err("write", &path))?;
     Ok(Acquire::Acquired(SingletonLease {
         name: name.to_owned(),
         token,
@@ -580,10 +537,10 @@ fn local_holder(dir: &Path, name: &str) -> Result<Option<SingletonHolder>> {
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("open", &path)(e)),
+        Err(e) => return Err(io_err("open", &path)(e)),
     };
     // If we can take the lock, nobody holds the lease.
-    if try_lock(&file).map_err(io("lock", &path))? {
+    if try_lock_exclusive(&file).map_err(io_err("lock", &path))? {
         let _ = flock(&file, libc::LOCK_UN);
         return Ok(None);
     }

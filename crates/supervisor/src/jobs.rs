@@ -9,6 +9,24 @@ pub mod command;
 pub mod config_jobs;
 pub mod http;
 
+/// The context of a run at tick 2026-11-30T02:30:00Z of job `report`, for the runners' tests.
+#[cfg(test)]
+pub(crate) fn test_context(
+    token: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) -> cronlock::JobContext {
+    let tick = chrono::DateTime::parse_from_rfc3339("2026-11-30T02:30:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    cronlock::JobContext {
+        job: "report".into(),
+        tick,
+        tick_id: cronlock::TickId::Scheduled(tick),
+        token,
+        cancel,
+    }
+}
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

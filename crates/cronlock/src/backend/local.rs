@@ -99,8 +99,8 @@ struct Request {
     created_at: DateTime<Utc>,
 }
 
-/// `flock(2)` on the file's descriptor, retrying on `EINTR`.
-fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+/// `flock(2)` on the file's descriptor, retrying on `EINTR` (also the singleton leases').
+pub(crate) fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     loop {
         // SAFETY: `file` owns a valid open descriptor for the duration of this call, and
         // `flock` only takes an integer descriptor and flags; it touches no memory of ours.
@@ -116,7 +116,7 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
 }
 
 /// Tries an exclusive lock without blocking: `Ok(false)` if another holder has it.
-fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+pub(crate) fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
     match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
@@ -124,7 +124,10 @@ fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
     }
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         op,
         path: path.to_owned(),

@@ -158,8 +158,9 @@ return {missing, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
     )
 });
 
-/// Compare-and-pexpire: extend the lease only if it still holds our exact value.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+/// Compare-and-pexpire: extend the lease only if it still holds our exact value (job leases and
+/// singleton leases alike).
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -234,16 +234,7 @@ mod tests {
     }
 
     fn ctx(cancel: CancellationToken) -> JobContext {
-        let tick = chrono::DateTime::parse_from_rfc3339("2026-11-30T02:30:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        JobContext {
-            job: "report".into(),
-            tick,
-            tick_id: cronlock::TickId::Scheduled(tick),
-            token: 42,
-            cancel,
-        }
+        crate::jobs::test_context(42, cancel)
     }
 
     #[tokio::test]

@@ -157,16 +157,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> JobContext {
-        let tick = chrono::DateTime::parse_from_rfc3339("2026-11-30T02:30:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        JobContext {
-            job: "report".into(),
-            tick,
-            tick_id: cronlock::TickId::Scheduled(tick),
-            token: 7,
-            cancel: CancellationToken::new(),
-        }
+        crate::jobs::test_context(7, CancellationToken::new())
     }
 
     fn job(addr: SocketAddr, timeout: Duration) -> Arc<HttpJob> {
