@@ -244,8 +244,24 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 timeout,
                 json,
             } => {
-                let answer =
-                    client::request(&socket(&cli.config, &target)?, Request::Stop, timeout).await?;
+                let socket = socket(&cli.config, &target)?;
+                // The pid first: the answer comes when every worker is gone, and the process
+                // still finishes its [[job]] commands and lease releases after that.
+                let pid = match client::request(
+                    &socket,
+                    Request::Status { app: None },
+                    Duration::from_secs(10),
+                )
+                .await
+                {
+                    Ok(Response::Status(report)) => Some(report.supervisor.pid),
+                    _ => None,
+                };
+                let started = std::time::Instant::now();
+                let answer = client::request(&socket, Request::Stop, timeout).await?;
+                if let (Some(pid), Response::Stopped) = (pid, &answer) {
+                    wait_exited(pid, timeout.saturating_sub(started.elapsed())).await?;
+                }
                 print_answer(&answer, json)
             }
             Cmd::Jobs { json, action } => {
@@ -330,8 +346,19 @@ fn control_dir_writable(socket: &Path) -> Result<(), ControlError> {
 }
 
 fn check(path: &Path, json: bool) -> Result<ExitCode> {
-    let c = Config::load(path)?;
-    let note = try_start(&c)?;
+    let checked = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Ok(try_start(&c).map(|note| (c, note))?));
+    let (c, note) = match checked {
+        Ok(ok) => ok,
+        Err(e) if json => {
+            // Scripts get the verdict on stdout too, as JSON, besides the exit code.
+            let v = serde_json::json!({ "config": path, "ok": false, "error": format!("{e:#}") });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e),
+    };
     // The cron URL may carry a password: shown redacted, like in every log line.
     let cron = cronlock::redact_url(&c.cron_url);
     if json {
@@ -353,10 +380,10 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     })).collect::<Vec<_>>(),
                     "after": a.after,
                     "max_memory": a.memory.max_bytes,
-                    "max_memory_grace_secs": a.memory.grace.as_secs_f64(),
+                    "max_memory_grace_ms": a.memory.grace.as_millis() as u64,
                     "scope": if a.singleton.is_some() { "cluster" } else { "host" },
-                    "lease_ttl_secs": a.singleton.map(|p| p.lease_ttl.as_secs_f64()),
-                    "standby_poll_secs": a.singleton.map(|p| p.standby_poll.as_secs_f64()),
+                    "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
+                    "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
                 })
             })
             .collect();
@@ -455,6 +482,33 @@ fn job_action_text(a: &crate::config::JobAction) -> String {
 }
 
 /// Sends `request` to the supervisor of `config` (or `target`) and returns the answer.
+/// Waits until process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+async fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                Some(
+                    s[s.rfind(')')? + 1..]
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            });
+        if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the supervisor (pid {pid}) stopped its workers but was still running after {}",
+                crate::table::span(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn ask(config: &Path, target: &Target, request: Request) -> Result<Response> {
     Ok(client::request(&socket(config, target)?, request, Duration::from_secs(60)).await?)
 }
@@ -557,6 +611,20 @@ async fn jobs_cmd(config: &Path, json: bool, action: JobsCmd) -> Result<ExitCode
             timeout,
         } => {
             let wait = if no_wait { Duration::ZERO } else { timeout };
+            let endpoints = endpoints_of(config)?;
+            if endpoints.cron_url.starts_with("file:") {
+                // The local backend's jobs run on this host only: without its supervisor nobody
+                // would take the request.
+                client::request(
+                    &endpoints.control_socket,
+                    Request::Status { app: None },
+                    Duration::from_secs(5),
+                )
+                .await
+                .with_context(|| {
+                    format!("cannot run {name}: the local cron backend's jobs run in this host's supervisor")
+                })?;
+            }
             let (id, record) = jobs::run_now(&backend, &name, wait).await?;
             if json {
                 println!("{}", serde_json::json!({ "request": id, "run": record }));

@@ -727,6 +727,15 @@ impl RedisBackend {
                 })
             })
             .await?;
+        if receivers == 0 {
+            // Nobody subscribed: no scheduler would ever take it (a caller would wait in vain).
+            return Err(Error::InvalidJob {
+                job: job.to_owned(),
+                reason: "no scheduler listens for run requests on this backend: no supervisor \
+                         or worker with jobs is running"
+                    .into(),
+            });
+        }
         tracing::info!(job, request = %id, receivers, "manual run requested");
         Ok(id)
     }

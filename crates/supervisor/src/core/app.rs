@@ -160,7 +160,13 @@ pub struct App {
     slots: Vec<Slot>,
     workers: BTreeMap<WorkerId, Worker>,
     next_id: WorkerId,
+    /// The generation new workers start in: the last good config's.
     generation: u64,
+    /// The highest generation number given out (an aborted reload's too): never reused.
+    last_generation: u64,
+    /// What a rolling reload under way replaced (settings, generation, `scale`): restored when it
+    /// is aborted, so that restarts, scaling and crash restarts use the last good config.
+    before_reload: Option<(AppSettings, u64, Option<usize>)>,
     reloading: Option<Reloading>,
     /// A reload asked for while one runs: it runs once after it, for all these clients.
     queued_reload: Option<Vec<ReplyTo>>,
@@ -195,6 +201,8 @@ impl App {
             workers: BTreeMap::new(),
             next_id: ((index as u64) + 1) << 32,
             generation: 1,
+            last_generation: 1,
+            before_reload: None,
             reloading: None,
             queued_reload: None,
             last_reload: None,
@@ -285,8 +293,11 @@ impl App {
     pub fn reload_generation(&self) -> Option<u64> {
         match &self.reloading {
             Some(Reloading::Rolling(r)) => Some(r.generation),
-            Some(Reloading::ReadingConfig(_)) => Some(self.generation + 1),
-            None => self.queued_reload.as_ref().map(|_| self.generation + 1),
+            Some(Reloading::ReadingConfig(_)) => Some(self.last_generation + 1),
+            None => self
+                .queued_reload
+                .as_ref()
+                .map(|_| self.last_generation + 1),
         }
     }
 
@@ -686,12 +697,13 @@ impl App {
         let delay_text = crate::table::span(delay);
         if s.crash_looping(policy.max_restarts) {
             tracing::error!(
+                app = %self.settings.spec.name,
                 slot = index,
                 restarts = s.restarts,
                 "slot is crash-looping; next start in {delay_text}"
             );
         } else {
-            tracing::warn!(slot = index, "restarting worker in {delay_text}");
+            tracing::warn!(app = %self.settings.spec.name, slot = index, "restarting worker in {delay_text}");
         }
         self.out.push(Action::Arm {
             timer: self.restart_key(index),
@@ -733,6 +745,7 @@ impl App {
             return;
         }
         tracing::info!(
+            app = %self.name(),
             workers = self.workers.len(),
             "stopping: draining every worker"
         );
@@ -787,7 +800,7 @@ impl App {
             return;
         }
         if self.reloading.is_some() {
-            tracing::info!("reload requested while one is running: queued to run once after it");
+            tracing::info!(app = %self.name(), "reload requested while one is running: queued to run once after it");
             self.queued_reload
                 .get_or_insert_with(Vec::new)
                 .extend(reply);
@@ -807,7 +820,9 @@ impl App {
         let Some(Reloading::ReadingConfig(waiters)) = self.reloading.take() else {
             return;
         };
-        let generation = self.generation + 1;
+        // Every reload that reads the file gets a number of its own, aborted or not.
+        self.last_generation += 1;
+        let generation = self.last_generation;
         let settings = match settings {
             Ok(s) => s,
             Err(e) => {
@@ -815,7 +830,7 @@ impl App {
                     generation,
                     &format!("config no longer valid, nothing changed: {e}"),
                 );
-                tracing::error!("reload aborted: config no longer valid, nothing changed: {e}");
+                tracing::error!(app = %self.name(), "reload aborted: config no longer valid, nothing changed: {e}");
                 self.reply_all(waiters, &report);
                 self.finish_reload(report, now);
                 return;
@@ -828,10 +843,12 @@ impl App {
             self.reload_standing_by(settings, generation, waiters, now);
             return;
         }
-        let note = self.scaled.take().filter(|n| *n != new_n).map(|n| {
+        let scaled = self.scaled.take();
+        let note = scaled.filter(|n| *n != new_n).map(|n| {
             format!("instances back to {new_n} from the config file (`scale` had set {n})")
         });
-        self.settings = settings;
+        let previous = std::mem::replace(&mut self.settings, settings);
+        self.before_reload = Some((previous, self.generation, scaled));
         self.generation = generation;
         // New slots (scale up) take part in the reload as slots without an old worker.
         while self.slots.len() < new_n {
@@ -913,6 +930,7 @@ impl App {
         // Complete: retire slots beyond the new instance count.
         if let Some(Reloading::Rolling(reload)) = self.reloading.take() {
             let keep = reload.spec.instances;
+            self.before_reload = None;
             let (_, report, waiters) = reload.finish(None, now);
             self.retire_slots_beyond(keep, now);
             tracing::info!(
@@ -951,10 +969,21 @@ impl App {
             return;
         };
         tracing::error!(
+            app = %self.name(),
             generation = reload.generation,
             "reload aborted: {reason}; old workers keep serving"
         );
         let (starting, report, waiters) = reload.finish(Some(reason), now);
+        if let Some((settings, generation, scaled)) = self.before_reload.take() {
+            // Back to the last good config: what a crash restart, `restart` or `scale` starts
+            // from now on. Slots already replaced keep their new workers (no rollback); slots the
+            // reload added are retired.
+            let n = settings.spec.instances;
+            self.settings = settings;
+            self.generation = generation;
+            self.scaled = scaled;
+            self.retire_slots_beyond(n, now);
+        }
         for f in starting {
             // Not a slot's worker: it drains like any other (it may already take connections),
             // and its exit is expected.
@@ -1229,7 +1258,8 @@ impl App {
         }
         self.abort_reload("a restart was asked for".into(), now);
         self.cancel_recycle("a restart was asked for", now);
-        self.generation += 1;
+        self.last_generation += 1;
+        self.generation = self.last_generation;
         let generation = self.generation;
         tracing::warn!(app = %self.name(), generation, "restarting every worker");
         for i in 0..self.slots.len() {
@@ -1364,7 +1394,7 @@ impl App {
     }
 
     fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, why: &str) {
-        let report = self.aborted_report(self.generation + 1, why);
+        let report = self.aborted_report(self.last_generation + 1, why);
         self.reply_all(waiters, &report);
     }
 

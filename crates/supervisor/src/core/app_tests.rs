@@ -841,3 +841,62 @@ fn scaling_away_the_slot_gives_up_its_replacement() {
     assert_eq!(sim.ids(WorkerState::Ready), vec![old[0]]);
     assert!(sim.app(0).snapshot(sim.now).memory_recycling.is_none());
 }
+
+#[test]
+fn after_an_aborted_reload_restarts_and_scaling_use_the_last_good_config() {
+    let mut sim = ready(2);
+    let mut broken = settings(3, 1, 0);
+    Arc::make_mut(&mut broken.spec).program = "/bin/false".into();
+    sim.reload(1, broken);
+    let new = sim.ids(WorkerState::Starting)[0];
+    sim.exit(new, ExitStatus::Code(1));
+    assert_eq!(sim.reload_report(1).outcome, ReloadOutcome::Aborted);
+    assert_eq!(sim.reload_report(1).generation, 2);
+    let snapshot = sim.app(0).snapshot(sim.now);
+    assert_eq!(
+        snapshot.generation, 1,
+        "the serving generation, not the aborted one"
+    );
+    assert_eq!(
+        sim.ids(WorkerState::Ready).len(),
+        2,
+        "no slot of the aborted config"
+    );
+
+    // `restart` and `scale` start workers of the last good config, in a generation of their own.
+    sim.send(Event::Restart {
+        app: 0,
+        reply: Some(2),
+    });
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 3,
+        reply: Some(3),
+    });
+    let started: Vec<&Worker> = sim
+        .ids(WorkerState::Starting)
+        .into_iter()
+        .filter_map(|id| sim.core.worker(id))
+        .collect();
+    assert_eq!(started.len(), 3);
+    for w in started {
+        assert_eq!(
+            w.spec.program,
+            std::path::PathBuf::from("/bin/true"),
+            "{w:?}"
+        );
+        assert_eq!(
+            w.generation, 3,
+            "generation 2 was the aborted reload's: {w:?}"
+        );
+    }
+
+    // The next reload is generation 4: a number is never given out twice.
+    sim.ready_all(0);
+    sim.reload(4, settings(3, 1, 0));
+    for _ in 0..3 {
+        sim.ready_all(0);
+    }
+    assert_eq!(sim.reload_report(4).generation, 4);
+    assert_eq!(sim.reload_report(4).outcome, ReloadOutcome::Ok);
+}
