@@ -244,7 +244,7 @@ pub async fn run(
         control_socket = %config.control_socket.display(),
         apps = config.apps.len(),
         adopts_orphans = subreaper,
-        notify_socket = service.as_ref().map_or("", |n| n.target.as_str()),
+        notify_socket = service.as_ref().map(|n| n.target.as_str()),
         "supervisor started"
     );
     let mut shell = Shell::new(config, bound, runtime_dir, jobs, leases, lease_rx);

@@ -156,7 +156,13 @@ pub fn render(jobs: &[JobView]) -> String {
             .next_tick
             .map(|n| {
                 let secs = (n - Utc::now()).num_milliseconds() as f64 / 1000.0;
-                format!("{} (in {})", n.format("%H:%M:%S"), table::duration(secs))
+                // The time alone within a day; the date too beyond it.
+                let at = if secs < 86_400.0 {
+                    n.format("%H:%M:%S")
+                } else {
+                    n.format("%Y-%m-%d %H:%M:%S")
+                };
+                format!("{at} (in {})", table::duration(secs))
             })
             .unwrap_or_else(|| "-".into());
         let last = j
@@ -205,7 +211,7 @@ pub fn render_history(runs: &[RunRecord]) -> String {
             r.host.clone(),
             r.pid.to_string(),
             r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            r.started_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            r.started_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
             table::duration(r.duration_ms as f64 / 1000.0),
             r.error.clone().unwrap_or_default(),
         ]);

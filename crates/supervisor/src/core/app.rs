@@ -1261,7 +1261,7 @@ impl App {
         self.last_generation += 1;
         self.generation = self.last_generation;
         let generation = self.generation;
-        tracing::warn!(app = %self.name(), generation, "restarting every worker");
+        tracing::info!(app = %self.name(), generation, "restarting every worker");
         for i in 0..self.slots.len() {
             match self.slots[i].state {
                 SlotState::Serving(id) => self.drain(id, now),

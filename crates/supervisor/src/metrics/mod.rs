@@ -460,9 +460,9 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "config_job_ticks",
-            "Ticks of the [[job]] tables this supervisor scheduled, by result: run here, claimed \
-             by another supervisor, skipped for overlap, skipped because the lock backend was \
-             down (never run unguarded), missed.",
+            "Ticks of the [[job]] tables this supervisor scheduled, by result: run here (manual \
+             `jobs run` runs included), claimed by another supervisor, skipped for overlap, \
+             skipped because the lock backend was down (never run unguarded), missed.",
             None,
             Counter,
             &ticks,
