@@ -26,4 +26,5 @@ pub mod runtimes;
 pub mod singleton;
 pub mod sys;
 pub mod table;
+pub mod upgrade;
 pub mod worker;
