@@ -1,0 +1,167 @@
+//! In-place upgrade of the supervisor, end to end: under load, ten upgrades alternating between
+//! two copies of the binary keep the supervisor's pid and every worker's pid and fail no request;
+//! the upgraded supervisor still restarts a crashed worker and reloads; a preflight that fails
+//! leaves everything serving and `upgrade` exits 1 with the reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::{ConnMode, Load, Supervisor, bin, wait_for, workers};
+
+const DEMO2: &str = "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\nready_timeout = \"5s\"\n";
+
+/// A second copy of the supervisor binary, in the test's temp dir.
+fn second_copy(s: &Supervisor) -> PathBuf {
+    let copy = s.dir.path().join("supervisor-copy");
+    std::fs::copy(bin("supervisor"), &copy).unwrap();
+    copy
+}
+
+fn pids(s: &Supervisor) -> Vec<i32> {
+    s.ready_workers().unwrap().iter().map(|w| w.pid).collect()
+}
+
+fn upgrade_to(s: &Supervisor, binary: &Path) -> (bool, String) {
+    s.cli_text(&["upgrade", "--binary", &binary.display().to_string()])
+        .unwrap()
+}
+
+#[test]
+fn ten_upgrades_under_load_keep_every_pid_and_fail_no_request() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let copy = second_copy(&s);
+    let original = bin("supervisor");
+    let workers_before = pids(&s);
+    let load = Load::start(
+        s.addr().unwrap(),
+        "/",
+        3,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    wait_for(Duration::from_secs(10), "the first responses", || {
+        (load.ok_so_far() > 0).then_some(())
+    })
+    .unwrap();
+    for round in 0..10u64 {
+        let binary = if round % 2 == 0 { &copy } else { &original };
+        let (ok, text) = upgrade_to(&s, binary);
+        assert!(ok, "upgrade {round}: {text}\n{}", s.log_text());
+        assert!(text.contains("upgraded in place"), "{text}");
+        let v = s.status().unwrap();
+        assert_eq!(v["supervisor"]["pid"], s.pid(), "same pid: {v}");
+        assert_eq!(v["upgrades"]["count"], round + 1, "{v}");
+        assert!(v["upgrades"]["last_at_unix"].as_f64().is_some(), "{v}");
+        assert_eq!(v["binary"], binary.display().to_string(), "{v}");
+        assert!(!v["build"].as_str().unwrap_or("").is_empty(), "{v}");
+        assert_eq!(pids(&s), workers_before, "no worker restarted");
+    }
+    // SIGUSR2 does the same, to the binary it runs now (the original).
+    s.signal(libc::SIGUSR2);
+    wait_for(Duration::from_secs(20), "the SIGUSR2 upgrade", || {
+        let v = s.status().ok()?;
+        (v["upgrades"]["count"] == 11).then_some(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(
+        report.failed, 0,
+        "failed requests during upgrades: {:?}",
+        report.errors
+    );
+    assert!(report.ok > 100, "{report:?}");
+    assert_eq!(pids(&s), workers_before, "no worker restarted");
+    assert!(e2e::alive(s.pid()));
+
+    // The upgraded supervisor still watches its adopted workers: a SIGKILLed one is restarted.
+    // SAFETY: killing a worker this test's supervisor started.
+    unsafe { libc::kill(workers_before[0], libc::SIGKILL) };
+    let v = wait_for(
+        Duration::from_secs(20),
+        "the killed worker's restart",
+        || {
+            let v = s.status().ok()?;
+            let ws = workers(&v);
+            (ws.len() == 2
+                && ws.iter().all(|w| w.state == "ready")
+                && !ws.iter().any(|w| w.pid == workers_before[0]))
+            .then_some(v)
+        },
+    )
+    .unwrap();
+    let restarted = workers(&v).into_iter().find(|w| w.slot == 0).unwrap();
+    assert_eq!(restarted.restarts, 1, "{v}");
+    // ... and reloads.
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(ok && text.contains("generation 2: ok"), "{text}");
+    let after = s.ready_workers().unwrap();
+    assert!(after.iter().all(|w| w.generation == 2), "{after:?}");
+    let log = s.log_text();
+    assert_eq!(log.matches("supervisor upgraded in place").count(), 11);
+    assert!(log.contains("worker adopted"), "{log}");
+}
+
+#[test]
+fn a_failed_preflight_leaves_everything_serving() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let workers_before = pids(&s);
+    let load = Load::start(
+        s.addr().unwrap(),
+        "/",
+        2,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    let script = s.dir.path().join("broken-supervisor");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'broken build: cannot start' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, text) = upgrade_to(&s, &script);
+    assert!(!ok, "upgrade must exit 1: {text}");
+    assert!(
+        text.contains("upgrade failed") && text.contains("broken build: cannot start"),
+        "{text}"
+    );
+    assert!(text.contains("exit status: 1"), "{text}");
+
+    let not_executable = s.dir.path().join("not-executable");
+    std::fs::copy(bin("supervisor"), &not_executable).unwrap();
+    std::fs::set_permissions(
+        &not_executable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (ok, text) = upgrade_to(&s, &not_executable);
+    assert!(!ok, "upgrade must exit 1: {text}");
+    assert!(text.contains("Permission denied"), "{text}");
+
+    let missing = s.dir.path().join("no-such-binary");
+    let (ok, text) = upgrade_to(&s, &missing);
+    assert!(!ok && text.contains("No such file"), "{text}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let v = s.status().unwrap();
+    assert_eq!(v["supervisor"]["pid"], s.pid());
+    assert_eq!(v["upgrades"]["count"], 0, "{v}");
+    assert!(
+        v["upgrades"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-binary")),
+        "{v}"
+    );
+    assert_eq!(pids(&s), workers_before);
+    for pid in workers_before.iter().map(|p| p.to_string()) {
+        assert!(report.by_pid.contains_key(&pid), "{:?}", report.by_pid);
+    }
+    // It still upgrades once a good binary is given.
+    let copy = second_copy(&s);
+    let (ok, text) = upgrade_to(&s, &copy);
+    assert!(ok, "{text}");
+    assert_eq!(pids(&s), workers_before);
+}
