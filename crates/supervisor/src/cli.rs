@@ -1,4 +1,4 @@
-//! Command line: `start | check | status | reload | restart | scale | stop | jobs` (clap), and
+//! Command line: `start | check | status | reload | restart | scale | stop | jobs | upgrade` (clap), and
 //! how each command prints its result (tables for people, `--json` for scripts) and picks its
 //! exit code.
 

@@ -442,4 +442,21 @@ mod tests {
         let back = read_state_fd(raw).unwrap();
         assert_eq!(back.upgrades, 2);
     }
+
+    #[test]
+    fn a_failed_execve_restores_close_on_exec_and_returns() {
+        let fd = write_memfd("{}").unwrap();
+        set_cloexec(fd.as_raw_fd(), true).unwrap();
+        let e = exec(
+            Path::new("/nonexistent/supervisor"),
+            &["start".into()],
+            &[fd.as_raw_fd()],
+        );
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        // SAFETY: F_GETFD on our own fd.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "close-on-exec again");
+        let e = exec(Path::new("/bin/true"), &[], &[-1]);
+        assert!(e.to_string().contains("fd -1"), "{e}");
+    }
 }
