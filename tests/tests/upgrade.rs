@@ -165,3 +165,54 @@ fn a_failed_preflight_leaves_everything_serving() {
     assert!(ok, "{text}");
     assert_eq!(pids(&s), workers_before);
 }
+
+#[test]
+fn an_upgrade_waits_for_a_running_job_command_and_a_fresh_scheduler_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs");
+    let body = format!(
+        "[[app]]\nname = \"web\"\ncommand = \"{{demo}}\"\ninstances = 1\nenv = {{ DEMO_JOBS = \"off\" }}\n\n\
+         [[job]]\nname = \"slow\"\nschedule = \"*/2 * * * * *\"\n\
+         command = [\"sh\", \"-c\", \"echo start >> {f}; sleep 1.2; echo end >> {f}\"]\n",
+        f = file.display()
+    );
+    let s = Supervisor::start(&body, 1).unwrap();
+    let worker = pids(&s);
+    let count = |what: &str| {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == what)
+            .count()
+    };
+    // Ask while a run is under way: the upgrade waits for it to end.
+    wait_for(Duration::from_secs(10), "a run under way", || {
+        (count("start") > count("end")).then_some(())
+    })
+    .unwrap();
+    let copy = second_copy(&s);
+    let (ok, text) = upgrade_to(&s, &copy);
+    assert!(ok, "{text}\n{}", s.log_text());
+    let log = s.log_text();
+    assert!(
+        log.contains("upgrade waits: a [[job]] command is running"),
+        "{log}"
+    );
+    // In the log: the wait, then the command's exit, then the exec.
+    let waits = log
+        .find("upgrade waits: a [[job]] command is running")
+        .unwrap();
+    let exec = log.find("upgrading in place: exec").unwrap();
+    let exited = log[waits..].find("exited: exit code 0").map(|p| waits + p);
+    assert!(
+        exited.is_some_and(|e| e < exec),
+        "the run ended before the exec: {log}"
+    );
+    let runs = count("end");
+    assert_eq!(pids(&s), worker);
+    // The new binary's scheduler runs the next ticks.
+    wait_for(Duration::from_secs(10), "a tick after the upgrade", || {
+        (count("end") > runs).then_some(())
+    })
+    .unwrap();
+}
