@@ -636,6 +636,7 @@ impl Shell {
             .checked_sub(up_for)
             .unwrap_or(self.started);
         self.started_unix = state.started_unix;
+        self.metrics = state.metrics.clone();
         self.upgrades = UpgradeInfo {
             count: state.upgrades,
             last_at_unix: Some(state.upgraded_at_unix),
@@ -853,6 +854,7 @@ impl Shell {
                 .collect(),
             core: self.core.export(now),
             workers,
+            metrics: self.metrics.clone(),
         };
         let memfd = match upgrade::write_memfd(&state.to_json()) {
             Ok(fd) => fd,

@@ -132,6 +132,9 @@ pub struct HandoverState {
     pub core: Vec<AdoptedApp>,
     /// Every worker's descriptors.
     pub workers: Vec<WorkerFds>,
+    /// What the metrics accumulated (reload counters and durations).
+    #[serde(default)]
+    pub metrics: crate::metrics::Registry,
 }
 
 /// The handover state cannot be used.
@@ -395,6 +398,7 @@ mod tests {
                 stdout: Some(11),
                 stderr: None,
             }],
+            metrics: Default::default(),
         }
     }
 
