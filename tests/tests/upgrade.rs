@@ -216,3 +216,44 @@ fn an_upgrade_waits_for_a_running_job_command_and_a_fresh_scheduler_takes_over()
     })
     .unwrap();
 }
+
+#[test]
+fn a_draining_worker_is_handed_over_and_killed_at_its_deadline_by_the_new_binary() {
+    let body = "[[app]]\nname = \"stubborn\"\ncommand = \"/bin/sh\"\n\
+                args = [\"-c\", \"trap '' TERM; while true; do sleep 0.1; done\"]\n\
+                readiness = \"exec\"\ninstances = 1\nkill_timeout = \"3s\"\n";
+    let s = Supervisor::start(body, 1).unwrap();
+    let old = pids(&s)[0];
+    let reloaded = std::time::Instant::now();
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(ok, "{text}");
+    // The old worker ignores SIGTERM: it drains until its kill timeout.
+    let copy = second_copy(&s);
+    let (ok, text) = upgrade_to(&s, &copy);
+    assert!(ok, "{text}\n{}", s.log_text());
+    assert!(
+        reloaded.elapsed() < Duration::from_millis(2500),
+        "the upgrade did not wait for the drain"
+    );
+    let v = s.status().unwrap();
+    let ws = workers(&v);
+    assert!(
+        ws.iter().any(|w| w.pid == old && w.state == "draining"),
+        "the draining worker was handed over: {v}"
+    );
+    wait_for(Duration::from_secs(10), "the kill at the deadline", || {
+        let v = s.status().ok()?;
+        (!workers(&v).iter().any(|w| w.pid == old)).then_some(())
+    })
+    .unwrap();
+    let took = reloaded.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "killed {took:?} after the reload (kill_timeout 3s)"
+    );
+    assert!(!e2e::alive(old));
+    assert!(
+        s.log_text()
+            .contains("after SIGTERM (kill_timeout): SIGKILL")
+    );
+}

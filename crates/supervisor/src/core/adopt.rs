@@ -32,6 +32,9 @@ pub struct AdoptedApp {
     pub scaled: Option<usize>,
     /// Every slot, in order.
     pub slots: Vec<AdoptedSlot>,
+    /// Workers draining (told to stop; no slot's any more), with their kill deadlines.
+    #[serde(default)]
+    pub draining: Vec<AdoptedWorker>,
 }
 
 /// One slot, as handed over.
@@ -62,8 +65,14 @@ pub struct AdoptedWorker {
     pub generation: u64,
     /// Its pid.
     pub pid: i32,
-    /// Starting or ready (an upgrade waits for draining workers to be gone).
+    /// Its slot.
+    #[serde(default)]
+    pub slot: usize,
+    /// Starting, ready or draining.
     pub state: WorkerState,
+    /// A draining worker's process group is killed after this delay (its kill timeout left).
+    #[serde(default)]
+    pub kill_in: Option<Duration>,
     /// How long it has been running.
     pub age: Duration,
     /// Its last `STATUS=` text.

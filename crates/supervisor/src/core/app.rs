@@ -1414,12 +1414,15 @@ impl App {
                 "app {name} is a cluster singleton whose lease this host holds (an upgrade does not hand leases over: upgrade while it stands by, or stop it)"
             ));
         }
+        // A starting worker is handed over with its ready deadline, a draining one with its
+        // kill deadline; one starting for anything but its slot's crash restart is part of an
+        // operation refused above.
         if let Some(w) = self
             .workers
             .values()
-            .find(|w| w.state != WorkerState::Ready)
+            .find(|w| w.state == WorkerState::Starting && self.slot_worker(w.slot) != Some(w.id))
         {
-            return Some(format!("worker {} is {}", w.name, w.state));
+            return Some(format!("worker {} is starting", w.name));
         }
         if let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Idle) {
             return Some(format!("slot {i} of app {name} has no worker"));
@@ -1434,14 +1437,7 @@ impl App {
             .iter()
             .map(|s| {
                 let worker = match s.state {
-                    SlotState::Serving(id) => self.workers.get(&id).map(|w| AdoptedWorker {
-                        id,
-                        generation: w.generation,
-                        pid: w.pid.unwrap_or(0),
-                        state: w.state,
-                        age: now.saturating_duration_since(w.started_at),
-                        status_text: w.status_text.clone(),
-                    }),
+                    SlotState::Serving(id) => self.workers.get(&id).map(|w| adopted(w, now)),
                     _ => None,
                 };
                 AdoptedSlot {
@@ -1472,6 +1468,12 @@ impl App {
             last_reload: self.last_reload.clone(),
             scaled: self.scaled,
             slots,
+            draining: self
+                .workers
+                .values()
+                .filter(|w| w.state == WorkerState::Draining)
+                .map(|w| adopted(w, now))
+                .collect(),
         }
     }
 
@@ -1538,7 +1540,45 @@ impl App {
             }
             app.slots.push(slot);
         }
+        for w in state.draining {
+            let started_at = now.checked_sub(w.age).unwrap_or(now);
+            let kill_at = now + w.kill_in.unwrap_or_default();
+            app.out.push(Action::Arm {
+                timer: TimerKey::Kill(w.id),
+                at: kill_at,
+            });
+            app.workers.insert(
+                w.id,
+                Worker {
+                    id: w.id,
+                    slot: w.slot,
+                    generation: w.generation,
+                    name: format!("{}.{}", spec.name, w.slot),
+                    pid: Some(w.pid),
+                    state: WorkerState::Draining,
+                    started_at,
+                    status_text: w.status_text,
+                    spec: spec.clone(),
+                    over_memory: None,
+                    kill_at: Some(kill_at),
+                },
+            );
+        }
         app
+    }
+}
+
+/// A worker as handed over at `now`.
+fn adopted(w: &Worker, now: Instant) -> AdoptedWorker {
+    AdoptedWorker {
+        id: w.id,
+        generation: w.generation,
+        pid: w.pid.unwrap_or(0),
+        slot: w.slot,
+        state: w.state,
+        kill_in: w.kill_at.map(|at| at.saturating_duration_since(now)),
+        age: now.saturating_duration_since(w.started_at),
+        status_text: w.status_text.clone(),
     }
 }
 

@@ -528,3 +528,63 @@ fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
             .all(|(_, id)| !before.iter().any(|b| b.0 == *id))
     );
 }
+
+#[test]
+fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
+    let mut sim = three_apps_ready();
+    // web's reload ends with its old workers still draining.
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(1),
+    });
+    for _ in 0..4 {
+        sim.ready_all(1);
+    }
+    assert_eq!(sim.workers(1, WorkerState::Draining).len(), 2);
+    // jobs' worker crashed and its replacement is starting.
+    let crashed = sim.workers(2, WorkerState::Ready)[0];
+    sim.exit(crashed, ExitStatus::Code(1));
+    sim.advance(Duration::from_secs(2));
+    let starting = sim.workers(2, WorkerState::Starting);
+    assert_eq!(starting.len(), 1);
+    assert_eq!(
+        sim.core.not_upgradable(),
+        None,
+        "{:?}",
+        sim.core.not_upgradable()
+    );
+    let draining: Vec<(WorkerId, Instant)> = sim
+        .workers(1, WorkerState::Draining)
+        .into_iter()
+        .map(|id| (id, sim.timers[&TimerKey::Kill(id)]))
+        .collect();
+    let ready_at = sim.timers[&TimerKey::Ready(starting[0])];
+    let exported = sim.core.export(sim.now);
+
+    let shift = Duration::from_secs(100);
+    let now = sim.now + shift;
+    let (core, actions) = Supervisor::adopt(
+        vec![
+            (settings("db", 1), vec![]),
+            (settings("web", 2), vec![0]),
+            (settings("jobs", 1), vec![]),
+        ],
+        serde_json::from_str(&serde_json::to_string(&exported).unwrap()).unwrap(),
+        now,
+    );
+    let armed = |key: TimerKey| {
+        actions.iter().find_map(|a| match a {
+            Action::Arm { timer, at } if *timer == key => Some(*at),
+            _ => None,
+        })
+    };
+    for (id, at) in &draining {
+        assert_eq!(armed(TimerKey::Kill(*id)), Some(*at + shift));
+        assert_eq!(core.worker(*id).unwrap().state, WorkerState::Draining);
+    }
+    assert_eq!(armed(TimerKey::Ready(starting[0])), Some(ready_at + shift));
+    assert_eq!(
+        core.worker(starting[0]).unwrap().state,
+        WorkerState::Starting
+    );
+}
