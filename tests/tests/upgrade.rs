@@ -257,3 +257,21 @@ fn a_draining_worker_is_handed_over_and_killed_at_its_deadline_by_the_new_binary
             .contains("after SIGTERM (kill_timeout): SIGKILL")
     );
 }
+
+#[test]
+fn an_upgrade_is_refused_while_this_host_holds_a_singleton_lease() {
+    let body = "[[app]]\nname = \"once\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 60\"]\n\
+                readiness = \"exec\"\ninstances = 1\nscope = \"cluster\"\nlease_ttl = \"2s\"\n\n\
+                [cron]\nstate_dir = \"cron-state\"\n";
+    let s = Supervisor::start(body, 1).unwrap();
+    let worker = pids(&s);
+    let copy = second_copy(&s);
+    let (ok, text) = upgrade_to(&s, &copy);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cluster singleton whose lease this host holds"),
+        "{text}"
+    );
+    assert_eq!(pids(&s), worker);
+    assert_eq!(s.status().unwrap()["upgrades"]["count"], 0);
+}

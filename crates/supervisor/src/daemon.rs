@@ -747,6 +747,13 @@ impl Shell {
             self.upgrade_failed("the supervisor is stopping".into());
             return false;
         }
+        if let Some(app) = self.core.lease_held() {
+            let why = format!(
+                "app {app} is a cluster singleton whose lease this host holds (an upgrade does not hand leases over: upgrade while it stands by, or stop it)"
+            );
+            self.upgrade_failed(why);
+            return false;
+        }
         if u.preflight_running {
             return false;
         }

@@ -1409,7 +1409,7 @@ impl App {
         if self.recycling.is_some() {
             return Some(format!("app {name} is replacing a worker for its memory"));
         }
-        if self.lease.as_ref().is_some_and(|l| l.token.is_some()) {
+        if self.holds_lease() {
             return Some(format!(
                 "app {name} is a cluster singleton whose lease this host holds (an upgrade does not hand leases over: upgrade while it stands by, or stop it)"
             ));
@@ -1428,6 +1428,11 @@ impl App {
             return Some(format!("slot {i} of app {name} has no worker"));
         }
         None
+    }
+
+    /// Whether this host holds the app's cluster singleton lease.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.token.is_some())
     }
 
     /// The app as handed over at `now` (call when [`App::not_upgradable`] is `None`).

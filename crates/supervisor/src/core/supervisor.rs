@@ -95,6 +95,12 @@ impl Supervisor {
         self.apps.iter().find_map(App::not_upgradable)
     }
 
+    /// A cluster singleton whose lease this host holds, if any: an upgrade does not wait for
+    /// that to change.
+    pub fn lease_held(&self) -> Option<&str> {
+        self.apps.iter().find(|a| a.holds_lease()).map(App::name)
+    }
+
     /// Every app as handed over at `now` (see [`App::export`]).
     pub fn export(&self, now: Instant) -> Vec<AdoptedApp> {
         self.apps.iter().map(|a| a.export(now)).collect()
