@@ -159,8 +159,20 @@ fn a_failed_preflight_leaves_everything_serving() {
     for pid in workers_before.iter().map(|p| p.to_string()) {
         assert!(report.by_pid.contains_key(&pid), "{:?}", report.by_pid);
     }
-    // It still upgrades once a good binary is given.
+    // The new binary reads the file again: it must still hold the same apps.
     let copy = second_copy(&s);
+    s.rewrite(&format!(
+        "{DEMO2}\n[[app]]\nname = \"extra\"\ncommand = \"{{demo}}\"\ninstances = 1\n"
+    ))
+    .unwrap();
+    let (ok, text) = upgrade_to(&s, &copy);
+    assert!(
+        !ok && text.contains("adding or removing apps needs a restart"),
+        "{text}"
+    );
+    s.rewrite(DEMO2).unwrap();
+    assert_eq!(pids(&s), workers_before);
+    // It still upgrades once a good binary is given.
     let (ok, text) = upgrade_to(&s, &copy);
     assert!(ok, "{text}");
     assert_eq!(pids(&s), workers_before);

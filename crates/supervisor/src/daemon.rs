@@ -805,6 +805,14 @@ impl Shell {
                         names(&fresh)
                     ));
                 }
+                if fresh.control_socket != self.config.control_socket {
+                    return self.upgrade_failed(format!(
+                        "supervisor.control_socket changed in {} ({} -> {}): that needs a restart",
+                        self.config.path.display(),
+                        self.config.control_socket.display(),
+                        fresh.control_socket.display()
+                    ));
+                }
             }
         }
         tracing::info!(binary = %u.binary.display(), "upgrade preflight passed: {said}");
