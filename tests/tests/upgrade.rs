@@ -23,6 +23,25 @@ fn pids(s: &Supervisor) -> Vec<i32> {
     s.ready_workers().unwrap().iter().map(|w| w.pid).collect()
 }
 
+/// The descriptors of `pid` without close-on-exec (`O_CLOEXEC` in `/proc/PID/fdinfo`).
+fn inheritable_fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())?;
+            (flags & libc::O_CLOEXEC as u32 == 0).then_some(fd)
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
 fn upgrade_to(s: &Supervisor, binary: &Path) -> (bool, String) {
     s.cli_text(&["upgrade", "--binary", &binary.display().to_string()])
         .unwrap()
@@ -286,4 +305,39 @@ fn an_upgrade_is_refused_while_this_host_holds_a_singleton_lease() {
     );
     assert_eq!(pids(&s), worker);
     assert_eq!(s.status().unwrap()["upgrades"]["count"], 0);
+}
+
+#[test]
+fn a_failed_execve_keeps_the_old_binary_running() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let workers_before = pids(&s);
+    // Passes the preflight, then is gone when the supervisor execs it.
+    let vanishing = s.dir.path().join("vanishing-supervisor");
+    std::fs::write(
+        &vanishing,
+        "#!/bin/sh\n[ \"$1\" = upgrade-preflight ] && rm -f \"$0\" && echo fine && exit 0\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &vanishing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let inheritable = inheritable_fds(s.pid());
+    let (ok, text) = upgrade_to(&s, &vanishing);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("execve") && text.contains("No such file"),
+        "{text}"
+    );
+    let v = s.status().unwrap();
+    assert_eq!(v["supervisor"]["pid"], s.pid());
+    assert_eq!(v["upgrades"]["count"], 0);
+    assert_eq!(pids(&s), workers_before);
+    // Still serving, and every descriptor handed over is close-on-exec again.
+    assert_eq!(e2e::get(s.addr().unwrap(), "/").unwrap().0, 200);
+    assert_eq!(inheritable_fds(s.pid()), inheritable);
+    let (ok, text) = upgrade_to(&s, &second_copy(&s));
+    assert!(ok, "{text}");
+    assert_eq!(pids(&s), workers_before);
 }
