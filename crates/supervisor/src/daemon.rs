@@ -735,6 +735,9 @@ impl Shell {
 
     /// The next step of a pending upgrade; `true` when it is time to exec.
     fn advance_upgrade(&mut self) -> bool {
+        if self.upgrade.is_none() {
+            return false;
+        }
         let blocker = self.upgrade_blocker();
         let stopping = matches!(
             self.core.phase(),
