@@ -261,9 +261,47 @@ pub fn exec(binary: &Path, args: &[String], fds: &[RawFd]) -> std::io::Error {
         }
         cleared.push(fd);
     }
+    // std's exec resets SIGPIPE to its default and empties the signal mask before execve, as
+    // for a child: after a failed execve this process must ignore SIGPIPE again (a write to a
+    // control client that went away would kill it), with the mask it had.
+    let saved = SignalState::save();
     let e = std::process::Command::new(binary).args(args).exec();
+    if let Some(saved) = saved {
+        saved.restore();
+    }
     restore(&cleared);
     e
+}
+
+/// The SIGPIPE disposition and the signal mask of the calling thread.
+struct SignalState {
+    sigpipe: libc::sigaction,
+    mask: libc::sigset_t,
+}
+
+impl SignalState {
+    fn save() -> Option<SignalState> {
+        // SAFETY: sigaction and pthread_sigmask with null new values only read the current
+        // state into the zeroed out-parameters.
+        unsafe {
+            let mut sigpipe: libc::sigaction = std::mem::zeroed();
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut sigpipe) != 0
+                || libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask) != 0
+            {
+                return None;
+            }
+            Some(SignalState { sigpipe, mask })
+        }
+    }
+
+    fn restore(&self) {
+        // SAFETY: sets back exactly what `save` read.
+        unsafe {
+            libc::sigaction(libc::SIGPIPE, &self.sigpipe, std::ptr::null_mut());
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
+        }
+    }
 }
 
 fn restore(fds: &[RawFd]) {
@@ -463,6 +501,17 @@ mod tests {
         // SAFETY: F_GETFD on our own fd.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0, "close-on-exec again");
+        // SAFETY: reading the SIGPIPE disposition into a zeroed out-parameter.
+        let sigpipe = unsafe {
+            let mut a: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut a);
+            a.sa_sigaction
+        };
+        assert_eq!(
+            sigpipe,
+            libc::SIG_IGN,
+            "SIGPIPE ignored again, as Rust set it"
+        );
         let e = exec(Path::new("/bin/true"), &[], &[-1]);
         assert!(e.to_string().contains("fd -1"), "{e}");
     }
