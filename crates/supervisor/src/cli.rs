@@ -1,4 +1,4 @@
-//! Command line: `start | check | status | reload | restart | scale | stop | jobs` (clap), and
+//! Command line: `start | check | status | reload | restart | scale | stop | jobs | upgrade` (clap), and
 //! how each command prints its result (tables for people, `--json` for scripts) and picks its
 //! exit code.
 
@@ -64,6 +64,9 @@ pub enum Cmd {
         /// Log format of the supervisor's own lines and of the workers' forwarded output.
         #[arg(long, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Take over from the previous binary of an in-place upgrade (its state memfd).
+        #[arg(long, hide = true)]
+        resume_fd: Option<i32>,
     },
     /// Validate the config file, try what `start` would bind, and print what it would run.
     Check {
@@ -141,6 +144,31 @@ pub enum Cmd {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Replace the running supervisor's binary in place (like `kill -USR2`): same pid, same
+    /// sockets, every worker kept. The new binary is tried first (`upgrade-preflight`); any
+    /// failure leaves the supervisor as it was and exits 1 with the reason.
+    Upgrade {
+        /// The new binary (default: the path the supervisor was started from, read again).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON (the status after the upgrade).
+        #[arg(long)]
+        json: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Run by an upgrading supervisor on the new binary before it execs it: checks that this
+    /// binary starts, parses the config and reads the state version; exits 0 if so.
+    #[command(hide = true)]
+    UpgradePreflight {
+        /// The handover state's format version.
+        #[arg(long)]
+        state_version: u32,
+    },
     /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
     Jobs {
         /// Print JSON.
@@ -181,6 +209,14 @@ pub enum JobsCmd {
 /// Deadline for one backend call of `status`/`jobs`.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Parses the command line; `--version` shows the build too.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let version: &'static str = Box::leak(crate::upgrade::version_line().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Installs the process's signal handlers and returns what they ask of the daemon (from `main`).
 pub type SignalInstaller = fn() -> std::io::Result<mpsc::Receiver<Command>>;
 
@@ -192,10 +228,32 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         .context("cannot build the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Start { .. } => {
+            Cmd::Start {
+                log_format,
+                resume_fd,
+            } => {
                 let config = Config::load(&cli.config)?;
                 let commands = signals().context("cannot install signal handlers")?;
-                daemon::run(config, commands).await?;
+                let options = daemon::RunOptions {
+                    resume_fd,
+                    log_format: match log_format {
+                        LogFormat::Text => "text".into(),
+                        LogFormat::Json => "json".into(),
+                    },
+                };
+                daemon::run(config, commands, options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Upgrade {
+                binary,
+                target,
+                json,
+                timeout,
+            } => upgrade_cmd(&socket(&cli.config, &target)?, binary, json, timeout).await,
+            Cmd::UpgradePreflight { state_version } => {
+                Config::load(&cli.config)?;
+                crate::upgrade::check_version(state_version)?;
+                println!("supervisor {}", crate::upgrade::version_line());
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Check { json } => check(&cli.config, json),
@@ -547,6 +605,80 @@ fn print_answer(answer: &Response, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The supervisor's status report, from its control socket.
+async fn status_report(socket: &Path) -> Result<StatusReport> {
+    match client::request(
+        socket,
+        Request::Status { app: None },
+        Duration::from_secs(10),
+    )
+    .await?
+    {
+        Response::Status(report) => Ok(*report),
+        Response::Error { message } => bail!("status refused: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `supervisor upgrade`: asks for the upgrade; an error answer means it was refused or failed
+/// and the old binary runs on. When the connection ends without an answer, the old image is
+/// gone (`execve`): the new one must answer `status` with one more upgrade.
+async fn upgrade_cmd(
+    socket: &Path,
+    binary: Option<PathBuf>,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    let before = status_report(socket).await?;
+    let binary = binary.map(std::path::absolute).transpose()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    match client::request(socket, Request::Upgrade { binary }, timeout).await {
+        Ok(Response::Error { message }) => bail!("upgrade failed: {message}"),
+        Ok(other) => bail!("unexpected answer: {other:?}"),
+        // The connection ended with the old process image.
+        Err(client::ClientError::NoAnswer(_) | client::ClientError::Io { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let after = loop {
+        if let Ok(r) = status_report(socket).await {
+            if r.upgrades.count > before.upgrades.count {
+                break r;
+            }
+            if r.upgrades.last_error.is_some()
+                && r.upgrades.last_error != before.upgrades.last_error
+            {
+                bail!(
+                    "upgrade failed: {}",
+                    r.upgrades.last_error.unwrap_or_default()
+                );
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the supervisor did not answer as upgraded within {}",
+                table::span(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&after)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let workers: usize = after.apps.iter().map(|a| a.workers.len()).sum();
+    println!(
+        "upgraded in place: pid {} (was {}), {} {} -> {} {} ({}), {workers} worker(s) kept",
+        after.supervisor.pid,
+        before.supervisor.pid,
+        before.version,
+        before.build,
+        after.version,
+        after.build,
+        after.binary
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(
     config: &Path,
     app: Option<String>,
@@ -654,6 +786,22 @@ pub fn render_status(r: &StatusReport) -> String {
         r.phase,
         r.config
     );
+    if !r.build.is_empty() {
+        out.push_str(&format!("build {}  binary {}\n", r.build, r.binary));
+    }
+    if let Some(at) = r.upgrades.last_at_unix {
+        let when = chrono::DateTime::from_timestamp(at as i64, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "upgraded in place {} time(s), last at {when} from {}\n",
+            r.upgrades.count,
+            r.upgrades.last_from.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(e) = &r.upgrades.last_error {
+        out.push_str(&format!("last upgrade attempt failed: {e}\n"));
+    }
     for app in &r.apps {
         out.push('\n');
         out.push_str(&render_app(app));

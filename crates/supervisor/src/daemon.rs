@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
     AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response,
-    SingletonStatus, SlotInfo, StatusReport, WorkerInfo,
+    SingletonStatus, SlotInfo, StatusReport, UpgradeInfo, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
@@ -35,6 +35,7 @@ use crate::singleton::LeaseTasks;
 use crate::sys::listeners::{self, BoundListener, ListenError};
 use crate::sys::procstat::{self, CpuMeter, GroupScan};
 use crate::sys::{reaper, sdnotify};
+use crate::upgrade;
 use crate::worker::{Process, StartArgs, WorkerEvent, WorkerId};
 
 /// What the outside world (signal handlers in `main`) asks of the daemon.
@@ -48,6 +49,17 @@ pub enum Command {
     FastStop,
     /// A child exited (`SIGCHLD`): reap the adopted orphans among them.
     ChildExited,
+    /// Upgrade in place to the binary the supervisor was started from (`SIGUSR2`).
+    Upgrade,
+}
+
+/// How `start` runs beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Take over from the previous binary: the memfd holding its [`upgrade::HandoverState`].
+    pub resume_fd: Option<i32>,
+    /// The `--log-format` to pass on to the next binary of an upgrade.
+    pub log_format: String,
 }
 
 /// The supervisor could not start.
@@ -86,6 +98,9 @@ pub enum StartupError {
         /// Why.
         cause: cronlock::Error,
     },
+    /// The state handed over by an upgrade cannot be used.
+    #[error("cannot take over from the previous binary: {0}")]
+    Resume(String),
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -150,6 +165,19 @@ fn remove_stale_runtime_dirs() {
     }
 }
 
+impl RuntimeDir {
+    /// The directory of the process that handed over (its notify sockets are in use): kept,
+    /// with the runtime files written again by this binary.
+    fn adopt(path: PathBuf) -> Result<RuntimeDir, StartupError> {
+        RuntimeFiles::install(&path)
+            .map(|files| RuntimeDir {
+                path: path.clone(),
+                files,
+            })
+            .map_err(|cause| StartupError::RuntimeDir { path, cause })
+    }
+}
+
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -161,8 +189,16 @@ impl Drop for RuntimeDir {
 pub async fn run(
     config: Config,
     mut commands: mpsc::Receiver<Command>,
+    options: RunOptions,
 ) -> Result<(), StartupError> {
-    server::check_free(&config.control_socket)?;
+    let resume = options
+        .resume_fd
+        .map(upgrade::read_state_fd)
+        .transpose()
+        .map_err(|e| StartupError::Resume(e.to_string()))?;
+    if resume.is_none() {
+        server::check_free(&config.control_socket)?;
+    }
     // Read once: the workers get their own NOTIFY_SOCKET, never this one.
     let service = match sdnotify::Notifier::from_env() {
         Some(Ok(n)) => Some(n),
@@ -174,27 +210,42 @@ pub async fn run(
         }
         None => None,
     };
-    let bound = config
-        .apps
-        .iter()
-        .map(|a| listeners::bind_all(&a.listeners))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|cause| StartupError::Listen {
-            path: config.path.clone(),
-            cause,
-        })?;
+    let bound = match &resume {
+        Some(state) => inherited_listeners(&config, state)?,
+        None => config
+            .apps
+            .iter()
+            .map(|a| listeners::bind_all(&a.listeners))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|cause| StartupError::Listen {
+                path: config.path.clone(),
+                cause,
+            })?,
+    };
     let listen_err = |cause| StartupError::Listen {
         path: config.path.clone(),
         cause,
     };
-    let metrics_listener = config
-        .metrics
-        .map(|addr| listeners::bind_own(METRICS_KEY, addr))
-        .transpose()
-        .map_err(listen_err)?;
+    let metrics_listener = match resume.as_ref().map(|s| s.metrics_fd) {
+        // SAFETY: the metrics listener the previous binary handed over; ours alone.
+        Some(Some(fd)) => Some(std::net::TcpListener::from(unsafe {
+            upgrade::inherited(fd)
+        })),
+        _ => config
+            .metrics
+            .map(|addr| listeners::bind_own(METRICS_KEY, addr))
+            .transpose()
+            .map_err(listen_err)?,
+    };
+    let metrics_fd = metrics_listener
+        .as_ref()
+        .map(std::os::fd::AsRawFd::as_raw_fd);
     let (lease_tx, lease_rx) = mpsc::unbounded_channel();
     let leases = start_lease_tasks(&config, lease_tx)?;
-    let runtime_dir = RuntimeDir::create()?;
+    let runtime_dir = match &resume {
+        Some(state) => RuntimeDir::adopt(state.runtime_dir.clone())?,
+        None => RuntimeDir::create()?,
+    };
     // Its own tasks: the event loop never waits on the cron backend.
     let jobs = ConfigJobs::start(
         &config.cron_url,
@@ -204,7 +255,14 @@ pub async fn run(
         path: config.path.clone(),
         cause,
     })?;
-    let mut control = ControlSocket::bind(&config.control_socket)?;
+    let mut control = match &resume {
+        // SAFETY: the control socket the previous binary handed over; ours alone.
+        Some(state) => ControlSocket::inherited(&config.control_socket, unsafe {
+            upgrade::inherited(state.control_fd)
+        })?,
+        None => ControlSocket::bind(&config.control_socket)?,
+    };
+    let control_fd = control.raw_fd().unwrap_or(-1);
     let (control_tx, control_rx) = mpsc::channel(64);
     control.serve(control_tx);
     let (snapshots_tx, snapshots_rx) = mpsc::channel(16);
@@ -240,17 +298,31 @@ pub async fn run(
     };
     tracing::info!(
         pid = std::process::id(),
-        version = env!("CARGO_PKG_VERSION"),
+        version = %upgrade::version_line(),
         control_socket = %config.control_socket.display(),
         apps = config.apps.len(),
         adopts_orphans = subreaper,
         notify_socket = service.as_ref().map(|n| n.target.as_str()),
-        "supervisor started"
+        "{}",
+        if resume.is_some() {
+            "supervisor upgraded in place"
+        } else {
+            "supervisor started"
+        }
     );
     let mut shell = Shell::new(config, bound, runtime_dir, jobs, leases, lease_rx);
     shell.service = service;
+    shell.handover = HandoverFds {
+        control: control_fd,
+        metrics: metrics_fd,
+        log_format: options.log_format,
+    };
+    let resumed = resume.is_some();
+    if let Some(state) = resume {
+        shell.adopt(state);
+    }
     let outcome = shell
-        .event_loop(&mut commands, control_rx, snapshots_rx)
+        .event_loop(&mut commands, control_rx, snapshots_rx, !resumed)
         .await;
     if let Some(task) = metrics_server {
         task.abort();
@@ -278,7 +350,11 @@ pub async fn run(
     // adopted would outlive it: killed and reaped now, once every worker and job is gone.
     let workers: Vec<i32> = shell.processes.values().map(|p| p.pid).collect();
     orphans::kill_all(
-        |pid| workers.contains(&pid) || crate::jobs::command::is_job_child(pid),
+        |pid| {
+            workers.contains(&pid)
+                || crate::jobs::command::is_job_child(pid)
+                || upgrade::is_preflight_child(pid)
+        },
         Duration::from_millis(2000),
     );
     control.flush(Duration::from_millis(500)).await;
@@ -290,6 +366,36 @@ pub async fn run(
         }
         Err(reason) => Err(StartupError::NoWorker(reason)),
     }
+}
+
+/// The listeners an upgrade handed over, for the apps of the config read again (by app name;
+/// an app must have the same name and place as before: preflight checked it).
+fn inherited_listeners(
+    config: &Config,
+    state: &upgrade::HandoverState,
+) -> Result<Vec<Vec<BoundListener>>, StartupError> {
+    config
+        .apps
+        .iter()
+        .map(|app| {
+            let fds = state
+                .apps
+                .iter()
+                .find(|a| a.name == app.name)
+                .ok_or_else(|| {
+                    StartupError::Resume(format!(
+                        "app {} was not handed over (adding apps needs a restart)",
+                        app.name
+                    ))
+                })?;
+            Ok(fds
+                .listeners
+                .iter()
+                // SAFETY: a listener the previous binary handed over; ours alone.
+                .map(|l| BoundListener::inherited(l, unsafe { upgrade::inherited(l.fd) }))
+                .collect())
+        })
+        .collect()
 }
 
 /// One lease task per cluster singleton, on the cron backend (Redis, or the local directory).
@@ -354,21 +460,27 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
 
 /// The core for a config: every app with the indices of the apps it is `after`.
 fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Supervisor {
-    Supervisor::new(
-        config
-            .apps
-            .iter()
-            .zip(listeners)
-            .map(|(a, l)| {
-                let after = a
-                    .after
-                    .iter()
-                    .filter_map(|name| config.apps.iter().position(|o| &o.name == name))
-                    .collect();
-                (app_settings(a, l), after)
-            })
-            .collect(),
-    )
+    Supervisor::new(core_apps(config, listeners))
+}
+
+/// Every app's settings with the indices of the apps it is `after`.
+fn core_apps(
+    config: &Config,
+    listeners: &[Vec<BoundListener>],
+) -> Vec<(AppSettings, Vec<AppIndex>)> {
+    config
+        .apps
+        .iter()
+        .zip(listeners)
+        .map(|(a, l)| {
+            let after = a
+                .after
+                .iter()
+                .filter_map(|name| config.apps.iter().position(|o| &o.name == name))
+                .collect();
+            (app_settings(a, l), after)
+        })
+        .collect()
 }
 
 /// Pending deadlines: one per key, ordered by time.
@@ -410,6 +522,29 @@ impl Deadlines {
     }
 }
 
+/// What the shell hands over in an upgrade besides its state.
+#[derive(Debug, Default)]
+struct HandoverFds {
+    control: std::os::fd::RawFd,
+    metrics: Option<std::os::fd::RawFd>,
+    log_format: String,
+}
+
+/// An upgrade asked for and not yet done or refused.
+#[derive(Debug)]
+struct PendingUpgrade {
+    binary: PathBuf,
+    reply: Option<oneshot::Sender<Response>>,
+    /// Given up (refused) after this, unless the preflight runs.
+    deadline: Instant,
+    /// The preflight child runs.
+    preflight_running: bool,
+    /// What the preflight said, once it passed.
+    preflight_ok: Option<String>,
+    /// Why it waits, as last logged.
+    waiting_for: Option<String>,
+}
+
 struct Shell {
     config: Config,
     /// Each app's listeners, in app order.
@@ -436,6 +571,13 @@ struct Shell {
     jobs: Option<ConfigJobs>,
     leases: LeaseTasks,
     lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    /// The binary this process runs (what an upgrade runs by default).
+    binary: PathBuf,
+    handover: HandoverFds,
+    upgrade: Option<PendingUpgrade>,
+    upgrades: UpgradeInfo,
+    preflight_tx: mpsc::UnboundedSender<Result<String, String>>,
+    preflight_rx: mpsc::UnboundedReceiver<Result<String, String>>,
 }
 
 impl Shell {
@@ -448,6 +590,7 @@ impl Shell {
         lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
     ) -> Shell {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (preflight_tx, preflight_rx) = mpsc::unbounded_channel();
         let core = supervisor_core(&config, &listeners);
         Shell {
             config,
@@ -472,7 +615,293 @@ impl Shell {
             jobs: Some(jobs),
             leases,
             lease_rx,
+            binary: upgrade::own_binary(),
+            handover: HandoverFds::default(),
+            upgrade: None,
+            upgrades: UpgradeInfo::default(),
+            preflight_tx,
+            preflight_rx,
         }
+    }
+
+    /// Takes over from the previous binary: its counters and start time, the core rebuilt
+    /// from the config read again plus the running workers, and each worker's watch tasks on
+    /// its inherited descriptors.
+    fn adopt(&mut self, state: upgrade::HandoverState) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let up_for = Duration::from_secs_f64((now_unix - state.started_unix).max(0.0));
+        self.started = std::time::Instant::now()
+            .checked_sub(up_for)
+            .unwrap_or(self.started);
+        self.started_unix = state.started_unix;
+        self.metrics = state.metrics.clone();
+        self.upgrades = UpgradeInfo {
+            count: state.upgrades,
+            last_at_unix: Some(state.upgraded_at_unix),
+            last_from: Some(state.from_version.clone()),
+            last_error: None,
+        };
+        let now = Instant::now();
+        let (core, actions) =
+            Supervisor::adopt(core_apps(&self.config, &self.listeners), state.core, now);
+        self.core = core;
+        let mut lost = Vec::new();
+        for fds in &state.workers {
+            let Some(w) = self.core.worker(fds.id) else {
+                continue;
+            };
+            let name = w.name.clone();
+            // SAFETY: these descriptors were handed over by the previous binary for this
+            // worker alone, and nothing else here took them.
+            match unsafe { Process::adopt(fds, &name, self.events_tx.clone()) } {
+                Ok(p) => {
+                    tracing::info!(worker = %name, pid = fds.pid, "worker adopted");
+                    self.processes.insert(fds.id, p);
+                }
+                Err(e) => {
+                    tracing::error!(worker = %name, pid = fds.pid, "cannot adopt worker ({e}): killing it");
+                    crate::sys::process::kill_group(fds.pid);
+                    lost.push(fds.id);
+                }
+            }
+        }
+        let mut queue = VecDeque::new();
+        for action in actions {
+            self.act(action, &mut queue);
+        }
+        while let Some(event) = queue.pop_front() {
+            self.feed(event);
+        }
+        for worker in lost {
+            self.feed(Event::Exited {
+                worker,
+                status: core::ExitStatus::Signal(libc::SIGKILL),
+            });
+        }
+    }
+
+    // ---- in-place upgrade ----
+
+    /// An upgrade is asked for (`supervisor upgrade`, `SIGUSR2`): it waits (bounded) for the
+    /// supervisor to settle, runs the preflight of the new binary, then execs it.
+    fn request_upgrade(
+        &mut self,
+        binary: Option<PathBuf>,
+        reply: Option<oneshot::Sender<Response>>,
+    ) {
+        if self.upgrade.is_some() {
+            if let Some(r) = reply {
+                let _ = r.send(Response::Error {
+                    message: "an upgrade is already under way".into(),
+                });
+            }
+            return;
+        }
+        let binary = binary.unwrap_or_else(|| self.binary.clone());
+        tracing::info!(binary = %binary.display(), "upgrade in place requested");
+        self.upgrade = Some(PendingUpgrade {
+            binary,
+            reply,
+            deadline: Instant::now() + upgrade::SETTLE_TIMEOUT,
+            preflight_running: false,
+            preflight_ok: None,
+            waiting_for: None,
+        });
+    }
+
+    /// Why the supervisor cannot be handed over right now, if it cannot.
+    fn upgrade_blocker(&self) -> Option<String> {
+        if let Some(why) = self.core.not_upgradable() {
+            return Some(why);
+        }
+        let jobs = crate::jobs::command::job_children();
+        if !jobs.is_empty() {
+            return Some(format!("a [[job]] command is running (pid {jobs:?})"));
+        }
+        None
+    }
+
+    /// The upgrade did not happen: the supervisor goes on as it was.
+    fn upgrade_failed(&mut self, reason: String) {
+        let Some(u) = self.upgrade.take() else { return };
+        tracing::warn!("upgrade refused: {reason}; going on with this binary");
+        self.upgrades.last_error = Some(reason.clone());
+        if let Some(r) = u.reply {
+            let _ = r.send(Response::Error { message: reason });
+        }
+    }
+
+    /// The next step of a pending upgrade; `true` when it is time to exec.
+    fn advance_upgrade(&mut self) -> bool {
+        if self.upgrade.is_none() {
+            return false;
+        }
+        let blocker = self.upgrade_blocker();
+        let stopping = matches!(
+            self.core.phase(),
+            core::Phase::Stopping | core::Phase::Stopped
+        );
+        let Some(u) = &mut self.upgrade else {
+            return false;
+        };
+        if stopping {
+            self.upgrade_failed("the supervisor is stopping".into());
+            return false;
+        }
+        if let Some(app) = self.core.lease_held() {
+            let why = format!(
+                "app {app} is a cluster singleton whose lease this host holds (an upgrade does not hand leases over: upgrade while it stands by, or stop it)"
+            );
+            self.upgrade_failed(why);
+            return false;
+        }
+        if u.preflight_running {
+            return false;
+        }
+        match blocker {
+            Some(why) => {
+                if Instant::now() >= u.deadline {
+                    let reason = format!(
+                        "the supervisor did not settle within {}: {why}",
+                        crate::table::span(upgrade::SETTLE_TIMEOUT)
+                    );
+                    self.upgrade_failed(reason);
+                } else if u.waiting_for.as_ref() != Some(&why) {
+                    tracing::info!("upgrade waits: {why}");
+                    u.waiting_for = Some(why);
+                }
+                false
+            }
+            None if u.preflight_ok.is_some() => true,
+            None => {
+                u.preflight_running = true;
+                let tx = self.preflight_tx.clone();
+                let (binary, config) = (u.binary.clone(), self.config.path.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(upgrade::preflight(binary, config).await);
+                });
+                false
+            }
+        }
+    }
+
+    /// The preflight child finished.
+    fn preflight_done(&mut self, outcome: Result<String, String>) {
+        let Some(u) = &mut self.upgrade else { return };
+        u.preflight_running = false;
+        let said = match outcome {
+            Ok(said) => said,
+            Err(why) => return self.upgrade_failed(why),
+        };
+        // The new process reads the file again: it must hold the same apps, in order.
+        match Config::load(&self.config.path) {
+            Err(e) => return self.upgrade_failed(format!("config: {e}")),
+            Ok(fresh) => {
+                let names = |c: &Config| c.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
+                if names(&fresh) != names(&self.config) {
+                    return self.upgrade_failed(format!(
+                        "the apps in {} changed ({:?} -> {:?}): adding or removing apps needs a restart",
+                        self.config.path.display(),
+                        names(&self.config),
+                        names(&fresh)
+                    ));
+                }
+                if fresh.control_socket != self.config.control_socket {
+                    return self.upgrade_failed(format!(
+                        "supervisor.control_socket changed in {} ({} -> {}): that needs a restart",
+                        self.config.path.display(),
+                        self.config.control_socket.display(),
+                        fresh.control_socket.display()
+                    ));
+                }
+            }
+        }
+        tracing::info!(binary = %u.binary.display(), "upgrade preflight passed: {said}");
+        u.preflight_ok = Some(said);
+        // A new deadline for settling again, if something started meanwhile.
+        u.deadline = Instant::now() + upgrade::SETTLE_TIMEOUT;
+    }
+
+    /// Serializes the state into a memfd and execs the new binary with every descriptor to
+    /// hand over; returns only if that failed (then everything stays as it was).
+    fn exec_upgrade(&mut self) {
+        let Some(binary) = self.upgrade.as_ref().map(|u| u.binary.clone()) else {
+            return;
+        };
+        if let Some(why) = self.upgrade_blocker() {
+            // Something started during the last yield: wait again.
+            if let Some(u) = &mut self.upgrade {
+                u.waiting_for = Some(why);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut workers = Vec::new();
+        for id in self.processes.keys() {
+            match self.processes[id].handover_fds(*id) {
+                Some(fds) => workers.push(fds),
+                None => {
+                    return self.upgrade_failed(format!(
+                        "worker {id}: its notify socket cannot be handed over"
+                    ));
+                }
+            }
+        }
+        let state = upgrade::HandoverState {
+            version: upgrade::STATE_VERSION,
+            upgrades: self.upgrades.count + 1,
+            upgraded_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            started_unix: self.started_unix,
+            from_version: upgrade::version_line(),
+            runtime_dir: self.runtime_dir.path.clone(),
+            control_fd: self.handover.control,
+            metrics_fd: self.handover.metrics,
+            apps: self
+                .config
+                .apps
+                .iter()
+                .zip(&self.listeners)
+                .map(|(a, ls)| upgrade::AppFds {
+                    name: a.name.clone(),
+                    listeners: ls.iter().map(BoundListener::handover).collect(),
+                })
+                .collect(),
+            core: self.core.export(now),
+            workers,
+            metrics: self.metrics.clone(),
+        };
+        let memfd = match upgrade::write_memfd(&state.to_json()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return self.upgrade_failed(format!("cannot write the state to a memfd: {e}"));
+            }
+        };
+        let memfd_raw = std::os::fd::AsRawFd::as_raw_fd(&memfd);
+        let mut fds = state.fds();
+        fds.push(memfd_raw);
+        let mut args = vec![
+            "start".to_string(),
+            "-c".to_string(),
+            self.config.path.display().to_string(),
+            "--resume-fd".to_string(),
+            memfd_raw.to_string(),
+        ];
+        if !self.handover.log_format.is_empty() {
+            args.extend(["--log-format".to_string(), self.handover.log_format.clone()]);
+        }
+        tracing::info!(
+            binary = %binary.display(),
+            workers = state.workers.len(),
+            fds = fds.len(),
+            "upgrading in place: exec"
+        );
+        let e = upgrade::exec(&binary, &args, &fds);
+        drop(memfd);
+        self.upgrade_failed(format!("execve {}: {e}", binary.display()));
     }
 
     async fn event_loop(
@@ -480,14 +909,34 @@ impl Shell {
         commands: &mut mpsc::Receiver<Command>,
         mut control: mpsc::Receiver<ControlRequest>,
         mut snapshots: mpsc::Receiver<SnapshotRequest>,
+        start: bool,
     ) -> Result<(), String> {
-        self.feed(Event::Start);
+        if start {
+            self.feed(Event::Start);
+        }
         loop {
             if let Some(outcome) = self.exit.take() {
                 return outcome;
             }
+            if self.advance_upgrade() {
+                // Let the connection tasks write the answers already given, then hand over.
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                self.exec_upgrade();
+                continue;
+            }
             let next = self.deadlines.next();
+            // While an upgrade waits for the supervisor to settle, look again every 50 ms
+            // (a [[job]] command ending sends no event).
+            let upgrade_check = self
+                .upgrade
+                .as_ref()
+                .filter(|u| !u.preflight_running)
+                .map(|_| Instant::now() + Duration::from_millis(50));
             tokio::select! {
+                Some(outcome) = self.preflight_rx.recv() => self.preflight_done(outcome),
+                () = sleep_until(upgrade_check) => {}
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload => self.feed(Event::Reload { app: None, reply: None }),
                     Command::Stop => {
@@ -499,6 +948,7 @@ impl Shell {
                         self.feed(Event::FastStop);
                     }
                     Command::ChildExited => self.sweep_orphans(None),
+                    Command::Upgrade => self.request_upgrade(None, None),
                 },
                 Some(req) = control.recv() => self.control(req),
                 Some(reply) = snapshots.recv() => {
@@ -609,6 +1059,7 @@ impl Shell {
             |pid| {
                 self.processes.values().any(|p| p.pid == pid)
                     || crate::jobs::command::is_job_child(pid)
+                    || upgrade::is_preflight_child(pid)
             },
             exited_group,
             false,
@@ -704,7 +1155,7 @@ impl Shell {
             Request::Restart { app: name } | Request::Scale { app: name, .. } => {
                 self.named_app(name).map(Some)
             }
-            Request::Stop => Ok(None),
+            Request::Stop | Request::Upgrade { .. } => Ok(None),
         };
         let target = match target {
             Ok(t) => t,
@@ -772,6 +1223,7 @@ impl Shell {
                     });
                 }
             }
+            Request::Upgrade { binary } => self.request_upgrade(binary, Some(req.reply)),
             Request::Stop => {
                 self.stop_jobs(false);
                 let reply = self.reply_to(req.reply);
@@ -966,6 +1418,9 @@ impl Shell {
         StatusReport {
             supervisor,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            build: upgrade::build_id(),
+            binary: self.binary.display().to_string(),
+            upgrades: self.upgrades.clone(),
             config: self.config.path.display().to_string(),
             phase: self.core.phase(),
             apps,

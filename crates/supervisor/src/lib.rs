@@ -10,7 +10,8 @@
 //! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
 //! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
 //! [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for
-//! `supervisor jobs`; [`metrics`] renders and serves the Prometheus metrics.
+//! `supervisor jobs`; [`metrics`] renders and serves the Prometheus metrics; [`upgrade`] hands
+//! the running supervisor over to a new binary in place (same pid, sockets and workers).
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -26,4 +27,5 @@ pub mod runtimes;
 pub mod singleton;
 pub mod sys;
 pub mod table;
+pub mod upgrade;
 pub mod worker;

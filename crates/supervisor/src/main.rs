@@ -3,15 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-use supervisor::cli::{Cli, Cmd, LogFormat};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use supervisor::cli::{Cmd, LogFormat};
 use supervisor::daemon::Command;
 use tokio::sync::mpsc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = supervisor::cli::parse();
     // Only the supervisor itself logs; a client command prints its answer and, on failure, the
     // error below (RUST_LOG=... still turns its logs on, for debugging).
     if !matches!(cli.command, Cmd::Start { .. }) {
@@ -22,7 +21,7 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     match cli.command {
-        Cmd::Start { log_format } => init_tracing(log_format, "info"),
+        Cmd::Start { log_format, .. } => init_tracing(log_format, "info"),
         _ if std::env::var_os("RUST_LOG").is_some() => init_tracing(LogFormat::Text, "off"),
         _ => {}
     }
@@ -55,11 +54,11 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// SIGHUP -> reload, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop), SIGCHLD ->
+/// SIGHUP -> reload, SIGUSR2 -> upgrade in place, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop), SIGCHLD ->
 /// reap adopted orphans (workers are watched through their pidfds, not through SIGCHLD). Called
 /// by `start` inside the runtime, before anything is bound or started.
 fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
-    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGCHLD])?;
+    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR2])?;
     let (tx, rx) = mpsc::channel(16);
     let forward = async move {
         let mut signals = signals;
@@ -68,6 +67,7 @@ fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
             let cmd = match sig {
                 SIGHUP => Command::Reload,
                 SIGCHLD => Command::ChildExited,
+                SIGUSR2 => Command::Upgrade,
                 SIGINT => {
                     interrupts += 1;
                     if interrupts > 1 {

@@ -96,6 +96,24 @@ impl Channels {
         })
     }
 
+    /// Takes over the bound datagram socket `fd` at `path` (handed over by an upgrade).
+    pub fn from_inherited(path: &Path, fd: OwnedFd) -> std::io::Result<Channels> {
+        let std_socket = std::os::unix::net::UnixDatagram::from(fd);
+        std_socket.set_nonblocking(true)?;
+        Ok(Channels {
+            socket: UnixDatagram::from_std(std_socket)?,
+            path: path.to_path_buf(),
+            pipe: None,
+            queued: Vec::new(),
+        })
+    }
+
+    /// A duplicate of the datagram socket (close-on-exec), kept for an upgrade's handover.
+    pub fn dup_socket(&self) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        self.socket.as_fd().try_clone_to_owned()
+    }
+
     /// Attaches the read end of the notification pipe once the child exists.
     pub fn attach_pipe(&mut self, fd: OwnedFd) -> std::io::Result<()> {
         self.pipe = Some(pipe::Receiver::from_owned_fd(fd)?);

@@ -40,6 +40,19 @@ pub struct Process {
     pidfd: Arc<OwnedFd>,
     tasks: Vec<JoinHandle<()>>,
     reaped: bool,
+    /// Duplicates of the descriptors its watch tasks read, for an upgrade's handover.
+    handover: Handover,
+}
+
+/// Duplicates (close-on-exec) of a worker's notify socket, `READY_FD` read end and output pipe
+/// read ends: the tasks own the originals, an upgrade hands these over.
+#[derive(Debug, Default)]
+struct Handover {
+    notify_path: std::path::PathBuf,
+    notify: Option<OwnedFd>,
+    ready: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
 }
 
 /// Everything needed to start a worker.
@@ -152,6 +165,13 @@ impl Process {
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
         })?;
         let pid = child.pid;
+        let handover = Handover {
+            notify_path: notify_path.clone(),
+            notify: channels.dup_socket().ok(),
+            ready: child.ready.try_clone().ok(),
+            stdout: child.stdout.try_clone().ok(),
+            stderr: child.stderr.try_clone().ok(),
+        };
         let span = tracing::info_span!("worker", id = %name, pid);
         // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
         tokio::spawn(forward_output(child.stdout).instrument(span.clone()));
@@ -182,6 +202,85 @@ impl Process {
             pidfd,
             tasks,
             reaped: false,
+            handover,
+        })
+    }
+
+    /// The descriptors an upgrade hands over for this worker (`None` if its notify socket
+    /// could not be duplicated at start).
+    pub fn handover_fds(&self, id: WorkerId) -> Option<crate::upgrade::WorkerFds> {
+        use std::os::fd::AsRawFd;
+        let h = &self.handover;
+        Some(crate::upgrade::WorkerFds {
+            id,
+            pid: self.pid,
+            pidfd: self.pidfd.as_raw_fd(),
+            notify: h.notify.as_ref()?.as_raw_fd(),
+            notify_path: h.notify_path.clone(),
+            ready: h.ready.as_ref().map(AsRawFd::as_raw_fd),
+            stdout: h.stdout.as_ref().map(AsRawFd::as_raw_fd),
+            stderr: h.stderr.as_ref().map(AsRawFd::as_raw_fd),
+        })
+    }
+
+    /// Takes over a running worker handed over by an upgrade: its descriptors (see
+    /// [`crate::upgrade::WorkerFds`]) and the same watch tasks as [`Process::start`].
+    ///
+    /// # Safety
+    /// Every descriptor in `fds` must be one the previous binary handed over, owned by nothing
+    /// else in this process.
+    pub unsafe fn adopt(
+        fds: &crate::upgrade::WorkerFds,
+        name: &str,
+        events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+    ) -> std::io::Result<Process> {
+        use crate::upgrade::inherited;
+        // SAFETY: the caller guarantees each descriptor is ours alone.
+        let take = |fd: Option<i32>| fd.map(|fd| unsafe { inherited(fd) });
+        // SAFETY: as above, the pidfd handed over for this worker alone.
+        let pidfd = Arc::new(unsafe { inherited(fds.pidfd) });
+        // SAFETY: as above, its notify socket.
+        let notify = unsafe { inherited(fds.notify) };
+        let (ready, stdout, stderr) = (take(fds.ready), take(fds.stdout), take(fds.stderr));
+        let (id, pid) = (fds.id, fds.pid);
+        let mut channels = Channels::from_inherited(&fds.notify_path, notify)?;
+        let handover = Handover {
+            notify_path: fds.notify_path.clone(),
+            notify: channels.dup_socket().ok(),
+            ready: ready.as_ref().and_then(|f| f.try_clone().ok()),
+            stdout: stdout.as_ref().and_then(|f| f.try_clone().ok()),
+            stderr: stderr.as_ref().and_then(|f| f.try_clone().ok()),
+        };
+        let span = tracing::info_span!("worker", id = %name, pid);
+        for out in [stdout, stderr].into_iter().flatten() {
+            tokio::spawn(forward_output(out).instrument(span.clone()));
+        }
+        if let Some(r) = ready
+            && let Err(e) = channels.attach_pipe(r)
+        {
+            tracing::warn!(worker = %name, "notification pipe unusable: {e}");
+        }
+        let mut tasks = Vec::with_capacity(2);
+        let notify_events = events.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = channels.next().await;
+                if notify_events.send((id, WorkerEvent::Notify(n))).is_err() {
+                    return;
+                }
+            }
+        }));
+        let watched = pidfd.clone();
+        tasks.push(tokio::spawn(async move {
+            let status = process::watch_exit(pid, watched).await;
+            let _ = events.send((id, WorkerEvent::Exited(status)));
+        }));
+        Ok(Process {
+            pid,
+            pidfd,
+            tasks,
+            reaped: false,
+            handover,
         })
     }
 

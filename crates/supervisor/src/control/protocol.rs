@@ -40,6 +40,14 @@ pub enum Request {
     },
     /// Stop every worker and exit; answered when everything is down.
     Stop,
+    /// Replace the supervisor's own binary in place (same pid, sockets and workers). Answered
+    /// with [`Response::Error`] when the upgrade is refused or fails before `execve`; on success
+    /// the connection ends with the old process image, and the new one answers `status`.
+    Upgrade {
+        /// The binary to run (default: the one the supervisor was started from).
+        #[serde(default)]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 /// The answer.
@@ -89,12 +97,34 @@ pub struct StatusReport {
     pub supervisor: ProcessInfo,
     /// The supervisor's version.
     pub version: String,
+    /// The build (git commit, or the binary's modification time).
+    #[serde(default)]
+    pub build: String,
+    /// The binary it runs.
+    #[serde(default)]
+    pub binary: String,
+    /// In-place upgrades so far, and the last one.
+    #[serde(default)]
+    pub upgrades: UpgradeInfo,
     /// Config file in use.
     pub config: String,
     /// Running or stopping.
     pub phase: crate::core::Phase,
     /// The apps, in file order.
     pub apps: Vec<AppStatus>,
+}
+
+/// In-place upgrades of the supervisor, for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpgradeInfo {
+    /// How many since the supervisor was started.
+    pub count: u64,
+    /// When the last one happened (Unix seconds).
+    pub last_at_unix: Option<f64>,
+    /// The version line of the binary the last one came from.
+    pub last_from: Option<String>,
+    /// Why the last attempt failed, if it did (the supervisor kept running).
+    pub last_error: Option<String>,
 }
 
 /// One app in `status`.

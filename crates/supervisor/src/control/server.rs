@@ -109,6 +109,28 @@ impl ControlSocket {
         })
     }
 
+    /// Takes over the listening control socket at `path` handed over by an upgrade.
+    pub fn inherited(path: &Path, fd: std::os::fd::OwnedFd) -> Result<ControlSocket, ControlError> {
+        let bind_err = |cause| ControlError::Bind {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(ControlSocket {
+            listener: Some(UnixListener::from_std(std_listener).map_err(bind_err)?),
+            path: path.to_path_buf(),
+            connections: TaskTracker::new(),
+        })
+    }
+
+    /// The listening socket's descriptor, for an upgrade's handover (before [`Self::serve`]:
+    /// the accepting task owns it from then on, for the life of the process).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
     /// Serves connections with the default [`Limits`] until the daemon's request channel closes.
     pub fn serve(&mut self, requests: mpsc::Sender<ControlRequest>) {
         self.serve_with(requests, Limits::default());

@@ -21,6 +21,7 @@
 //! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
 //! its slots (one worker each when serving) and the workers that are starting, serving or draining.
 
+pub mod adopt;
 pub mod app;
 pub mod reload;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
+use super::adopt::AdoptedApp;
 use super::app::App;
 use super::{
     Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, ServiceState,
@@ -80,6 +81,63 @@ impl Supervisor {
             service: None,
             out: Vec::new(),
         }
+    }
+
+    /// Why the supervisor cannot be handed over to an upgraded process now, if it cannot (see
+    /// [`App::not_upgradable`]); `None` when it is settled: running, no reload under way.
+    pub fn not_upgradable(&self) -> Option<String> {
+        if self.phase != Phase::Running {
+            return Some(format!("the supervisor is {}", self.phase));
+        }
+        if self.reload_all.is_some() || self.queued_all.is_some() {
+            return Some("a reload is under way".into());
+        }
+        self.apps.iter().find_map(App::not_upgradable)
+    }
+
+    /// A cluster singleton whose lease this host holds, if any: an upgrade does not wait for
+    /// that to change.
+    pub fn lease_held(&self) -> Option<&str> {
+        self.apps.iter().find(|a| a.holds_lease()).map(App::name)
+    }
+
+    /// Every app as handed over at `now` (see [`App::export`]).
+    pub fn export(&self, now: Instant) -> Vec<AdoptedApp> {
+        self.apps.iter().map(|a| a.export(now)).collect()
+    }
+
+    /// The core of an upgraded supervisor: the apps of the config read again (as for
+    /// [`Supervisor::new`]) taking over `adopted`, matched by name; an app missing from it
+    /// starts afresh. Returns the deadlines to arm again and the first service status.
+    pub fn adopt(
+        apps: Vec<(AppSettings, Vec<AppIndex>)>,
+        adopted: Vec<AdoptedApp>,
+        now: Instant,
+    ) -> (Supervisor, Vec<Action>) {
+        let mut me = Supervisor::new(Vec::new());
+        let mut adopted = adopted;
+        for (i, (settings, after)) in apps.into_iter().enumerate() {
+            let state = adopted
+                .iter()
+                .position(|a| a.name == settings.spec.name)
+                .map(|p| adopted.remove(p));
+            let app = match state {
+                Some(state) => App::adopt(i, settings, state, now),
+                None => App::new(i, settings),
+            };
+            me.up.push(app.phase() != Phase::Waiting);
+            me.apps.push(app);
+            me.after.push(after);
+        }
+        me.phase = Phase::Running;
+        for i in 0..me.apps.len() {
+            me.collect(i, now);
+        }
+        me.start_apps_that_may(now);
+        me.schedule_memory_sample(now);
+        me.service_changed();
+        let out = std::mem::take(&mut me.out);
+        (me, out)
     }
 
     /// Handles one event at `now`; returns what to do, in order.

@@ -451,3 +451,140 @@ fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
     assert!(matches!(sim.exit, Some(Ok(()))));
     assert_eq!(sim.service.last().unwrap().1, "stopping: 0 worker(s) left");
 }
+
+#[test]
+fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
+    let mut sim = three_apps_ready();
+    assert_eq!(sim.core.not_upgradable(), None, "settled");
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(1),
+    });
+    let why = sim.core.not_upgradable().expect("a reload is under way");
+    assert!(why.contains("web"), "{why}");
+    for _ in 0..4 {
+        sim.ready_all(1);
+        sim.exit_all_draining(1);
+    }
+    assert_eq!(sim.core.not_upgradable(), None, "the reload ended");
+    // A crash: the slot backs off; that is carried over as the delay left.
+    let crashed = sim.workers(2, WorkerState::Ready)[0];
+    sim.exit(crashed, ExitStatus::Signal(9));
+    sim.advance(Duration::from_millis(30));
+    let before: Vec<(WorkerId, Option<i32>, u64)> = (0..3)
+        .flat_map(|a| sim.app(a).snapshot(sim.now).workers)
+        .map(|(w, _)| (w.id, w.pid, w.generation))
+        .collect();
+    let exported = sim.core.export(sim.now);
+    assert_eq!(exported[1].generation, 2);
+    let backoff = exported[2].slots[0].restart_in.expect("backing off");
+    // Through JSON, as the memfd carries it.
+    let text = serde_json::to_string(&exported).unwrap();
+    let adopted: Vec<adopt::AdoptedApp> = serde_json::from_str(&text).unwrap();
+
+    let mut next = Sim::new(vec![]);
+    next.now = sim.now + Duration::from_secs(5); // a fresh clock: only durations carry over
+    let (core, actions) = Supervisor::adopt(
+        vec![
+            (settings("db", 1), vec![]),
+            (settings("web", 2), vec![0]),
+            (settings("jobs", 1), vec![]),
+        ],
+        adopted,
+        next.now,
+    );
+    next.core = core;
+    let restart = TimerKey::Restart { app: 2, slot: 0 };
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Arm { timer, at } if *timer == restart && *at == next.now + backoff)),
+        "{actions:?}"
+    );
+    let after: Vec<(WorkerId, Option<i32>, u64)> = (0..3)
+        .flat_map(|a| next.app(a).snapshot(next.now).workers)
+        .map(|(w, _)| (w.id, w.pid, w.generation))
+        .collect();
+    assert_eq!(after, before, "the same workers, pids and generations");
+    assert!(next.spawned.is_empty(), "nothing restarted");
+    assert_eq!(next.core.phase(), Phase::Running);
+    let snapshot = next.app(2).snapshot(next.now);
+    assert_eq!(snapshot.restarts_total, 1);
+    assert_eq!(snapshot.waiting.len(), 1, "slot 0 still backs off");
+    assert_eq!(next.app(1).snapshot(next.now).generation, 2);
+    // The adopted core goes on: a crash is restarted with a new id.
+    let web = next.workers(1, WorkerState::Ready)[0];
+    next.timers.insert(restart, next.now + backoff);
+    next.exit(web, ExitStatus::Signal(9));
+    next.advance(Duration::from_secs(2));
+    assert_eq!(
+        next.spawned.len(),
+        2,
+        "web's slot and jobs' slot started again"
+    );
+    assert!(
+        next.spawned
+            .iter()
+            .all(|(_, id)| !before.iter().any(|b| b.0 == *id))
+    );
+}
+
+#[test]
+fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
+    let mut sim = three_apps_ready();
+    // web's reload ends with its old workers still draining.
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(1),
+    });
+    for _ in 0..4 {
+        sim.ready_all(1);
+    }
+    assert_eq!(sim.workers(1, WorkerState::Draining).len(), 2);
+    // jobs' worker crashed and its replacement is starting.
+    let crashed = sim.workers(2, WorkerState::Ready)[0];
+    sim.exit(crashed, ExitStatus::Code(1));
+    sim.advance(Duration::from_secs(2));
+    let starting = sim.workers(2, WorkerState::Starting);
+    assert_eq!(starting.len(), 1);
+    assert_eq!(
+        sim.core.not_upgradable(),
+        None,
+        "{:?}",
+        sim.core.not_upgradable()
+    );
+    let draining: Vec<(WorkerId, Instant)> = sim
+        .workers(1, WorkerState::Draining)
+        .into_iter()
+        .map(|id| (id, sim.timers[&TimerKey::Kill(id)]))
+        .collect();
+    let ready_at = sim.timers[&TimerKey::Ready(starting[0])];
+    let exported = sim.core.export(sim.now);
+
+    let shift = Duration::from_secs(100);
+    let now = sim.now + shift;
+    let (core, actions) = Supervisor::adopt(
+        vec![
+            (settings("db", 1), vec![]),
+            (settings("web", 2), vec![0]),
+            (settings("jobs", 1), vec![]),
+        ],
+        serde_json::from_str(&serde_json::to_string(&exported).unwrap()).unwrap(),
+        now,
+    );
+    let armed = |key: TimerKey| {
+        actions.iter().find_map(|a| match a {
+            Action::Arm { timer, at } if *timer == key => Some(*at),
+            _ => None,
+        })
+    };
+    for (id, at) in &draining {
+        assert_eq!(armed(TimerKey::Kill(*id)), Some(*at + shift));
+        assert_eq!(core.worker(*id).unwrap().state, WorkerState::Draining);
+    }
+    assert_eq!(armed(TimerKey::Ready(starting[0])), Some(ready_at + shift));
+    assert_eq!(
+        core.worker(starting[0]).unwrap().state,
+        WorkerState::Starting
+    );
+}

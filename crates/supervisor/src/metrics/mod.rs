@@ -25,7 +25,7 @@ pub const RELOAD_BUCKETS: [f64; 12] = [
 ];
 
 /// A histogram's data: per-bucket counts (not cumulative; the last one is `+Inf`), sum and count.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// Observations per bucket of [`RELOAD_BUCKETS`], then those above the last bound.
     pub buckets: Vec<u64>,
@@ -61,7 +61,7 @@ impl Histogram {
 }
 
 /// One app's reloads since the supervisor started.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadStats {
     /// Reloads that replaced every slot.
     pub ok: u64,
@@ -73,7 +73,7 @@ pub struct ReloadStats {
 
 /// What the shell accumulates for the metrics: everything else is read from the core and `/proc`
 /// at scrape time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Registry {
     reloads: BTreeMap<String, ReloadStats>,
 }

@@ -46,6 +46,30 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
+    /// What an upgrade hands over for this listener.
+    pub fn handover(&self) -> crate::upgrade::ListenerFd {
+        crate::upgrade::ListenerFd {
+            name: self.name.clone(),
+            local: self.local.clone(),
+            port: self.port,
+            backlog: self.backlog,
+            unix_path: self.unix_path.clone(),
+            fd: self.fd.as_raw_fd(),
+        }
+    }
+
+    /// Takes over a listener handed over by an upgrade (`fd` is the inherited socket).
+    pub fn inherited(l: &crate::upgrade::ListenerFd, fd: OwnedFd) -> BoundListener {
+        BoundListener {
+            name: l.name.clone(),
+            local: l.local.clone(),
+            port: l.port,
+            backlog: l.backlog,
+            fd,
+            unix_path: l.unix_path.clone(),
+        }
+    }
+
     /// The socket, to be duplicated into workers.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -1,0 +1,84 @@
+//! What the core hands over to the process that replaces it in an in-place upgrade, and takes
+//! back: per app its generation, counters and last reload, per slot its restart history and
+//! backoff, per worker its id, pid, state, age and status text. Instants do not survive `execve`,
+//! so every point in time is carried as a duration before (an age) or after (a remaining delay)
+//! the moment of the handover. The shell adds the file descriptors ([`crate::upgrade`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{WorkerId, WorkerState};
+use crate::control::protocol::ReloadReport;
+
+/// One app, as handed over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdoptedApp {
+    /// Its name (the new process matches apps by name, in file order).
+    pub name: String,
+    /// The generation new workers start in.
+    pub generation: u64,
+    /// The highest generation number given out (aborted reloads' included); absent in a state
+    /// written by a binary that did not carry it.
+    #[serde(default)]
+    pub last_generation: Option<u64>,
+    /// The next worker id to give out.
+    pub next_id: WorkerId,
+    /// Crash restarts since the supervisor started.
+    pub restarts_total: u64,
+    /// Workers replaced for their memory.
+    pub memory_recycles: u64,
+    /// Replacements for memory that failed.
+    pub memory_recycle_failures: u64,
+    /// The last finished reload.
+    pub last_reload: Option<ReloadReport>,
+    /// `instances` set by `scale`, if any.
+    pub scaled: Option<usize>,
+    /// Every slot, in order.
+    pub slots: Vec<AdoptedSlot>,
+    /// Workers draining (told to stop; no slot's any more), with their kill deadlines.
+    #[serde(default)]
+    pub draining: Vec<AdoptedWorker>,
+}
+
+/// One slot, as handed over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdoptedSlot {
+    /// The generation it runs.
+    pub generation: u64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Unstable exits in a row.
+    pub consecutive_failures: u32,
+    /// How long ago each recent unstable exit was.
+    pub recent_failures_ago: Vec<Duration>,
+    /// Why its last worker ended.
+    pub last_exit: Option<String>,
+    /// Its worker, when serving.
+    pub worker: Option<AdoptedWorker>,
+    /// When backing off: the delay left before it starts again.
+    pub restart_in: Option<Duration>,
+}
+
+/// One worker, as handed over (the process keeps running).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdoptedWorker {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its generation.
+    pub generation: u64,
+    /// Its pid.
+    pub pid: i32,
+    /// Its slot.
+    #[serde(default)]
+    pub slot: usize,
+    /// Starting, ready or draining.
+    pub state: WorkerState,
+    /// A draining worker's process group is killed after this delay (its kill timeout left).
+    #[serde(default)]
+    pub kill_in: Option<Duration>,
+    /// How long it has been running.
+    pub age: Duration,
+    /// Its last `STATUS=` text.
+    pub status_text: Option<String>,
+}
