@@ -55,6 +55,19 @@ struct Handover {
     stderr: Option<OwnedFd>,
 }
 
+/// A worker process and its descriptors, to be watched ([`Process::watch`]).
+struct Watched<'a> {
+    id: WorkerId,
+    name: &'a str,
+    pid: i32,
+    pidfd: OwnedFd,
+    channels: Channels,
+    notify_path: std::path::PathBuf,
+    ready: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
 /// Everything needed to start a worker.
 #[derive(Debug)]
 pub struct StartArgs<'a> {
@@ -151,7 +164,7 @@ impl Process {
         let spec = args.spec.clone();
         let name = format!("{}.{}", spec.name, args.slot);
         let notify_path = args.runtime_dir.join(format!("notify-{}.sock", args.id));
-        let mut channels = Channels::bind(&notify_path).map_err(|cause| StartError::Notify {
+        let channels = Channels::bind(&notify_path).map_err(|cause| StartError::Notify {
             path: notify_path.display().to_string(),
             cause,
         })?;
@@ -164,46 +177,20 @@ impl Process {
             cwd: &spec.cwd,
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
         })?;
-        let pid = child.pid;
-        let handover = Handover {
-            notify_path: notify_path.clone(),
-            notify: channels.dup_socket().ok(),
-            ready: child.ready.try_clone().ok(),
-            stdout: child.stdout.try_clone().ok(),
-            stderr: child.stderr.try_clone().ok(),
-        };
-        let span = tracing::info_span!("worker", id = %name, pid);
-        // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
-        tokio::spawn(forward_output(child.stdout).instrument(span.clone()));
-        tokio::spawn(forward_output(child.stderr).instrument(span));
-        let mut tasks = Vec::with_capacity(2);
-        let id = args.id;
-        if let Err(e) = channels.attach_pipe(child.ready) {
-            tracing::warn!(worker = %name, "notification pipe unusable: {e}");
-        }
-        let events = args.events.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = channels.next().await;
-                if events.send((id, WorkerEvent::Notify(n))).is_err() {
-                    return;
-                }
-            }
-        }));
-        let events = args.events;
-        let pidfd = Arc::new(child.pidfd);
-        let watched = pidfd.clone();
-        tasks.push(tokio::spawn(async move {
-            let status = process::watch_exit(pid, watched).await;
-            let _ = events.send((id, WorkerEvent::Exited(status)));
-        }));
-        Ok(Process {
-            pid,
-            pidfd,
-            tasks,
-            reaped: false,
-            handover,
-        })
+        Ok(Process::watch(
+            Watched {
+                id: args.id,
+                name: &name,
+                pid: child.pid,
+                pidfd: child.pidfd,
+                channels,
+                notify_path,
+                ready: Some(child.ready),
+                stdout: Some(child.stdout),
+                stderr: Some(child.stderr),
+            },
+            args.events,
+        ))
     }
 
     /// The descriptors an upgrade hands over for this worker (`None` if its notify socket
@@ -238,20 +225,52 @@ impl Process {
         // SAFETY: the caller guarantees each descriptor is ours alone.
         let take = |fd: Option<i32>| fd.map(|fd| unsafe { inherited(fd) });
         // SAFETY: as above, the pidfd handed over for this worker alone.
-        let pidfd = Arc::new(unsafe { inherited(fds.pidfd) });
+        let pidfd = unsafe { inherited(fds.pidfd) };
         // SAFETY: as above, its notify socket.
         let notify = unsafe { inherited(fds.notify) };
         let (ready, stdout, stderr) = (take(fds.ready), take(fds.stdout), take(fds.stderr));
         let (id, pid) = (fds.id, fds.pid);
-        let mut channels = Channels::from_inherited(&fds.notify_path, notify)?;
+        let channels = Channels::from_inherited(&fds.notify_path, notify)?;
+        Ok(Process::watch(
+            Watched {
+                id,
+                name,
+                pid,
+                pidfd,
+                channels,
+                notify_path: fds.notify_path.clone(),
+                ready,
+                stdout,
+                stderr,
+            },
+            events,
+        ))
+    }
+
+    /// The tasks that watch a worker (exit through its pidfd, readiness, output forwarding),
+    /// and the duplicates of its descriptors an upgrade would hand over; for a worker just
+    /// started or one taken over from the previous binary alike.
+    fn watch(w: Watched<'_>, events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>) -> Process {
+        let Watched {
+            id,
+            name,
+            pid,
+            pidfd,
+            mut channels,
+            notify_path,
+            ready,
+            stdout,
+            stderr,
+        } = w;
         let handover = Handover {
-            notify_path: fds.notify_path.clone(),
+            notify_path,
             notify: channels.dup_socket().ok(),
             ready: ready.as_ref().and_then(|f| f.try_clone().ok()),
             stdout: stdout.as_ref().and_then(|f| f.try_clone().ok()),
             stderr: stderr.as_ref().and_then(|f| f.try_clone().ok()),
         };
         let span = tracing::info_span!("worker", id = %name, pid);
+        // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
         for out in [stdout, stderr].into_iter().flatten() {
             tokio::spawn(forward_output(out).instrument(span.clone()));
         }
@@ -270,18 +289,19 @@ impl Process {
                 }
             }
         }));
+        let pidfd = Arc::new(pidfd);
         let watched = pidfd.clone();
         tasks.push(tokio::spawn(async move {
             let status = process::watch_exit(pid, watched).await;
             let _ = events.send((id, WorkerEvent::Exited(status)));
         }));
-        Ok(Process {
+        Process {
             pid,
             pidfd,
             tasks,
             reaped: false,
             handover,
-        })
+        }
     }
 
     /// SIGTERM to the worker process (drain).
