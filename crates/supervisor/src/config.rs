@@ -227,7 +227,7 @@ struct RawApp {
     restart: RawRestart,
     #[serde(default)]
     reload: RawReload,
-    command: String,
+    command: Spanned<String>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -1207,7 +1207,9 @@ impl Validator<'_> {
     }
 
     fn worker(&self, key: &str, rw: RawApp) -> Result<WorkerSpec, ConfigError> {
-        let program = self.program(key, &rw.command)?;
+        let program = self
+            .program(key, rw.command.get_ref())
+            .map_err(|e| self.located(e, rw.command.span()))?;
         let name = rw.name;
         for k in rw.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -1320,8 +1322,10 @@ impl Validator<'_> {
         }
         let hint = if command.contains('/') {
             String::new()
-        } else {
+        } else if command == "demo-app" {
             " (looked next to the supervisor binary and in PATH; build it with `cargo build --release`)".to_string()
+        } else {
+            " (looked next to the supervisor binary and in PATH)".to_string()
         };
         Err(self.err(
             key,
