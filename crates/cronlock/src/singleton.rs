@@ -30,7 +30,7 @@
 //! partition to fence against), and holds the holder JSON. `singleton-{name}.token` keeps the
 //! last token; the next one is the last + 1, raised to the wall clock in microseconds.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -42,7 +42,9 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::backend::local::{flock, io_err, try_lock_exclusive};
+use crate::backend::local::{
+    blocking, flock, io_err, open_rw, prepare_state_dir, try_lock_exclusive, write_atomic,
+};
 use crate::backend::redis::RENEW;
 use crate::error::{Error, Result};
 use crate::url::RedactedUrl;
@@ -259,11 +261,8 @@ impl SingletonLeases {
                 reason: "expected redis://, rediss://, file:// or a directory path".to_owned(),
             });
         }
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            op: "create directory",
-            path: dir.clone(),
-            source,
-        })?;
+        // The same directory as the local job backend's, under the same rules (0700, ours).
+        prepare_state_dir(&dir)?;
         Ok(SingletonLeases {
             inner: Inner::Local { dir },
         })
@@ -470,22 +469,6 @@ impl SingletonLeases {
 /// Read the lease (a script, so that every call goes through the same path).
 static READ: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call('GET', KEYS[1])"));
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
-}
-
-fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err("open", path))
-}
-
 fn read_all(mut f: &File) -> String {
     let mut s = String::new();
     let _ = f.seek(SeekFrom::Start(0));
@@ -507,9 +490,7 @@ fn local_acquire(dir: &Path, name: &str, me: &Contender, ttl: Duration) -> Resul
         .unwrap_or(0);
     let now_us = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
     let token = (last + 1).max(now_us);
-    let tmp = token_path.with_extension("token.tmp");
-    std::fs::write(&tmp, token.to_string()).map_err(io_err("write", &tmp))?;
-    std::fs::rename(&tmp, &token_path).map_err(io_err("rename", &token_path))?;
+    write_atomic(&token_path, token.to_string().as_bytes())?;
     let holder = SingletonHolder {
         token,
         id: me.id.clone(),

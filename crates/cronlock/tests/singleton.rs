@@ -209,3 +209,33 @@ async fn local_directory_one_holder_until_released() {
     let lb = acquired(l2.acquire("s", &b, ttl).await.unwrap());
     assert!(lb.token > la.token);
 }
+
+/// The singleton leases share the local job backend's directory and its rules: created 0700,
+/// lease and token files 0600, a directory another user could write to is refused.
+#[tokio::test]
+async fn local_directory_is_private_like_the_job_backends() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("state");
+    let url = format!("file://{}", dir.display());
+    let leases = SingletonLeases::from_url(&url, TIMEOUT).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let lease = acquired(
+        leases
+            .acquire("s", &Contender::new("h", 1), Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(mode(&dir.join("singleton-s.lease")), 0o600);
+    assert_eq!(mode(&dir.join("singleton-s.token")), 0o600);
+    assert!(leases.release(&lease).await.unwrap());
+
+    let open = parent.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = SingletonLeases::from_url(&format!("file://{}", open.display()), TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("writable by group or others"), "{e}");
+}

@@ -139,7 +139,7 @@ pub(crate) fn io_err<'a>(
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
 
-fn open_rw(path: &Path) -> Result<File> {
+pub(crate) fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -157,7 +157,7 @@ fn lock_file(path: &Path) -> Result<File> {
     Ok(f)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = OpenOptions::new()
         .write(true)
@@ -178,7 +178,9 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))?
@@ -189,11 +191,7 @@ impl LocalBackend {
     /// by another user, or writable by group or others, is refused ([`Error::UnsafeStateDir`]).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-        }
-        create_private_dir(&dir)?;
-        check_private_dir(&dir)?;
+        prepare_state_dir(&dir)?;
         let requests = dir.join("requests");
         create_private_dir(&requests)?;
         check_private_dir(&requests)?;
@@ -512,6 +510,17 @@ impl LocalBackend {
             }
         }
     }
+}
+
+/// The local backend's state directory, made ready for use: its parents created, itself created
+/// 0700, and refused ([`Error::UnsafeStateDir`]) when another user owns it or group or others
+/// may write to it. The job locks and the singleton leases both live there.
+pub(crate) fn prepare_state_dir(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+    }
+    create_private_dir(dir)?;
+    check_private_dir(dir)
 }
 
 /// Creates `dir` with mode 0700 (the umask can only narrow it); an existing one is left as is.
