@@ -45,30 +45,24 @@ use tokio::sync::Mutex;
 use crate::backend::local::{
     blocking, flock, io_err, open_rw, prepare_state_dir, try_lock_exclusive, write_atomic,
 };
-use crate::backend::redis::RENEW;
+use crate::backend::redis::{NEXT_TOKEN_LUA, RENEW};
 use crate::error::{Error, Result};
 use crate::url::RedactedUrl;
 
 /// Acquire: `{1, token, value}` when taken, `{0, '', current holder}` when held elsewhere.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        &(NEXT_TOKEN_LUA.to_owned()
+            + r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   return {0, '', cur}
 end
-local t = redis.call('INCR', KEYS[2])
-local now = redis.call('TIME')
-local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-if t < us then
-  t = us
-  redis.call('SET', KEYS[2], string.format('%.0f', us))
-end
-local tok = string.format('%.0f', t)
+local tok = next_token(KEYS[2], redis.call('TIME'))
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, tok, value}
-"#,
+"#),
     )
 });
 

@@ -85,13 +85,30 @@ pub const JOBS_KEY: &str = "cron:jobs";
 /// The pub/sub channel of manual run requests.
 pub const RUN_CHANNEL: &str = "cron:run";
 
+/// Lua: `next_token(key, now)` issues a fencing token: `INCR key`, raised to the server's `TIME`
+/// (`now`) in microseconds, and stored, when it is lower, so tokens keep increasing even after the
+/// counter was lost (a Redis restarted empty). Job claims and singleton leases both issue theirs
+/// with it.
+pub(crate) const NEXT_TOKEN_LUA: &str = r#"
+local function next_token(key, now)
+  local t = redis.call('INCR', key)
+  local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if t < us then
+    t = us
+    redis.call('SET', key, string.format('%.0f', us))
+  end
+  return string.format('%.0f', t)
+end
+"#;
+
 /// Claim a tick; on a win, issue a fencing token and take the lease, all atomically.
 /// Returns `{status, token, value, server_ms}`: 0 claimed elsewhere, 1 won, 2 skipped (lease
 /// held; value = current holder), 3 recorded as missed, 4 refused: run past the client's
 /// deadline `ARGV[10]` (milliseconds on the server's clock), nothing changed.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        &(NEXT_TOKEN_LUA.to_owned()
+            + r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -126,17 +143,11 @@ if mode == 'skip' then
     return {2, '', cur, now_ms}
   end
 end
-local t = redis.call('INCR', KEYS[3])
-local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-if t < us then
-  t = us
-  redis.call('SET', KEYS[3], string.format('%.0f', us))
-end
-local tok = string.format('%.0f', t)
+local tok = next_token(KEYS[3], now)
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[5], 2)
 redis.call('SET', KEYS[2], value, 'PX', ARGV[3])
 return {1, tok, value, now_ms}
-"#,
+"#),
     )
 });
 
