@@ -6,6 +6,9 @@
 //! second while some app has a limit), with one `/proc` scan for every worker.
 //! Cluster singletons (`scope = "cluster"`) each get a lease task ([`crate::singleton`]) that
 //! reports [`core::LeaseEvent`]s into the same loop; the loop itself never talks to the backend.
+//! The `[[job]]` scheduler runs in tasks of its own ([`crate::jobs::config_jobs`]); `SIGCHLD`
+//! sweeps adopted orphans ([`crate::orphans`]); an in-place upgrade is sequenced here (wait for a
+//! quiet moment, preflight the new binary, then exec) with its OS side in [`crate::upgrade`].
 //! Startup binds everything before any worker starts, so a bad port or a live control socket
 //! fails with nothing started.
 

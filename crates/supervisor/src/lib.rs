@@ -10,8 +10,10 @@
 //! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
 //! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
 //! [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for
-//! `supervisor jobs`; [`metrics`] renders and serves the Prometheus metrics; [`upgrade`] hands
-//! the running supervisor over to a new binary in place (same pid, sockets and workers).
+//! `supervisor jobs` and runs the `[[job]]` tables (`jobs::config_jobs`, with a runner per kind);
+//! [`singleton`] holds the leases of the cluster singletons; [`metrics`] renders and serves the
+//! Prometheus metrics; [`upgrade`] hands the running supervisor over to a new binary in place
+//! (same pid, sockets and workers).
 #![warn(missing_docs)]
 
 pub mod cli;
