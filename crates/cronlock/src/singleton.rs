@@ -42,6 +42,7 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::backend::BackendUrl;
 use crate::backend::local::{
     blocking, flock, io_err, open_rw, prepare_state_dir, try_lock_exclusive, write_atomic,
 };
@@ -223,38 +224,21 @@ impl SingletonLeases {
     /// From the URL the cron backend uses: `redis://` / `rediss://` (every call bounded by
     /// `timeout`), `file:///dir` or a directory path (created if missing).
     pub fn from_url(url: &str, timeout: Duration) -> Result<SingletonLeases> {
-        let trimmed = url.trim();
-        if trimmed.starts_with("redis://")
-            || trimmed.starts_with("rediss://")
-            || trimmed.starts_with("redis+unix://")
-            || trimmed.starts_with("unix://")
-        {
-            let redacted = RedactedUrl::new(trimmed);
-            let client = Client::open(trimmed).map_err(|e| Error::InvalidUrl {
-                url: redacted.to_string(),
-                reason: e.to_string(),
-            })?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
-            return Ok(SingletonLeases {
-                inner: Inner::Redis {
-                    url: redacted,
-                    client,
-                    config,
-                    conn: Mutex::new(None),
-                    timeout,
-                },
-            });
-        }
-        let dir = PathBuf::from(trimmed.strip_prefix("file://").unwrap_or(trimmed));
-        if dir.as_os_str().is_empty() || trimmed.contains("://") && !trimmed.starts_with("file://")
-        {
-            return Err(Error::InvalidUrl {
-                url: RedactedUrl::new(trimmed).to_string(),
-                reason: "expected redis://, rediss://, file:// or a directory path".to_owned(),
-            });
-        }
+        let dir = match BackendUrl::parse(url)? {
+            BackendUrl::Redis(url) => {
+                let (url, client, config) = crate::backend::redis::client(url, timeout)?;
+                return Ok(SingletonLeases {
+                    inner: Inner::Redis {
+                        url,
+                        client,
+                        config,
+                        conn: Mutex::new(None),
+                        timeout,
+                    },
+                });
+            }
+            BackendUrl::Dir(dir) => dir,
+        };
         // The same directory as the local job backend's, under the same rules (0700, ours).
         prepare_state_dir(&dir)?;
         Ok(SingletonLeases {

@@ -108,20 +108,24 @@ pub(crate) enum LeaseInner {
     Local(local::LocalLease),
 }
 
-impl Backend {
-    /// Builds a backend from a URL: `redis://` / `rediss://` -> Redis, `file:///dir` or a plain
-    /// path -> local directory (created if missing). Does not connect yet.
-    pub fn from_url(url: &str) -> Result<Self> {
+/// Where a backend URL points: a Redis server, or a local state directory.
+#[derive(Debug)]
+pub(crate) enum BackendUrl<'a> {
+    /// `redis://`, `rediss://`, `redis+unix://` or `unix://` (trimmed).
+    Redis(&'a str),
+    /// `file:///dir` or a plain path.
+    Dir(PathBuf),
+}
+
+impl<'a> BackendUrl<'a> {
+    /// Reads `url` the way every backend user does (the job backend, the singleton leases).
+    pub(crate) fn parse(url: &'a str) -> Result<BackendUrl<'a>> {
         let trimmed = url.trim();
-        if trimmed.starts_with("redis://")
-            || trimmed.starts_with("rediss://")
-            || trimmed.starts_with("redis+unix://")
-            || trimmed.starts_with("unix://")
+        if ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| trimmed.starts_with(scheme))
         {
-            return Ok(Backend::Redis(Arc::new(RedisBackend::new(
-                trimmed,
-                RedisOptions::default(),
-            )?)));
+            return Ok(BackendUrl::Redis(trimmed));
         }
         let path = if let Some(rest) = trimmed.strip_prefix("file://") {
             PathBuf::from(rest)
@@ -139,7 +143,20 @@ impl Backend {
                 reason: "empty directory path".to_owned(),
             });
         }
-        Ok(Backend::Local(Arc::new(LocalBackend::new(path)?)))
+        Ok(BackendUrl::Dir(path))
+    }
+}
+
+impl Backend {
+    /// Builds a backend from a URL: `redis://` / `rediss://` -> Redis, `file:///dir` or a plain
+    /// path -> local directory (created if missing). Does not connect yet.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Ok(match BackendUrl::parse(url)? {
+            BackendUrl::Redis(url) => {
+                Backend::Redis(Arc::new(RedisBackend::new(url, RedisOptions::default())?))
+            }
+            BackendUrl::Dir(path) => Backend::Local(Arc::new(LocalBackend::new(path)?)),
+        })
     }
 
     /// The redacted URL / directory, for logs.

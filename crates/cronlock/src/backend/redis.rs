@@ -315,6 +315,23 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// A Redis client for `url` whose connects and replies are bounded by `timeout`, with the URL
+/// redacted for messages (the job backend's pool and the singleton leases use it).
+pub(crate) fn client(
+    url: &str,
+    timeout: Duration,
+) -> Result<(RedactedUrl, Client, AsyncConnectionConfig)> {
+    let redacted = RedactedUrl::new(url);
+    let client = Client::open(url).map_err(|e| Error::InvalidUrl {
+        url: redacted.to_string(),
+        reason: e.to_string(),
+    })?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    Ok((redacted, client, config))
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Corrupt {
         what: "encoding a record".to_owned(),
@@ -325,14 +342,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
 impl RedisBackend {
     /// Creates the backend (no connection is made until the first operation).
     pub fn new(url: &str, opts: RedisOptions) -> Result<Self> {
-        let redacted = RedactedUrl::new(url);
-        let client = Client::open(url).map_err(|e| Error::InvalidUrl {
-            url: redacted.to_string(),
-            reason: e.to_string(),
-        })?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(opts.op_timeout))
-            .set_response_timeout(Some(opts.op_timeout));
+        let (redacted, client, config) = client(url, opts.op_timeout)?;
         let manager = Manager {
             client: client.clone(),
             config,
