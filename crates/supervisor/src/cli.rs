@@ -123,7 +123,8 @@ pub enum Cmd {
     Scale {
         /// The app.
         app: String,
-        /// How many workers.
+        /// How many workers (0 to 1024).
+        #[arg(value_parser = parse_instances)]
         instances: usize,
         /// Which supervisor.
         #[command(flatten)]
@@ -178,6 +179,20 @@ pub enum Cmd {
         #[command(subcommand)]
         action: Option<JobsCmd>,
     },
+}
+
+/// A worker count for `scale`: refused here, before anything is sent, above
+/// [`crate::config::MAX_INSTANCES`] (the supervisor refuses it too).
+fn parse_instances(text: &str) -> Result<usize, String> {
+    let max = crate::config::MAX_INSTANCES;
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(format!("at most {max} workers per app")),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("at most {max} workers per app"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `supervisor jobs ...`

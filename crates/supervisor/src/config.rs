@@ -548,6 +548,11 @@ pub const DEFAULT_JOB_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `[[job]] misfire_grace` with `misfire = "run_late"`.
 pub const DEFAULT_MISFIRE_GRACE: Duration = Duration::from_secs(60);
 
+/// The most workers an app may run, from the file or from `supervisor scale`: far above what
+/// one host serves, low enough that a typo cannot fork-storm the host or exhaust the
+/// supervisor's memory.
+pub const MAX_INSTANCES: usize = 1024;
+
 /// The default `lease_ttl` of a cluster singleton.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -1238,8 +1243,11 @@ impl Validator<'_> {
             None | Some(0) => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            Some(n) if n > 1024 => {
-                return Err(self.err(format!("{key}.instances"), format!("{n} is more than 1024")));
+            Some(n) if n > MAX_INSTANCES => {
+                return Err(self.err(
+                    format!("{key}.instances"),
+                    format!("{n} is more than {MAX_INSTANCES}"),
+                ));
             }
             Some(n) => n,
         };

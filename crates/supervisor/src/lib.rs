@@ -6,7 +6,8 @@
 //! (a pure state machine: events in, actions out, with the rolling reload in `core::reload`);
 //! [`daemon`] is the shell that carries the decisions out (the event loop, its deadline queue);
 //! [`sys`] holds every system call (binding, fork/exec, pidfd signals and exits, `/proc`);
-//! [`worker`] is one process's handle (environment, watch tasks, output); [`notify`] reads
+//! [`worker`] is one process's handle (environment, watch tasks); [`logs`] frames and logs
+//! its output; [`notify`] reads
 //! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
 //! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
 //! [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for
@@ -22,6 +23,7 @@ pub mod control;
 pub mod core;
 pub mod daemon;
 pub mod jobs;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod orphans;

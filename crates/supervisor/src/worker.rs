@@ -7,11 +7,8 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 use tracing::Instrument;
 
 use crate::config::WorkerSpec;
@@ -272,7 +269,7 @@ impl Process {
         let span = tracing::info_span!("worker", id = %name, pid);
         // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
         for out in [stdout, stderr].into_iter().flatten() {
-            tokio::spawn(forward_output(out).instrument(span.clone()));
+            tokio::spawn(crate::logs::forward_output(out).instrument(span.clone()));
         }
         if let Some(r) = ready
             && let Err(e) = channels.attach_pipe(r)
@@ -330,91 +327,5 @@ impl Drop for Process {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-/// Forwards a worker's (or a `[[job]]` command's) output line by line as log events in its span.
-pub(crate) async fn forward_output(fd: OwnedFd) {
-    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
-        return;
-    };
-    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), 16 * 1024);
-    let mut lines = FramedRead::new(rx, codec);
-    while let Some(item) = lines.next().await {
-        match item {
-            Ok(line) => {
-                let text = String::from_utf8_lossy(&line);
-                let (level, text) = split_level(text.trim_end_matches('\r'));
-                match level {
-                    tracing::Level::ERROR => tracing::error!(target: "worker", "{text}"),
-                    tracing::Level::WARN => tracing::warn!(target: "worker", "{text}"),
-                    tracing::Level::DEBUG => tracing::debug!(target: "worker", "{text}"),
-                    tracing::Level::TRACE => tracing::trace!(target: "worker", "{text}"),
-                    _ => tracing::info!(target: "worker", "{text}"),
-                }
-            }
-            Err(tokio_util::codec::AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
-                tracing::info!(target: "worker", "(line longer than 16 KiB dropped)");
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// A worker line that starts with its own level (`INFO serving`, ` WARN ...`, `WARNING: ...`: what
-/// tracing, env_logger or Python's logging print) is logged at that level without repeating it;
-/// any other line at INFO, as it is.
-fn split_level(line: &str) -> (tracing::Level, &str) {
-    let trimmed = line.trim_start();
-    let word_end = trimmed
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(trimmed.len());
-    let level = match &trimmed[..word_end] {
-        "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
-        "WARN" | "WARNING" => tracing::Level::WARN,
-        "INFO" => tracing::Level::INFO,
-        "DEBUG" => tracing::Level::DEBUG,
-        "TRACE" => tracing::Level::TRACE,
-        _ => return (tracing::Level::INFO, line),
-    };
-    let rest = &trimmed[word_end..];
-    // The level must stand alone: followed by a space, a colon or the end of the line.
-    match rest.chars().next() {
-        None => (level, rest),
-        Some(' ' | ':') => (level, rest.trim_start_matches(':').trim_start()),
-        Some(_) => (tracing::Level::INFO, line),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_level;
-    use tracing::Level;
-
-    #[test]
-    fn a_leading_level_is_taken_not_repeated() {
-        assert_eq!(split_level(" INFO serving"), (Level::INFO, "serving"));
-        assert_eq!(
-            split_level(" WARN cron backend unreachable"),
-            (Level::WARN, "cron backend unreachable")
-        );
-        assert_eq!(split_level("ERROR boom"), (Level::ERROR, "boom"));
-        assert_eq!(
-            split_level("WARNING:root:disk low"),
-            (Level::WARN, "root:disk low")
-        );
-        assert_eq!(split_level("DEBUG"), (Level::DEBUG, ""));
-    }
-
-    #[test]
-    fn other_lines_stay_as_they_are_at_info() {
-        assert_eq!(
-            split_level("Example app listening on port 3000"),
-            (Level::INFO, "Example app listening on port 3000")
-        );
-        assert_eq!(split_level("INFORMATION"), (Level::INFO, "INFORMATION"));
-        assert_eq!(split_level("Errors: 0"), (Level::INFO, "Errors: 0"));
-        assert_eq!(split_level("WARN-ish"), (Level::INFO, "WARN-ish"));
-        assert_eq!(split_level(""), (Level::INFO, ""));
     }
 }

@@ -29,7 +29,7 @@ use super::{
     Action, AppIndex, AppSettings, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Signal,
     SingletonRole, TimerKey, WaitState, Worker, WorkerId, WorkerState, lease_kill_margin,
 };
-use crate::config::{MemoryPolicy, Readiness, WorkerSpec};
+use crate::config::{MAX_INSTANCES, MemoryPolicy, Readiness, WorkerSpec};
 use crate::control::protocol::{
     MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport, Response,
 };
@@ -1176,6 +1176,21 @@ impl App {
     /// Runs `n` workers from now on: new slots start at once, the highest slots beyond `n` drain.
     /// Asked for during a reload, it applies when the reload ends.
     fn scale(&mut self, n: usize, reply: Option<ReplyTo>, now: Instant) {
+        if n > MAX_INSTANCES {
+            // Refused before anything is queued or allocated: a typo must not fork-storm.
+            if let Some(to) = reply {
+                self.out.push(Action::Reply {
+                    to,
+                    response: Response::Error {
+                        message: format!(
+                            "cannot scale app {} to {n} workers: at most {MAX_INSTANCES}",
+                            self.name()
+                        ),
+                    },
+                });
+            }
+            return;
+        }
         if self.reloading.is_some() {
             let q = self.queued_scale.get_or_insert((n, Vec::new()));
             q.0 = n;

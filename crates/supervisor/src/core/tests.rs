@@ -164,6 +164,40 @@ fn a_first_start_that_cannot_execute_an_app_stops_everything_with_the_reason() {
 }
 
 #[test]
+fn scale_past_the_cap_is_refused_at_once_and_nothing_starts() {
+    let mut sim = Sim::new(vec![(settings("web", 2), vec![])]);
+    sim.send(Event::Start);
+    sim.ready_all(0);
+    let spawned = sim.spawned.len();
+    for (reply, instances) in [(1, usize::MAX), (2, crate::config::MAX_INSTANCES + 1)] {
+        sim.send(Event::Scale {
+            app: 0,
+            instances,
+            reply: Some(reply),
+        });
+        match &sim.replies[&reply][..] {
+            [Response::Error { message }] => {
+                assert!(message.contains("at most 1024"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sim.spawned.len(), spawned, "nothing started");
+    assert!(sim.signals.is_empty(), "nothing stopped");
+    assert_eq!(sim.workers(0, WorkerState::Ready).len(), 2);
+    // The cap itself is allowed (queued behind nothing: it starts at once).
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 3,
+        reply: Some(3),
+    });
+    assert!(matches!(
+        sim.replies[&3][..],
+        [Response::Scaled { to: 3, .. }]
+    ));
+}
+
+#[test]
 fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     let mut sim = Sim::new(vec![(settings("web", 2), vec![])]);
     sim.send(Event::Start);

@@ -106,8 +106,8 @@ pub async fn run(job: Arc<CommandJob>, ctx: JobContext, stops: Stops) -> Result<
     children().insert(pid);
     let span = tracing::info_span!("job", name = %ctx.job, pid);
     span.in_scope(|| tracing::info!(token = ctx.token, "started {}", job.program.display()));
-    tokio::spawn(crate::worker::forward_output(child.stdout).instrument(span.clone()));
-    tokio::spawn(crate::worker::forward_output(child.stderr).instrument(span.clone()));
+    tokio::spawn(crate::logs::forward_output(child.stdout).instrument(span.clone()));
+    tokio::spawn(crate::logs::forward_output(child.stderr).instrument(span.clone()));
     drop(child.ready);
     let (tx, rx) = mpsc::unbounded_channel();
     let _guard = KillOnDrop(tx.clone());

@@ -1,0 +1,137 @@
+//! Every input bounded: what a client or a worker can send the supervisor must never take it
+//! down or freeze a worker. `scale` past the cap is refused at once (from the CLI and from a raw
+//! client) while the workers keep serving; a worker printing over-long lines (20,000 bytes, or
+//! megabytes with no newline) has them logged truncated, every later line logged, and keeps
+//! serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use e2e::{Supervisor, get, node_example, wait_for, workers};
+
+const DEMO2: &str =
+    "[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n";
+
+/// One request on the control socket, framed as the protocol does (4-byte big-endian length,
+/// then JSON); the answer's JSON.
+fn raw_request(socket: &std::path::Path, json: &str) -> serde_json::Value {
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
+    conn.write_all(json.as_bytes()).unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn scale_past_the_cap_is_refused_at_once_and_the_workers_keep_serving() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let addr = s.addr().unwrap();
+    let before: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    for n in ["18446744073709551615", "100000", "1025"] {
+        let started = std::time::Instant::now();
+        let (ok, text) = s.cli_text(&["scale", "demo", n]).unwrap();
+        assert!(!ok, "scale {n} must fail: {text}");
+        assert!(text.contains("at most 1024"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // A client that skips the CLI's check gets the same refusal from the supervisor.
+    let socket = s.dir.path().join("control.sock");
+    let answer = raw_request(
+        &socket,
+        r#"{"request":"scale","app":"demo","instances":18446744073709551615}"#,
+    );
+    assert_eq!(answer["response"], "error", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("at most 1024"),
+        "{answer}"
+    );
+    let answer = raw_request(
+        &socket,
+        r#"{"request":"scale","app":"demo","instances":100000}"#,
+    );
+    assert_eq!(answer["response"], "error", "{answer}");
+    // Nothing started or stopped; the app serves.
+    let after: Vec<i32> = workers(&s.status().unwrap())
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(get(addr, "/").unwrap().0, 200);
+    // The cap itself is a valid request (not run here: 1024 processes).
+    let (ok, text) = s.cli_text(&["scale", "demo", "3"]).unwrap();
+    assert!(ok, "{text}");
+    s.wait_ready(3, Duration::from_secs(20)).unwrap();
+}
+
+/// A Node app that prints a 20,000-byte line then 1,000 short ones at start, and on each
+/// `/flood` request 1 MiB with no newline followed by a short line (Node writes to a pipe
+/// synchronously: a pipe nobody reads blocks it in `write()` for good).
+const PRINTER: &str = r#"
+const http = require('http');
+process.stdout.write('x'.repeat(20000) + '\n');
+for (let i = 0; i < 1000; i++) process.stdout.write(`short line ${i}\n`);
+http.createServer((req, res) => {
+  if (req.url === '/flood') {
+    process.stdout.write('z'.repeat(1 << 20));
+    process.stdout.write('\nafter the flood\n');
+  }
+  res.end('ok\n');
+}).listen(process.env.PORT);
+"#;
+
+#[test]
+fn a_worker_printing_over_long_lines_has_every_later_line_logged_and_keeps_serving() {
+    node_example(); // node must be installed
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("printer.cjs");
+    std::fs::write(&script, PRINTER).unwrap();
+    let s = Supervisor::start(
+        &format!(
+            "[[app]]\nname = \"printer\"\ncommand = \"node\"\nargs = [\"{}\"]\ninstances = 1\n\
+             ready_timeout = \"10s\"\n",
+            script.display()
+        ),
+        1,
+    )
+    .unwrap();
+    let addr = s.addr().unwrap();
+    wait_for(Duration::from_secs(10), "the 1,000th short line", || {
+        s.log_text().contains("short line 999").then_some(())
+    })
+    .unwrap();
+    let log = s.log_text();
+    let short = (0..1000)
+        .filter(|i| log.contains(&format!("short line {i}\n")))
+        .count();
+    assert_eq!(short, 1000, "every short line after the long one is logged");
+    assert!(
+        log.contains("[line longer than 16 KiB: truncated]"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&"x".repeat(16 * 1024 + 1)),
+        "the long line is cut at 16 KiB"
+    );
+    // 10 MiB without a newline in all, well past a pipe's 64 KiB: the worker never blocks.
+    for _ in 0..10 {
+        let (code, body) = get(addr, "/flood").unwrap();
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "the lines after the floods",
+        || (s.log_text().matches("after the flood").count() == 10).then_some(()),
+    )
+    .unwrap();
+    assert_eq!(get(addr, "/").unwrap().0, 200);
+}
