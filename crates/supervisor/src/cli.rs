@@ -19,7 +19,8 @@ use crate::control::server::{ControlError, check_free};
 use crate::daemon::{self, Command, StartupError};
 use crate::jobs;
 use crate::sys::listeners;
-use crate::table::{self, Table};
+use crate::table::Table;
+use crate::units;
 
 /// Graceful-restart process supervisor with zero-downtime reload.
 #[derive(Debug, Parser)]
@@ -508,15 +509,15 @@ fn check(path: &Path, json: bool) -> Result<ExitCode> {
         if let Some(p) = app.singleton {
             println!(
                 "  scope:          cluster (lease ttl {}, standby poll {})",
-                table::span(p.lease_ttl),
-                table::span(p.standby_poll)
+                units::span(p.lease_ttl),
+                units::span(p.standby_poll)
             );
         }
         if let Some(max) = app.memory.max_bytes {
             println!(
                 "  max_memory:     {} (grace {})",
-                table::size(max),
-                table::span(app.memory.grace)
+                units::size(max),
+                units::span(app.memory.grace)
             );
         }
     }
@@ -575,7 +576,7 @@ async fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
         if std::time::Instant::now() >= deadline {
             bail!(
                 "the supervisor (pid {pid}) stopped its workers but was still running after {}",
-                crate::table::span(timeout)
+                crate::units::span(timeout)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -671,7 +672,7 @@ async fn upgrade_cmd(
         if tokio::time::Instant::now() >= deadline {
             bail!(
                 "the supervisor did not answer as upgraded within {}",
-                table::span(timeout)
+                units::span(timeout)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -795,9 +796,9 @@ pub fn render_status(r: &StatusReport) -> String {
         "supervisor {} pid {}  up {}  cpu {:.1}%  mem {}  {}\nconfig {}\n",
         r.version,
         s.pid,
-        table::duration(s.uptime_secs),
+        units::duration(s.uptime_secs),
         s.cpu_percent,
-        table::bytes(s.rss_bytes),
+        units::bytes(s.rss_bytes),
         r.phase,
         r.config
     );
@@ -834,7 +835,7 @@ fn render_singleton(s: &SingletonStatus) -> String {
     format!(
         "scope cluster: {holder} ({}), lease ttl {}\n",
         s.role,
-        table::span(Duration::try_from_secs_f64(s.lease_ttl_secs).unwrap_or_default())
+        units::span(Duration::try_from_secs_f64(s.lease_ttl_secs).unwrap_or_default())
     )
 }
 
@@ -856,7 +857,7 @@ fn render_app(a: &AppStatus) -> String {
     for w in &a.workers {
         let over = w
             .over_max_memory_secs
-            .map(|secs| format!("above max_memory for {}", table::duration(secs)));
+            .map(|secs| format!("above max_memory for {}", units::duration(secs)));
         let status = [over, w.status_text.clone()]
             .into_iter()
             .flatten()
@@ -868,10 +869,10 @@ fn render_app(a: &AppStatus) -> String {
             w.process.pid.to_string(),
             w.generation.to_string(),
             w.state.to_string(),
-            table::duration(w.process.uptime_secs),
+            units::duration(w.process.uptime_secs),
             w.restarts.to_string(),
             format!("{:.1}%", w.process.cpu_percent),
-            table::bytes(w.process.rss_bytes),
+            units::bytes(w.process.rss_bytes),
             status,
         ]);
     }
@@ -888,7 +889,7 @@ fn render_app(a: &AppStatus) -> String {
             "-".into(),
             format!(
                 "restart in {}: {}",
-                table::duration(s.restart_in_secs),
+                units::duration(s.restart_in_secs),
                 s.last_exit
             ),
         ]);
@@ -899,8 +900,8 @@ fn render_app(a: &AppStatus) -> String {
     if let Some(m) = &a.max_memory {
         out.push_str(&format!(
             "max_memory {} (grace {}): recycled {} (memory)",
-            table::size(m.bytes),
-            table::span(Duration::try_from_secs_f64(m.grace_secs).unwrap_or_default()),
+            units::size(m.bytes),
+            units::span(Duration::try_from_secs_f64(m.grace_secs).unwrap_or_default()),
             a.memory_recycles
         ));
     } else if a.memory_recycles > 0 {
@@ -920,11 +921,11 @@ fn render_app(a: &AppStatus) -> String {
             "replacing slot {} for memory: pid {} ({}) -> {} starting for {}\n",
             r.slot,
             r.old_pid,
-            table::bytes(r.rss_bytes),
+            units::bytes(r.rss_bytes),
             r.new_pid
                 .map(|p| format!("pid {p}"))
                 .unwrap_or_else(|| "new worker".into()),
-            table::duration(r.elapsed_secs)
+            units::duration(r.elapsed_secs)
         ));
     }
     if let Some(p) = &a.reload_in_progress {
@@ -933,7 +934,7 @@ fn render_app(a: &AppStatus) -> String {
             p.generation,
             p.done,
             p.total,
-            table::duration(p.elapsed_secs),
+            units::duration(p.elapsed_secs),
             if p.queued { " (one more queued)" } else { "" }
         ));
     }
@@ -942,7 +943,7 @@ fn render_app(a: &AppStatus) -> String {
             "last reload: generation {} {} in {}{}\n",
             l.generation,
             l.outcome,
-            table::duration(l.duration_secs),
+            units::duration(l.duration_secs),
             l.reason
                 .as_deref()
                 .map(|r| format!(": {r}"))
@@ -958,7 +959,7 @@ fn render_reload(r: &ReloadReport) -> String {
         r.app,
         r.generation,
         r.outcome,
-        table::duration(r.duration_secs)
+        units::duration(r.duration_secs)
     );
     if let Some(reason) = &r.reason {
         out.push_str(&format!("reason: {reason}\n"));
@@ -975,7 +976,7 @@ fn render_reload(r: &ReloadReport) -> String {
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into()),
                 s.new_pid.to_string(),
-                table::duration(s.ready_secs),
+                units::duration(s.ready_secs),
             ]);
         }
         out.push_str(&t.to_string());

@@ -433,7 +433,7 @@ fn start_lease_tasks(
             app = %app.name,
             backend = %leases.describe(),
             holder_id = %me.id,
-            lease_ttl = %crate::table::span(policy.lease_ttl),
+            lease_ttl = %crate::units::span(policy.lease_ttl),
             "cluster singleton: runs on the one host that holds its lease"
         );
         tasks.spawn(
@@ -768,7 +768,7 @@ impl Shell {
                 if Instant::now() >= u.deadline {
                     let reason = format!(
                         "the supervisor did not settle within {}: {why}",
-                        crate::table::span(upgrade::SETTLE_TIMEOUT)
+                        crate::units::span(upgrade::SETTLE_TIMEOUT)
                     );
                     self.upgrade_failed(reason);
                 } else if u.waiting_for.as_ref() != Some(&why) {

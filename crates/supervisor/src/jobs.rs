@@ -33,7 +33,8 @@ use chrono::{DateTime, Utc};
 use cronlock::{Backend, Holder, JobMeta, RunRecord};
 use serde::Serialize;
 
-use crate::table::{self, Table};
+use crate::table::Table;
+use crate::units;
 
 /// One job as `supervisor jobs` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +125,7 @@ pub async fn collect(backend: &Backend, timeout: Duration) -> Result<Vec<JobView
 
 fn ago(t: DateTime<Utc>) -> String {
     let secs = (Utc::now() - t).num_milliseconds() as f64 / 1000.0;
-    format!("{} ago", table::duration(secs))
+    format!("{} ago", units::duration(secs))
 }
 
 /// Every registered job's name with its last `n` history records (newest first), for the
@@ -162,7 +163,7 @@ pub fn render(jobs: &[JobView]) -> String {
                 } else {
                     n.format("%Y-%m-%d %H:%M:%S")
                 };
-                format!("{at} (in {})", table::duration(secs))
+                format!("{at} (in {})", units::duration(secs))
             })
             .unwrap_or_else(|| "-".into());
         let last = j
@@ -176,7 +177,7 @@ pub fn render(jobs: &[JobView]) -> String {
                     r.host,
                     r.pid,
                     r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    table::duration(r.duration_ms as f64 / 1000.0),
+                    units::duration(r.duration_ms as f64 / 1000.0),
                     ago(r.started_at)
                 )
             })
@@ -212,7 +213,7 @@ pub fn render_history(runs: &[RunRecord]) -> String {
             r.pid.to_string(),
             r.token.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             r.started_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-            table::duration(r.duration_ms as f64 / 1000.0),
+            units::duration(r.duration_ms as f64 / 1000.0),
             r.error.clone().unwrap_or_default(),
         ]);
     }

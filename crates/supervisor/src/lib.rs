@@ -31,5 +31,6 @@ pub mod runtimes;
 pub mod singleton;
 pub mod sys;
 pub mod table;
+pub mod units;
 pub mod upgrade;
 pub mod worker;

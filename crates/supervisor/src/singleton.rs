@@ -237,7 +237,7 @@ impl Task {
                 Some(Err(e)) => {
                     let text = e.to_string();
                     if last_error.as_ref() != Some(&text) {
-                        tracing::warn!(app = %self.name, "cluster singleton: cannot renew the lease: {text}; retrying until {} before it expires", crate::table::span(every));
+                        tracing::warn!(app = %self.name, "cluster singleton: cannot renew the lease: {text}; retrying until {} before it expires", crate::units::span(every));
                         last_error = Some(text);
                     }
                     next = Instant::now() + RETRY.min(every);

@@ -334,7 +334,7 @@ pub async fn preflight(binary: PathBuf, config: PathBuf) -> Result<String, Strin
             return Err(format!(
                 "{} upgrade-preflight did not finish within {}",
                 binary.display(),
-                crate::table::span(PREFLIGHT_TIMEOUT)
+                crate::units::span(PREFLIGHT_TIMEOUT)
             ));
         }
         Ok(Err(e)) => return Err(format!("{} upgrade-preflight: {e}", binary.display())),

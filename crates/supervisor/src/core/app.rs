@@ -609,7 +609,7 @@ impl App {
                     "new worker {} (pid {}) was not ready within {}",
                     w.name,
                     w.pid.unwrap_or(0),
-                    crate::table::span(w.spec.ready_timeout)
+                    crate::units::span(w.spec.ready_timeout)
                 );
                 if let Some(hint) = &self.settings.not_ready_hint {
                     msg = format!("{msg}: {hint}");
@@ -640,7 +640,7 @@ impl App {
             TimerKey::MemorySample => {}
             TimerKey::Kill(id) => {
                 if let Some(w) = self.workers.get(&id) {
-                    tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::table::span(w.spec.kill_timeout));
+                    tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::units::span(w.spec.kill_timeout));
                     self.out.push(Action::Signal {
                         worker: id,
                         signal: Signal::KillGroup,
@@ -695,7 +695,7 @@ impl App {
         }
         let delay = policy.backoff(s.consecutive_failures);
         s.state = SlotState::BackingOff(now + delay);
-        let delay_text = crate::table::span(delay);
+        let delay_text = crate::units::span(delay);
         if s.crash_looping(policy.max_restarts) {
             tracing::error!(
                 app = %self.settings.spec.name,
@@ -938,7 +938,7 @@ impl App {
                 app = %self.name(),
                 generation = report.generation,
                 "rolling reload finished in {}",
-                crate::table::duration(report.duration_secs)
+                crate::units::duration(report.duration_secs)
             );
             self.reply_all(waiters, &report);
             self.finish_reload(report, now);
@@ -1055,16 +1055,16 @@ impl App {
                         worker = %w.name,
                         pid,
                         "uses {} > max_memory {}: replaced if it stays above for {}",
-                        crate::table::bytes(rss),
-                        crate::table::size(max),
-                        crate::table::span(policy.grace)
+                        crate::units::bytes(rss),
+                        crate::units::size(max),
+                        crate::units::span(policy.grace)
                     );
                     w.over_memory = Some((now, rss));
                 }
                 (true, Some((since, _))) => w.over_memory = Some((since, rss)),
                 (false, Some(_)) => {
                     if serving {
-                        tracing::info!(worker = %w.name, pid, "back below max_memory ({})", crate::table::bytes(rss));
+                        tracing::info!(worker = %w.name, pid, "back below max_memory ({})", crate::units::bytes(rss));
                     }
                     w.over_memory = None;
                 }
@@ -1104,9 +1104,9 @@ impl App {
             "{} pid {} used {} > max_memory {} for {}: replacing it",
             w.name,
             w.pid.unwrap_or(0),
-            crate::table::bytes(rss),
-            crate::table::size(max),
-            crate::table::span(now.saturating_duration_since(since))
+            crate::units::bytes(rss),
+            crate::units::size(max),
+            crate::units::span(now.saturating_duration_since(since))
         );
         let (spec, generation) = (self.slots[slot].spec.clone(), self.slots[slot].generation);
         let new = self.spawn(slot, spec, generation, now);
@@ -1134,7 +1134,7 @@ impl App {
             slot = r.slot,
             recycles = self.memory_recycles,
             "replaced for memory: pid {old_pid} -> {new_pid}, ready in {}; draining the old worker",
-            crate::table::duration(now.saturating_duration_since(r.started).as_secs_f64())
+            crate::units::duration(now.saturating_duration_since(r.started).as_secs_f64())
         );
         match previous {
             SlotState::Serving(old) if old != r.new => self.drain(old, now),
@@ -1157,7 +1157,7 @@ impl App {
                 worker = %w.name,
                 pid = w.pid.unwrap_or(0),
                 "replacement for memory failed: {why}; the worker keeps serving, tried again if it stays above max_memory for another {}",
-                crate::table::span(grace)
+                crate::units::span(grace)
             );
         }
     }
@@ -1346,7 +1346,7 @@ impl App {
                     app = %self.name(),
                     workers = self.workers.len(),
                     "cluster singleton: lease lost ({reason}); self-fencing: every worker drains now and is killed before the lease expires in {}",
-                    crate::table::span(left)
+                    crate::units::span(left)
                 );
                 self.fence(expires_at, now);
             }
