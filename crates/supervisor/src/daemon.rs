@@ -6,7 +6,7 @@
 //! second while some app has a limit), with one `/proc` scan for every worker.
 //! Cluster singletons (`scope = "cluster"`) each get a lease task ([`crate::singleton`]) that
 //! reports [`core::LeaseEvent`]s into the same loop; the loop itself never talks to the backend.
-//! The `[[job]]` scheduler runs in tasks of its own ([`crate::jobs::config_jobs`]); `SIGCHLD`
+//! The `[[job]]` scheduler runs in tasks of its own ([`crate::jobs::scheduler`]); `SIGCHLD`
 //! sweeps adopted orphans ([`crate::orphans`]); an in-place upgrade is sequenced here (wait for a
 //! quiet moment, preflight the new binary, then exec) with its OS side in [`crate::upgrade`].
 //! Startup binds everything before any worker starts, so a bad port or a live control socket
@@ -29,7 +29,7 @@ use crate::core::{
     self, Action, AppIndex, AppSettings, Event, LeaseEvent, ReplyTo, ServiceState, Signal,
     Supervisor, TimerKey, WaitState, WorkerState,
 };
-use crate::jobs::config_jobs::{self, ConfigJobs};
+use crate::jobs::scheduler::{self, ConfigJobs};
 use crate::metrics::{self, server::SnapshotRequest};
 use crate::notify::{self, Notification};
 use crate::orphans;
@@ -252,7 +252,7 @@ pub async fn run(
     // Its own tasks: the event loop never waits on the cron backend.
     let jobs = ConfigJobs::start(
         &config.cron_url,
-        config_jobs::prepare(&config, &config.apps, &bound),
+        scheduler::prepare(&config, &config.apps, &bound),
     )
     .map_err(|cause| StartupError::Jobs {
         path: config.path.clone(),
@@ -1099,7 +1099,7 @@ impl Shell {
         }
         // The `[[job]]` tables: a changed set replaces the scheduler (running jobs finish).
         if let Some(jobs) = &mut self.jobs {
-            jobs.replace(config_jobs::prepare(
+            jobs.replace(scheduler::prepare(
                 &fresh,
                 &self.config.apps,
                 &self.listeners,

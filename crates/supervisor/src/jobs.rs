@@ -1,13 +1,56 @@
 //! Cluster-once cron jobs on cronlock. The `[[job]]` tables of the config are scheduled by the
-//! supervisor itself ([`config_jobs`], running a [`command`] or an [`http`] request per tick);
+//! supervisor itself ([`scheduler`], running a [`command`] or an [`http`] request per tick);
 //! worker-library jobs run inside the workers. Both register in the same backend, so
 //! `supervisor jobs` (this file) shows them side by side: it reads the cron backend (Redis, or
 //! the local state dir), not the daemon, since jobs run on every host and their registry,
 //! history and leases live in the backend they share.
 
 pub mod command;
-pub mod config_jobs;
 pub mod http;
+pub mod scheduler;
+
+// The contract every `[[job]]` runner shares with the scheduler (paths spelt out: the rest of
+// this file is the `supervisor jobs` client).
+
+/// After the supervisor's stop deadline: SIGTERM, then SIGKILL this much later.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a supervisor stop reaches running job commands and requests.
+#[derive(Debug, Clone, Default)]
+pub struct Stops {
+    /// Stop now: SIGTERM (SIGKILL after [`STOP_GRACE`]); requests are cancelled.
+    pub term: tokio_util::sync::CancellationToken,
+    /// Kill now (fast stop).
+    pub kill: tokio_util::sync::CancellationToken,
+}
+
+/// One kind of `[[job]]` (a [`command`], an [`http`] request): what the [`scheduler`] runs at
+/// each tick it claims.
+pub trait Runner: Send + Sync + 'static {
+    /// Runs the job once; `Ok` when the run succeeded, else why not (the history's reason).
+    fn run(
+        self: std::sync::Arc<Self>,
+        ctx: cronlock::JobContext,
+        stops: Stops,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The values a run hands its command (`SUPERVISOR_JOB_<KEY>`) or request
+/// (`Supervisor-Job-<Key>`): `NAME`, `TICK` (the scheduled instant, RFC 3339 UTC; for a manual
+/// run the time it was requested), `TOKEN` (the fencing token) and `RUN` (the history's tick:
+/// the same instant, or `manual:<id>`).
+pub fn run_vars(ctx: &cronlock::JobContext) -> [(&'static str, String); 4] {
+    [
+        ("NAME", ctx.job.clone()),
+        (
+            "TICK",
+            ctx.tick
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+        ("TOKEN", ctx.token.to_string()),
+        ("RUN", ctx.tick_id.to_string()),
+    ]
+}
 
 /// The context of a run at tick 2026-11-30T02:30:00Z of job `report`, for the runners' tests.
 #[cfg(test)]

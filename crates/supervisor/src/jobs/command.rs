@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::config_jobs::Stops;
+use super::{Runner, STOP_GRACE, Stops};
 use crate::core::ExitStatus;
 use crate::sys::process;
 use crate::sys::spawn::{self, Exec};
@@ -83,7 +83,7 @@ fn environment(job: &CommandJob, ctx: &JobContext) -> Vec<(String, String)> {
     if let Some(app) = &job.app {
         env.insert("SUPERVISOR_APP".into(), app.clone());
     }
-    let vars = super::config_jobs::run_vars(ctx);
+    let vars = super::run_vars(ctx);
     env.extend(
         vars.into_iter()
             .map(|(k, v)| (format!("SUPERVISOR_JOB_{k}"), v)),
@@ -91,80 +91,83 @@ fn environment(job: &CommandJob, ctx: &JobContext) -> Vec<(String, String)> {
     env.into_iter().collect()
 }
 
-/// Runs the command once; `Ok` on exit code 0, else why not (exit code, signal, timeout, stop).
-pub async fn run(job: Arc<CommandJob>, ctx: JobContext, stops: Stops) -> Result<(), String> {
-    let env = environment(&job, &ctx);
-    let child = spawn::spawn_plain(Exec {
-        program: &job.program,
-        args: &job.args,
-        env,
-        cwd: &job.cwd,
-        listeners: vec![],
-    })
-    .map_err(|e| e.to_string())?;
-    let pid = child.pid;
-    children().insert(pid);
-    let span = tracing::info_span!("job", name = %ctx.job, pid);
-    span.in_scope(|| tracing::info!(token = ctx.token, "started {}", job.program.display()));
-    tokio::spawn(crate::logs::forward_output(child.stdout).instrument(span.clone()));
-    tokio::spawn(crate::logs::forward_output(child.stderr).instrument(span.clone()));
-    drop(child.ready);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _guard = KillOnDrop(tx.clone());
-    let keeper = tokio::spawn(keep(pid, Arc::new(child.pidfd), rx).instrument(span.clone()));
-    tokio::pin!(keeper);
+impl Runner for CommandJob {
+    /// Runs the command once; `Ok` on exit code 0, else why not (exit code, signal, timeout, stop).
+    async fn run(self: Arc<Self>, ctx: JobContext, stops: Stops) -> Result<(), String> {
+        let env = environment(&self, &ctx);
+        let child = spawn::spawn_plain(Exec {
+            program: &self.program,
+            args: &self.args,
+            env,
+            cwd: &self.cwd,
+            listeners: vec![],
+        })
+        .map_err(|e| e.to_string())?;
+        let pid = child.pid;
+        children().insert(pid);
+        let span = tracing::info_span!("job", name = %ctx.job, pid);
+        span.in_scope(|| tracing::info!(token = ctx.token, "started {}", self.program.display()));
+        tokio::spawn(crate::logs::forward_output(child.stdout).instrument(span.clone()));
+        tokio::spawn(crate::logs::forward_output(child.stderr).instrument(span.clone()));
+        drop(child.ready);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _guard = KillOnDrop(tx.clone());
+        let keeper = tokio::spawn(keep(pid, Arc::new(child.pidfd), rx).instrument(span.clone()));
+        tokio::pin!(keeper);
 
-    // After a lost lease the run must be gone well before the lease expires (cronlock stops
-    // waiting for it a twelfth of the TTL later): SIGKILL soon after SIGTERM.
-    let cancel_grace = job
-        .kill_timeout
-        .min(Duration::from_secs(1))
-        .min((job.lease_ttl / 12).max(Duration::from_millis(25)));
-    let timeout = tokio::time::sleep(job.timeout);
-    tokio::pin!(timeout);
-    let mut why: Option<String> = None;
-    let (mut timed_out, mut cancelled, mut terminated, mut killed) = (false, false, false, false);
-    let status = loop {
-        tokio::select! {
-            r = &mut keeper => break r.unwrap_or(ExitStatus::Code(-1)),
-            () = &mut timeout, if !timed_out => {
-                timed_out = true;
-                why.get_or_insert_with(|| format!(
-                    "timed out after {}: stopped (SIGTERM, SIGKILL after {})",
-                    humantime::format_duration(job.timeout),
-                    humantime::format_duration(job.kill_timeout)
-                ));
-                let _ = tx.send(job.kill_timeout);
+        // After a lost lease the run must be gone well before the lease expires (cronlock stops
+        // waiting for it a twelfth of the TTL later): SIGKILL soon after SIGTERM.
+        let cancel_grace = self
+            .kill_timeout
+            .min(Duration::from_secs(1))
+            .min((self.lease_ttl / 12).max(Duration::from_millis(25)));
+        let timeout = tokio::time::sleep(self.timeout);
+        tokio::pin!(timeout);
+        let mut why: Option<String> = None;
+        let (mut timed_out, mut cancelled, mut terminated, mut killed) =
+            (false, false, false, false);
+        let status = loop {
+            tokio::select! {
+                r = &mut keeper => break r.unwrap_or(ExitStatus::Code(-1)),
+                () = &mut timeout, if !timed_out => {
+                    timed_out = true;
+                    why.get_or_insert_with(|| format!(
+                        "timed out after {}: stopped (SIGTERM, SIGKILL after {})",
+                        humantime::format_duration(self.timeout),
+                        humantime::format_duration(self.kill_timeout)
+                    ));
+                    let _ = tx.send(self.kill_timeout);
+                }
+                () = ctx.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    why.get_or_insert_with(|| "cancelled: the run must stop (lease lost or shutdown)".into());
+                    let _ = tx.send(cancel_grace);
+                }
+                () = stops.term.cancelled(), if !terminated => {
+                    terminated = true;
+                    why.get_or_insert_with(|| "stopped: the supervisor is stopping".into());
+                    let _ = tx.send(STOP_GRACE);
+                }
+                () = stops.kill.cancelled(), if !killed => {
+                    killed = true;
+                    why.get_or_insert_with(|| "killed: the supervisor is stopping fast".into());
+                    let _ = tx.send(Duration::ZERO);
+                }
             }
-            () = ctx.cancel.cancelled(), if !cancelled => {
-                cancelled = true;
-                why.get_or_insert_with(|| "cancelled: the run must stop (lease lost or shutdown)".into());
-                let _ = tx.send(cancel_grace);
-            }
-            () = stops.term.cancelled(), if !terminated => {
-                terminated = true;
-                why.get_or_insert_with(|| "stopped: the supervisor is stopping".into());
-                let _ = tx.send(super::config_jobs::STOP_GRACE);
-            }
-            () = stops.kill.cancelled(), if !killed => {
-                killed = true;
-                why.get_or_insert_with(|| "killed: the supervisor is stopping fast".into());
-                let _ = tx.send(Duration::ZERO);
-            }
+        };
+        let ended = match status {
+            ExitStatus::Code(0) => None,
+            ExitStatus::Code(-1) => Some("exit status unknown (reaped elsewhere)".to_string()),
+            ExitStatus::Code(c) => Some(format!("exit code {c}")),
+            ExitStatus::Signal(s) => Some(format!("killed by signal {s}")),
+        };
+        span.in_scope(|| tracing::info!("exited: {}", ended.as_deref().unwrap_or("exit code 0")));
+        match (why, ended) {
+            (None, None) => Ok(()),
+            (Some(why), Some(ended)) => Err(format!("{why}; {ended}")),
+            (Some(why), None) => Err(format!("{why}; it exited 0")),
+            (None, Some(ended)) => Err(ended),
         }
-    };
-    let ended = match status {
-        ExitStatus::Code(0) => None,
-        ExitStatus::Code(-1) => Some("exit status unknown (reaped elsewhere)".to_string()),
-        ExitStatus::Code(c) => Some(format!("exit code {c}")),
-        ExitStatus::Signal(s) => Some(format!("killed by signal {s}")),
-    };
-    span.in_scope(|| tracing::info!("exited: {}", ended.as_deref().unwrap_or("exit code 0")));
-    match (why, ended) {
-        (None, None) => Ok(()),
-        (Some(why), Some(ended)) => Err(format!("{why}; {ended}")),
-        (Some(why), None) => Err(format!("{why}; it exited 0")),
-        (None, Some(ended)) => Err(ended),
     }
 }
 
@@ -245,26 +248,20 @@ mod tests {
             "echo \"$SUPERVISOR_JOB_NAME $SUPERVISOR_JOB_TICK $SUPERVISOR_JOB_TOKEN $SUPERVISOR_JOB_RUN $SUPERVISOR_APP $FROM_APP $(pwd)\" > {}; exit 3",
             out.display()
         );
-        let r = run(
-            job(&script, Duration::from_secs(10)),
-            ctx(CancellationToken::new()),
-            Stops::default(),
-        )
-        .await;
+        let r = job(&script, Duration::from_secs(10))
+            .run(ctx(CancellationToken::new()), Stops::default())
+            .await;
         assert_eq!(r, Err("exit code 3".to_string()));
         assert_eq!(
             std::fs::read_to_string(&out).unwrap().trim(),
             "report 2026-11-30T02:30:00.000Z 42 2026-11-30T02:30:00.000Z web yes /"
         );
         let pidfile = dir.path().join("pid");
-        let r = run(
-            job(
-                &format!("echo $$ > {}", pidfile.display()),
-                Duration::from_secs(10),
-            ),
-            ctx(CancellationToken::new()),
-            Stops::default(),
+        let r = job(
+            &format!("echo $$ > {}", pidfile.display()),
+            Duration::from_secs(10),
         )
+        .run(ctx(CancellationToken::new()), Stops::default())
         .await;
         assert_eq!(r, Ok(()));
         let pid: i32 = std::fs::read_to_string(&pidfile)
@@ -278,12 +275,9 @@ mod tests {
     #[tokio::test]
     async fn a_timeout_kills_a_command_that_ignores_sigterm() {
         let started = std::time::Instant::now();
-        let r = run(
-            job("trap '' TERM; sleep 20", Duration::from_millis(200)),
-            ctx(CancellationToken::new()),
-            Stops::default(),
-        )
-        .await;
+        let r = job("trap '' TERM; sleep 20", Duration::from_millis(200))
+            .run(ctx(CancellationToken::new()), Stops::default())
+            .await;
         let e = r.unwrap_err();
         assert!(
             e.starts_with("timed out after 200ms") && e.ends_with("killed by signal 9"),
@@ -301,12 +295,9 @@ mod tests {
             c.cancel();
         });
         let started = std::time::Instant::now();
-        let r = run(
-            job("trap '' TERM; sleep 20", Duration::from_secs(60)),
-            ctx(cancel),
-            Stops::default(),
-        )
-        .await;
+        let r = job("trap '' TERM; sleep 20", Duration::from_secs(60))
+            .run(ctx(cancel), Stops::default())
+            .await;
         let e = r.unwrap_err();
         assert!(
             e.starts_with("cancelled") && e.ends_with("killed by signal 9"),

@@ -13,7 +13,7 @@ use cronlock::JobContext;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 
-use super::config_jobs::Stops;
+use super::{Runner, Stops};
 
 /// Where the request goes: the app's first listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,24 +48,26 @@ pub struct HttpJob {
     pub timeout: Duration,
 }
 
-/// Sends the request once; `Ok` on a 2xx answer.
-pub async fn run(job: Arc<HttpJob>, ctx: JobContext, stops: Stops) -> Result<(), String> {
-    let what = format!(
-        "{} {} to {} ({})",
-        job.method, job.path, job.app, job.target
-    );
-    tokio::select! {
-        r = send(&job, &ctx) => r.map_err(|e| format!("{what}: {e}")),
-        () = tokio::time::sleep(job.timeout) => Err(format!(
-            "{what}: no answer within {}: request cancelled",
-            humantime::format_duration(job.timeout)
-        )),
-        () = ctx.cancel.cancelled() => Err(format!(
-            "{what}: cancelled (lease lost or shutdown)"
-        )),
-        () = stops.term.cancelled() => Err(format!(
-            "{what}: cancelled: the supervisor is stopping"
-        )),
+impl Runner for HttpJob {
+    /// Sends the request once; `Ok` on a 2xx answer.
+    async fn run(self: Arc<Self>, ctx: JobContext, stops: Stops) -> Result<(), String> {
+        let what = format!(
+            "{} {} to {} ({})",
+            self.method, self.path, self.app, self.target
+        );
+        tokio::select! {
+            r = send(&self, &ctx) => r.map_err(|e| format!("{what}: {e}")),
+            () = tokio::time::sleep(self.timeout) => Err(format!(
+                "{what}: no answer within {}: request cancelled",
+                humantime::format_duration(self.timeout)
+            )),
+            () = ctx.cancel.cancelled() => Err(format!(
+                "{what}: cancelled (lease lost or shutdown)"
+            )),
+            () = stops.term.cancelled() => Err(format!(
+                "{what}: cancelled: the supervisor is stopping"
+            )),
+        }
     }
 }
 
@@ -91,7 +93,7 @@ async fn send(job: &HttpJob, ctx: &JobContext) -> Result<(), String> {
     if job.method != "GET" && job.method != "HEAD" {
         builder = builder.header(http::header::CONTENT_LENGTH, "0");
     }
-    for (k, v) in super::config_jobs::run_vars(ctx) {
+    for (k, v) in super::run_vars(ctx) {
         let name = format!("Supervisor-Job-{}{}", &k[..1], k[1..].to_ascii_lowercase());
         builder = builder.header(name, v);
     }
@@ -199,7 +201,9 @@ mod tests {
     #[tokio::test]
     async fn a_2xx_is_ok_and_the_request_carries_the_run() {
         let (addr, req) = server("HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await;
-        let r = run(job(addr, Duration::from_secs(5)), ctx(), Stops::default()).await;
+        let r = job(addr, Duration::from_secs(5))
+            .run(ctx(), Stops::default())
+            .await;
         assert_eq!(r, Ok(()));
         let req = req.await.unwrap().to_ascii_lowercase();
         assert!(
@@ -223,7 +227,8 @@ mod tests {
             "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n",
         )
         .await;
-        let e = run(job(addr, Duration::from_secs(5)), ctx(), Stops::default())
+        let e = job(addr, Duration::from_secs(5))
+            .run(ctx(), Stops::default())
             .await
             .unwrap_err();
         assert!(e.ends_with("status 503 Service Unavailable: busy"), "{e}");
@@ -232,13 +237,10 @@ mod tests {
     #[tokio::test]
     async fn the_timeout_cancels_a_request_without_an_answer() {
         let (addr, _req) = server("").await;
-        let e = run(
-            job(addr, Duration::from_millis(200)),
-            ctx(),
-            Stops::default(),
-        )
-        .await
-        .unwrap_err();
+        let e = job(addr, Duration::from_millis(200))
+            .run(ctx(), Stops::default())
+            .await
+            .unwrap_err();
         assert!(e.contains("no answer within 200ms"), "{e}");
     }
 }

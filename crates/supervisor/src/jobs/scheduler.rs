@@ -7,43 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cronlock::{Backend, Identity, Job, JobContext, Scheduler, StatsSnapshot};
+use cronlock::{Backend, Identity, Job, Scheduler, StatsSnapshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, CommandJob};
-use super::http::{self, HttpJob, Target};
+use super::command::CommandJob;
+use super::http::{HttpJob, Target};
+use super::{Runner, STOP_GRACE, Stops};
 use crate::config::{AppConfig, Config, JobAction, JobConfig};
 use crate::sys::listeners::BoundListener;
-
-/// After the supervisor's stop deadline: SIGTERM, then SIGKILL this much later.
-pub const STOP_GRACE: Duration = Duration::from_secs(1);
-
-/// How a supervisor stop reaches running job commands and requests.
-#[derive(Debug, Clone, Default)]
-pub struct Stops {
-    /// Stop now: SIGTERM (SIGKILL after [`STOP_GRACE`]); requests are cancelled.
-    pub term: CancellationToken,
-    /// Kill now (fast stop).
-    pub kill: CancellationToken,
-}
-
-/// The values a run hands its command (`SUPERVISOR_JOB_<KEY>`) or request
-/// (`Supervisor-Job-<Key>`): `NAME`, `TICK` (the scheduled instant, RFC 3339 UTC; for a manual
-/// run the time it was requested), `TOKEN` (the fencing token) and `RUN` (the history's tick:
-/// the same instant, or `manual:<id>`).
-pub fn run_vars(ctx: &JobContext) -> [(&'static str, String); 4] {
-    [
-        ("NAME", ctx.job.clone()),
-        (
-            "TICK",
-            ctx.tick
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ),
-        ("TOKEN", ctx.token.to_string()),
-        ("RUN", ctx.tick_id.to_string()),
-    ]
-}
 
 /// A `[[job]]` ready to run: its config plus, for an http job, where the request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,11 +83,7 @@ pub fn prepare(
 /// [`prepare`] never yields).
 fn cron_job(p: &PreparedJob, stops: &Stops) -> Option<Job> {
     let c = &p.config;
-    enum Runner {
-        Command(Arc<CommandJob>),
-        Http(Arc<HttpJob>),
-    }
-    let runner = match (&c.action, &p.target) {
+    match (&c.action, &p.target) {
         (
             JobAction::Command {
                 program,
@@ -125,37 +93,42 @@ fn cron_job(p: &PreparedJob, stops: &Stops) -> Option<Job> {
                 app,
             },
             _,
-        ) => Runner::Command(Arc::new(CommandJob {
-            program: program.clone(),
-            args: args.clone(),
-            env: env.clone(),
-            cwd: cwd.clone(),
-            app: app.clone(),
-            timeout: c.timeout,
-            kill_timeout: c.kill_timeout,
-            lease_ttl: c.spec.lease_ttl,
-        })),
-        (JobAction::Http { method, path, app }, Some(target)) => Runner::Http(Arc::new(HttpJob {
-            method: method.clone(),
-            path: path.clone(),
-            app: app.clone(),
-            target: target.clone(),
-            timeout: c.timeout,
-        })),
-        (JobAction::Http { .. }, None) => return None,
-    };
+        ) => Some(job_of(
+            c,
+            CommandJob {
+                program: program.clone(),
+                args: args.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                app: app.clone(),
+                timeout: c.timeout,
+                kill_timeout: c.kill_timeout,
+                lease_ttl: c.spec.lease_ttl,
+            },
+            stops,
+        )),
+        (JobAction::Http { method, path, app }, Some(target)) => Some(job_of(
+            c,
+            HttpJob {
+                method: method.clone(),
+                path: path.clone(),
+                app: app.clone(),
+                target: target.clone(),
+                timeout: c.timeout,
+            },
+            stops,
+        )),
+        (JobAction::Http { .. }, None) => None,
+    }
+}
+
+/// The cronlock job of table `c` that hands each run to `runner`.
+fn job_of(c: &JobConfig, runner: impl Runner, stops: &Stops) -> Job {
     let runner = Arc::new(runner);
     let stops = stops.clone();
-    Some(Job::new(c.spec.clone(), move |ctx| {
-        let runner = Arc::clone(&runner);
-        let stops = stops.clone();
-        async move {
-            match &*runner {
-                Runner::Command(j) => command::run(Arc::clone(j), ctx, stops).await,
-                Runner::Http(j) => http::run(Arc::clone(j), ctx, stops).await,
-            }
-        }
-    }))
+    Job::new(c.spec.clone(), move |ctx| {
+        Arc::clone(&runner).run(ctx, stops.clone())
+    })
 }
 
 /// One running scheduler.
