@@ -249,10 +249,13 @@ pub async fn run(
         Some(state) => RuntimeDir::adopt(state.runtime_dir.clone())?,
         None => RuntimeDir::create()?,
     };
+    // The shell's own children that are not workers: the orphan sweep leaves them alone.
+    let own_children = orphans::OwnChildren::default();
     // Its own tasks: the event loop never waits on the cron backend.
     let jobs = ConfigJobs::start(
         &config.cron_url,
         scheduler::prepare(&config, &config.apps, &bound),
+        own_children.clone(),
     )
     .map_err(|cause| StartupError::Jobs {
         path: config.path.clone(),
@@ -313,7 +316,15 @@ pub async fn run(
             "supervisor started"
         }
     );
-    let mut shell = Shell::new(config, bound, runtime_dir, jobs, leases, lease_rx);
+    let mut shell = Shell::new(
+        config,
+        bound,
+        runtime_dir,
+        jobs,
+        own_children,
+        leases,
+        lease_rx,
+    );
     shell.service = service;
     shell.handover = HandoverFds {
         control: control_fd,
@@ -355,7 +366,7 @@ pub async fn run(
     orphans::kill_all(
         |pid| {
             workers.contains(&pid)
-                || crate::jobs::command::is_job_child(pid)
+                || shell.own_children.contains(pid)
                 || upgrade::is_preflight_child(pid)
         },
         Duration::from_millis(2000),
@@ -572,6 +583,8 @@ struct Shell {
     told: Option<ServiceState>,
     /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
     jobs: Option<ConfigJobs>,
+    /// Its own children that are not workers (`[[job]]` commands): the orphan sweep skips them.
+    own_children: orphans::OwnChildren,
     leases: LeaseTasks,
     lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
     /// The binary this process runs (what an upgrade runs by default).
@@ -589,6 +602,7 @@ impl Shell {
         listeners: Vec<Vec<BoundListener>>,
         runtime_dir: RuntimeDir,
         jobs: ConfigJobs,
+        own_children: orphans::OwnChildren,
         leases: LeaseTasks,
         lease_rx: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
     ) -> Shell {
@@ -616,6 +630,7 @@ impl Shell {
             service: None,
             told: None,
             jobs: Some(jobs),
+            own_children,
             leases,
             lease_rx,
             binary: upgrade::own_binary(),
@@ -719,7 +734,7 @@ impl Shell {
         if let Some(why) = self.core.not_upgradable() {
             return Some(why);
         }
-        let jobs = crate::jobs::command::job_children();
+        let jobs = self.own_children.pids();
         if !jobs.is_empty() {
             return Some(format!("a [[job]] command is running (pid {jobs:?})"));
         }
@@ -1061,7 +1076,7 @@ impl Shell {
         orphans::sweep(
             |pid| {
                 self.processes.values().any(|p| p.pid == pid)
-                    || crate::jobs::command::is_job_child(pid)
+                    || self.own_children.contains(pid)
                     || upgrade::is_preflight_child(pid)
             },
             exited_group,

@@ -2,12 +2,73 @@
 //! subreaper (or PID 1) it inherits every orphaned descendant, e.g. a worker's child whose parent
 //! died. A sweep (on `SIGCHLD` and after each worker exit) reaps those that exited and kills those
 //! still in the process group of a worker that just exited; at stop every one left is killed and
-//! reaped. Workers are never touched here: their exit goes through their pidfd. The decision is
-//! [`plan`]; the system calls are [`crate::sys::reaper`]'s.
+//! reaped. Workers are never touched here: their exit goes through their pidfd. Nor are the
+//! shell's own children that are not workers ([`OwnChildren`]: `[[job]]` commands), each waited
+//! for by whoever started it. The decision is [`plan`]; the system calls are
+//! [`crate::sys::reaper`]'s.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::sys::reaper::{self, Child};
+
+/// The pids of the shell's own children that are not workers (`[[job]]` commands): each is
+/// reaped by whoever started it (through its pidfd, like a worker), so the sweep of adopted
+/// orphans must leave them alone (peek with `waitid(P_ALL, WNOWAIT)`, then reap only pids that
+/// are neither workers nor listed here). One set per supervisor, made by the daemon; a cheap
+/// handle: its clones share the set, and anyone holding one can list a pid.
+#[derive(Debug, Clone, Default)]
+pub struct OwnChildren(Arc<Mutex<BTreeSet<i32>>>);
+
+impl OwnChildren {
+    fn set(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists `pid` until [`OwnChildren::remove`]; `false` if it was listed already.
+    pub fn insert(&self, pid: i32) -> bool {
+        self.set().insert(pid)
+    }
+
+    /// Unlists `pid` (once it is reaped); `false` if it was not listed.
+    pub fn remove(&self, pid: i32) -> bool {
+        self.set().remove(&pid)
+    }
+
+    /// Lists `pid` until the returned guard is dropped (drop it once the child is reaped).
+    pub fn register(&self, pid: i32) -> Registration {
+        self.insert(pid);
+        Registration {
+            children: self.clone(),
+            pid,
+        }
+    }
+
+    /// Whether `pid` is listed.
+    pub fn contains(&self, pid: i32) -> bool {
+        self.set().contains(&pid)
+    }
+
+    /// The listed pids, in ascending order.
+    pub fn pids(&self) -> Vec<i32> {
+        self.set().iter().copied().collect()
+    }
+}
+
+/// A pid listed in [`OwnChildren`] until this is dropped.
+#[derive(Debug)]
+#[must_use = "the pid is unlisted as soon as this is dropped"]
+pub struct Registration {
+    children: OwnChildren,
+    pid: i32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.children.remove(self.pid);
+    }
+}
 
 /// What to do with one child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +164,46 @@ pub fn kill_all(is_worker: impl Fn(i32) -> bool, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_children_are_one_set_shared_by_every_handle() {
+        let children = OwnChildren::default();
+        let other = children.clone();
+        assert!(children.insert(30));
+        assert!(!other.insert(30), "listed once");
+        assert!(other.insert(20));
+        assert!(children.contains(30) && children.contains(20));
+        assert!(!children.contains(40));
+        assert_eq!(children.pids(), vec![20, 30]);
+        assert!(other.remove(30));
+        assert!(!children.remove(30), "unlisted once");
+        assert!(!children.contains(30));
+        assert_eq!(other.pids(), vec![20]);
+    }
+
+    #[test]
+    fn a_registration_unlists_its_pid_when_dropped() {
+        let children = OwnChildren::default();
+        let first = children.register(50);
+        let second = children.clone().register(51);
+        assert_eq!(children.pids(), vec![50, 51]);
+        drop(first);
+        assert!(!children.contains(50));
+        assert!(children.contains(51));
+        drop(second);
+        assert!(children.pids().is_empty());
+    }
+
+    #[test]
+    fn a_listed_child_is_left_alone_like_a_worker() {
+        let children = OwnChildren::default();
+        let _job = children.register(40);
+        let listed = [child(40, 40, true), child(41, 41, false)];
+        assert_eq!(
+            plan(&listed, |p| children.contains(p), None, true),
+            vec![Step::Kill(41)]
+        );
+    }
 
     fn child(pid: i32, pgid: i32, zombie: bool) -> Child {
         Child { pid, pgid, zombie }

@@ -3,13 +3,14 @@
 //! exit watched through its pidfd. A keeper task owns the child until it is reaped, so a run that
 //! is dropped (lease lost, shutdown) still gets its process group killed and reaped.
 //!
-//! The pids of running job commands are in [`job_children`]: a reaper of orphaned children must
-//! leave those alone (each is waited for through its own pidfd here, like a worker).
+//! A running command's pid is listed in the shell's [`OwnChildren`] until it is reaped: the
+//! sweep of adopted orphans must leave it alone (it is waited for through its own pidfd here,
+//! like a worker).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cronlock::JobContext;
@@ -19,11 +20,12 @@ use tracing::Instrument;
 
 use super::{Runner, STOP_GRACE, Stops};
 use crate::core::ExitStatus;
+use crate::orphans::{OwnChildren, Registration};
 use crate::sys::process;
 use crate::sys::spawn::{self, Exec};
 
-/// What a command job runs (from its `[[job]]` table).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a command job runs (from its `[[job]]` table), and where its pid is listed.
+#[derive(Debug, Clone)]
 pub struct CommandJob {
     /// Absolute program path.
     pub program: PathBuf,
@@ -41,26 +43,9 @@ pub struct CommandJob {
     pub kill_timeout: Duration,
     /// Its lease TTL: after a lost lease the process group is killed within a twelfth of it.
     pub lease_ttl: Duration,
-}
-
-/// Pids (= process group ids) of the job commands running now.
-static CHILDREN: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-
-fn children() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
-    CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The pids of the `[[job]]` commands running now. They are children of the supervisor that are
-/// not workers; each is reaped by its own run through its pidfd, so a reaper of orphans must skip
-/// them (peek with `waitid(P_ALL, WNOWAIT)`, then reap only pids that are neither workers nor in
-/// this list).
-pub fn job_children() -> Vec<i32> {
-    children().iter().copied().collect()
-}
-
-/// Whether `pid` is a running `[[job]]` command (see [`job_children`]).
-pub fn is_job_child(pid: i32) -> bool {
-    children().contains(&pid)
+    /// The shell's own children: each run's pid (= process group id) is listed there from its
+    /// start until it is reaped.
+    pub children: OwnChildren,
 }
 
 /// Sends the keeper "stop within this grace" on drop: a run future that is dropped kills its
@@ -104,7 +89,7 @@ impl Runner for CommandJob {
         })
         .map_err(|e| e.to_string())?;
         let pid = child.pid;
-        children().insert(pid);
+        let listed = self.children.register(pid);
         let span = tracing::info_span!("job", name = %ctx.job, pid);
         span.in_scope(|| tracing::info!(token = ctx.token, "started {}", self.program.display()));
         tokio::spawn(crate::logs::forward_output(child.stdout).instrument(span.clone()));
@@ -112,7 +97,8 @@ impl Runner for CommandJob {
         drop(child.ready);
         let (tx, rx) = mpsc::unbounded_channel();
         let _guard = KillOnDrop(tx.clone());
-        let keeper = tokio::spawn(keep(pid, Arc::new(child.pidfd), rx).instrument(span.clone()));
+        let keeper =
+            tokio::spawn(keep(pid, Arc::new(child.pidfd), rx, listed).instrument(span.clone()));
         tokio::pin!(keeper);
 
         // After a lost lease the run must be gone well before the lease expires (cronlock stops
@@ -171,12 +157,14 @@ impl Runner for CommandJob {
     }
 }
 
-/// Owns the child until it is reaped. Each message on `stops` is a grace: SIGTERM to the group
-/// now (the first time), SIGKILL once the shortest grace asked for has passed.
+/// Owns the child until it is reaped, then unlists it (`listed`). Each message on `stops` is a
+/// grace: SIGTERM to the group now (the first time), SIGKILL once the shortest grace asked for
+/// has passed.
 async fn keep(
     pid: i32,
     pidfd: Arc<OwnedFd>,
     mut stops: mpsc::UnboundedReceiver<Duration>,
+    listed: Registration,
 ) -> ExitStatus {
     let exit = process::watch_exit(pid, Arc::clone(&pidfd));
     tokio::pin!(exit);
@@ -188,7 +176,7 @@ async fn keep(
             status = &mut exit => {
                 // watch_exit killed what was left of the group; the zombie goes now.
                 process::reap(&pidfd);
-                children().remove(&pid);
+                drop(listed);
                 return status;
             }
             grace = stops.recv(), if open => match grace {
@@ -233,6 +221,7 @@ mod tests {
             timeout,
             kill_timeout: Duration::from_millis(300),
             lease_ttl: Duration::from_secs(3),
+            children: OwnChildren::default(),
         })
     }
 
@@ -257,19 +246,56 @@ mod tests {
             "report 2026-11-30T02:30:00.000Z 42 2026-11-30T02:30:00.000Z web yes /"
         );
         let pidfile = dir.path().join("pid");
-        let r = job(
+        let echo = job(
             &format!("echo $$ > {}", pidfile.display()),
             Duration::from_secs(10),
-        )
-        .run(ctx(CancellationToken::new()), Stops::default())
-        .await;
+        );
+        let r = Arc::clone(&echo)
+            .run(ctx(CancellationToken::new()), Stops::default())
+            .await;
         assert_eq!(r, Ok(()));
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        assert!(!is_job_child(pid), "reaped and unlisted");
+        assert!(!echo.children.contains(pid), "reaped and unlisted");
+    }
+
+    #[tokio::test]
+    async fn a_running_command_is_listed_in_the_shells_children_until_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pidfile, go) = (dir.path().join("pid"), dir.path().join("go"));
+        let script = format!(
+            "echo $$ > {p}.new; mv {p}.new {p}; while [ ! -e {g} ]; do sleep 0.01; done",
+            p = pidfile.display(),
+            g = go.display()
+        );
+        let waiting = job(&script, Duration::from_secs(10));
+        let children = waiting.children.clone();
+        let run =
+            tokio::spawn(Arc::clone(&waiting).run(ctx(CancellationToken::new()), Stops::default()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let pid: i32 = loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command never started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(children.contains(pid), "listed while it runs");
+        assert_eq!(children.pids(), vec![pid]);
+        std::fs::write(&go, "").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, Ok(()));
+        assert!(!children.contains(pid), "reaped and unlisted");
+        assert!(children.pids().is_empty());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use super::command::CommandJob;
 use super::http::{HttpJob, Target};
 use super::{Runner, STOP_GRACE, Stops};
 use crate::config::{AppConfig, Config, JobAction, JobConfig};
+use crate::orphans::OwnChildren;
 use crate::sys::listeners::BoundListener;
 
 /// A `[[job]]` ready to run: its config plus, for an http job, where the request goes.
@@ -80,8 +81,8 @@ pub fn prepare(
 }
 
 /// The cronlock job of a prepared `[[job]]` (`None` for an http job without a target, which
-/// [`prepare`] never yields).
-fn cron_job(p: &PreparedJob, stops: &Stops) -> Option<Job> {
+/// [`prepare`] never yields); a command lists its runs' pids in `children`.
+fn cron_job(p: &PreparedJob, stops: &Stops, children: &OwnChildren) -> Option<Job> {
     let c = &p.config;
     match (&c.action, &p.target) {
         (
@@ -104,6 +105,7 @@ fn cron_job(p: &PreparedJob, stops: &Stops) -> Option<Job> {
                 timeout: c.timeout,
                 kill_timeout: c.kill_timeout,
                 lease_ttl: c.spec.lease_ttl,
+                children: children.clone(),
             },
             stops,
         )),
@@ -149,6 +151,8 @@ pub struct ConfigJobs {
     current: Option<Running>,
     retiring: Vec<JoinHandle<StatsSnapshot>>,
     stops: Stops,
+    /// The shell's own children, where every command run lists its pid.
+    children: OwnChildren,
     /// The longest `kill_timeout` of any job started so far: what a stop waits before stopping
     /// running commands.
     longest_kill: Duration,
@@ -158,14 +162,20 @@ pub struct ConfigJobs {
 }
 
 impl ConfigJobs {
-    /// Starts scheduling `jobs` on the backend at `cron_url` (nothing runs when there are none).
-    pub fn start(cron_url: &str, jobs: Vec<PreparedJob>) -> Result<ConfigJobs, cronlock::Error> {
+    /// Starts scheduling `jobs` on the backend at `cron_url` (nothing runs when there are none);
+    /// every command run, of these jobs and of those a reload brings, lists its pid in `children`.
+    pub fn start(
+        cron_url: &str,
+        jobs: Vec<PreparedJob>,
+        children: OwnChildren,
+    ) -> Result<ConfigJobs, cronlock::Error> {
         let mut me = ConfigJobs {
             cron_url: cron_url.to_string(),
             backend: None,
             current: None,
             retiring: Vec::new(),
             stops: Stops::default(),
+            children,
             longest_kill: Duration::ZERO,
             stopping: false,
             stats: Vec::new(),
@@ -188,7 +198,7 @@ impl ConfigJobs {
         };
         let mut scheduler = Scheduler::new(backend, Identity::current());
         for p in &jobs {
-            if let Some(job) = cron_job(p, &self.stops) {
+            if let Some(job) = cron_job(p, &self.stops, &self.children) {
                 scheduler.add(job)?;
             }
             self.longest_kill = self.longest_kill.max(p.config.kill_timeout);
