@@ -373,7 +373,7 @@ mod tests {
             ("an upgrade is already under way", Some(8))
         );
         assert!(
-            matches!(s.advance(&settled(), now), Step::Preflight { binary } if binary == PathBuf::from("/new/supervisor"))
+            matches!(s.advance(&settled(), now), Step::Preflight { binary } if binary == std::path::Path::new("/new/supervisor"))
         );
     }
 }
