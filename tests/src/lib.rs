@@ -186,11 +186,21 @@ impl Supervisor {
     /// live there too; [`Supervisor::cli`] runs there as well, so `jobs` reaches the namespace's
     /// Redis, while the control socket, a path, is reachable from anywhere.
     pub fn spawn_in(netns: Option<&str>, body: &str, env: &[(&str, &str)]) -> Result<Supervisor> {
+        Supervisor::spawn_binary(&bin("supervisor"), netns, body, env)
+    }
+
+    /// [`Supervisor::spawn_in`] with another supervisor binary (an older release).
+    pub fn spawn_binary(
+        binary: &Path,
+        netns: Option<&str>,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Supervisor> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, config_text(body))?;
         let log = dir.path().join("supervisor.log");
-        let child = command_in(netns, &bin("supervisor"))
+        let child = command_in(netns, binary)
             .args(["start", "-c"])
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -341,3 +341,99 @@ fn a_failed_execve_keeps_the_old_binary_running() {
     assert!(ok, "{text}");
     assert_eq!(pids(&s), workers_before);
 }
+
+/// The previous released supervisor (`tests/previous-release`), built by `scripts/test` into
+/// `target/previous-release/bin/`; `None` (with the reason printed) when the clone does not hold
+/// its commit.
+fn previous_release() -> Option<PathBuf> {
+    let dir = e2e::workspace_root().join("target/previous-release");
+    let binary = dir.join("bin/supervisor");
+    if binary.exists() {
+        return Some(binary);
+    }
+    if let Ok(why) = std::fs::read_to_string(dir.join("unavailable")) {
+        eprintln!(
+            "SKIPPED: no previous release to upgrade from: {}",
+            why.trim()
+        );
+        return None;
+    }
+    panic!(
+        "{} is missing: run the tests with scripts/test, which builds the previous release (tests/previous-release) there",
+        binary.display()
+    );
+}
+
+#[test]
+fn the_previous_release_upgrades_to_this_build_in_place_under_load() {
+    let Some(old) = previous_release() else {
+        return;
+    };
+    let body = format!(
+        "{DEMO2}\n[[app]]\nname = \"queue\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\nreadiness = \"exec\"\ninstances = 1\nafter = [\"demo\"]\n"
+    );
+    let s = Supervisor::spawn_binary(&old, None, &body, &[]).unwrap();
+    s.wait_ready(3, Duration::from_secs(20)).unwrap();
+    // History for the handover to carry: a reload, a crash restart, a scale.
+    let (ok, text) = s.cli_text(&["reload", "demo"]).unwrap();
+    assert!(ok, "{text}");
+    let queue = |v: &serde_json::Value| {
+        workers(v)
+            .into_iter()
+            .filter(|w| w.name.starts_with("queue"))
+            .collect::<Vec<_>>()
+    };
+    let first = queue(&s.status().unwrap())[0].pid;
+    // SAFETY: killing a worker this test's supervisor started.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    s.wait_ready(3, Duration::from_secs(20)).unwrap();
+    let (ok, text) = s.cli_text(&["scale", "queue", "2"]).unwrap();
+    assert!(ok, "{text}");
+    let before = s.wait_ready(4, Duration::from_secs(20)).unwrap();
+    let old_build = before["build"].as_str().unwrap().to_string();
+    let pids_before: Vec<i32> = workers(&before).iter().map(|w| w.pid).collect();
+    let load = Load::start(
+        s.addr().unwrap(),
+        "/",
+        3,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    wait_for(Duration::from_secs(10), "the first responses", || {
+        (load.ok_so_far() > 0).then_some(())
+    })
+    .unwrap();
+
+    let (ok, text) = upgrade_to(&s, &bin("supervisor"));
+    assert!(ok, "{text}\n{}", s.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+
+    let v = s.status().unwrap();
+    assert_eq!(v["supervisor"]["pid"], s.pid(), "same pid: {v}");
+    assert_eq!(v["upgrades"]["count"], 1, "{v}");
+    assert!(
+        v["upgrades"]["last_from"]
+            .as_str()
+            .unwrap()
+            .contains(&old_build),
+        "the old build is named: {v}"
+    );
+    assert_ne!(v["build"].as_str().unwrap(), old_build, "{v}");
+    let pids_after: Vec<i32> = workers(&v).iter().map(|w| w.pid).collect();
+    assert_eq!(pids_after, pids_before, "every worker kept");
+    // What the old binary knew came across: the generation, the last reload, the restart, the
+    // scale (kept until the next reload).
+    let demo = &v["apps"][0];
+    assert_eq!(demo["generation"], 2, "{v}");
+    assert_eq!(demo["last_reload"]["outcome"], "ok", "{v}");
+    assert_eq!(demo["last_reload"]["generation"], 2, "{v}");
+    let q = queue(&v);
+    assert_eq!(q.len(), 2, "{v}");
+    assert_eq!(q[0].restarts, 1, "{v}");
+    // The new binary runs them: it reloads, and the reload takes `instances` from the file again.
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("demo: generation 3: ok"), "{text}");
+    s.wait_ready(3, Duration::from_secs(20)).unwrap();
+}

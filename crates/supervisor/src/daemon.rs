@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{AppConfig, Config, ConfigError};
@@ -548,7 +548,7 @@ struct HandoverFds {
 #[derive(Debug)]
 struct PendingUpgrade {
     binary: PathBuf,
-    reply: Option<oneshot::Sender<Response>>,
+    reply: Option<server::Reply>,
     /// Given up (refused) after this, unless the preflight runs.
     deadline: Instant,
     /// The preflight child runs.
@@ -567,7 +567,7 @@ struct Shell {
     core: Supervisor,
     processes: HashMap<WorkerId, Process>,
     deadlines: Deadlines,
-    replies: HashMap<ReplyTo, oneshot::Sender<Response>>,
+    replies: HashMap<ReplyTo, server::Reply>,
     next_reply: ReplyTo,
     events_tx: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
     events_rx: mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
@@ -704,11 +704,7 @@ impl Shell {
 
     /// An upgrade is asked for (`supervisor upgrade`, `SIGUSR2`): it waits (bounded) for the
     /// supervisor to settle, runs the preflight of the new binary, then execs it.
-    fn request_upgrade(
-        &mut self,
-        binary: Option<PathBuf>,
-        reply: Option<oneshot::Sender<Response>>,
-    ) {
+    fn request_upgrade(&mut self, binary: Option<PathBuf>, reply: Option<server::Reply>) {
         if self.upgrade.is_some() {
             if let Some(r) = reply {
                 let _ = r.send(Response::Error {
@@ -892,7 +888,11 @@ impl Shell {
             workers,
             metrics: self.metrics.clone(),
         };
-        let memfd = match upgrade::write_memfd(&state.to_json()) {
+        let json = match state.to_json() {
+            Ok(json) => json,
+            Err(e) => return self.upgrade_failed(e.to_string()),
+        };
+        let memfd = match upgrade::write_memfd(&json) {
             Ok(fd) => fd,
             Err(e) => {
                 return self.upgrade_failed(format!("cannot write the state to a memfd: {e}"));
@@ -1250,7 +1250,7 @@ impl Shell {
         }
     }
 
-    fn reply_to(&mut self, tx: oneshot::Sender<Response>) -> ReplyTo {
+    fn reply_to(&mut self, tx: server::Reply) -> ReplyTo {
         let id = self.next_reply;
         self.next_reply += 1;
         self.replies.insert(id, tx);

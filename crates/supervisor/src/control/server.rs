@@ -48,7 +48,55 @@ pub struct ControlRequest {
     /// What was asked.
     pub request: Request,
     /// Where the answer goes.
-    pub reply: oneshot::Sender<Response>,
+    pub reply: Reply,
+}
+
+/// The way back to one waiting client. An answer sent counts as unwritten until its connection
+/// has written it (or failed to), so that the daemon can wait for every answer it gave to be
+/// written before it execs a new binary ([`ControlSocket::answers_written`]).
+#[derive(Debug)]
+pub struct Reply {
+    tx: oneshot::Sender<Response>,
+    unwritten: Arc<Unwritten>,
+}
+
+impl Reply {
+    /// Answers the client; `Err` gives the answer back if the client is gone.
+    pub fn send(self, response: Response) -> Result<(), Response> {
+        self.unwritten.add();
+        self.tx
+            .send(response)
+            .inspect_err(|_| self.unwritten.done())
+    }
+}
+
+/// Answers handed to connections and not written yet.
+#[derive(Debug, Default)]
+struct Unwritten {
+    count: std::sync::atomic::AtomicUsize,
+    zero: tokio::sync::Notify,
+}
+
+impl Unwritten {
+    fn add(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    async fn none_left(&self) {
+        loop {
+            let zero = self.zero.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            zero.await;
+        }
+    }
 }
 
 /// The control socket could not be opened.
@@ -75,6 +123,7 @@ pub struct ControlSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
     connections: TaskTracker,
+    unwritten: Arc<Unwritten>,
 }
 
 /// Refuses early if a live supervisor owns `path` (before anything else is bound or started).
@@ -106,6 +155,7 @@ impl ControlSocket {
             listener: Some(listener),
             path: path.to_path_buf(),
             connections: TaskTracker::new(),
+            unwritten: Arc::default(),
         })
     }
 
@@ -121,6 +171,7 @@ impl ControlSocket {
             listener: Some(UnixListener::from_std(std_listener).map_err(bind_err)?),
             path: path.to_path_buf(),
             connections: TaskTracker::new(),
+            unwritten: Arc::default(),
         })
     }
 
@@ -142,6 +193,7 @@ impl ControlSocket {
             return;
         };
         let connections = self.connections.clone();
+        let unwritten = self.unwritten.clone();
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         tokio::spawn(async move {
             // Set while accept keeps failing: the failure is logged once per episode.
@@ -174,8 +226,9 @@ impl ControlSocket {
                     return;
                 }
                 let requests = requests.clone();
+                let unwritten = unwritten.clone();
                 connections.spawn(async move {
-                    serve_connection(stream, requests, limits).await;
+                    serve_connection(stream, requests, limits, unwritten).await;
                     drop(slot);
                 });
             }
@@ -189,6 +242,7 @@ async fn serve_connection(
     stream: UnixStream,
     requests: mpsc::Sender<ControlRequest>,
     limits: Limits,
+    unwritten: Arc<Unwritten>,
 ) {
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, protocol::codec(limits.max_request));
@@ -217,9 +271,13 @@ async fn serve_connection(
                 return;
             }
         };
-        let response = match serde_json::from_slice::<Request>(&frame) {
+        let (response, counted) = match serde_json::from_slice::<Request>(&frame) {
             Ok(request) => {
-                let (reply, answer) = oneshot::channel();
+                let (tx, answer) = oneshot::channel();
+                let reply = Reply {
+                    tx,
+                    unwritten: unwritten.clone(),
+                };
                 if requests
                     .send(ControlRequest { request, reply })
                     .await
@@ -228,13 +286,18 @@ async fn serve_connection(
                     return;
                 }
                 let Ok(response) = answer.await else { return };
-                response
+                (response, true)
             }
-            Err(e) => Response::Error {
-                message: format!("malformed request: {e}"),
-            },
+            Err(e) => {
+                let message = format!("malformed request: {e}");
+                (Response::Error { message }, false)
+            }
         };
-        if answer(&mut writer, &response).await.is_err() {
+        let written = answer(&mut writer, &response).await;
+        if counted {
+            unwritten.done();
+        }
+        if written.is_err() {
             return;
         }
     }
@@ -249,6 +312,16 @@ async fn answer<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 impl ControlSocket {
+    /// Waits (at most `deadline`) until every answer the daemon has given so far is written to
+    /// its connection: the last thing before an upgrade's `execve`, which would end the
+    /// connection tasks with their answers unwritten. Connections still waiting for an answer
+    /// are not waited for.
+    pub async fn answers_written(&self, deadline: std::time::Duration) -> bool {
+        tokio::time::timeout(deadline, self.unwritten.none_left())
+            .await
+            .is_ok()
+    }
+
     /// Lets connections deliver their last answers (e.g. to `stop`) before the process exits.
     pub async fn flush(&self, deadline: std::time::Duration) {
         self.connections.close();
@@ -337,6 +410,43 @@ mod tests {
             .await
             .expect("connection not closed");
         assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_given_are_waited_for_until_written_and_waiting_clients_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let mut socket = ControlSocket::bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
+        socket.serve(tx);
+        // Nothing given: nothing to wait for.
+        assert!(socket.answers_written(Duration::from_millis(10)).await);
+        // One client waits for an answer the daemon never gives (an `upgrade` request).
+        let mut waiting = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        protocol::send(&mut waiting, &Request::Upgrade { binary: None })
+            .await
+            .unwrap();
+        let _held = rx.recv().await.unwrap();
+        assert!(socket.answers_written(Duration::from_millis(10)).await);
+        // Another gets its answer: once written, the wait ends and the client has it.
+        let mut answered = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        protocol::send(&mut answered, &Request::Status { app: None })
+            .await
+            .unwrap();
+        let req = rx.recv().await.unwrap();
+        req.reply.send(Response::Stopped).unwrap();
+        assert!(socket.answers_written(DEADLINE).await);
+        let got = protocol::recv::<Response>(&mut answered).await.unwrap();
+        assert!(matches!(got, Some(Response::Stopped)), "{got:?}");
+        // An answer to a client that left does not count.
+        let mut gone = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        protocol::send(&mut gone, &Request::Status { app: None })
+            .await
+            .unwrap();
+        let req = rx.recv().await.unwrap();
+        drop(gone);
+        let _ = req.reply.send(Response::Stopped);
+        assert!(socket.answers_written(DEADLINE).await);
     }
 
     #[tokio::test]
