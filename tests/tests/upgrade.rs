@@ -434,6 +434,10 @@ fn the_previous_release_upgrades_to_this_build_in_place_under_load() {
     // The new binary runs them: it reloads, and the reload takes `instances` from the file again.
     let (ok, text) = s.cli_text(&["reload"]).unwrap();
     assert!(ok, "{text}");
-    assert!(text.contains("demo: generation 3: ok"), "{text}");
+    assert!(text.contains("demo: reload to generation 3: ok"), "{text}");
+    assert!(
+        text.contains("instances back to 1 from the config file (`scale` had set 2)"),
+        "{text}"
+    );
     s.wait_ready(3, Duration::from_secs(20)).unwrap();
 }
