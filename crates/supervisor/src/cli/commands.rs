@@ -70,7 +70,7 @@ pub(super) async fn status(
         print!("{}", render_status(&report));
         match jobs {
             Ok(j) if j.is_empty() => {}
-            Ok(j) => print!("\njobs\n{}", crate::jobs::render(&j)),
+            Ok(j) => print!("\njobs\n{}", jobs::render(&j)),
             Err(e) => println!("\njobs: {e}"),
         }
     }

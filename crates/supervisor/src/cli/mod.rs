@@ -1,6 +1,6 @@
 //! Command line: `start | check | status | reload | restart | scale | stop | jobs | upgrade`, by
 //! phase: `args` parses (clap), one function per command runs it (`check`, the control
-//! socket's client commands in `commands`, `jobs`), and `render` turns the
+//! socket's client commands in `commands`, `jobs`), and `render` (with `table`) turns the
 //! answers into text for people; `--json` prints them for scripts. Each command picks its exit
 //! code.
 
@@ -9,6 +9,7 @@ mod check;
 mod commands;
 mod jobs;
 mod render;
+mod table;
 
 use std::process::ExitCode;
 

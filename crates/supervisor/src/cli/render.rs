@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::table::Table;
 use crate::control::protocol::{AppStatus, ReloadReport, Response, SingletonStatus, StatusReport};
-use crate::table::Table;
 use crate::units;
 
 /// The `status` screen: the supervisor, then each app with its listeners and workers.
