@@ -10,8 +10,10 @@
 //! its output; [`notify`] reads
 //! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
 //! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
-//! [`control`] is the control socket; [`cli`] the commands; [`jobs`] reads the cron backend for
-//! `supervisor jobs` and runs the `[[job]]` tables (`jobs::config_jobs`, with a runner per kind);
+//! [`control`] is the control socket; [`cli`] the commands (args, one function per command,
+//! rendering with its tables); [`jobs`] runs the `[[job]]` tables (`jobs::scheduler`, with a
+//! runner per kind) and reads the cron backend (`jobs::registry`, for `supervisor jobs`, `status`
+//! and the metrics);
 //! [`singleton`] holds the leases of the cluster singletons; [`metrics`] renders and serves the
 //! Prometheus metrics; [`upgrade`] hands the running supervisor over to a new binary in place
 //! (same pid, sockets and workers).
@@ -30,7 +32,6 @@ pub mod orphans;
 pub mod runtimes;
 pub mod singleton;
 pub mod sys;
-pub mod table;
 pub mod units;
 pub mod upgrade;
 pub mod worker;

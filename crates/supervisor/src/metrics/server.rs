@@ -157,7 +157,7 @@ async fn read_jobs(state: &State) -> JobsMetrics {
     let Some(backend) = backend(state) else {
         return down;
     };
-    let read = crate::jobs::histories(&backend, cronlock::HISTORY_LEN, JOBS_TIMEOUT);
+    let read = crate::jobs::registry::histories(&backend, cronlock::HISTORY_LEN, JOBS_TIMEOUT);
     match tokio::time::timeout(JOBS_TIMEOUT, read).await {
         Ok(Ok(jobs)) => JobsMetrics {
             backend_up: true,

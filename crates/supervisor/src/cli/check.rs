@@ -1,0 +1,213 @@
+//! `supervisor check`: validate the config file, try what `start` would bind (each listener, the
+//! metrics address, the control socket and its directory) without starting anything, and print
+//! what it would run, for people or as JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::{Config, JobAction};
+use crate::control::server::{ControlError, check_free};
+use crate::daemon::{self, StartupError};
+use crate::sys::listeners;
+use crate::units;
+
+/// `check`: the verdict and what `start` would run; a failed check is an error, or with `--json`
+/// a JSON verdict on stdout and exit code 1.
+pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
+    let checked = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Ok(try_start(&c).map(|note| (c, note))?));
+    let (c, note) = match checked {
+        Ok(ok) => ok,
+        Err(e) if json => {
+            // Scripts get the verdict on stdout too, as JSON, besides the exit code.
+            let v = serde_json::json!({ "config": path, "ok": false, "error": format!("{e:#}") });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e),
+    };
+    // The cron URL may carry a password: shown redacted, like in every log line.
+    let cron = cronlock::redact_url(&c.cron_url);
+    if json {
+        let apps: Vec<serde_json::Value> = c
+            .apps
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "program": a.worker.program,
+                    "args": a.worker.args,
+                    "instances": a.worker.instances,
+                    "runtime": a.worker.runtime,
+                    "readiness": a.worker.readiness,
+                    "ready_timeout_ms": a.worker.ready_timeout.as_millis() as u64,
+                    "kill_timeout_ms": a.worker.kill_timeout.as_millis() as u64,
+                    "listen": a.listeners.iter().map(|l| serde_json::json!({
+                        "name": l.name, "address": l.addr.to_string(),
+                    })).collect::<Vec<_>>(),
+                    "after": a.after,
+                    "max_memory": a.memory.max_bytes,
+                    "max_memory_grace_ms": a.memory.grace.as_millis() as u64,
+                    "scope": if a.singleton.is_some() { "cluster" } else { "host" },
+                    "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
+                    "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
+                })
+            })
+            .collect();
+        let jobs: Vec<serde_json::Value> = c
+            .jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.spec.name,
+                    "schedule": j.spec.schedule,
+                    "timezone": j.spec.timezone.name(),
+                    "kind": j.action.kind(),
+                    "run": job_action_text(&j.action),
+                    "timeout_ms": j.timeout.as_millis() as u64,
+                    "kill_timeout_ms": j.kill_timeout.as_millis() as u64,
+                    "lease_ttl_ms": j.spec.lease_ttl.as_millis() as u64,
+                    "overlap": j.spec.overlap,
+                    "misfire": j.spec.misfire,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "config": path,
+            "ok": true,
+            "apps": apps,
+            "jobs": jobs,
+            "control_socket": c.control_socket,
+            "metrics": c.metrics.map(|a| a.to_string()),
+            "cron_backend": cron,
+            "note": note,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}: ok", path.display());
+    for app in &c.apps {
+        let w = &app.worker;
+        let args: String = w.args.iter().map(|a| format!(" {a}")).collect();
+        println!("app {}", app.name);
+        println!("  program:        {}{args}", w.program.display());
+        println!("  instances:      {}", w.instances);
+        println!("  runtime:        {}", w.runtime);
+        for l in &app.listeners {
+            println!("  listen:         {} {}", l.name, l.addr);
+        }
+        if !app.after.is_empty() {
+            println!("  after:          {}", app.after.join(", "));
+        }
+        if let Some(p) = app.singleton {
+            println!(
+                "  scope:          cluster (lease ttl {}, standby poll {})",
+                units::span(p.lease_ttl),
+                units::span(p.standby_poll)
+            );
+        }
+        if let Some(max) = app.memory.max_bytes {
+            println!(
+                "  max_memory:     {} (grace {})",
+                units::size(max),
+                units::span(app.memory.grace)
+            );
+        }
+    }
+    for j in &c.jobs {
+        println!(
+            "job {}  {} {}  {}: {}",
+            j.spec.name,
+            j.spec.schedule,
+            j.spec.timezone.name(),
+            j.action.kind(),
+            job_action_text(&j.action)
+        );
+    }
+    println!("control socket:   {}", c.control_socket.display());
+    if let Some(addr) = c.metrics {
+        println!("metrics:          http://{addr}/metrics");
+    }
+    println!("cron backend:     {cron}");
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `start` would find before starting a worker: every listener binds (each is closed again
+/// at once) and the control socket can be created. With a supervisor already running on the
+/// control socket its ports are taken by design (`check` before `reload`): binding is not tried,
+/// and the returned note says so.
+fn try_start(c: &Config) -> Result<Option<String>, StartupError> {
+    if let Err(ControlError::InUse(socket)) = check_free(&c.control_socket) {
+        return Ok(Some(format!(
+            "a supervisor is running on control socket {}: its listeners were not bound again",
+            socket.display()
+        )));
+    }
+    check_free(&c.control_socket)?;
+    let listen_err = |cause| StartupError::Listen {
+        path: c.path.clone(),
+        cause,
+    };
+    for app in &c.apps {
+        drop(listeners::bind_all(&app.listeners).map_err(listen_err)?);
+    }
+    if let Some(addr) = c.metrics {
+        drop(listeners::bind_own(daemon::METRICS_KEY, addr).map_err(listen_err)?);
+    }
+    control_dir_writable(&c.control_socket)?;
+    Ok(None)
+}
+
+/// The control socket's directory (or, as `start` creates it, its nearest existing ancestor) is a
+/// directory this user may create files in.
+fn control_dir_writable(socket: &Path) -> Result<(), ControlError> {
+    use std::os::unix::ffi::OsStrExt;
+    let err = |cause| ControlError::Bind {
+        path: socket.to_path_buf(),
+        cause,
+    };
+    let parent = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = parent
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )));
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: access(2) with a valid NUL-terminated path; it only reads it.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let os = std::io::Error::last_os_error();
+        return Err(err(std::io::Error::new(
+            os.kind(),
+            format!("directory {} is not writable: {os}", dir.display()),
+        )));
+    }
+    Ok(())
+}
+
+/// What a `[[job]]` runs, in one line: the command line, or `POST /path -> app`.
+fn job_action_text(a: &JobAction) -> String {
+    match a {
+        JobAction::Command { program, args, .. } => {
+            let args: String = args.iter().map(|a| format!(" {a}")).collect();
+            format!("{}{args}", program.display())
+        }
+        JobAction::Http { method, path, app } => {
+            format!("{method} {path} -> app {app}")
+        }
+    }
+}

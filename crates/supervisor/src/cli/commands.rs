@@ -1,0 +1,252 @@
+//! The client commands `status`, `reload`, `restart`, `scale`, `stop` and `upgrade`: each asks
+//! the supervisor on its control socket, waits for what it promised (the reload's outcome, the
+//! process gone, the new binary answering), prints the answer and picks the exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::args::Target;
+use super::jobs;
+use super::render::{
+    render_answer, render_reload, render_reload_request, render_status, render_upgraded,
+};
+use crate::config::endpoints_of;
+use crate::control::client;
+use crate::control::protocol::{ReloadOutcome, Request, Response, StatusReport};
+use crate::units;
+
+/// The control socket: `--socket`, or the one the config file names.
+pub(super) fn socket(config: &Path, target: &Target) -> Result<PathBuf> {
+    match &target.socket {
+        Some(s) => Ok(s.clone()),
+        None => Ok(endpoints_of(config)?.control_socket),
+    }
+}
+
+/// Sends `request` to the supervisor of `config` (or `target`) and returns the answer.
+async fn ask(config: &Path, target: &Target, request: Request) -> Result<Response> {
+    Ok(client::request(&socket(config, target)?, request, Duration::from_secs(60)).await?)
+}
+
+/// `status --pid`: the supervisor's pid alone.
+pub(super) async fn status_pid(config: &Path, target: &Target) -> Result<ExitCode> {
+    match ask(config, target, Request::Status { app: None }).await? {
+        Response::Status(report) => {
+            println!("{}", report.supervisor.pid);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `status`: the supervisor's report and the jobs of its cron backend.
+pub(super) async fn status(
+    config: &Path,
+    app: Option<String>,
+    target: &Target,
+    json: bool,
+) -> Result<ExitCode> {
+    let socket = socket(config, target)?;
+    let report =
+        match client::request(&socket, Request::Status { app }, Duration::from_secs(10)).await? {
+            Response::Status(report) => report,
+            Response::Error { message } => bail!("status refused: {message}"),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+    // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
+    // which must never wait on Redis. Unreachable backend: status still answers, and says so.
+    let jobs = jobs::for_status(config).await;
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["jobs"] = match &jobs {
+            Ok(j) => serde_json::to_value(j)?,
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_status(&report));
+        match jobs {
+            Ok(j) if j.is_empty() => {}
+            Ok(j) => print!("\njobs\n{}", jobs::render(&j)),
+            Err(e) => println!("\njobs: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reload`: exits 1 if any app's reload was aborted.
+pub(super) async fn reload(
+    socket: &Path,
+    app: Option<String>,
+    wait: bool,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    match client::request(socket, Request::Reload { app, wait }, timeout).await? {
+        Response::Reload { reports } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else if wait {
+                for r in &reports {
+                    print!("{}", render_reload(r));
+                }
+            } else {
+                for r in &reports {
+                    print!("{}", render_reload_request(r));
+                }
+            }
+            Ok(
+                if reports.iter().any(|r| r.outcome == ReloadOutcome::Aborted) {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
+        }
+        Response::Error { message } => bail!("reload refused: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `restart` and `scale`: one request, its answer printed.
+pub(super) async fn answer(
+    config: &Path,
+    target: &Target,
+    request: Request,
+    json: bool,
+) -> Result<ExitCode> {
+    let answer = ask(config, target, request).await?;
+    print_answer(&answer, json)
+}
+
+/// `stop`: waits for the answer (every worker gone), then for the supervisor's process to exit.
+pub(super) async fn stop(socket: &Path, json: bool, timeout: Duration) -> Result<ExitCode> {
+    // The pid first: the answer comes when every worker is gone, and the process
+    // still finishes its [[job]] commands and lease releases after that.
+    let pid = match client::request(
+        socket,
+        Request::Status { app: None },
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(Response::Status(report)) => Some(report.supervisor.pid),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let answer = client::request(socket, Request::Stop, timeout).await?;
+    if let (Some(pid), Response::Stopped) = (pid, &answer) {
+        wait_exited(pid, timeout.saturating_sub(started.elapsed())).await?;
+    }
+    print_answer(&answer, json)
+}
+
+/// Waits until process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+async fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                Some(
+                    s[s.rfind(')')? + 1..]
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            });
+        if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the supervisor (pid {pid}) stopped its workers but was still running after {}",
+                units::span(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Prints the answer to `restart`, `scale` or `stop`; an error answer is an error.
+fn print_answer(answer: &Response, json: bool) -> Result<ExitCode> {
+    if let Response::Error { message } = answer {
+        bail!("{message}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match render_answer(answer) {
+        Some(text) => print!("{text}"),
+        None => bail!("unexpected answer: {answer:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The supervisor's status report, from its control socket.
+async fn status_report(socket: &Path) -> Result<StatusReport> {
+    match client::request(
+        socket,
+        Request::Status { app: None },
+        Duration::from_secs(10),
+    )
+    .await?
+    {
+        Response::Status(report) => Ok(*report),
+        Response::Error { message } => bail!("status refused: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `supervisor upgrade`: asks for the upgrade; an error answer means it was refused or failed
+/// and the old binary runs on. When the connection ends without an answer, the old image is
+/// gone (`execve`): the new one must answer `status` with one more upgrade.
+pub(super) async fn upgrade(
+    socket: &Path,
+    binary: Option<PathBuf>,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    let before = status_report(socket).await?;
+    let binary = binary.map(std::path::absolute).transpose()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    match client::request(socket, Request::Upgrade { binary }, timeout).await {
+        Ok(Response::Error { message }) => bail!("upgrade failed: {message}"),
+        Ok(other) => bail!("unexpected answer: {other:?}"),
+        // The connection ended with the old process image.
+        Err(client::ClientError::NoAnswer(_) | client::ClientError::Io { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let after = loop {
+        if let Ok(r) = status_report(socket).await {
+            if r.upgrades.count > before.upgrades.count {
+                break r;
+            }
+            if r.upgrades.last_error.is_some()
+                && r.upgrades.last_error != before.upgrades.last_error
+            {
+                bail!(
+                    "upgrade failed: {}",
+                    r.upgrades.last_error.unwrap_or_default()
+                );
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the supervisor did not answer as upgraded within {}",
+                units::span(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&after)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_upgraded(&before, &after));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,430 @@
+//! What the client commands print for people: the `status` screen, reload reports and the
+//! answers to `restart`, `scale`, `stop` and `upgrade`. Pure functions from the control
+//! protocol's types to text (the `--json` forms are the types themselves, serialized).
+
+use std::time::Duration;
+
+use super::table::Table;
+use crate::control::protocol::{AppStatus, ReloadReport, Response, SingletonStatus, StatusReport};
+use crate::units;
+
+/// The `status` screen: the supervisor, then each app with its listeners and workers.
+pub(super) fn render_status(r: &StatusReport) -> String {
+    let s = &r.supervisor;
+    let mut out = format!(
+        "supervisor {} pid {}  up {}  cpu {:.1}%  mem {}  {}\nconfig {}\n",
+        r.version,
+        s.pid,
+        units::duration(s.uptime_secs),
+        s.cpu_percent,
+        units::bytes(s.rss_bytes),
+        r.phase,
+        r.config
+    );
+    if !r.build.is_empty() {
+        out.push_str(&format!("build {}  binary {}\n", r.build, r.binary));
+    }
+    if let Some(at) = r.upgrades.last_at_unix {
+        let when = chrono::DateTime::from_timestamp(at as i64, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "upgraded in place {} time(s), last at {when} from {}\n",
+            r.upgrades.count,
+            r.upgrades.last_from.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(e) = &r.upgrades.last_error {
+        out.push_str(&format!("last upgrade attempt failed: {e}\n"));
+    }
+    for app in &r.apps {
+        out.push('\n');
+        out.push_str(&render_app(app));
+    }
+    out
+}
+
+/// `scope cluster: holder host:pid token N (this host|standby)`.
+fn render_singleton(s: &SingletonStatus) -> String {
+    let holder = match (&s.holder, s.token) {
+        (Some(h), Some(t)) => format!("holder {h} token {t}"),
+        (Some(h), None) => format!("holder {h}"),
+        _ => "holder none".to_string(),
+    };
+    format!(
+        "scope cluster: {holder} ({}), lease ttl {}\n",
+        s.role,
+        units::span(Duration::try_from_secs_f64(s.lease_ttl_secs).unwrap_or_default())
+    )
+}
+
+/// One app: its phase, singleton lease, listeners, workers table, memory limit and reloads.
+fn render_app(a: &AppStatus) -> String {
+    let mut out = format!("app {}  generation {}  {}", a.name, a.generation, a.phase);
+    if !a.waiting_for.is_empty() {
+        out.push_str(&format!(" for {}", a.waiting_for.join(", ")));
+    }
+    out.push('\n');
+    if let Some(s) = &a.singleton {
+        out.push_str(&render_singleton(s));
+    }
+    for l in &a.listeners {
+        out.push_str(&format!("listen {} {} (fd {})\n", l.name, l.address, l.fd));
+    }
+    let mut t = Table::new(&[
+        "slot", "name", "pid", "gen", "state", "uptime", "restarts", "cpu", "mem", "status",
+    ]);
+    for w in &a.workers {
+        let over = w
+            .over_max_memory_secs
+            .map(|secs| format!("above max_memory for {}", units::duration(secs)));
+        let status = [over, w.status_text.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        t.row(vec![
+            w.slot.to_string(),
+            w.name.clone(),
+            w.process.pid.to_string(),
+            w.generation.to_string(),
+            w.state.to_string(),
+            units::duration(w.process.uptime_secs),
+            w.restarts.to_string(),
+            format!("{:.1}%", w.process.cpu_percent),
+            units::bytes(w.process.rss_bytes),
+            status,
+        ]);
+    }
+    for s in &a.waiting {
+        t.row(vec![
+            s.slot.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            s.state.to_string(),
+            "-".into(),
+            s.restarts.to_string(),
+            "-".into(),
+            "-".into(),
+            format!(
+                "restart in {}: {}",
+                units::duration(s.restart_in_secs),
+                s.last_exit
+            ),
+        ]);
+    }
+    if !a.workers.is_empty() || !a.waiting.is_empty() {
+        out.push_str(&t.to_string());
+    }
+    if let Some(m) = &a.max_memory {
+        out.push_str(&format!(
+            "max_memory {} (grace {}): recycled {} (memory)",
+            units::size(m.bytes),
+            units::span(Duration::try_from_secs_f64(m.grace_secs).unwrap_or_default()),
+            a.memory_recycles
+        ));
+    } else if a.memory_recycles > 0 {
+        out.push_str(&format!("recycled {} (memory)", a.memory_recycles));
+    }
+    if a.max_memory.is_some() || a.memory_recycles > 0 {
+        if a.memory_recycle_failures > 0 {
+            out.push_str(&format!(
+                ", {} replacement(s) failed",
+                a.memory_recycle_failures
+            ));
+        }
+        out.push('\n');
+    }
+    if let Some(r) = &a.memory_recycling {
+        out.push_str(&format!(
+            "replacing slot {} for memory: pid {} ({}) -> {} starting for {}\n",
+            r.slot,
+            r.old_pid,
+            units::bytes(r.rss_bytes),
+            r.new_pid
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "new worker".into()),
+            units::duration(r.elapsed_secs)
+        ));
+    }
+    if let Some(p) = &a.reload_in_progress {
+        out.push_str(&format!(
+            "reload to generation {} in progress: {}/{} slots, {}{}\n",
+            p.generation,
+            p.done,
+            p.total,
+            units::duration(p.elapsed_secs),
+            if p.queued { " (one more queued)" } else { "" }
+        ));
+    }
+    if let Some(l) = &a.last_reload {
+        out.push_str(&format!(
+            "last reload: generation {} {} in {}{}\n",
+            l.generation,
+            l.outcome,
+            units::duration(l.duration_secs),
+            l.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// One app's finished reload: outcome, reason, note and each slot's replacement.
+pub(super) fn render_reload(r: &ReloadReport) -> String {
+    let mut out = format!(
+        "{}: reload to generation {}: {} in {}\n",
+        r.app,
+        r.generation,
+        r.outcome,
+        units::duration(r.duration_secs)
+    );
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!("reason: {reason}\n"));
+    }
+    if let Some(note) = &r.note {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    if !r.slots.is_empty() {
+        let mut t = Table::new(&["slot", "old pid", "new pid", "ready in"]);
+        for s in &r.slots {
+            t.row(vec![
+                s.slot.to_string(),
+                s.old_pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                s.new_pid.to_string(),
+                units::duration(s.ready_secs),
+            ]);
+        }
+        out.push_str(&t.to_string());
+    }
+    out
+}
+
+/// One line per app of a `reload --no-wait`: the reload it started (or queued).
+pub(super) fn render_reload_request(r: &ReloadReport) -> String {
+    format!(
+        "{}: reload to generation {} {}\n",
+        r.app, r.generation, r.outcome
+    )
+}
+
+/// The answer to `restart`, `scale` or `stop`; `None` for any other answer.
+pub(super) fn render_answer(answer: &Response) -> Option<String> {
+    match answer {
+        Response::Restarted {
+            app,
+            generation,
+            workers,
+        } => Some(format!(
+            "{app}: restarting {workers} worker(s) in generation {generation} (no readiness gating; `status {app}` shows them)\n"
+        )),
+        Response::Scaled {
+            app,
+            from,
+            to,
+            note,
+        } => {
+            let mut out = format!("{app}: scaled from {from} to {to} worker(s)\n");
+            if let Some(note) = note {
+                out.push_str(&format!("note: {note}\n"));
+            }
+            Some(out)
+        }
+        Response::Stopped => Some("stopped\n".into()),
+        _ => None,
+    }
+}
+
+/// The outcome of `upgrade`: the supervisor's status before and after the new binary took over.
+pub(super) fn render_upgraded(before: &StatusReport, after: &StatusReport) -> String {
+    let workers: usize = after.apps.iter().map(|a| a.workers.len()).sum();
+    format!(
+        "upgraded in place: pid {} (was {}), {} {} -> {} {} ({}), {workers} worker(s) kept\n",
+        after.supervisor.pid,
+        before.supervisor.pid,
+        before.version,
+        before.build,
+        after.version,
+        after.build,
+        after.binary
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{
+        MemoryLimit, MemoryRecycleProgress, ProcessInfo, ReloadOutcome, SlotReplacement, WorkerInfo,
+    };
+    use crate::core::{Phase, WorkerState};
+
+    fn app(max_memory: Option<MemoryLimit>, recycles: u64, failures: u64) -> AppStatus {
+        AppStatus {
+            name: "demo".into(),
+            phase: Phase::Running,
+            waiting_for: vec![],
+            generation: 1,
+            listeners: vec![],
+            workers: vec![WorkerInfo {
+                slot: 1,
+                name: "demo.1".into(),
+                generation: 1,
+                state: WorkerState::Ready,
+                restarts: 0,
+                process: ProcessInfo {
+                    pid: 1234,
+                    uptime_secs: 60.0,
+                    cpu_percent: 0.0,
+                    rss_bytes: 612_300_000,
+                },
+                status_text: Some("serving".into()),
+                over_max_memory_secs: Some(12.0),
+            }],
+            waiting: vec![],
+            reload_in_progress: None,
+            last_reload: None,
+            max_memory,
+            memory_recycles: recycles,
+            memory_recycle_failures: failures,
+            memory_recycling: None,
+            singleton: None,
+        }
+    }
+
+    #[test]
+    fn status_shows_where_a_cluster_singleton_runs() {
+        let mut a = app(None, 0, 0);
+        a.singleton = Some(SingletonStatus {
+            role: crate::core::SingletonRole::Holder,
+            holder: Some("vm1:4242".into()),
+            token: Some(17),
+            lease_ttl_secs: 10.0,
+        });
+        let text = render_app(&a);
+        assert!(
+            text.contains("scope cluster: holder vm1:4242 token 17 (this host), lease ttl 10s"),
+            "{text}"
+        );
+        a.phase = Phase::Standby;
+        a.workers.clear();
+        a.singleton = Some(SingletonStatus {
+            role: crate::core::SingletonRole::Standby,
+            holder: Some("vm2:77".into()),
+            token: Some(18),
+            lease_ttl_secs: 10.0,
+        });
+        let text = render_app(&a);
+        assert!(text.contains("app demo  generation 1  standby"), "{text}");
+        assert!(
+            text.contains("scope cluster: holder vm2:77 token 18 (standby)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["singleton"]["role"], "standby");
+        assert_eq!(json["singleton"]["holder"], "vm2:77");
+        assert_eq!(json["singleton"]["token"], 18);
+        assert_eq!(json["phase"], "standby");
+    }
+
+    #[test]
+    fn status_shows_max_memory_the_recycle_count_and_who_is_above() {
+        let limit = MemoryLimit {
+            bytes: 512_000_000,
+            grace_secs: 30.0,
+        };
+        let mut a = app(Some(limit), 2, 1);
+        a.memory_recycling = Some(MemoryRecycleProgress {
+            slot: 1,
+            old_pid: 1234,
+            new_pid: Some(1240),
+            rss_bytes: 612_300_000,
+            elapsed_secs: 0.25,
+        });
+        let text = render_app(&a);
+        assert!(
+            text.contains(
+                "max_memory 512 MB (grace 30s): recycled 2 (memory), 1 replacement(s) failed\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("above max_memory for 12.0s; serving"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "replacing slot 1 for memory: pid 1234 (612.3 MB) -> pid 1240 starting for 250 ms"
+            ),
+            "{text}"
+        );
+        let none = render_app(&app(None, 0, 0));
+        assert!(!none.contains("memory)"), "{none}");
+        assert!(render_app(&app(None, 3, 0)).contains("recycled 3 (memory)\n"));
+    }
+
+    #[test]
+    fn reload_reports_each_slot_and_why_it_was_aborted() {
+        let mut r = ReloadReport {
+            app: "web".into(),
+            generation: 3,
+            outcome: ReloadOutcome::Aborted,
+            reason: Some("slot 2: not ready within 5s".into()),
+            note: Some("scale undone".into()),
+            slots: vec![SlotReplacement {
+                slot: 1,
+                old_pid: Some(100),
+                new_pid: 200,
+                ready_secs: 0.5,
+            }],
+            duration_secs: 5.5,
+        };
+        assert_eq!(
+            render_reload(&r),
+            "web: reload to generation 3: aborted in 5.5s\n\
+             reason: slot 2: not ready within 5s\n\
+             note: scale undone\n\
+             slot  old pid  new pid  ready in\n\
+             1     100      200      500 ms\n"
+        );
+        r.outcome = ReloadOutcome::Started;
+        assert_eq!(
+            render_reload_request(&r),
+            "web: reload to generation 3 started\n"
+        );
+    }
+
+    #[test]
+    fn answers_to_restart_scale_and_stop() {
+        let restarted = Response::Restarted {
+            app: "web".into(),
+            generation: 2,
+            workers: 4,
+        };
+        assert_eq!(
+            render_answer(&restarted).as_deref(),
+            Some(
+                "web: restarting 4 worker(s) in generation 2 (no readiness gating; `status web` shows them)\n"
+            )
+        );
+        let scaled = Response::Scaled {
+            app: "web".into(),
+            from: 4,
+            to: 2,
+            note: Some("until the next reload".into()),
+        };
+        assert_eq!(
+            render_answer(&scaled).as_deref(),
+            Some("web: scaled from 4 to 2 worker(s)\nnote: until the next reload\n")
+        );
+        assert_eq!(
+            render_answer(&Response::Stopped).as_deref(),
+            Some("stopped\n")
+        );
+        assert_eq!(render_answer(&Response::Reload { reports: vec![] }), None);
+    }
+}
