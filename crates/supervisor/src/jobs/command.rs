@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::{Runner, STOP_GRACE, Stops};
 use crate::core::ExitStatus;
 use crate::orphans::{OwnChildren, Registration};
-use crate::sys::process;
+use crate::sys::child;
 use crate::sys::spawn::{self, Exec};
 
 /// What a command job runs (from its `[[job]]` table), and where its pid is listed.
@@ -166,7 +166,7 @@ async fn keep(
     mut stops: mpsc::UnboundedReceiver<Duration>,
     listed: Registration,
 ) -> ExitStatus {
-    let exit = process::watch_exit(pid, Arc::clone(&pidfd));
+    let exit = child::watch_exit(pid, Arc::clone(&pidfd));
     tokio::pin!(exit);
     let mut termed = false;
     let mut kill_at: Option<Instant> = None;
@@ -175,7 +175,7 @@ async fn keep(
         tokio::select! {
             status = &mut exit => {
                 // watch_exit killed what was left of the group; the zombie goes now.
-                process::reap(&pidfd);
+                child::reap(&pidfd);
                 drop(listed);
                 return status;
             }
@@ -183,7 +183,7 @@ async fn keep(
                 Some(grace) => {
                     if !termed {
                         termed = true;
-                        process::signal_group(pid, libc::SIGTERM);
+                        child::signal_group(pid, libc::SIGTERM);
                     }
                     let at = Instant::now() + grace;
                     kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
@@ -192,7 +192,7 @@ async fn keep(
             },
             () = sleep_until(kill_at) => {
                 tracing::warn!("still running after SIGTERM: killing its process group");
-                process::kill_group(pid);
+                child::kill_group(pid);
                 kill_at = None;
             }
         }

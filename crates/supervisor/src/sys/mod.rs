@@ -4,7 +4,7 @@
 //! these modules; the core never calls them.
 
 pub mod listeners;
-pub mod process;
+pub mod child;
 pub mod procstat;
 pub mod reaper;
 pub mod sdnotify;

@@ -16,7 +16,7 @@ pub use crate::core::{ExitStatus, WorkerId};
 use crate::notify::{Channels, Notification};
 use crate::runtimes::RuntimeFiles;
 use crate::sys::listeners::BoundListener;
-use crate::sys::process;
+use crate::sys::child;
 use crate::sys::spawn::{self, SpawnError};
 
 /// What the per-worker tasks report to the daemon.
@@ -289,7 +289,7 @@ impl Process {
         let pidfd = Arc::new(pidfd);
         let watched = pidfd.clone();
         tasks.push(tokio::spawn(async move {
-            let status = process::watch_exit(pid, watched).await;
+            let status = child::watch_exit(pid, watched).await;
             let _ = events.send((id, WorkerEvent::Exited(status)));
         }));
         Process {
@@ -304,21 +304,21 @@ impl Process {
     /// SIGTERM to the worker process (drain).
     pub fn term(&self) {
         if !self.reaped {
-            process::signal(&self.pidfd, libc::SIGTERM);
+            child::signal(&self.pidfd, libc::SIGTERM);
         }
     }
 
     /// SIGKILL to the worker's whole process group (unless it was already reaped).
     pub fn kill_group(&self) {
         if !self.reaped {
-            process::kill_group(self.pid);
+            child::kill_group(self.pid);
         }
     }
 
     /// Reaps the exited process; call once the exit event was handled.
     pub fn reap(&mut self) {
         self.reaped = true;
-        process::reap(&self.pidfd);
+        child::reap(&self.pidfd);
     }
 }
 

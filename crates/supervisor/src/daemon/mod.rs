@@ -680,7 +680,7 @@ impl Shell {
                 }
                 Err(e) => {
                     tracing::error!(worker = %name, pid = fds.pid, "cannot adopt worker ({e}): killing it");
-                    crate::sys::process::kill_group(fds.pid);
+                    crate::sys::child::kill_group(fds.pid);
                     lost.push(fds.id);
                 }
             }

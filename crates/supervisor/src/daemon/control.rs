@@ -1,0 +1,144 @@
+//! One handler per control request, and the one place a control answer is produced: the core's
+//! [`Answer`]s become wire [`Response`]s here ([`response`]), the views answer `status`, the
+//! upgrade sequencer answers `upgrade`, and a request naming no known app is refused here with
+//! the names there are.
+
+use tokio::time::Instant;
+
+use super::shell::Shell;
+use crate::control::protocol::{Request, Response};
+use crate::control::server::{ControlRequest, Reply};
+use crate::core::{Answer, AppIndex, Event};
+
+impl Shell {
+    /// Serves one control request.
+    pub(super) fn control(&mut self, req: ControlRequest) {
+        let ControlRequest { request, reply } = req;
+        match request {
+            Request::Status { app } => self.on_status(app.as_deref(), reply),
+            Request::Reload { app, wait } => self.on_reload(app.as_deref(), wait, reply),
+            Request::Restart { app } => self.on_restart(&app, reply),
+            Request::Scale { app, instances } => self.on_scale(&app, instances, reply),
+            Request::Stop => self.on_stop(reply),
+            Request::Upgrade { binary } => self.request_upgrade(binary, Some(reply)),
+        }
+    }
+
+    fn on_status(&mut self, app: Option<&str>, reply: Reply) {
+        let Some(only) = self.target(app) else {
+            return answer(reply, self.unknown_app(app));
+        };
+        let report = self.status(only);
+        answer(reply, Response::Status(Box::new(report)));
+    }
+
+    fn on_reload(&mut self, app: Option<&str>, wait: bool, reply: Reply) {
+        let Some(app) = self.target(app) else {
+            return answer(reply, self.unknown_app(app));
+        };
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::Reload { app, reply, wait });
+    }
+
+    fn on_restart(&mut self, app: &str, reply: Reply) {
+        let Some(app) = self.named(app) else {
+            return answer(reply, self.unknown_app(Some(app)));
+        };
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::Restart { app, reply });
+    }
+
+    fn on_scale(&mut self, app: &str, instances: usize, reply: Reply) {
+        let Some(app) = self.named(app) else {
+            return answer(reply, self.unknown_app(Some(app)));
+        };
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::Scale {
+            app,
+            instances,
+            reply,
+        });
+    }
+
+    fn on_stop(&mut self, reply: Reply) {
+        self.stop_jobs(false);
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::Stop { reply });
+    }
+
+    /// `Some(None)` for every app, `Some(Some(i))` for the app named, `None` for a name no app
+    /// has.
+    fn target(&self, app: Option<&str>) -> Option<Option<AppIndex>> {
+        match app {
+            None => Some(None),
+            Some(name) => self.named(name).map(Some),
+        }
+    }
+
+    fn named(&self, name: &str) -> Option<AppIndex> {
+        self.config.apps.iter().position(|a| a.name == name)
+    }
+
+    /// The refusal of a request naming no known app: says which apps there are.
+    fn unknown_app(&self, name: Option<&str>) -> Response {
+        let names: Vec<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
+        Response::Error {
+            message: format!(
+                "no app is named {:?} (apps: {})",
+                name.unwrap_or_default(),
+                names.join(", ")
+            ),
+        }
+    }
+
+    /// Carries out the core's answer to a waiting client.
+    pub(super) fn answer(&mut self, to: crate::core::ReplyTo, answer: Answer) {
+        if let Some(reply) = self.replies.take(to) {
+            self::answer(reply, response(answer));
+        }
+    }
+
+    /// `status`, now.
+    fn status(&mut self, only: Option<AppIndex>) -> crate::control::protocol::StatusReport {
+        let me = std::process::id() as i32;
+        let supervisor = self.cpu.sample(me, self.record.started);
+        // One pass over /proc for every worker's process group.
+        let procs = crate::sys::procstat::GroupScan::scan();
+        let seen = super::views::Seen {
+            core: &self.core,
+            config: &self.config,
+            listeners: &self.listeners,
+            record: &self.record,
+            now: Instant::now(),
+        };
+        let (processes, cpu) = (&self.processes, &mut self.cpu);
+        super::views::status(&seen, only, supervisor, |w| match processes.get(&w.id) {
+            Some(p) => cpu.sample_group(&procs, p.pid, w.started_at.into_std()),
+            None => Default::default(),
+        })
+    }
+}
+
+/// Answers a client (one that left does not matter).
+fn answer(reply: Reply, response: Response) {
+    let _ = reply.send(response);
+}
+
+/// The wire form of the core's answer.
+pub(super) fn response(answer: Answer) -> Response {
+    match answer {
+        Answer::Reload(reports) => Response::Reload { reports },
+        Answer::Restarted {
+            app,
+            generation,
+            workers,
+        } => Response::Restarted {
+            app,
+            generation,
+            workers,
+        },
+        Answer::Scaled { app, from, to, note } => Response::Scaled { app, from, to, note },
+        Answer::Stopped => Response::Stopped,
+        Answer::Refused(message) => Response::Error { message },
+    }
+}

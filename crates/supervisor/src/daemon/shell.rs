@@ -1,0 +1,328 @@
+//! The shell around the core: the one event loop that owns all state. It turns signals, control
+//! requests, worker events, lease events and deadlines into [`Event`]s for the core, and carries
+//! out the [`Action`]s the core returns, feeding back the events that carrying them out produces
+//! (a spawn's outcome, a config read, a memory sample) until nothing is left. What each input
+//! means lives beside it: [`super::control`] (requests), [`super::workers`] (worker processes),
+//! [`super::upgrade`] (the in-place upgrade); this file is only the loop and the dispatch.
+
+use std::collections::{HashMap, VecDeque};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::Command;
+use super::deadlines::Deadlines;
+use super::leases::LeaseTasks;
+use super::open::Opened;
+use super::process::{Process, WorkerEvent};
+use super::runtime_dir::RuntimeDir;
+use super::upgrade::UpgradeState;
+use super::views::Record;
+use crate::config::Config;
+use crate::control::server::{ControlRequest, ControlSocket, Reply};
+use crate::core::{Action, AppIndex, Core, Event, LeaseEvent, ReplyTo, ServiceState, WorkerId};
+use crate::jobs::scheduler::ConfigJobs;
+use crate::metrics::server::SnapshotRequest;
+use crate::notify;
+use crate::orphans::OwnChildren;
+use crate::sys::listeners::BoundListener;
+use crate::sys::procstat::CpuMeter;
+use crate::sys::sdnotify;
+
+/// The shell's state: the core and everything that carries its decisions out.
+pub(super) struct Shell {
+    /// The config the supervisor started with (a reload re-reads the file, see
+    /// [`super::reread`]).
+    pub(super) config: Config,
+    /// Each app's listeners, in app order, bound once.
+    pub(super) listeners: Vec<Vec<BoundListener>>,
+    pub(super) core: Core,
+    /// Every live worker's process, until it is reaped.
+    pub(super) processes: HashMap<WorkerId, Process>,
+    pub(super) deadlines: Deadlines,
+    pub(super) replies: Replies,
+    /// Where the worker processes' watch tasks report.
+    pub(super) worker_events: (
+        mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+        mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
+    ),
+    /// Set by the core's [`Action::Exit`]: the loop ends with it.
+    pub(super) exit: Option<Result<(), String>>,
+    pub(super) cpu: CpuMeter,
+    pub(super) record: Record,
+    pub(super) service: Service,
+    pub(super) runtime_dir: RuntimeDir,
+    /// Its own children that are not workers (`[[job]]` commands, the upgrade's preflight).
+    pub(super) own_children: OwnChildren,
+    /// A change in [`Shell::own_children`] (a job command ended: an upgrade may go on).
+    pub(super) own_children_changed: watch::Receiver<u64>,
+    /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
+    pub(super) jobs: Option<ConfigJobs>,
+    pub(super) leases: LeaseTasks,
+    pub(super) lease_events: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    pub(super) control: ControlSocket,
+    pub(super) upgrade: UpgradeState,
+}
+
+/// The inputs the loop reads besides its own channels.
+pub(super) struct Inputs {
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) control: mpsc::Receiver<ControlRequest>,
+    pub(super) snapshots: mpsc::Receiver<SnapshotRequest>,
+}
+
+/// Clients waiting for the core's answer, by the id the core knows them by.
+#[derive(Debug, Default)]
+pub(super) struct Replies {
+    waiting: HashMap<ReplyTo, Reply>,
+    next: ReplyTo,
+}
+
+impl Replies {
+    /// Keeps `reply` until the core answers the id returned.
+    pub(super) fn wait(&mut self, reply: Reply) -> ReplyTo {
+        self.next += 1;
+        self.waiting.insert(self.next, reply);
+        self.next
+    }
+
+    /// The client the core answers.
+    pub(super) fn take(&mut self, to: ReplyTo) -> Option<Reply> {
+        self.waiting.remove(&to)
+    }
+}
+
+/// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
+#[derive(Debug, Default)]
+pub(super) struct Service {
+    pub(super) notifier: Option<sdnotify::Notifier>,
+    told: Option<ServiceState>,
+}
+
+impl Service {
+    /// Tells the service manager, if there is one.
+    fn tell(&mut self, state: ServiceState, status: &str) {
+        let Some(n) = &self.notifier else { return };
+        let msg = notify::service_datagram(
+            self.told,
+            state,
+            status,
+            std::process::id(),
+            sdnotify::monotonic_usec,
+        );
+        if let Err(e) = n.send(&msg) {
+            tracing::warn!(socket = %n.target, "cannot notify the service manager: {e}");
+        }
+        self.told = Some(state);
+    }
+}
+
+impl Shell {
+    /// The shell over what [`super::open`] bound and started; the core is built from the config,
+    /// or taken over from the previous binary when `opened` carries its state.
+    pub(super) fn new(opened: Opened) -> (Shell, Inputs) {
+        let Opened {
+            config,
+            listeners,
+            resume,
+            service,
+            runtime_dir,
+            own_children,
+            jobs,
+            leases,
+            lease_events,
+            control,
+            handover,
+            inputs,
+        } = opened;
+        let core = Core::new(super::reread::core_apps(&config, &listeners));
+        let own_children_changed = own_children.changes();
+        let mut shell = Shell {
+            config,
+            listeners,
+            core,
+            processes: HashMap::new(),
+            deadlines: Deadlines::default(),
+            replies: Replies::default(),
+            worker_events: mpsc::unbounded_channel(),
+            exit: None,
+            cpu: CpuMeter::default(),
+            record: Record::starting(crate::upgrade::own_binary()),
+            service: Service {
+                notifier: service,
+                told: None,
+            },
+            runtime_dir,
+            own_children,
+            own_children_changed,
+            jobs: Some(jobs),
+            leases,
+            lease_events,
+            control,
+            upgrade: UpgradeState::new(handover),
+        };
+        if let Some(state) = resume {
+            shell.adopt(state);
+        }
+        (shell, inputs)
+    }
+
+    /// Serves events until the core says to exit: `Ok` once everything stopped, `Err` when the
+    /// first start failed. `start`: begin with the first start (not after an upgrade).
+    pub(super) async fn run(&mut self, inputs: &mut Inputs, start: bool) -> Result<(), String> {
+        if start {
+            self.feed(Event::Start);
+        }
+        loop {
+            if let Some(outcome) = self.exit.take() {
+                return outcome;
+            }
+            if self.upgrade_turn().await {
+                continue;
+            }
+            let next = self.deadlines.next();
+            let upgrade_at = self.upgrade.sequencer.deadline();
+            let upgrading = self.upgrade.sequencer.is_pending();
+            tokio::select! {
+                Some(outcome) = self.upgrade.preflights.1.recv() => self.preflight_done(outcome),
+                () = sleep_until(upgrade_at) => {}
+                Ok(()) = self.own_children_changed.changed(), if upgrading => {}
+                Some(cmd) = inputs.commands.recv() => self.command(cmd),
+                Some(req) = inputs.control.recv() => self.control(req),
+                Some(reply) = inputs.snapshots.recv() => {
+                    let _ = reply.send(self.metrics_snapshot());
+                }
+                Some((id, ev)) = self.worker_events.1.recv() => self.worker_event(id, ev),
+                Some((app, event)) = self.lease_events.recv() => self.feed(Event::Lease { app, event }),
+                () = sleep_until(next) => {
+                    for key in self.deadlines.due(Instant::now()) {
+                        self.feed(Event::Timer(key));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a signal asks for.
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Reload => self.feed(Event::Reload {
+                app: None,
+                reply: None,
+                wait: true,
+            }),
+            Command::Stop => {
+                self.stop_jobs(false);
+                self.feed(Event::Stop { reply: None });
+            }
+            Command::FastStop => {
+                self.stop_jobs(true);
+                self.feed(Event::FastStop);
+            }
+            Command::ChildExited => self.sweep_orphans(None),
+            Command::Upgrade => self.request_upgrade(None, None),
+        }
+    }
+
+    /// Hands `event` to the core and carries out what it decides, including the events that
+    /// carrying it out produces, until nothing is left.
+    pub(super) fn feed(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.core.handle(event, Instant::now()) {
+                self.act(action, &mut queue);
+            }
+        }
+    }
+
+    /// Carries out one action; the events it produces go to `queue`.
+    pub(super) fn act(&mut self, action: Action, queue: &mut VecDeque<Event>) {
+        match action {
+            Action::Spawn {
+                app,
+                worker,
+                slot,
+                generation,
+                spec,
+                fencing_token,
+            } => queue.push_back(self.spawn(app, worker, slot, generation, spec, fencing_token)),
+            Action::Signal { worker, signal } => self.signal(worker, signal),
+            Action::Arm { timer, at } => self.deadlines.arm(timer, at),
+            Action::Cancel(timer) => self.deadlines.cancel(timer),
+            Action::ReadConfig => queue.push_back(Event::Config(self.read_config())),
+            Action::SampleMemory => queue.push_back(Event::Memory(self.sample_memory())),
+            Action::Reply { to, answer } => self.answer(to, answer),
+            Action::ReleaseLease(app) => self.leases.release(app),
+            Action::Exit(outcome) => self.exit = Some(outcome),
+            Action::Service { state, status } => self.service.tell(state, &status),
+            Action::ReloadEnded(report) => self.record.metrics.reload_ended(&report),
+        }
+    }
+
+    /// Re-reads the config file for a reload: what it applies goes to the core (and the
+    /// `[[job]]` tables to the scheduler); what needs a restart is kept, with a warning.
+    fn read_config(&mut self) -> Result<Vec<crate::core::AppSettings>, String> {
+        let fresh = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        let reread = super::reread::reread(&self.config, &self.listeners, &fresh);
+        for warning in &reread.warnings {
+            tracing::warn!("{warning}");
+        }
+        if let Some(jobs) = &mut self.jobs {
+            jobs.replace(reread.jobs);
+        }
+        Ok(reread.settings)
+    }
+
+    /// Supervisor stop: the `[[job]]` scheduler takes no new tick; `fast` kills running commands.
+    pub(super) fn stop_jobs(&mut self, fast: bool) {
+        if let Some(jobs) = &mut self.jobs {
+            if fast {
+                jobs.kill();
+            } else {
+                jobs.stop();
+            }
+        }
+    }
+
+    /// What a metrics scrape shows of the apps and processes (one pass over `/proc`).
+    fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::sys::procstat;
+        let hz = procstat::ticks_per_second() as f64;
+        let usage = |u: procstat::Usage| crate::metrics::Usage {
+            cpu_seconds: u.ticks as f64 / hz,
+            rss_bytes: u.rss_bytes,
+        };
+        let me = std::process::id() as i32;
+        let supervisor = usage(procstat::Usage {
+            ticks: procstat::cpu_ticks(me).unwrap_or(0),
+            rss_bytes: procstat::rss_bytes(me).unwrap_or(0),
+        });
+        let procs = procstat::GroupScan::scan();
+        let seen = super::views::Seen {
+            core: &self.core,
+            config: &self.config,
+            listeners: &self.listeners,
+            record: &self.record,
+            now: Instant::now(),
+        };
+        let ticks = self
+            .jobs
+            .as_ref()
+            .map(ConfigJobs::ticks)
+            .unwrap_or_default();
+        super::views::metrics(
+            &seen,
+            supervisor,
+            |w| usage(w.pid.and_then(|p| procs.group(p)).unwrap_or_default()),
+            ticks,
+        )
+    }
+}
+
+/// Sleeps until `at`, or forever when nothing is due.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
