@@ -402,6 +402,46 @@ mod tests {
         assert_eq!(status, Request::Status { app: None }, "app is optional");
     }
 
+    #[test]
+    fn reload_report_json_shape_is_stable() {
+        let report = ReloadReport {
+            app: "web".into(),
+            generation: 4,
+            outcome: ReloadOutcome::Aborted,
+            reason: Some("new worker exited".into()),
+            note: None,
+            slots: vec![SlotReplacement {
+                slot: 0,
+                old_pid: Some(101),
+                new_pid: 202,
+                ready_secs: 0.25,
+            }],
+            duration_secs: 1.5,
+        };
+        let text = r#"{"response":"reload","reports":[{"app":"web","generation":4,"outcome":"aborted","reason":"new worker exited","note":null,"slots":[{"slot":0,"old_pid":101,"new_pid":202,"ready_secs":0.25}],"duration_secs":1.5}]}"#;
+        assert_eq!(
+            serde_json::to_string(&Response::Reload {
+                reports: vec![report]
+            })
+            .unwrap(),
+            text
+        );
+        let back: Response = serde_json::from_str(text).unwrap();
+        assert!(
+            matches!(back, Response::Reload { reports } if reports[0].outcome == ReloadOutcome::Aborted)
+        );
+        for (outcome, word) in [
+            (ReloadOutcome::Ok, "ok"),
+            (ReloadOutcome::Aborted, "aborted"),
+            (ReloadOutcome::Started, "started"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{word}\"")
+            );
+        }
+    }
+
     #[tokio::test]
     async fn frames_round_trip() {
         let (a, b) = UnixStream::pair().unwrap();

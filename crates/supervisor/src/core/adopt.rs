@@ -82,3 +82,24 @@ pub struct AdoptedWorker {
     /// Its last `STATUS=` text.
     pub status_text: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    /// An app as a previous binary wrote it into the memfd, with its last reload.
+    const WRITTEN: &str = r#"{"name":"web","generation":3,"last_generation":4,"next_id":4294967305,"restarts_total":2,"memory_recycles":1,"memory_recycle_failures":0,"last_reload":{"app":"web","generation":4,"outcome":"aborted","reason":"new worker web.0 (pid 321) exited before it was ready: exit code 2","note":null,"slots":[{"slot":0,"old_pid":101,"new_pid":202,"ready_secs":0.25}],"duration_secs":1.5},"scaled":null,"slots":[{"generation":3,"restarts":2,"consecutive_failures":0,"recent_failures_ago":[{"secs":12,"nanos":500000000}],"last_exit":"signal 9 while ready","worker":{"id":4294967304,"generation":3,"pid":4242,"slot":0,"state":"ready","kill_in":null,"age":{"secs":30,"nanos":0},"status_text":"serving"},"restart_in":null}],"draining":[{"id":4294967300,"generation":2,"pid":4100,"slot":1,"state":"draining","kill_in":{"secs":4,"nanos":0},"age":{"secs":90,"nanos":0},"status_text":null}]}"#;
+
+    #[test]
+    fn an_app_handed_over_by_a_previous_binary_parses_and_is_written_the_same() {
+        let app: AdoptedApp = serde_json::from_str(WRITTEN).unwrap();
+        let last = app.last_reload.as_ref().unwrap();
+        assert_eq!((last.app.as_str(), last.generation), ("web", 4));
+        assert_eq!(last.slots[0].new_pid, 202);
+        assert_eq!(app.slots[0].worker.as_ref().unwrap().pid, 4242);
+        assert_eq!(app.draining[0].kill_in, Some(Duration::from_secs(4)));
+        assert_eq!(serde_json::to_string(&app).unwrap(), WRITTEN);
+    }
+}
