@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::report::ReloadReport;
 use super::{WorkerId, WorkerState};
-use crate::control::protocol::ReloadReport;
 
 /// One app, as handed over.
 #[derive(Debug, Clone, Serialize, Deserialize)]

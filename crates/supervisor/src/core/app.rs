@@ -25,14 +25,13 @@ use tokio::time::Instant;
 
 use super::adopt::{AdoptedApp, AdoptedSlot, AdoptedWorker};
 use super::reload::{InFlight, Reload};
+use super::report::{MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport};
 use super::{
     Action, AppIndex, AppSettings, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Signal,
     SingletonRole, TimerKey, WaitState, Worker, WorkerId, WorkerState, lease_kill_margin,
 };
 use crate::config::{MAX_INSTANCES, MemoryPolicy, Readiness, WorkerSpec};
-use crate::control::protocol::{
-    MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport, Response,
-};
+use crate::control::protocol::Response;
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

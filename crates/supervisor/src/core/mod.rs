@@ -24,6 +24,7 @@
 pub mod adopt;
 pub mod app;
 pub mod reload;
+pub mod report;
 #[cfg(test)]
 mod singleton_tests;
 mod supervisor;
@@ -41,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec};
-use crate::control::protocol::{ReloadReport, Response};
+use crate::control::protocol::Response;
+use report::ReloadReport;
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
 /// ([`app_of`]).

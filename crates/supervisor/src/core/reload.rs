@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
 use super::{ReplyTo, WorkerId};
 use crate::config::{ReloadPolicy, WorkerSpec};
-use crate::control::protocol::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
 
 /// A new worker being started for a slot.
 #[derive(Debug, Clone)]

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use super::report::ReloadOutcome;
 use super::test_support::Sim;
 use super::*;
 use crate::config::SingletonPolicy;
-use crate::control::protocol::ReloadOutcome;
 
 const TTL: Duration = Duration::from_secs(10);
 

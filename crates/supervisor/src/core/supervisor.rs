@@ -9,11 +9,12 @@ use tokio::time::Instant;
 
 use super::adopt::AdoptedApp;
 use super::app::App;
+use super::report::{ReloadOutcome, ReloadReport};
 use super::{
     Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, ServiceState,
     TimerKey, Worker, WorkerId, app_of,
 };
-use crate::control::protocol::{ReloadOutcome, ReloadReport, Response};
+use crate::control::protocol::Response;
 
 /// Reply ids from here up are the supervisor's own (a reload of every app waits on each app).
 const INTERNAL: ReplyTo = 1 << 62;

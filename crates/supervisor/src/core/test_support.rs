@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::report::ReloadReport;
 use super::{
     Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, ServiceState, Signal,
     Supervisor, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
-use crate::control::protocol::{ReloadReport, Response};
+use crate::control::protocol::Response;
 
 /// App `name` with `instances` workers: ready timeout 5 s, kill timeout 10 s, backoff 100 ms
 /// doubling to 2 s, crash loop above 3 restarts in 60 s, reload with `surge` and `unavailable`,

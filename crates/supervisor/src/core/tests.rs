@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use super::report::ReloadOutcome;
 use super::test_support::Sim;
 use super::*;
-use crate::control::protocol::ReloadOutcome;
 
 fn settings(name: &str, instances: usize) -> AppSettings {
     super::test_support::settings(name, instances, 1, 0)
