@@ -27,11 +27,10 @@ use super::adopt::{AdoptedApp, AdoptedSlot, AdoptedWorker};
 use super::reload::{InFlight, Reload};
 use super::report::{MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport};
 use super::{
-    Action, AppIndex, AppSettings, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Signal,
-    SingletonRole, TimerKey, WaitState, Worker, WorkerId, WorkerState, lease_kill_margin,
+    Action, Answer, AppIndex, AppSettings, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Signal,
+    SingletonRole, TimerKey, WaitState, Waiter, Worker, WorkerId, WorkerState, lease_kill_margin,
 };
 use crate::config::{MAX_INSTANCES, MemoryPolicy, Readiness, WorkerSpec};
-use crate::control::protocol::Response;
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +58,8 @@ struct Slot {
 /// The reload in progress.
 #[derive(Debug)]
 enum Reloading {
-    /// Waiting for [`Event::Config`]; these clients wait for the outcome.
-    ReadingConfig(Vec<ReplyTo>),
+    /// Waiting for [`Event::Config`]; these wait for the outcome.
+    ReadingConfig(Vec<Waiter>),
     /// Replacing slots.
     Rolling(Reload),
 }
@@ -168,8 +167,8 @@ pub struct App {
     /// is aborted, so that restarts, scaling and crash restarts use the last good config.
     before_reload: Option<(AppSettings, u64, Option<usize>)>,
     reloading: Option<Reloading>,
-    /// A reload asked for while one runs: it runs once after it, for all these clients.
-    queued_reload: Option<Vec<ReplyTo>>,
+    /// A reload asked for while one runs: it runs once after it, for all these waiters.
+    queued_reload: Option<Vec<Waiter>>,
     last_reload: Option<ReloadReport>,
     /// Every slot's restarts so far, kept when slots are retired.
     restarts_total: u64,
@@ -182,6 +181,24 @@ pub struct App {
     /// `Some` for a cluster singleton.
     lease: Option<LeaseState>,
     out: Vec<Action>,
+    /// What the core is to know ([`App::take_reports`]).
+    reports: Vec<AppReport>,
+}
+
+/// What an app tells the core (the shell never sees it).
+#[derive(Debug)]
+pub enum AppReport {
+    /// Its reload ended (or was refused): these wait for the report.
+    Reloaded {
+        /// The report.
+        report: ReloadReport,
+        /// Who waits for it.
+        waiters: Vec<Waiter>,
+    },
+    /// It was stopping and its last worker is gone.
+    Stopped,
+    /// No worker of its first start could be executed: why.
+    StartFailed(String),
 }
 
 impl App {
@@ -214,11 +231,13 @@ impl App {
             memory_recycle_failures: 0,
             lease,
             out: Vec::new(),
+            reports: Vec::new(),
         }
     }
 
-    /// Handles an event about one of its workers or timers at `now`; the supervisor routes the
-    /// others to the methods below. What to do is collected for [`App::take_actions`].
+    /// Handles an event about one of its workers or timers at `now`; the core hands a reload
+    /// and the config read to [`App::request_reload`] and [`App::config_read`]. What to do is
+    /// collected for [`App::take_actions`], what the core is to know for [`App::take_reports`].
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
             Event::Start => self.start(now),
@@ -235,13 +254,12 @@ impl App {
             Event::Memory(samples) => self.memory(&samples, now),
             Event::Stop { .. } => self.stop(now),
             Event::FastStop => self.fast_stop(now),
-            Event::Reload { reply, .. } => self.request_reload(reply),
             Event::Restart { reply, .. } => self.restart(reply, now),
             Event::Scale {
                 instances, reply, ..
             } => self.scale(instances, reply, now),
             Event::Lease { event, .. } => self.lease_event(event, now),
-            Event::Config(_) => {}
+            Event::Reload { .. } | Event::Config(_) => {}
         }
         self.check_stopped();
     }
@@ -249,6 +267,11 @@ impl App {
     /// What the last calls decided, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
+    }
+
+    /// What the core is to know of the last calls, in order.
+    pub fn take_reports(&mut self) -> Vec<AppReport> {
+        std::mem::take(&mut self.reports)
     }
 
     /// Its name.
@@ -298,6 +321,21 @@ impl App {
                 .queued_reload
                 .as_ref()
                 .map(|_| self.last_generation + 1),
+        }
+    }
+
+    /// The answer to a reload not waited for, once asked for: it started, towards the
+    /// generation of its reload (or of the one under way it is queued behind); the current
+    /// generation when it did not start.
+    pub fn started_report(&self) -> ReloadReport {
+        ReloadReport {
+            app: self.name().to_string(),
+            generation: self.reload_generation().unwrap_or(self.generation),
+            outcome: ReloadOutcome::Started,
+            reason: None,
+            note: None,
+            slots: vec![],
+            duration_secs: 0.0,
         }
     }
 
@@ -527,7 +565,7 @@ impl App {
             s.state = SlotState::Idle;
         }
         self.phase = Phase::Stopped;
-        self.out.push(Action::Exit(Err(reason)));
+        self.reports.push(AppReport::StartFailed(reason));
     }
 
     fn ready(&mut self, id: WorkerId, now: Instant) {
@@ -738,7 +776,7 @@ impl App {
 
     // ---- stopping ----
 
-    /// Drains every worker; [`Action::Exit`] says when none is left (the supervisor answers the
+    /// Drains every worker; [`AppReport::Stopped`] says when none is left (the core answers the
     /// clients waiting for the stop).
     fn stop(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
@@ -783,30 +821,32 @@ impl App {
                 // Only now: another host may start the app the moment the lease is gone.
                 self.out.push(Action::ReleaseLease(self.index));
             }
-            self.out.push(Action::Exit(Ok(())));
+            self.reports.push(AppReport::Stopped);
         }
     }
 
     // ---- rolling reload ----
 
-    fn request_reload(&mut self, reply: Option<ReplyTo>) {
+    /// A reload is asked for, by `waiter` if any: it reads the config file, or is queued behind
+    /// the reload under way, or refused when the app does not run.
+    pub fn request_reload(&mut self, waiter: Option<Waiter>) {
         if !matches!(self.phase, Phase::Running | Phase::Standby) {
             let why = match self.phase {
                 Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
                 Phase::Starting => "its first workers are still starting",
                 _ => "the supervisor is stopping",
             };
-            self.answer_aborted(reply, why);
+            self.answer_aborted(waiter, why);
             return;
         }
         if self.reloading.is_some() {
             tracing::info!(app = %self.name(), "reload requested while one is running: queued to run once after it");
             self.queued_reload
                 .get_or_insert_with(Vec::new)
-                .extend(reply);
+                .extend(waiter);
             return;
         }
-        self.reloading = Some(Reloading::ReadingConfig(reply.into_iter().collect()));
+        self.reloading = Some(Reloading::ReadingConfig(waiter.into_iter().collect()));
         self.out.push(Action::ReadConfig);
     }
 
@@ -868,7 +908,7 @@ impl App {
         &mut self,
         settings: AppSettings,
         generation: u64,
-        waiters: Vec<ReplyTo>,
+        waiters: Vec<Waiter>,
         now: Instant,
     ) {
         let lease = self.settings.singleton;
@@ -1180,12 +1220,10 @@ impl App {
             if let Some(to) = reply {
                 self.out.push(Action::Reply {
                     to,
-                    response: Response::Error {
-                        message: format!(
-                            "cannot scale app {} to {n} workers: at most {MAX_INSTANCES}",
-                            self.name()
-                        ),
-                    },
+                    answer: Answer::Refused(format!(
+                        "cannot scale app {} to {n} workers: at most {MAX_INSTANCES}",
+                        self.name()
+                    )),
                 });
             }
             return;
@@ -1197,7 +1235,7 @@ impl App {
             return;
         }
         let from = self.slots.len();
-        let answer = |app: &App, note: Option<String>| Response::Scaled {
+        let answer = |app: &App, note: Option<String>| Answer::Scaled {
             app: app.name().to_string(),
             from,
             to: n,
@@ -1210,7 +1248,7 @@ impl App {
             if let Some(to) = reply {
                 self.out.push(Action::Reply {
                     to,
-                    response: answer(self, Some("the supervisor is stopping".into())),
+                    answer: answer(self, Some("the supervisor is stopping".into())),
                 });
             }
             return;
@@ -1238,7 +1276,7 @@ impl App {
             });
             self.out.push(Action::Reply {
                 to,
-                response: answer(self, note),
+                answer: answer(self, note),
             });
         }
     }
@@ -1264,9 +1302,11 @@ impl App {
             if let Some(to) = reply {
                 self.out.push(Action::Reply {
                     to,
-                    response: Response::Error {
-                        message: format!("{} is {}: nothing to restart", self.name(), self.phase),
-                    },
+                    answer: Answer::Refused(format!(
+                        "{} is {}: nothing to restart",
+                        self.name(),
+                        self.phase
+                    )),
                 });
             }
             return;
@@ -1293,7 +1333,7 @@ impl App {
         if let Some(to) = reply {
             self.out.push(Action::Reply {
                 to,
-                response: Response::Restarted {
+                answer: Answer::Restarted {
                     app: self.name().to_string(),
                     generation,
                     workers: self.slots.len(),
@@ -1408,13 +1448,13 @@ impl App {
         }
     }
 
-    fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, why: &str) {
+    fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = Waiter>, why: &str) {
         let report = self.aborted_report(self.last_generation + 1, why);
         self.reply_all(waiters, &report);
     }
 
-    fn reply_all(&mut self, waiters: impl IntoIterator<Item = ReplyTo>, report: &ReloadReport) {
-        self.out.push(Action::Reloaded {
+    fn reply_all(&mut self, waiters: impl IntoIterator<Item = Waiter>, report: &ReloadReport) {
+        self.reports.push(AppReport::Reloaded {
             report: report.clone(),
             waiters: waiters.into_iter().collect(),
         });

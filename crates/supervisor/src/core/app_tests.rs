@@ -54,6 +54,7 @@ impl OneApp for Sim {
         self.send(Event::Reload {
             app: Some(0),
             reply: Some(reply),
+            wait: true,
         });
     }
 
