@@ -26,8 +26,8 @@ use crate::control::protocol::{
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, Answer, AppIndex, AppSettings, Event, LeaseEvent, ReplyTo, ServiceState, Signal,
-    Supervisor, TimerKey, WaitState, WorkerState,
+    self, Action, Answer, AppIndex, AppSettings, Core, Event, LeaseEvent, ReplyTo, ServiceState,
+    Signal, TimerKey, WaitState, WorkerState,
 };
 use crate::jobs::config_jobs::{self, ConfigJobs};
 use crate::metrics::{self, server::SnapshotRequest};
@@ -462,8 +462,8 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
 }
 
 /// The core for a config: every app with the indices of the apps it is `after`.
-fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Supervisor {
-    Supervisor::new(core_apps(config, listeners))
+fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Core {
+    Core::new(core_apps(config, listeners))
 }
 
 /// Every app's settings with the indices of the apps it is `after`.
@@ -553,7 +553,7 @@ struct Shell {
     /// Each app's listeners, in app order.
     listeners: Vec<Vec<BoundListener>>,
     runtime_dir: RuntimeDir,
-    core: Supervisor,
+    core: Core,
     processes: HashMap<WorkerId, Process>,
     deadlines: Deadlines,
     replies: HashMap<ReplyTo, oneshot::Sender<Response>>,
@@ -648,7 +648,7 @@ impl Shell {
         };
         let now = Instant::now();
         let (core, actions) =
-            Supervisor::adopt(core_apps(&self.config, &self.listeners), state.core, now);
+            Core::adopt(core_apps(&self.config, &self.listeners), state.core, now);
         self.core = core;
         let mut lost = Vec::new();
         for fds in &state.workers {

@@ -1,6 +1,6 @@
 //! One app: its slots (one worker each when serving), the workers starting, serving or
 //! draining, crash restarts with backoff, its rolling reload, scale and restart, and memory
-//! recycling. Pure: it is driven by the [`super::Supervisor`] and returns [`Action`]s.
+//! recycling. Pure: it is driven by the [`super::Core`] and returns [`Action`]s.
 //!
 //! A cluster singleton (`scope = "cluster"`) runs its slots only while this host holds its
 //! lease: it waits in [`Phase::Standby`] until [`LeaseEvent::Acquired`], starts every slot with
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::adopt::{AdoptedApp, AdoptedSlot, AdoptedWorker};
+use super::adopt::{AdoptedApp, AdoptedReload, AdoptedSlot, AdoptedWorker};
 use super::reload::{InFlight, Reload};
 use super::report::{MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport};
 use super::{
@@ -1555,7 +1555,7 @@ impl App {
             restarts_total: self.restarts_total,
             memory_recycles: self.memory_recycles,
             memory_recycle_failures: self.memory_recycle_failures,
-            last_reload: self.last_reload.clone(),
+            last_reload: self.last_reload.as_ref().map(AdoptedReload::from),
             scaled: self.scaled,
             slots,
             draining: self
@@ -1581,7 +1581,7 @@ impl App {
         app.restarts_total = state.restarts_total;
         app.memory_recycles = state.memory_recycles;
         app.memory_recycle_failures = state.memory_recycle_failures;
-        app.last_reload = state.last_reload;
+        app.last_reload = state.last_reload.map(ReloadReport::from);
         app.scaled = state.scaled;
         app.phase = if app.lease.is_some() {
             Phase::Standby

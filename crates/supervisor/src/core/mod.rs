@@ -17,24 +17,24 @@
 //! [`LeaseEvent::Lost`] drains them so that they are killed before the lease expires. A stopped
 //! singleton asks for [`Action::ReleaseLease`] once its last worker is gone.
 //!
-//! [`Supervisor`] holds the apps in file order: it starts each once the apps it is `after` are
+//! [`Core`] holds the apps in file order: it starts each once the apps it is `after` are
 //! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
 //! its slots (one worker each when serving) and the workers that are starting, serving or draining.
 
 pub mod adopt;
 pub mod app;
+mod apps;
 pub mod reload;
 pub mod report;
 #[cfg(test)]
 mod singleton_tests;
-mod supervisor;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;
 
 pub use app::{App, AppReport, SingletonView, Snapshot, WaitingSlot};
-pub use supervisor::{AppView, Supervisor};
+pub use apps::{AppView, Core};
 
 use std::sync::Arc;
 

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::report::ReloadReport;
 use super::{
-    Action, Answer, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, ServiceState, Signal,
-    Supervisor, TimerKey, WorkerId, WorkerState,
+    Action, Answer, App, AppIndex, AppSettings, Core, Event, ExitStatus, ReplyTo, ServiceState,
+    Signal, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 
@@ -54,13 +54,13 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
     }
 }
 
-/// The shell, simulated, around a whole [`Supervisor`]: spawns succeed with fresh pids (unless
+/// The shell, simulated, around a whole [`Core`]: spawns succeed with fresh pids (unless
 /// `fail_app` says which app's fail), config reads return `config`, memory samples return
 /// `memory`, deadlines fire when time is advanced past them, and everything the core asks for is
 /// recorded.
 pub struct Sim {
     /// The core under test.
-    pub core: Supervisor,
+    pub core: Core,
     /// The current instant.
     pub now: Instant,
     next_pid: i32,
@@ -98,7 +98,7 @@ impl Sim {
     pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
         let config = Ok(apps.iter().map(|(s, _)| s.clone()).collect());
         Sim {
-            core: Supervisor::new(apps),
+            core: Core::new(apps),
             now: Instant::now(),
             next_pid: 100,
             fail_app: None,

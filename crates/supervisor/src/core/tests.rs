@@ -608,7 +608,7 @@ fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
 
     let mut next = Sim::new(vec![]);
     next.now = sim.now + Duration::from_secs(5); // a fresh clock: only durations carry over
-    let (core, actions) = Supervisor::adopt(
+    let (core, actions) = Core::adopt(
         vec![
             (settings("db", 1), vec![]),
             (settings("web", 2), vec![0]),
@@ -688,7 +688,7 @@ fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
 
     let shift = Duration::from_secs(100);
     let now = sim.now + shift;
-    let (core, actions) = Supervisor::adopt(
+    let (core, actions) = Core::adopt(
         vec![
             (settings("db", 1), vec![]),
             (settings("web", 2), vec![0]),

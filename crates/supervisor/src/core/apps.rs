@@ -36,7 +36,7 @@ pub struct AppView<'a> {
 
 /// The state machine of the whole supervisor: its apps in file order.
 #[derive(Debug)]
-pub struct Supervisor {
+pub struct Core {
     apps: Vec<App>,
     after: Vec<Vec<AppIndex>>,
     /// Whether an app has had every slot ready once (the apps after it may start).
@@ -55,16 +55,16 @@ pub struct Supervisor {
     out: Vec<Action>,
 }
 
-impl Supervisor {
+impl Core {
     /// The apps of a config, in file order, each with the indices of the apps it is `after`.
-    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Supervisor {
+    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Core {
         let n = apps.len();
         let (apps, after): (Vec<App>, Vec<Vec<AppIndex>>) = apps
             .into_iter()
             .enumerate()
             .map(|(i, (settings, after))| (App::new(i, settings), after))
             .unzip();
-        Supervisor {
+        Core {
             apps,
             after,
             up: vec![false; n],
@@ -103,14 +103,14 @@ impl Supervisor {
     }
 
     /// The core of an upgraded supervisor: the apps of the config read again (as for
-    /// [`Supervisor::new`]) taking over `adopted`, matched by name; an app missing from it
+    /// [`Core::new`]) taking over `adopted`, matched by name; an app missing from it
     /// starts afresh. Returns the deadlines to arm again and the first service status.
     pub fn adopt(
         apps: Vec<(AppSettings, Vec<AppIndex>)>,
         adopted: Vec<AdoptedApp>,
         now: Instant,
-    ) -> (Supervisor, Vec<Action>) {
-        let mut me = Supervisor::new(Vec::new());
+    ) -> (Core, Vec<Action>) {
+        let mut me = Core::new(Vec::new());
         let mut adopted = adopted;
         for (i, (settings, after)) in apps.into_iter().enumerate() {
             let state = adopted
