@@ -1,10 +1,12 @@
 //! The supervisor's decisions, without I/O: a state machine that takes [`Event`]s (a worker was
 //! spawned, became ready, exited; a timer fired; a reload or stop was asked for) with the current
-//! instant and returns [`Action`]s (spawn, signal, arm or cancel a timer, read the config, reply,
-//! exit) for the shell ([`crate::daemon`]) to carry out. It forks nothing, sends no signal, reads
-//! no clock and no file, so every rule here (backoff and crash loops, rolling reload with surge
-//! and unavailability, coalescing, aborts, stop during a reload, the first start) is unit-tested
-//! with plain instants and no processes.
+//! instant and returns [`Action`]s (spawn, signal, arm or cancel a timer, read the config, answer
+//! a client, exit) for the shell ([`crate::daemon`]) to carry out. It forks nothing, sends no
+//! signal, reads no clock and no file, and knows no wire format: it answers clients with its own
+//! [`Answer`] and reports with its own types ([`report`]), which the shell puts into words. So
+//! every rule here (backoff and crash loops, rolling reload with surge and unavailability,
+//! coalescing, aborts, stop during a reload, the first start) is unit-tested with plain instants
+//! and no processes.
 //!
 //! Memory recycling (`max_memory`) follows the same split: the core arms
 //! [`TimerKey::MemorySample`] once a second while some app has a limit, the shell answers the
@@ -17,14 +19,15 @@
 //! [`LeaseEvent::Lost`] drains them so that they are killed before the lease expires. A stopped
 //! singleton asks for [`Action::ReleaseLease`] once its last worker is gone.
 //!
-//! [`Core`] holds the apps in file order: it starts each once the apps it is `after` are
-//! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
-//! its slots (one worker each when serving) and the workers that are starting, serving or draining.
+//! [`Core`] (`apps.rs`, the decisions across apps) holds the apps in file order: it starts each
+//! once the apps it is `after` are ready, reloads every app one at a time, and stops them in
+//! reverse order. Each [`App`] (`app/`, split by concern) runs its slots (one worker each when
+//! serving) and the workers that are starting, serving or draining, and tells the core what
+//! concerns it through [`AppReport`]s. [`adopt`] holds what an in-place upgrade hands over.
 
 pub mod adopt;
 pub mod app;
 mod apps;
-pub mod reload;
 pub mod report;
 #[cfg(test)]
 mod singleton_tests;

@@ -1,4 +1,4 @@
-//! Rolling reload bookkeeping inside the core: which slots are still to replace, which new
+//! The bookkeeping of one app's rolling reload: which slots are still to replace, which new
 //! workers are starting, what has been replaced, who waits for the outcome.
 //!
 //! Policy on failure: a new worker that exits or is not ready within `ready_timeout` aborts the
@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
-use super::{Waiter, WorkerId};
 use crate::config::{ReloadPolicy, WorkerSpec};
+use crate::core::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
+use crate::core::{Waiter, WorkerId};
 
 /// A new worker being started for a slot.
 #[derive(Debug, Clone)]
