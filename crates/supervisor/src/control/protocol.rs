@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+pub use crate::core::report::{
+    MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement,
+};
+
 /// A request from a client (`supervisor status`, `reload`, `restart`, `scale`, `stop`). `app`
 /// names an app of the config; a name no app has is answered with [`Response::Error`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -188,21 +192,6 @@ pub struct MemoryLimit {
     pub grace_secs: f64,
 }
 
-/// A worker being replaced because of its memory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MemoryRecycleProgress {
-    /// Slot.
-    pub slot: usize,
-    /// The worker being replaced.
-    pub old_pid: i32,
-    /// Its replacement, once spawned.
-    pub new_pid: Option<i32>,
-    /// The old worker's memory when its replacement was started.
-    pub rss_bytes: u64,
-    /// Seconds since the replacement was started.
-    pub elapsed_secs: f64,
-}
-
 /// A process's resource use.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInfo {
@@ -262,76 +251,6 @@ pub struct SlotInfo {
     pub restart_in_secs: f64,
     /// Why the last worker ended.
     pub last_exit: String,
-}
-
-/// A reload under way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReloadProgress {
-    /// Target generation.
-    pub generation: u64,
-    /// Slots done / total.
-    pub done: usize,
-    /// Total slots.
-    pub total: usize,
-    /// Seconds since it began.
-    pub elapsed_secs: f64,
-    /// Reloads requested meanwhile, to run after this one (at most one).
-    pub queued: bool,
-}
-
-/// A finished reload of one app.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReloadReport {
-    /// The app.
-    pub app: String,
-    /// Target generation.
-    pub generation: u64,
-    /// How it ended (or that it started, for `--no-wait`).
-    pub outcome: ReloadOutcome,
-    /// Why it was aborted.
-    pub reason: Option<String>,
-    /// What else to know (a `scale` the file's `instances` undid).
-    #[serde(default)]
-    pub note: Option<String>,
-    /// Per slot: old pid -> new pid and time to ready.
-    pub slots: Vec<SlotReplacement>,
-    /// Duration of the whole reload in seconds.
-    pub duration_secs: f64,
-}
-
-/// The outcome of a reload request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReloadOutcome {
-    /// Every slot was replaced.
-    Ok,
-    /// Stopped early; the reason says why.
-    Aborted,
-    /// Accepted, not waited for (`reload --no-wait`).
-    Started,
-}
-
-impl std::fmt::Display for ReloadOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ReloadOutcome::Ok => "ok",
-            ReloadOutcome::Aborted => "aborted",
-            ReloadOutcome::Started => "started",
-        })
-    }
-}
-
-/// One slot's replacement.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SlotReplacement {
-    /// Slot.
-    pub slot: usize,
-    /// The pid replaced (none if the slot had no live worker).
-    pub old_pid: Option<i32>,
-    /// The new worker's pid.
-    pub new_pid: i32,
-    /// Seconds from start to ready.
-    pub ready_secs: f64,
 }
 
 /// A control-socket connection, framed.
@@ -400,6 +319,46 @@ mod tests {
         );
         let status: Request = serde_json::from_str(r#"{"request":"status"}"#).unwrap();
         assert_eq!(status, Request::Status { app: None }, "app is optional");
+    }
+
+    #[test]
+    fn reload_report_json_shape_is_stable() {
+        let report = ReloadReport {
+            app: "web".into(),
+            generation: 4,
+            outcome: ReloadOutcome::Aborted,
+            reason: Some("new worker exited".into()),
+            note: None,
+            slots: vec![SlotReplacement {
+                slot: 0,
+                old_pid: Some(101),
+                new_pid: 202,
+                ready_secs: 0.25,
+            }],
+            duration_secs: 1.5,
+        };
+        let text = r#"{"response":"reload","reports":[{"app":"web","generation":4,"outcome":"aborted","reason":"new worker exited","note":null,"slots":[{"slot":0,"old_pid":101,"new_pid":202,"ready_secs":0.25}],"duration_secs":1.5}]}"#;
+        assert_eq!(
+            serde_json::to_string(&Response::Reload {
+                reports: vec![report]
+            })
+            .unwrap(),
+            text
+        );
+        let back: Response = serde_json::from_str(text).unwrap();
+        assert!(
+            matches!(back, Response::Reload { reports } if reports[0].outcome == ReloadOutcome::Aborted)
+        );
+        for (outcome, word) in [
+            (ReloadOutcome::Ok, "ok"),
+            (ReloadOutcome::Aborted, "aborted"),
+            (ReloadOutcome::Started, "started"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{word}\"")
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,10 +1,12 @@
 //! The supervisor's decisions, without I/O: a state machine that takes [`Event`]s (a worker was
 //! spawned, became ready, exited; a timer fired; a reload or stop was asked for) with the current
-//! instant and returns [`Action`]s (spawn, signal, arm or cancel a timer, read the config, reply,
-//! exit) for the shell ([`crate::daemon`]) to carry out. It forks nothing, sends no signal, reads
-//! no clock and no file, so every rule here (backoff and crash loops, rolling reload with surge
-//! and unavailability, coalescing, aborts, stop during a reload, the first start) is unit-tested
-//! with plain instants and no processes.
+//! instant and returns [`Action`]s (spawn, signal, arm or cancel a timer, read the config, answer
+//! a client, exit) for the shell ([`crate::daemon`]) to carry out. It forks nothing, sends no
+//! signal, reads no clock and no file, and knows no wire format: it answers clients with its own
+//! [`Answer`] and reports with its own types ([`report`]), which the shell puts into words. So
+//! every rule here (backoff and crash loops, rolling reload with surge and unavailability,
+//! coalescing, aborts, stop during a reload, the first start) is unit-tested with plain instants
+//! and no processes.
 //!
 //! Memory recycling (`max_memory`) follows the same split: the core arms
 //! [`TimerKey::MemorySample`] once a second while some app has a limit, the shell answers the
@@ -17,23 +19,25 @@
 //! [`LeaseEvent::Lost`] drains them so that they are killed before the lease expires. A stopped
 //! singleton asks for [`Action::ReleaseLease`] once its last worker is gone.
 //!
-//! [`Supervisor`] holds the apps in file order: it starts each once the apps it is `after` are
-//! ready, reloads every app one at a time, and stops them in reverse order. Each [`app::App`] runs
-//! its slots (one worker each when serving) and the workers that are starting, serving or draining.
+//! [`Core`] (`apps.rs`, the decisions across apps) holds the apps in file order: it starts each
+//! once the apps it is `after` are ready, reloads every app one at a time, and stops them in
+//! reverse order. Each [`App`] (`app/`, split by concern) runs its slots (one worker each when
+//! serving) and the workers that are starting, serving or draining, and tells the core what
+//! concerns it through [`AppReport`]s. [`adopt`] holds what an in-place upgrade hands over.
 
 pub mod adopt;
 pub mod app;
-pub mod reload;
+mod apps;
+pub mod report;
 #[cfg(test)]
 mod singleton_tests;
-mod supervisor;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use app::{App, SingletonView, Snapshot, WaitingSlot};
-pub use supervisor::{AppView, Supervisor};
+pub use app::{App, AppReport, SingletonView, Snapshot, WaitingSlot};
+pub use apps::{AppView, Core};
 
 use std::sync::Arc;
 
@@ -41,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec};
-use crate::control::protocol::{ReloadReport, Response};
+use report::ReloadReport;
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
 /// ([`app_of`]).
@@ -57,6 +61,47 @@ pub fn app_of(id: WorkerId) -> AppIndex {
 
 /// Identifies a client waiting for an answer; the shell maps it to the connection.
 pub type ReplyTo = u64;
+
+/// Who waits for the end of an app's reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// A client: answered with the app's report.
+    Client(ReplyTo),
+    /// The core's reload of every app: it goes on with the next app.
+    EveryApp,
+}
+
+/// What the core answers a client (the shell words it for the control protocol).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A reload: one report per app, in the order they were reloaded (outcome `started`, at
+    /// once, for a reload not waited for).
+    Reload(Vec<ReloadReport>),
+    /// Every worker of an app was replaced at once.
+    Restarted {
+        /// The app.
+        app: String,
+        /// The generation its new workers run.
+        generation: u64,
+        /// How many were started.
+        workers: usize,
+    },
+    /// An app runs another number of workers.
+    Scaled {
+        /// The app.
+        app: String,
+        /// Slots before.
+        from: usize,
+        /// Slots now.
+        to: usize,
+        /// What to know (until when it holds, or why it was not applied).
+        note: Option<String>,
+    },
+    /// Every worker is gone.
+    Stopped,
+    /// The request was not carried out, for this reason.
+    Refused(String),
+}
 
 /// What an app runs and how: the part of the config the core decides with.
 #[derive(Debug, Clone)]
@@ -199,22 +244,15 @@ pub enum Action {
     /// Measure the resident memory of every worker's process group (one `/proc` scan); answer
     /// with [`Event::Memory`].
     SampleMemory,
-    /// An app's reload ended (inside the core: the supervisor answers the clients).
-    Reloaded {
-        /// The report.
-        report: ReloadReport,
-        /// Who waits for it.
-        waiters: Vec<ReplyTo>,
-    },
     /// An app's reload ended, for the shell's record (metrics: outcome and duration); the
-    /// supervisor has answered its clients already. Emitted once per [`Action::Reloaded`].
+    /// core has answered its clients already. Emitted once per [`AppReport::Reloaded`].
     ReloadEnded(ReloadReport),
     /// Answer a client.
     Reply {
         /// The client.
         to: ReplyTo,
         /// The answer.
-        response: Response,
+        answer: Answer,
     },
     /// The supervisor as a whole changed state or status line (for a service manager: systemd's
     /// `READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=`). Emitted only on a change.
@@ -294,12 +332,16 @@ pub enum Event {
     /// The answer to [`Action::SampleMemory`]: the resident memory in bytes of each worker's
     /// process group (workers whose group could not be read are left out).
     Memory(Vec<(WorkerId, u64)>),
-    /// A rolling reload of one app, or of every app one at a time; `reply` waits for the outcome.
+    /// A rolling reload of one app, or of every app one at a time.
     Reload {
         /// The app, or every app.
         app: Option<AppIndex>,
-        /// The waiting client, if any.
+        /// The client to answer, if any.
         reply: Option<ReplyTo>,
+        /// Answer `reply` once the reload ended; otherwise at once, with each app's report
+        /// saying `started` and the generation of its reload (or of the one under way that
+        /// it is queued behind).
+        wait: bool,
     },
     /// The answer to [`Action::ReadConfig`]: every app's settings by name, or why the file is not
     /// valid.

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
+use super::report::ReloadOutcome;
 use super::test_support::Sim;
 use super::*;
 use crate::config::SingletonPolicy;
-use crate::control::protocol::ReloadOutcome;
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -175,6 +175,7 @@ fn a_lease_lost_too_late_for_a_drain_kills_at_once_and_aborts_a_reload() {
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
+        wait: true,
     });
     let starting = sim.workers(0, WorkerState::Starting);
     assert_eq!(starting.len(), 1, "a reload is replacing slot 0");
@@ -206,6 +207,7 @@ fn a_reload_keeps_the_lease_and_replaces_the_workers_in_place() {
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
+        wait: true,
     });
     for _ in 0..2 {
         sim.ready_all(0);
@@ -235,6 +237,7 @@ fn a_reload_while_standing_by_takes_the_new_config_for_the_takeover() {
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
+        wait: true,
     });
     let r = &sim.reports(1)[0];
     assert_eq!(r.outcome, ReloadOutcome::Ok);

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::report::ReloadReport;
 use super::{
-    Action, App, AppIndex, AppSettings, Event, ExitStatus, ReplyTo, ServiceState, Signal,
-    Supervisor, TimerKey, WorkerId, WorkerState,
+    Action, Answer, App, AppIndex, AppSettings, Core, Event, ExitStatus, ReplyTo, ServiceState,
+    Signal, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
-use crate::control::protocol::{ReloadReport, Response};
 
 /// App `name` with `instances` workers: ready timeout 5 s, kill timeout 10 s, backoff 100 ms
 /// doubling to 2 s, crash loop above 3 restarts in 60 s, reload with `surge` and `unavailable`,
@@ -54,13 +54,13 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
     }
 }
 
-/// The shell, simulated, around a whole [`Supervisor`]: spawns succeed with fresh pids (unless
+/// The shell, simulated, around a whole [`Core`]: spawns succeed with fresh pids (unless
 /// `fail_app` says which app's fail), config reads return `config`, memory samples return
 /// `memory`, deadlines fire when time is advanced past them, and everything the core asks for is
 /// recorded.
 pub struct Sim {
     /// The core under test.
-    pub core: Supervisor,
+    pub core: Core,
     /// The current instant.
     pub now: Instant,
     next_pid: i32,
@@ -80,7 +80,7 @@ pub struct Sim {
     /// Spawns asked for, in order.
     pub spawned: Vec<(AppIndex, WorkerId)>,
     /// Answers, per client.
-    pub replies: HashMap<ReplyTo, Vec<Response>>,
+    pub replies: HashMap<ReplyTo, Vec<Answer>>,
     /// How the supervisor exited, once it did.
     pub exit: Option<Result<(), String>>,
     /// Every app's reload that ended, in order, as the shell records them.
@@ -98,7 +98,7 @@ impl Sim {
     pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
         let config = Ok(apps.iter().map(|(s, _)| s.clone()).collect());
         Sim {
-            core: Supervisor::new(apps),
+            core: Core::new(apps),
             now: Instant::now(),
             next_pid: 100,
             fail_app: None,
@@ -157,8 +157,8 @@ impl Sim {
                         let samples = self.memory.iter().map(|(w, b)| (*w, *b)).collect();
                         queue.push_back(Event::Memory(samples));
                     }
-                    Action::Reply { to, response } => {
-                        self.replies.entry(to).or_default().push(response)
+                    Action::Reply { to, answer } => {
+                        self.replies.entry(to).or_default().push(answer)
                     }
                     Action::ReleaseLease(app) => {
                         let live = self
@@ -170,7 +170,6 @@ impl Sim {
                     }
                     Action::Exit(outcome) => self.exit = Some(outcome),
                     Action::Service { state, status } => self.service.push((state, status)),
-                    Action::Reloaded { .. } => panic!("the supervisor answers reloads itself"),
                     Action::ReloadEnded(report) => self.ended.push(report),
                 }
             }
@@ -226,7 +225,7 @@ impl Sim {
     /// The reports a client got for its reload.
     pub fn reports(&self, reply: ReplyTo) -> Vec<ReloadReport> {
         match self.replies.get(&reply).and_then(|r| r.first()) {
-            Some(Response::Reload { reports }) => reports.clone(),
+            Some(Answer::Reload(reports)) => reports.clone(),
             other => panic!("no reload answer for {reply}: {other:?}"),
         }
     }

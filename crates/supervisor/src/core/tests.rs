@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use super::report::ReloadOutcome;
 use super::test_support::Sim;
 use super::*;
-use crate::control::protocol::ReloadOutcome;
 
 fn settings(name: &str, instances: usize) -> AppSettings {
     super::test_support::settings(name, instances, 1, 0)
@@ -74,6 +74,7 @@ fn reload_of_every_app_goes_one_app_at_a_time() {
     sim.send(Event::Reload {
         app: None,
         reply: Some(1),
+        wait: true,
     });
     assert_eq!(sim.workers(0, WorkerState::Starting).len(), 1, "db first");
     assert!(sim.workers(1, WorkerState::Starting).is_empty());
@@ -98,12 +99,92 @@ fn reloading_one_app_leaves_the_others_alone() {
     sim.send(Event::Reload {
         app: Some(2),
         reply: Some(7),
+        wait: true,
     });
     sim.ready_all(2);
     assert_eq!(sim.spawned.len(), before + 1);
     assert!(sim.spawned[before..].iter().all(|(app, _)| *app == 2));
     assert_eq!(sim.reports(7)[0].app, "jobs");
     assert!(sim.signals.iter().all(|(id, _)| app_of(*id) == 2));
+}
+
+#[test]
+fn a_reload_not_waited_for_is_answered_at_once_with_the_generation_it_brings() {
+    let mut sim = three_apps_ready();
+    // One app: answered before its new worker is even ready, towards generation 2.
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(1),
+        wait: false,
+    });
+    let started = sim.reports(1);
+    assert_eq!(started.len(), 1);
+    assert_eq!((started[0].app.as_str(), started[0].generation), ("web", 2));
+    assert_eq!(started[0].outcome, ReloadOutcome::Started);
+    assert!(started[0].slots.is_empty() && started[0].reason.is_none());
+    assert_eq!(started[0].duration_secs, 0.0);
+    assert_eq!(sim.workers(1, WorkerState::Starting).len(), 1, "it runs");
+    // Asked again while it runs: queued behind it, answered with its generation.
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(2),
+        wait: false,
+    });
+    assert_eq!(sim.reports(2)[0].generation, 2);
+    // Every app: the first app's reload starts now, web's runs, jobs' waits its turn.
+    sim.send(Event::Reload {
+        app: None,
+        reply: Some(3),
+        wait: false,
+    });
+    let all: Vec<(String, u64, ReloadOutcome)> = sim
+        .reports(3)
+        .into_iter()
+        .map(|r| (r.app, r.generation, r.outcome))
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            ("db".to_string(), 2, ReloadOutcome::Started),
+            ("web".to_string(), 2, ReloadOutcome::Started),
+            ("jobs".to_string(), 1, ReloadOutcome::Started),
+        ]
+    );
+    // Everything runs to its end, and nobody is answered twice.
+    for _ in 0..8 {
+        for app in 0..3 {
+            sim.ready_all(app);
+        }
+    }
+    assert_eq!(
+        sim.app(1).snapshot(sim.now).generation,
+        3,
+        "web: the two reloads asked while its first ran are one, after it"
+    );
+    assert_eq!(sim.app(2).snapshot(sim.now).generation, 2);
+    assert_eq!(sim.core.service_state(), ServiceState::Ready);
+    for client in 1..=3 {
+        assert_eq!(sim.replies[&client].len(), 1, "client {client}");
+    }
+}
+
+#[test]
+fn a_reload_not_waited_for_of_an_app_that_does_not_run_yet_says_its_generation() {
+    let mut sim = three_apps();
+    sim.send(Event::Reload {
+        app: Some(1),
+        reply: Some(1),
+        wait: false,
+    });
+    let started = &sim.reports(1)[0];
+    assert_eq!(
+        (started.generation, started.outcome),
+        (1, ReloadOutcome::Started)
+    );
+    assert!(
+        sim.spawned.iter().all(|(app, _)| *app != 1),
+        "web still waits"
+    );
 }
 
 #[test]
@@ -120,7 +201,7 @@ fn stop_goes_in_reverse_order_one_app_after_the_other() {
     assert!(sim.exit.is_none());
     sim.exit_all_draining(0);
     assert!(matches!(sim.exit, Some(Ok(()))));
-    assert!(matches!(sim.replies[&9][..], [Response::Stopped]));
+    assert!(matches!(sim.replies[&9][..], [Answer::Stopped]));
 }
 
 #[test]
@@ -176,7 +257,7 @@ fn scale_past_the_cap_is_refused_at_once_and_nothing_starts() {
             reply: Some(reply),
         });
         match &sim.replies[&reply][..] {
-            [Response::Error { message }] => {
+            [Answer::Refused(message)] => {
                 assert!(message.contains("at most 1024"), "{message}")
             }
             other => panic!("{other:?}"),
@@ -193,7 +274,7 @@ fn scale_past_the_cap_is_refused_at_once_and_nothing_starts() {
     });
     assert!(matches!(
         sim.replies[&3][..],
-        [Response::Scaled { to: 3, .. }]
+        [Answer::Scaled { to: 3, .. }]
     ));
 }
 
@@ -218,6 +299,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(2),
+        wait: true,
     });
     sim.send(Event::Scale {
         app: 0,
@@ -230,7 +312,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     }
     assert_eq!(sim.reports(2)[0].outcome, ReloadOutcome::Ok);
     match &sim.replies[&3][..] {
-        [Response::Scaled { from, to, .. }] => assert_eq!((*from, *to), (4, 1)),
+        [Answer::Scaled { from, to, .. }] => assert_eq!((*from, *to), (4, 1)),
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.workers(0, WorkerState::Ready).len(), 1);
@@ -239,6 +321,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(4),
+        wait: true,
     });
     sim.ready_all(0);
     sim.ready_all(0);
@@ -271,7 +354,7 @@ fn restart_replaces_every_worker_at_once_without_waiting() {
     assert_eq!(sim.workers(0, WorkerState::Starting).len(), 3);
     match &sim.replies[&5][..] {
         [
-            Response::Restarted {
+            Answer::Restarted {
                 generation,
                 workers,
                 ..
@@ -287,6 +370,7 @@ fn a_crash_during_the_reload_of_every_app_is_restarted_and_the_reload_goes_on() 
     sim.send(Event::Reload {
         app: None,
         reply: Some(1),
+        wait: true,
     });
     // jobs' worker crashes while db reloads.
     let jobs = sim.workers(2, WorkerState::Ready)[0];
@@ -337,6 +421,7 @@ fn memory_recycling_is_per_app_one_at_a_time_each_and_a_reload_of_one_leaves_the
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
+        wait: true,
     });
     sim.advance(Duration::from_secs(4));
     assert_eq!(
@@ -374,6 +459,7 @@ fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(1),
+        wait: true,
     });
     sim.ready_all(0);
     assert!(sim.timers.contains_key(&TimerKey::MemorySample));
@@ -383,6 +469,7 @@ fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_
     sim.send(Event::Reload {
         app: Some(0),
         reply: Some(2),
+        wait: true,
     });
     sim.ready_all(0);
     assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
@@ -429,6 +516,7 @@ fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
     sim.send(Event::Reload {
         app: None,
         reply: Some(1),
+        wait: true,
     });
     assert_eq!(sim.service[emitted].0, ServiceState::Reloading);
     assert_eq!(
@@ -460,6 +548,7 @@ fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
     sim.send(Event::Reload {
         app: Some(2),
         reply: Some(2),
+        wait: true,
     });
     assert_eq!(sim.reports(2)[0].outcome, ReloadOutcome::Aborted);
     assert_eq!(
@@ -493,6 +582,7 @@ fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
     sim.send(Event::Reload {
         app: Some(1),
         reply: Some(1),
+        wait: true,
     });
     let why = sim.core.not_upgradable().expect("a reload is under way");
     assert!(why.contains("web"), "{why}");
@@ -518,7 +608,7 @@ fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
 
     let mut next = Sim::new(vec![]);
     next.now = sim.now + Duration::from_secs(5); // a fresh clock: only durations carry over
-    let (core, actions) = Supervisor::adopt(
+    let (core, actions) = Core::adopt(
         vec![
             (settings("db", 1), vec![]),
             (settings("web", 2), vec![0]),
@@ -570,6 +660,7 @@ fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
     sim.send(Event::Reload {
         app: Some(1),
         reply: Some(1),
+        wait: true,
     });
     for _ in 0..4 {
         sim.ready_all(1);
@@ -597,7 +688,7 @@ fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
 
     let shift = Duration::from_secs(100);
     let now = sim.now + shift;
-    let (core, actions) = Supervisor::adopt(
+    let (core, actions) = Core::adopt(
         vec![
             (settings("db", 1), vec![]),
             (settings("web", 2), vec![0]),

@@ -21,13 +21,13 @@ use tokio::time::Instant;
 
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::control::protocol::{
-    AppStatus, ListenerInfo, MemoryLimit, ReloadOutcome, ReloadReport, Request, Response,
-    SingletonStatus, SlotInfo, StatusReport, UpgradeInfo, WorkerInfo,
+    AppStatus, ListenerInfo, MemoryLimit, Request, Response, SingletonStatus, SlotInfo,
+    StatusReport, UpgradeInfo, WorkerInfo,
 };
 use crate::control::server::{self, ControlError, ControlRequest, ControlSocket};
 use crate::core::{
-    self, Action, AppIndex, AppSettings, Event, LeaseEvent, ReplyTo, ServiceState, Signal,
-    Supervisor, TimerKey, WaitState, WorkerState,
+    self, Action, Answer, AppIndex, AppSettings, Core, Event, LeaseEvent, ReplyTo, ServiceState,
+    Signal, TimerKey, WaitState, WorkerState,
 };
 use crate::jobs::scheduler::{self, ConfigJobs};
 use crate::metrics::{self, server::SnapshotRequest};
@@ -473,8 +473,8 @@ fn app_settings(app: &AppConfig, listeners: &[BoundListener]) -> AppSettings {
 }
 
 /// The core for a config: every app with the indices of the apps it is `after`.
-fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Supervisor {
-    Supervisor::new(core_apps(config, listeners))
+fn supervisor_core(config: &Config, listeners: &[Vec<BoundListener>]) -> Core {
+    Core::new(core_apps(config, listeners))
 }
 
 /// Every app's settings with the indices of the apps it is `after`.
@@ -564,7 +564,7 @@ struct Shell {
     /// Each app's listeners, in app order.
     listeners: Vec<Vec<BoundListener>>,
     runtime_dir: RuntimeDir,
-    core: Supervisor,
+    core: Core,
     processes: HashMap<WorkerId, Process>,
     deadlines: Deadlines,
     replies: HashMap<ReplyTo, server::Reply>,
@@ -663,7 +663,7 @@ impl Shell {
         };
         let now = Instant::now();
         let (core, actions) =
-            Supervisor::adopt(core_apps(&self.config, &self.listeners), state.core, now);
+            Core::adopt(core_apps(&self.config, &self.listeners), state.core, now);
         self.core = core;
         let mut lost = Vec::new();
         for fds in &state.workers {
@@ -956,7 +956,7 @@ impl Shell {
                 Some(outcome) = self.preflight_rx.recv() => self.preflight_done(outcome),
                 () = sleep_until(upgrade_check) => {}
                 Some(cmd) = commands.recv() => match cmd {
-                    Command::Reload => self.feed(Event::Reload { app: None, reply: None }),
+                    Command::Reload => self.feed(Event::Reload { app: None, reply: None, wait: false }),
                     Command::Stop => {
                         self.stop_jobs(false);
                         self.feed(Event::Stop { reply: None });
@@ -1040,16 +1040,14 @@ impl Shell {
             Action::Cancel(timer) => self.deadlines.cancel(timer),
             Action::ReadConfig => queue.push_back(Event::Config(self.read_config())),
             Action::SampleMemory => queue.push_back(Event::Memory(self.sample_memory())),
-            Action::Reply { to, response } => {
+            Action::Reply { to, answer } => {
                 if let Some(tx) = self.replies.remove(&to) {
-                    let _ = tx.send(response);
+                    let _ = tx.send(response(answer));
                 }
             }
             Action::ReleaseLease(app) => self.leases.release(app),
             Action::Exit(outcome) => self.exit = Some(outcome),
             Action::Service { state, status } => self.tell_service(state, &status),
-            // The core answers finished reloads itself; the shell only records them.
-            Action::Reloaded { .. } => {}
             Action::ReloadEnded(report) => self.metrics.reload_ended(&report),
         }
     }
@@ -1187,40 +1185,13 @@ impl Shell {
                 let report = self.status(target);
                 let _ = req.reply.send(Response::Status(Box::new(report)));
             }
-            Request::Reload { wait: true, .. } => {
+            Request::Reload { wait, .. } => {
                 let reply = self.reply_to(req.reply);
                 self.feed(Event::Reload {
                     app: target,
                     reply: Some(reply),
+                    wait,
                 });
-            }
-            Request::Reload { wait: false, .. } => {
-                self.feed(Event::Reload {
-                    app: target,
-                    reply: None,
-                });
-                let reports = self
-                    .core
-                    .apps()
-                    .enumerate()
-                    .filter(|(i, _)| target.is_none_or(|t| t == *i))
-                    .map(|(_, v)| ReloadReport {
-                        app: v.app.name().to_string(),
-                        // The reload under way (this one, or the one it was queued behind).
-                        generation: {
-                            let snapshot = v.app.snapshot(Instant::now());
-                            snapshot
-                                .reload_in_progress
-                                .map_or(snapshot.generation, |p| p.generation)
-                        },
-                        outcome: ReloadOutcome::Started,
-                        reason: None,
-                        note: None,
-                        slots: vec![],
-                        duration_secs: 0.0,
-                    })
-                    .collect();
-                let _ = req.reply.send(Response::Reload { reports });
             }
             Request::Restart { .. } => {
                 let reply = self.reply_to(req.reply);
@@ -1443,6 +1414,35 @@ impl Shell {
             phase: self.core.phase(),
             apps,
         }
+    }
+}
+
+/// The core's answer to a client, in the control protocol.
+fn response(answer: Answer) -> Response {
+    match answer {
+        Answer::Reload(reports) => Response::Reload { reports },
+        Answer::Restarted {
+            app,
+            generation,
+            workers,
+        } => Response::Restarted {
+            app,
+            generation,
+            workers,
+        },
+        Answer::Scaled {
+            app,
+            from,
+            to,
+            note,
+        } => Response::Scaled {
+            app,
+            from,
+            to,
+            note,
+        },
+        Answer::Stopped => Response::Stopped,
+        Answer::Refused(message) => Response::Error { message },
     }
 }
 

@@ -8,21 +8,19 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::adopt::AdoptedApp;
-use super::app::App;
+use super::app::{App, AppReport};
+use super::report::{ReloadOutcome, ReloadReport};
 use super::{
-    Action, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo, ServiceState,
-    TimerKey, Worker, WorkerId, app_of,
+    Action, Answer, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo,
+    ServiceState, TimerKey, Waiter, Worker, WorkerId, app_of,
 };
-use crate::control::protocol::{ReloadOutcome, ReloadReport, Response};
-
-/// Reply ids from here up are the supervisor's own (a reload of every app waits on each app).
-const INTERNAL: ReplyTo = 1 << 62;
 
 /// A reload of every app, one at a time.
 #[derive(Debug)]
 struct ReloadAll {
     queue: VecDeque<AppIndex>,
-    current: Option<ReplyTo>,
+    /// The app reloading for it ([`Waiter::EveryApp`] waits for its report).
+    current: Option<AppIndex>,
     reports: Vec<ReloadReport>,
     waiters: Vec<ReplyTo>,
 }
@@ -38,7 +36,7 @@ pub struct AppView<'a> {
 
 /// The state machine of the whole supervisor: its apps in file order.
 #[derive(Debug)]
-pub struct Supervisor {
+pub struct Core {
     apps: Vec<App>,
     after: Vec<Vec<AppIndex>>,
     /// Whether an app has had every slot ready once (the apps after it may start).
@@ -50,7 +48,6 @@ pub struct Supervisor {
     reload_all: Option<ReloadAll>,
     /// A reload of every app asked for while one runs: once more after it, for these clients.
     queued_all: Option<Vec<ReplyTo>>,
-    next_internal: ReplyTo,
     /// Whether [`TimerKey::MemorySample`] is armed.
     sampling: bool,
     /// The last [`Action::Service`] emitted.
@@ -58,16 +55,16 @@ pub struct Supervisor {
     out: Vec<Action>,
 }
 
-impl Supervisor {
+impl Core {
     /// The apps of a config, in file order, each with the indices of the apps it is `after`.
-    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Supervisor {
+    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Core {
         let n = apps.len();
         let (apps, after): (Vec<App>, Vec<Vec<AppIndex>>) = apps
             .into_iter()
             .enumerate()
             .map(|(i, (settings, after))| (App::new(i, settings), after))
             .unzip();
-        Supervisor {
+        Core {
             apps,
             after,
             up: vec![false; n],
@@ -76,7 +73,6 @@ impl Supervisor {
             stop_waiters: Vec::new(),
             reload_all: None,
             queued_all: None,
-            next_internal: INTERNAL,
             sampling: false,
             service: None,
             out: Vec::new(),
@@ -107,14 +103,14 @@ impl Supervisor {
     }
 
     /// The core of an upgraded supervisor: the apps of the config read again (as for
-    /// [`Supervisor::new`]) taking over `adopted`, matched by name; an app missing from it
+    /// [`Core::new`]) taking over `adopted`, matched by name; an app missing from it
     /// starts afresh. Returns the deadlines to arm again and the first service status.
     pub fn adopt(
         apps: Vec<(AppSettings, Vec<AppIndex>)>,
         adopted: Vec<AdoptedApp>,
         now: Instant,
-    ) -> (Supervisor, Vec<Action>) {
-        let mut me = Supervisor::new(Vec::new());
+    ) -> (Core, Vec<Action>) {
+        let mut me = Core::new(Vec::new());
         let mut adopted = adopted;
         for (i, (settings, after)) in apps.into_iter().enumerate() {
             let state = adopted
@@ -175,18 +171,7 @@ impl Supervisor {
                     self.route(i, Event::Memory(mine), now);
                 }
             }
-            Event::Reload {
-                app: Some(app),
-                reply,
-            } => self.route(
-                app,
-                Event::Reload {
-                    app: Some(app),
-                    reply,
-                },
-                now,
-            ),
-            Event::Reload { app: None, reply } => self.reload_every_app(reply, now),
+            Event::Reload { app, reply, wait } => self.reload(app, reply, wait, now),
             Event::Config(settings) => self.config_read(settings, now),
             Event::Restart { app, reply } => self.route(app, Event::Restart { app, reply }, now),
             Event::Scale {
@@ -350,18 +335,19 @@ impl Supervisor {
         self.collect(i, now);
     }
 
-    /// Takes app `i`'s actions: passes most on, and acts on a finished reload or a stopped app.
+    /// Takes app `i`'s actions and passes them on, then acts on what it reports (a finished
+    /// reload, a stopped app, a failed first start).
     fn collect(&mut self, i: AppIndex, now: Instant) {
         let actions = self.apps[i].take_actions();
-        for action in actions {
-            match action {
-                Action::Reloaded { report, waiters } => {
+        self.out.extend(actions);
+        for report in self.apps[i].take_reports() {
+            match report {
+                AppReport::Reloaded { report, waiters } => {
                     self.out.push(Action::ReloadEnded(report.clone()));
-                    self.reloaded(report, waiters, now);
+                    self.reloaded(i, report, waiters, now);
                 }
-                Action::Exit(Ok(())) => self.app_stopped(i, now),
-                Action::Exit(Err(reason)) => self.start_failed(i, reason, now),
-                other => self.out.push(other),
+                AppReport::Stopped => self.app_stopped(i, now),
+                AppReport::StartFailed(reason) => self.start_failed(i, reason, now),
             }
         }
         if !self.up[i] && self.apps[i].is_up() {
@@ -386,14 +372,34 @@ impl Supervisor {
 
     // ---- reload ----
 
+    /// A reload of app `app`, or of every app. A client that waits is answered when it ended;
+    /// one that does not, at once: each app's reload started, towards which generation.
+    fn reload(&mut self, app: Option<AppIndex>, reply: Option<ReplyTo>, wait: bool, now: Instant) {
+        let waiter = reply.filter(|_| wait);
+        match app {
+            Some(i) => {
+                if let Some(a) = self.apps.get_mut(i) {
+                    a.request_reload(waiter.map(Waiter::Client));
+                    self.collect(i, now);
+                }
+            }
+            None => self.reload_every_app(waiter, now),
+        }
+        if let (Some(to), false) = (reply, wait) {
+            let reports = self
+                .apps
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| app.is_none_or(|a| a == *i))
+                .map(|(_, a)| a.started_report())
+                .collect();
+            self.answer(Some(to), Answer::Reload(reports));
+        }
+    }
+
     fn reload_every_app(&mut self, reply: Option<ReplyTo>, now: Instant) {
         if self.phase != Phase::Running {
-            self.answer(
-                reply,
-                Response::Error {
-                    message: "the supervisor is stopping".into(),
-                },
-            );
+            self.answer(reply, Answer::Refused("the supervisor is stopping".into()));
             return;
         }
         if self.reload_all.is_some() {
@@ -421,17 +427,9 @@ impl Supervisor {
             return;
         };
         if let Some(i) = all.queue.pop_front() {
-            let id = self.next_internal;
-            self.next_internal += 1;
-            all.current = Some(id);
-            self.route(
-                i,
-                Event::Reload {
-                    app: Some(i),
-                    reply: Some(id),
-                },
-                now,
-            );
+            all.current = Some(i);
+            self.apps[i].request_reload(Some(Waiter::EveryApp));
+            self.collect(i, now);
             return;
         }
         let Some(all) = self.reload_all.take() else {
@@ -440,9 +438,7 @@ impl Supervisor {
         for to in all.waiters {
             self.out.push(Action::Reply {
                 to,
-                response: Response::Reload {
-                    reports: all.reports.clone(),
-                },
+                answer: Answer::Reload(all.reports.clone()),
             });
         }
         if let Some(waiters) = self.queued_all.take() {
@@ -454,23 +450,24 @@ impl Supervisor {
         }
     }
 
-    /// An app's reload ended: answer its clients, or go on with the reload of every app.
-    fn reloaded(&mut self, report: ReloadReport, waiters: Vec<ReplyTo>, now: Instant) {
+    /// App `i`'s reload ended: answer its clients, or go on with the reload of every app.
+    fn reloaded(&mut self, i: AppIndex, report: ReloadReport, waiters: Vec<Waiter>, now: Instant) {
         let mut next = false;
-        for to in waiters {
-            if to < INTERNAL {
-                self.out.push(Action::Reply {
+        for waiter in waiters {
+            match waiter {
+                Waiter::Client(to) => self.out.push(Action::Reply {
                     to,
-                    response: Response::Reload {
-                        reports: vec![report.clone()],
-                    },
-                });
-            } else if let Some(all) = &mut self.reload_all
-                && all.current == Some(to)
-            {
-                all.reports.push(report.clone());
-                all.current = None;
-                next = true;
+                    answer: Answer::Reload(vec![report.clone()]),
+                }),
+                Waiter::EveryApp => {
+                    if let Some(all) = &mut self.reload_all
+                        && all.current == Some(i)
+                    {
+                        all.reports.push(report.clone());
+                        all.current = None;
+                        next = true;
+                    }
+                }
             }
         }
         if next {
@@ -539,17 +536,15 @@ impl Supervisor {
         for to in waiting {
             self.out.push(Action::Reply {
                 to,
-                response: Response::Reload {
-                    reports: vec![ReloadReport {
-                        app: "(every app)".into(),
-                        generation: 0,
-                        outcome: ReloadOutcome::Aborted,
-                        reason: Some("the supervisor is stopping".into()),
-                        note: None,
-                        slots: vec![],
-                        duration_secs: 0.0,
-                    }],
-                },
+                answer: Answer::Reload(vec![ReloadReport {
+                    app: "(every app)".into(),
+                    generation: 0,
+                    outcome: ReloadOutcome::Aborted,
+                    reason: Some("the supervisor is stopping".into()),
+                    note: None,
+                    slots: vec![],
+                    duration_secs: 0.0,
+                }]),
             });
         }
     }
@@ -575,7 +570,7 @@ impl Supervisor {
         for to in std::mem::take(&mut self.stop_waiters) {
             self.out.push(Action::Reply {
                 to,
-                response: Response::Stopped,
+                answer: Answer::Stopped,
             });
         }
         self.out.push(Action::Exit(Ok(())));
@@ -594,14 +589,16 @@ impl Supervisor {
                         self.out.push(action);
                     }
                 }
+                // Nothing to answer or go on with: the supervisor exits.
+                self.apps[a].take_reports();
             }
         }
         self.out.push(Action::Exit(Err(reason)));
     }
 
-    fn answer(&mut self, reply: Option<ReplyTo>, response: Response) {
+    fn answer(&mut self, reply: Option<ReplyTo>, answer: Answer) {
         if let Some(to) = reply {
-            self.out.push(Action::Reply { to, response });
+            self.out.push(Action::Reply { to, answer });
         }
     }
 }

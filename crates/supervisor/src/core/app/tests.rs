@@ -6,14 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::test_support::Sim;
 use super::*;
 use crate::config::Readiness;
+use crate::core::report::ReloadOutcome;
+use crate::core::test_support::Sim;
+use crate::core::{ExitStatus, Signal, TimerKey};
 
 const MS: Duration = Duration::from_millis(1);
 
 fn settings(instances: usize, surge: usize, unavailable: usize) -> AppSettings {
-    super::super::test_support::settings("web", instances, surge, unavailable)
+    crate::core::test_support::settings("web", instances, surge, unavailable)
 }
 
 /// A supervisor of the one app `s`, started.
@@ -54,6 +56,7 @@ impl OneApp for Sim {
         self.send(Event::Reload {
             app: Some(0),
             reply: Some(reply),
+            wait: true,
         });
     }
 

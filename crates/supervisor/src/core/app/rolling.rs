@@ -1,4 +1,4 @@
-//! Rolling reload bookkeeping inside the core: which slots are still to replace, which new
+//! The bookkeeping of one app's rolling reload: which slots are still to replace, which new
 //! workers are starting, what has been replaced, who waits for the outcome.
 //!
 //! Policy on failure: a new worker that exits or is not ready within `ready_timeout` aborts the
@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{ReplyTo, WorkerId};
 use crate::config::{ReloadPolicy, WorkerSpec};
-use crate::control::protocol::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
+use crate::core::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
+use crate::core::{Waiter, WorkerId};
 
 /// A new worker being started for a slot.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct Reload {
     done: Vec<SlotReplacement>,
     total: usize,
     started: Instant,
-    waiters: Vec<ReplyTo>,
+    waiters: Vec<Waiter>,
     /// Said in the report (the `scale` the file's `instances` undid).
     pub note: Option<String>,
 }
@@ -72,8 +72,8 @@ impl Reload {
         }
     }
 
-    /// Adds clients waiting for the outcome.
-    pub fn add_waiters(&mut self, w: impl IntoIterator<Item = ReplyTo>) {
+    /// Adds waiters for the outcome.
+    pub fn add_waiters(&mut self, w: impl IntoIterator<Item = Waiter>) {
         self.waiters.extend(w);
     }
 
@@ -124,13 +124,13 @@ impl Reload {
         self.pending.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Ends the reload. Returns the new workers still starting (to stop), the report, and the
-    /// clients waiting for it.
+    /// Ends the reload. Returns the new workers still starting (to stop), the report, and who
+    /// waits for it.
     pub fn finish(
         mut self,
         reason: Option<String>,
         now: Instant,
-    ) -> (Vec<InFlight>, ReloadReport, Vec<ReplyTo>) {
+    ) -> (Vec<InFlight>, ReloadReport, Vec<Waiter>) {
         let report = ReloadReport {
             app: self.spec.name.clone(),
             generation: self.generation,
@@ -254,13 +254,13 @@ mod tests {
     #[test]
     fn abort_returns_starting_workers_and_the_waiters() {
         let mut r = reload(1, 0);
-        r.add_waiters([7, 9]);
+        r.add_waiters([Waiter::Client(7), Waiter::EveryApp]);
         r.next_slot();
         r.started(flight(0, 10, false));
         let (left, report, waiters) = r.finish(Some("new worker exited".into()), Instant::now());
         assert_eq!(left.len(), 1);
         assert_eq!(report.outcome, ReloadOutcome::Aborted);
         assert_eq!(report.reason.as_deref(), Some("new worker exited"));
-        assert_eq!(waiters, vec![7, 9]);
+        assert_eq!(waiters, vec![Waiter::Client(7), Waiter::EveryApp]);
     }
 }

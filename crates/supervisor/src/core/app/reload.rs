@@ -1,0 +1,306 @@
+//! The app's side of a rolling reload: it reads the config file (or is queued behind the reload
+//! under way, coalesced), then replaces its slots as the surge and unavailability allow, each old
+//! worker drained once its replacement is ready. A new worker that fails aborts the reload: the
+//! slots replaced keep their new workers, the others their old ones, and the app goes back to
+//! the last good config. The bookkeeping of the slots is in [`super::rolling`].
+
+use tokio::time::Instant;
+
+use super::rolling::{InFlight, Reload};
+use super::slots::{Slot, SlotState};
+use super::{App, AppReport};
+use crate::core::report::{ReloadOutcome, ReloadReport};
+use crate::core::{Action, AppSettings, Phase, Waiter};
+
+/// The reload in progress.
+#[derive(Debug)]
+pub(super) enum Reloading {
+    /// Waiting for [`crate::core::Event::Config`]; these wait for the outcome.
+    ReadingConfig(Vec<Waiter>),
+    /// Replacing slots.
+    Rolling(Reload),
+}
+
+impl App {
+    /// A reload is asked for, by `waiter` if any: it reads the config file, or is queued behind
+    /// the reload under way, or refused when the app does not run.
+    pub fn request_reload(&mut self, waiter: Option<Waiter>) {
+        if !matches!(self.phase, Phase::Running | Phase::Standby) {
+            let why = match self.phase {
+                Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
+                Phase::Starting => "its first workers are still starting",
+                _ => "the supervisor is stopping",
+            };
+            self.answer_aborted(waiter, why);
+            return;
+        }
+        if self.reloading.is_some() {
+            tracing::info!(app = %self.name(), "reload requested while one is running: queued to run once after it");
+            self.queued_reload
+                .get_or_insert_with(Vec::new)
+                .extend(waiter);
+            return;
+        }
+        self.reloading = Some(Reloading::ReadingConfig(waiter.into_iter().collect()));
+        self.out.push(Action::ReadConfig);
+    }
+
+    /// Whether it waits for [`App::config_read`].
+    pub fn wants_config(&self) -> bool {
+        matches!(self.reloading, Some(Reloading::ReadingConfig(_)))
+    }
+
+    /// The answer to its [`Action::ReadConfig`]: its settings from the file read again.
+    pub fn config_read(&mut self, settings: Result<AppSettings, String>, now: Instant) {
+        let Some(Reloading::ReadingConfig(waiters)) = self.reloading.take() else {
+            return;
+        };
+        // Every reload that reads the file gets a number of its own, aborted or not.
+        self.last_generation += 1;
+        let generation = self.last_generation;
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
+                let report = self.aborted_report(
+                    generation,
+                    &format!("config no longer valid, nothing changed: {e}"),
+                );
+                tracing::error!(app = %self.name(), "reload aborted: config no longer valid, nothing changed: {e}");
+                self.reply_all(waiters, &report);
+                self.finish_reload(report, now);
+                return;
+            }
+        };
+        self.cancel_recycle("a reload replaces every slot", now);
+        let spec = settings.spec.clone();
+        let new_n = spec.instances;
+        if self.phase == Phase::Standby {
+            self.reload_standing_by(settings, generation, waiters, now);
+            return;
+        }
+        let scaled = self.scaled.take();
+        let note = scaled.filter(|n| *n != new_n).map(|n| {
+            format!("instances back to {new_n} from the config file (`scale` had set {n})")
+        });
+        let previous = std::mem::replace(&mut self.settings, settings);
+        self.before_reload = Some((previous, self.generation, scaled));
+        self.generation = generation;
+        // New slots (scale up) take part in the reload as slots without an old worker.
+        while self.slots.len() < new_n {
+            self.slots.push(Slot::new(spec.clone(), generation));
+        }
+        tracing::info!(app = %self.name(), generation, slots = new_n, "rolling reload started");
+        let mut reload = Reload::new(generation, spec, self.settings.reload, 0..new_n, now);
+        reload.add_waiters(waiters);
+        reload.note = note;
+        self.reloading = Some(Reloading::Rolling(reload));
+        self.advance_reload(now);
+    }
+
+    /// A reload of a cluster singleton standing by: nothing runs here, so the new settings
+    /// simply become the ones its workers start with when this host takes the lease.
+    fn reload_standing_by(
+        &mut self,
+        settings: AppSettings,
+        generation: u64,
+        waiters: Vec<Waiter>,
+        now: Instant,
+    ) {
+        let lease = self.settings.singleton;
+        self.settings = settings;
+        // The lease task runs with the policy it was started with.
+        self.settings.singleton = lease;
+        self.scaled = None;
+        self.generation = generation;
+        let spec = self.settings.spec.clone();
+        self.slots = (0..spec.instances)
+            .map(|_| Slot::new(spec.clone(), generation))
+            .collect();
+        tracing::info!(app = %self.name(), generation, "reloaded while standing by: the new config applies when this host takes the lease");
+        let report = ReloadReport {
+            app: self.name().to_string(),
+            generation,
+            outcome: ReloadOutcome::Ok,
+            reason: None,
+            note: Some("standby: no worker runs on this host; the new config applies when it takes the lease".into()),
+            slots: vec![],
+            duration_secs: 0.0,
+        };
+        self.reply_all(waiters, &report);
+        self.finish_reload(report, now);
+    }
+
+    /// Starts as many replacements as the surge allows; finishes the reload when all are done.
+    pub(super) fn advance_reload(&mut self, now: Instant) {
+        loop {
+            let Some(Reloading::Rolling(reload)) = &mut self.reloading else {
+                return;
+            };
+            if reload.is_complete() {
+                break;
+            }
+            let Some(slot) = reload.next_slot() else {
+                return;
+            };
+            let drain_early = reload.may_drain_early();
+            let (spec, generation) = (reload.spec.clone(), reload.generation);
+            let old = self
+                .slot_worker(slot)
+                .and_then(|id| Some((id, self.workers.get(&id)?.pid?)));
+            let new = self.spawn(slot, spec, generation, now);
+            let early = drain_early && old.is_some();
+            if let (true, Some((old_id, _))) = (early, old) {
+                self.drain(old_id, now);
+            }
+            if let Some(Reloading::Rolling(r)) = &mut self.reloading {
+                r.started(InFlight {
+                    slot,
+                    new,
+                    old,
+                    old_drained_early: early,
+                    started: now,
+                });
+            }
+        }
+        // Complete: retire slots beyond the new instance count.
+        if let Some(Reloading::Rolling(reload)) = self.reloading.take() {
+            let keep = reload.spec.instances;
+            self.before_reload = None;
+            let (_, report, waiters) = reload.finish(None, now);
+            self.retire_slots_beyond(keep, now);
+            tracing::info!(
+                app = %self.name(),
+                generation = report.generation,
+                "rolling reload finished in {}",
+                crate::units::duration(report.duration_secs)
+            );
+            self.reply_all(waiters, &report);
+            self.finish_reload(report, now);
+        }
+    }
+
+    /// The new worker of a slot is ready: it becomes the slot's worker and the old one drains.
+    pub(super) fn slot_replaced(&mut self, f: InFlight, now: Instant) {
+        let (spec, generation) = match &self.reloading {
+            Some(Reloading::Rolling(r)) => (r.spec.clone(), r.generation),
+            _ => return,
+        };
+        let s = &mut self.slots[f.slot];
+        let previous = std::mem::replace(&mut s.state, SlotState::Serving(f.new));
+        s.spec = spec;
+        s.generation = generation;
+        s.consecutive_failures = 0;
+        s.recent_failures.clear();
+        match previous {
+            SlotState::Serving(old) if old != f.new => self.drain(old, now),
+            // A pending crash restart of the old worker is void.
+            SlotState::BackingOff(_) => self.out.push(Action::Cancel(self.restart_key(f.slot))),
+            _ => {}
+        }
+    }
+
+    /// Ends the rolling reload under way, if any, for `reason`: its new workers still starting
+    /// drain, the app goes back to the last good config.
+    pub(super) fn abort_reload(&mut self, reason: String, now: Instant) {
+        let Some(Reloading::Rolling(reload)) = self.reloading.take() else {
+            return;
+        };
+        tracing::error!(
+            app = %self.name(),
+            generation = reload.generation,
+            "reload aborted: {reason}; old workers keep serving"
+        );
+        let (starting, report, waiters) = reload.finish(Some(reason), now);
+        if let Some((settings, generation, scaled)) = self.before_reload.take() {
+            // Back to the last good config: what a crash restart, `restart` or `scale` starts
+            // from now on. Slots already replaced keep their new workers (no rollback); slots the
+            // reload added are retired.
+            let n = settings.spec.instances;
+            self.settings = settings;
+            self.generation = generation;
+            self.scaled = scaled;
+            self.retire_slots_beyond(n, now);
+        }
+        for f in starting {
+            // Not a slot's worker: it drains like any other (it may already take connections),
+            // and its exit is expected.
+            self.drain(f.new, now);
+            if f.old_drained_early && self.slot_worker(f.slot) == f.old.map(|(id, _)| id) {
+                // Its old worker was already told to stop: start the slot again as it was.
+                self.slot_failed(
+                    f.slot,
+                    "old worker drained during an aborted reload".into(),
+                    false,
+                    now,
+                );
+            }
+        }
+        self.reply_all(waiters, &report);
+        self.finish_reload(report, now);
+    }
+
+    /// A reload ended with `report`: the reload queued behind it runs now, or the scale that
+    /// waited for it.
+    pub(super) fn finish_reload(&mut self, report: ReloadReport, now: Instant) {
+        self.last_reload = Some(report);
+        if let Some(waiters) = self.queued_reload.take() {
+            // Stopping answered the queued clients already; only a running app reloads again.
+            if self.phase == Phase::Running {
+                self.reloading = Some(Reloading::ReadingConfig(waiters));
+                self.out.push(Action::ReadConfig);
+                return;
+            }
+        }
+        if let Some((n, waiters)) = self.queued_scale.take() {
+            for reply in waiters {
+                self.scale(n, Some(reply), now);
+            }
+        }
+    }
+
+    /// Answers `waiters` that their reload did not run, for `why`.
+    pub(super) fn answer_aborted(&mut self, waiters: impl IntoIterator<Item = Waiter>, why: &str) {
+        let report = self.aborted_report(self.last_generation + 1, why);
+        self.reply_all(waiters, &report);
+    }
+
+    /// Tells the core that a reload ended with `report`, for `waiters`.
+    pub(super) fn reply_all(
+        &mut self,
+        waiters: impl IntoIterator<Item = Waiter>,
+        report: &ReloadReport,
+    ) {
+        self.reports.push(AppReport::Reloaded {
+            report: report.clone(),
+            waiters: waiters.into_iter().collect(),
+        });
+    }
+
+    /// The report of a reload into `generation` aborted for `reason`, before any slot.
+    pub(super) fn aborted_report(&self, generation: u64, reason: &str) -> ReloadReport {
+        ReloadReport {
+            app: self.name().to_string(),
+            generation,
+            outcome: ReloadOutcome::Aborted,
+            reason: Some(reason.to_string()),
+            note: None,
+            slots: vec![],
+            duration_secs: 0.0,
+        }
+    }
+
+    /// The answer to a reload not waited for, once asked for: it started, towards the
+    /// generation of its reload (or of the one under way it is queued behind); the current
+    /// generation when it did not start.
+    pub fn started_report(&self) -> ReloadReport {
+        ReloadReport {
+            app: self.name().to_string(),
+            generation: self.reload_generation().unwrap_or(self.generation),
+            outcome: ReloadOutcome::Started,
+            reason: None,
+            note: None,
+            slots: vec![],
+            duration_secs: 0.0,
+        }
+    }
+}

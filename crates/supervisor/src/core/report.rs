@@ -1,0 +1,91 @@
+//! What the core reports of its work, for `status`, `reload` and the metrics: a finished
+//! reload of one app ([`ReloadReport`], with each slot's [`SlotReplacement`]), a reload under way
+//! ([`ReloadProgress`]) and a worker being replaced for its memory ([`MemoryRecycleProgress`]).
+//! The control protocol sends them as they are: it re-exports them.
+
+use serde::{Deserialize, Serialize};
+
+/// A finished reload of one app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The app.
+    pub app: String,
+    /// Target generation.
+    pub generation: u64,
+    /// How it ended (or that it started, for `--no-wait`).
+    pub outcome: ReloadOutcome,
+    /// Why it was aborted.
+    pub reason: Option<String>,
+    /// What else to know (a `scale` the file's `instances` undid).
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Per slot: old pid -> new pid and time to ready.
+    pub slots: Vec<SlotReplacement>,
+    /// Duration of the whole reload in seconds.
+    pub duration_secs: f64,
+}
+
+/// The outcome of a reload request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadOutcome {
+    /// Every slot was replaced.
+    Ok,
+    /// Stopped early; the reason says why.
+    Aborted,
+    /// Accepted, not waited for (`reload --no-wait`).
+    Started,
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Aborted => "aborted",
+            ReloadOutcome::Started => "started",
+        })
+    }
+}
+
+/// One slot's replacement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotReplacement {
+    /// Slot.
+    pub slot: usize,
+    /// The pid replaced (none if the slot had no live worker).
+    pub old_pid: Option<i32>,
+    /// The new worker's pid.
+    pub new_pid: i32,
+    /// Seconds from start to ready.
+    pub ready_secs: f64,
+}
+
+/// A reload under way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadProgress {
+    /// Target generation.
+    pub generation: u64,
+    /// Slots done / total.
+    pub done: usize,
+    /// Total slots.
+    pub total: usize,
+    /// Seconds since it began.
+    pub elapsed_secs: f64,
+    /// Reloads requested meanwhile, to run after this one (at most one).
+    pub queued: bool,
+}
+
+/// A worker being replaced because of its memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryRecycleProgress {
+    /// Slot.
+    pub slot: usize,
+    /// The worker being replaced.
+    pub old_pid: i32,
+    /// Its replacement, once spawned.
+    pub new_pid: Option<i32>,
+    /// The old worker's memory when its replacement was started.
+    pub rss_bytes: u64,
+    /// Seconds since the replacement was started.
+    pub elapsed_secs: f64,
+}
