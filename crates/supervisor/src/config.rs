@@ -573,12 +573,7 @@ pub struct Config {
     pub jobs: Vec<JobConfig>,
 }
 
-impl Config {
-    /// The app named `name`.
-    pub fn app(&self, name: &str) -> Option<&AppConfig> {
-        self.apps.iter().find(|a| a.name == name)
-    }
-}
+impl Config {}
 
 /// One app: a program run as N workers sharing its own listening sockets.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,37 +1,38 @@
 //! `supervisor`: binds listening sockets once, runs N workers that inherit them (systemd
 //! `LISTEN_FDS`), restarts crashed workers with backoff, replaces them one at a time on reload
-//! with zero downtime, and answers `status`/`reload`/`stop` on a Unix control socket.
+//! with zero downtime, runs cluster-once `[[job]]`s, and answers `status`/`reload`/`stop` on a
+//! Unix control socket. The binary (`main.rs`) parses the command line and installs the signal
+//! handlers; everything else is here.
 //!
-//! Module map (see README "Architecture"): [`config`] validates the file; [`core`] decides
-//! (a pure state machine: events in, actions out, with the rolling reload in `core::reload`);
-//! [`daemon`] is the shell that carries the decisions out (the event loop, its deadline queue);
-//! [`sys`] holds every system call (binding, fork/exec, pidfd signals and exits, `/proc`);
-//! [`worker`] is one process's handle (environment, watch tasks); [`logs`] frames and logs
-//! its output; [`notify`] reads
-//! readiness (and words the supervisor's own to systemd); [`orphans`] reaps and kills adopted
-//! processes that are not workers; [`runtimes`] adds what a language needs (the Node preload);
-//! [`control`] is the control socket; [`cli`] the commands (args, one function per command,
-//! rendering with its tables); [`jobs`] runs the `[[job]]` tables (`jobs::scheduler`, with a
-//! runner per kind) and reads the cron backend (`jobs::registry`, for `supervisor jobs`, `status`
-//! and the metrics);
-//! [`singleton`] holds the leases of the cluster singletons; [`metrics`] renders and serves the
-//! Prometheus metrics; [`upgrade`] hands the running supervisor over to a new binary in place
-//! (same pid, sockets and workers).
+//! Module map (the README's "Architecture" says more), in reading order:
+//! - [`core`]: the decisions, pure: events in, actions and answers out (slots, rolling reload,
+//!   recycling, scale, leases, handover), unit-tested with plain instants.
+//! - [`daemon`]: the shell that carries them out: the event loop, one handler per control request,
+//!   the status and metrics views, the config re-read, the worker processes.
+//! - [`upgrade`]: the in-place upgrade: a pure sequencer, the handover format, `execve`.
+//! - [`config`]: the file: raw serde, then the validated model, one validator per section.
+//! - [`cli`]: the commands: arguments, one function per command, rendering.
+//! - [`control`]: the control socket: wire types, server, client.
+//! - [`jobs`]: the `[[job]]` scheduler and its runners; the reader of the cron backend.
+//! - [`sys`]: every system call (binding, fork/exec, pidfd, `/proc`, reaping).
+//! - [`notify`] (readiness channels), [`runtimes`] (the Node preload), [`logs`] (worker output),
+//!   [`orphans`] (adopted processes and the shell's own children), [`metrics`] (Prometheus),
+//!   [`units`] (durations and sizes as people read them).
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod core;
-pub mod daemon;
-pub mod jobs;
-pub mod logs;
-pub mod metrics;
-pub mod notify;
-pub mod orphans;
-pub mod runtimes;
-pub mod singleton;
-pub mod sys;
-pub mod units;
-pub mod upgrade;
-pub mod worker;
+pub(crate) mod config;
+pub(crate) mod control;
+pub(crate) mod core;
+pub(crate) mod daemon;
+pub(crate) mod jobs;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod orphans;
+pub(crate) mod runtimes;
+pub(crate) mod sys;
+pub(crate) mod units;
+pub(crate) mod upgrade;
+
+pub use daemon::Command;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use supervisor::Command;
 use supervisor::cli::{Cmd, LogFormat};
-use supervisor::daemon::Command;
 use tokio::sync::mpsc;
 
 fn main() -> ExitCode {

@@ -7,38 +7,62 @@
 //! for by whoever started it. The decision is [`plan`]; the system calls are
 //! [`crate::sys::reaper`]'s.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::sys::reaper::{self, Child};
 
-/// The pids of the shell's own children that are not workers (`[[job]]` commands): each is
-/// reaped by whoever started it (through its pidfd, like a worker), so the sweep of adopted
-/// orphans must leave them alone (peek with `waitid(P_ALL, WNOWAIT)`, then reap only pids that
-/// are neither workers nor listed here). One set per supervisor, made by the daemon; a cheap
-/// handle: its clones share the set, and anyone holding one can list a pid.
-#[derive(Debug, Clone, Default)]
-pub struct OwnChildren(Arc<Mutex<BTreeSet<i32>>>);
+/// The shell's own children that are not workers: `[[job]]` commands and the upgrade's
+/// preflight run. Each is reaped by whoever started it (through its pidfd, like a worker), so the
+/// sweep of adopted orphans must leave them alone (peek with `waitid(P_ALL, WNOWAIT)`, then reap
+/// only pids that are neither workers nor listed here). One set per supervisor, made by the
+/// daemon; a cheap handle: its clones share the set, and anyone holding one can list a pid (for
+/// as long as it holds the [`Registration`]). Every change is counted on a watch channel, so the
+/// daemon learns when, say, the last job command ended.
+#[derive(Debug, Clone)]
+pub struct OwnChildren(Arc<Listed>);
+
+#[derive(Debug)]
+struct Listed {
+    pids: Mutex<BTreeMap<i32, OwnKind>>,
+    changes: watch::Sender<u64>,
+}
+
+/// What an own child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnKind {
+    /// A `[[job]]` command run.
+    JobCommand,
+    /// The new binary's preflight run during an upgrade.
+    Preflight,
+}
+
+impl Default for OwnChildren {
+    fn default() -> Self {
+        OwnChildren(Arc::new(Listed {
+            pids: Mutex::default(),
+            changes: watch::Sender::new(0),
+        }))
+    }
+}
 
 impl OwnChildren {
-    fn set(&self) -> MutexGuard<'_, BTreeSet<i32>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn pids(&self) -> MutexGuard<'_, BTreeMap<i32, OwnKind>> {
+        self.0.pids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lists `pid` until [`OwnChildren::remove`]; `false` if it was listed already.
-    pub fn insert(&self, pid: i32) -> bool {
-        self.set().insert(pid)
+    fn changed(&self) {
+        self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Unlists `pid` (once it is reaped); `false` if it was not listed.
-    pub fn remove(&self, pid: i32) -> bool {
-        self.set().remove(&pid)
-    }
-
-    /// Lists `pid` until the returned guard is dropped (drop it once the child is reaped).
-    pub fn register(&self, pid: i32) -> Registration {
-        self.insert(pid);
+    /// Lists `pid` as a `kind` until the returned guard is dropped (drop it once the child is
+    /// reaped).
+    pub fn register(&self, pid: i32, kind: OwnKind) -> Registration {
+        self.pids().insert(pid, kind);
+        self.changed();
         Registration {
             children: self.clone(),
             pid,
@@ -47,12 +71,21 @@ impl OwnChildren {
 
     /// Whether `pid` is listed.
     pub fn contains(&self, pid: i32) -> bool {
-        self.set().contains(&pid)
+        self.pids().contains_key(&pid)
     }
 
-    /// The listed pids, in ascending order.
-    pub fn pids(&self) -> Vec<i32> {
-        self.set().iter().copied().collect()
+    /// The listed pids of one kind, in ascending order.
+    pub fn pids_of(&self, kind: OwnKind) -> Vec<i32> {
+        self.pids()
+            .iter()
+            .filter(|(_, k)| **k == kind)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Ticks on every change of the set.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.0.changes.subscribe()
     }
 }
 
@@ -66,7 +99,8 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.children.remove(self.pid);
+        self.children.pids().remove(&self.pid);
+        self.children.changed();
     }
 }
 
@@ -166,38 +200,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_children_are_one_set_shared_by_every_handle() {
+    fn own_children_are_one_set_shared_by_every_handle_and_unlisted_on_drop() {
         let children = OwnChildren::default();
-        let other = children.clone();
-        assert!(children.insert(30));
-        assert!(!other.insert(30), "listed once");
-        assert!(other.insert(20));
-        assert!(children.contains(30) && children.contains(20));
-        assert!(!children.contains(40));
-        assert_eq!(children.pids(), vec![20, 30]);
-        assert!(other.remove(30));
-        assert!(!children.remove(30), "unlisted once");
-        assert!(!children.contains(30));
-        assert_eq!(other.pids(), vec![20]);
-    }
-
-    #[test]
-    fn a_registration_unlists_its_pid_when_dropped() {
-        let children = OwnChildren::default();
-        let first = children.register(50);
-        let second = children.clone().register(51);
-        assert_eq!(children.pids(), vec![50, 51]);
+        let mut changes = children.changes();
+        let first = children.register(50, OwnKind::JobCommand);
+        let second = children.clone().register(51, OwnKind::Preflight);
+        let third = children.register(52, OwnKind::JobCommand);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert_eq!(children.pids_of(OwnKind::JobCommand), vec![50, 52]);
+        assert_eq!(children.pids_of(OwnKind::Preflight), vec![51]);
         drop(first);
+        assert!(changes.has_changed().unwrap(), "an ended child is a change");
         assert!(!children.contains(50));
-        assert!(children.contains(51));
-        drop(second);
-        assert!(children.pids().is_empty());
+        assert!(children.contains(51) && children.contains(52));
+        drop((second, third));
+        assert!(children.pids_of(OwnKind::JobCommand).is_empty());
+        assert!(!children.contains(51));
     }
 
     #[test]
     fn a_listed_child_is_left_alone_like_a_worker() {
         let children = OwnChildren::default();
-        let _job = children.register(40);
+        let _job = children.register(40, OwnKind::JobCommand);
         let listed = [child(40, 40, true), child(41, 41, false)];
         assert_eq!(
             plan(&listed, |p| children.contains(p), None, true),

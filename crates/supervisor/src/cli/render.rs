@@ -259,8 +259,9 @@ pub(super) fn render_upgraded(before: &StatusReport, after: &StatusReport) -> St
 mod tests {
     use super::*;
     use crate::control::protocol::{
-        MemoryLimit, MemoryRecycleProgress, ProcessInfo, ReloadOutcome, SlotReplacement, WorkerInfo,
+        MemoryLimit, MemoryRecycleProgress, ProcessInfo, ReloadOutcome, WorkerInfo,
     };
+    use crate::core::report::SlotReplacement;
     use crate::core::{Phase, WorkerState};
 
     fn app(max_memory: Option<MemoryLimit>, recycles: u64, failures: u64) -> AppStatus {

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-pub use crate::core::report::{
-    MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement,
-};
+pub use crate::core::report::{MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport};
 
 /// A request from a client (`supervisor status`, `reload`, `restart`, `scale`, `stop`). `app`
 /// names an app of the config; a name no app has is answered with [`Response::Error`].
@@ -298,6 +296,7 @@ pub async fn recv<T: DeserializeOwned>(conn: &mut Conn) -> std::io::Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::report::SlotReplacement;
 
     #[test]
     fn request_json_shape_is_stable() {

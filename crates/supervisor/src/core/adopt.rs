@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&app).unwrap(), WRITTEN);
         // Taken over, its last reload is the one `status` shows, and is handed over the same.
         let now = tokio::time::Instant::now();
-        let taken = super::super::App::adopt(
+        let taken = super::super::app::App::adopt(
             0,
             super::super::test_support::settings("web", 1, 1, 0),
             app,

@@ -32,12 +32,11 @@ pub mod report;
 #[cfg(test)]
 mod singleton_tests;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use app::{App, AppReport, SingletonView, Snapshot, WaitingSlot};
-pub use apps::{AppView, Core};
+pub use apps::Core;
 
 use std::sync::Arc;
 

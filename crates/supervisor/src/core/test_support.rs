@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::app::App;
 use super::report::ReloadReport;
 use super::{
-    Action, Answer, App, AppIndex, AppSettings, Core, Event, ExitStatus, ReplyTo, ServiceState,
-    Signal, TimerKey, WorkerId, WorkerState,
+    Action, Answer, AppIndex, AppSettings, Core, Event, ExitStatus, ReplyTo, ServiceState, Signal,
+    TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 

@@ -3,12 +3,12 @@
 //! upgrade sequencer answers `upgrade`, and a request naming no known app is refused here with
 //! the names there are.
 
-use tokio::time::Instant;
-
 use super::shell::Shell;
 use crate::control::protocol::{Request, Response};
 use crate::control::server::{ControlRequest, Reply};
-use crate::core::{Answer, AppIndex, Event};
+use std::collections::HashMap;
+
+use crate::core::{Answer, AppIndex, Event, ReplyTo};
 
 impl Shell {
     /// Serves one control request.
@@ -97,26 +97,6 @@ impl Shell {
             self::answer(reply, response(answer));
         }
     }
-
-    /// `status`, now.
-    fn status(&mut self, only: Option<AppIndex>) -> crate::control::protocol::StatusReport {
-        let me = std::process::id() as i32;
-        let supervisor = self.cpu.sample(me, self.record.started);
-        // One pass over /proc for every worker's process group.
-        let procs = crate::sys::procstat::GroupScan::scan();
-        let seen = super::views::Seen {
-            core: &self.core,
-            config: &self.config,
-            listeners: &self.listeners,
-            record: &self.record,
-            now: Instant::now(),
-        };
-        let (processes, cpu) = (&self.processes, &mut self.cpu);
-        super::views::status(&seen, only, supervisor, |w| match processes.get(&w.id) {
-            Some(p) => cpu.sample_group(&procs, p.pid, w.started_at.into_std()),
-            None => Default::default(),
-        })
-    }
 }
 
 /// Answers a client (one that left does not matter).
@@ -137,8 +117,39 @@ pub(super) fn response(answer: Answer) -> Response {
             generation,
             workers,
         },
-        Answer::Scaled { app, from, to, note } => Response::Scaled { app, from, to, note },
+        Answer::Scaled {
+            app,
+            from,
+            to,
+            note,
+        } => Response::Scaled {
+            app,
+            from,
+            to,
+            note,
+        },
         Answer::Stopped => Response::Stopped,
         Answer::Refused(message) => Response::Error { message },
+    }
+}
+
+/// Clients waiting for the core's answer, by the id the core knows them by.
+#[derive(Debug, Default)]
+pub(super) struct Replies {
+    waiting: HashMap<ReplyTo, Reply>,
+    next: ReplyTo,
+}
+
+impl Replies {
+    /// Keeps `reply` until the core answers the id returned.
+    pub(super) fn wait(&mut self, reply: Reply) -> ReplyTo {
+        self.next += 1;
+        self.waiting.insert(self.next, reply);
+        self.next
+    }
+
+    /// The client the core answers.
+    pub(super) fn take(&mut self, to: ReplyTo) -> Option<Reply> {
+        self.waiting.remove(&to)
     }
 }

@@ -15,8 +15,8 @@ use crate::config::WorkerSpec;
 pub use crate::core::{ExitStatus, WorkerId};
 use crate::notify::{Channels, Notification};
 use crate::runtimes::RuntimeFiles;
-use crate::sys::listeners::BoundListener;
 use crate::sys::child;
+use crate::sys::listeners::BoundListener;
 use crate::sys::spawn::{self, SpawnError};
 
 /// What the per-worker tasks report to the daemon.

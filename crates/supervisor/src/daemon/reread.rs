@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::shell::Shell;
 use crate::config::{AppConfig, Config};
 use crate::core::{AppIndex, AppSettings};
 use crate::jobs::scheduler::{self, PreparedJob};
@@ -103,6 +104,22 @@ pub(super) fn reread(running: &Config, listeners: &[Vec<BoundListener>], fresh: 
     }
 }
 
+impl Shell {
+    /// Re-reads the config file for a reload: what it applies goes to the core (and the
+    /// `[[job]]` tables to the scheduler); what needs a restart is kept, with a warning.
+    pub(super) fn read_config(&mut self) -> Result<Vec<crate::core::AppSettings>, String> {
+        let fresh = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        let reread = reread(&self.config, &self.listeners, &fresh);
+        for warning in &reread.warnings {
+            tracing::warn!("{warning}");
+        }
+        if let Some(jobs) = &mut self.jobs {
+            jobs.replace(reread.jobs);
+        }
+        Ok(reread.settings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,25 +152,40 @@ mod tests {
         );
         let r = reread(&running, &listeners, &fresh);
         assert_eq!(r.settings.len(), 1, "the new app is not run");
-        assert_eq!(r.settings[0].spec.instances, 3, "the known app's new instances");
+        assert_eq!(
+            r.settings[0].spec.instances, 3,
+            "the known app's new instances"
+        );
         assert_eq!(r.settings[0].singleton, None, "the lease policy is kept");
         let all = r.warnings.join("\n");
-        assert!(all.contains("app api: a new app in the config file: adding apps needs a restart"), "{all}");
-        assert!(all.contains("app web: scope, lease_ttl or standby_poll changed"), "{all}");
-        assert!(all.contains("control socket, metrics address or cron backend changed"), "{all}");
+        assert!(
+            all.contains("app api: a new app in the config file: adding apps needs a restart"),
+            "{all}"
+        );
+        assert!(
+            all.contains("app web: scope, lease_ttl or standby_poll changed"),
+            "{all}"
+        );
+        assert!(
+            all.contains("control socket, metrics address or cron backend changed"),
+            "{all}"
+        );
     }
 
     #[test]
     fn moved_listeners_are_named_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let with = |addr: &str| {
-            format!("{WEB}[[app.listen]]\nname = \"http\"\naddress = \"{addr}\"\n")
-        };
+        let with =
+            |addr: &str| format!("{WEB}[[app.listen]]\nname = \"http\"\naddress = \"{addr}\"\n");
         let running = load(dir.path(), "a.toml", &with("127.0.0.1:0"));
         let fresh = load(dir.path(), "b.toml", &with("127.0.0.1:1"));
         let r = reread(&running, &[vec![]], &fresh);
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
-        assert!(r.warnings[0].contains("app web: listeners changed"), "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("app web: listeners changed"),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]

@@ -77,4 +77,3 @@ impl Drop for RuntimeDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
-

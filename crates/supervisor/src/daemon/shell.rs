@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::Command;
+use super::control::Replies;
 use super::deadlines::Deadlines;
 use super::leases::LeaseTasks;
 use super::open::Opened;
@@ -19,8 +20,8 @@ use super::runtime_dir::RuntimeDir;
 use super::upgrade::UpgradeState;
 use super::views::Record;
 use crate::config::Config;
-use crate::control::server::{ControlRequest, ControlSocket, Reply};
-use crate::core::{Action, AppIndex, Core, Event, LeaseEvent, ReplyTo, ServiceState, WorkerId};
+use crate::control::server::{ControlRequest, ControlSocket};
+use crate::core::{Action, AppIndex, Core, Event, LeaseEvent, ServiceState, WorkerId};
 use crate::jobs::scheduler::ConfigJobs;
 use crate::metrics::server::SnapshotRequest;
 use crate::notify;
@@ -41,11 +42,9 @@ pub(super) struct Shell {
     pub(super) processes: HashMap<WorkerId, Process>,
     pub(super) deadlines: Deadlines,
     pub(super) replies: Replies,
-    /// Where the worker processes' watch tasks report.
-    pub(super) worker_events: (
-        mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
-        mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
-    ),
+    /// Where the worker processes' watch tasks report (the sender is cloned into each).
+    pub(super) worker_tx: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+    worker_rx: mpsc::UnboundedReceiver<(WorkerId, WorkerEvent)>,
     /// Set by the core's [`Action::Exit`]: the loop ends with it.
     pub(super) exit: Option<Result<(), String>>,
     pub(super) cpu: CpuMeter,
@@ -69,27 +68,6 @@ pub(super) struct Inputs {
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) control: mpsc::Receiver<ControlRequest>,
     pub(super) snapshots: mpsc::Receiver<SnapshotRequest>,
-}
-
-/// Clients waiting for the core's answer, by the id the core knows them by.
-#[derive(Debug, Default)]
-pub(super) struct Replies {
-    waiting: HashMap<ReplyTo, Reply>,
-    next: ReplyTo,
-}
-
-impl Replies {
-    /// Keeps `reply` until the core answers the id returned.
-    pub(super) fn wait(&mut self, reply: Reply) -> ReplyTo {
-        self.next += 1;
-        self.waiting.insert(self.next, reply);
-        self.next
-    }
-
-    /// The client the core answers.
-    pub(super) fn take(&mut self, to: ReplyTo) -> Option<Reply> {
-        self.waiting.remove(&to)
-    }
 }
 
 /// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
@@ -134,9 +112,11 @@ impl Shell {
             control,
             handover,
             inputs,
+            metrics_server: _,
         } = opened;
         let core = Core::new(super::reread::core_apps(&config, &listeners));
         let own_children_changed = own_children.changes();
+        let (worker_tx, worker_rx) = mpsc::unbounded_channel();
         let mut shell = Shell {
             config,
             listeners,
@@ -144,7 +124,8 @@ impl Shell {
             processes: HashMap::new(),
             deadlines: Deadlines::default(),
             replies: Replies::default(),
-            worker_events: mpsc::unbounded_channel(),
+            worker_tx,
+            worker_rx,
             exit: None,
             cpu: CpuMeter::default(),
             record: Record::starting(crate::upgrade::own_binary()),
@@ -184,7 +165,7 @@ impl Shell {
             let upgrade_at = self.upgrade.sequencer.deadline();
             let upgrading = self.upgrade.sequencer.is_pending();
             tokio::select! {
-                Some(outcome) = self.upgrade.preflights.1.recv() => self.preflight_done(outcome),
+                Some(outcome) = self.upgrade.preflight_rx.recv() => self.preflight_done(outcome),
                 () = sleep_until(upgrade_at) => {}
                 Ok(()) = self.own_children_changed.changed(), if upgrading => {}
                 Some(cmd) = inputs.commands.recv() => self.command(cmd),
@@ -192,7 +173,7 @@ impl Shell {
                 Some(reply) = inputs.snapshots.recv() => {
                     let _ = reply.send(self.metrics_snapshot());
                 }
-                Some((id, ev)) = self.worker_events.1.recv() => self.worker_event(id, ev),
+                Some((id, ev)) = self.worker_rx.recv() => self.worker_event(id, ev),
                 Some((app, event)) = self.lease_events.recv() => self.feed(Event::Lease { app, event }),
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
@@ -259,20 +240,6 @@ impl Shell {
         }
     }
 
-    /// Re-reads the config file for a reload: what it applies goes to the core (and the
-    /// `[[job]]` tables to the scheduler); what needs a restart is kept, with a warning.
-    fn read_config(&mut self) -> Result<Vec<crate::core::AppSettings>, String> {
-        let fresh = Config::load(&self.config.path).map_err(|e| e.to_string())?;
-        let reread = super::reread::reread(&self.config, &self.listeners, &fresh);
-        for warning in &reread.warnings {
-            tracing::warn!("{warning}");
-        }
-        if let Some(jobs) = &mut self.jobs {
-            jobs.replace(reread.jobs);
-        }
-        Ok(reread.settings)
-    }
-
     /// Supervisor stop: the `[[job]]` scheduler takes no new tick; `fast` kills running commands.
     pub(super) fn stop_jobs(&mut self, fast: bool) {
         if let Some(jobs) = &mut self.jobs {
@@ -282,40 +249,6 @@ impl Shell {
                 jobs.stop();
             }
         }
-    }
-
-    /// What a metrics scrape shows of the apps and processes (one pass over `/proc`).
-    fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
-        use crate::sys::procstat;
-        let hz = procstat::ticks_per_second() as f64;
-        let usage = |u: procstat::Usage| crate::metrics::Usage {
-            cpu_seconds: u.ticks as f64 / hz,
-            rss_bytes: u.rss_bytes,
-        };
-        let me = std::process::id() as i32;
-        let supervisor = usage(procstat::Usage {
-            ticks: procstat::cpu_ticks(me).unwrap_or(0),
-            rss_bytes: procstat::rss_bytes(me).unwrap_or(0),
-        });
-        let procs = procstat::GroupScan::scan();
-        let seen = super::views::Seen {
-            core: &self.core,
-            config: &self.config,
-            listeners: &self.listeners,
-            record: &self.record,
-            now: Instant::now(),
-        };
-        let ticks = self
-            .jobs
-            .as_ref()
-            .map(ConfigJobs::ticks)
-            .unwrap_or_default();
-        super::views::metrics(
-            &seen,
-            supervisor,
-            |w| usage(w.pid.and_then(|p| procs.group(p)).unwrap_or_default()),
-            ticks,
-        )
     }
 }
 

@@ -11,9 +11,12 @@ use crate::control::protocol::{
     AppStatus, ListenerInfo, MemoryLimit, ProcessInfo, SingletonStatus, SlotInfo, StatusReport,
     UpgradeInfo, WorkerInfo,
 };
-use crate::core::{Core, SingletonRole, WaitState, Worker, WorkerState};
+use crate::core::{AppIndex, Core, SingletonRole, WaitState, Worker, WorkerState};
+use crate::jobs::scheduler::ConfigJobs;
 use crate::metrics;
 use crate::sys::listeners::BoundListener;
+
+use super::shell::Shell;
 
 /// What the shell records about the supervisor itself, beyond the core: shown by `status` and the
 /// metrics, and handed over by an upgrade.
@@ -204,5 +207,211 @@ pub(super) fn metrics(
         apps,
         jobs: None,
         config_job_ticks,
+    }
+}
+
+// ---- measured now, for the loop ----
+
+impl Shell {
+    /// `status`, now.
+    pub(super) fn status(
+        &mut self,
+        only: Option<AppIndex>,
+    ) -> crate::control::protocol::StatusReport {
+        let me = std::process::id() as i32;
+        let supervisor = self.cpu.sample(me, self.record.started);
+        // One pass over /proc for every worker's process group.
+        let procs = crate::sys::procstat::GroupScan::scan();
+        let seen = Seen {
+            core: &self.core,
+            config: &self.config,
+            listeners: &self.listeners,
+            record: &self.record,
+            now: Instant::now(),
+        };
+        let (processes, cpu) = (&self.processes, &mut self.cpu);
+        status(&seen, only, supervisor, |w| match processes.get(&w.id) {
+            Some(p) => cpu.sample_group(&procs, p.pid, w.started_at.into_std()),
+            None => Default::default(),
+        })
+    }
+
+    /// What a metrics scrape shows of the apps and processes (one pass over `/proc`).
+    pub(super) fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::sys::procstat;
+        let hz = procstat::ticks_per_second() as f64;
+        let usage = |u: procstat::Usage| crate::metrics::Usage {
+            cpu_seconds: u.ticks as f64 / hz,
+            rss_bytes: u.rss_bytes,
+        };
+        let me = std::process::id() as i32;
+        let supervisor = usage(procstat::Usage {
+            ticks: procstat::cpu_ticks(me).unwrap_or(0),
+            rss_bytes: procstat::rss_bytes(me).unwrap_or(0),
+        });
+        let procs = procstat::GroupScan::scan();
+        let seen = Seen {
+            core: &self.core,
+            config: &self.config,
+            listeners: &self.listeners,
+            record: &self.record,
+            now: Instant::now(),
+        };
+        let ticks = self
+            .jobs
+            .as_ref()
+            .map(ConfigJobs::ticks)
+            .unwrap_or_default();
+        metrics(
+            &seen,
+            supervisor,
+            |w| usage(w.pid.and_then(|p| procs.group(p)).unwrap_or_default()),
+            ticks,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Action, Event, Phase};
+    use crate::sys::listeners;
+
+    /// `web` (2 workers on a real loopback listener) and `cron` (a cluster singleton that stands
+    /// by), with both of web's workers started and ready.
+    fn running() -> (tempfile::TempDir, Config, Vec<Vec<BoundListener>>, Core) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[supervisor]\ncontrol_socket = \"c.sock\"\n\
+             [[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\ninstances = 2\n\
+             [[app.listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
+             [[app]]\nname = \"cron\"\ncommand = \"/bin/sh\"\ninstances = 1\nscope = \"cluster\"\nlease_ttl = \"6s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let bound: Vec<Vec<BoundListener>> = config
+            .apps
+            .iter()
+            .map(|a| listeners::bind_all(&a.listeners).unwrap())
+            .collect();
+        let mut core = Core::new(super::super::reread::core_apps(&config, &bound));
+        let now = Instant::now();
+        let spawns: Vec<_> = core
+            .handle(Event::Start, now)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Spawn { worker, .. } => Some(worker),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spawns.len(), 2, "web's two slots; the singleton stands by");
+        for (i, worker) in spawns.into_iter().enumerate() {
+            core.handle(
+                Event::Spawned {
+                    worker,
+                    pid: 1000 + i as i32,
+                },
+                now,
+            );
+            core.handle(Event::Ready(worker), now);
+        }
+        (dir, config, bound, core)
+    }
+
+    fn record() -> Record {
+        let mut r = Record::starting(PathBuf::from("/usr/bin/supervisor"));
+        r.upgrades.count = 2;
+        r
+    }
+
+    #[test]
+    fn status_shows_every_app_its_workers_listeners_and_lease() {
+        let (_dir, config, bound, core) = running();
+        let record = record();
+        let seen = Seen {
+            core: &core,
+            config: &config,
+            listeners: &bound,
+            record: &record,
+            now: Instant::now(),
+        };
+        let me = ProcessInfo {
+            pid: 7,
+            ..ProcessInfo::default()
+        };
+        let report = status(&seen, None, me, |w| ProcessInfo {
+            pid: w.pid.unwrap_or(0),
+            rss_bytes: 4096,
+            ..ProcessInfo::default()
+        });
+        assert_eq!(report.supervisor.pid, 7);
+        assert_eq!(report.binary, "/usr/bin/supervisor");
+        assert_eq!(report.upgrades.count, 2);
+        assert_eq!(report.config, config.path.display().to_string());
+        let names: Vec<&str> = report.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["web", "cron"]);
+        let web = &report.apps[0];
+        assert_eq!(web.phase, Phase::Running);
+        let pids: Vec<i32> = web.workers.iter().map(|w| w.process.pid).collect();
+        assert_eq!(pids, [1000, 1001]);
+        assert!(web.workers.iter().all(|w| w.state == WorkerState::Ready));
+        assert!(web.workers.iter().all(|w| w.process.rss_bytes == 4096));
+        assert_eq!(web.listeners.len(), 1);
+        assert_eq!(web.listeners[0].fd, 3, "the first inherited fd");
+        assert_eq!(web.listeners[0].address, bound[0][0].local);
+        let cron = &report.apps[1];
+        assert_eq!(cron.phase, Phase::Standby);
+        assert!(cron.workers.is_empty());
+        let lease = cron.singleton.as_ref().unwrap();
+        assert_eq!(
+            (lease.role, lease.lease_ttl_secs),
+            (SingletonRole::Standby, 6.0)
+        );
+
+        let only = status(&seen, Some(1), ProcessInfo::default(), |_| {
+            ProcessInfo::default()
+        });
+        let names: Vec<&str> = only.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["cron"]);
+    }
+
+    #[test]
+    fn metrics_count_workers_by_state_and_measure_each_group() {
+        let (_dir, config, bound, core) = running();
+        let record = record();
+        let seen = Seen {
+            core: &core,
+            config: &config,
+            listeners: &bound,
+            record: &record,
+            now: Instant::now(),
+        };
+        let snap = metrics(
+            &seen,
+            metrics::Usage {
+                cpu_seconds: 1.5,
+                rss_bytes: 8_000_000,
+            },
+            |w| metrics::Usage {
+                cpu_seconds: 0.25,
+                rss_bytes: w.pid.unwrap_or(0) as u64,
+            },
+            Default::default(),
+        );
+        assert_eq!(snap.supervisor.rss_bytes, 8_000_000);
+        assert_eq!(snap.start_time, record.started_unix);
+        let web = &snap.apps[0];
+        assert_eq!((web.ready, web.starting, web.draining), (2, 0, 0));
+        assert_eq!(web.singleton_holder, None);
+        let usage: Vec<(i32, u64)> = web
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.usage.rss_bytes))
+            .collect();
+        assert_eq!(usage, [(1000, 1000), (1001, 1001)]);
+        let cron = &snap.apps[1];
+        assert_eq!((cron.ready, cron.singleton_holder), (0, Some(false)));
     }
 }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{Runner, STOP_GRACE, Stops};
 use crate::core::ExitStatus;
-use crate::orphans::{OwnChildren, Registration};
+use crate::orphans::{OwnChildren, OwnKind, Registration};
 use crate::sys::child;
 use crate::sys::spawn::{self, Exec};
 
@@ -89,7 +89,7 @@ impl Runner for CommandJob {
         })
         .map_err(|e| e.to_string())?;
         let pid = child.pid;
-        let listed = self.children.register(pid);
+        let listed = self.children.register(pid, OwnKind::JobCommand);
         let span = tracing::info_span!("job", name = %ctx.job, pid);
         span.in_scope(|| tracing::info!(token = ctx.token, "started {}", self.program.display()));
         tokio::spawn(crate::logs::forward_output(child.stdout).instrument(span.clone()));
@@ -287,7 +287,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert!(children.contains(pid), "listed while it runs");
-        assert_eq!(children.pids(), vec![pid]);
+        assert_eq!(children.pids_of(OwnKind::JobCommand), vec![pid]);
         std::fs::write(&go, "").unwrap();
         let r = tokio::time::timeout(Duration::from_secs(10), run)
             .await
@@ -295,7 +295,7 @@ mod tests {
             .unwrap();
         assert_eq!(r, Ok(()));
         assert!(!children.contains(pid), "reaped and unlisted");
-        assert!(children.pids().is_empty());
+        assert!(children.pids_of(OwnKind::JobCommand).is_empty());
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 //! orphans, and the supervisor's own service manager notifications. The rest of the crate asks
 //! these modules; the core never calls them.
 
-pub mod listeners;
 pub mod child;
+pub mod listeners;
 pub mod procstat;
 pub mod reaper;
 pub mod sdnotify;

@@ -332,6 +332,36 @@ pub(crate) mod tests {
         // What the metrics had accumulated.
         let back = serde_json::to_value(&s.metrics).unwrap();
         assert_eq!(back["reloads"]["web"]["ok"], 1, "{back}");
+        // This binary's core takes it over: the same workers, generations and history.
+        let apps = vec![
+            (crate::core::test_support::settings("web", 2, 1, 0), vec![]),
+            (
+                crate::core::test_support::settings("queue", 1, 1, 0),
+                vec![0],
+            ),
+        ];
+        let now = tokio::time::Instant::now();
+        let (core, _) = crate::core::Core::adopt(apps, s.core.clone(), now);
+        let views: Vec<_> = core.apps().map(|v| v.app.snapshot(now)).collect();
+        let pids =
+            |i: usize| -> Vec<i32> { views[i].workers.iter().filter_map(|(w, _)| w.pid).collect() };
+        assert_eq!(pids(0), [7185, 7186]);
+        assert_eq!(pids(1), [7249, 7294], "scaled to 2 by the old binary");
+        assert_eq!(views[0].generation, 2);
+        assert!(
+            views[0]
+                .workers
+                .iter()
+                .all(|(w, _)| w.state == WorkerState::Ready)
+        );
+        let last = views[0].last_reload.as_ref().unwrap();
+        assert_eq!((last.generation, last.slots[1].new_pid), (2, 7186));
+        assert_eq!(views[1].restarts_total, 1);
+        assert_eq!(
+            core.not_upgradable(),
+            None,
+            "settled, as it was handed over"
+        );
         // Written again by this binary, it reads the same.
         let again = HandoverState::from_json(&s.to_json().unwrap()).unwrap();
         assert_eq!(again.to_json().unwrap(), s.to_json().unwrap());

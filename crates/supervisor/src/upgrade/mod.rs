@@ -17,11 +17,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-pub use handover::{
-    AppFds, HandoverState, KNOWN_STATE_VERSIONS, ListenerFd, STATE_VERSION, StateError, WorkerFds,
-    check_version,
-};
-pub use os::{exec, inherited, is_preflight_child, preflight, read_state_fd, write_memfd};
+pub use handover::{AppFds, HandoverState, ListenerFd, STATE_VERSION, WorkerFds, check_version};
+pub use os::{exec, inherited, preflight, read_state_fd, write_memfd};
 
 /// How long the preflight run of the new binary may take.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);

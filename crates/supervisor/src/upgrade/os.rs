@@ -6,18 +6,10 @@
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::PREFLIGHT_TIMEOUT;
 use super::handover::{HandoverState, STATE_VERSION, StateError};
-
-/// The pid of the preflight child while it runs (the reaper of adopted orphans leaves it alone).
-static PREFLIGHT_PID: AtomicI32 = AtomicI32::new(0);
-
-/// Whether `pid` is the running preflight child.
-pub fn is_preflight_child(pid: i32) -> bool {
-    pid != 0 && PREFLIGHT_PID.load(Ordering::Relaxed) == pid
-}
+use crate::orphans::{OwnChildren, OwnKind};
 
 /// Writes `text` to a new memfd (not close-on-exec: it is handed over) and rewinds it.
 pub fn write_memfd(text: &str) -> std::io::Result<OwnedFd> {
@@ -128,7 +120,13 @@ fn restore(fds: &[RawFd]) {
 
 /// Runs `binary upgrade-preflight -c config --state-version V` with a deadline: `Ok` with what
 /// it printed when it exited 0, else why not.
-pub async fn preflight(binary: PathBuf, config: PathBuf) -> Result<String, String> {
+/// The child is listed in `children` while it runs (the sweep of adopted orphans leaves it
+/// alone).
+pub async fn preflight(
+    binary: PathBuf,
+    config: PathBuf,
+    children: OwnChildren,
+) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(&binary);
     cmd.arg("upgrade-preflight")
         .arg("-c")
@@ -142,9 +140,11 @@ pub async fn preflight(binary: PathBuf, config: PathBuf) -> Result<String, Strin
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-    PREFLIGHT_PID.store(child.id().map_or(0, |p| p as i32), Ordering::Relaxed);
+    let listed = child
+        .id()
+        .map(|pid| children.register(pid as i32, OwnKind::Preflight));
     let out = tokio::time::timeout(PREFLIGHT_TIMEOUT, child.wait_with_output()).await;
-    PREFLIGHT_PID.store(0, Ordering::Relaxed);
+    drop(listed);
     let out = match out {
         Err(_) => {
             return Err(format!(

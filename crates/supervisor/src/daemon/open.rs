@@ -1,0 +1,272 @@
+//! Everything the supervisor opens before its first worker starts, in an order that fails early
+//! with nothing started: a live control socket refuses the start, then every listener is bound
+//! (or, after an upgrade, taken over from the previous binary by app name), the metrics listener,
+//! the lease tasks of cluster singletons, the runtime directory, the `[[job]]` scheduler, the
+//! control socket and the metrics endpoint. What it returns is all the shell needs.
+
+use std::os::fd::AsRawFd;
+
+use tokio::sync::mpsc;
+
+use super::leases::LeaseTasks;
+use super::runtime_dir::RuntimeDir;
+use super::shell::Inputs;
+use super::upgrade::HandoverFds;
+use super::{Command, METRICS_KEY, RunOptions, StartupError};
+use crate::config::{AppConfig, Config, SingletonPolicy};
+use crate::control::server::{self, ControlSocket};
+use crate::core::{AppIndex, LeaseEvent};
+use crate::jobs::scheduler::{self, ConfigJobs};
+use crate::metrics;
+use crate::orphans::OwnChildren;
+use crate::sys::listeners::{self, BoundListener, ListenError};
+use crate::sys::{reaper, sdnotify};
+use crate::upgrade::{self, HandoverState};
+
+/// What [`open`] bound and started.
+pub(super) struct Opened {
+    pub(super) config: Config,
+    pub(super) listeners: Vec<Vec<BoundListener>>,
+    /// The previous binary's state, after an upgrade.
+    pub(super) resume: Option<HandoverState>,
+    pub(super) service: Option<sdnotify::Notifier>,
+    pub(super) runtime_dir: RuntimeDir,
+    pub(super) own_children: OwnChildren,
+    pub(super) jobs: ConfigJobs,
+    pub(super) leases: LeaseTasks,
+    pub(super) lease_events: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    pub(super) control: ControlSocket,
+    pub(super) handover: HandoverFds,
+    pub(super) inputs: Inputs,
+    /// The metrics endpoint's task, if one listens.
+    pub(super) metrics_server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens everything for `config` (or takes it over from the previous binary), logging what
+/// listens where; `commands` are the signals `main` translated.
+pub(super) fn open(
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    options: RunOptions,
+) -> Result<Opened, StartupError> {
+    let resume = options
+        .resume_fd
+        .map(upgrade::read_state_fd)
+        .transpose()
+        .map_err(|e| StartupError::Resume(e.to_string()))?;
+    if resume.is_none() {
+        server::check_free(&config.control_socket)?;
+    }
+    // Read once: the workers get their own NOTIFY_SOCKET, never this one.
+    let service = match sdnotify::Notifier::from_env() {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            tracing::warn!(
+                "NOTIFY_SOCKET is set but unusable ({e}): no notifications to the service manager"
+            );
+            None
+        }
+        None => None,
+    };
+    let listen_err = |cause| StartupError::Listen {
+        path: config.path.clone(),
+        cause,
+    };
+    let bound = match &resume {
+        Some(state) => inherited_listeners(&config, state)?,
+        None => config
+            .apps
+            .iter()
+            .map(|a| listeners::bind_all(&a.listeners))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(listen_err)?,
+    };
+    let metrics_listener = match resume.as_ref().map(|s| s.metrics_fd) {
+        // SAFETY: the metrics listener the previous binary handed over; ours alone.
+        Some(Some(fd)) => Some(std::net::TcpListener::from(unsafe {
+            upgrade::inherited(fd)
+        })),
+        _ => config
+            .metrics
+            .map(|addr| listeners::bind_own(METRICS_KEY, addr))
+            .transpose()
+            .map_err(listen_err)?,
+    };
+    let metrics_fd = metrics_listener.as_ref().map(AsRawFd::as_raw_fd);
+    let (lease_tx, lease_events) = mpsc::unbounded_channel();
+    let leases = start_lease_tasks(&config, lease_tx)?;
+    let runtime_dir = match &resume {
+        Some(state) => RuntimeDir::adopt(state.runtime_dir.clone())?,
+        None => RuntimeDir::create()?,
+    };
+    // The shell's own children that are not workers: the orphan sweep leaves them alone.
+    let own_children = OwnChildren::default();
+    // Its own tasks: the event loop never waits on the cron backend.
+    let jobs = ConfigJobs::start(
+        &config.cron_url,
+        scheduler::prepare(&config, &config.apps, &bound),
+        own_children.clone(),
+    )
+    .map_err(|cause| StartupError::Jobs {
+        path: config.path.clone(),
+        cause,
+    })?;
+    let mut control = match &resume {
+        // SAFETY: the control socket the previous binary handed over; ours alone.
+        Some(state) => ControlSocket::inherited(&config.control_socket, unsafe {
+            upgrade::inherited(state.control_fd)
+        })?,
+        None => ControlSocket::bind(&config.control_socket)?,
+    };
+    let control_fd = control.raw_fd().unwrap_or(-1);
+    let (control_tx, control_rx) = mpsc::channel(64);
+    control.serve(control_tx);
+    let (snapshots_tx, snapshots_rx) = mpsc::channel(16);
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let task = metrics::server::spawn(l, snapshots_tx, config.cron_url.clone()).map_err(
+                |cause| {
+                    listen_err(ListenError::Bind {
+                        key: METRICS_KEY.into(),
+                        addr: local.clone(),
+                        cause,
+                    })
+                },
+            )?;
+            tracing::info!("metrics on http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    for (app, listeners) in config.apps.iter().zip(&bound) {
+        for l in listeners {
+            tracing::info!(app = %app.name, name = %l.name, address = %l.local, "listening");
+        }
+    }
+    let subreaper = match reaper::become_subreaper() {
+        Ok(true) => "subreaper",
+        Ok(false) => "pid 1",
+        Err(e) => {
+            tracing::warn!("cannot become child subreaper ({e}): orphans of workers go to init");
+            "no"
+        }
+    };
+    tracing::info!(
+        pid = std::process::id(),
+        version = %upgrade::version_line(),
+        control_socket = %config.control_socket.display(),
+        apps = config.apps.len(),
+        adopts_orphans = subreaper,
+        notify_socket = service.as_ref().map(|n| n.target.as_str()),
+        "{}",
+        if resume.is_some() {
+            "supervisor upgraded in place"
+        } else {
+            "supervisor started"
+        }
+    );
+    Ok(Opened {
+        config,
+        listeners: bound,
+        resume,
+        service,
+        runtime_dir,
+        own_children,
+        jobs,
+        leases,
+        lease_events,
+        control,
+        handover: HandoverFds {
+            control: control_fd,
+            metrics: metrics_fd,
+            log_format: options.log_format,
+        },
+        inputs: Inputs {
+            commands,
+            control: control_rx,
+            snapshots: snapshots_rx,
+        },
+        metrics_server,
+    })
+}
+
+/// The listeners an upgrade handed over, for the apps of the config read again (by app name;
+/// an app must have the same name and place as before: the preflight checked it).
+fn inherited_listeners(
+    config: &Config,
+    state: &HandoverState,
+) -> Result<Vec<Vec<BoundListener>>, StartupError> {
+    config
+        .apps
+        .iter()
+        .map(|app| {
+            let fds = state
+                .apps
+                .iter()
+                .find(|a| a.name == app.name)
+                .ok_or_else(|| {
+                    StartupError::Resume(format!(
+                        "app {} was not handed over (adding apps needs a restart)",
+                        app.name
+                    ))
+                })?;
+            Ok(fds
+                .listeners
+                .iter()
+                // SAFETY: a listener the previous binary handed over; ours alone.
+                .map(|l| BoundListener::inherited(l, unsafe { upgrade::inherited(l.fd) }))
+                .collect())
+        })
+        .collect()
+}
+
+/// One lease task per cluster singleton, on the cron backend (Redis, or the local directory).
+fn start_lease_tasks(
+    config: &Config,
+    events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+) -> Result<LeaseTasks, StartupError> {
+    let mut tasks = LeaseTasks::default();
+    let singletons: Vec<(AppIndex, &AppConfig, SingletonPolicy)> = config
+        .apps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| Some((i, a, a.singleton?)))
+        .collect();
+    let Some(shortest) = singletons.iter().map(|(_, _, p)| p.renew_every()).min() else {
+        return Ok(tasks);
+    };
+    // Every call is bounded well inside a renewal period (the task also races each renewal
+    // against its fencing deadline).
+    let timeout = shortest.clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
+    let leases =
+        cronlock::SingletonLeases::from_url(&config.cron_url, timeout).map_err(|cause| {
+            StartupError::Singleton {
+                url: cronlock::redact_url(&config.cron_url),
+                cause,
+            }
+        })?;
+    let leases = std::sync::Arc::new(leases);
+    let me = cronlock::Contender::current();
+    for (i, app, policy) in singletons {
+        tracing::info!(
+            app = %app.name,
+            backend = %leases.describe(),
+            holder_id = %me.id,
+            lease_ttl = %crate::units::span(policy.lease_ttl),
+            "cluster singleton: runs on the one host that holds its lease"
+        );
+        tasks.spawn(
+            i,
+            app.name.clone(),
+            policy,
+            std::sync::Arc::clone(&leases),
+            me.clone(),
+            events.clone(),
+        );
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,113 @@
+//! The shell's side of worker processes: starting one (fork/exec with its app's listeners, the
+//! runtime files and its fencing token), signalling it, turning what its watch tasks report
+//! (readiness, `STATUS=`, exit) into core events, reaping it once the core has handled its exit,
+//! measuring every worker's memory for `max_memory`, and sweeping adopted orphans (every pid
+//! that is neither a worker nor one of the shell's own children).
+
+use std::sync::Arc;
+
+use super::process::{Process, StartArgs, WorkerEvent};
+use super::shell::Shell;
+use crate::config::WorkerSpec;
+use crate::core::{AppIndex, Event, Signal, WorkerId, WorkerState};
+use crate::notify::Notification;
+use crate::orphans;
+use crate::sys::procstat::GroupScan;
+
+impl Shell {
+    /// Forks and executes a worker of app `app`; the event says whether it runs.
+    pub(super) fn spawn(
+        &mut self,
+        app: AppIndex,
+        worker: WorkerId,
+        slot: usize,
+        generation: u64,
+        spec: Arc<WorkerSpec>,
+        fencing_token: Option<u64>,
+    ) -> Event {
+        let started = Process::start(StartArgs {
+            id: worker,
+            slot,
+            generation,
+            spec,
+            listeners: self.listeners.get(app).map_or(&[], Vec::as_slice),
+            runtime_dir: &self.runtime_dir.path,
+            runtime_files: &self.runtime_dir.files,
+            cron_url: &self.config.cron_url,
+            fencing_token,
+            events: self.worker_tx.clone(),
+        });
+        match started {
+            Ok(p) => {
+                let pid = p.pid;
+                self.processes.insert(worker, p);
+                Event::Spawned { worker, pid }
+            }
+            Err(e) => Event::SpawnFailed {
+                worker,
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Signals a live worker (one already reaped is left alone).
+    pub(super) fn signal(&self, worker: WorkerId, signal: Signal) {
+        if let Some(p) = self.processes.get(&worker) {
+            match signal {
+                Signal::Term => p.term(),
+                Signal::KillGroup => p.kill_group(),
+            }
+        }
+    }
+
+    /// What a worker's watch tasks report.
+    pub(super) fn worker_event(&mut self, id: WorkerId, ev: WorkerEvent) {
+        match ev {
+            WorkerEvent::Notify(Notification::Ready) => self.feed(Event::Ready(id)),
+            WorkerEvent::Notify(Notification::Status(text)) => {
+                self.feed(Event::StatusText(id, text))
+            }
+            WorkerEvent::Notify(Notification::Stopping) => {
+                if let Some(w) = self.core.worker(id)
+                    && w.state != WorkerState::Draining
+                {
+                    tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "worker is stopping on its own");
+                }
+            }
+            WorkerEvent::Exited(status) => {
+                self.feed(Event::Exited { worker: id, status });
+                // Reaped only now: until the core handled the exit, the pid could not be reused.
+                if let Some(mut p) = self.processes.remove(&id) {
+                    p.reap();
+                    self.cpu.retain(|pid| pid != p.pid);
+                    self.sweep_orphans(Some(p.pid));
+                }
+                if !self.core.any_draining() {
+                    crate::sys::release_free_memory();
+                }
+            }
+        }
+    }
+
+    /// The resident memory of every worker's process group, from one scan of `/proc` (the same
+    /// measure `status` shows).
+    pub(super) fn sample_memory(&self) -> Vec<(WorkerId, u64)> {
+        let scan = GroupScan::scan();
+        self.processes
+            .iter()
+            .filter_map(|(id, p)| Some((*id, scan.group(p.pid)?.rss_bytes)))
+            .collect()
+    }
+
+    /// Whether `pid` is a worker or another child of the shell's own (left to whoever waits for
+    /// it).
+    pub(super) fn is_own(&self, pid: i32) -> bool {
+        self.processes.values().any(|p| p.pid == pid) || self.own_children.contains(pid)
+    }
+
+    /// Reaps adopted orphans that exited, and kills those left in the process group of the worker
+    /// that just exited (`exited_group`).
+    pub(super) fn sweep_orphans(&self, exited_group: Option<i32>) {
+        orphans::sweep(|pid| self.is_own(pid), exited_group, false);
+    }
+}
