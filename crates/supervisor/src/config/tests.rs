@@ -591,3 +591,310 @@ fn metrics_address_is_optional_and_named_when_bad() {
         .to_string();
     assert!(e.contains(":2:11: supervisor.metrics: invalid type"), "{e}");
 }
+
+/// Asserts that loading `text` fails with `PATH:LINE:COL: KEY: ` and then says `what`.
+#[track_caller]
+fn assert_error_at(text: &str, line: usize, column: usize, key: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, text).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    let want = format!("{}:{line}:{column}: {key}: ", path.display());
+    assert!(e.starts_with(&want), "want {want:?}: {e}");
+    assert!(e[want.len()..].contains(what), "{what:?}: {e}");
+}
+
+/// OK with `extra` on a line of its own after `instances = 2`: line 6, from column 1.
+fn ok_with(extra: &str) -> String {
+    OK.replace("instances = 2", &format!("instances = 2\n{extra}"))
+}
+
+#[test]
+fn every_app_error_carries_its_line_and_column() {
+    // `instances` is on line 5, indented by 8: its value starts at column 21.
+    assert_error_at(
+        &OK.replace("instances = 2", "instances = 5000"),
+        5,
+        21,
+        "app[0].instances",
+        "5000 is more than 1024",
+    );
+    for (extra, column, key, what) in [
+        (
+            "kill_timeout = \"0s\"",
+            16,
+            "app[0].kill_timeout",
+            "greater than zero",
+        ),
+        (
+            "ready_timeout = \"0s\"",
+            17,
+            "app[0].ready_timeout",
+            "greater than zero",
+        ),
+        (
+            "cwd = \"no/such/dir\"",
+            7,
+            "app[0].cwd",
+            "no/such/dir is not a directory",
+        ),
+        (
+            "after = [\"nope\"]",
+            10,
+            "app[0].after[0]",
+            "no app is named \"nope\"",
+        ),
+        (
+            "after = [\"sh\"]",
+            10,
+            "app[0].after[0]",
+            "cannot wait for itself",
+        ),
+        (
+            "max_memory_grace = \"0s\"",
+            20,
+            "app[0].max_memory_grace",
+            "greater than zero",
+        ),
+        (
+            "lease_ttl = \"3s\"",
+            13,
+            "app[0].lease_ttl",
+            "add `scope = \"cluster\"`",
+        ),
+        (
+            "standby_poll = \"3s\"",
+            16,
+            "app[0].standby_poll",
+            "add `scope = \"cluster\"`",
+        ),
+        (
+            "runtime = \"node\"",
+            11,
+            "app[0].runtime",
+            "needs Node as the program",
+        ),
+        (
+            "env = { \"A=B\" = \"1\" }",
+            17,
+            "app[0].env.A=B",
+            "not a valid environment variable name",
+        ),
+        (
+            "args = [\"-c\", \"a\\u0000b\"]",
+            15,
+            "app[0].args[1]",
+            "contains a NUL byte",
+        ),
+    ] {
+        assert_error_at(&ok_with(extra), 6, column, key, what);
+    }
+    // A key on the line after `scope` (line 7).
+    assert_error_at(
+        &ok_with("scope = \"cluster\"\nlease_ttl = \"100ms\""),
+        7,
+        13,
+        "app[0].lease_ttl",
+        "at least 300ms",
+    );
+    assert_error_at(
+        &ok_with("scope = \"cluster\"\nstandby_poll = \"0s\""),
+        7,
+        16,
+        "app[0].standby_poll",
+        "greater than zero",
+    );
+    let (_d, node) = program_named("node", "");
+    assert_error_at(
+        &ok_with("readiness = \"exec\"").replace("/bin/sh", &node.display().to_string()),
+        6,
+        13,
+        "app[0].readiness",
+        "\"exec\" with runtime \"node\"",
+    );
+}
+
+#[test]
+fn listener_errors_carry_their_line_and_column() {
+    // `address` is on line 7, indented by 8: its value starts at column 19.
+    assert_error_at(
+        &OK.replace("127.0.0.1:0", "127.0.0.1:99999"),
+        7,
+        19,
+        "app[0].listen[0].address",
+        "not a host:port address",
+    );
+    let address = "address = \"127.0.0.1:0\"";
+    assert_error_at(
+        &OK.replace(address, &format!("{address}\nbacklog = 0")),
+        8,
+        11,
+        "app[0].listen[0].backlog",
+        "must be positive",
+    );
+    assert_error_at(
+        &OK.replace(address, &format!("{address}\nname = \"a:b\"")),
+        8,
+        8,
+        "app[0].listen[0].name",
+        "not a valid fd name",
+    );
+    // An error about the table as a whole is at its header (`[[app.listen]]`, line 6).
+    assert_error_at(
+        &OK.replace(address, &format!("{address}\npath = \"a.sock\"")),
+        6,
+        9,
+        "app[0].listen[0]",
+        "either `address` or `path`",
+    );
+    // The second of two listeners on one address: at its own address (line 9).
+    let twice = format!("{OK}\n[[app.listen]]\naddress = \"127.0.0.1:8080\"\n")
+        .replace("127.0.0.1:0", "127.0.0.1:8080");
+    assert_error_at(
+        &twice,
+        10,
+        11,
+        "app[0].listen[1]",
+        "already listed as app[0].listen[0]",
+    );
+    // A default name (`listen1`) taken by an earlier listener: at the table's header (line 10).
+    let named = format!(
+        "{}\n[[app.listen]]\naddress = \"127.0.0.1:1\"\n",
+        OK.replace(address, &format!("{address}\nname = \"listen1\""))
+    );
+    assert_error_at(
+        &named,
+        10,
+        1,
+        "app[0].listen[1].name",
+        "already used by app[0].listen[0]",
+    );
+}
+
+#[test]
+fn restart_and_reload_errors_carry_their_line_and_column() {
+    // OK is 8 lines: the table header is line 9, its first key line 10.
+    for (table, keys, key, what) in [
+        (
+            "restart",
+            "window = \"0s\"",
+            "app[0].restart.window",
+            "greater than zero",
+        ),
+        (
+            "restart",
+            "backoff_max = \"50ms\"",
+            "app[0].restart.backoff_max",
+            "must not be smaller than backoff_initial",
+        ),
+        (
+            "restart",
+            "backoff_initial = \"1m\"",
+            "app[0].restart.backoff_max",
+            "must not be smaller than backoff_initial",
+        ),
+        (
+            "reload",
+            "max_surge = 0",
+            "app[0].reload.max_surge",
+            "must be at least 1",
+        ),
+        (
+            "reload",
+            "max_unavailable = 2",
+            "app[0].reload.max_unavailable",
+            "must be less than instances (2)",
+        ),
+    ] {
+        let column = keys.find('=').unwrap() + 3;
+        assert_error_at(
+            &format!("{OK}\n[app.{table}]\n{keys}\n"),
+            10,
+            column,
+            key,
+            what,
+        );
+    }
+}
+
+#[test]
+fn errors_across_apps_carry_the_line_of_the_later_one() {
+    // two_apps: the second `[[app]]` is line 9; its `name` (the last key) line 12.
+    assert_error_at(
+        &two_apps("name = \"sh\""),
+        12,
+        8,
+        "app[1].name",
+        "already the name of app[0]",
+    );
+    assert_error_at(
+        &two_apps("name = \"sh.x\""),
+        12,
+        8,
+        "app[1].name",
+        "use letters, digits",
+    );
+    let cyclic = two_apps("name = \"b\"\nafter = [\"sh\"]").replacen(
+        "instances = 2",
+        "instances = 2\nafter = [\"b\"]",
+        1,
+    );
+    assert_error_at(&cyclic, 6, 9, "app[0].after", "waits for itself through b");
+    let text = "[[app]]\nname = \"a\"\ncommand = \"/bin/sh\"\n[[app.listen]]\npath = \"a.sock\"\n\
+                [[app]]\nname = \"b\"\ncommand = \"/bin/sh\"\n[[app.listen]]\npath = \"a.sock\"\n";
+    assert_error_at(
+        text,
+        10,
+        8,
+        "app[1].listen[0]",
+        "already listed as app[0].listen[0]",
+    );
+}
+
+#[test]
+fn a_bad_spanned_value_names_its_key_not_serdes_private_field() {
+    let base = "name = \"r\"\nschedule = \"* * * * * *\"\ncommand = [\"sh\"]";
+    let e = job_error(&format!("{base}\ntimeout = \"-5s\""));
+    assert_at(&e, 13, "job[0].timeout", "invalid duration \"-5s\"");
+    assert!(!e.contains("$__serde"), "{e}");
+    for (extra, column, key, what) in [
+        (
+            "kill_timeout = \"-5s\"",
+            16,
+            "app[0].kill_timeout",
+            "invalid duration \"-5s\"",
+        ),
+        (
+            "scope = \"everywhere\"",
+            9,
+            "app[0].scope",
+            "unknown variant",
+        ),
+        ("after = [1]", 10, "app[0].after[0]", "invalid type"),
+        ("env = { A = 1 }", 13, "app[0].env.A", "invalid type"),
+    ] {
+        assert_error_at(&ok_with(extra), 6, column, key, what);
+    }
+    assert_error_at(
+        &OK.replace("instances = 2", "instances = \"two\""),
+        5,
+        21,
+        "app[0].instances",
+        "invalid type",
+    );
+    let address = "address = \"127.0.0.1:0\"";
+    assert_error_at(
+        &OK.replace(address, &format!("{address}\nbacklog = \"big\"")),
+        8,
+        11,
+        "app[0].listen[0].backlog",
+        "invalid type",
+    );
+    assert_error_at(
+        &format!("{OK}\n[app.restart]\nwindow = \"-1s\"\n"),
+        10,
+        10,
+        "app[0].restart.window",
+        "invalid duration",
+    );
+}
