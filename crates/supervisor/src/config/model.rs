@@ -1,0 +1,263 @@
+//! The validated configuration's types, as the rest of the supervisor uses them: what a worker
+//! runs ([`WorkerSpec`]), where it listens ([`ListenerSpec`]), the restart, reload, memory and
+//! singleton policies of an app, the `[[job]]` tables ([`JobConfig`]), and the defaults and
+//! bounds the validator applies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the supervisor learns that a worker is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// The worker says `READY=1` on `NOTIFY_SOCKET` or writes a newline to `READY_FD`.
+    Notify,
+    /// The worker counts as ready as soon as its program was executed (systemd `Type=exec`).
+    Exec,
+}
+
+/// Where an app runs: on every host (each supervisor runs its workers), or on exactly one host
+/// of those sharing the cron backend at a time (a cluster singleton).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every supervisor runs it (the default).
+    #[default]
+    Host,
+    /// One supervisor at a time runs it: the holder of its lease in the cron backend.
+    Cluster,
+}
+
+/// The lease of a cluster singleton app (`scope = "cluster"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SingletonPolicy {
+    /// Lease TTL: how long the lease outlives its holder's last renewal; renewed every ttl/3.
+    pub lease_ttl: Duration,
+    /// How often a standby host tries to take the lease.
+    pub standby_poll: Duration,
+}
+
+impl SingletonPolicy {
+    /// How often the holder renews: a third of the TTL.
+    pub fn renew_every(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+/// What the supervisor adds to a worker for the language it runs (see [`crate::runtimes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Node: the built-in preload takes the inherited sockets for the app's own `listen()`,
+    /// reports readiness and drains on SIGTERM, so an unchanged app reloads without failures.
+    Node,
+    /// Nothing: the program follows the worker protocol itself.
+    None,
+}
+
+impl Runtime {
+    /// The default for a program: `node` for a program whose file name is `node` (or `nodejs`,
+    /// `node20`, ...), otherwise `none`.
+    pub fn detect(program: &Path) -> Runtime {
+        if looks_like_node(program) {
+            Runtime::Node
+        } else {
+            Runtime::None
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Runtime::Node => "node",
+            Runtime::None => "none",
+        })
+    }
+}
+
+/// Whether the program is Node by its file name (`node`, `nodejs`, `node20`): what `runtime`
+/// defaults on.
+pub(super) fn looks_like_node(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("node"))
+}
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address (IPv4 or IPv6). Port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One listening socket to bind once and pass to every worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Name passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// Address to bind.
+    pub addr: ListenAddr,
+    /// `listen(2)` backlog.
+    pub backlog: i32,
+    /// The config key this came from, for errors (`listen[0]`).
+    pub key: String,
+}
+
+/// What to run as a worker; one generation of workers shares one spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// The app's name, used in worker names (`web.0`).
+    pub name: String,
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Extra environment on top of the supervisor's own.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Number of worker slots.
+    pub instances: usize,
+    /// Readiness protocol.
+    pub readiness: Readiness,
+    /// What the supervisor adds for the program's language.
+    pub runtime: Runtime,
+    /// How long a new worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a stopping worker may drain before its process group is killed.
+    pub kill_timeout: Duration,
+}
+
+/// When and how fast crashed workers are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// A worker that ran at least this long before exiting was stable: restart at once.
+    pub min_uptime: Duration,
+    /// More unstable restarts than this within `window` mark the slot as crash-looping.
+    pub max_restarts: u32,
+    /// The window for `max_restarts`.
+    pub window: Duration,
+    /// First backoff delay after an unstable exit; doubles each time.
+    pub backoff_initial: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+}
+
+impl RestartPolicy {
+    /// Delay before the restart that follows `consecutive` unstable exits in a row (1-based).
+    pub fn backoff(&self, consecutive: u32) -> Duration {
+        if consecutive == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (consecutive - 1).min(30);
+        self.backoff_initial
+            .saturating_mul(1u32 << shift)
+            .min(self.backoff_max)
+    }
+}
+
+/// How a rolling reload proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadPolicy {
+    /// How many new workers may be starting at once.
+    pub max_surge: usize,
+    /// How many slots may be without a ready worker during the reload.
+    pub max_unavailable: usize,
+}
+
+/// When a worker is replaced for using too much memory (like PM2's `max_memory_restart`, but
+/// gracefully: the replacement is started and ready before the worker is drained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// Resident memory of a worker's whole process group above which it is replaced; `None`:
+    /// never.
+    pub max_bytes: Option<u64>,
+    /// How long a worker must stay above `max_bytes` before it is replaced.
+    pub grace: Duration,
+}
+
+/// A cluster-once cron job the supervisor runs itself (`[[job]]`): each tick once across every
+/// supervisor sharing the cron backend, under cronlock's claim, lease and fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobConfig {
+    /// The config key it came from (`job[0]`).
+    pub key: String,
+    /// Name, schedule, timezone, lease and policies, as cronlock takes them.
+    pub spec: cronlock::JobSpec,
+    /// A run still going after this long is stopped and recorded `failed`.
+    pub timeout: Duration,
+    /// How long a command may take to exit after SIGTERM (timeout, supervisor stop) before its
+    /// process group is killed.
+    pub kill_timeout: Duration,
+    /// What a run does.
+    pub action: JobAction,
+}
+
+/// What one run of a `[[job]]` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobAction {
+    /// Run a program as a child of the supervisor, in its own process group.
+    Command {
+        /// Absolute path of the program.
+        program: PathBuf,
+        /// Arguments after the program name.
+        args: Vec<String>,
+        /// Extra environment (the app's `env` when the job names an app).
+        env: BTreeMap<String, String>,
+        /// Working directory (the app's `cwd`, else the config file's directory).
+        cwd: PathBuf,
+        /// The app whose environment and directory it takes, if any.
+        app: Option<String>,
+    },
+    /// Send a request to an app through its own first listener.
+    Http {
+        /// Request method (`POST`).
+        method: String,
+        /// Request path and query (`/tasks/report`).
+        path: String,
+        /// The app whose first listener receives it.
+        app: String,
+    },
+}
+
+impl JobAction {
+    /// `command` or `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobAction::Command { .. } => "command",
+            JobAction::Http { .. } => "http",
+        }
+    }
+}
+
+/// Default `[[job]] timeout`.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `[[job]] kill_timeout` of a job that names no app.
+pub const DEFAULT_JOB_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `[[job]] misfire_grace` with `misfire = "run_late"`.
+pub const DEFAULT_MISFIRE_GRACE: Duration = Duration::from_secs(60);
+
+/// The most workers an app may run, from the file or from `supervisor scale`: far above what
+/// one host serves, low enough that a typo cannot fork-storm the host or exhaust the
+/// supervisor's memory.
+pub const MAX_INSTANCES: usize = 1024;
+
+/// The default `lease_ttl` of a cluster singleton.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);

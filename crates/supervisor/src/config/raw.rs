@@ -1,0 +1,187 @@
+//! The file as it is written: serde structs mirroring the TOML tables (`[supervisor]`, `[cron]`,
+//! `[[app]]`, `[[job]]`), every value an error can name kept [`Spanned`] for its line, and the
+//! reading of a file into them (a parse error names the file, the line and the dotted key).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::human::{ByteSize, HumanDuration};
+use super::model::{Readiness, Runtime, Scope};
+use super::{ConfigError, Location};
+
+/// A value with its byte range in the file, for errors with a line number.
+pub(super) type Spanned<T> = toml::Spanned<T>;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub(super) supervisor: RawSupervisor,
+    #[serde(default)]
+    pub(super) app: Vec<RawApp>,
+    #[serde(default)]
+    pub(super) cron: RawCron,
+    #[serde(default)]
+    pub(super) job: Vec<RawJob>,
+}
+
+/// Only `[supervisor]` and `[cron]`: what the client commands read (see
+/// [`super::endpoints_of`]). Not `deny_unknown_fields`: the other sections are not read at all.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawEndpoints {
+    #[serde(default)]
+    pub(super) supervisor: RawSupervisor,
+    #[serde(default)]
+    pub(super) cron: RawCron,
+}
+
+/// One `[[job]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJob {
+    pub(super) name: Spanned<String>,
+    pub(super) schedule: Spanned<String>,
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) overlap: Option<cronlock::Overlap>,
+    pub(super) misfire: Option<Spanned<String>>,
+    pub(super) misfire_grace: Option<Spanned<HumanDuration>>,
+    pub(super) lease_ttl: Option<Spanned<HumanDuration>>,
+    pub(super) timeout: Option<Spanned<HumanDuration>>,
+    pub(super) kill_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) http: Option<Spanned<String>>,
+    pub(super) app: Option<Spanned<String>>,
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSupervisor {
+    pub(super) control_socket: Option<PathBuf>,
+    pub(super) metrics: Option<String>,
+}
+
+/// One `[[app.listen]]` table (spanned as a whole by its app: the table's own errors point at it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) backlog: Option<Spanned<i32>>,
+}
+
+/// One `[[app]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApp {
+    pub(super) name: Spanned<String>,
+    /// The list as a whole (for a cycle) and each name in it.
+    pub(super) after: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) listen: Vec<Spanned<RawListen>>,
+    #[serde(default)]
+    pub(super) restart: RawRestart,
+    #[serde(default)]
+    pub(super) reload: RawReload,
+    pub(super) command: Spanned<String>,
+    #[serde(default)]
+    pub(super) args: Vec<Spanned<String>>,
+    /// Spanned values, not keys: a bad variable name is reported at its value's line (a spanned
+    /// key would hide its name from the key path of a parse error).
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, Spanned<String>>,
+    pub(super) cwd: Option<Spanned<PathBuf>>,
+    pub(super) instances: Option<Spanned<usize>>,
+    pub(super) readiness: Option<Spanned<Readiness>>,
+    pub(super) runtime: Option<Spanned<Runtime>>,
+    pub(super) ready_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) kill_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) max_memory: Option<Spanned<ByteSize>>,
+    pub(super) max_memory_grace: Option<Spanned<HumanDuration>>,
+    pub(super) scope: Option<Spanned<Scope>>,
+    pub(super) lease_ttl: Option<Spanned<HumanDuration>>,
+    pub(super) standby_poll: Option<Spanned<HumanDuration>>,
+}
+
+/// `[app.restart]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRestart {
+    pub(super) min_uptime: Option<Spanned<HumanDuration>>,
+    pub(super) max_restarts: Option<Spanned<u32>>,
+    pub(super) window: Option<Spanned<HumanDuration>>,
+    pub(super) backoff_initial: Option<Spanned<HumanDuration>>,
+    pub(super) backoff_max: Option<Spanned<HumanDuration>>,
+}
+
+/// `[app.reload]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReload {
+    pub(super) max_surge: Option<Spanned<usize>>,
+    pub(super) max_unavailable: Option<Spanned<usize>>,
+}
+
+/// `[cron]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCron {
+    pub(super) redis_url: Option<String>,
+    pub(super) state_dir: Option<PathBuf>,
+}
+
+/// Reads and deserializes a TOML file; errors name the file and the dotted key. Returns the text
+/// too, for the line of a spanned value.
+pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<(T, String), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let parse_err = |key: String, e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        at: Location::of_span(&text, e.span()),
+        key,
+        message: e.message().trim_end().to_string(),
+    };
+    let de = toml::Deserializer::parse(&text).map_err(|e| parse_err("(syntax)".into(), e))?;
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = key_of(e.path());
+        parse_err(key, e.into_inner())
+    })?;
+    Ok((value, text))
+}
+
+/// The dotted key of a serde error's path (`app[0].listen[1].address`), or `(top level)`: serde's
+/// own rendering without the private field through which [`Spanned`] reads its value.
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        let name = match segment {
+            Segment::Seq { index } => {
+                key.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key: name } | Segment::Enum { variant: name } => name.as_str(),
+            Segment::Unknown => "?",
+        };
+        if name.starts_with("$__serde_spanned_private") {
+            continue;
+        }
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(name);
+    }
+    if key.is_empty() {
+        "(top level)".to_string()
+    } else {
+        key
+    }
+}

@@ -1,0 +1,197 @@
+//! The validator: raw file -> [`Config`], one file per section (`supervisor` for `[supervisor]`
+//! and `[cron]`, `app`, `listen`, `job`, and `program` for resolving a command and telling Node
+//! apart). This file holds the top-level pass, the checks that span several apps or jobs, and the
+//! shared helpers: errors at a value's position, positive durations, paths relative to the file.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::human::HumanDuration;
+use super::model::JobConfig;
+use super::raw::{RawFile, Spanned};
+use super::{AppConfig, Config, ConfigError, Location};
+
+mod app;
+mod job;
+mod listen;
+mod program;
+mod supervisor;
+
+/// Checks a file against the rules; every error names the file, the key and, for a value read
+/// with its span, its line and column.
+pub(super) struct Validator<'a> {
+    /// The config file.
+    path: &'a Path,
+    /// The directory relative paths in the file are resolved against.
+    base: PathBuf,
+    /// The file's text, for the line of a spanned value.
+    text: &'a str,
+}
+
+impl<'a> Validator<'a> {
+    /// A validator for the file at `path` whose text is `text`.
+    pub(super) fn new(path: &'a Path, text: &'a str) -> Validator<'a> {
+        Validator {
+            path,
+            base: base_dir(path),
+            text,
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// An error with no position in the file.
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            at: Location::default(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error at the value whose byte range is `span` (no position when `None`).
+    fn err_at(
+        &self,
+        span: impl Into<Option<Range<usize>>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            at: Location::of_span(self.text, span.into()),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `e` with the location of `span` if it has none yet.
+    fn located(&self, e: ConfigError, span: Range<usize>) -> ConfigError {
+        match e {
+            ConfigError::Invalid {
+                path,
+                at: Location(None),
+                key,
+                message,
+            } => ConfigError::Invalid {
+                path,
+                at: Location::of_span(self.text, Some(span)),
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// A positive duration from a spanned value, or `default`.
+    fn positive(
+        &self,
+        key: &str,
+        d: Option<&Spanned<HumanDuration>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match d {
+            None => Ok(default),
+            Some(d) if d.get_ref().0.is_zero() => {
+                Err(self.err_at(d.span(), key, "must be greater than zero"))
+            }
+            Some(d) => Ok(d.get_ref().0),
+        }
+    }
+
+    /// A `host:port` address, resolved now (the first address a name resolves to).
+    fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let mut addrs = text
+            .to_socket_addrs()
+            .map_err(|e| self.err(key, format!("{text:?} is not a host:port address ({e})")))?;
+        addrs
+            .next()
+            .ok_or_else(|| self.err(key, format!("{text:?} resolves to no address")))
+    }
+
+    /// The whole file: each section, then what ties them together (unique names and addresses,
+    /// `after` between apps, jobs naming apps).
+    pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let control_socket = self.control_socket(&raw.supervisor);
+        let metrics = self.metrics(&raw.supervisor)?;
+        if raw.app.is_empty() {
+            return Err(self.err(
+                "app",
+                "no app: add at least one [[app]] with `name` and `command`",
+            ));
+        }
+        let mut apps: Vec<AppConfig> = Vec::with_capacity(raw.app.len());
+        let mut spans = Vec::with_capacity(raw.app.len());
+        for (i, ra) in raw.app.into_iter().enumerate() {
+            let (app, at) = self.app(&format!("app[{i}]"), ra)?;
+            if let Some(prev) = apps.iter().find(|a| a.name == app.name) {
+                return Err(self.err_at(
+                    at.name,
+                    format!("{}.name", app.key),
+                    format!("{:?} is already the name of {}", app.name, prev.key),
+                ));
+            }
+            for (l, span) in app.listeners.iter().zip(&at.listeners) {
+                let taken = apps
+                    .iter()
+                    .flat_map(|a| &a.listeners)
+                    .find(|o| listen::same_socket(&o.addr, &l.addr));
+                if let Some(prev) = taken {
+                    return Err(self.err_at(
+                        span.clone(),
+                        &l.key,
+                        format!("{} is already listed as {}", l.addr, prev.key),
+                    ));
+                }
+            }
+            apps.push(app);
+            spans.push(at);
+        }
+        self.check_after(&apps, &spans)?;
+        let cron_url = self.cron(&raw.cron, &control_socket)?;
+        let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.job.len());
+        for (i, rj) in raw.job.into_iter().enumerate() {
+            let key = format!("job[{i}]");
+            let name_span = rj.name.span();
+            let job = self.job(&key, rj, &apps)?;
+            if let Some(prev) = jobs.iter().find(|j| j.spec.name == job.spec.name) {
+                return Err(self.err_at(
+                    name_span,
+                    format!("{key}.name"),
+                    format!("{:?} is already the name of {}", job.spec.name, prev.key),
+                ));
+            }
+            jobs.push(job);
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            control_socket,
+            apps,
+            cron_url,
+            metrics,
+            jobs,
+        })
+    }
+}
+
+/// The directory relative paths in the file are resolved against.
+fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `p`, relative to `base` unless it is absolute.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
