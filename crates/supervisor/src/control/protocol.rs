@@ -86,10 +86,7 @@ pub enum Response {
     /// Answer to [`Request::Stop`]: all workers are gone.
     Stopped,
     /// The request could not be served.
-    Error {
-        /// Why.
-        message: String,
-    },
+    Error { message: String },
 }
 
 /// Everything `supervisor status` shows.
@@ -203,6 +200,17 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
 }
 
+impl From<crate::sys::procstat::Sample> for ProcessInfo {
+    fn from(s: crate::sys::procstat::Sample) -> ProcessInfo {
+        ProcessInfo {
+            pid: s.pid,
+            uptime_secs: s.uptime_secs,
+            cpu_percent: s.cpu_percent,
+            rss_bytes: s.rss_bytes,
+        }
+    }
+}
+
 /// One listening socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListenerInfo {
@@ -217,17 +225,14 @@ pub struct ListenerInfo {
 /// One worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerInfo {
-    /// Slot.
     pub slot: usize,
     /// Name (`app.slot`).
     pub name: String,
-    /// Generation.
     pub generation: u64,
     /// Starting, ready or draining.
     pub state: crate::core::WorkerState,
     /// Restarts of this slot so far.
     pub restarts: u32,
-    /// Resources.
     pub process: ProcessInfo,
     /// Last `STATUS=` text.
     pub status_text: Option<String>,
@@ -239,7 +244,6 @@ pub struct WorkerInfo {
 /// A slot waiting for a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlotInfo {
-    /// Slot.
     pub slot: usize,
     /// Backoff or crash loop.
     pub state: crate::core::WaitState,

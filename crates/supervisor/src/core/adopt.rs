@@ -80,7 +80,6 @@ pub enum AdoptedOutcome {
 /// One slot a reload handed over replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdoptedReplacement {
-    /// Slot.
     pub slot: usize,
     /// The pid replaced, if the slot had a live worker.
     pub old_pid: Option<i32>,

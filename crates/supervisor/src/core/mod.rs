@@ -140,7 +140,6 @@ pub enum LeaseEvent {
     Lost {
         /// When the lease expires at the latest (measured from the last renewal sent).
         expires_at: Instant,
-        /// Why.
         reason: String,
     },
     /// The lease was given back after a stop.
@@ -223,17 +222,11 @@ pub enum Action {
     /// trying to take it).
     ReleaseLease(AppIndex),
     /// Signal a worker.
-    Signal {
-        /// Which.
-        worker: WorkerId,
-        /// What.
-        signal: Signal,
-    },
+    Signal { worker: WorkerId, signal: Signal },
     /// Deliver [`Event::Timer`] with `timer` at `at` (replacing the same key's deadline).
     Arm {
         /// Which deadline.
         timer: TimerKey,
-        /// When.
         at: Instant,
     },
     /// Forget a deadline.
@@ -312,7 +305,6 @@ pub enum Event {
     SpawnFailed {
         /// The worker.
         worker: WorkerId,
-        /// Why.
         error: String,
     },
     /// The worker said it is ready.
@@ -323,7 +315,6 @@ pub enum Event {
     Exited {
         /// The worker.
         worker: WorkerId,
-        /// How.
         status: ExitStatus,
     },
     /// An armed deadline passed.
@@ -454,9 +445,7 @@ impl std::fmt::Display for Phase {
 pub struct Worker {
     /// Unique id.
     pub id: WorkerId,
-    /// Slot.
     pub slot: usize,
-    /// Generation.
     pub generation: u64,
     /// `app.slot`.
     pub name: String,

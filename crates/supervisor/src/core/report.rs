@@ -50,7 +50,6 @@ impl std::fmt::Display for ReloadOutcome {
 /// One slot's replacement.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SlotReplacement {
-    /// Slot.
     pub slot: usize,
     /// The pid replaced (none if the slot had no live worker).
     pub old_pid: Option<i32>,
@@ -78,7 +77,6 @@ pub struct ReloadProgress {
 /// A worker being replaced because of its memory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MemoryRecycleProgress {
-    /// Slot.
     pub slot: usize,
     /// The worker being replaced.
     pub old_pid: i32,

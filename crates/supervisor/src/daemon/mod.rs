@@ -95,7 +95,6 @@ pub enum StartupError {
     Singleton {
         /// The backend URL (password redacted).
         url: String,
-        /// Why.
         cause: cronlock::Error,
     },
     /// The state handed over by an upgrade cannot be used.

@@ -215,7 +215,7 @@ fn inherited_listeners(
                 .listeners
                 .iter()
                 // SAFETY: a listener the previous binary handed over; ours alone.
-                .map(|l| BoundListener::inherited(l, unsafe { upgrade::inherited(l.fd) }))
+                .map(|l| l.take(unsafe { upgrade::inherited(l.fd) }))
                 .collect())
         })
         .collect()

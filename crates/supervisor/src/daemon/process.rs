@@ -72,7 +72,6 @@ pub struct StartArgs<'a> {
     pub id: WorkerId,
     /// Slot index.
     pub slot: usize,
-    /// Generation.
     pub generation: u64,
     /// What to run.
     pub spec: Arc<WorkerSpec>,

@@ -20,7 +20,6 @@ use crate::control::server::Reply;
 use crate::core::{Core, Event, ExitStatus, Phase};
 use crate::daemon::process::Process;
 use crate::orphans::OwnKind;
-use crate::sys::listeners::BoundListener;
 use crate::upgrade::sequencer::{Sequencer, Situation, Step};
 use crate::upgrade::{self, HandoverState};
 
@@ -178,7 +177,7 @@ impl Shell {
                 .zip(&self.listeners)
                 .map(|(a, ls)| upgrade::AppFds {
                     name: a.name.clone(),
-                    listeners: ls.iter().map(BoundListener::handover).collect(),
+                    listeners: ls.iter().map(upgrade::ListenerFd::of).collect(),
                 })
                 .collect(),
             core: self.core.export(Instant::now()),

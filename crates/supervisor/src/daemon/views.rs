@@ -219,7 +219,7 @@ impl Shell {
         only: Option<AppIndex>,
     ) -> crate::control::protocol::StatusReport {
         let me = std::process::id() as i32;
-        let supervisor = self.cpu.sample(me, self.record.started);
+        let supervisor = self.cpu.sample(me, self.record.started).into();
         // One pass over /proc for every worker's process group.
         let procs = crate::sys::procstat::GroupScan::scan();
         let seen = Seen {
@@ -231,7 +231,9 @@ impl Shell {
         };
         let (processes, cpu) = (&self.processes, &mut self.cpu);
         status(&seen, only, supervisor, |w| match processes.get(&w.id) {
-            Some(p) => cpu.sample_group(&procs, p.pid, w.started_at.into_std()),
+            Some(p) => cpu
+                .sample_group(&procs, p.pid, w.started_at.into_std())
+                .into(),
             None => Default::default(),
         })
     }

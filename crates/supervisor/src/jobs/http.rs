@@ -36,7 +36,6 @@ impl std::fmt::Display for Target {
 /// What an http job sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpJob {
-    /// Method.
     pub method: String,
     /// Path and query.
     pub path: String,

@@ -49,7 +49,6 @@ pub enum JobsError {
         "nobody ran {name} within {timeout:?} (request {id}); manual requests reach running workers and supervisors only"
     )]
     NotRun {
-        /// Job.
         name: String,
         /// Request id.
         id: String,

@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeG
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::control::protocol::{ReloadOutcome, ReloadReport};
+use crate::core::report::{ReloadOutcome, ReloadReport};
 
 /// Upper bounds (seconds) of the reload duration histogram's buckets; `+Inf` comes on top. A
 /// rolling reload of a fast worker takes milliseconds, one of a slow starter up to its ready
@@ -72,7 +72,8 @@ pub struct ReloadStats {
 }
 
 /// What the shell accumulates for the metrics: everything else is read from the core and `/proc`
-/// at scrape time.
+/// at scrape time. Its serde shape is part of the in-place upgrade's handover format (pinned by
+/// `upgrade/fixtures/handover-v1.json`): rename no field.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Registry {
     reloads: BTreeMap<String, ReloadStats>,

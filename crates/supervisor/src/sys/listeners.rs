@@ -46,27 +46,23 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
-    /// What an upgrade hands over for this listener.
-    pub fn handover(&self) -> crate::upgrade::ListenerFd {
-        crate::upgrade::ListenerFd {
-            name: self.name.clone(),
-            local: self.local.clone(),
-            port: self.port,
-            backlog: self.backlog,
-            unix_path: self.unix_path.clone(),
-            fd: self.fd.as_raw_fd(),
-        }
-    }
-
-    /// Takes over a listener handed over by an upgrade (`fd` is the inherited socket).
-    pub fn inherited(l: &crate::upgrade::ListenerFd, fd: OwnedFd) -> BoundListener {
+    /// A listener bound by another process (the previous binary of an in-place upgrade): `fd`
+    /// is the inherited socket, the rest what that process said of it.
+    pub fn adopted(
+        name: String,
+        local: String,
+        port: Option<u16>,
+        backlog: i32,
+        unix_path: Option<PathBuf>,
+        fd: OwnedFd,
+    ) -> BoundListener {
         BoundListener {
-            name: l.name.clone(),
-            local: l.local.clone(),
-            port: l.port,
-            backlog: l.backlog,
+            name,
+            local,
+            port,
+            backlog,
             fd,
-            unix_path: l.unix_path.clone(),
+            unix_path,
         }
     }
 

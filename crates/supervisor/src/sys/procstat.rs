@@ -6,12 +6,23 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::control::protocol::ProcessInfo;
-
 fn sysconf(name: libc::c_int, fallback: u64) -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let v = unsafe { libc::sysconf(name) };
     if v > 0 { v as u64 } else { fallback }
+}
+
+/// A process's (or process group's) resource use, as sampled by [`CpuMeter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// The process (group leader).
+    pub pid: i32,
+    /// Seconds since it started.
+    pub uptime_secs: f64,
+    /// CPU use in percent of one core since the previous sample (or since start).
+    pub cpu_percent: f64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
 }
 
 /// Clock ticks per second (`/proc` CPU times are in these).
@@ -114,7 +125,7 @@ pub struct CpuMeter {
 impl CpuMeter {
     /// Samples `pid`, started at `started`, and returns its resource use. CPU percent covers the
     /// time since the previous sample of this pid, or since start for the first one.
-    pub fn sample(&mut self, pid: i32, started: Instant) -> ProcessInfo {
+    pub fn sample(&mut self, pid: i32, started: Instant) -> Sample {
         let usage = Usage {
             ticks: cpu_ticks(pid).unwrap_or(0),
             rss_bytes: rss_bytes(pid).unwrap_or(0),
@@ -124,12 +135,12 @@ impl CpuMeter {
 
     /// Like [`CpuMeter::sample`] for the whole process group led by `pid` (a worker and every
     /// process it started that stayed in its group), from a [`GroupScan`] taken once per status.
-    pub fn sample_group(&mut self, scan: &GroupScan, pid: i32, started: Instant) -> ProcessInfo {
+    pub fn sample_group(&mut self, scan: &GroupScan, pid: i32, started: Instant) -> Sample {
         let usage = scan.group(pid).unwrap_or_default();
         self.record(pid, started, usage)
     }
 
-    fn record(&mut self, pid: i32, started: Instant, usage: Usage) -> ProcessInfo {
+    fn record(&mut self, pid: i32, started: Instant, usage: Usage) -> Sample {
         let now = Instant::now();
         let ticks = usage.ticks;
         let hz = sysconf(libc::_SC_CLK_TCK, 100) as f64;
@@ -141,7 +152,7 @@ impl CpuMeter {
             0.0
         };
         self.last.insert(pid, (ticks, now));
-        ProcessInfo {
+        Sample {
             pid,
             uptime_secs: now.duration_since(started).as_secs_f64(),
             cpu_percent: (cpu_percent * 10.0).round() / 10.0,

@@ -6,13 +6,14 @@
 //! [`KNOWN_STATE_VERSIONS`]; `fixtures/handover-v1.json`, recorded from a real upgrade of the
 //! first released format, must always be adopted (see the tests).
 
-use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::WorkerId;
 use crate::core::adopt::AdoptedApp;
+use crate::sys::listeners::BoundListener;
 
 /// The version of the handover state this binary writes.
 pub const STATE_VERSION: u32 = 1;
@@ -35,6 +36,32 @@ pub struct ListenerFd {
     pub unix_path: Option<PathBuf>,
     /// The inherited descriptor.
     pub fd: RawFd,
+}
+
+impl ListenerFd {
+    /// What an upgrade hands over for `l`.
+    pub fn of(l: &BoundListener) -> ListenerFd {
+        ListenerFd {
+            name: l.name.clone(),
+            local: l.local.clone(),
+            port: l.port,
+            backlog: l.backlog,
+            unix_path: l.unix_path().map(Path::to_path_buf),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&l.fd()),
+        }
+    }
+
+    /// The listener again, in the new process: `fd` is the inherited socket.
+    pub fn take(&self, fd: OwnedFd) -> BoundListener {
+        BoundListener::adopted(
+            self.name.clone(),
+            self.local.clone(),
+            self.port,
+            self.backlog,
+            self.unix_path.clone(),
+            fd,
+        )
+    }
 }
 
 /// One app's sockets, handed over.

@@ -45,7 +45,6 @@ pub use lease::SingletonView;
 /// A slot without a serving worker, for `status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaitingSlot {
-    /// Slot.
     pub slot: usize,
     /// Backoff or crash loop.
     pub state: WaitState,
@@ -60,7 +59,6 @@ pub struct WaitingSlot {
 /// The app's state for `status`.
 #[derive(Debug, Clone)]
 pub struct Snapshot<'a> {
-    /// Phase.
     pub phase: Phase,
     /// The generation new workers start in.
     pub generation: u64,
