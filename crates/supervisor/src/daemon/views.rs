@@ -322,6 +322,21 @@ mod tests {
         (dir, config, bound, core)
     }
 
+    fn seen<'a>(
+        core: &'a Core,
+        config: &'a Config,
+        listeners: &'a [Vec<BoundListener>],
+        record: &'a Record,
+    ) -> Seen<'a> {
+        Seen {
+            core,
+            config,
+            listeners,
+            record,
+            now: Instant::now(),
+        }
+    }
+
     fn record() -> Record {
         let mut r = Record::starting(PathBuf::from("/usr/bin/supervisor"));
         r.upgrades.count = 2;
@@ -332,13 +347,7 @@ mod tests {
     fn status_shows_every_app_its_workers_listeners_and_lease() {
         let (_dir, config, bound, core) = running();
         let record = record();
-        let seen = Seen {
-            core: &core,
-            config: &config,
-            listeners: &bound,
-            record: &record,
-            now: Instant::now(),
-        };
+        let seen = seen(&core, &config, &bound, &record);
         let me = ProcessInfo {
             pid: 7,
             ..ProcessInfo::default()
@@ -383,13 +392,7 @@ mod tests {
     fn metrics_count_workers_by_state_and_measure_each_group() {
         let (_dir, config, bound, core) = running();
         let record = record();
-        let seen = Seen {
-            core: &core,
-            config: &config,
-            listeners: &bound,
-            record: &record,
-            now: Instant::now(),
-        };
+        let seen = seen(&core, &config, &bound, &record);
         let snap = metrics(
             &seen,
             metrics::Usage {
