@@ -38,7 +38,10 @@ pub mod scheduler;
 pub mod singleton;
 pub mod url;
 
-pub use backend::{Backend, ClaimOutcome, ClaimRequest, HISTORY_LEN, Lease};
+pub use backend::{
+    AckPolicy, Backend, ClaimOutcome, ClaimRequest, HISTORY_LEN, Layout, Lease, Node, NodeRole,
+    Shard, Topology,
+};
 pub use error::{Error, Result};
 pub use job::{
     Holder, Identity, Job, JobContext, JobFn, JobMeta, JobSpec, Misfire, Outcome, Overlap,
