@@ -413,6 +413,19 @@ impl Endpoint {
         spec: &SentinelSpec,
         cause: Option<redis::RedisError>,
     ) -> Error {
+        enum Probe {
+            Unreachable(String),
+            Credentials(String),
+            Unknown,
+            Down(String),
+            Names(String),
+            Other(String),
+        }
+        let is_auth = |e: &redis::RedisError| {
+            matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+                || e.to_string().contains("AUTH")
+                || e.kind() == redis::ErrorKind::AuthenticationFailed
+        };
         let probes = spec.sentinels.iter().map(|s| async move {
             let answer = tokio::time::timeout(self.timeout / 4, async {
                 let mut c = sentinel_conn(spec, s, self.timeout).await?;
@@ -424,16 +437,15 @@ impl Endpoint {
                 Ok::<_, redis::RedisError>(master)
             })
             .await;
-            match answer {
-                Err(_) => format!(
-                    "{s}: no answer within {} ms",
+            let probe = match answer {
+                Err(_) => Probe::Unreachable(format!(
+                    "no answer within {} ms",
                     (self.timeout / 4).as_millis()
-                ),
-                Ok(Err(e)) => format!("{s}: unreachable ({e})"),
-                Ok(Ok(Err(e))) if e.to_string().contains("No such master") => {
-                    format!("{s}: does not know a master named `{}`", spec.master)
-                }
-                Ok(Ok(Err(e))) => format!("{s}: {e}"),
+                )),
+                Ok(Err(e)) | Ok(Ok(Err(e))) if is_auth(&e) => Probe::Credentials(e.to_string()),
+                Ok(Err(e)) => Probe::Unreachable(e.to_string()),
+                Ok(Ok(Err(e))) if e.to_string().contains("No such master") => Probe::Unknown,
+                Ok(Ok(Err(e))) => Probe::Other(e.to_string()),
                 Ok(Ok(Ok(m))) => {
                     let at = format!(
                         "{}:{}",
@@ -442,44 +454,61 @@ impl Endpoint {
                     );
                     let flags = m.get("flags").map_or("", String::as_str);
                     if flags.contains("s_down") || flags.contains("o_down") {
-                        format!(
-                            "{s}: reports the master {at} down ({flags}): failover in progress?"
-                        )
+                        Probe::Down(format!("{at} ({flags})"))
                     } else {
-                        format!("{s}: names the master {at} ({flags})")
+                        Probe::Names(format!("{at} ({flags})"))
                     }
                 }
-            }
+            };
+            (s, probe)
         });
-        let answers = futures_util::future::join_all(probes).await;
-        let unreachable = answers
-            .iter()
-            .filter(|a| a.contains("unreachable") || a.contains("no answer"))
-            .count();
-        let unknown = answers
-            .iter()
-            .filter(|a| a.contains("does not know"))
-            .count();
-        let summary = if unreachable == answers.len() {
+        let probes = futures_util::future::join_all(probes).await;
+        let count = |f: fn(&Probe) -> bool| probes.iter().filter(|(_, p)| f(p)).count();
+        let all = probes.len();
+        let unreachable = count(|p| matches!(p, Probe::Unreachable(_)));
+        let credentials = count(|p| matches!(p, Probe::Credentials(_)));
+        let unknown = count(|p| matches!(p, Probe::Unknown));
+        let down = count(|p| matches!(p, Probe::Down(_)));
+        let summary = if unreachable == all {
             "no sentinel could be reached".to_owned()
-        } else if unknown + unreachable == answers.len() {
+        } else if credentials > 0 && credentials + unreachable == all {
+            "the sentinels refuse us without the right credentials (give sentinel_password= \
+             and, with ACLs, sentinel_username= in the URL; the URL's user-info is for the data \
+             nodes)"
+                .to_owned()
+        } else if unknown > 0 && unknown + unreachable + credentials == all {
             format!(
                 "no sentinel knows a master named `{}` (check the name in the URL)",
                 spec.master
             )
+        } else if down > 0 {
+            "the sentinels report the master down: a failover is under way (or cannot happen: \
+             too few sentinels or no usable replica)"
+                .to_owned()
         } else {
             match &cause {
-                Some(e) => format!("no usable master ({e})"),
+                Some(e) => format!("the master they name cannot be used ({e})"),
                 None => format!(
                     "no master found within {} ms",
                     (self.timeout / 2).as_millis()
                 ),
             }
         };
+        let details: Vec<String> = probes
+            .iter()
+            .map(|(s, p)| match p {
+                Probe::Unreachable(e) => format!("{s}: unreachable ({e})"),
+                Probe::Credentials(e) => format!("{s}: refused ({e})"),
+                Probe::Unknown => format!("{s}: does not know a master named `{}`", spec.master),
+                Probe::Down(m) => format!("{s}: reports the master {m} down"),
+                Probe::Names(m) => format!("{s}: names the master {m}"),
+                Probe::Other(e) => format!("{s}: {e}"),
+            })
+            .collect();
         Error::Sentinel {
             url: self.url.to_string(),
             master: spec.master.clone(),
-            reason: format!("{summary}: {}", answers.join("; ")),
+            reason: format!("{summary}: {}", details.join("; ")),
         }
     }
 

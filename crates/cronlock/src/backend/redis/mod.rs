@@ -1117,7 +1117,8 @@ impl RedisBackend {
     }
 
     /// [`RedisBackend::listen_requests`] on a Cluster: `SSUBSCRIBE` through a RESP3 cluster
-    /// connection, which subscribes again by itself on the shard's new master after a failover.
+    /// connection, made again whenever one of its node connections drops (the channel's shard
+    /// may have a new master).
     async fn listen_requests_sharded(
         self: Arc<Self>,
         tx: mpsc::Sender<(String, String)>,
@@ -1177,6 +1178,13 @@ impl RedisBackend {
                     tracing::debug!(url = %self.url, "sharded subscription lost; reconnecting");
                     break;
                 };
+                if push.kind == redis::PushKind::Disconnection {
+                    // A node went away: if it served the channel's slot, the subscription is
+                    // gone with it (the client would subscribe again on that address only).
+                    // Subscribe afresh, to whichever master serves the slot by then.
+                    tracing::debug!(url = %self.url, "a cluster node disconnected; subscribing again");
+                    break;
+                }
                 if push.kind != redis::PushKind::SMessage {
                     continue;
                 }
