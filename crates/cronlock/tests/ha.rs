@@ -309,28 +309,22 @@ fn check_ticks(runs: &[Run], from_ms: i64, to_ms: i64, windows: &[Window]) -> an
         t += 1000;
     }
     for (i, w) in windows.iter().enumerate() {
-        // What the jobs felt: the gap between the last run that started before the kill and
-        // the first one after it.
-        let before = runs
-            .iter()
-            .filter(|r| r.started_ms <= w.killed_ms)
-            .map(|r| r.started_ms)
-            .max()
-            .unwrap_or(w.killed_ms);
-        let after = runs
-            .iter()
-            .filter(|r| r.started_ms > w.killed_ms)
-            .map(|r| r.started_ms)
-            .min()
-            .unwrap_or(w.recovered_ms);
-        eprintln!(
-            "failover {}: no run between {} and {}: {} ms without runs, {} ms of them after the kill",
-            i + 1,
-            before,
-            after,
-            after - before,
-            after - w.killed_ms
-        );
+        // What the jobs felt: the longest stretch without a run start around the failover.
+        let mut starts: Vec<i64> = runs.iter().map(|r| r.started_ms).collect();
+        starts.sort_unstable();
+        let gap = starts
+            .windows(2)
+            .filter(|p| p[1] > w.killed_ms - 1000 && p[0] < w.recovered_ms)
+            .map(|p| (p[1] - p[0], p[0], p[1]))
+            .max();
+        if let Some((gap, from, to)) = gap {
+            eprintln!(
+                "failover {}: longest stretch without a run {gap} ms ({from} to {to}; master \
+                 killed at {})",
+                i + 1,
+                w.killed_ms
+            );
+        }
         eprintln!(
             "failover {}: master killed at {}; new master after {} ms; replicas in sync after \
              {} ms; first run after {} ms (the window); ticks missed in it: {}",

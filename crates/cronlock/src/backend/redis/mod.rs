@@ -48,7 +48,9 @@
 //! the operation timeout minus a margin for the reply's way back (a quarter of the timeout, at
 //! most 500 ms). The conversion uses an offset between our monotonic clock and the server's
 //! `TIME`, measured from our own replies (every claim reply carries `TIME`; a `TIME` round trip
-//! first when no measurement is younger than a minute). The offset is taken at its lower bound
+//! first when no measurement is younger than a minute, or after any failure: the next server
+//! may be another one, with its own clock). The deadline counts from the start of the claim,
+//! that round trip included. The offset is taken at its lower bound
 //! (server time minus the moment the reply arrived), so the deadline errs on the early side: no
 //! host clock takes part and skew between hosts and Redis does not matter. What is left: a reply
 //! that takes longer than the margin to come back, or a Redis clock stepped backwards within ten
