@@ -70,6 +70,9 @@ pub fn wait_until<T>(
 #[derive(Debug)]
 struct Proc {
     port: u16,
+    /// The TLS port clients and the other nodes use, when the topology runs TLS (`port` stays
+    /// plain, for the harness).
+    tls_port: Option<u16>,
     /// Arguments after `redis-server` (a config file first for a sentinel).
     args: Vec<String>,
     child: Mutex<Option<Child>>,
@@ -204,6 +207,21 @@ fn data_args(port: u16, dir: &Path, password: Option<&str>) -> Vec<String> {
     args
 }
 
+/// `--tls-port` and the certificate arguments (files made by [`crate::redis::make_tls_files`]).
+fn tls_args(port: u16, certs: &Path) -> Vec<String> {
+    let mut args = vec!["--tls-port".to_owned(), port.to_string()];
+    for (flag, file) in [
+        ("--tls-cert-file", "cert.pem"),
+        ("--tls-key-file", "key.pem"),
+        ("--tls-ca-cert-file", "ca.pem"),
+    ] {
+        args.push(flag.to_owned());
+        args.push(certs.join(file).display().to_string());
+    }
+    args.extend(["--tls-auth-clients", "no", "--tls-replication", "yes"].map(String::from));
+    args
+}
+
 /// Settings of a [`SentinelTopology`].
 #[derive(Debug, Clone)]
 pub struct SentinelOptions {
@@ -219,6 +237,9 @@ pub struct SentinelOptions {
     pub password: Option<String>,
     /// `requirepass` of the sentinels themselves.
     pub sentinel_password: Option<String>,
+    /// TLS between every node and for clients (a throwaway CA: [`SentinelTopology::ca_file`]);
+    /// each node keeps a plain port for the harness.
+    pub tls: bool,
 }
 
 impl Default for SentinelOptions {
@@ -230,6 +251,7 @@ impl Default for SentinelOptions {
             failover_timeout_ms: 3000,
             password: None,
             sentinel_password: None,
+            tls: false,
         }
     }
 }
@@ -251,23 +273,31 @@ impl SentinelTopology {
     /// every replica and every other sentinel.
     pub fn start(opts: SentinelOptions) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        if opts.tls {
+            crate::redis::make_tls_files(dir.path())?;
+        }
         let master_name = "mymaster".to_owned();
         let pw = opts.password.as_deref();
         let mut data: Vec<Proc> = Vec::new();
         for i in 0..=opts.replicas {
             let port = free_port()?;
+            let tls_port = if opts.tls { Some(free_port()?) } else { None };
             let d = dir.path().join(format!("data-{port}"));
             std::fs::create_dir_all(&d)?;
             let mut args = data_args(port, &d, pw);
+            if let Some(t) = tls_port {
+                args.extend(tls_args(t, dir.path()));
+            }
             if i > 0 {
                 args.extend([
                     "--replicaof".into(),
                     "127.0.0.1".into(),
-                    data[0].port.to_string(),
+                    data[0].tls_port.unwrap_or(data[0].port).to_string(),
                 ]);
             }
             let p = Proc {
                 port,
+                tls_port,
                 args,
                 child: Mutex::new(None),
             };
@@ -275,6 +305,7 @@ impl SentinelTopology {
             data.push(p);
         }
         let master_port = data[0].port;
+        let master_seen_port = data[0].tls_port.unwrap_or(master_port);
         let replicas = opts.replicas;
         wait_until("the replicas to sync", Duration::from_secs(20), || {
             let i = info(master_port, pw, "replication")?;
@@ -288,11 +319,12 @@ impl SentinelTopology {
         let mut sentinels = Vec::new();
         for _ in 0..opts.sentinels {
             let port = free_port()?;
+            let tls_port = if opts.tls { Some(free_port()?) } else { None };
             let d = dir.path().join(format!("sentinel-{port}"));
             std::fs::create_dir_all(&d)?;
             let mut conf = format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
-                 sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n\
+                 sentinel monitor {name} 127.0.0.1 {master_seen_port} {quorum}\n\
                  sentinel down-after-milliseconds {name} {down}\n\
                  sentinel failover-timeout {name} {fo}\n\
                  sentinel parallel-syncs {name} 1\n",
@@ -308,10 +340,21 @@ impl SentinelTopology {
             if let Some(sp) = &opts.sentinel_password {
                 conf.push_str(&format!("requirepass {sp}\nsentinel sentinel-pass {sp}\n"));
             }
+            if let Some(t) = tls_port {
+                let c = dir.path();
+                conf.push_str(&format!(
+                    "tls-port {t}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-auth-clients no\ntls-replication yes\n",
+                    c.join("cert.pem").display(),
+                    c.join("key.pem").display(),
+                    c.join("ca.pem").display()
+                ));
+            }
             let path = d.join("sentinel.conf");
             std::fs::write(&path, conf)?;
             let p = Proc {
                 port,
+                tls_port,
                 args: vec![path.display().to_string(), "--sentinel".into()],
                 child: Mutex::new(None),
             };
@@ -339,6 +382,16 @@ impl SentinelTopology {
         query(port, self.opts.sentinel_password.as_deref(), cmd)
     }
 
+    /// The harness's (plain) port of the node that the sentinels call `port` (its TLS port
+    /// when the topology runs TLS).
+    fn plain(&self, port: u16) -> u16 {
+        self.data
+            .iter()
+            .chain(&self.sentinels)
+            .find(|p| p.tls_port == Some(port))
+            .map_or(port, |p| p.port)
+    }
+
     /// Waits until every running sentinel names the same master, which answers `ROLE` as a
     /// master, and knows every running replica (link ok) and every other sentinel.
     pub fn wait_settled(&self, timeout: Duration) -> Result<u16> {
@@ -352,6 +405,7 @@ impl SentinelTopology {
                     redis::cmd("SENTINEL").arg("MASTER").arg(&self.master_name),
                 )?;
                 let port: u16 = m.get("port").and_then(|p| p.parse().ok()).unwrap_or(0);
+                let port = self.plain(port);
                 let flags = m.get("flags").cloned().unwrap_or_default();
                 if flags != "master" {
                     return Err(format!("sentinel {}: master flags {flags}", s.port));
@@ -423,7 +477,7 @@ impl SentinelTopology {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("127.0.0.1:{}", s.tls_port.unwrap_or(s.port)))
             .collect();
         let mut params: Vec<String> = Vec::new();
         if let Some(sp) = &self.opts.sentinel_password {
@@ -437,8 +491,13 @@ impl SentinelTopology {
         } else {
             format!("?{}", params.join("&"))
         };
+        let scheme = if self.opts.tls {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
         format!(
-            "redis+sentinel://{auth}{}/{}{q}",
+            "{scheme}://{auth}{}/{}{q}",
             hosts.join(","),
             self.master_name
         )
@@ -461,7 +520,7 @@ impl SentinelTopology {
                 .ok()
                 .flatten();
             if let Some((_, port)) = addr {
-                return Ok(port);
+                return Ok(self.plain(port));
             }
         }
         bail!("no sentinel names a master")
@@ -514,9 +573,20 @@ impl SentinelTopology {
             .take_while(|a| *a != "--replicaof")
             .cloned()
             .collect();
-        args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+        let master_seen = self
+            .data
+            .iter()
+            .find(|p| p.port == master)
+            .and_then(|p| p.tls_port)
+            .unwrap_or(master);
+        args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_seen.to_string(),
+        ]);
         let restarted = Proc {
             port,
+            tls_port: p.tls_port,
             args,
             child: Mutex::new(None),
         };
@@ -566,7 +636,7 @@ impl SentinelTopology {
                         .arg("GET-MASTER-ADDR-BY-NAME")
                         .arg(&self.master_name),
                 )?;
-                let port = addr.map_or(0, |a| a.1);
+                let port = addr.map_or(0, |a| self.plain(a.1));
                 if port == old || port == 0 {
                     return Err(format!("sentinel {} still names {port}", s.port));
                 }
@@ -589,6 +659,11 @@ impl SentinelTopology {
     /// The directory holding every node's files and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The CA certificate to trust (e.g. through `SSL_CERT_FILE`) when the topology runs TLS.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 }
 
@@ -677,6 +752,7 @@ impl ClusterTopology {
             ]);
             let p = Proc {
                 port,
+                tls_port: None,
                 args,
                 child: Mutex::new(None),
             };

@@ -822,3 +822,104 @@ async fn sentinel_errors_name_what_is_wrong() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `rediss+sentinel://`: TLS to the sentinel and to the data nodes, passwords on both, and a
+/// failover followed over TLS (1 master, 1 replica, 1 sentinel with quorum 1).
+#[test]
+fn sentinel_over_tls_with_passwords_follows_a_failover() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let topo = SentinelTopology::start(SentinelOptions {
+        replicas: 1,
+        sentinels: 1,
+        password: Some("data-pw".into()),
+        sentinel_password: Some("sentinel-pw".into()),
+        tls: true,
+        ..SentinelOptions::default()
+    })?;
+    // SAFETY: set before any other thread of this test process exists (the runtime is built
+    // below; starting the topology only spawned processes), and nextest runs every test in its
+    // own process.
+    unsafe { std::env::set_var("SSL_CERT_FILE", topo.ca_file()) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let url = topo.url(ACK);
+        ensure!(url.starts_with("rediss+sentinel://"), "{url}");
+        let acked = Backend::from_url(&url)?;
+        let first = wait_for(
+            "an acknowledged claim over TLS",
+            Duration::from_secs(5),
+            || async {
+                match acked.claim(&claim("tls", 1, 1)).await {
+                    Ok(ClaimOutcome::Won(l)) => Some(l.token),
+                    other => {
+                        eprintln!("claim over TLS not won yet: {other:?}");
+                        None
+                    }
+                }
+            },
+        )
+        .await?;
+        let leases = SingletonLeases::from_url(&url, Duration::from_secs(1))?;
+        let Acquire::Acquired(lease) = leases
+            .acquire(
+                "tls-leader",
+                &Contender::new("h", 1),
+                Duration::from_secs(5),
+            )
+            .await?
+        else {
+            bail!("the singleton lease was not acquired over TLS");
+        };
+        ensure!(leases.release(&lease).await?);
+        let t = acked.topology().await;
+        eprintln!("{t}");
+        ensure!(t.is_healthy(), "{t}");
+
+        let old = block_in_place(|| topo.kill_master())?;
+        let new = block_in_place(|| topo.wait_failover(old, Duration::from_secs(20)))?;
+        eprintln!("master {old} killed, {new} promoted");
+        // The new master has no replica left: claims that must be acknowledged are refused;
+        // without the requirement they go through, over TLS, to the new master.
+        let plain = Backend::from_url(&topo.url(""))?;
+        let next = wait_for(
+            "a claim on the new master",
+            Duration::from_secs(10),
+            || async {
+                match plain.claim(&claim("tls", 2, 2)).await {
+                    Ok(ClaimOutcome::Won(l)) => Some(l.token),
+                    _ => None,
+                }
+            },
+        )
+        .await?;
+        ensure!(next > first, "token {next} is not above {first}");
+        // (The first operation on a connection to the dead master fails; the next reconnects.)
+        wait_for("a refused claim", Duration::from_secs(10), || async {
+            match acked.claim(&claim("tls", 3, 1)).await {
+                Err(cronlock::Error::NotReplicated { .. }) => Some(Ok(())),
+                Ok(ClaimOutcome::Won(_)) => Some(Err(anyhow::anyhow!(
+                    "a claim the lone new master cannot replicate was won"
+                ))),
+                _ => None,
+            }
+        })
+        .await??;
+        ensure!(
+            plain.failovers_seen() >= 1,
+            "failovers seen: {}",
+            plain.failovers_seen()
+        );
+        let t = plain.topology().await;
+        eprintln!("{t}");
+        ensure!(
+            t.problems.iter().any(|p| p.contains("down")),
+            "the dead master is not reported: {t}"
+        );
+        Ok(())
+    })
+}

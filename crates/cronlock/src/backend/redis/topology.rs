@@ -225,9 +225,9 @@ fn field(m: &HashMap<String, Value>, k: &str) -> String {
 fn sentinel_view(m: &HashMap<String, String>, role: NodeRole) -> Node {
     let get = |k: &str| m.get(k).map_or("", String::as_str);
     let flags = get("flags");
-    let down = ["s_down", "o_down", "disconnected"]
-        .iter()
-        .any(|f| flags.contains(f));
+    // `disconnected` alone is the sentinel's own link still connecting (right after a switch):
+    // down is what the sentinel concluded (subjectively or with the quorum).
+    let down = ["s_down", "o_down"].iter().any(|f| flags.contains(f));
     let mut detail = format!("flags {flags}");
     if role == NodeRole::Replica {
         let link = get("master-link-status");
