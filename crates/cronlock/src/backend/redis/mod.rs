@@ -483,11 +483,15 @@ impl RedisBackend {
     pub async fn topology(&self) -> Topology {
         let conn = if self.endpoint.is_cluster() {
             match tokio::time::timeout(self.opts.op_timeout, self.conn("topology")).await {
-                Ok(Ok(c)) => Some(Conn::clone(&c)),
-                _ => None,
+                Ok(Ok(c)) => Ok(Conn::clone(&c)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no connection within {} ms",
+                    self.opts.op_timeout.as_millis()
+                )),
             }
         } else {
-            None
+            Err("not a cluster".to_owned())
         };
         self.endpoint.topology(conn, self.ack).await
     }

@@ -249,8 +249,8 @@ fn sentinel_view(m: &HashMap<String, String>, role: NodeRole) -> Node {
 }
 
 impl Endpoint {
-    /// The topology now; `conn` is a pooled connection when one could be had (Cluster).
-    pub(crate) async fn topology(&self, conn: Option<Conn>, ack: AckPolicy) -> Topology {
+    /// The topology now; `conn` is a pooled connection to a Cluster, or why there is none.
+    pub(crate) async fn topology(&self, conn: Result<Conn, String>, ack: AckPolicy) -> Topology {
         let (layout, mut problems) = match &self.target {
             Target::Single { client, config } => self.single_topology(client, config).await,
             Target::Sentinel { spec, .. } => self.sentinel_topology(spec).await,
@@ -516,12 +516,21 @@ impl Endpoint {
         )
     }
 
-    async fn cluster_topology(&self, conn: Option<Conn>) -> (Layout, Vec<String>) {
-        let Some(Conn::Cluster(mut c)) = conn else {
-            return (
-                Layout::Cluster { shards: vec![] },
-                vec!["no connection to the cluster could be made".to_owned()],
-            );
+    async fn cluster_topology(&self, conn: Result<Conn, String>) -> (Layout, Vec<String>) {
+        let mut c = match conn {
+            Ok(Conn::Cluster(c)) => c,
+            Ok(Conn::Node(_)) => {
+                return (
+                    Layout::Cluster { shards: vec![] },
+                    vec!["not a cluster connection".to_owned()],
+                );
+            }
+            Err(e) => {
+                return (
+                    Layout::Cluster { shards: vec![] },
+                    vec![format!("no connection to the cluster: {e}")],
+                );
+            }
         };
         let read = tokio::time::timeout(
             self.timeout,
