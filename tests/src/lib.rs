@@ -1,11 +1,13 @@
 //! Harness for the end-to-end tests: runs the real `supervisor` and `demo-app` binaries in a temp
 //! dir on port 0, reads `status --json`, generates HTTP load (keep-alive and one connection per
 //! request) that counts every failure, and kills everything it started, also when a test fails.
-//! Every wait has a deadline. [`redis`] runs private `redis-server`s; [`netns`] runs them and
-//! supervisors as separate hosts in network namespaces.
+//! Every wait has a deadline. [`redis`] runs private `redis-server`s, [`redis_ha`] Sentinel and
+//! Cluster topologies of them; [`netns`] runs them and supervisors as separate hosts in network
+//! namespaces.
 
 pub mod netns;
 pub mod redis;
+pub mod redis_ha;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -79,6 +79,52 @@ pub enum Error {
         /// How far past the deadline Redis ran it, in milliseconds.
         late_ms: u64,
     },
+    /// No master could be found through the sentinels: names each sentinel that could not be
+    /// reached, did not know the master name, or reported the master down.
+    #[error("redis sentinel at {url}: master `{master}`: {reason}")]
+    Sentinel {
+        /// The URL with its passwords redacted.
+        url: String,
+        /// The master name the sentinels were asked for.
+        master: String,
+        /// What each sentinel answered.
+        reason: String,
+    },
+    /// The keys of one operation hash to different Redis Cluster slots (a script may touch
+    /// only one slot): a job or singleton name that breaks its `{...}` hash tag.
+    #[error(
+        "redis cluster at {url}: {op}: keys in different hash slots ({keys}): every key of one \
+         operation must share its {{hash tag}}; a name containing `{{` or `}}` breaks it"
+    )]
+    CrossSlot {
+        /// The URL with its passwords redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The keys and their slots.
+        keys: String,
+    },
+    /// A write was not acknowledged by `min_replicas_ack` replicas within `wait_timeout`: it
+    /// could vanish in a failover, so it is not acted upon (the tick is not run, the lease not
+    /// taken or not counted as renewed).
+    #[error(
+        "redis at {url}: {op}: acknowledged by {acked} of the {wanted} replicas required \
+         (min_replicas_ack) within {timeout_ms} ms; {consequence}"
+    )]
+    NotReplicated {
+        /// The URL with its passwords redacted.
+        url: String,
+        /// What we were doing.
+        op: &'static str,
+        /// Replicas that acknowledged.
+        acked: u64,
+        /// `min_replicas_ack`.
+        wanted: u32,
+        /// `wait_timeout` in milliseconds.
+        timeout_ms: u64,
+        /// What was done about it.
+        consequence: &'static str,
+    },
     /// Getting a connection from the pool failed.
     #[error("redis at {url}: connection pool: {reason}")]
     Pool {

@@ -1,6 +1,8 @@
 //! `cronlock`: cluster-once cron jobs. Each scheduled tick is claimed by its UTC instant in a
-//! shared backend (Redis, or a local directory on a single host), run under a renewed lease with
-//! a strictly increasing fencing token, and recorded in a bounded history.
+//! shared backend (Redis: one server, Sentinel or Cluster; or a local directory on a single
+//! host), run under a renewed lease with a strictly increasing fencing token, and recorded in a
+//! bounded history. See [`backend::redis::url`] for the URL forms and `min_replicas_ack`, and
+//! `HA.md` for the guarantee of each backend through a failover.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,7 +28,10 @@
 //! token; a process paused longer than its lease loses the lease, stops its job before the lease
 //! would expire where it can, and is recognisable downstream by its lower token. A claim that
 //! Redis runs after its client gave up on it (Redis paused or stalled) is refused by Redis and
-//! changes nothing (see [`backend::redis`]).
+//! changes nothing (see [`backend::redis`]). On Sentinel or Cluster, replication is
+//! asynchronous: a claim the master acknowledged can be lost in a failover, unless
+//! `min_replicas_ack` makes every claim, lease acquisition and renewal wait for replicas (one
+//! not acknowledged in time is not used).
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -38,7 +43,10 @@ pub mod scheduler;
 pub mod singleton;
 pub mod url;
 
-pub use backend::{Backend, ClaimOutcome, ClaimRequest, HISTORY_LEN, Lease};
+pub use backend::{
+    AckPolicy, Backend, ClaimOutcome, ClaimRequest, HISTORY_LEN, Layout, Lease, Node, NodeRole,
+    Shard, Topology,
+};
 pub use error::{Error, Result};
 pub use job::{
     Holder, Identity, Job, JobContext, JobFn, JobMeta, JobSpec, Misfire, Outcome, Overlap,

@@ -20,8 +20,14 @@
 //! - **release**: compare-and-delete: a holder whose lease expired and was taken over cannot
 //!   delete the new holder's lease.
 //!
-//! The backend keeps one multiplexed connection of its own (re-made after an error), and every
-//! call has a deadline, so a Redis that hangs (SIGSTOP) makes calls fail, never block.
+//! The calls go through the job backend's Redis layer ([`crate::backend::RedisBackend`]): one
+//! server, Sentinel (the master is looked up again after a failover) or Cluster (the two keys
+//! of a singleton share its `{name}` hash tag), a small pool of multiplexed connections dropped
+//! after an error, and a deadline on every call, so a Redis that hangs (SIGSTOP) makes calls
+//! fail, never block. With `min_replicas_ack` an acquisition not acknowledged by enough
+//! replicas is given back at once and reported as an error, and such a renewal does not count
+//! (an error, retried by the holder while its lease lasts), so a failover cannot hand the lease
+//! to a second holder while the first still holds it.
 //!
 //! # Local directory (one host)
 //!
@@ -37,23 +43,19 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Script};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
-use crate::backend::BackendUrl;
 use crate::backend::local::{
     blocking, flock, io_err, open_rw, prepare_state_dir, try_lock_exclusive, write_atomic,
 };
-use crate::backend::redis::{NEXT_TOKEN_LUA, RENEW};
+use crate::backend::redis::{Lua, NEXT_TOKEN_LUA, RENEW};
+use crate::backend::{BackendUrl, RedisBackend, RedisOptions};
 use crate::error::{Error, Result};
-use crate::url::RedactedUrl;
 
 /// Acquire: `{1, token, value}` when taken, `{0, '', current holder}` when held elsewhere.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        &(NEXT_TOKEN_LUA.to_owned()
+static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        NEXT_TOKEN_LUA.to_owned()
             + r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -63,13 +65,13 @@ local tok = next_token(KEYS[2], redis.call('TIME'))
 local value = '{"token":' .. tok .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, tok, value}
-"#),
+"#,
     )
 });
 
 /// Compare-and-delete.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -181,29 +183,15 @@ pub struct SingletonLeases {
     inner: Inner,
 }
 
-// One per supervisor: the size of the Redis variant does not matter.
-#[allow(clippy::large_enum_variant)]
 enum Inner {
-    Redis {
-        url: RedactedUrl,
-        client: Client,
-        config: AsyncConnectionConfig,
-        conn: Mutex<Option<MultiplexedConnection>>,
-        timeout: Duration,
-    },
-    Local {
-        dir: PathBuf,
-    },
+    Redis(Box<RedisBackend>),
+    Local { dir: PathBuf },
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Inner::Redis { url, timeout, .. } => f
-                .debug_struct("Redis")
-                .field("url", url)
-                .field("timeout", timeout)
-                .finish(),
+            Inner::Redis(r) => f.debug_tuple("Redis").field(r).finish(),
             Inner::Local { dir } => f.debug_struct("Local").field("dir", dir).finish(),
         }
     }
@@ -221,20 +209,19 @@ fn corrupt(name: &str, reason: impl std::fmt::Display) -> Error {
 }
 
 impl SingletonLeases {
-    /// From the URL the cron backend uses: `redis://` / `rediss://` (every call bounded by
-    /// `timeout`), `file:///dir` or a directory path (created if missing).
+    /// From the URL the cron backend uses: every Redis form (one server, Sentinel, Cluster,
+    /// with `min_replicas_ack`; every call bounded by `timeout`), `file:///dir` or a directory
+    /// path (created if missing).
     pub fn from_url(url: &str, timeout: Duration) -> Result<SingletonLeases> {
         let dir = match BackendUrl::parse(url)? {
             BackendUrl::Redis(url) => {
-                let (url, client, config) = crate::backend::redis::client(url, timeout)?;
+                let opts = RedisOptions {
+                    op_timeout: timeout,
+                    pool_size: 2,
+                    ..RedisOptions::default()
+                };
                 return Ok(SingletonLeases {
-                    inner: Inner::Redis {
-                        url,
-                        client,
-                        config,
-                        conn: Mutex::new(None),
-                        timeout,
-                    },
+                    inner: Inner::Redis(Box::new(RedisBackend::new(url, opts)?)),
                 });
             }
             BackendUrl::Dir(dir) => dir,
@@ -249,22 +236,30 @@ impl SingletonLeases {
     /// The redacted URL or the directory, for logs.
     pub fn describe(&self) -> String {
         match &self.inner {
-            Inner::Redis { url, .. } => url.to_string(),
+            Inner::Redis(r) => r.url().to_string(),
             Inner::Local { dir } => format!("file://{}", dir.display()),
+        }
+    }
+
+    /// Failovers this process has seen on the Redis deployment (0 for a directory).
+    pub fn failovers_seen(&self) -> u64 {
+        match &self.inner {
+            Inner::Redis(r) => r.failovers_seen(),
+            Inner::Local { .. } => 0,
         }
     }
 
     /// Takes the lease of `name` for `ttl` if nobody holds it.
     pub async fn acquire(&self, name: &str, me: &Contender, ttl: Duration) -> Result<Acquire> {
         match &self.inner {
-            Inner::Redis { .. } => {
+            Inner::Redis(r) => {
                 let since = Utc::now();
                 let tail = serde_json::json!({
                     "id": me.id, "host": me.host, "pid": me.pid, "since": since,
                 })
                 .to_string();
-                let (status, token, value): (i64, String, String) = self
-                    .script(
+                let ((status, token, value), acks): ((i64, String, String), _) = r
+                    .script_acked(
                         "acquire singleton lease",
                         &ACQUIRE,
                         vec![lease_key(name), token_key(name)],
@@ -273,6 +268,25 @@ impl SingletonLeases {
                     .await?;
                 if status != 1 {
                     return Ok(Acquire::Held(serde_json::from_str(&value).ok()));
+                }
+                if !r.acked_enough(acks) {
+                    // It could vanish in a failover while we hold it: give it back.
+                    if let Err(e) = r
+                        .script::<i64>(
+                            "release singleton lease",
+                            &RELEASE,
+                            vec![lease_key(name)],
+                            vec![value],
+                        )
+                        .await
+                    {
+                        tracing::debug!(singleton = name, error = %e, "giving back an unacknowledged lease failed");
+                    }
+                    return Err(r.not_replicated(
+                        "acquire singleton lease",
+                        acks.unwrap_or(0),
+                        "the lease was given back",
+                    ));
                 }
                 let token = token.parse::<u64>().map_err(|e| corrupt(name, e))?;
                 let holder = SingletonHolder {
@@ -301,15 +315,22 @@ impl SingletonLeases {
     /// holder has it (untouched then).
     pub async fn renew(&self, lease: &SingletonLease) -> Result<bool> {
         match (&self.inner, &lease.inner) {
-            (Inner::Redis { .. }, HeldInner::Redis(value)) => {
-                let n: i64 = self
-                    .script(
+            (Inner::Redis(r), HeldInner::Redis(value)) => {
+                let (n, acks): (i64, _) = r
+                    .script_acked(
                         "renew singleton lease",
                         &RENEW,
                         vec![lease_key(&lease.name)],
                         vec![value.clone(), millis(lease.ttl).to_string()],
                     )
                     .await?;
+                if n == 1 && !r.acked_enough(acks) {
+                    return Err(r.not_replicated(
+                        "renew singleton lease",
+                        acks.unwrap_or(0),
+                        "the renewal does not count",
+                    ));
+                }
                 Ok(n == 1)
             }
             (Inner::Local { .. }, HeldInner::Local(file)) => Ok(match file.lock() {
@@ -323,8 +344,8 @@ impl SingletonLeases {
     /// Gives the lease up if it is still ours (compare-and-delete). Returns whether it was.
     pub async fn release(&self, lease: &SingletonLease) -> Result<bool> {
         match (&self.inner, &lease.inner) {
-            (Inner::Redis { .. }, HeldInner::Redis(value)) => {
-                let n: i64 = self
+            (Inner::Redis(r), HeldInner::Redis(value)) => {
+                let n: i64 = r
                     .script(
                         "release singleton lease",
                         &RELEASE,
@@ -355,8 +376,8 @@ impl SingletonLeases {
     /// Who holds the lease of `name` now, if anyone.
     pub async fn holder(&self, name: &str) -> Result<Option<SingletonHolder>> {
         match &self.inner {
-            Inner::Redis { .. } => {
-                let raw: Option<String> = self
+            Inner::Redis(r) => {
+                let raw: Option<String> = r
                     .script("read singleton lease", &READ, vec![lease_key(name)], vec![])
                     .await?;
                 raw.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(name, e)))
@@ -368,84 +389,10 @@ impl SingletonLeases {
             }
         }
     }
-
-    async fn script<T: redis::FromRedisValue + Send + 'static>(
-        &self,
-        op: &'static str,
-        script: &'static Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T> {
-        let Inner::Redis {
-            url,
-            client,
-            config,
-            conn,
-            timeout,
-        } = &self.inner
-        else {
-            return Err(Error::Task("not a Redis backend".to_owned()));
-        };
-        let work = async {
-            let mut guard = conn.lock().await;
-            let c = match guard.as_mut() {
-                Some(c) => c,
-                None => {
-                    let c = client
-                        .get_multiplexed_async_connection_with_config(config)
-                        .await
-                        .map_err(|source| Error::Redis {
-                            url: url.to_string(),
-                            op,
-                            source,
-                        })?;
-                    guard.insert(c)
-                }
-            };
-            let mut inv = script.prepare_invoke();
-            for k in &keys {
-                inv.key(k);
-            }
-            for a in &args {
-                inv.arg(a);
-            }
-            match inv.invoke_async::<T>(c).await {
-                Ok(v) => Ok(v),
-                Err(source) => {
-                    if source.is_io_error()
-                        || source.is_connection_dropped()
-                        || source.is_unrecoverable_error()
-                        || source.is_timeout()
-                    {
-                        *guard = None;
-                    }
-                    Err(Error::Redis {
-                        url: url.to_string(),
-                        op,
-                        source,
-                    })
-                }
-            }
-        };
-        match tokio::time::timeout(*timeout, work).await {
-            Ok(r) => r,
-            Err(_) => {
-                // The connection may be stuck behind a reply that never comes: make a new one.
-                if let Ok(mut guard) = conn.try_lock() {
-                    *guard = None;
-                }
-                Err(Error::RedisTimeout {
-                    url: url.to_string(),
-                    op,
-                    timeout_ms: millis(*timeout),
-                })
-            }
-        }
-    }
 }
 
 /// Read the lease (a script, so that every call goes through the same path).
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call('GET', KEYS[1])"));
+static READ: LazyLock<Lua> = LazyLock::new(|| Lua::new("return redis.call('GET', KEYS[1])"));
 
 fn read_all(mut f: &File) -> String {
     let mut s = String::new();

@@ -78,8 +78,14 @@ pub fn redact_url(url: &str) -> String {
     format!("{head}{}", redact_query(rest))
 }
 
+/// `pass`, `password`, `sentinel_password`, ...: any key ending in `pass` or `password`.
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k.ends_with("pass") || k.ends_with("password")
+}
+
 /// Replaces the values of `pass` and `password` query parameters (the form `redis+unix://` URLs
-/// carry their password in) with `***`.
+/// carry their password in) and of `sentinel_password` (Sentinel URLs) with `***`.
 fn redact_query(rest: &str) -> String {
     let Some(q) = rest.find('?') else {
         return rest.to_owned();
@@ -92,9 +98,7 @@ fn redact_query(rest: &str) -> String {
     let params: Vec<String> = query
         .split('&')
         .map(|p| match p.split_once('=') {
-            Some((k, _))
-                if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
-            {
+            Some((k, _)) if is_secret_key(k) => {
                 format!("{k}=***")
             }
             _ => p.to_owned(),
@@ -142,6 +146,10 @@ mod tests {
             (
                 "redis+unix:///run/r.sock?db=1&pass=pw&x=2",
                 "redis+unix:///run/r.sock?db=1&pass=***&x=2",
+            ),
+            (
+                "redis+sentinel://:pw@h1,h2/m?sentinel_password=spw&db=1",
+                "redis+sentinel://:***@h1,h2/m?sentinel_password=***&db=1",
             ),
             (
                 "unix:///r.sock?password=pw#f",

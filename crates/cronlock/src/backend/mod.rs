@@ -21,7 +21,8 @@ use crate::job::{Holder, Identity, JobMeta, Outcome, Overlap, RunRecord, TickId}
 use crate::url::RedactedUrl;
 
 pub use self::local::LocalBackend;
-pub use self::redis::{RedisBackend, RedisOptions};
+pub use self::redis::topology::{Layout, Node, NodeRole, Shard, Topology};
+pub use self::redis::{AckPolicy, RedisBackend, RedisOptions};
 
 /// How many history records are kept per job.
 pub const HISTORY_LEN: usize = 100;
@@ -29,7 +30,7 @@ pub const HISTORY_LEN: usize = 100;
 /// A coordination backend; cheap to clone (shared inside).
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// Redis: the cluster backend.
+    /// Redis (one server, Sentinel or Cluster): the cluster backend.
     Redis(Arc<RedisBackend>),
     /// A local directory: single host, no Redis.
     Local(Arc<LocalBackend>),
@@ -108,10 +109,11 @@ pub(crate) enum LeaseInner {
     Local(local::LocalLease),
 }
 
-/// Where a backend URL points: a Redis server, or a local state directory.
+/// Where a backend URL points: a Redis deployment, or a local state directory.
 #[derive(Debug)]
 pub(crate) enum BackendUrl<'a> {
-    /// `redis://`, `rediss://`, `redis+unix://` or `unix://` (trimmed).
+    /// `redis://`, `rediss://`, `redis+unix://`, `unix://`, `redis+sentinel://`,
+    /// `redis+cluster://` and their TLS forms (trimmed; see [`redis::url`]).
     Redis(&'a str),
     /// `file:///dir` or a plain path.
     Dir(PathBuf),
@@ -121,10 +123,7 @@ impl<'a> BackendUrl<'a> {
     /// Reads `url` the way every backend user does (the job backend, the singleton leases).
     pub(crate) fn parse(url: &'a str) -> Result<BackendUrl<'a>> {
         let trimmed = url.trim();
-        if ["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|scheme| trimmed.starts_with(scheme))
-        {
+        if self::redis::url::RedisUrl::is_redis(trimmed) {
             return Ok(BackendUrl::Redis(trimmed));
         }
         let path = if let Some(rest) = trimmed.strip_prefix("file://") {
@@ -132,7 +131,9 @@ impl<'a> BackendUrl<'a> {
         } else if trimmed.contains("://") {
             return Err(Error::InvalidUrl {
                 url: RedactedUrl::new(trimmed).to_string(),
-                reason: "expected redis://, rediss://, file:// or a directory path".to_owned(),
+                reason: "expected redis://, rediss://, redis+sentinel://, redis+cluster://, \
+                         file:// or a directory path"
+                    .to_owned(),
             });
         } else {
             PathBuf::from(trimmed)
@@ -148,8 +149,11 @@ impl<'a> BackendUrl<'a> {
 }
 
 impl Backend {
-    /// Builds a backend from a URL: `redis://` / `rediss://` -> Redis, `file:///dir` or a plain
-    /// path -> local directory (created if missing). Does not connect yet.
+    /// Builds a backend from a URL: `redis://` / `rediss://` -> one Redis server,
+    /// `redis+sentinel://` -> the master a set of sentinels names, `redis+cluster://` -> a
+    /// Redis Cluster (see [`redis::url`] for every form and the `min_replicas_ack` option),
+    /// `file:///dir` or a plain path -> local directory (created if missing). Does not
+    /// connect yet.
     pub fn from_url(url: &str) -> Result<Self> {
         Ok(match BackendUrl::parse(url)? {
             BackendUrl::Redis(url) => {
@@ -157,6 +161,47 @@ impl Backend {
             }
             BackendUrl::Dir(path) => Backend::Local(Arc::new(LocalBackend::new(path)?)),
         })
+    }
+
+    /// Checks a backend URL without connecting (the form, the options, the host list): what
+    /// a configuration check calls to refuse a bad `redis_url` early.
+    pub fn check_url(url: &str) -> Result<()> {
+        match BackendUrl::parse(url)? {
+            BackendUrl::Redis(url) => {
+                RedisBackend::new(url, RedisOptions::default())?;
+            }
+            BackendUrl::Dir(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The nodes of the store behind this backend and their health now: the server and its
+    /// replicas, the master / replicas / sentinels of a Sentinel deployment, the shards of a
+    /// Cluster, or the local directory; plus the failovers seen and the problems found (for
+    /// `supervisor check` and `status`). Never fails: what cannot be reached is reported down.
+    pub async fn topology(&self) -> Topology {
+        match self {
+            Backend::Redis(r) => r.topology().await,
+            Backend::Local(l) => Topology {
+                backend: self.describe(),
+                layout: Layout::Local {
+                    dir: l.dir().to_path_buf(),
+                },
+                min_replicas_ack: 0,
+                failovers_seen: 0,
+                problems: Vec::new(),
+            },
+        }
+    }
+
+    /// Failovers this process has seen on the store (a new master named by the sentinels, a
+    /// new master for a Cluster's slots), counted once per failover for every backend of the
+    /// process on the same deployment: the value for a `failovers_total` counter.
+    pub fn failovers_seen(&self) -> u64 {
+        match self {
+            Backend::Redis(r) => r.failovers_seen(),
+            Backend::Local(_) => 0,
+        }
     }
 
     /// The redacted URL / directory, for logs.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+#[allow(unused_imports)] // not every test binary uses both
 pub use e2e::redis::{RedisServer, signal};
 
 /// A child process killed (and reaped) on drop.
