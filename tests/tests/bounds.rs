@@ -135,3 +135,174 @@ fn a_worker_printing_over_long_lines_has_every_later_line_logged_and_keeps_servi
     .unwrap();
     assert_eq!(get(addr, "/").unwrap().0, 200);
 }
+
+/// Runs `supervisor <command> -c <config>` with a deadline: (exit code, stderr).
+fn run(command: &str, config: &std::path::Path) -> (Option<i32>, String) {
+    let out = e2e::run_with_deadline(
+        std::process::Command::new(e2e::bin("supervisor"))
+            .args([command, "-c"])
+            .arg(config)
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `error: ...` line of a failed command.
+fn error_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"))
+        .to_string()
+}
+
+#[test]
+fn what_start_would_refuse_check_refuses_first_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::write(&script, "#!/usr/bin/python9\nprint(1)\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = |body: &str| format!("[supervisor]\ncontrol_socket = \"c.sock\"\n{body}");
+    let app =
+        "[[app]]\nname = \"a\"\ncommand = \"/bin/sleep\"\nargs = [\"60\"]\nreadiness = \"exec\"\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a huge ready_timeout",
+            socket(&format!("{app}ready_timeout = \"18446744073709551615s\"\n")),
+            "app[0].ready_timeout: \"18446744073709551615s\" is more than the limit of 1h",
+        ),
+        (
+            "an app name of 100,000 characters",
+            socket(&app.replace(
+                "name = \"a\"",
+                &format!("name = \"{}\"", "n".repeat(100_000)),
+            )),
+            "app[0].name: ",
+        ),
+        (
+            "a control socket path over sun_path",
+            format!(
+                "[supervisor]\ncontrol_socket = \"{}/{}.sock\"\n{app}",
+                dir.path().display(),
+                "s".repeat(110)
+            ),
+            "supervisor.control_socket: ",
+        ),
+        (
+            "a state_dir that is a file",
+            socket(&format!("[cron]\nstate_dir = \"/etc/passwd\"\n{app}")),
+            "cron.state_dir: /etc/passwd is not a directory",
+        ),
+        (
+            "state_dir = \"/\"",
+            socket(&format!("[cron]\nstate_dir = \"/\"\n{app}")),
+            "cron.state_dir: / already holds other files",
+        ),
+        (
+            "a script whose interpreter is missing",
+            socket("[[app]]\nname = \"py\"\ncommand = \"./app.py\"\n"),
+            "its interpreter /usr/bin/python9 (from its `#!/usr/bin/python9` line) is not found",
+        ),
+        (
+            "a control socket in a directory that is a file",
+            socket(app).replace("c.sock", "app.py/c.sock"),
+            "app.py is not a directory",
+        ),
+    ];
+    let config = dir.path().join("s.toml");
+    for (what, text, says) in cases {
+        std::fs::write(&config, &text).unwrap();
+        let (check_code, check_err) = run("check", &config);
+        let (start_code, start_err) = run("start", &config);
+        for (cmd, code, err) in [
+            ("check", check_code, &check_err),
+            ("start", start_code, &start_err),
+        ] {
+            assert_eq!(code, Some(1), "{what}: {cmd} exits 1 (no panic): {err}");
+            assert!(!err.contains("panicked"), "{what}: {cmd}: {err}");
+            assert!(err.contains(says), "{what}: {cmd} says {says:?}: {err}");
+            assert!(
+                err.len() < 2000,
+                "{what}: {cmd}: a short message: {} bytes",
+                err.len()
+            );
+        }
+        assert_eq!(
+            error_line(&check_err),
+            error_line(&start_err),
+            "{what}: the same message"
+        );
+        assert!(
+            !dir.path().join("c.sock").exists(),
+            "{what}: start left nothing behind"
+        );
+    }
+}
+
+#[test]
+fn the_longest_app_name_runs_and_its_status_prints() {
+    let name = "n".repeat(64);
+    let s = Supervisor::start(
+        &DEMO2.replace("name = \"demo\"", &format!("name = \"{name}\"")),
+        2,
+    )
+    .unwrap();
+    let (ok, text) = s.cli_text(&["status"]).unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("{name}.0")), "{text}");
+}
+
+#[test]
+fn a_restart_whose_script_lost_its_interpreter_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = Supervisor::start(
+        &format!(
+            "[[app]]\nname = \"sh\"\ncommand = \"{}\"\ninstances = 1\nreadiness = \"exec\"\n\
+             [app.restart]\nbackoff_initial = \"50ms\"\n",
+            script.display()
+        ),
+        1,
+    )
+    .unwrap();
+    let pid = workers(&s.status().unwrap())[0].pid;
+    std::fs::write(&script, "#!/no/such/interpreter\nexec sleep 60\n").unwrap();
+    // SAFETY: kill(2) on the worker this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let want = format!(
+        "cannot execute {}: its interpreter /no/such/interpreter (from its `#!/no/such/interpreter` line) is not found",
+        script.display()
+    );
+    wait_for(Duration::from_secs(10), "the restart's error", || {
+        s.log_text().contains(&want).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_second_start_says_how_to_stop_the_first_with_its_config() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    for cmd in ["start", "check"] {
+        let (code, err) = run(cmd, &s.config);
+        if cmd == "check" {
+            // `check` beside a running supervisor is fine: it says why nothing was bound.
+            assert_eq!(code, Some(0), "{err}");
+            continue;
+        }
+        assert_eq!(code, Some(1), "{err}");
+        let hint = format!("stop it with `supervisor stop -c {}`", s.config.display());
+        assert!(err.contains(&hint), "{hint:?}: {err}");
+    }
+    assert_eq!(
+        workers(&s.status().unwrap()).len(),
+        2,
+        "the first one runs on"
+    );
+}

@@ -17,6 +17,8 @@ mod raw;
 mod validate;
 
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod tests;
 
 pub use model::{
@@ -26,6 +28,7 @@ pub use model::{
 
 use raw::{RawEndpoints, RawFile, parse_toml};
 use validate::Validator;
+pub(crate) use validate::{creatable_dir, missing_interpreter};
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]

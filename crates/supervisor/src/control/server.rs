@@ -104,9 +104,16 @@ impl Unwritten {
 pub enum ControlError {
     /// Another supervisor answers on this socket.
     #[error(
-        "another supervisor is running on control socket {0} (stop it with `supervisor stop`, or set supervisor.control_socket)"
+        "another supervisor is running on control socket {} (stop it with `supervisor stop -c {}`, or set supervisor.control_socket)",
+        socket.display(),
+        config.display()
     )]
-    InUse(PathBuf),
+    InUse {
+        /// The control socket.
+        socket: PathBuf,
+        /// The config file naming it (what `supervisor stop -c` needs).
+        config: PathBuf,
+    },
     /// Binding failed.
     #[error("cannot create control socket {path}: {cause}")]
     Bind {
@@ -126,11 +133,15 @@ pub struct ControlSocket {
     unwritten: Arc<Unwritten>,
 }
 
-/// Refuses early if a live supervisor owns `path` (before anything else is bound or started).
-pub fn check_free(path: &Path) -> Result<(), ControlError> {
+/// Refuses early if a live supervisor owns `path` (before anything else is bound or started);
+/// `config` is the file naming it, for the hint.
+pub fn check_free(path: &Path, config: &Path) -> Result<(), ControlError> {
     match clear_stale_socket(path) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ControlError::InUse(path.to_path_buf())),
+        Ok(false) => Err(ControlError::InUse {
+            socket: path.to_path_buf(),
+            config: config.to_path_buf(),
+        }),
         Err(cause) => Err(ControlError::Bind {
             path: path.to_path_buf(),
             cause,
@@ -139,9 +150,9 @@ pub fn check_free(path: &Path) -> Result<(), ControlError> {
 }
 
 impl ControlSocket {
-    /// Binds the socket with mode 0600.
-    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
-        check_free(path)?;
+    /// Binds the socket with mode 0600 (`config`: the file naming it, for the errors).
+    pub fn bind(path: &Path, config: &Path) -> Result<ControlSocket, ControlError> {
+        check_free(path, config)?;
         let bind_err = |cause| ControlError::Bind {
             path: path.to_path_buf(),
             cause,
@@ -346,7 +357,7 @@ mod tests {
     fn serve(limits: Limits) -> (tempfile::TempDir, PathBuf, ControlSocket) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let mut socket = ControlSocket::bind(&path).unwrap();
+        let mut socket = ControlSocket::bind(&path, Path::new("s.toml")).unwrap();
         let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
         socket.serve_with(tx, limits);
         tokio::spawn(async move {
@@ -416,7 +427,7 @@ mod tests {
     async fn answers_given_are_waited_for_until_written_and_waiting_clients_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let mut socket = ControlSocket::bind(&path).unwrap();
+        let mut socket = ControlSocket::bind(&path, Path::new("s.toml")).unwrap();
         let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
         socket.serve(tx);
         // Nothing given: nothing to wait for.

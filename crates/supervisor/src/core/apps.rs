@@ -212,7 +212,7 @@ impl Core {
         if wanted && !self.sampling {
             self.out.push(Action::Arm {
                 timer: TimerKey::MemorySample,
-                at: now + MEMORY_SAMPLE_INTERVAL,
+                at: super::later(now, MEMORY_SAMPLE_INTERVAL),
             });
         } else if !wanted && self.sampling {
             self.out.push(Action::Cancel(TimerKey::MemorySample));

@@ -170,6 +170,16 @@ pub fn lease_kill_margin(policy: &SingletonPolicy) -> std::time::Duration {
     (policy.lease_ttl / 10).min(std::time::Duration::from_millis(500))
 }
 
+/// `at` plus `d`, never panicking: a duration too long to add (past a hundred years, which the
+/// config's bounds never allow but an upgrade's handover or a simulation could carry) gives a
+/// deadline that in practice never comes, instead of an overflow.
+pub fn later(at: Instant, d: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(d.min(FAR))
+        .or_else(|| at.checked_add(std::time::Duration::from_secs(86_400)))
+        .unwrap_or(at)
+}
+
 /// How often worker memory is measured while some app has `max_memory`.
 pub const MEMORY_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 

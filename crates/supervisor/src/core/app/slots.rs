@@ -12,7 +12,9 @@ use super::recycle::Recycle;
 use super::reload::Reloading;
 use super::{App, AppReport};
 use crate::config::{Readiness, WorkerSpec};
-use crate::core::{Action, ExitStatus, Phase, Signal, TimerKey, Worker, WorkerId, WorkerState};
+use crate::core::{
+    Action, ExitStatus, Phase, Signal, TimerKey, Worker, WorkerId, WorkerState, later,
+};
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,7 @@ impl App {
         match readiness {
             Readiness::Notify => self.out.push(Action::Arm {
                 timer: TimerKey::Ready(id),
-                at: now + timeout,
+                at: later(now, timeout),
             }),
             // Executed = ready, through the same path as READY=1.
             Readiness::Exec => self.ready(id, now),
@@ -401,7 +403,7 @@ impl App {
             s.recent_failures.pop_front();
         }
         let delay = policy.backoff(s.consecutive_failures);
-        s.state = SlotState::BackingOff(now + delay);
+        s.state = SlotState::BackingOff(later(now, delay));
         let delay_text = crate::units::span(delay);
         if s.crash_looping(policy.max_restarts) {
             tracing::error!(
@@ -415,7 +417,7 @@ impl App {
         }
         self.out.push(Action::Arm {
             timer: self.restart_key(index),
-            at: now + delay,
+            at: later(now, delay),
         });
     }
 
@@ -429,7 +431,7 @@ impl App {
         }
         w.state = WorkerState::Draining;
         tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining (SIGTERM)");
-        let at = now + w.spec.kill_timeout;
+        let at = later(now, w.spec.kill_timeout);
         w.kill_at = Some(at);
         self.out.extend([
             Action::Cancel(TimerKey::Ready(id)),
