@@ -306,3 +306,77 @@ fn a_second_start_says_how_to_stop_the_first_with_its_config() {
         "the first one runs on"
     );
 }
+
+/// The environment of process `pid`, as `NAME=value` entries.
+fn environ(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_cron_backend_url_reaches_only_the_apps_that_ask_and_is_never_printed() {
+    const PASSWORD: &str = "s3cret-pw-21";
+    // A Redis that refuses connections: every reader of it says so, naming the backend.
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:1/0");
+    let body = format!(
+        "[[app]]\nname = \"plain\"\ncommand = \"/bin/sleep\"\nargs = [\"60\"]\nreadiness = \"exec\"\n\
+         instances = 1\n\
+         [[app]]\nname = \"jobs\"\ncommand = \"/bin/sleep\"\nargs = [\"60\"]\nreadiness = \"exec\"\n\
+         instances = 1\ncron_backend = true\n\
+         [cron]\nredis_url = \"{url}\"\n\
+         [[job]]\nname = \"tick\"\nschedule = \"* * * * * *\"\ncommand = [\"/bin/true\"]\n"
+    );
+    // Even when the supervisor's own environment has it (a shell that exported it).
+    let s = Supervisor::spawn_with_env(&body, &[("SUPERVISOR_CRON_URL", &url)]).unwrap();
+    s.wait_ready(2, Duration::from_secs(20)).unwrap();
+    let status = s.status().unwrap();
+    let pid_of = |app: &str| {
+        workers(&status)
+            .into_iter()
+            .find(|w| w.name.starts_with(&format!("{app}.")))
+            .unwrap()
+            .pid
+    };
+    let plain = environ(pid_of("plain"));
+    assert!(
+        !plain.iter().any(|e| e.contains(PASSWORD)),
+        "the password is nowhere in the plain app's environment: {plain:?}"
+    );
+    assert!(!plain.iter().any(|e| e.starts_with("SUPERVISOR_CRON_URL=")));
+    let jobs = environ(pid_of("jobs"));
+    assert!(
+        jobs.contains(&format!("SUPERVISOR_CRON_URL={url}")),
+        "{jobs:?}"
+    );
+    // A tick or two on the unreachable backend, logged.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut printed = vec![("log".to_string(), s.log_text())];
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["check"],
+        vec!["check", "--json"],
+        vec!["jobs"],
+    ] {
+        let (_, text) = s.cli_text(&args).unwrap();
+        printed.push((args.join(" "), text));
+    }
+    for (what, text) in &printed {
+        assert!(
+            !text.contains(PASSWORD),
+            "{what} prints the password: {text}"
+        );
+    }
+    let (_, check) = &printed[3];
+    assert!(
+        check.contains("redis://"),
+        "check names the backend, redacted: {check}"
+    );
+    assert!(
+        check.contains("cron backend:   handed to its workers"),
+        "check says which app gets it: {check}"
+    );
+}

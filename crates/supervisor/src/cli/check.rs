@@ -54,6 +54,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "scope": if a.singleton.is_some() { "cluster" } else { "host" },
                     "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
                     "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
+                    "cron_backend": a.worker.cron_backend,
                 })
             })
             .collect();
@@ -96,6 +97,9 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
         println!("  program:        {}{args}", w.program.display());
         println!("  instances:      {}", w.instances);
         println!("  runtime:        {}", w.runtime);
+        if w.cron_backend {
+            println!("  cron backend:   handed to its workers (SUPERVISOR_CRON_URL)");
+        }
         for l in &app.listeners {
             println!("  listen:         {} {}", l.name, l.addr);
         }

@@ -106,6 +106,8 @@ pub(super) struct RawApp {
     pub(super) scope: Option<Spanned<Scope>>,
     pub(super) lease_ttl: Option<Spanned<HumanDuration>>,
     pub(super) standby_poll: Option<Spanned<HumanDuration>>,
+    /// Hand the cron backend's URL to the workers (`SUPERVISOR_CRON_URL`).
+    pub(super) cron_backend: Option<bool>,
 }
 
 /// `[app.restart]`.

@@ -334,6 +334,7 @@ impl Validator<'_> {
             runtime,
             ready_timeout,
             kill_timeout,
+            cron_backend: rw.cron_backend.unwrap_or(false),
         })
     }
 
