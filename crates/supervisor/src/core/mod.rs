@@ -290,9 +290,21 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// The exit code of a configuration error (`EX_CONFIG`, sysexits.h): a worker that exits with
+/// it before it was ready says the app cannot run as configured (the Node preload does, for a
+/// `listen()` on a port the supervisor does not hold). Restarting cannot fix that: in the first
+/// start it fails the start at once, like a program that cannot be executed.
+pub const EX_CONFIG: i32 = 78;
+
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ExitStatus::Code(EX_CONFIG) => {
+                write!(
+                    f,
+                    "exit code {EX_CONFIG} (EX_CONFIG: a configuration error)"
+                )
+            }
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => write!(f, "signal {s}"),
         }
