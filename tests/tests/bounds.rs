@@ -380,3 +380,82 @@ fn the_cron_backend_url_reaches_only_the_apps_that_ask_and_is_never_printed() {
         "check says which app gets it: {check}"
     );
 }
+
+/// How long `supervisor status` takes to answer, at most 10 s.
+fn timed_status(s: &Supervisor) -> Duration {
+    let started = std::time::Instant::now();
+    let (ok, text) = s.cli_text(&["status"]).unwrap();
+    assert!(ok, "{text}");
+    started.elapsed()
+}
+
+#[test]
+fn status_answers_within_a_second_through_idle_and_busy_clients() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let socket = s.dir.path().join("control.sock");
+    // 3,000 connections that never send anything.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..3000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let took = timed_status(&s);
+    assert!(
+        took < Duration::from_secs(1),
+        "3,000 idle connections: status took {took:?}"
+    );
+    drop(idle);
+    // 64 clients on connections of their own, each asking for the status every 3 s (and
+    // connecting again when their connection was given to someone else).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let request = br#"{"request":"status"}"#;
+                let mut conn = None;
+                // Spread over the 3 s.
+                std::thread::sleep(Duration::from_millis(i * 45));
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let c = conn.get_or_insert_with(|| {
+                        let c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        c
+                    });
+                    let mut asked = || -> std::io::Result<()> {
+                        c.write_all(&(request.len() as u32).to_be_bytes())?;
+                        c.write_all(request)?;
+                        let mut len = [0u8; 4];
+                        c.read_exact(&mut len)?;
+                        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                        c.read_exact(&mut body)
+                    };
+                    if asked().is_err() {
+                        conn = None;
+                        continue;
+                    }
+                    for _ in 0..30 {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let took: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = timed_status(&s);
+            std::thread::sleep(Duration::from_millis(500));
+            t
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(1)),
+        "64 busy clients: status took {took:?}"
+    );
+}
