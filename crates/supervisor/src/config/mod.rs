@@ -145,6 +145,13 @@ impl Config {
         let (raw, text): (RawFile, String) = parse_toml(path)?;
         Validator::new(path, &text).validate(raw)
     }
+
+    /// Validates `text` as the contents of `path` (relative paths in it are resolved against
+    /// the directory of `path`): [`Config::load`] without reading the file.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawFile = raw::parse_text(path, text)?;
+        Validator::new(path, text).validate(raw)
+    }
 }
 
 /// What the client commands need to reach a running supervisor and its cron backend.

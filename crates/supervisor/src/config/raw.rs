@@ -146,18 +146,26 @@ pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
         path: path.to_path_buf(),
         cause,
     })?;
+    let value = parse_text(path, &text)?;
+    Ok((value, text))
+}
+
+/// Deserializes `text`, the contents of `path`; errors name the file and the dotted key.
+pub(super) fn parse_text<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let parse_err = |key: String, e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
-        at: Location::of_span(&text, e.span()),
+        at: Location::of_span(text, e.span()),
         key,
         message: e.message().trim_end().to_string(),
     };
-    let de = toml::Deserializer::parse(&text).map_err(|e| parse_err("(syntax)".into(), e))?;
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let de = toml::Deserializer::parse(text).map_err(|e| parse_err("(syntax)".into(), e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let key = key_of(e.path());
         parse_err(key, e.into_inner())
-    })?;
-    Ok((value, text))
+    })
 }
 
 /// The file's text, refused past [`MAX_FILE`] bytes (a wrong file, a log or a binary, is not

@@ -30,6 +30,8 @@ pub mod app;
 mod apps;
 pub mod report;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod singleton_tests;
 #[cfg(test)]
 pub(crate) mod test_support;

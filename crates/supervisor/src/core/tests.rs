@@ -781,3 +781,22 @@ fn a_configuration_error_after_the_start_is_a_crash_and_aborts_a_reload_at_once(
     );
     assert!(sim.exit.is_none());
 }
+
+#[test]
+fn a_fast_stop_after_a_graceful_stop_stopped_some_apps_still_ends() {
+    // Found by the simulation (seed 380): the second SIGINT once the first had stopped an app.
+    let mut sim = three_apps_ready();
+    sim.send(Event::Stop { reply: Some(1) });
+    // Reverse order: jobs first; it is gone.
+    sim.exit_all_draining(2);
+    assert_eq!(sim.phase(2), Phase::Stopped);
+    assert!(sim.exit.is_none());
+    sim.send(Event::FastStop);
+    for app in 0..3 {
+        for id in sim.workers(app, WorkerState::Draining) {
+            sim.exit(id, ExitStatus::Signal(9));
+        }
+    }
+    assert_eq!(sim.exit, Some(Ok(())), "the supervisor exits");
+    assert!(matches!(sim.replies[&1][..], [Answer::Stopped]));
+}

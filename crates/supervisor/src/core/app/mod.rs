@@ -31,6 +31,8 @@ use reload::Reloading;
 use slots::{FirstStart, Slot, SlotState};
 
 mod handover;
+#[cfg(test)]
+pub(crate) mod invariants;
 mod lease;
 mod recycle;
 mod reload;
