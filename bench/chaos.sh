@@ -17,7 +17,7 @@ need curl "install curl"
 need python3 "install python3"
 build
 work=$(mktemp -d)
-trap 'kill "$SUP_PID" 2>/dev/null; sleep 1; rm -rf "$work"' EXIT
+trap 'kill "$SUP_PID" 2>/dev/null || true; sleep 1; rm -rf "$work"' EXIT
 # Two copies of the supervisor (the upgrades alternate between them) and one of demo-app, by
 # paths of this run alone: what `pgrep -f` finds afterwards is this run's.
 cp "$SUP" "$work/supervisor-a"; cp "$SUP" "$work/supervisor-b"; cp "$DEMO" "$work/demo-app"
@@ -45,7 +45,7 @@ start_supervisor "$cfg" 8 "$work/supervisor.log"
 status() { "$SUP" status --json -c "$cfg"; }
 fds() { ls "/proc/$SUP_PID/fd" | wc -l; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$SUP_PID/status"; }
-ready_pids() { status | python3 -c 'import json,sys; print(" ".join(str(w["pid"]) for a in json.load(sys.stdin)["apps"] for w in a["workers"] if w["state"]=="ready"))'; }
+ready_pids() { status | python3 -c 'import json,sys; print(" ".join(str(w["process"]["pid"]) for a in json.load(sys.stdin)["apps"] for w in a["workers"] if w["state"]=="ready"))'; }
 # Waits until every app has exactly its instances ready and nothing starting or draining.
 settle() {
   for _ in $(seq 1 400); do
