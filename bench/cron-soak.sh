@@ -80,6 +80,7 @@ control_socket = "s$i.sock"
 name = "demo"
 command = "$DEMO"
 instances = 3
+cron_backend = true
 env = { DEMO_JOB_LOG = "$log" }
 [[app.listen]]
 address = "127.0.0.1:0"

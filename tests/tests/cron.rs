@@ -22,7 +22,7 @@ fn body(
         .unwrap_or_default();
     format!(
         "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\ninstances = {instances}\nkill_timeout = \"{kill_timeout}\"\n\
-         env = {{ DEMO_JOB_LOG = \"{}\" }}\n{cron}",
+         cron_backend = true\nenv = {{ DEMO_JOB_LOG = \"{}\" }}\n{cron}",
         job_log.display()
     )
 }

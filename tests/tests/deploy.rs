@@ -111,14 +111,22 @@ fn check(config: &Path) -> Vec<(String, Duration)> {
     let mut out = run(config);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let _dir;
-    if !out.status.success() && err.to_lowercase().contains("in use") {
+    // The image's control socket directory (/run/supervisor) exists in the image only; a test
+    // user that may not create it checks the file with a socket of its own.
+    let not_here = err.contains("control socket") && err.contains("is not writable");
+    if !out.status.success() && (err.to_lowercase().contains("in use") || not_here) {
         eprintln!(
-            "{}: a port is taken here ({err}); checking it with port 0",
+            "{}: a port or the socket's directory is taken here ({err}); checking it with port 0 \
+             and a socket in a temp dir",
             config.display()
         );
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join(config.file_name().unwrap());
-        std::fs::write(&copy, read(config).replace(":3000\"", ":0\"")).unwrap();
+        let text = read(config).replace(":3000\"", ":0\"").replace(
+            "control_socket = \"/run/supervisor/",
+            &format!("control_socket = \"{}/", dir.path().display()),
+        );
+        std::fs::write(&copy, text).unwrap();
         out = run(&copy);
         _dir = dir;
     }
@@ -182,11 +190,25 @@ fn docker_image_configs_check_and_fit_the_stop_grace_period() {
     for config in configs {
         assert!(config.is_file(), "{} is missing", config.display());
         let text = read(&config);
-        // Written by the image's non-root user: the control socket lives in /tmp.
+        // Not in /tmp (another user could create it first and answer root's `stop`), but in a
+        // directory the image creates for its non-root user alone.
+        let socket = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("control_socket = "))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("{}: no control_socket", config.display()));
         assert!(
-            text.contains("control_socket = \"/tmp/"),
-            "{}: control socket outside /tmp",
+            !socket.starts_with("/tmp/"),
+            "{}: {socket} is in /tmp",
             config.display()
+        );
+        let dir = Path::new(&socket).parent().unwrap().display().to_string();
+        assert!(
+            dockerfile.contains(&format!(
+                "install -d -o {user} -g {user} -m 0700 {dir}",
+                user = user.trim()
+            )),
+            "the image creates {dir} for {user} alone"
         );
         let apps = check(&config);
         let worst: Duration = apps.iter().map(|(_, k)| *k).sum();
@@ -258,4 +280,106 @@ fn durations_and_compose_services_are_read_right() {
             ("b".to_string(), Duration::from_secs(10))
         ]
     );
+}
+
+/// Whether `.dockerignore`'s `patterns` leave `path` (relative, `/`-separated) out of the build
+/// context: Docker's rules for the forms used (`name`, `dir/name`, `**/name`, `*` within a
+/// component, `!` to bring back), the last matching pattern deciding.
+fn left_out(patterns: &[&str], path: &str) -> bool {
+    fn glob(p: &str, s: &str) -> bool {
+        match p.split_once('*') {
+            None => p == s,
+            Some((head, tail)) => {
+                s.starts_with(head)
+                    && (0..=s.len() - head.len()).any(|i| glob(tail, &s[head.len() + i..]))
+            }
+        }
+    }
+    // `pattern` (components) matches `path` or one of its parent directories.
+    fn matches(pattern: &[&str], path: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => true,
+            Some((&"**", rest)) => (0..=path.len()).any(|i| matches(rest, &path[i..])),
+            Some((p, rest)) => path
+                .split_first()
+                .is_some_and(|(c, more)| glob(p, c) && matches(rest, more)),
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut out = false;
+    for p in patterns {
+        let (negated, p) = match p.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, *p),
+        };
+        let pattern: Vec<&str> = p.trim_end_matches('/').split('/').collect();
+        if matches(&pattern, &parts) {
+            out = !negated;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_docker_build_context_leaves_out_what_the_image_does_not_need() {
+    let root = workspace_root();
+    let ignore = read(&root.join(".dockerignore"));
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for heavy in [
+        "target",
+        "target/release/supervisor",
+        ".git",
+        "examples/node-express/node_modules",
+        "examples/python/.venv",
+        "config/supervisor.cron",
+        "config/supervisor.cron/heartbeat.lock",
+        "bench/out",
+        "config/supervisor.sock",
+    ] {
+        assert!(
+            left_out(&patterns, heavy),
+            "{heavy} is sent to docker build"
+        );
+    }
+    // What the image's build reads: the manifests, the lock file, every member's sources and
+    // the files they include, and config/ (installed as /etc/supervisor).
+    let manifest = read(&root.join("Cargo.toml"));
+    let members: Vec<&str> = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = "))
+        .expect("workspace members")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .collect();
+    assert!(members.contains(&"crates/supervisor"), "{members:?}");
+    let mut needed = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".to_string(),
+        "config/cluster.toml".to_string(),
+        "crates/supervisor/build.rs".to_string(),
+        "crates/supervisor/src/runtimes/node-preload.cjs".to_string(),
+        "crates/supervisor/src/upgrade/fixtures/handover-v1.json".to_string(),
+    ];
+    for m in &members {
+        needed.push(format!("{m}/Cargo.toml"));
+        needed.push(format!("{m}/src/lib.rs"));
+    }
+    for path in &needed {
+        assert!(
+            root.join(path).exists() || path.ends_with("/lib.rs"),
+            "{path}"
+        );
+        assert!(
+            !left_out(&patterns, path),
+            "{path} is left out of docker build"
+        );
+    }
+    // The matcher itself.
+    assert!(left_out(&["**/x"], "a/b/x/c") && !left_out(&["**/x"], "a/xy"));
+    assert!(left_out(&["t*"], "target") && !left_out(&["t*", "!target"], "target/a"));
 }

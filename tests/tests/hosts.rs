@@ -33,7 +33,7 @@ fn start_hosts(lab: &Lab, redis: &NsRedis, dir: &Path, workers: usize) -> Vec<Ho
             // instance included (debug), for `worker_events`.
             let body = format!(
                 "[[app]]\nname = \"demo\"\ncommand = \"{{demo}}\"\ninstances = {workers}\n\
-                 kill_timeout = \"3s\"\n\
+                 kill_timeout = \"3s\"\ncron_backend = true\n\
                  env = {{ DEMO_JOB_LOG = \"{}\", SUPERVISOR_LOG_FORMAT = \"json\", \
                  RUST_LOG = \"info,cronlock::scheduler=debug\" }}\n\
                  [cron]\nredis_url = \"{}\"\n",

@@ -14,7 +14,8 @@ use std::time::Duration;
 use e2e::{Supervisor, bin, get, run_with_deadline, wait_for, workers, workspace_root};
 
 const DEMO2: &str = "[supervisor]\ncontrol_socket = \"control.sock\"\nmetrics = \"127.0.0.1:0\"\n\n\
-     [[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n";
+     [[app]]\nname = \"demo\"\ncommand = \"{demo}\"\ninstances = 2\nkill_timeout = \"5s\"\n\
+     cron_backend = true\n";
 
 /// The metrics address, from the log line that announces it (the port was 0 in the file).
 fn metrics_addr(s: &Supervisor) -> SocketAddr {

@@ -216,3 +216,47 @@ fn runtime_node_for_a_program_that_is_not_node_is_refused_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_node_app_on_a_port_the_supervisor_does_not_hold_fails_the_start_at_once_saying_how_to_fix_it()
+{
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let code = format!("require('http').createServer((q, s) => s.end('x')).listen({port})");
+    // A ready timeout far above what the start may take.
+    let body = node_eval(&code, "").replace("ready_timeout = \"2s\"", "ready_timeout = \"30s\"");
+    let started = std::time::Instant::now();
+    let mut s = e2e::Supervisor::spawn(&body).unwrap();
+    let exit = s.wait_exit(Duration::from_secs(20)).unwrap();
+    let took = started.elapsed();
+    let log = s.log_text();
+    assert_eq!(exit, Some(1), "the start fails: {log}");
+    assert!(
+        took < Duration::from_secs(10),
+        "at once, not at the ready timeout: {took:?}"
+    );
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "listens on port {port}, which the supervisor does not hold"
+            ))
+        })
+        .collect();
+    assert_eq!(said.len(), 1, "said once for both workers: {log}");
+    assert!(said[0].contains("WARN"), "at WARN: {}", said[0]);
+    assert!(
+        said[0].contains(&format!("[[app.listen]] address = \"0.0.0.0:{port}\""))
+            && said[0].contains("process.env.PORT"),
+        "with the fix: {}",
+        said[0]
+    );
+    assert!(
+        !log.contains("EADDRINUSE"),
+        "no second worker crash-looping: {log}"
+    );
+    assert!(log.contains("EX_CONFIG"), "{log}");
+}

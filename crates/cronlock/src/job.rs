@@ -142,6 +142,16 @@ impl JobSpec {
         if self.name.is_empty() {
             return Err(invalid("the job name is empty"));
         }
+        if self.name.len() > MAX_JOB_NAME {
+            return Err(Error::InvalidJob {
+                job: format!("{}...", self.name.chars().take(32).collect::<String>()),
+                reason: format!(
+                    "the job name is {} bytes long: at most {MAX_JOB_NAME} (it names the \
+                     backend's keys and files)",
+                    self.name.len()
+                ),
+            });
+        }
         if self
             .name
             .chars()
@@ -169,6 +179,10 @@ impl JobSpec {
         }
     }
 }
+
+/// The longest job name, in bytes: the local backend names files after it (`{job}.history.jsonl`
+/// within a file system's 255-byte names), and Redis keys stay short.
+pub const MAX_JOB_NAME: usize = 128;
 
 /// The identity of one run: a scheduled tick (its UTC instant) or a manual request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -9,7 +9,8 @@
 //!   file, appends `tick token host pid` to it (a downstream write that carries the token);
 //! - `slow-report`, every 20 s: works 5 s under a 2 s lease, so the lease is renewed while it runs.
 //!
-//! `DEMO_JOBS=off` disables both.
+//! `DEMO_JOBS=off` disables both; under a supervisor they run only when the app has
+//! `cron_backend = true` (else the supervisor hands over no backend, and they are left out).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -114,6 +115,13 @@ async fn slow_report(ctx: JobContext) -> Result<(), String> {
 
 fn jobs() -> anyhow::Result<Vec<Job>> {
     if std::env::var("DEMO_JOBS").is_ok_and(|v| v == "off") {
+        return Ok(vec![]);
+    }
+    if !worker::cron::backend_available() {
+        tracing::info!(
+            "no cron backend handed over (add `cron_backend = true` to this app in the \
+             supervisor's config): the sample jobs do not run"
+        );
         return Ok(vec![]);
     }
     Ok(vec![

@@ -17,7 +17,8 @@
 //! - [`sys`]: every system call (binding, fork/exec, pidfd, `/proc`, reaping).
 //! - [`notify`] (readiness channels), [`runtimes`] (the Node preload), [`logs`] (worker output),
 //!   [`orphans`] (adopted processes and the shell's own children), [`metrics`] (Prometheus),
-//!   [`units`] (durations and sizes as people read them).
+//!   [`units`] (durations and sizes as people read them), `fuzzing` (the entry points of the
+//!   fuzz targets: the config loader and the control decoder on arbitrary bytes).
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -25,6 +26,8 @@ pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod core;
 pub(crate) mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod jobs;
 pub(crate) mod logs;
 pub(crate) mod metrics;

@@ -523,6 +523,16 @@ pub(crate) fn prepare_state_dir(dir: &Path) -> Result<()> {
     check_private_dir(dir)
 }
 
+/// Checks, creating nothing, that `dir` can be the state directory: missing (it is created
+/// 0700 on first use), or an existing directory of ours that group and others cannot write to.
+/// What [`LocalBackend::new`] refuses for the directory itself, this refuses with the same error.
+pub fn check_state_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => check_private_dir(dir),
+    }
+}
+
 /// Creates `dir` with mode 0700 (the umask can only narrow it); an existing one is left as is.
 fn create_private_dir(dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {

@@ -1,4 +1,4 @@
-//! `supervisor check`: validate the config file, try what `start` would bind (each listener, the
+//! `supervisor check`: validate the config file, run `start`'s own preflight (each listener, the
 //! metrics address, the control socket and its directory) without starting anything, and print
 //! what it would run, for people or as JSON.
 
@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::config::{Config, JobAction};
-use crate::control::server::{ControlError, check_free};
-use crate::daemon::{self, StartupError};
-use crate::sys::listeners;
+use crate::control::server::ControlError;
+use crate::daemon::StartupError;
+use crate::daemon::preflight::preflight;
 use crate::units;
 
 /// `check`: the verdict and what `start` would run; a failed check is an error, or with `--json`
@@ -54,6 +54,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "scope": if a.singleton.is_some() { "cluster" } else { "host" },
                     "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
                     "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
+                    "cron_backend": a.worker.cron_backend,
                 })
             })
             .collect();
@@ -96,6 +97,9 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
         println!("  program:        {}{args}", w.program.display());
         println!("  instances:      {}", w.instances);
         println!("  runtime:        {}", w.runtime);
+        if w.cron_backend {
+            println!("  cron backend:   handed to its workers (SUPERVISOR_CRON_URL)");
+        }
         for l in &app.listeners {
             println!("  listen:         {} {}", l.name, l.addr);
         }
@@ -138,65 +142,22 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `start` would find before starting a worker: every listener binds (each is closed again
-/// at once) and the control socket can be created. With a supervisor already running on the
-/// control socket its ports are taken by design (`check` before `reload`): binding is not tried,
-/// and the returned note says so.
+/// What `start` would find before starting a worker: the same [`preflight`] (every listener
+/// binds, closed again at once; the control socket can be created). With a supervisor already
+/// running on the control socket its ports are taken by design (`check` before `reload`):
+/// nothing is bound, and the returned note says so.
 fn try_start(c: &Config) -> Result<Option<String>, StartupError> {
-    if let Err(ControlError::InUse(socket)) = check_free(&c.control_socket) {
-        return Ok(Some(format!(
+    match preflight(c) {
+        Ok(bound) => {
+            drop(bound);
+            Ok(None)
+        }
+        Err(StartupError::Control(ControlError::InUse { socket, .. })) => Ok(Some(format!(
             "a supervisor is running on control socket {}: its listeners were not bound again",
             socket.display()
-        )));
+        ))),
+        Err(e) => Err(e),
     }
-    check_free(&c.control_socket)?;
-    let listen_err = |cause| StartupError::Listen {
-        path: c.path.clone(),
-        cause,
-    };
-    for app in &c.apps {
-        drop(listeners::bind_all(&app.listeners).map_err(listen_err)?);
-    }
-    if let Some(addr) = c.metrics {
-        drop(listeners::bind_own(daemon::METRICS_KEY, addr).map_err(listen_err)?);
-    }
-    control_dir_writable(&c.control_socket)?;
-    Ok(None)
-}
-
-/// The control socket's directory (or, as `start` creates it, its nearest existing ancestor) is a
-/// directory this user may create files in.
-fn control_dir_writable(socket: &Path) -> Result<(), ControlError> {
-    use std::os::unix::ffi::OsStrExt;
-    let err = |cause| ControlError::Bind {
-        path: socket.to_path_buf(),
-        cause,
-    };
-    let parent = socket
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = parent
-        .ancestors()
-        .find(|d| d.exists())
-        .unwrap_or(Path::new("/"));
-    if !dir.is_dir() {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            format!("{} is not a directory", dir.display()),
-        )));
-    }
-    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    // SAFETY: access(2) with a valid NUL-terminated path; it only reads it.
-    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        let os = std::io::Error::last_os_error();
-        return Err(err(std::io::Error::new(
-            os.kind(),
-            format!("directory {} is not writable: {os}", dir.display()),
-        )));
-    }
-    Ok(())
 }
 
 /// What a `[[job]]` runs, in one line: the command line, or `POST /path -> app`.

@@ -39,7 +39,11 @@ impl std::fmt::Display for Table {
                 if c + 1 == r.len() {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                    // Padded by hand: `{:<w$}` panics for a width above u16::MAX, and a cell
+                    // (a worker's STATUS= text, a name from an older release) may be that long.
+                    line.push_str(cell);
+                    let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             writeln!(f, "{}", line.trim_end())?;
@@ -58,5 +62,18 @@ mod tests {
         t.row(vec!["0".into(), "12345".into()]);
         t.row(vec!["10".into(), "7".into()]);
         assert_eq!(t.to_string(), "slot  pid\n0     12345\n10    7\n");
+    }
+
+    #[test]
+    fn a_cell_longer_than_any_format_width_is_printed_whole() {
+        let long = "n".repeat(100_000);
+        let mut t = Table::new(&["name", "pid"]);
+        t.row(vec![long.clone(), "1".into()]);
+        t.row(vec!["a".into(), "2".into()]);
+        let text = t.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], format!("{long}  1"));
+        assert_eq!(lines[2].len(), long.len() + 3);
+        assert!(lines[2].starts_with("a ") && lines[2].ends_with("  2"));
     }
 }

@@ -17,6 +17,8 @@ mod raw;
 mod validate;
 
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod tests;
 
 pub use model::{
@@ -26,6 +28,7 @@ pub use model::{
 
 use raw::{RawEndpoints, RawFile, parse_toml};
 use validate::Validator;
+pub(crate) use validate::{creatable_dir, missing_interpreter};
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let (raw, text): (RawFile, String) = parse_toml(path)?;
         Validator::new(path, &text).validate(raw)
+    }
+
+    /// Validates `text` as the contents of `path` (relative paths in it are resolved against
+    /// the directory of `path`): [`Config::load`] without reading the file.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawFile = raw::parse_text(path, text)?;
+        Validator::new(path, text).validate(raw)
     }
 }
 

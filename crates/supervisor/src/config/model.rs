@@ -143,6 +143,9 @@ pub struct WorkerSpec {
     pub ready_timeout: Duration,
     /// How long a stopping worker may drain before its process group is killed.
     pub kill_timeout: Duration,
+    /// Whether the workers get the cron backend's URL (`SUPERVISOR_CRON_URL`, with its
+    /// password): only apps that run jobs in-process ask for it (`cron_backend = true`).
+    pub cron_backend: bool,
 }
 
 /// When and how fast crashed workers are restarted.

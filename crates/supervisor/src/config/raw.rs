@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::human::{ByteSize, HumanDuration};
 use super::model::{Readiness, Runtime, Scope};
+use super::validate::bounds::MAX_FILE;
 use super::{ConfigError, Location};
 
 /// A value with its byte range in the file, for errors with a line number.
@@ -60,7 +61,7 @@ pub(super) struct RawJob {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSupervisor {
-    pub(super) control_socket: Option<PathBuf>,
+    pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) metrics: Option<String>,
 }
 
@@ -105,6 +106,8 @@ pub(super) struct RawApp {
     pub(super) scope: Option<Spanned<Scope>>,
     pub(super) lease_ttl: Option<Spanned<HumanDuration>>,
     pub(super) standby_poll: Option<Spanned<HumanDuration>>,
+    /// Hand the cron backend's URL to the workers (`SUPERVISOR_CRON_URL`).
+    pub(super) cron_backend: Option<bool>,
 }
 
 /// `[app.restart]`.
@@ -130,8 +133,8 @@ pub(super) struct RawReload {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCron {
-    pub(super) redis_url: Option<String>,
-    pub(super) state_dir: Option<PathBuf>,
+    pub(super) redis_url: Option<Spanned<String>>,
+    pub(super) state_dir: Option<Spanned<PathBuf>>,
 }
 
 /// Reads and deserializes a TOML file; errors name the file and the dotted key. Returns the text
@@ -139,22 +142,50 @@ pub(super) struct RawCron {
 pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<(T, String), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+    let text = read_bounded(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
         cause,
     })?;
+    let value = parse_text(path, &text)?;
+    Ok((value, text))
+}
+
+/// Deserializes `text`, the contents of `path`; errors name the file and the dotted key.
+pub(super) fn parse_text<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let parse_err = |key: String, e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
-        at: Location::of_span(&text, e.span()),
+        at: Location::of_span(text, e.span()),
         key,
         message: e.message().trim_end().to_string(),
     };
-    let de = toml::Deserializer::parse(&text).map_err(|e| parse_err("(syntax)".into(), e))?;
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let de = toml::Deserializer::parse(text).map_err(|e| parse_err("(syntax)".into(), e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let key = key_of(e.path());
         parse_err(key, e.into_inner())
-    })?;
-    Ok((value, text))
+    })
+}
+
+/// The file's text, refused past [`MAX_FILE`] bytes (a wrong file, a log or a binary, is not
+/// read into memory whole).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "larger than {} (not a config file?)",
+                crate::units::size(MAX_FILE)
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 /// The dotted key of a serde error's path (`app[0].listen[1].address`), or `(top level)`: serde's

@@ -2,5 +2,6 @@
 //! `status`, `reload` and `stop` commands).
 
 pub mod client;
+pub mod fair;
 pub mod protocol;
 pub mod server;

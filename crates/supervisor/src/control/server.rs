@@ -1,9 +1,13 @@
 //! Control socket server: a 0600 Unix socket; each request is handed to the daemon loop with a
 //! oneshot for the answer. A stale socket file from a dead supervisor is replaced; a live one is
-//! refused. The server protects the daemon from its clients: accept errors (fd limit reached) are
-//! retried after a pause, connections are capped in number, idle ones are dropped, request frames
-//! are capped in size, and a request that cannot be read gets an error answer.
+//! refused. The server protects the daemon from its clients, and its clients from each other:
+//! accept errors (fd limit reached) are retried after a pause; connections are capped in number,
+//! and a new one always gets in, in place of the connection that has waited longest for a request
+//! ([`super::fair`]), so idle or slow clients never starve the owner; every read and write has a
+//! deadline; request frames are capped in size; a request that cannot be read gets an error
+//! answer.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,19 +15,24 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fair::{Admission, ConnId, Slots};
 use super::protocol::{self, Request, Response};
 use crate::sys::listeners::clear_stale_socket;
 
 /// What the server tolerates from its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the socket's backlog.
+    /// Connections open at once; a newcomer beyond it takes the place of the one idle the
+    /// longest (one waiting for the daemon's answer is never closed: when all are, newcomers
+    /// wait in the socket's backlog).
     pub max_connections: usize,
-    /// How long a connection may take to send a whole request before it is dropped.
+    /// How long a connection may take to send a whole request, or to take its answer, before it
+    /// is dropped.
     pub idle_timeout: Duration,
     /// The largest request frame read; a longer length prefix is answered with an error.
     pub max_request: usize,
@@ -104,9 +113,16 @@ impl Unwritten {
 pub enum ControlError {
     /// Another supervisor answers on this socket.
     #[error(
-        "another supervisor is running on control socket {0} (stop it with `supervisor stop`, or set supervisor.control_socket)"
+        "another supervisor is running on control socket {} (stop it with `supervisor stop -c {}`, or set supervisor.control_socket)",
+        socket.display(),
+        config.display()
     )]
-    InUse(PathBuf),
+    InUse {
+        /// The control socket.
+        socket: PathBuf,
+        /// The config file naming it (what `supervisor stop -c` needs).
+        config: PathBuf,
+    },
     /// Binding failed.
     #[error("cannot create control socket {path}: {cause}")]
     Bind {
@@ -126,11 +142,15 @@ pub struct ControlSocket {
     unwritten: Arc<Unwritten>,
 }
 
-/// Refuses early if a live supervisor owns `path` (before anything else is bound or started).
-pub fn check_free(path: &Path) -> Result<(), ControlError> {
+/// Refuses early if a live supervisor owns `path` (before anything else is bound or started);
+/// `config` is the file naming it, for the hint.
+pub fn check_free(path: &Path, config: &Path) -> Result<(), ControlError> {
     match clear_stale_socket(path) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ControlError::InUse(path.to_path_buf())),
+        Ok(false) => Err(ControlError::InUse {
+            socket: path.to_path_buf(),
+            config: config.to_path_buf(),
+        }),
         Err(cause) => Err(ControlError::Bind {
             path: path.to_path_buf(),
             cause,
@@ -139,9 +159,9 @@ pub fn check_free(path: &Path) -> Result<(), ControlError> {
 }
 
 impl ControlSocket {
-    /// Binds the socket with mode 0600.
-    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
-        check_free(path)?;
+    /// Binds the socket with mode 0600 (`config`: the file naming it, for the errors).
+    pub fn bind(path: &Path, config: &Path) -> Result<ControlSocket, ControlError> {
+        check_free(path, config)?;
         let bind_err = |cause| ControlError::Bind {
             path: path.to_path_buf(),
             cause,
@@ -194,15 +214,11 @@ impl ControlSocket {
         };
         let connections = self.connections.clone();
         let unwritten = self.unwritten.clone();
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let served = Arc::new(Served::new(limits.max_connections));
         tokio::spawn(async move {
             // Set while accept keeps failing: the failure is logged once per episode.
             let mut failing = false;
             loop {
-                // Over the cap, new connections wait in the backlog until one ends.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -222,24 +238,116 @@ impl ControlSocket {
                     tracing::info!("control socket: accepting again");
                     failing = false;
                 }
+                // A place for it, if need be in place of the connection idle the longest; when
+                // every connection waits for an answer, until one is answered.
+                let (id, evicted) = loop {
+                    let changed = served.changed.notified();
+                    if let Some(admitted) = served.admit() {
+                        break admitted;
+                    }
+                    changed.await;
+                };
                 if requests.is_closed() {
                     return;
                 }
                 let requests = requests.clone();
                 let unwritten = unwritten.clone();
-                connections.spawn(async move {
-                    serve_connection(stream, requests, limits, unwritten).await;
-                    drop(slot);
-                });
+                let conn = Conn {
+                    id,
+                    evicted,
+                    served: served.clone(),
+                };
+                connections.spawn(serve_connection(stream, conn, requests, limits, unwritten));
+                // Let it read what it sent before the next one is accepted: a client's request is
+                // usually there already, and a connection with a request is never evicted.
+                tokio::task::yield_now().await;
             }
         });
     }
 }
 
-/// Answers the requests of one connection until it ends, is idle too long or sends a frame that
-/// cannot be read.
+/// The connections served, shared by the accepting task and the connections.
+#[derive(Debug)]
+struct Served {
+    state: std::sync::Mutex<(Slots, HashMap<ConnId, CancellationToken>)>,
+    /// A connection ended or waits for a request again: a place may be free.
+    changed: tokio::sync::Notify,
+}
+
+impl Served {
+    fn new(max: usize) -> Served {
+        Served {
+            state: std::sync::Mutex::new((Slots::new(max), HashMap::new())),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Slots, &mut HashMap<ConnId, CancellationToken>) -> T,
+    ) -> T {
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (slots, evictions) = &mut *guard;
+        f(slots, evictions)
+    }
+
+    /// A place for a new connection (closing the one idle the longest if need be), or `None`
+    /// when every connection waits for an answer.
+    fn admit(&self) -> Option<(ConnId, CancellationToken)> {
+        self.with(
+            |slots, evictions| match slots.admit(tokio::time::Instant::now()) {
+                Admission::Full => None,
+                Admission::Admit { id, evict } => {
+                    if let Some(old) = evict.and_then(|e| evictions.remove(&e)) {
+                        old.cancel();
+                    }
+                    let token = CancellationToken::new();
+                    evictions.insert(id, token.clone());
+                    Some((id, token))
+                }
+            },
+        )
+    }
+}
+
+/// One served connection's place.
+struct Conn {
+    id: ConnId,
+    /// Cancelled when a newcomer takes its place (only while it waits for a request).
+    evicted: CancellationToken,
+    served: Arc<Served>,
+}
+
+impl Conn {
+    fn busy(&self) {
+        self.served.with(|slots, _| slots.busy(self.id));
+    }
+
+    fn idle(&self) {
+        self.served
+            .with(|slots, _| slots.idle(self.id, tokio::time::Instant::now()));
+        self.served.changed.notify_one();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.served.with(|slots, evictions| {
+            slots.close(self.id);
+            evictions.remove(&self.id);
+        });
+        self.served.changed.notify_one();
+    }
+}
+
+/// Answers the requests of one connection until it ends, is idle too long, gives its place to a
+/// newcomer, or sends a frame that cannot be read.
 async fn serve_connection(
     stream: UnixStream,
+    conn: Conn,
     requests: mpsc::Sender<ControlRequest>,
     limits: Limits,
     unwritten: Arc<Unwritten>,
@@ -248,7 +356,17 @@ async fn serve_connection(
     let mut reader = FramedRead::new(read, protocol::codec(limits.max_request));
     let mut writer = FramedWrite::new(write, protocol::codec(protocol::MAX_RESPONSE_FRAME));
     loop {
-        let frame = match tokio::time::timeout(limits.idle_timeout, reader.next()).await {
+        conn.idle();
+        let next = tokio::select! {
+            biased;
+            next = tokio::time::timeout(limits.idle_timeout, reader.next()) => next,
+            () = conn.evicted.cancelled() => {
+                tracing::debug!("control socket: closing the connection idle the longest for a new one");
+                return;
+            }
+        };
+        conn.busy();
+        let frame = match next {
             Err(_) => {
                 tracing::debug!(
                     "control socket: dropping a connection idle for {:?}",
@@ -266,7 +384,11 @@ async fn serve_connection(
                         "request refused: frame longer than {} bytes ({e})",
                         limits.max_request
                     );
-                    let _ = answer(&mut writer, &Response::Error { message }).await;
+                    let _ = tokio::time::timeout(
+                        limits.idle_timeout,
+                        answer(&mut writer, &Response::Error { message }),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -293,7 +415,10 @@ async fn serve_connection(
                 (Response::Error { message }, false)
             }
         };
-        let written = answer(&mut writer, &response).await;
+        // A client that does not read its answer gives its place up after the deadline.
+        let written = tokio::time::timeout(limits.idle_timeout, answer(&mut writer, &response))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
         if counted {
             unwritten.done();
         }
@@ -346,7 +471,7 @@ mod tests {
     fn serve(limits: Limits) -> (tempfile::TempDir, PathBuf, ControlSocket) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let mut socket = ControlSocket::bind(&path).unwrap();
+        let mut socket = ControlSocket::bind(&path, Path::new("s.toml")).unwrap();
         let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
         socket.serve_with(tx, limits);
         tokio::spawn(async move {
@@ -416,7 +541,7 @@ mod tests {
     async fn answers_given_are_waited_for_until_written_and_waiting_clients_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let mut socket = ControlSocket::bind(&path).unwrap();
+        let mut socket = ControlSocket::bind(&path, Path::new("s.toml")).unwrap();
         let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
         socket.serve(tx);
         // Nothing given: nothing to wait for.
@@ -466,7 +591,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_over_the_cap_wait_for_a_free_one() {
+    async fn a_connection_over_the_cap_takes_the_place_of_the_longest_idle_one() {
         let limits = Limits {
             max_connections: 2,
             idle_timeout: Duration::from_secs(30),
@@ -476,29 +601,76 @@ mod tests {
         let mut idle = vec![];
         for _ in 0..2 {
             let mut c = protocol::framed(UnixStream::connect(&path).await.unwrap());
-            // Answered, so the server has taken this connection (and holds its slot).
+            // Answered, so the server has taken this connection (and holds its place).
             assert!(raw(&mut c, br#"{"request":"status"}"#).await.is_some());
             idle.push(c);
         }
+        // A third one is served at once.
         let mut third = protocol::framed(UnixStream::connect(&path).await.unwrap());
-        third
-            .send(bytes::Bytes::from_static(br#"{"request":"status"}"#))
+        let answer = raw(&mut third, br#"{"request":"status"}"#).await;
+        assert!(matches!(answer, Some(Response::Stopped)), "{answer:?}");
+        // In place of the first, idle the longest: closed by the server; the second still served.
+        let end = tokio::time::timeout(DEADLINE, protocol::recv::<Response>(&mut idle[0]))
+            .await
+            .expect("the longest idle connection is closed");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        let still = raw(&mut idle[1], br#"{"request":"status"}"#).await;
+        assert!(matches!(still, Some(Response::Stopped)), "{still:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_waiting_for_an_answer_keep_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let mut socket = ControlSocket::bind(&path, Path::new("s.toml")).unwrap();
+        let (tx, mut rx) = mpsc::channel::<ControlRequest>(8);
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        socket.serve_with(tx, limits);
+        // Two requests the daemon holds: both connections are busy.
+        let mut held = vec![];
+        let mut waiting = vec![];
+        for _ in 0..2 {
+            let mut c = protocol::framed(UnixStream::connect(&path).await.unwrap());
+            protocol::send(&mut c, &Request::Stop).await.unwrap();
+            held.push(rx.recv().await.unwrap());
+            waiting.push(c);
+        }
+        let mut third = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        protocol::send(&mut third, &Request::Status { app: None })
             .await
             .unwrap();
-        let early = tokio::time::timeout(
-            Duration::from_millis(300),
-            protocol::recv::<Response>(&mut third),
-        )
-        .await;
-        assert!(
-            early.is_err(),
-            "third connection served over the cap: {early:?}"
-        );
-        drop(idle.pop());
-        let late = tokio::time::timeout(DEADLINE, protocol::recv::<Response>(&mut third))
+        let early = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(early.is_err(), "served over the cap: {early:?}");
+        // One is answered: its place goes to the third (after it, it waits idle).
+        held.pop().unwrap().reply.send(Response::Stopped).unwrap();
+        let req = tokio::time::timeout(DEADLINE, rx.recv())
             .await
-            .expect("third connection never served")
+            .expect("the third is served once a place is free")
             .unwrap();
-        assert!(matches!(late, Some(Response::Stopped)), "{late:?}");
+        req.reply.send(Response::Stopped).unwrap();
+        let got = protocol::recv::<Response>(&mut third).await.unwrap();
+        assert!(matches!(got, Some(Response::Stopped)), "{got:?}");
+        // The one still waiting was never closed.
+        held.pop().unwrap().reply.send(Response::Stopped).unwrap();
+        let got = protocol::recv::<Response>(&mut waiting[0]).await.unwrap();
+        assert!(matches!(got, Some(Response::Stopped)), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_idle_connections_does_not_delay_an_answer() {
+        let (_d, path, _s) = serve(Limits::default());
+        let mut flood = Vec::new();
+        for _ in 0..1000 {
+            flood.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let mut c = protocol::framed(UnixStream::connect(&path).await.unwrap());
+        let answer = raw(&mut c, br#"{"request":"status"}"#).await;
+        assert!(matches!(answer, Some(Response::Stopped)), "{answer:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
     }
 }

@@ -238,4 +238,37 @@ mod tests {
             .unwrap()
         );
     }
+
+    #[test]
+    fn a_handover_with_durations_past_any_instant_is_adopted_without_panicking() {
+        let huge = format!(r#"{{"secs":{},"nanos":0}}"#, u64::MAX);
+        let text = WRITTEN
+            .replace(r#""kill_in":{"secs":4,"nanos":0}"#, &format!(r#""kill_in":{huge}"#))
+            .replace(r#""age":{"secs":90,"nanos":0}"#, &format!(r#""age":{huge}"#))
+            .replace(
+                r#""worker":{"id":4294967304,"generation":3,"pid":4242,"slot":0,"state":"ready""#,
+                r#""worker":{"id":4294967304,"generation":3,"pid":4242,"slot":0,"state":"starting""#,
+            );
+        let app: AdoptedApp = serde_json::from_str(&text).unwrap();
+        assert_eq!(app.draining[0].kill_in, Some(Duration::from_secs(u64::MAX)));
+        let now = tokio::time::Instant::now();
+        let mut settings = super::super::test_support::settings("web", 1, 1, 0);
+        std::sync::Arc::make_mut(&mut settings.spec).ready_timeout = Duration::MAX;
+        let mut taken = super::super::app::App::adopt(0, settings, app, now);
+        let deadlines: Vec<tokio::time::Instant> = taken
+            .take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                super::super::Action::Arm { at, .. } => Some(at),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deadlines.len(), 2, "a ready and a kill deadline");
+        assert!(
+            deadlines
+                .iter()
+                .all(|at| *at > now + Duration::from_secs(50 * 365 * 86_400)),
+            "far in the future, not an overflow"
+        );
+    }
 }

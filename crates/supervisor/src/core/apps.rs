@@ -212,7 +212,7 @@ impl Core {
         if wanted && !self.sampling {
             self.out.push(Action::Arm {
                 timer: TimerKey::MemorySample,
-                at: now + MEMORY_SAMPLE_INTERVAL,
+                at: super::later(now, MEMORY_SAMPLE_INTERVAL),
             });
         } else if !wanted && self.sampling {
             self.out.push(Action::Cancel(TimerKey::MemorySample));
@@ -502,15 +502,22 @@ impl Core {
     // ---- stop ----
 
     fn stop(&mut self, reply: Option<ReplyTo>, fast: bool, now: Instant) {
+        if self.phase == Phase::Stopped {
+            // Done already (the shell is on its way out): nothing left to stop.
+            self.answer(reply, Answer::Stopped);
+            return;
+        }
         self.stop_waiters.extend(reply);
         if fast {
-            // Every app at once, every group killed.
+            // Every app at once, every group killed; apps already stopped (a graceful stop
+            // under way got that far) are done.
             self.phase = Phase::Stopping;
             self.abort_reload_all();
             self.stopping = (0..self.apps.len()).rev().collect();
             for i in (0..self.apps.len()).rev() {
                 self.route(i, Event::FastStop, now);
             }
+            self.stop_next(now);
             return;
         }
         if self.phase == Phase::Stopping || self.phase == Phase::Stopped {
@@ -556,12 +563,21 @@ impl Core {
         if self.phase != Phase::Stopping {
             return;
         }
+        self.stop_next(now);
+    }
+
+    /// Stops the next app in line (the apps already stopped are done), or ends the stop when
+    /// none is left.
+    fn stop_next(&mut self, now: Instant) {
+        let apps = &self.apps;
+        self.stopping.retain(|&a| apps[a].phase() != Phase::Stopped);
         match self.stopping.front() {
             Some(&next) if self.apps[next].phase() != Phase::Stopping => {
                 self.route(next, Event::Stop { reply: None }, now)
             }
             Some(_) => {}
-            None => self.all_stopped(),
+            None if self.phase == Phase::Stopping => self.all_stopped(),
+            None => {}
         }
     }
 

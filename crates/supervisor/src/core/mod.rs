@@ -30,6 +30,8 @@ pub mod app;
 mod apps;
 pub mod report;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod singleton_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -170,6 +172,16 @@ pub fn lease_kill_margin(policy: &SingletonPolicy) -> std::time::Duration {
     (policy.lease_ttl / 10).min(std::time::Duration::from_millis(500))
 }
 
+/// `at` plus `d`, never panicking: a duration too long to add (past a hundred years, which the
+/// config's bounds never allow but an upgrade's handover or a simulation could carry) gives a
+/// deadline that in practice never comes, instead of an overflow.
+pub fn later(at: Instant, d: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(d.min(FAR))
+        .or_else(|| at.checked_add(std::time::Duration::from_secs(86_400)))
+        .unwrap_or(at)
+}
+
 /// How often worker memory is measured while some app has `max_memory`.
 pub const MEMORY_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -280,9 +292,21 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// The exit code of a configuration error (`EX_CONFIG`, sysexits.h): a worker that exits with
+/// it before it was ready says the app cannot run as configured (the Node preload does, for a
+/// `listen()` on a port the supervisor does not hold). Restarting cannot fix that: in the first
+/// start it fails the start at once, like a program that cannot be executed.
+pub const EX_CONFIG: i32 = 78;
+
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ExitStatus::Code(EX_CONFIG) => {
+                write!(
+                    f,
+                    "exit code {EX_CONFIG} (EX_CONFIG: a configuration error)"
+                )
+            }
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => write!(f, "signal {s}"),
         }

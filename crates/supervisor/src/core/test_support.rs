@@ -34,6 +34,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             runtime: Runtime::None,
             ready_timeout: Duration::from_secs(5),
             kill_timeout: Duration::from_secs(10),
+            cron_backend: false,
         }),
         restart: RestartPolicy {
             min_uptime: Duration::from_secs(1),

@@ -713,3 +713,90 @@ fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
         WorkerState::Starting
     );
 }
+
+#[test]
+fn a_configuration_error_at_the_first_start_fails_it_at_once() {
+    let mut sim = Sim::new(vec![(settings("web", 2), vec![])]);
+    sim.send(Event::Start);
+    let ids = sim.workers(0, WorkerState::Starting);
+    assert_eq!(ids.len(), 2);
+    sim.exit(ids[0], ExitStatus::Code(EX_CONFIG));
+    let reason = match &sim.exit {
+        Some(Err(reason)) => reason.clone(),
+        other => panic!("the start must fail: {other:?}"),
+    };
+    assert!(
+        reason.contains("web.0")
+            && reason.contains("EX_CONFIG")
+            && reason.contains("not restarted"),
+        "{reason}"
+    );
+    assert_eq!(
+        sim.signalled(ids[1]),
+        vec![Signal::KillGroup],
+        "its sibling is killed"
+    );
+    assert!(
+        !sim.timers
+            .keys()
+            .any(|k| matches!(k, TimerKey::Restart { .. })),
+        "no restart is scheduled"
+    );
+}
+
+#[test]
+fn a_configuration_error_after_the_start_is_a_crash_and_aborts_a_reload_at_once() {
+    let mut sim = Sim::new(vec![(settings("web", 2), vec![])]);
+    sim.send(Event::Start);
+    sim.ready_all(0);
+    // A crash restart that exits 78: backoff, as any crash.
+    let ready = sim.workers(0, WorkerState::Ready);
+    sim.exit(ready[0], ExitStatus::Code(EX_CONFIG));
+    assert!(sim.exit.is_none());
+    assert!(
+        sim.timers
+            .keys()
+            .any(|k| matches!(k, TimerKey::Restart { slot: 0, .. }))
+    );
+    sim.advance(Duration::from_millis(150));
+    sim.ready_all(0);
+    // A reload into a configuration error is aborted at once, not at its ready timeout.
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(1),
+        wait: true,
+    });
+    let new = sim.workers(0, WorkerState::Starting);
+    assert_eq!(new.len(), 1);
+    sim.exit(new[0], ExitStatus::Code(EX_CONFIG));
+    let report = &sim.reports(1)[0];
+    assert_eq!(report.outcome, report::ReloadOutcome::Aborted);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit code 78 (EX_CONFIG"),
+        "{report:?}"
+    );
+    assert!(sim.exit.is_none());
+}
+
+#[test]
+fn a_fast_stop_after_a_graceful_stop_stopped_some_apps_still_ends() {
+    // Found by the simulation (seed 380): the second SIGINT once the first had stopped an app.
+    let mut sim = three_apps_ready();
+    sim.send(Event::Stop { reply: Some(1) });
+    // Reverse order: jobs first; it is gone.
+    sim.exit_all_draining(2);
+    assert_eq!(sim.phase(2), Phase::Stopped);
+    assert!(sim.exit.is_none());
+    sim.send(Event::FastStop);
+    for app in 0..3 {
+        for id in sim.workers(app, WorkerState::Draining) {
+            sim.exit(id, ExitStatus::Signal(9));
+        }
+    }
+    assert_eq!(sim.exit, Some(Ok(())), "the supervisor exits");
+    assert!(matches!(sim.replies[&1][..], [Answer::Stopped]));
+}

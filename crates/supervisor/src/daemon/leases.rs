@@ -170,7 +170,7 @@ impl Task {
                 }
             }
             if self
-                .sleep_until(Instant::now() + self.policy.standby_poll)
+                .sleep_until(crate::core::later(Instant::now(), self.policy.standby_poll))
                 .await
             {
                 return;

@@ -10,6 +10,7 @@
 //! - [`views`]: `status` and the metrics as pure functions of the core's state.
 //! - [`reread`]: what a reload applies from the file read again.
 //! - [`upgrade`]: the shell's side of the in-place upgrade ([`crate::upgrade`] decides).
+//! - [`preflight`]: what `start` tries before anything starts, shared with `check`.
 //! - [`deadlines`], [`runtime_dir`], [`leases`] (the lease tasks of cluster singletons).
 //!
 //! The loop never waits on Redis (the `[[job]]` scheduler, the lease tasks and the metrics
@@ -19,6 +20,7 @@ mod control;
 mod deadlines;
 mod leases;
 mod open;
+pub(crate) mod preflight;
 mod process;
 mod reread;
 mod runtime_dir;

@@ -9,12 +9,13 @@ use std::os::fd::AsRawFd;
 use tokio::sync::mpsc;
 
 use super::leases::LeaseTasks;
+use super::preflight::preflight;
 use super::runtime_dir::RuntimeDir;
 use super::shell::Inputs;
 use super::upgrade::HandoverFds;
 use super::{Command, METRICS_KEY, RunOptions, StartupError};
 use crate::config::{AppConfig, Config, SingletonPolicy};
-use crate::control::server::{self, ControlSocket};
+use crate::control::server::ControlSocket;
 use crate::core::{AppIndex, LeaseEvent};
 use crate::jobs::scheduler::{self, ConfigJobs};
 use crate::metrics;
@@ -54,9 +55,6 @@ pub(super) fn open(
         .map(upgrade::read_state_fd)
         .transpose()
         .map_err(|e| StartupError::Resume(e.to_string()))?;
-    if resume.is_none() {
-        server::check_free(&config.control_socket)?;
-    }
     // Read once: the workers get their own NOTIFY_SOCKET, never this one.
     let service = match sdnotify::Notifier::from_env() {
         Some(Ok(n)) => Some(n),
@@ -72,25 +70,27 @@ pub(super) fn open(
         path: config.path.clone(),
         cause,
     };
-    let bound = match &resume {
-        Some(state) => inherited_listeners(&config, state)?,
-        None => config
-            .apps
-            .iter()
-            .map(|a| listeners::bind_all(&a.listeners))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(listen_err)?,
-    };
-    let metrics_listener = match resume.as_ref().map(|s| s.metrics_fd) {
-        // SAFETY: the metrics listener the previous binary handed over; ours alone.
-        Some(Some(fd)) => Some(std::net::TcpListener::from(unsafe {
-            upgrade::inherited(fd)
-        })),
-        _ => config
-            .metrics
-            .map(|addr| listeners::bind_own(METRICS_KEY, addr))
-            .transpose()
-            .map_err(listen_err)?,
+    // A fresh start makes the checks `check` makes, in the same function, binding as it goes.
+    let (bound, metrics_listener) = match &resume {
+        None => {
+            let fresh = preflight(&config)?;
+            (fresh.listeners, fresh.metrics)
+        }
+        Some(state) => {
+            let bound = inherited_listeners(&config, state)?;
+            let metrics = match state.metrics_fd {
+                // SAFETY: the metrics listener the previous binary handed over; ours alone.
+                Some(fd) => Some(std::net::TcpListener::from(unsafe {
+                    upgrade::inherited(fd)
+                })),
+                None => config
+                    .metrics
+                    .map(|addr| listeners::bind_own(METRICS_KEY, addr))
+                    .transpose()
+                    .map_err(listen_err)?,
+            };
+            (bound, metrics)
+        }
     };
     let metrics_fd = metrics_listener.as_ref().map(AsRawFd::as_raw_fd);
     let (lease_tx, lease_events) = mpsc::unbounded_channel();
@@ -116,7 +116,7 @@ pub(super) fn open(
         Some(state) => ControlSocket::inherited(&config.control_socket, unsafe {
             upgrade::inherited(state.control_fd)
         })?,
-        None => ControlSocket::bind(&config.control_socket)?,
+        None => ControlSocket::bind(&config.control_socket, &config.path)?,
     };
     let control_fd = control.raw_fd().unwrap_or(-1);
     let (control_tx, control_rx) = mpsc::channel(64);

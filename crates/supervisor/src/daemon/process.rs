@@ -81,7 +81,7 @@ pub struct StartArgs<'a> {
     pub runtime_dir: &'a Path,
     /// What the runtimes add to the environment.
     pub runtime_files: &'a RuntimeFiles,
-    /// Cron lock backend URL for the worker.
+    /// Cron lock backend URL, for a worker whose app has `cron_backend = true`.
     pub cron_url: &'a str,
     /// A cluster singleton's fencing token (`SUPERVISOR_FENCING_TOKEN`).
     pub fencing_token: Option<u64>,
@@ -105,6 +105,9 @@ pub enum StartError {
     Spawn(#[from] SpawnError),
 }
 
+/// The variable that hands the cron backend's URL to the apps that ask for it.
+const CRON_URL: &str = "SUPERVISOR_CRON_URL";
+
 /// A worker's environment: the supervisor's own (less what belongs to the supervisor itself), the
 /// runtime's additions, the app's `env`, then the worker protocol's variables; a later entry
 /// replaces an earlier one of the same name, so each name appears once.
@@ -116,6 +119,7 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
                 && k != "NOTIFY_SOCKET"
                 && k != "READY_FD"
                 && k != "SUPERVISOR_FENCING_TOKEN"
+                && k != CRON_URL
         })
         .collect();
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -146,8 +150,11 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
             "SUPERVISOR_KILL_TIMEOUT_MS".to_string(),
             spec.kill_timeout.as_millis().to_string(),
         ),
-        ("SUPERVISOR_CRON_URL".to_string(), args.cron_url.to_string()),
     ]);
+    // The backend's URL carries its password: only for the apps that run jobs in-process.
+    if spec.cron_backend {
+        env.insert(CRON_URL.to_string(), args.cron_url.to_string());
+    }
     if let Some(token) = args.fencing_token {
         env.insert("SUPERVISOR_FENCING_TOKEN".to_string(), token.to_string());
     }
@@ -326,5 +333,46 @@ impl Drop for Process {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    /// The environment a worker of `spec` gets.
+    fn env_of(cron_backend: bool) -> BTreeMap<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RuntimeFiles::install(dir.path()).unwrap();
+        let mut spec = crate::core::test_support::settings("web", 1, 1, 0).spec;
+        Arc::make_mut(&mut spec).cron_backend = cron_backend;
+        let (events, _rx) = mpsc::unbounded_channel();
+        let args = StartArgs {
+            id: 1,
+            slot: 0,
+            generation: 1,
+            spec,
+            listeners: &[],
+            runtime_dir: dir.path(),
+            runtime_files: &files,
+            cron_url: "redis://:s3cret@redis:6379/0",
+            fencing_token: None,
+            events,
+        };
+        environment(&args, "web.0", &dir.path().join("n.sock"))
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn only_an_app_that_asks_for_it_gets_the_cron_backend_url() {
+        assert!(!env_of(false).contains_key(CRON_URL));
+        assert!(
+            !env_of(false).values().any(|v| v.contains("s3cret")),
+            "the password is nowhere in the environment"
+        );
+        assert_eq!(env_of(true)[CRON_URL], "redis://:s3cret@redis:6379/0");
     }
 }

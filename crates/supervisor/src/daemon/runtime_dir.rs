@@ -1,12 +1,24 @@
 //! The supervisor's private runtime directory: the workers' notify sockets and the files the
 //! runtimes need (the Node preload), mode 0700, removed when the supervisor exits; kept across an
-//! in-place upgrade (the new binary adopts it: the notify sockets in it are in use). Directories
-//! left by a supervisor that was killed are removed at the next start.
+//! in-place upgrade (the new binary adopts it: the notify sockets in it are in use).
+//!
+//! Each directory holds a `lock` file that its supervisor keeps locked (`flock`) for as long as
+//! it lives, across an upgrade's `execve` too (the descriptor is handed over). Directories left
+//! by a supervisor that was killed are removed at the next start, by this rule only: a
+//! `supervisor-*` directory of this user whose lock can be taken belongs to a dead supervisor.
+//! Nothing else is deleted: not a directory without a lock file (another program's, or an older
+//! release's), not one whose lock is held (a live supervisor, whatever pid namespace it runs in:
+//! a pid is no proof across namespaces sharing the directory), not another user's.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use super::StartupError;
 use crate::runtimes::RuntimeFiles;
+
+/// The lock file in a runtime directory.
+const LOCK: &str = "lock";
 
 /// Private directory for the workers' notify sockets and the runtime files (the Node preload);
 /// removed on drop.
@@ -14,66 +26,237 @@ use crate::runtimes::RuntimeFiles;
 pub(super) struct RuntimeDir {
     pub(super) path: PathBuf,
     pub(super) files: RuntimeFiles,
+    /// The locked `lock` file: the proof, for other supervisors, that this one is alive.
+    lock: File,
 }
 
 impl RuntimeDir {
     pub(super) fn create() -> Result<RuntimeDir, StartupError> {
-        use std::os::unix::fs::DirBuilderExt;
         let path = std::env::temp_dir().join(format!("supervisor-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path); // left by a dead process that had our pid
-        remove_stale_runtime_dirs();
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .and_then(|()| RuntimeFiles::install(&path))
-            .map(|files| RuntimeDir {
-                path: path.clone(),
-                files,
-            })
-            .map_err(|cause| StartupError::RuntimeDir { path, cause })
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |cause| StartupError::RuntimeDir { path, cause }
+        };
+        if let Some(base) = path.parent() {
+            remove_stale_runtime_dirs(base);
+        }
+        let (path, lock) = claim(&path).map_err(err(&path))?;
+        let files = RuntimeFiles::install(&path).map_err(err(&path))?;
+        Ok(RuntimeDir { path, files, lock })
+    }
+
+    /// The descriptor of the locked `lock` file, handed over by an upgrade so that the lock is
+    /// never released while the supervisor lives.
+    pub(super) fn lock_fd(&self) -> std::os::fd::RawFd {
+        self.lock.as_raw_fd()
     }
 }
 
-/// Removes the runtime directories of supervisors that died without cleaning up (`SIGKILL`):
-/// `supervisor-<pid>` in the temp dir, owned by this user, whose pid is not a live process.
-fn remove_stale_runtime_dirs() {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+/// Creates `path` (mode 0700) with its lock held, or, when a live supervisor of another pid
+/// namespace has that name, `path.1`, `path.2`, ...
+fn claim(path: &Path) -> std::io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last = None;
+    for n in 0..64 {
+        let candidate = match n {
+            0 => path.to_path_buf(),
+            n => path.with_file_name(format!("{name}.{n}")),
+        };
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => {
+                let lock = lock(&candidate)?;
+                return Ok((candidate, lock));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
+}
+
+/// Creates `dir/lock` already locked: locked under a temporary name, then renamed, so that no
+/// other supervisor ever sees it unlocked.
+fn lock(dir: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fresh = dir.join("lock.new");
+    let _ = std::fs::remove_file(&fresh);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)?;
+    if !try_flock(&file)? {
+        return Err(std::io::Error::other(format!(
+            "{} is locked by another process",
+            fresh.display()
+        )));
+    }
+    std::fs::rename(&fresh, dir.join(LOCK))?;
+    Ok(file)
+}
+
+/// Takes the exclusive lock on `file` without waiting: `Ok(false)` when another open file
+/// holds it.
+fn try_flock(file: &File) -> std::io::Result<bool> {
+    // SAFETY: flock(2) on a descriptor `file` owns for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Removes the runtime directories in `base` of supervisors of this user that died without
+/// cleaning up (`SIGKILL`): a `supervisor-*` directory (not a link) owned by this user, holding
+/// a `lock` file of this user that nobody holds. The lock is taken before and held during the
+/// removal, so two starting supervisors never race for the same directory.
+pub(super) fn remove_stale_runtime_dirs(base: &Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
+        let dir = e.path();
+        let named = e
+            .file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix("supervisor-"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+            .is_some_and(|n| n.starts_with("supervisor-"));
+        let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if !(named && ours) {
             continue;
+        }
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(LOCK))
+        else {
+            continue; // no lock file: not provably a supervisor's
         };
-        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
+        let lock_ours = lock.metadata().is_ok_and(|m| m.is_file() && m.uid() == me);
+        if lock_ours && try_flock(&lock).unwrap_or(false) {
+            tracing::info!(dir = %dir.display(), "removing the runtime directory of a supervisor that is gone");
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
 
 impl RuntimeDir {
     /// The directory of the process that handed over (its notify sockets are in use): kept,
-    /// with the runtime files written again by this binary.
+    /// with the runtime files written again by this binary, and its lock: the descriptor the
+    /// previous binary handed over, or (from a release without one) a lock taken now.
     pub(super) fn adopt(path: PathBuf) -> Result<RuntimeDir, StartupError> {
-        RuntimeFiles::install(&path)
-            .map(|files| RuntimeDir {
-                path: path.clone(),
-                files,
-            })
-            .map_err(|cause| StartupError::RuntimeDir { path, cause })
+        let err = |cause| StartupError::RuntimeDir {
+            path: path.clone(),
+            cause,
+        };
+        let lock = match inherited_lock(&path.join(LOCK)) {
+            Some(file) => file,
+            None => lock(&path).map_err(err)?,
+        };
+        let files = RuntimeFiles::install(&path).map_err(err)?;
+        Ok(RuntimeDir { path, files, lock })
     }
+}
+
+/// The descriptor of this process open on `lock` (inherited through `execve`), close-on-exec
+/// again.
+fn inherited_lock(lock: &Path) -> Option<File> {
+    use std::os::fd::FromRawFd;
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    let fd = entries.flatten().find_map(|e| {
+        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_link(e.path()).ok()? == lock).then_some(fd)
+    })?;
+    let _ = crate::upgrade::os::set_cloexec(fd, true);
+    // SAFETY: an open descriptor of this process that nothing else owns: the previous image
+    // handed it over for the runtime directory's lock, and only this function takes it.
+    Some(unsafe { File::from_raw_fd(fd) })
 }
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
+        // Removed while still locked (the lock is released after, when `lock` is dropped).
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    /// A dead supervisor's directory: a lock file nobody holds.
+    fn dead(base: &Path, name: &str) -> PathBuf {
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(LOCK), "").unwrap();
+        std::fs::write(dir.join("notify-1.sock"), "").unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_directories_whose_lock_is_free_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        let gone = dead(base.path(), "supervisor-4242");
+        // A live supervisor's, whatever its pid (another pid namespace: not visible here).
+        let (live, held) = claim(&base.path().join("supervisor-999999999")).unwrap();
+        // No lock file: another program's, or an older release's, even with a dead pid.
+        let unknown = base.path().join("supervisor-999999998");
+        std::fs::create_dir(&unknown).unwrap();
+        // Not ours to look at: not named so, a file, a link to a dead one.
+        let other = dead(base.path(), "other-1");
+        let file = base.path().join("supervisor-7");
+        std::fs::write(&file, "").unwrap();
+        let target = dead(base.path(), "elsewhere");
+        let link = base.path().join("supervisor-8");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        remove_stale_runtime_dirs(base.path());
+        assert!(!gone.exists(), "a dead supervisor's directory is removed");
+        assert!(live.join(LOCK).exists(), "a live one is kept");
+        assert!(unknown.exists() && other.exists() && file.exists());
+        assert!(target.join(LOCK).exists() && link.exists());
+        drop(held);
+        remove_stale_runtime_dirs(base.path());
+        assert!(!live.exists(), "once its supervisor is gone, it goes too");
+    }
+
+    #[test]
+    fn a_name_taken_by_a_live_supervisor_gets_another() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("supervisor-5");
+        let (first, _held) = claim(&path).unwrap();
+        assert_eq!(first, path);
+        let (second, _held2) = claim(&path).unwrap();
+        assert_eq!(second, base.path().join("supervisor-5.1"));
+        // The lock file is there, locked, with no temporary left.
+        assert!(second.join(LOCK).is_file() && !second.join("lock.new").exists());
+        let again = File::open(second.join(LOCK)).unwrap();
+        assert!(!try_flock(&again).unwrap(), "held by the claimant");
+    }
+
+    #[test]
+    fn an_adopted_directory_keeps_its_lock() {
+        let base = tempfile::tempdir().unwrap();
+        let (path, held) = claim(&base.path().join("supervisor-6")).unwrap();
+        // As after an upgrade's execve: this process has the locked descriptor.
+        let adopted = RuntimeDir::adopt(path.clone()).unwrap();
+        assert_eq!(adopted.lock_fd(), held.as_raw_fd());
+        std::mem::forget(held); // owned by `adopted` now
+        remove_stale_runtime_dirs(base.path());
+        assert!(path.join(LOCK).exists(), "still locked: kept");
+        drop(adopted);
+        assert!(!path.exists(), "removed on drop");
     }
 }

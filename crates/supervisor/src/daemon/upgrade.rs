@@ -192,6 +192,9 @@ impl Shell {
         let memfd_raw = std::os::fd::AsRawFd::as_raw_fd(&memfd);
         let mut fds = state.fds();
         fds.push(memfd_raw);
+        // Not named in the state: the new image finds it by its path, and the lock on the
+        // runtime directory is never released in between.
+        fds.push(self.runtime_dir.lock_fd());
         let mut args = vec![
             "start".to_string(),
             "-c".to_string(),

@@ -6,13 +6,30 @@
 
 use std::sync::Arc;
 
-use super::process::{Process, StartArgs, WorkerEvent};
+use super::process::{Process, StartArgs, StartError, WorkerEvent};
 use super::shell::Shell;
-use crate::config::WorkerSpec;
+use crate::config::{WorkerSpec, missing_interpreter};
 use crate::core::{AppIndex, Event, Signal, WorkerId, WorkerState};
 use crate::notify::Notification;
 use crate::orphans;
 use crate::sys::procstat::GroupScan;
+use crate::sys::spawn::SpawnError;
+
+/// Why a worker could not be started, in words: `execve` says "No such file or directory" for
+/// a script whose `#!` interpreter is missing, as if the script were; then the interpreter is
+/// named (the file may have changed since the config was checked).
+fn exec_error(spec: &WorkerSpec, e: StartError) -> String {
+    if let StartError::Spawn(SpawnError::Exec { cause, .. }) = &e
+        && cause.kind() == std::io::ErrorKind::NotFound
+        && let Some(why) = missing_interpreter(
+            &spec.program,
+            spec.env.get("PATH").map(std::ffi::OsStr::new),
+        )
+    {
+        return format!("cannot execute {why}");
+    }
+    e.to_string()
+}
 
 impl Shell {
     /// Forks and executes a worker of app `app`; the event says whether it runs.
@@ -29,7 +46,7 @@ impl Shell {
             id: worker,
             slot,
             generation,
-            spec,
+            spec: spec.clone(),
             listeners: self.listeners.get(app).map_or(&[], Vec::as_slice),
             runtime_dir: &self.runtime_dir.path,
             runtime_files: &self.runtime_dir.files,
@@ -45,7 +62,7 @@ impl Shell {
             }
             Err(e) => Event::SpawnFailed {
                 worker,
-                error: e.to_string(),
+                error: exec_error(&spec, e),
             },
         }
     }

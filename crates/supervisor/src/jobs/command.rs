@@ -185,7 +185,8 @@ async fn keep(
                         termed = true;
                         child::signal_group(pid, libc::SIGTERM);
                     }
-                    let at = Instant::now() + grace;
+                    let now = Instant::now();
+                    let at = now.checked_add(grace).unwrap_or(now);
                     kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
                 }
                 None => open = false,

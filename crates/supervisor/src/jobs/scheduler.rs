@@ -207,10 +207,10 @@ impl ConfigJobs {
         // go on to their timeout, and a supervisor stop ends them through `stops`.
         let drain = jobs
             .iter()
-            .map(|p| p.config.timeout + p.config.kill_timeout)
+            .map(|p| p.config.timeout.saturating_add(p.config.kill_timeout))
             .max()
             .unwrap_or_default()
-            + Duration::from_secs(5);
+            .saturating_add(Duration::from_secs(5));
         let shutdown = CancellationToken::new();
         let names: Vec<&str> = jobs.iter().map(|p| p.config.spec.name.as_str()).collect();
         tracing::info!(jobs = %names.join(", "), "scheduling [[job]] tables");
@@ -288,7 +288,9 @@ impl ConfigJobs {
     /// long as a stop takes plus a margin.
     pub async fn finish(mut self) {
         self.stop();
-        let bound = self.longest_kill + STOP_GRACE + Duration::from_secs(10);
+        let bound = self
+            .longest_kill
+            .saturating_add(STOP_GRACE + Duration::from_secs(10));
         let mut tasks = self.retiring;
         tasks.extend(self.current.take().map(|r| r.task));
         if tasks.is_empty() {

@@ -3,7 +3,11 @@
 // http/https/net; CommonJS or ESM) runs as a supervisor worker:
 //
 //  - `server.listen(...)` in any form takes the inherited socket (LISTEN_FDS) whose port (or unix
-//    path) matches, and otherwise listens normally (with one warning naming the port);
+//    path) matches; a port (or path) the supervisor does not hold is a configuration error: it
+//    would not be shared with the other workers (the second one fails with EADDRINUSE) nor kept
+//    across a reload, and clients of the held port would wait for nobody. The worker says so once
+//    per generation, at WARN, with the fix, and exits 78 (EX_CONFIG): the start or reload fails
+//    at once instead of at its ready timeout;
 //  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on;
 //  - SIGTERM drains like crates/worker: stop accepting at once, every response from then on carries
 //    `Connection: close`, an idle keep-alive connection is closed only after DRAIN_IDLE_GRACE_MS
@@ -122,17 +126,44 @@
         maybeReady();
       });
     } else if (want.port || want.path) {
-      const what = want.path ? `unix:${want.path}` : `port ${want.port}`;
-      if (!warned.has(what)) {
-        warned.add(what);
-        log(
-          `the app listens on ${what}, which the supervisor does not hold (it holds ${held || "nothing"}); ` +
-            "listening on it directly: it is not shared with the other workers and not kept across reloads",
-        );
-      }
+      unheld(want, args);
     }
     return origListen.apply(this, args);
   };
+
+  // A listen() on a port or path the supervisor does not hold: said once per generation (the
+  // first worker to get here says it; the others of its generation exit quietly), with the fix.
+  const EX_CONFIG = 78;
+  function unheld(want, args) {
+    const what = want.path ? `unix:${want.path}` : `port ${want.port}`;
+    const app = env.SUPERVISOR_APP || "this app";
+    const host =
+      (want.options && typeof want.options.host === "string" && want.options.host) ||
+      (typeof args[1] === "string" && args[1]) ||
+      "0.0.0.0";
+    const table = want.path ? `path = "${want.path}"` : `address = "${host}:${want.port}"`;
+    const fix =
+      `give it to the supervisor in the config: [[app.listen]] ${table} under the [[app]] named ${JSON.stringify(app)}` +
+      (listeners.some((l) => l.port) ? `, or make the app listen on process.env.PORT (${env.PORT})` : "");
+    let first = true;
+    try {
+      const marker = pathModule.join(__dirname, `unheld-${env.SUPERVISOR_GENERATION || 0}-${what.replace(/[^A-Za-z0-9]/g, "_")}`);
+      fs.closeSync(fs.openSync(marker, "wx"));
+    } catch (e) {
+      first = e.code !== "EEXIST";
+    }
+    if (first) {
+      try {
+        process.stderr.write(
+          `WARN ${PREFIX} the app listens on ${what}, which the supervisor does not hold (it holds ${held || "nothing"}): ` +
+            `not shared with the other workers nor kept across reloads. Fix: ${fix}. Exiting with code ${EX_CONFIG} (configuration error)\n`,
+        );
+      } catch (_) {
+        // stderr gone: the exit code says it.
+      }
+    }
+    realExit.call(process, EX_CONFIG);
+  }
 
   // ---- connection bookkeeping, for the drain ----
   const kState = Symbol("supervisor.connection");

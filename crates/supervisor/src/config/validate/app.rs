@@ -11,6 +11,7 @@ use super::super::model::{
     Runtime, Scope, SingletonPolicy, WorkerSpec,
 };
 use super::super::raw::{RawApp, RawReload, RawRestart, Spanned};
+use super::bounds::{MAX_MEMORY, MAX_NAME, MAX_RESTARTS, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
 use super::program::runs_node;
 use super::{AppConfig, ConfigError, Validator, resolve};
 
@@ -37,15 +38,23 @@ impl Validator<'_> {
         let name_span = ra.name.span();
         let name = ra.name.get_ref().clone();
         if name.is_empty()
+            || name.len() > MAX_NAME
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         {
+            let shown: String = name.chars().take(MAX_NAME).collect();
+            let more = if name.chars().count() > MAX_NAME {
+                "..."
+            } else {
+                ""
+            };
             return Err(self.err_at(
                 name_span,
                 format!("{key}.name"),
                 format!(
-                    "{name:?}: use letters, digits, '-' and '_' (worker names are `name.slot`)"
+                    "{shown:?}{more}: use letters, digits, '-' and '_', 1 to {MAX_NAME} of \
+                     them (worker names are `name.slot`)"
                 ),
             ));
         }
@@ -67,12 +76,27 @@ impl Validator<'_> {
             }
         };
         let raw_reload = std::mem::take(&mut ra.reload);
+        if let Some(max) = ra
+            .max_memory
+            .as_ref()
+            .filter(|b| b.get_ref().0 > MAX_MEMORY)
+        {
+            return Err(self.err_at(
+                max.span(),
+                format!("{key}.max_memory"),
+                format!(
+                    "{} is more than the limit of 16 TiB",
+                    crate::units::size(max.get_ref().0)
+                ),
+            ));
+        }
         let memory = MemoryPolicy {
             max_bytes: ra.max_memory.as_ref().map(|b| b.get_ref().0),
-            grace: self.positive(
+            grace: self.duration(
                 &format!("{key}.max_memory_grace"),
                 ra.max_memory_grace.as_ref(),
                 Duration::from_secs(30),
+                MAX_WINDOW,
             )?,
         };
         let singleton = self.singleton(key, &ra)?;
@@ -109,11 +133,16 @@ impl Validator<'_> {
             max_surge: r.max_surge.as_ref().map_or(1, |s| *s.get_ref()),
             max_unavailable: r.max_unavailable.as_ref().map_or(0, |u| *u.get_ref()),
         };
-        if reload.max_surge == 0 {
+        if reload.max_surge == 0 || reload.max_surge > MAX_INSTANCES {
+            let why = if reload.max_surge == 0 {
+                "must be at least 1".to_string()
+            } else {
+                format!("must be at most {MAX_INSTANCES}")
+            };
             return Err(self.err_at(
                 r.max_surge.as_ref().map(Spanned::span),
                 format!("{key}.reload.max_surge"),
-                "must be at least 1",
+                why,
             ));
         }
         if reload.max_unavailable >= instances.max(1) {
@@ -144,21 +173,23 @@ impl Validator<'_> {
             }
             return Ok(None);
         }
-        let lease_ttl = ra
-            .lease_ttl
-            .as_ref()
-            .map_or(DEFAULT_LEASE_TTL, |h| h.get_ref().0);
+        let lease_key = format!("{key}.lease_ttl");
+        let lease_ttl = match &ra.lease_ttl {
+            None => DEFAULT_LEASE_TTL,
+            Some(ttl) => self.at_most(&lease_key, ttl, MAX_WAIT)?,
+        };
         if lease_ttl < Duration::from_millis(300) {
             return Err(self.err_at(
                 ra.lease_ttl.as_ref().map(Spanned::span),
-                format!("{key}.lease_ttl"),
+                lease_key,
                 "must be at least 300ms (it is renewed every third of it)",
             ));
         }
-        let standby_poll = self.positive(
+        let standby_poll = self.duration(
             &format!("{key}.standby_poll"),
             ra.standby_poll.as_ref(),
             lease_ttl / 3,
+            MAX_WAIT,
         )?;
         Ok(Some(SingletonPolicy {
             lease_ttl,
@@ -173,6 +204,25 @@ impl Validator<'_> {
             .program(key, rw.command.get_ref())
             .map_err(|e| self.located(e, rw.command.span()))?;
         let name = rw.name.into_inner();
+        let first = |spans: Vec<Range<usize>>| spans.get(MAX_STRINGS).cloned();
+        let env_spans = rw.env.values().map(Spanned::span).collect();
+        let env_key = format!("{key}.env");
+        self.count(
+            first(env_spans),
+            &env_key,
+            rw.env.len(),
+            MAX_STRINGS,
+            "variables",
+        )?;
+        let arg_spans = rw.args.iter().map(Spanned::span).collect();
+        let args_key = format!("{key}.args");
+        self.count(
+            first(arg_spans),
+            &args_key,
+            rw.args.len(),
+            MAX_STRINGS,
+            "arguments",
+        )?;
         for (name, value) in &rw.env {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(self.err_at(
@@ -181,6 +231,11 @@ impl Validator<'_> {
                     "not a valid environment variable name",
                 ));
             }
+            self.exec_string(
+                value.span(),
+                &format!("{key}.env.{name}"),
+                name.len() + 1 + value.get_ref().len(),
+            )?;
         }
         for (i, a) in rw.args.iter().enumerate() {
             if a.get_ref().contains('\0') {
@@ -190,7 +245,14 @@ impl Validator<'_> {
                     "contains a NUL byte",
                 ));
             }
+            self.exec_string(a.span(), &format!("{key}.args[{i}]"), a.get_ref().len())?;
         }
+        self.interpreter(
+            rw.command.span(),
+            &format!("{key}.command"),
+            &program,
+            rw.env.get("PATH").map(|p| p.get_ref().as_str()),
+        )?;
         let cwd = rw
             .cwd
             .as_ref()
@@ -244,15 +306,17 @@ impl Validator<'_> {
                  listens; remove `readiness` (or set runtime = \"none\")",
             ));
         }
-        let ready_timeout = self.positive(
+        let ready_timeout = self.duration(
             &format!("{key}.ready_timeout"),
             rw.ready_timeout.as_ref(),
             Duration::from_secs(30),
+            MAX_WAIT,
         )?;
-        let kill_timeout = self.positive(
+        let kill_timeout = self.duration(
             &format!("{key}.kill_timeout"),
             rw.kill_timeout.as_ref(),
             Duration::from_secs(10),
+            MAX_WAIT,
         )?;
         let env: BTreeMap<String, String> = rw
             .env
@@ -270,6 +334,7 @@ impl Validator<'_> {
             runtime,
             ready_timeout,
             kill_timeout,
+            cron_backend: rw.cron_backend.unwrap_or(false),
         })
     }
 
@@ -277,24 +342,43 @@ impl Validator<'_> {
     fn restart(&self, app: &str, r: &RawRestart) -> Result<RestartPolicy, ConfigError> {
         let key = |k: &str| format!("{app}.restart.{k}");
         let policy = RestartPolicy {
-            min_uptime: self.positive(
+            min_uptime: self.duration(
                 &key("min_uptime"),
                 r.min_uptime.as_ref(),
                 Duration::from_secs(1),
+                MAX_WAIT,
             )?,
             max_restarts: r.max_restarts.as_ref().map_or(5, |m| *m.get_ref()),
-            window: self.positive(&key("window"), r.window.as_ref(), Duration::from_secs(60))?,
-            backoff_initial: self.positive(
+            window: self.duration(
+                &key("window"),
+                r.window.as_ref(),
+                Duration::from_secs(60),
+                MAX_WINDOW,
+            )?,
+            backoff_initial: self.duration(
                 &key("backoff_initial"),
                 r.backoff_initial.as_ref(),
                 Duration::from_millis(100),
+                MAX_WAIT,
             )?,
-            backoff_max: self.positive(
+            backoff_max: self.duration(
                 &key("backoff_max"),
                 r.backoff_max.as_ref(),
                 Duration::from_secs(30),
+                MAX_WAIT,
             )?,
         };
+        if let Some(m) = r
+            .max_restarts
+            .as_ref()
+            .filter(|m| *m.get_ref() > MAX_RESTARTS)
+        {
+            return Err(self.err_at(
+                m.span(),
+                key("max_restarts"),
+                format!("{} is more than {MAX_RESTARTS}", m.get_ref()),
+            ));
+        }
         if policy.backoff_max < policy.backoff_initial {
             // At `backoff_max` if it is written, else at the `backoff_initial` above its default.
             let span = r.backoff_max.as_ref().or(r.backoff_initial.as_ref());

@@ -8,6 +8,7 @@ use super::super::model::{
     DEFAULT_JOB_KILL_TIMEOUT, DEFAULT_JOB_TIMEOUT, DEFAULT_MISFIRE_GRACE, JobAction, JobConfig,
 };
 use super::super::raw::RawJob;
+use super::bounds::{MAX_JOB_TIMEOUT, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
 use super::{AppConfig, ConfigError, Validator};
 
 impl Validator<'_> {
@@ -45,6 +46,7 @@ impl Validator<'_> {
             ));
         }
         if let Some(ttl) = &rj.lease_ttl {
+            self.at_most(&format!("{key}.lease_ttl"), ttl, MAX_WAIT)?;
             if ttl.get_ref().0 < Duration::from_millis(300) {
                 return Err(self.err_at(
                     ttl.span(),
@@ -73,10 +75,11 @@ impl Validator<'_> {
                 }
             }
             Some(("run_late", _)) => {
-                let grace = self.positive(
+                let grace = self.duration(
                     &format!("{key}.misfire_grace"),
                     grace.as_ref(),
                     DEFAULT_MISFIRE_GRACE,
+                    MAX_WINDOW,
                 )?;
                 spec = spec.misfire(cronlock::Misfire::RunLate { grace });
             }
@@ -88,10 +91,11 @@ impl Validator<'_> {
                 ));
             }
         }
-        let timeout = self.positive(
+        let timeout = self.duration(
             &format!("{key}.timeout"),
             rj.timeout.as_ref(),
             DEFAULT_JOB_TIMEOUT,
+            MAX_JOB_TIMEOUT,
         )?;
         let app = match &rj.app {
             None => None,
@@ -111,11 +115,12 @@ impl Validator<'_> {
                 }
             },
         };
-        let kill_timeout = self.positive(
+        let kill_timeout = self.duration(
             &format!("{key}.kill_timeout"),
             rj.kill_timeout.as_ref(),
             app.as_ref()
                 .map_or(DEFAULT_JOB_KILL_TIMEOUT, |(a, _)| a.worker.kill_timeout),
+            MAX_WAIT,
         )?;
         let action = match (rj.command, rj.http) {
             (Some(_), Some(h)) => {
@@ -141,6 +146,17 @@ impl Validator<'_> {
                 if argv.iter().any(|a| a.contains('\0')) {
                     return Err(self.err_at(span, format!("{key}.command"), "contains a NUL byte"));
                 }
+                let command_key = format!("{key}.command");
+                self.count(
+                    span.clone(),
+                    &command_key,
+                    argv.len(),
+                    MAX_STRINGS,
+                    "arguments",
+                )?;
+                for a in &argv {
+                    self.exec_string(span.clone(), &command_key, a.len())?;
+                }
                 let program = self
                     .program(key, prog)
                     .map_err(|e| self.located(e, span.clone()))?;
@@ -148,6 +164,8 @@ impl Validator<'_> {
                     Some((a, _)) => (a.worker.env.clone(), a.worker.cwd.clone()),
                     None => (BTreeMap::new(), self.base.clone()),
                 };
+                let path_env = env.get("PATH").map(String::as_str);
+                self.interpreter(span.clone(), &command_key, &program, path_env)?;
                 JobAction::Command {
                     program,
                     args: args.to_vec(),

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::super::model::{ListenAddr, ListenerSpec};
 use super::super::raw::{RawListen, Spanned};
+use super::bounds::{MAX_BACKLOG, MAX_LISTENERS};
 use super::{ConfigError, Validator, resolve};
 
 /// Whether two listeners would bind the same socket (port 0 picks a fresh port each time, so
@@ -21,6 +22,9 @@ impl Validator<'_> {
         app: &str,
         raw: &[Spanned<RawListen>],
     ) -> Result<(Vec<ListenerSpec>, Vec<Range<usize>>), ConfigError> {
+        let extra = raw.get(MAX_LISTENERS).map(Spanned::span);
+        let key = format!("{app}.listen");
+        self.count(extra, &key, raw.len(), MAX_LISTENERS, "listeners")?;
         let mut out: Vec<ListenerSpec> = Vec::with_capacity(raw.len());
         let mut spans = Vec::with_capacity(raw.len());
         for (i, table) in raw.iter().enumerate() {
@@ -33,7 +37,11 @@ impl Validator<'_> {
                         .map_err(|e| self.located(e, a.span()))?;
                     (ListenAddr::Tcp(addr), a.span())
                 }
-                (None, Some(p)) => (ListenAddr::Unix(resolve(&self.base, p.get_ref())), p.span()),
+                (None, Some(p)) => {
+                    let path = resolve(&self.base, p.get_ref());
+                    self.socket_path(p.span(), &format!("{key}.path"), &path)?;
+                    (ListenAddr::Unix(path), p.span())
+                }
                 (Some(_), Some(_)) => {
                     return Err(self.err_at(
                         table_span,
@@ -76,11 +84,15 @@ impl Validator<'_> {
             }
             let backlog = match &l.backlog {
                 None => 1024,
-                Some(b) if *b.get_ref() <= 0 => {
+                Some(b) if *b.get_ref() <= 0 || *b.get_ref() > MAX_BACKLOG => {
                     return Err(self.err_at(
                         b.span(),
                         format!("{key}.backlog"),
-                        "must be positive",
+                        if *b.get_ref() <= 0 {
+                            "must be positive".to_string()
+                        } else {
+                            format!("must be at most {MAX_BACKLOG}")
+                        },
                     ));
                 }
                 Some(b) => *b.get_ref(),

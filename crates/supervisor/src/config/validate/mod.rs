@@ -6,16 +6,18 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::human::HumanDuration;
 use super::model::JobConfig;
 use super::raw::{RawFile, Spanned};
 use super::{AppConfig, Config, ConfigError, Location};
+use bounds::{MAX_APPS, MAX_JOBS};
 
 mod app;
+pub(crate) mod bounds;
 mod job;
 mod listen;
+mod paths;
+pub(crate) use paths::{creatable_dir, missing_interpreter};
 mod program;
 mod supervisor;
 
@@ -85,22 +87,6 @@ impl Validator<'_> {
         }
     }
 
-    /// A positive duration from a spanned value, or `default`.
-    fn positive(
-        &self,
-        key: &str,
-        d: Option<&Spanned<HumanDuration>>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match d {
-            None => Ok(default),
-            Some(d) if d.get_ref().0.is_zero() => {
-                Err(self.err_at(d.span(), key, "must be greater than zero"))
-            }
-            Some(d) => Ok(d.get_ref().0),
-        }
-    }
-
     /// A `host:port` address, resolved now (the first address a name resolves to).
     fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
         if let Ok(a) = text.parse::<SocketAddr>() {
@@ -118,6 +104,11 @@ impl Validator<'_> {
     /// `after` between apps, jobs naming apps).
     pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let control_socket = self.control_socket(&raw.supervisor);
+        self.socket_path(
+            raw.supervisor.control_socket.as_ref().map(Spanned::span),
+            "supervisor.control_socket",
+            &control_socket,
+        )?;
         let metrics = self.metrics(&raw.supervisor)?;
         if raw.app.is_empty() {
             return Err(self.err(
@@ -125,6 +116,23 @@ impl Validator<'_> {
                 "no app: add at least one [[app]] with `name` and `command`",
             ));
         }
+        let later = |tables: &[Range<usize>], max: usize| tables.get(max).cloned();
+        let app_spans: Vec<Range<usize>> = raw.app.iter().map(|a| a.name.span()).collect();
+        self.count(
+            later(&app_spans, MAX_APPS),
+            "app",
+            raw.app.len(),
+            MAX_APPS,
+            "[[app]] tables",
+        )?;
+        let job_spans: Vec<Range<usize>> = raw.job.iter().map(|j| j.name.span()).collect();
+        self.count(
+            later(&job_spans, MAX_JOBS),
+            "job",
+            raw.job.len(),
+            MAX_JOBS,
+            "[[job]] tables",
+        )?;
         let mut apps: Vec<AppConfig> = Vec::with_capacity(raw.app.len());
         let mut spans = Vec::with_capacity(raw.app.len());
         for (i, ra) in raw.app.into_iter().enumerate() {
@@ -154,6 +162,7 @@ impl Validator<'_> {
         }
         self.check_after(&apps, &spans)?;
         let cron_url = self.cron(&raw.cron, &control_socket)?;
+        self.check_state_dir(&raw.cron, &cron_url)?;
         let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.job.len());
         for (i, rj) in raw.job.into_iter().enumerate() {
             let key = format!("job[{i}]");

@@ -11,7 +11,7 @@ impl Validator<'_> {
     /// The control socket: `control_socket` relative to the file, or `supervisor.sock` beside it.
     pub(in crate::config) fn control_socket(&self, s: &RawSupervisor) -> PathBuf {
         match &s.control_socket {
-            Some(p) => resolve(&self.base, p),
+            Some(p) => resolve(&self.base, p.get_ref()),
             None => self.base.join("supervisor.sock"),
         }
     }
@@ -32,18 +32,25 @@ impl Validator<'_> {
         control_socket: &Path,
     ) -> Result<String, ConfigError> {
         match (&c.redis_url, &c.state_dir) {
-            (Some(_), Some(_)) => {
-                Err(self.err("cron", "give either `redis_url` or `state_dir`, not both"))
-            }
+            (Some(_), Some(dir)) => Err(self.err_at(
+                dir.span(),
+                "cron",
+                "give either `redis_url` or `state_dir`, not both",
+            )),
             (Some(url), None) => {
+                let (span, url) = (url.span(), url.get_ref());
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(self.err("cron.redis_url", "must start with redis:// or rediss://"));
+                    return Err(self.err_at(
+                        span,
+                        "cron.redis_url",
+                        "must start with redis:// or rediss://",
+                    ));
                 }
                 Ok(url.clone())
             }
             (None, dir) => {
                 let dir = match dir {
-                    Some(d) => resolve(&self.base, d),
+                    Some(d) => resolve(&self.base, d.get_ref()),
                     None => control_socket.with_extension("cron"),
                 };
                 let dir = std::path::absolute(&dir)

@@ -7,7 +7,7 @@ use super::App;
 use super::slots::{Slot, SlotState};
 use crate::core::adopt::{AdoptedApp, AdoptedReload, AdoptedSlot, AdoptedWorker};
 use crate::core::report::ReloadReport;
-use crate::core::{Action, AppIndex, AppSettings, Phase, TimerKey, Worker, WorkerState};
+use crate::core::{Action, AppIndex, AppSettings, Phase, TimerKey, Worker, WorkerState, later};
 
 impl App {
     /// Why this app cannot be handed over to an upgraded supervisor now, if it cannot: a
@@ -135,7 +135,7 @@ impl App {
                 if w.state == WorkerState::Starting {
                     app.out.push(Action::Arm {
                         timer: TimerKey::Ready(w.id),
-                        at: started_at + spec.ready_timeout,
+                        at: later(started_at, spec.ready_timeout),
                     });
                 }
                 app.workers.insert(
@@ -155,17 +155,17 @@ impl App {
                     },
                 );
             } else if let Some(delay) = s.restart_in {
-                slot.state = SlotState::BackingOff(now + delay);
+                slot.state = SlotState::BackingOff(later(now, delay));
                 app.out.push(Action::Arm {
                     timer: app.restart_key(i),
-                    at: now + delay,
+                    at: later(now, delay),
                 });
             }
             app.slots.push(slot);
         }
         for w in state.draining {
             let started_at = now.checked_sub(w.age).unwrap_or(now);
-            let kill_at = now + w.kill_in.unwrap_or_default();
+            let kill_at = later(now, w.kill_in.unwrap_or_default());
             app.out.push(Action::Arm {
                 timer: TimerKey::Kill(w.id),
                 at: kill_at,

@@ -31,6 +31,8 @@ use reload::Reloading;
 use slots::{FirstStart, Slot, SlotState};
 
 mod handover;
+#[cfg(test)]
+pub(crate) mod invariants;
 mod lease;
 mod recycle;
 mod reload;
@@ -112,6 +114,9 @@ pub struct App {
     restarts_total: u64,
     phase: Phase,
     first_start: Option<FirstStart>,
+    /// From the app's first start until one of its workers is ready (never for a cluster
+    /// singleton, whose start is a takeover): a configuration error then fails the start.
+    starting_up: bool,
     /// The replacement for memory under way (one at a time).
     recycling: Option<Recycle>,
     memory_recycles: u64,
@@ -164,6 +169,7 @@ impl App {
             restarts_total: 0,
             phase: Phase::Waiting,
             first_start: None,
+            starting_up: false,
             recycling: None,
             memory_recycles: 0,
             memory_recycle_failures: 0,

@@ -181,6 +181,7 @@ mod tests {
             runtime: crate::config::Runtime::None,
             ready_timeout: Duration::from_secs(1),
             kill_timeout: Duration::from_secs(1),
+            cron_backend: false,
         })
     }
 

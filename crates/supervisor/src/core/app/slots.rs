@@ -12,7 +12,9 @@ use super::recycle::Recycle;
 use super::reload::Reloading;
 use super::{App, AppReport};
 use crate::config::{Readiness, WorkerSpec};
-use crate::core::{Action, ExitStatus, Phase, Signal, TimerKey, Worker, WorkerId, WorkerState};
+use crate::core::{
+    Action, EX_CONFIG, ExitStatus, Phase, Signal, TimerKey, Worker, WorkerId, WorkerState, later,
+};
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,7 @@ impl App {
             outstanding: self.slots.len(),
             errors: Vec::new(),
         });
+        self.starting_up = self.lease.is_none();
         for i in 0..self.slots.len() {
             self.start_slot(i, now);
         }
@@ -150,7 +153,7 @@ impl App {
         match readiness {
             Readiness::Notify => self.out.push(Action::Arm {
                 timer: TimerKey::Ready(id),
-                at: now + timeout,
+                at: later(now, timeout),
             }),
             // Executed = ready, through the same path as READY=1.
             Readiness::Exec => self.ready(id, now),
@@ -204,6 +207,33 @@ impl App {
         self.reports.push(AppReport::StartFailed(reason));
     }
 
+    /// A worker of the first start exited with [`EX_CONFIG`] before any worker of the app was
+    /// ready: the app cannot run as configured, and restarting cannot fix it. Its other workers
+    /// are killed and the start fails at once, with the reason (its own lines said why).
+    fn config_error_at_start(&mut self, w: &Worker, pid: i32, status: ExitStatus) {
+        let mut reason = format!(
+            "worker {} (pid {pid}) exited before it was ready with {status}: not restarted \
+             (its last lines say why)",
+            w.name
+        );
+        if let Some(hint) = &self.settings.not_ready_hint {
+            reason = format!("{reason}; {hint}");
+        }
+        for &worker in self.workers.keys() {
+            self.out.push(Action::Signal {
+                worker,
+                signal: Signal::KillGroup,
+            });
+        }
+        for s in &mut self.slots {
+            s.state = SlotState::Idle;
+        }
+        self.first_start = None;
+        self.starting_up = false;
+        self.phase = Phase::Stopped;
+        self.reports.push(AppReport::StartFailed(reason));
+    }
+
     /// The worker said it is ready: a reload's replaces its slot, a memory replacement's
     /// completes it.
     pub(super) fn ready(&mut self, id: WorkerId, now: Instant) {
@@ -214,6 +244,7 @@ impl App {
             return;
         }
         w.state = WorkerState::Ready;
+        self.starting_up = false;
         let (pid, slot) = (w.pid.unwrap_or(0), w.slot);
         tracing::info!(worker = %w.name, pid, generation = w.generation, ready_ms = (now - w.started_at).as_millis() as u64, "worker ready");
         self.out.push(Action::Cancel(TimerKey::Ready(id)));
@@ -249,10 +280,21 @@ impl App {
             return;
         }
         tracing::warn!(worker = %w.name, pid, %status, uptime_ms = uptime.as_millis() as u64, "worker exited unexpectedly ({})", w.state);
+        let config_error =
+            status == ExitStatus::Code(EX_CONFIG) && w.state == WorkerState::Starting;
+        if config_error && self.starting_up && self.phase == Phase::Running {
+            self.config_error_at_start(&w, pid, status);
+            return;
+        }
+        // What the runtime waits for, after a configuration error: the fix is the same.
+        let hint = match (&self.settings.not_ready_hint, config_error) {
+            (Some(hint), true) => format!(": {hint}"),
+            _ => String::new(),
+        };
         match self.owner(id, w.slot) {
             Owner::Reload => self.abort_reload(
                 format!(
-                    "new worker {} (pid {pid}) exited before it was ready: {status}",
+                    "new worker {} (pid {pid}) exited before it was ready: {status}{hint}",
                     w.name
                 ),
                 now,
@@ -401,7 +443,7 @@ impl App {
             s.recent_failures.pop_front();
         }
         let delay = policy.backoff(s.consecutive_failures);
-        s.state = SlotState::BackingOff(now + delay);
+        s.state = SlotState::BackingOff(later(now, delay));
         let delay_text = crate::units::span(delay);
         if s.crash_looping(policy.max_restarts) {
             tracing::error!(
@@ -415,7 +457,7 @@ impl App {
         }
         self.out.push(Action::Arm {
             timer: self.restart_key(index),
-            at: now + delay,
+            at: later(now, delay),
         });
     }
 
@@ -429,7 +471,7 @@ impl App {
         }
         w.state = WorkerState::Draining;
         tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining (SIGTERM)");
-        let at = now + w.spec.kill_timeout;
+        let at = later(now, w.spec.kill_timeout);
         w.kill_at = Some(at);
         self.out.extend([
             Action::Cancel(TimerKey::Ready(id)),

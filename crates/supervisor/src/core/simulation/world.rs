@@ -1,0 +1,610 @@
+//! The world around the core in a simulation: worker processes that start (or fail to), say
+//! they are ready, crash at any point, drain when told and die when killed; deadlines that fire
+//! when time passes; a config file that changes or breaks; memory samples; lease events; clients
+//! waiting for answers. It carries out every action the core returns like the shell does, and
+//! checks the invariants after every step.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::plan::{ConfigStep, LeaseStep, Setup, Step};
+use crate::core::app::invariants::SlotView;
+use crate::core::report::ReloadOutcome;
+use crate::core::{
+    Action, Answer, AppIndex, AppSettings, Core, Event, ExitStatus, LeaseEvent, Phase, ReplyTo,
+    Signal, TimerKey, WorkerId, WorkerState,
+};
+
+/// A worker process of the simulated machine.
+#[derive(Debug, Clone, Copy)]
+struct Proc {
+    /// Told to stop (`SIGTERM`).
+    termed: bool,
+}
+
+/// The simulated shell and machine around a [`Core`].
+pub(crate) struct World {
+    core: Core,
+    now: Instant,
+    setup: Vec<AppSettings>,
+    /// What the next config read returns.
+    config: Result<Vec<AppSettings>, String>,
+    spawn_fails: bool,
+    next_pid: i32,
+    procs: BTreeMap<WorkerId, Proc>,
+    /// Exits of killed processes, reported at the next step (the pidfd watch is asynchronous).
+    dying: Vec<WorkerId>,
+    memory: BTreeMap<WorkerId, u64>,
+    timers: BTreeMap<TimerKey, Instant>,
+    next_reply: ReplyTo,
+    /// Clients waiting for an answer, with what they asked.
+    asked: BTreeMap<ReplyTo, &'static str>,
+    answers: BTreeMap<ReplyTo, usize>,
+    /// The generation each app serves from: the last reload that went through, or restart.
+    good: Vec<u64>,
+    next_token: u64,
+    stopping: bool,
+    exit: Option<Result<(), String>>,
+    /// Workers whose process group was killed.
+    killed: BTreeSet<WorkerId>,
+}
+
+impl World {
+    /// The core of `setup`, started.
+    pub(crate) fn new(setup: &Setup) -> Result<World, String> {
+        let settings: Vec<AppSettings> = setup.apps.iter().map(|(s, _)| s.clone()).collect();
+        let mut w = World {
+            core: Core::new(setup.apps.clone()),
+            now: Instant::now(),
+            config: Ok(settings.clone()),
+            good: vec![1; settings.len()],
+            setup: settings,
+            spawn_fails: false,
+            next_pid: 100,
+            procs: BTreeMap::new(),
+            dying: Vec::new(),
+            memory: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            next_reply: 1,
+            asked: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            next_token: 1,
+            stopping: false,
+            exit: None,
+            killed: BTreeSet::new(),
+        };
+        w.feed(Event::Start)?;
+        w.check()?;
+        Ok(w)
+    }
+
+    /// Whether the supervisor has exited (nothing happens to it any more).
+    pub(crate) fn exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Takes one step, then checks every invariant.
+    pub(crate) fn step(&mut self, step: Step) -> Result<(), String> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        for id in std::mem::take(&mut self.dying) {
+            if self.procs.contains_key(&id) {
+                self.exit_proc(id, ExitStatus::Signal(9))?;
+            }
+        }
+        match step {
+            Step::Ready(k) => {
+                if let Some(id) = self.nth(k, |p| p.state() == Some(WorkerState::Starting)) {
+                    self.feed(Event::Ready(id))?;
+                }
+            }
+            Step::Crash(k, status) => {
+                if let Some(id) = self.nth(k, |_| true) {
+                    self.exit_proc(id, status)?;
+                }
+            }
+            Step::Drained(k) => {
+                if let Some(id) = self.nth(k, |p| p.termed()) {
+                    self.exit_proc(id, ExitStatus::Code(0))?;
+                }
+            }
+            Step::Status(k) => {
+                if let Some(id) = self.nth(k, |_| true) {
+                    self.feed(Event::StatusText(id, "busy".into()))?;
+                }
+            }
+            Step::Advance(d) => self.advance(d)?,
+            Step::Jump(d) => {
+                self.now += d;
+                self.advance(Duration::ZERO)?;
+            }
+            Step::Reload { app, client, wait } => {
+                let app = app.map(|a| a % self.setup.len());
+                let reply = client.then(|| self.ask("reload"));
+                self.feed(Event::Reload { app, reply, wait })?;
+            }
+            Step::Restart(app) => {
+                let reply = Some(self.ask("restart"));
+                self.feed(Event::Restart {
+                    app: app % self.setup.len(),
+                    reply,
+                })?;
+            }
+            Step::Scale(app, instances) => {
+                let reply = Some(self.ask("scale"));
+                self.feed(Event::Scale {
+                    app: app % self.setup.len(),
+                    instances,
+                    reply,
+                })?;
+            }
+            Step::Stop { client } => {
+                self.stopping = true;
+                let reply = client.then(|| self.ask("stop"));
+                self.feed(Event::Stop { reply })?;
+            }
+            Step::FastStop => {
+                self.stopping = true;
+                self.feed(Event::FastStop)?;
+            }
+            Step::Memory(k, mb) => {
+                if let Some(id) = self.nth(k, |_| true) {
+                    self.memory.insert(id, mb << 20);
+                }
+            }
+            Step::Lease(app, lease) => {
+                let app = app % self.setup.len();
+                let event = match lease {
+                    LeaseStep::Acquired => {
+                        self.next_token += 1;
+                        LeaseEvent::Acquired {
+                            token: self.next_token,
+                            holder: "here:1".into(),
+                        }
+                    }
+                    LeaseStep::Standby => LeaseEvent::Standby {
+                        holder: Some(("there:2".into(), self.next_token)),
+                    },
+                    LeaseStep::Lost(left) => LeaseEvent::Lost {
+                        expires_at: self.now + left,
+                        reason: "renewal refused".into(),
+                    },
+                    LeaseStep::Released => LeaseEvent::Released,
+                };
+                self.feed(Event::Lease { app, event })?;
+            }
+            Step::Config(change) => self.config = self.config_after(change),
+            Step::SpawnFails(fails) => self.spawn_fails = fails,
+        }
+        self.check()
+    }
+
+    /// What the config file says after `change`.
+    fn config_after(&self, change: ConfigStep) -> Result<Vec<AppSettings>, String> {
+        let n = self.setup.len();
+        match change {
+            ConfigStep::Original => Ok(self.setup.clone()),
+            ConfigStep::Broken => Err("app[0].kill_timeout: must be greater than zero".into()),
+            ConfigStep::Without(app) => {
+                let mut apps = self.setup.clone();
+                apps.remove(app % n);
+                Ok(apps)
+            }
+            ConfigStep::Instances(app, instances) => {
+                let mut apps = self.config.clone().unwrap_or_else(|_| self.setup.clone());
+                if let Some(a) = apps
+                    .iter_mut()
+                    .find(|a| a.spec.name == format!("a{}", app % n))
+                {
+                    let spec = Arc::make_mut(&mut a.spec);
+                    spec.instances = instances;
+                    spec.args = vec![format!("v{instances}")];
+                }
+                Ok(apps)
+            }
+        }
+    }
+
+    /// A client asks something: its number.
+    fn ask(&mut self, what: &'static str) -> ReplyTo {
+        let to = self.next_reply;
+        self.next_reply += 1;
+        self.asked.insert(to, what);
+        to
+    }
+
+    /// The k-th (modulo their number) live process for which `pick` holds.
+    fn nth(&self, k: usize, pick: impl Fn(&Picked<'_>) -> bool) -> Option<WorkerId> {
+        let ids: Vec<WorkerId> = self
+            .procs
+            .iter()
+            .filter(|(id, proc)| {
+                pick(&Picked {
+                    world: self,
+                    id: **id,
+                    proc,
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        (!ids.is_empty()).then(|| ids[k % ids.len()])
+    }
+
+    fn core_state(&self, id: WorkerId) -> Option<WorkerState> {
+        self.core.worker(id).map(|w| w.state)
+    }
+
+    /// Process `id` exited: the shell reports it.
+    fn exit_proc(&mut self, id: WorkerId, status: ExitStatus) -> Result<(), String> {
+        self.procs.remove(&id);
+        self.memory.remove(&id);
+        self.feed(Event::Exited { worker: id, status })
+    }
+
+    /// Moves time on by `d`, firing every deadline passed, in order.
+    fn advance(&mut self, d: Duration) -> Result<(), String> {
+        let until = self.now + d;
+        loop {
+            let due = self
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= until)
+                .min_by_key(|(k, at)| (**at, **k))
+                .map(|(k, at)| (*k, *at));
+            let Some((key, at)) = due else { break };
+            self.timers.remove(&key);
+            self.now = self.now.max(at);
+            self.feed(Event::Timer(key))?;
+            if self.exit.is_some() {
+                return Ok(());
+            }
+        }
+        self.now = until;
+        Ok(())
+    }
+
+    /// Hands `event` to the core and carries out what it asks, as the shell does, feeding back
+    /// the events that produces.
+    fn feed(&mut self, event: Event) -> Result<(), String> {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.core.handle(event, self.now) {
+                self.act(action, &mut queue)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, action: Action, queue: &mut VecDeque<Event>) -> Result<(), String> {
+        match action {
+            Action::Spawn { app, worker, .. } => {
+                if self.exit.is_some() {
+                    return Err(format!("spawn of worker {worker} after the exit"));
+                }
+                if self.procs.contains_key(&worker) {
+                    return Err(format!("worker id {worker} spawned twice"));
+                }
+                let phase = self.phase_of(app);
+                if matches!(phase, Phase::Stopping | Phase::Stopped | Phase::Standby) {
+                    return Err(format!("app {app} spawns worker {worker} while {phase}"));
+                }
+                if self.spawn_fails {
+                    queue.push_back(Event::SpawnFailed {
+                        worker,
+                        error: "No such file or directory".into(),
+                    });
+                } else {
+                    self.next_pid += 1;
+                    self.procs.insert(worker, Proc { termed: false });
+                    queue.push_back(Event::Spawned {
+                        worker,
+                        pid: self.next_pid,
+                    });
+                }
+            }
+            Action::Signal { worker, signal } => {
+                if let Some(p) = self.procs.get_mut(&worker) {
+                    match signal {
+                        Signal::Term => p.termed = true,
+                        Signal::KillGroup => {
+                            self.killed.insert(worker);
+                            self.dying.push(worker);
+                        }
+                    }
+                }
+            }
+            Action::Arm { timer, at } => {
+                if at < self.now {
+                    return Err(format!("{timer:?} armed in the past"));
+                }
+                self.timers.insert(timer, at);
+            }
+            Action::Cancel(timer) => {
+                self.timers.remove(&timer);
+            }
+            Action::ReadConfig => queue.push_back(Event::Config(self.config.clone())),
+            Action::SampleMemory => {
+                let samples = self.memory.iter().map(|(w, b)| (*w, *b)).collect();
+                queue.push_back(Event::Memory(samples));
+            }
+            Action::Reply { to, answer } => {
+                if !self.asked.contains_key(&to) {
+                    return Err(format!(
+                        "an answer to client {to}, who asked nothing: {answer:?}"
+                    ));
+                }
+                let n = self.answers.entry(to).or_default();
+                *n += 1;
+                if *n > 1 {
+                    return Err(format!(
+                        "client {to} ({}) answered twice, the second time: {answer:?}",
+                        self.asked[&to]
+                    ));
+                }
+                if let Answer::Restarted {
+                    app, generation, ..
+                } = &answer
+                    && let Some(i) = self.index_of(app)
+                {
+                    self.good[i] = *generation;
+                }
+            }
+            Action::ReloadEnded(report) => {
+                let Some(i) = self.index_of(&report.app) else {
+                    return Ok(());
+                };
+                match report.outcome {
+                    ReloadOutcome::Ok => self.good[i] = report.generation,
+                    ReloadOutcome::Aborted => {
+                        let serving = self.generation_of(i);
+                        if serving != self.good[i] {
+                            return Err(format!(
+                                "reload of {} to generation {} aborted ({}), but the app is at \
+                                 generation {serving}, not at the last good one, {}",
+                                report.app,
+                                report.generation,
+                                report.reason.as_deref().unwrap_or(""),
+                                self.good[i]
+                            ));
+                        }
+                    }
+                    ReloadOutcome::Started => {}
+                }
+            }
+            Action::ReleaseLease(_) | Action::Service { .. } => {}
+            Action::Exit(outcome) => {
+                if self.exit.is_some() {
+                    return Err("exited twice".into());
+                }
+                self.exit = Some(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn phase_of(&self, app: AppIndex) -> Phase {
+        self.core
+            .apps()
+            .nth(app)
+            .map_or(Phase::Stopped, |v| v.app.phase())
+    }
+
+    fn generation_of(&self, app: AppIndex) -> u64 {
+        self.core
+            .apps()
+            .nth(app)
+            .map_or(0, |v| v.app.snapshot(self.now).generation)
+    }
+
+    fn index_of(&self, name: &str) -> Option<AppIndex> {
+        self.setup.iter().position(|s| s.spec.name == name)
+    }
+
+    /// The invariants that hold after every step.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some(outcome) = &self.exit {
+            // Nothing more happens: whatever still runs must have been killed.
+            if let Some(id) = self.procs.keys().find(|id| !self.killed.contains(id)) {
+                return Err(format!(
+                    "exited ({outcome:?}) with worker {id} still running and not killed"
+                ));
+            }
+            return Ok(());
+        }
+        let mut known = BTreeSet::new();
+        for (i, view) in self.core.apps().enumerate() {
+            let app = view.app;
+            app.invariants()?;
+            let snapshot = app.snapshot(self.now);
+            let slots = app.slot_views();
+            let mut active = 0;
+            for (w, _) in &snapshot.workers {
+                known.insert(w.id);
+                if w.pid.is_some() && !self.procs.contains_key(&w.id) {
+                    return Err(format!(
+                        "{}: worker {} is gone, the core still has it",
+                        app.name(),
+                        w.id
+                    ));
+                }
+                match w.state {
+                    WorkerState::Draining => {
+                        if !self.timers.contains_key(&TimerKey::Kill(w.id))
+                            && !self.killed.contains(&w.id)
+                        {
+                            return Err(format!(
+                                "{}: worker {} drains with no kill deadline armed and was not killed",
+                                w.name, w.id
+                            ));
+                        }
+                    }
+                    state => {
+                        active += 1;
+                        let waits = state == WorkerState::Starting
+                            && w.pid.is_some()
+                            && !self.killed.contains(&w.id);
+                        if waits && !self.timers.contains_key(&TimerKey::Ready(w.id)) {
+                            return Err(format!(
+                                "{}: worker {} is starting with no ready deadline",
+                                w.name, w.id
+                            ));
+                        }
+                    }
+                }
+            }
+            // Never more workers than slots plus the surge.
+            if active > slots.len() + app.surge() {
+                return Err(format!(
+                    "{}: {active} workers not draining for {} slots and a surge of {}",
+                    app.name(),
+                    slots.len(),
+                    app.surge()
+                ));
+            }
+            for (slot, s) in slots.iter().enumerate() {
+                let key = TimerKey::Restart { app: i, slot };
+                if *s == SlotView::BackingOff && !self.timers.contains_key(&key) {
+                    return Err(format!(
+                        "{}: slot {slot} backs off with no restart deadline",
+                        app.name()
+                    ));
+                }
+            }
+        }
+        for id in self.procs.keys() {
+            if !known.contains(id) {
+                return Err(format!(
+                    "worker {id} runs, but the core forgot it: an orphan"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No more faults: time passes, every starting worker gets ready, every worker told to
+    /// stop does; then the supervisor must have settled: every slot of every running app served
+    /// by a ready worker, no reload under way, every client answered once, a stop done.
+    pub(crate) fn settle(&mut self) -> Result<(), String> {
+        self.spawn_fails = false;
+        for _ in 0..600 {
+            if self.exit.is_some() {
+                break;
+            }
+            for id in std::mem::take(&mut self.dying) {
+                if self.procs.contains_key(&id) {
+                    self.exit_proc(id, ExitStatus::Signal(9))?;
+                }
+            }
+            let starting: Vec<WorkerId> = self
+                .procs
+                .keys()
+                .copied()
+                .filter(|id| self.core_state(*id) == Some(WorkerState::Starting))
+                .collect();
+            for id in starting {
+                self.feed(Event::Ready(id))?;
+            }
+            let termed: Vec<WorkerId> = self
+                .procs
+                .iter()
+                .filter(|(_, p)| p.termed)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in termed {
+                if self.procs.contains_key(&id) {
+                    self.exit_proc(id, ExitStatus::Code(0))?;
+                }
+            }
+            self.check()?;
+            if self.quiet() {
+                break;
+            }
+            self.advance(Duration::from_millis(500))?;
+            self.check()?;
+        }
+        self.settled()
+    }
+
+    /// Nothing left to happen but the memory samples: no process starting or told to stop, no
+    /// deadline but theirs.
+    fn quiet(&self) -> bool {
+        self.dying.is_empty()
+            && self
+                .procs
+                .iter()
+                .all(|(id, p)| !p.termed && self.core_state(*id) == Some(WorkerState::Ready))
+            && self.timers.keys().all(|k| *k == TimerKey::MemorySample)
+    }
+
+    fn settled(&self) -> Result<(), String> {
+        match &self.exit {
+            Some(Err(_)) => {
+                // The first start failed: whatever runs was killed; clients lose their
+                // connection with the process.
+                if let Some(id) = self.procs.keys().find(|id| !self.killed.contains(id)) {
+                    return Err(format!("start failed, worker {id} left running"));
+                }
+                return Ok(());
+            }
+            Some(Ok(())) => {}
+            None if self.stopping => return Err("a stop did not end: still running".into()),
+            None => {
+                for v in self.core.apps() {
+                    let app = v.app;
+                    match app.phase() {
+                        Phase::Running => {
+                            let (ready, slots) = app.ready_slots();
+                            if ready != slots {
+                                return Err(format!(
+                                    "{}: settled with {ready} of {slots} slots ready: {:?}",
+                                    app.name(),
+                                    app.slot_views()
+                                ));
+                            }
+                            if app.reload_generation().is_some() {
+                                return Err(format!("{}: a reload never ends", app.name()));
+                            }
+                        }
+                        Phase::Standby => {
+                            if app.worker_count() > 0 {
+                                return Err(format!("{}: standing by with workers", app.name()));
+                            }
+                        }
+                        phase => {
+                            return Err(format!("{}: settled while {phase}", app.name()));
+                        }
+                    }
+                }
+            }
+        }
+        for (to, what) in &self.asked {
+            if self.answers.get(to).copied().unwrap_or(0) != 1 {
+                return Err(format!("client {to} ({what}) never answered"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A live process as [`World::nth`] shows it to its filter.
+pub(crate) struct Picked<'a> {
+    world: &'a World,
+    id: WorkerId,
+    proc: &'a Proc,
+}
+
+impl Picked<'_> {
+    /// Its state in the core.
+    fn state(&self) -> Option<WorkerState> {
+        self.world.core_state(self.id)
+    }
+
+    /// Whether it was told to stop.
+    fn termed(&self) -> bool {
+        self.proc.termed
+    }
+}
