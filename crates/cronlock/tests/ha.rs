@@ -692,9 +692,12 @@ async fn promoted_replica_that_missed_increments_issues_higher_tokens() -> anyho
         ClaimOutcome::Won(l) => Ok(l.token),
         other => bail!("claim not won: {other:?}"),
     };
-    // The first claim is acknowledged (retried: a loaded machine may miss 100 ms once).
-    let first = wait_for("an acknowledged claim", Duration::from_secs(5), || async {
-        match acked.claim(&claim("tok", 1, 1)).await {
+    // The first claim is acknowledged (retried: a loaded machine may miss 100 ms once; an
+    // unacknowledged claim stays written, so each attempt claims an earlier tick of its own).
+    let attempt = std::sync::atomic::AtomicI64::new(-1000);
+    let first = wait_for("an acknowledged claim", Duration::from_secs(20), || async {
+        let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match acked.claim(&claim("tok", tick, 1)).await {
             Ok(ClaimOutcome::Won(l)) => Some(l.token),
             _ => None,
         }
@@ -782,8 +785,12 @@ async fn sentinel_errors_name_what_is_wrong() -> anyhow::Result<()> {
     })?;
     let good = topo.url(ACK);
     let b = Backend::from_url(&good)?;
-    wait_for("an acknowledged claim", Duration::from_secs(5), || async {
-        matches!(b.claim(&claim("j", 1, 1)).await, Ok(ClaimOutcome::Won(_))).then_some(())
+    // A claim the replica did not acknowledge in time stays written (its tick is not run), so
+    // each attempt claims a tick of its own: a retry of the same tick is `ClaimedElsewhere`.
+    let attempt = std::sync::atomic::AtomicI64::new(100);
+    wait_for("an acknowledged claim", Duration::from_secs(20), || async {
+        let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        matches!(b.claim(&claim("j", tick, 1)).await, Ok(ClaimOutcome::Won(_))).then_some(())
     })
     .await?;
     let t = b.topology().await;
@@ -850,11 +857,14 @@ fn sentinel_over_tls_with_passwords_follows_a_failover() -> anyhow::Result<()> {
         let url = topo.url(ACK);
         ensure!(url.starts_with("rediss+sentinel://"), "{url}");
         let acked = Backend::from_url(&url)?;
+        // Each attempt claims a tick of its own (an unacknowledged claim stays written).
+        let attempt = std::sync::atomic::AtomicI64::new(100);
         let first = wait_for(
             "an acknowledged claim over TLS",
-            Duration::from_secs(5),
+            Duration::from_secs(20),
             || async {
-                match acked.claim(&claim("tls", 1, 1)).await {
+                let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match acked.claim(&claim("tls", tick, 1)).await {
                     Ok(ClaimOutcome::Won(l)) => Some(l.token),
                     other => {
                         eprintln!("claim over TLS not won yet: {other:?}");
@@ -888,9 +898,10 @@ fn sentinel_over_tls_with_passwords_follows_a_failover() -> anyhow::Result<()> {
         let plain = Backend::from_url(&topo.url(""))?;
         let next = wait_for(
             "a claim on the new master",
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             || async {
-                match plain.claim(&claim("tls", 2, 2)).await {
+                let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match plain.claim(&claim("tls", tick, 2)).await {
                     Ok(ClaimOutcome::Won(l)) => Some(l.token),
                     _ => None,
                 }
@@ -899,8 +910,9 @@ fn sentinel_over_tls_with_passwords_follows_a_failover() -> anyhow::Result<()> {
         .await?;
         ensure!(next > first, "token {next} is not above {first}");
         // (The first operation on a connection to the dead master fails; the next reconnects.)
-        wait_for("a refused claim", Duration::from_secs(10), || async {
-            match acked.claim(&claim("tls", 3, 1)).await {
+        wait_for("a refused claim", Duration::from_secs(20), || async {
+            let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match acked.claim(&claim("tls", tick, 1)).await {
                 Err(cronlock::Error::NotReplicated { .. }) => Some(Ok(())),
                 Ok(ClaimOutcome::Won(_)) => Some(Err(anyhow::anyhow!(
                     "a claim the lone new master cannot replicate was won"
