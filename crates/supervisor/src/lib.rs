@@ -14,7 +14,10 @@
 //! - [`cli`]: the commands: arguments, one function per command, rendering.
 //! - [`control`]: the control socket: wire types, server, client.
 //! - [`jobs`]: the `[[job]]` scheduler and its runners; the reader of the cron backend.
-//! - [`sys`]: every system call (binding, fork/exec, pidfd, `/proc`, reaping).
+//! - [`sys`]: every system call (binding, fork/exec, pidfd, `/proc`, reaping, locks).
+//! - [`rundir`]: where a supervisor's runtime files and state live (the per-user private runtime
+//!   directory), the one rule every module uses; it depends on no other module (the config's
+//!   defaults use it), so the user's identity queries it needs are made there.
 //! - [`notify`] (readiness channels), [`runtimes`] (the Node preload), [`logs`] (worker output),
 //!   [`orphans`] (adopted processes and the shell's own children), [`metrics`] (Prometheus),
 //!   [`units`] (durations and sizes as people read them), `fuzzing` (the entry points of the
@@ -33,6 +36,7 @@ pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod orphans;
+pub(crate) mod rundir;
 pub(crate) mod runtimes;
 pub(crate) mod sys;
 pub(crate) mod units;

@@ -120,7 +120,8 @@ fn status_as_another_user_says_permission_denied() {
 fn check_binds_like_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("s.toml");
-    let worker = "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\ninstances = 1\n";
+    // The control socket beside the file (the default one is in the user's runtime directory).
+    let worker = "[supervisor]\ncontrol_socket = \"supervisor.sock\"\n[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\ninstances = 1\n";
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     std::fs::write(

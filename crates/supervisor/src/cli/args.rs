@@ -10,15 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "supervisor", version, about)]
 pub struct Cli {
-    /// Config file.
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "SUPERVISOR_CONFIG",
-        default_value = "config/supervisor.toml"
-    )]
-    pub config: PathBuf,
+    /// Config file (`start` and `check`: default config/supervisor.toml; the other commands
+    /// find the running supervisor without it when only one runs).
+    #[arg(short, long, global = true, env = "SUPERVISOR_CONFIG")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -33,25 +28,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options shared by the client commands.
-#[derive(Debug, Clone, clap::Args)]
+/// Which supervisor a client command talks to: `--socket`, else the one of `-c FILE`, else the
+/// one named `-n NAME`, else the only one of this user that runs (`supervisor ls`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Target {
-    /// Control socket (default: `supervisor.control_socket` of the config file).
+    /// Control socket (default: the config file's, or the running supervisor's).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// The running supervisor of this name (`supervisor ls` lists them).
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Run the supervisor in the foreground (what systemd or Docker runs).
+    /// Run the supervisor in the foreground (what systemd or Docker runs), or in the background
+    /// with `-d`; `start APP` starts an app stopped with `stop APP` again.
     Start {
+        /// Start this app of the running supervisor again (after `stop APP`).
+        app: Option<String>,
+        /// Run in the background: return once every app's first workers are ready (or exit 1
+        /// with the reason, nothing left running); the supervisor logs to `supervisor.log` in
+        /// its log directory.
+        #[arg(short = 'd', long = "daemon", conflicts_with = "app")]
+        detach: bool,
+        /// With `-d`: how long to wait for every app to be ready.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Which supervisor (for `start APP`).
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON (`start APP`).
+        #[arg(long)]
+        json: bool,
         /// Log format of the supervisor's own lines and of the workers' forwarded output.
         #[arg(long, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
         /// Take over from the previous binary of an in-place upgrade (its state memfd).
         #[arg(long, hide = true)]
         resume_fd: Option<i32>,
+        /// Write a line to this pipe once every app is ready (what `start -d` waits on).
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
     },
     /// Validate the config file, try what `start` would bind, and print what it would run.
     Check {
@@ -73,8 +92,16 @@ pub enum Cmd {
         #[arg(long, conflicts_with = "json")]
         pid: bool,
     },
+    /// List the running supervisors of this user: name, pid, uptime, apps, config.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace an app's workers one at a time, or every app's, one app at a time (like
-    /// `kill -HUP`); re-reads the config file; exits non-zero if a reload was aborted.
+    /// `kill -HUP`), applying the config file read again (apps added and removed, listeners
+    /// moved); exits non-zero if a reload was aborted or refused.
     Reload {
         /// Only this app.
         app: Option<String>,
@@ -119,7 +146,10 @@ pub enum Cmd {
         json: bool,
     },
     /// Stop every app gracefully (in reverse order) and the supervisor; waits until all are gone.
+    /// `stop APP` stops one app (its connections are refused) and the others run on.
     Stop {
+        /// Only this app: it stays stopped, through reloads too, until `start APP`.
+        app: Option<String>,
         /// Which supervisor.
         #[command(flatten)]
         target: Target,
@@ -129,6 +159,18 @@ pub enum Cmd {
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Clear the restart counts `status` shows (and the crash-loop history) of an app, or of
+    /// every app.
+    Reset {
+        /// Only this app.
+        app: Option<String>,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Replace the running supervisor's binary in place (like `kill -USR2`): same pid, same
     /// sockets, every worker kept. The new binary is tried first (`upgrade-preflight`); any
@@ -155,8 +197,22 @@ pub enum Cmd {
         #[arg(long)]
         state_version: u32,
     },
+    /// Print a systemd unit that starts this config's supervisor at boot (as this user, with
+    /// this binary), or write and enable it with `--install`.
+    Startup {
+        /// Write the unit to /etc/systemd/system and enable it (needs root).
+        #[arg(long)]
+        install: bool,
+        /// The user the supervisor runs as (default: the one running this command, or the one
+        /// who ran sudo).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
     Jobs {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
         /// Print JSON.
         #[arg(long, global = true)]
         json: bool,

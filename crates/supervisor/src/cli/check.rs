@@ -81,6 +81,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
             "ok": true,
             "apps": apps,
             "jobs": jobs,
+            "name": c.name,
             "control_socket": c.control_socket,
             "metrics": c.metrics.map(|a| a.to_string()),
             "cron_backend": cron,
@@ -131,6 +132,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
             job_action_text(&j.action)
         );
     }
+    println!("name:             {}", c.name);
     println!("control socket:   {}", c.control_socket.display());
     if let Some(addr) = c.metrics {
         println!("metrics:          http://{addr}/metrics");

@@ -1,5 +1,6 @@
-//! The client commands `status`, `reload`, `restart`, `scale`, `stop` and `upgrade`: each asks
-//! the supervisor on its control socket, waits for what it promised (the reload's outcome, the
+//! The client commands `status`, `reload`, `restart`, `scale`, `stop`, `stop APP`, `start APP`,
+//! `reset` and `upgrade`: each asks the supervisor on its control socket ([`super::target`]
+//! says which), waits for what it promised (the reload's outcome, the app up or down, the
 //! process gone, the new binary answering), prints the answer and picks the exit code.
 
 use std::path::{Path, PathBuf};
@@ -8,32 +9,24 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::args::Target;
 use super::jobs;
 use super::render::{
-    render_answer, render_reload, render_reload_request, render_status, render_upgraded,
+    render_answer, render_reload, render_reload_changes, render_reload_refused,
+    render_reload_request, render_status, render_upgraded,
 };
-use crate::config::endpoints_of;
+use super::target::Resolved;
 use crate::control::client;
 use crate::control::protocol::{ReloadOutcome, Request, Response, StatusReport};
 use crate::units;
 
-/// The control socket: `--socket`, or the one the config file names.
-pub(super) fn socket(config: &Path, target: &Target) -> Result<PathBuf> {
-    match &target.socket {
-        Some(s) => Ok(s.clone()),
-        None => Ok(endpoints_of(config)?.control_socket),
-    }
-}
-
-/// Sends `request` to the supervisor of `config` (or `target`) and returns the answer.
-async fn ask(config: &Path, target: &Target, request: Request) -> Result<Response> {
-    Ok(client::request(&socket(config, target)?, request, Duration::from_secs(60)).await?)
+/// Sends `request` to the supervisor `to` and returns the answer (waiting at most `timeout`).
+async fn ask(to: &Resolved, request: Request, timeout: Duration) -> Result<Response> {
+    Ok(client::request(&to.socket, request, timeout).await?)
 }
 
 /// `status --pid`: the supervisor's pid alone.
-pub(super) async fn status_pid(config: &Path, target: &Target) -> Result<ExitCode> {
-    match ask(config, target, Request::Status { app: None }).await? {
+pub(super) async fn status_pid(to: &Resolved) -> Result<ExitCode> {
+    match ask(to, Request::Status { app: None }, Duration::from_secs(60)).await? {
         Response::Status(report) => {
             println!("{}", report.supervisor.pid);
             Ok(ExitCode::SUCCESS)
@@ -43,22 +36,20 @@ pub(super) async fn status_pid(config: &Path, target: &Target) -> Result<ExitCod
 }
 
 /// `status`: the supervisor's report and the jobs of its cron backend.
-pub(super) async fn status(
-    config: &Path,
-    app: Option<String>,
-    target: &Target,
-    json: bool,
-) -> Result<ExitCode> {
-    let socket = socket(config, target)?;
-    let report =
-        match client::request(&socket, Request::Status { app }, Duration::from_secs(10)).await? {
-            Response::Status(report) => report,
-            Response::Error { message } => bail!("status refused: {message}"),
-            other => bail!("unexpected answer: {other:?}"),
-        };
+pub(super) async fn status(to: &Resolved, app: Option<String>, json: bool) -> Result<ExitCode> {
+    let report = match client::request(&to.socket, Request::Status { app }, Duration::from_secs(10))
+        .await?
+    {
+        Response::Status(report) => report,
+        Response::Error { message } => bail!("status refused: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
     // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
     // which must never wait on Redis. Unreachable backend: status still answers, and says so.
-    let jobs = jobs::for_status(config).await;
+    let jobs = match &to.config {
+        Some(config) => jobs::for_status(config).await,
+        None => Ok(Vec::new()),
+    };
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["jobs"] = match &jobs {
@@ -90,8 +81,16 @@ pub(super) async fn reload(
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else if wait {
-                for r in &reports {
-                    print!("{}", render_reload(r));
+                if let Some(changes) = render_reload_changes(&reports) {
+                    print!("{changes}");
+                }
+                match render_reload_refused(&reports) {
+                    Some(refused) => print!("{refused}"),
+                    None => {
+                        for r in &reports {
+                            print!("{}", render_reload(r));
+                        }
+                    }
                 }
             } else {
                 for r in &reports {
@@ -111,14 +110,14 @@ pub(super) async fn reload(
     }
 }
 
-/// `restart` and `scale`: one request, its answer printed.
+/// `restart`, `scale`, `stop APP`, `start APP` and `reset`: one request, its answer printed.
 pub(super) async fn answer(
-    config: &Path,
-    target: &Target,
+    to: &Resolved,
     request: Request,
     json: bool,
+    timeout: Duration,
 ) -> Result<ExitCode> {
-    let answer = ask(config, target, request).await?;
+    let answer = ask(to, request, timeout).await?;
     print_answer(&answer, json)
 }
 
@@ -171,7 +170,8 @@ async fn wait_exited(pid: i32, timeout: Duration) -> Result<()> {
     }
 }
 
-/// Prints the answer to `restart`, `scale` or `stop`; an error answer is an error.
+/// Prints the answer to `restart`, `scale`, `stop`, `stop APP`, `start APP` or `reset`; an
+/// error answer is an error.
 fn print_answer(answer: &Response, json: bool) -> Result<ExitCode> {
     if let Response::Error { message } = answer {
         bail!("{message}");

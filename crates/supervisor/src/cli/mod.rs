@@ -1,23 +1,29 @@
-//! Command line: `start | check | status | reload | restart | scale | stop | jobs | upgrade`, by
-//! phase: `args` parses (clap), one function per command runs it (`check`, the control
-//! socket's client commands in `commands`, `jobs`), and `render` (with `table`) turns the
-//! answers into text for people; `--json` prints them for scripts. Each command picks its exit
-//! code.
+//! Command line: `start | check | status | ls | reload | restart | scale | stop | reset | jobs |
+//! upgrade | startup`, by phase: `args` parses (clap), `target` says which supervisor a client
+//! command talks to, one function per command runs it (`check`, the control socket's client
+//! commands in `commands`, `jobs`, `detach` for `start -d`, `startup` for the systemd unit),
+//! and `render` (with `table`) turns the answers into text for people; `--json` prints them for
+//! scripts. Each command picks its exit code.
 
 mod args;
 mod check;
 mod commands;
+mod detach;
 mod jobs;
 mod render;
+mod startup;
 mod table;
+mod target;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 pub use args::{Cli, Cmd, JobsCmd, LogFormat, Target};
-use commands::socket;
+use target::{DEFAULT_CONFIG, resolve};
 
 use crate::config::Config;
 use crate::control::protocol::Request;
@@ -40,13 +46,37 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot build the async runtime")?;
-    rt.block_on(async move {
+    let given = cli.config.clone();
+    let file = || -> PathBuf {
+        given
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    };
+    let to = |target: &Target| resolve(given.as_deref(), target);
+    rt.block_on(async {
         match cli.command {
+            Cmd::Start {
+                app: Some(app),
+                target,
+                json,
+                ..
+            } => {
+                let request = Request::StartApp { app };
+                commands::answer(&to(&target)?, request, json, Duration::from_secs(600)).await
+            }
+            Cmd::Start {
+                detach: true,
+                log_format,
+                timeout,
+                ..
+            } => detach::start(&file(), log_format, timeout).await,
             Cmd::Start {
                 log_format,
                 resume_fd,
+                ready_fd,
+                ..
             } => {
-                let config = Config::load(&cli.config)?;
+                let config = Config::load(&file())?;
                 let commands = signals().context("cannot install signal handlers")?;
                 let options = daemon::RunOptions {
                     resume_fd,
@@ -54,6 +84,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                         LogFormat::Text => "text".into(),
                         LogFormat::Json => "json".into(),
                     },
+                    ready_fd: ready_fd.map(detach::take_ready_fd).transpose()?,
                 };
                 daemon::run(config, commands, options).await?;
                 Ok(ExitCode::SUCCESS)
@@ -63,24 +94,27 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 target,
                 json,
                 timeout,
-            } => commands::upgrade(&socket(&cli.config, &target)?, binary, json, timeout).await,
+            } => commands::upgrade(&to(&target)?.socket, binary, json, timeout).await,
             Cmd::UpgradePreflight { state_version } => {
-                Config::load(&cli.config)?;
+                Config::load(&file())?;
                 crate::upgrade::check_version(state_version)?;
                 println!("supervisor {}", crate::upgrade::version_line());
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Check { json } => check::check(&cli.config, json),
+            Cmd::Check { json } => check::check(&file(), json),
+            Cmd::Ls { json } => target::ls(json).await,
+            Cmd::Startup { install, user } => startup::startup(&file(), install, user.as_deref()),
             Cmd::Status {
                 app,
                 target,
                 json,
                 pid,
             } => {
+                let to = to(&target)?;
                 if pid {
-                    return commands::status_pid(&cli.config, &target).await;
+                    return commands::status_pid(&to).await;
                 }
-                commands::status(&cli.config, app, &target, json).await
+                commands::status(&to, app, json).await
             }
             Cmd::Reload {
                 app,
@@ -88,12 +122,10 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 no_wait,
                 json,
                 timeout,
-            } => {
-                let socket = socket(&cli.config, &target)?;
-                commands::reload(&socket, app, !no_wait, json, timeout).await
-            }
+            } => commands::reload(&to(&target)?.socket, app, !no_wait, json, timeout).await,
             Cmd::Restart { app, target, json } => {
-                commands::answer(&cli.config, &target, Request::Restart { app }, json).await
+                let request = Request::Restart { app };
+                commands::answer(&to(&target)?, request, json, Duration::from_secs(60)).await
             }
             Cmd::Scale {
                 app,
@@ -102,16 +134,43 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 json,
             } => {
                 let request = Request::Scale { app, instances };
-                commands::answer(&cli.config, &target, request, json).await
+                commands::answer(&to(&target)?, request, json, Duration::from_secs(60)).await
+            }
+            Cmd::Reset { app, target, json } => {
+                let request = Request::Reset { app };
+                commands::answer(&to(&target)?, request, json, Duration::from_secs(60)).await
             }
             Cmd::Stop {
+                app: Some(app),
                 target,
                 timeout,
                 json,
-            } => commands::stop(&socket(&cli.config, &target)?, json, timeout).await,
-            Cmd::Jobs { json, action } => {
-                jobs::run(&cli.config, json, action.unwrap_or(JobsCmd::List)).await
+            } => commands::answer(&to(&target)?, Request::StopApp { app }, json, timeout).await,
+            Cmd::Stop {
+                app: None,
+                target,
+                timeout,
+                json,
+            } => commands::stop(&to(&target)?.socket, json, timeout).await,
+            Cmd::Jobs {
+                target,
+                json,
+                action,
+            } => {
+                let config = match (&given, &target.socket) {
+                    (Some(c), _) => c.clone(),
+                    (None, _) => to(&target)?.config.unwrap_or_else(file),
+                };
+                jobs::run(&config, json, action.unwrap_or(JobsCmd::List)).await
             }
         }
     })
+}
+
+/// The config file's path as given, made absolute (what a detached supervisor and a systemd
+/// unit must name, whatever their working directory).
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }

@@ -5,14 +5,16 @@
 use std::time::Duration;
 
 use super::table::Table;
-use crate::control::protocol::{AppStatus, ReloadReport, Response, SingletonStatus, StatusReport};
+use crate::control::protocol::{
+    AppChange, AppStatus, ReloadReport, Response, SingletonStatus, StatusReport,
+};
 use crate::units;
 
 /// The `status` screen: the supervisor, then each app with its listeners and workers.
 pub(super) fn render_status(r: &StatusReport) -> String {
     let s = &r.supervisor;
     let mut out = format!(
-        "supervisor {} pid {}  up {}  cpu {:.1}%  mem {}  {}\nconfig {}\n",
+        "supervisor {} pid {}  up {}  cpu {:.1}%  mem {}  {}\nconfig {}",
         r.version,
         s.pid,
         units::duration(s.uptime_secs),
@@ -21,6 +23,10 @@ pub(super) fn render_status(r: &StatusReport) -> String {
         r.phase,
         r.config
     );
+    if !r.name.is_empty() {
+        out.push_str(&format!("  name {}", r.name));
+    }
+    out.push('\n');
     if !r.build.is_empty() {
         out.push_str(&format!("build {}  binary {}\n", r.build, r.binary));
     }
@@ -61,6 +67,14 @@ fn render_singleton(s: &SingletonStatus) -> String {
 /// One app: its phase, singleton lease, listeners, workers table, memory limit and reloads.
 fn render_app(a: &AppStatus) -> String {
     let mut out = format!("app {}  generation {}  {}", a.name, a.generation, a.phase);
+    if a.removed {
+        out.push_str(" (removed from the config file: its workers drain)");
+    } else if a.phase == crate::core::Phase::Stopped {
+        out.push_str(&format!(
+            " (sockets closed: `supervisor start {}` starts it)",
+            a.name
+        ));
+    }
     if !a.waiting_for.is_empty() {
         out.push_str(&format!(" for {}", a.waiting_for.join(", ")));
     }
@@ -173,15 +187,69 @@ fn render_app(a: &AppStatus) -> String {
     out
 }
 
-/// One app's finished reload: outcome, reason, note and each slot's replacement.
+/// What a reload of every app did to the apps, in one line (`None` when it added, removed and
+/// changed nothing): `added worker; removed old; changed web (listen)`.
+pub(super) fn render_reload_changes(reports: &[ReloadReport]) -> Option<String> {
+    let of = |kind: AppChange| -> Vec<String> {
+        reports
+            .iter()
+            .filter(|r| r.change == Some(kind))
+            .map(|r| match kind {
+                AppChange::Changed => format!("{} ({})", r.app, r.changed.join(", ")),
+                _ => r.app.clone(),
+            })
+            .collect()
+    };
+    let parts: Vec<String> = [AppChange::Added, AppChange::Removed, AppChange::Changed]
+        .into_iter()
+        .map(|k| (k, of(k)))
+        .filter(|(_, apps)| !apps.is_empty())
+        .map(|(k, apps)| format!("{k} {}", apps.join(", ")))
+        .collect();
+    (!parts.is_empty()).then(|| format!("config applied: {}\n", parts.join("; ")))
+}
+
+/// A reload of several apps that none of them ran, for one reason (an invalid file, a change
+/// only a restart applies): the reason once. `None` otherwise.
+pub(super) fn render_reload_refused(reports: &[ReloadReport]) -> Option<String> {
+    let reason = reports.first()?.reason.as_ref()?;
+    let all_same = reports.len() > 1
+        && reports.iter().all(|r| {
+            r.outcome == crate::control::protocol::ReloadOutcome::Aborted
+                && r.slots.is_empty()
+                && r.reason.as_ref() == Some(reason)
+        });
+    all_same.then(|| {
+        let apps: Vec<&str> = reports.iter().map(|r| r.app.as_str()).collect();
+        format!(
+            "reload aborted for every app ({}): {reason}\n",
+            apps.join(", ")
+        )
+    })
+}
+
+/// One app's finished reload: outcome, reason, note and each slot's replacement; an app the
+/// reload added or removed says so.
 pub(super) fn render_reload(r: &ReloadReport) -> String {
-    let mut out = format!(
-        "{}: reload to generation {}: {} in {}\n",
-        r.app,
-        r.generation,
-        r.outcome,
-        units::duration(r.duration_secs)
-    );
+    let took = units::duration(r.duration_secs);
+    let mut out = match r.change {
+        Some(AppChange::Added) => format!(
+            "{}: added: started in generation {}: {} in {took}\n",
+            r.app, r.generation, r.outcome
+        ),
+        Some(AppChange::Removed) => format!("{}: removed: {}\n", r.app, r.outcome),
+        Some(AppChange::Changed) if !r.changed.is_empty() => format!(
+            "{}: reload to generation {}: {} in {took} (changed: {})\n",
+            r.app,
+            r.generation,
+            r.outcome,
+            r.changed.join(", ")
+        ),
+        _ => format!(
+            "{}: reload to generation {}: {} in {took}\n",
+            r.app, r.generation, r.outcome
+        ),
+    };
     if let Some(reason) = &r.reason {
         out.push_str(&format!("reason: {reason}\n"));
     }
@@ -213,7 +281,8 @@ pub(super) fn render_reload_request(r: &ReloadReport) -> String {
     )
 }
 
-/// The answer to `restart`, `scale` or `stop`; `None` for any other answer.
+/// The answer to `restart`, `scale`, `stop`, `stop APP`, `start APP` or `reset`; `None` for
+/// any other answer.
 pub(super) fn render_answer(answer: &Response) -> Option<String> {
     match answer {
         Response::Restarted {
@@ -236,6 +305,41 @@ pub(super) fn render_answer(answer: &Response) -> Option<String> {
             Some(out)
         }
         Response::Stopped => Some("stopped\n".into()),
+        Response::AppStopped {
+            app,
+            workers,
+            already,
+        } => Some(if *already {
+            format!("{app}: stopped already\n")
+        } else {
+            format!(
+                "{app}: stopped ({workers} worker(s) drained); its sockets are closed, connections are refused; `supervisor start {app}` starts it again\n"
+            )
+        }),
+        Response::AppStarted {
+            app,
+            pids,
+            already,
+            note,
+        } => {
+            let pids = pids.iter().map(i32::to_string).collect::<Vec<_>>();
+            let mut out = if *already {
+                format!("{app}: running already (pids {})\n", pids.join(", "))
+            } else if pids.is_empty() {
+                format!("{app}: started\n")
+            } else {
+                format!(
+                    "{app}: started, {} worker(s) ready (pids {})\n",
+                    pids.len(),
+                    pids.join(", ")
+                )
+            };
+            if let Some(note) = note {
+                out.push_str(&format!("note: {note}\n"));
+            }
+            Some(out)
+        }
+        Response::Reset { apps } => Some(format!("restart counters reset: {}\n", apps.join(", "))),
         _ => None,
     }
 }
@@ -268,6 +372,7 @@ mod tests {
         AppStatus {
             name: "demo".into(),
             phase: Phase::Running,
+            removed: false,
             waiting_for: vec![],
             generation: 1,
             listeners: vec![],
@@ -383,6 +488,8 @@ mod tests {
                 ready_secs: 0.5,
             }],
             duration_secs: 5.5,
+            change: None,
+            changed: vec![],
         };
         assert_eq!(
             render_reload(&r),

@@ -195,12 +195,12 @@ fn a_state_dir_that_is_not_one_of_its_own_is_refused() {
     assert_at(&e, 2, "cron.state_dir", "/etc/passwd is not a directory");
     let e = error_of(&format!("[cron]\nstate_dir = \"/\"\n{OK}"));
     assert_at(&e, 2, "cron.state_dir", "already holds other files");
-    // The default one, beside the control socket, is fine.
+    // The default one, in the supervisor's state directory, is fine.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.toml");
     std::fs::write(&path, OK).unwrap();
     let c = Config::load(&path).unwrap();
-    assert!(c.cron_url.ends_with("supervisor.cron"), "{}", c.cron_url);
+    assert!(c.cron_url.ends_with("/cron"), "{}", c.cron_url);
 }
 
 #[test]

@@ -104,6 +104,9 @@ impl std::fmt::Display for Location {
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
+    /// The supervisor's name (`[supervisor] name`, else derived from the file's path): its
+    /// default control socket, its log directory, `supervisor ls` and `-n NAME`.
+    pub name: String,
     /// Control socket path.
     pub control_socket: PathBuf,
     /// The apps, in file order (the order they start in, unless `after` says otherwise).
@@ -157,8 +160,13 @@ impl Config {
 /// What the client commands need to reach a running supervisor and its cron backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
+    /// The supervisor's name.
+    pub name: String,
     /// Control socket path.
     pub control_socket: PathBuf,
+    /// Whether the file sets `control_socket` (else it is the default one, in the private
+    /// runtime directory, which depends on the environment: a client looks the name up).
+    pub explicit_socket: bool,
     /// Cron lock backend URL.
     pub cron_url: String,
 }
@@ -169,10 +177,47 @@ pub struct Endpoints {
 pub fn endpoints_of(path: &Path) -> Result<Endpoints, ConfigError> {
     let (partial, text): (RawEndpoints, String) = parse_toml(path)?;
     let v = Validator::new(path, &text);
-    let control_socket = v.control_socket(&partial.supervisor);
-    let cron_url = v.cron(&partial.cron, &control_socket)?;
+    let name = v.name(&partial.supervisor)?;
+    let control_socket = v.control_socket(&partial.supervisor, &name)?;
+    let cron_url = v.cron(&partial.cron, &partial.supervisor, &name)?;
     Ok(Endpoints {
+        name,
+        explicit_socket: partial.supervisor.control_socket.is_some(),
         control_socket,
         cron_url,
     })
+}
+
+/// The name of a supervisor whose file does not set `[supervisor] name`: the file's name
+/// without its extension, after its directory's (`/srv/shop/supervisor.toml` is
+/// `shop-supervisor`), so that two files do not share a name (their default control sockets
+/// and log directories), kept to letters, digits, `.`, `_` and `-`.
+pub fn default_name(path: &Path) -> String {
+    let path = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    let part = |p: Option<&std::ffi::OsStr>| -> String {
+        p.map(|s| s.to_string_lossy())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+            .trim_start_matches(['.', '-'])
+            .to_string()
+    };
+    let stem = part(path.file_stem());
+    let dir = part(path.parent().and_then(Path::file_name));
+    let name = match (dir.is_empty(), stem.is_empty()) {
+        (false, false) => format!("{dir}-{stem}"),
+        (true, false) => stem,
+        (false, true) => dir,
+        (true, true) => "supervisor".to_string(),
+    };
+    name.chars().take(64).collect()
 }

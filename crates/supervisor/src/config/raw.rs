@@ -61,6 +61,7 @@ pub(super) struct RawJob {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSupervisor {
+    pub(super) name: Option<Spanned<String>>,
     pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) metrics: Option<String>,
 }

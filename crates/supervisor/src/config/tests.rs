@@ -34,7 +34,23 @@ fn minimal_config_gets_defaults() {
     assert_eq!(a.listeners[0].name, "listen0");
     assert_eq!(a.reload.max_surge, 1);
     assert!(c.cron_url.starts_with("file:///"), "{}", c.cron_url);
-    assert!(c.control_socket.ends_with("supervisor.sock"));
+    // Named after the file (`DIR-s` for DIR/s.toml), its socket in the user's runtime directory.
+    assert!(
+        c.name.ends_with("-s") && c.name.starts_with("tmp"),
+        "{}",
+        c.name
+    );
+    assert_eq!(
+        c.control_socket,
+        crate::rundir::base()
+            .unwrap()
+            .join(format!("{}.sock", c.name))
+    );
+    assert!(
+        c.cron_url.ends_with(&format!("supervisor/{}/cron", c.name)),
+        "{}",
+        c.cron_url
+    );
 }
 
 #[test]

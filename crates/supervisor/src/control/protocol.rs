@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-pub use crate::core::report::{MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport};
+pub use crate::core::report::{
+    AppChange, MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport,
+};
 
 /// A request from a client (`supervisor status`, `reload`, `restart`, `scale`, `stop`). `app`
 /// names an app of the config; a name no app has is answered with [`Response::Error`].
@@ -42,6 +44,24 @@ pub enum Request {
     },
     /// Stop every worker and exit; answered when everything is down.
     Stop,
+    /// Drain and stop one app, close its sockets; it stays stopped (through reloads too) until
+    /// [`Request::StartApp`]. Answered when its workers are gone.
+    StopApp {
+        /// The app.
+        app: String,
+    },
+    /// Start an app stopped by hand again, on its sockets bound again. Answered when every slot
+    /// has a ready worker, or with the first failure.
+    StartApp {
+        /// The app.
+        app: String,
+    },
+    /// Clear the restart counters `status` shows, of one app or of every app.
+    Reset {
+        /// Only this app.
+        #[serde(default)]
+        app: Option<String>,
+    },
     /// Replace the supervisor's own binary in place (same pid, sockets and workers). Answered
     /// with [`Response::Error`] when the upgrade is refused or fails before `execve`; on success
     /// the connection ends with the old process image, and the new one answers `status`.
@@ -85,6 +105,31 @@ pub enum Response {
     },
     /// Answer to [`Request::Stop`]: all workers are gone.
     Stopped,
+    /// Answer to [`Request::StopApp`]: the app's workers are gone, its sockets closed.
+    AppStopped {
+        /// The app.
+        app: String,
+        /// How many workers were drained.
+        workers: usize,
+        /// It was stopped already.
+        already: bool,
+    },
+    /// Answer to [`Request::StartApp`]: every slot has a ready worker (or it stands by).
+    AppStarted {
+        /// The app.
+        app: String,
+        /// Its ready workers' pids, by slot.
+        pids: Vec<i32>,
+        /// It was running already.
+        already: bool,
+        /// What else to know.
+        note: Option<String>,
+    },
+    /// Answer to [`Request::Reset`]: these apps' restart counters are cleared.
+    Reset {
+        /// The apps.
+        apps: Vec<String>,
+    },
     /// The request could not be served.
     Error { message: String },
 }
@@ -105,6 +150,9 @@ pub struct StatusReport {
     /// In-place upgrades so far, and the last one.
     #[serde(default)]
     pub upgrades: UpgradeInfo,
+    /// The supervisor's name (`[supervisor] name`).
+    #[serde(default)]
+    pub name: String,
     /// Config file in use.
     pub config: String,
     /// Running or stopping.
@@ -131,8 +179,11 @@ pub struct UpgradeInfo {
 pub struct AppStatus {
     /// Its name.
     pub name: String,
-    /// Waiting for the apps it is `after`, starting, running or stopping.
+    /// Waiting for the apps it is `after`, starting, running, stopping or stopped.
     pub phase: crate::core::Phase,
+    /// Removed from the config file by a reload: its workers drain, then it is forgotten.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// The apps it still waits for.
     pub waiting_for: Vec<String>,
     /// Current generation (the one new workers are started in).
@@ -339,6 +390,8 @@ mod tests {
                 ready_secs: 0.25,
             }],
             duration_secs: 1.5,
+            change: None,
+            changed: vec![],
         };
         let text = r#"{"response":"reload","reports":[{"app":"web","generation":4,"outcome":"aborted","reason":"new worker exited","note":null,"slots":[{"slot":0,"old_pid":101,"new_pid":202,"ready_secs":0.25}],"duration_secs":1.5}]}"#;
         assert_eq!(

@@ -113,7 +113,7 @@ impl Unwritten {
 pub enum ControlError {
     /// Another supervisor answers on this socket.
     #[error(
-        "another supervisor is running on control socket {} (stop it with `supervisor stop -c {}`, or set supervisor.control_socket)",
+        "another supervisor is running on control socket {} (stop it with `supervisor stop -c {}`, or give this config its own `[supervisor] name` or `control_socket`)",
         socket.display(),
         config.display()
     )]

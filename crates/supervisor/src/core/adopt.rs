@@ -17,8 +17,15 @@ use super::{WorkerId, WorkerState};
 /// One app, as handed over.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdoptedApp {
-    /// Its name (the new process matches apps by name, in file order).
+    /// Its id ([`super::AppId`]), kept for the supervisor's life; absent in a state written by
+    /// a binary whose apps were numbered by their place in the file (this list's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<super::AppId>,
+    /// Its name (the new process matches apps by name).
     pub name: String,
+    /// Stopped by hand (`stop APP`): it has no worker and no socket, and stays stopped.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stopped: bool,
     /// The generation new workers start in.
     pub generation: u64,
     /// The highest generation number given out (aborted reloads' included); absent in a state
@@ -42,6 +49,31 @@ pub struct AdoptedApp {
     /// Workers draining (told to stop; no slot's any more), with their kill deadlines.
     #[serde(default)]
     pub draining: Vec<AdoptedWorker>,
+}
+
+/// The ids the apps named `names` (the file read again, in order) have after an upgrade that
+/// handed over `adopted`: an app handed over keeps its id (a handover without ids numbered its
+/// apps in its order), one that was not gets the next free number.
+pub fn adopted_ids(names: &[&str], adopted: &[AdoptedApp]) -> Vec<super::AppId> {
+    let id = |k: usize, a: &AdoptedApp| a.id.unwrap_or(k);
+    let mut next = adopted
+        .iter()
+        .enumerate()
+        .map(|(k, a)| id(k, a) + 1)
+        .max()
+        .unwrap_or(0);
+    names
+        .iter()
+        .map(
+            |name| match adopted.iter().enumerate().find(|(_, a)| a.name == *name) {
+                Some((k, a)) => id(k, a),
+                None => {
+                    next += 1;
+                    next - 1
+                }
+            },
+        )
+        .collect()
 }
 
 /// An app's last finished reload, as handed over.
@@ -139,8 +171,14 @@ impl From<AdoptedReload> for ReloadReport {
                 })
                 .collect(),
             duration_secs: r.duration_secs,
+            change: None,
+            changed: Vec::new(),
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One slot, as handed over.

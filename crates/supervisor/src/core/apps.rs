@@ -1,29 +1,21 @@
-//! The decisions across apps: start order (`after`), reloading every app one at a time, stopping
-//! in reverse order, and a first start that fails as a whole. Each app's own rules live in
-//! [`super::app`]; this routes events to the app they concern and turns what the apps report
-//! (a finished reload, a stopped app) into answers and the next steps.
+//! The decisions across apps: start order (`after`), stopping in reverse order, a first start
+//! that fails as a whole, apps stopped and started by hand, and which sets of sockets are still
+//! in use. Each app's own rules live in [`super::app`]; the reload of every app, which applies
+//! the whole file (apps added, removed, changed), in [`super::reload_all`]. This routes events to
+//! the app they concern, by its [`AppId`], and turns what the apps report (a finished reload, a
+//! stopped app, an app up) into answers and the next steps.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use tokio::time::Instant;
 
 use super::adopt::AdoptedApp;
 use super::app::{App, AppReport};
-use super::report::{ReloadOutcome, ReloadReport};
+use super::reload_all::ReloadAll;
 use super::{
-    Action, Answer, AppIndex, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo,
-    ServiceState, TimerKey, Waiter, Worker, WorkerId, app_of,
+    Action, Answer, AppId, AppSettings, Event, MEMORY_SAMPLE_INTERVAL, Phase, ReplyTo,
+    ServiceState, SocketSet, Switched, TimerKey, Waiter, Worker, WorkerId, app_of,
 };
-
-/// A reload of every app, one at a time.
-#[derive(Debug)]
-struct ReloadAll {
-    queue: VecDeque<AppIndex>,
-    /// The app reloading for it ([`Waiter::EveryApp`] waits for its report).
-    current: Option<AppIndex>,
-    reports: Vec<ReloadReport>,
-    waiters: Vec<ReplyTo>,
-}
 
 /// One app for `status`.
 #[derive(Debug)]
@@ -32,47 +24,83 @@ pub struct AppView<'a> {
     pub app: &'a App,
     /// The apps it still waits for before it starts.
     pub waiting_for: Vec<String>,
+    /// It was removed from the config file and drains before it is forgotten.
+    pub removing: bool,
 }
 
-/// The state machine of the whole supervisor: its apps in file order.
+/// An app and what the core knows of it beyond the app itself.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) app: App,
+    /// The apps it starts after.
+    pub(super) after: Vec<AppId>,
+    /// It has had every slot ready once (the apps after it may start).
+    pub(super) up: bool,
+    /// Removed from the file by a reload: it drains, and is forgotten once stopped.
+    pub(super) removing: bool,
+}
+
+/// The state machine of the whole supervisor: its apps in the order of the running config (apps
+/// being removed last), each known by a stable [`AppId`].
 #[derive(Debug)]
 pub struct Core {
-    apps: Vec<App>,
-    after: Vec<Vec<AppIndex>>,
-    /// Whether an app has had every slot ready once (the apps after it may start).
-    up: Vec<bool>,
-    phase: Phase,
+    pub(super) apps: Vec<Entry>,
+    /// The id the next app added gets.
+    pub(super) next_app: AppId,
+    pub(super) phase: Phase,
+    /// Every app was up once: the supervisor is no longer starting (an app added later does
+    /// not make it so again).
+    was_up: bool,
     /// Apps still to stop, in order; the first is stopping.
-    stopping: VecDeque<AppIndex>,
-    stop_waiters: Vec<ReplyTo>,
-    reload_all: Option<ReloadAll>,
+    pub(super) stopping: VecDeque<AppId>,
+    pub(super) stop_waiters: Vec<ReplyTo>,
+    /// Stopped apps are being walked through ([`Core::advance_stop`]).
+    pub(super) advancing_stop: bool,
+    pub(super) reload_all: Option<ReloadAll>,
     /// A reload of every app asked for while one runs: once more after it, for these clients.
-    queued_all: Option<Vec<ReplyTo>>,
+    pub(super) queued_all: Option<Vec<ReplyTo>>,
+    /// An [`Action::ReadConfig`] is out: whoever else needs the file waits for that one read.
+    pub(super) reading: bool,
+    /// The sets of sockets open (bound and not closed yet), as far as the core knows.
+    pub(super) open_sockets: BTreeSet<SocketSet>,
     /// Whether [`TimerKey::MemorySample`] is armed.
     sampling: bool,
     /// The last [`Action::Service`] emitted.
     service: Option<(ServiceState, String)>,
-    out: Vec<Action>,
+    pub(super) out: Vec<Action>,
 }
 
 impl Core {
-    /// The apps of a config, in file order, each with the indices of the apps it is `after`.
-    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Core {
-        let n = apps.len();
-        let (apps, after): (Vec<App>, Vec<Vec<AppIndex>>) = apps
-            .into_iter()
-            .enumerate()
-            .map(|(i, (settings, after))| (App::new(i, settings), after))
-            .unzip();
+    /// The apps of a config, in file order (their ids are their positions), each with the ids
+    /// of the apps it is `after`.
+    pub fn new(apps: Vec<(AppSettings, Vec<AppId>)>) -> Core {
+        let mut core = Core::empty();
+        for (id, (settings, after)) in apps.into_iter().enumerate() {
+            core.open_sockets.insert(settings.sockets);
+            core.apps.push(Entry {
+                app: App::new(id, settings),
+                after,
+                up: false,
+                removing: false,
+            });
+        }
+        core.next_app = core.apps.len();
+        core
+    }
+
+    fn empty() -> Core {
         Core {
-            apps,
-            after,
-            up: vec![false; n],
+            apps: Vec::new(),
+            next_app: 0,
             phase: Phase::Starting,
+            was_up: false,
             stopping: VecDeque::new(),
             stop_waiters: Vec::new(),
+            advancing_stop: false,
             reload_all: None,
             queued_all: None,
+            reading: false,
+            open_sockets: BTreeSet::new(),
             sampling: false,
             service: None,
             out: Vec::new(),
@@ -88,50 +116,72 @@ impl Core {
         if self.reload_all.is_some() || self.queued_all.is_some() {
             return Some("a reload is under way".into());
         }
-        self.apps.iter().find_map(App::not_upgradable)
+        if let Some(e) = self.apps.iter().find(|e| e.removing) {
+            return Some(format!("app {} is being removed", e.app.name()));
+        }
+        self.apps.iter().find_map(|e| e.app.not_upgradable())
     }
 
     /// A cluster singleton whose lease this host holds, if any: an upgrade does not wait for
     /// that to change.
     pub fn lease_held(&self) -> Option<&str> {
-        self.apps.iter().find(|a| a.holds_lease()).map(App::name)
+        self.apps
+            .iter()
+            .find(|e| e.app.holds_lease())
+            .map(|e| e.app.name())
     }
 
     /// Every app as handed over at `now` (see [`App::export`]).
     pub fn export(&self, now: Instant) -> Vec<AdoptedApp> {
-        self.apps.iter().map(|a| a.export(now)).collect()
+        self.apps.iter().map(|e| e.app.export(now)).collect()
     }
 
     /// The core of an upgraded supervisor: the apps of the config read again (as for
-    /// [`Core::new`]) taking over `adopted`, matched by name; an app missing from it
-    /// starts afresh. Returns the deadlines to arm again and the first service status.
+    /// [`Core::new`]: `after` by position in the file) taking over `adopted`, matched by name,
+    /// each keeping the id it had (a handover without ids numbered them in its order); an app
+    /// missing from it starts afresh with a new id. Returns the deadlines to arm again and the
+    /// first service status.
     pub fn adopt(
-        apps: Vec<(AppSettings, Vec<AppIndex>)>,
+        apps: Vec<(AppSettings, Vec<usize>)>,
         adopted: Vec<AdoptedApp>,
         now: Instant,
     ) -> (Core, Vec<Action>) {
-        let mut me = Core::new(Vec::new());
-        let mut adopted = adopted;
-        for (i, (settings, after)) in apps.into_iter().enumerate() {
+        let mut me = Core::empty();
+        let names: Vec<&str> = apps.iter().map(|(s, _)| s.spec.name.as_str()).collect();
+        let ids = super::adopt::adopted_ids(&names, &adopted);
+        let mut adopted: Vec<Option<AdoptedApp>> = adopted.into_iter().map(Some).collect();
+        let mut afters = Vec::with_capacity(apps.len());
+        for ((settings, after), id) in apps.into_iter().zip(ids.iter().copied()) {
             let state = adopted
-                .iter()
-                .position(|a| a.name == settings.spec.name)
-                .map(|p| adopted.remove(p));
+                .iter_mut()
+                .find(|a| a.as_ref().is_some_and(|a| a.name == settings.spec.name))
+                .and_then(Option::take);
+            me.open_sockets.insert(settings.sockets);
             let app = match state {
-                Some(state) => App::adopt(i, settings, state, now),
-                None => App::new(i, settings),
+                Some(state) => App::adopt(id, settings, state, now),
+                None => App::added(id, settings),
             };
-            me.up.push(app.phase() != Phase::Waiting);
-            me.apps.push(app);
-            me.after.push(after);
+            afters.push(after);
+            me.apps.push(Entry {
+                up: app.phase() != Phase::Waiting,
+                app,
+                after: Vec::new(),
+                removing: false,
+            });
         }
+        for (entry, after) in me.apps.iter_mut().zip(afters) {
+            entry.after = after
+                .into_iter()
+                .filter_map(|p| ids.get(p).copied())
+                .collect();
+        }
+        me.next_app = ids.iter().map(|id| id + 1).max().unwrap_or(0);
         me.phase = Phase::Running;
-        for i in 0..me.apps.len() {
-            me.collect(i, now);
+        me.was_up = true;
+        for id in ids {
+            me.collect(id, now);
         }
-        me.start_apps_that_may(now);
-        me.schedule_memory_sample(now);
-        me.service_changed();
+        me.after_event(now);
         let out = std::mem::take(&mut me.out);
         (me, out)
     }
@@ -162,17 +212,18 @@ impl Core {
                 }
             },
             Event::Memory(samples) => {
-                for i in 0..self.apps.len() {
+                let ids: Vec<AppId> = self.apps.iter().map(|e| e.app.id()).collect();
+                for id in ids {
                     let mine = samples
                         .iter()
-                        .filter(|(id, _)| app_of(*id) == i)
+                        .filter(|(w, _)| app_of(*w) == id)
                         .copied()
                         .collect();
-                    self.route(i, Event::Memory(mine), now);
+                    self.route(id, Event::Memory(mine), now);
                 }
             }
             Event::Reload { app, reply, wait } => self.reload(app, reply, wait, now),
-            Event::Config(settings) => self.config_read(settings, now),
+            Event::Config(read) => self.config_read(read, now),
             Event::Restart { app, reply } => self.route(app, Event::Restart { app, reply }, now),
             Event::Scale {
                 app,
@@ -193,16 +244,90 @@ impl Core {
                 tracing::warn!("fast stop: killing every worker");
                 self.stop(None, true, now);
             }
+            Event::StopApp { app, reply } => {
+                self.by_hand(app, reply, now, |app, reply| Event::StopApp { app, reply })
+            }
+            Event::StartApp {
+                app,
+                sockets,
+                reply,
+            } => {
+                // Bound for it: closed again below if it does not take them up.
+                self.open_sockets.insert(sockets);
+                self.by_hand(app, reply, now, |app, reply| Event::StartApp {
+                    app,
+                    sockets,
+                    reply,
+                });
+            }
+            Event::Reset {
+                app: Some(app),
+                reply,
+            } => self.route(
+                app,
+                Event::Reset {
+                    app: Some(app),
+                    reply,
+                },
+                now,
+            ),
+            Event::Reset { app: None, reply } => {
+                let ids: Vec<AppId> = self.apps.iter().map(|e| e.app.id()).collect();
+                for id in &ids {
+                    self.route(
+                        *id,
+                        Event::Reset {
+                            app: None,
+                            reply: None,
+                        },
+                        now,
+                    );
+                }
+                let apps = self.apps.iter().map(|e| e.app.name().to_string()).collect();
+                self.answer(reply, Answer::Switched(Switched::Reset { apps }));
+            }
         }
+        self.after_event(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// What follows every event: apps that may start do, the memory sample is armed or not,
+    /// sockets nobody uses are closed, the service manager hears of a change.
+    fn after_event(&mut self, now: Instant) {
         self.start_apps_that_may(now);
         self.schedule_memory_sample(now);
+        self.close_unused_sockets();
         self.service_changed();
-        std::mem::take(&mut self.out)
+    }
+
+    /// `stop APP` and `start APP`: refused while the supervisor stops, or for an app being
+    /// removed; otherwise the app's.
+    fn by_hand(
+        &mut self,
+        app: AppId,
+        reply: Option<ReplyTo>,
+        now: Instant,
+        event: impl FnOnce(AppId, Option<ReplyTo>) -> Event,
+    ) {
+        let refused = if self.phase != Phase::Running {
+            Some("the supervisor is stopping".to_string())
+        } else {
+            self.entry(app).filter(|e| e.removing).map(|e| {
+                format!(
+                    "{} was removed from the config file and is stopping",
+                    e.app.name()
+                )
+            })
+        };
+        match refused {
+            Some(why) => self.answer(reply, Answer::Refused(why)),
+            None => self.route(app, event(app, reply), now),
+        }
     }
 
     /// Whether worker memory is to be measured: while running, with some app's `max_memory`.
     fn wants_memory_samples(&self) -> bool {
-        self.phase == Phase::Running && self.apps.iter().any(|a| a.max_memory().is_some())
+        self.phase == Phase::Running && self.apps.iter().any(|e| e.app.max_memory().is_some())
     }
 
     /// Keeps [`TimerKey::MemorySample`] armed exactly while memory is to be measured (a reload
@@ -220,15 +345,36 @@ impl Core {
         self.sampling = wanted;
     }
 
+    /// Closes every open set of sockets no app uses any more (and no reload holds for an app
+    /// whose turn has not come yet).
+    fn close_unused_sockets(&mut self) {
+        let mut used: BTreeSet<SocketSet> = self
+            .apps
+            .iter()
+            .flat_map(|e| e.app.sockets_in_use())
+            .collect();
+        if let Some(all) = &self.reload_all {
+            used.extend(all.held_sockets());
+        }
+        let open = std::mem::take(&mut self.open_sockets);
+        for set in open.difference(&used) {
+            self.out.push(Action::CloseSockets(*set));
+        }
+        self.open_sockets = used;
+    }
+
     /// What the supervisor as a whole is doing: starting until every app was up once, then ready
     /// or reloading, then stopping.
     pub fn service_state(&self) -> ServiceState {
         match self.phase {
             Phase::Stopping | Phase::Stopped => ServiceState::Stopping,
-            _ if !self.up.iter().all(|u| *u) => ServiceState::Starting,
+            _ if !self.was_up => ServiceState::Starting,
             _ if self.reload_all.is_some()
                 || self.queued_all.is_some()
-                || self.apps.iter().any(|a| a.reload_generation().is_some()) =>
+                || self
+                    .apps
+                    .iter()
+                    .any(|e| e.app.reload_generation().is_some()) =>
             {
                 ServiceState::Reloading
             }
@@ -240,17 +386,15 @@ impl Core {
     /// `reloading demo (generation 3); ...`, `stopping: 3 workers left`.
     pub fn status_line(&self) -> String {
         let apps = || {
-            self.apps
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    if a.phase() == Phase::Waiting {
-                        let names: Vec<&str> = self.after[i]
-                            .iter()
-                            .filter(|d| !self.up[**d])
-                            .map(|d| self.apps[*d].name())
-                            .collect();
-                        format!("{}: waiting for {}", a.name(), names.join(", "))
+            self.apps()
+                .map(|v| {
+                    let a = v.app;
+                    if v.removing {
+                        format!("{}: removed, {} worker(s) left", a.name(), a.worker_count())
+                    } else if a.phase() == Phase::Waiting {
+                        format!("{}: waiting for {}", a.name(), v.waiting_for.join(", "))
+                    } else if a.phase() == Phase::Stopped {
+                        format!("{}: stopped", a.name())
                     } else {
                         let (ready, slots) = a.ready_slots();
                         format!("{}: {ready}/{slots} ready", a.name())
@@ -263,14 +407,28 @@ impl Core {
             ServiceState::Starting => format!("starting; {}", apps()),
             ServiceState::Ready => apps(),
             ServiceState::Reloading => {
-                let reloading: Vec<String> = self
+                let mut reloading: Vec<String> = self
                     .apps
                     .iter()
-                    .filter_map(|a| {
-                        let g = a.reload_generation()?;
-                        Some(format!("{} (generation {g})", a.name()))
+                    .filter_map(|e| {
+                        let g = e.app.reload_generation()?;
+                        Some(format!("{} (generation {g})", e.app.name()))
                     })
                     .collect();
+                // The file is being read for a reload of every app: the first app to roll.
+                if reloading.is_empty() && self.reload_all.as_ref().is_some_and(|a| a.reading()) {
+                    reloading.extend(
+                        self.apps
+                            .iter()
+                            .find(|e| {
+                                !e.removing
+                                    && matches!(e.app.phase(), Phase::Running | Phase::Standby)
+                            })
+                            .map(|e| {
+                                format!("{} (generation {})", e.app.name(), e.app.next_generation())
+                            }),
+                    );
+                }
                 if reloading.is_empty() {
                     format!("reloading; {}", apps())
                 } else {
@@ -278,7 +436,7 @@ impl Core {
                 }
             }
             ServiceState::Stopping => {
-                let left: usize = self.apps.iter().map(App::worker_count).sum();
+                let left: usize = self.apps.iter().map(|e| e.app.worker_count()).sum();
                 format!("stopping: {left} worker(s) left")
             }
         }
@@ -286,6 +444,9 @@ impl Core {
 
     /// Emits [`Action::Service`] when the state or the status line changed since the last one.
     fn service_changed(&mut self) {
+        if !self.was_up && self.apps.iter().all(|e| e.up || e.removing) {
+            self.was_up = true;
+        }
         let now = (self.service_state(), self.status_line());
         if self.service.as_ref() != Some(&now) {
             self.out.push(Action::Service {
@@ -296,30 +457,53 @@ impl Core {
         }
     }
 
-    /// The apps, in file order.
+    /// The apps, in the order of the running config (those being removed last).
     pub fn apps(&self) -> impl Iterator<Item = AppView<'_>> {
-        self.apps.iter().enumerate().map(|(i, app)| AppView {
-            app,
-            waiting_for: if app.phase() == Phase::Waiting {
-                self.after[i]
+        self.apps.iter().map(|e| AppView {
+            app: &e.app,
+            waiting_for: if e.app.phase() == Phase::Waiting {
+                e.after
                     .iter()
-                    .filter(|d| !self.up[**d])
-                    .map(|d| self.apps[*d].name().to_string())
+                    .filter_map(|d| self.entry(*d))
+                    .filter(|d| !d.up)
+                    .map(|d| d.app.name().to_string())
                     .collect()
             } else {
                 Vec::new()
             },
+            removing: e.removing,
         })
+    }
+
+    /// The app named `name` (not one being removed).
+    pub fn app_named(&self, name: &str) -> Option<&App> {
+        self.apps
+            .iter()
+            .find(|e| !e.removing && e.app.name() == name)
+            .map(|e| &e.app)
+    }
+
+    /// The app `id`, while the core knows it.
+    pub fn app(&self, id: AppId) -> Option<&App> {
+        self.entry(id).map(|e| &e.app)
+    }
+
+    pub(super) fn entry(&self, id: AppId) -> Option<&Entry> {
+        self.apps.iter().find(|e| e.app.id() == id)
+    }
+
+    pub(super) fn entry_mut(&mut self, id: AppId) -> Option<&mut Entry> {
+        self.apps.iter_mut().find(|e| e.app.id() == id)
     }
 
     /// A worker by id.
     pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
-        self.apps.get(app_of(id))?.worker(id)
+        self.app(app_of(id))?.worker(id)
     }
 
     /// Whether any worker of any app is draining (a reload or a stop is still settling).
     pub fn any_draining(&self) -> bool {
-        self.apps.iter().any(App::has_draining)
+        self.apps.iter().any(|e| e.app.has_draining())
     }
 
     /// The supervisor's phase.
@@ -327,292 +511,152 @@ impl Core {
         self.phase
     }
 
-    fn route(&mut self, i: AppIndex, event: Event, now: Instant) {
-        let Some(app) = self.apps.get_mut(i) else {
+    pub(super) fn route(&mut self, id: AppId, event: Event, now: Instant) {
+        let Some(e) = self.entry_mut(id) else {
+            // The app is gone (removed by a reload since the request named it): a waiting
+            // client is told so, never left waiting.
+            let reply = match &event {
+                Event::Restart { reply, .. }
+                | Event::Scale { reply, .. }
+                | Event::Reset { reply, .. }
+                | Event::StopApp { reply, .. }
+                | Event::StartApp { reply, .. } => *reply,
+                _ => None,
+            };
+            self.answer(
+                reply,
+                Answer::Refused(format!("app {id} is no longer run (a reload removed it)")),
+            );
             return;
         };
-        app.handle(event, now);
-        self.collect(i, now);
+        e.app.handle(event, now);
+        self.collect(id, now);
     }
 
-    /// Takes app `i`'s actions and passes them on, then acts on what it reports (a finished
-    /// reload, a stopped app, a failed first start).
-    fn collect(&mut self, i: AppIndex, now: Instant) {
-        let actions = self.apps[i].take_actions();
-        self.out.extend(actions);
-        for report in self.apps[i].take_reports() {
+    /// Takes app `id`'s actions and passes them on (one config read at a time), then acts on
+    /// what it reports (a finished reload, a stopped app, an app up, a failed first start).
+    pub(super) fn collect(&mut self, id: AppId, now: Instant) {
+        let Some(e) = self.entry_mut(id) else {
+            return;
+        };
+        let actions = e.app.take_actions();
+        let reports = e.app.take_reports();
+        if !e.up && e.app.is_up() {
+            e.up = true;
+        }
+        for action in actions {
+            match action {
+                Action::ReadConfig => self.read_config(),
+                other => self.out.push(other),
+            }
+        }
+        for report in reports {
             match report {
                 AppReport::Reloaded { report, waiters } => {
                     self.out.push(Action::ReloadEnded(report.clone()));
-                    self.reloaded(i, report, waiters, now);
+                    self.reloaded(id, report, waiters, now);
                 }
-                AppReport::Stopped => self.app_stopped(i, now),
-                AppReport::StartFailed(reason) => self.start_failed(i, reason, now),
+                AppReport::Stopped => self.app_stopped(id, now),
+                AppReport::StartFailed(reason) => self.start_failed(id, reason, now),
+                AppReport::Started { waiters, outcome } => {
+                    self.app_started(id, waiters, outcome, now)
+                }
             }
-        }
-        if !self.up[i] && self.apps[i].is_up() {
-            self.up[i] = true;
         }
     }
 
-    /// Starts every app still waiting whose `after` apps are all up.
+    /// Asks for the config file, unless a read is out already (everyone waiting gets that one).
+    pub(super) fn read_config(&mut self) {
+        if !self.reading {
+            self.reading = true;
+            self.out.push(Action::ReadConfig);
+        }
+    }
+
+    /// Starts every app still waiting whose `after` apps are all up; tells the clients waiting
+    /// for one whose `after` apps are stopped that it waits.
     fn start_apps_that_may(&mut self, now: Instant) {
         if self.phase != Phase::Running {
             return;
         }
         loop {
-            let ready = (0..self.apps.len()).find(|&i| {
-                self.apps[i].phase() == Phase::Waiting && self.after[i].iter().all(|d| self.up[*d])
+            let ready = self.apps.iter().find(|e| {
+                !e.removing
+                    && e.app.phase() == Phase::Waiting
+                    && e.after.iter().all(|d| self.entry(*d).is_none_or(|d| d.up))
             });
-            let Some(i) = ready else { return };
-            tracing::info!(app = %self.apps[i].name(), "starting");
-            self.route(i, Event::Start, now);
+            let Some(id) = ready.map(|e| e.app.id()) else {
+                break;
+            };
+            tracing::info!(app = %self.entry(id).map_or("", |e| e.app.name()), "starting");
+            self.route(id, Event::Start, now);
         }
-    }
-
-    // ---- reload ----
-
-    /// A reload of app `app`, or of every app. A client that waits is answered when it ended;
-    /// one that does not, at once: each app's reload started, towards which generation.
-    fn reload(&mut self, app: Option<AppIndex>, reply: Option<ReplyTo>, wait: bool, now: Instant) {
-        let waiter = reply.filter(|_| wait);
-        match app {
-            Some(i) => {
-                if let Some(a) = self.apps.get_mut(i) {
-                    a.request_reload(waiter.map(Waiter::Client));
-                    self.collect(i, now);
-                }
-            }
-            None => self.reload_every_app(waiter, now),
-        }
-        if let (Some(to), false) = (reply, wait) {
-            let reports = self
-                .apps
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| app.is_none_or(|a| a == *i))
-                .map(|(_, a)| a.started_report())
-                .collect();
-            self.answer(Some(to), Answer::Reload(reports));
-        }
-    }
-
-    fn reload_every_app(&mut self, reply: Option<ReplyTo>, now: Instant) {
-        if self.phase != Phase::Running {
-            self.answer(reply, Answer::Refused("the supervisor is stopping".into()));
-            return;
-        }
-        if self.reload_all.is_some() {
-            tracing::info!(
-                "reload of every app requested while one runs: queued to run once after it"
-            );
-            self.queued_all.get_or_insert_with(Vec::new).extend(reply);
-            return;
-        }
-        let queue = (0..self.apps.len())
-            .filter(|&i| self.apps[i].phase() != Phase::Waiting)
+        // An app that waits for apps stopped by hand waits until they are started: its clients
+        // are told so instead of waiting for ever.
+        let stuck: Vec<(AppId, Vec<String>)> = self
+            .apps
+            .iter()
+            .filter(|e| e.app.phase() == Phase::Waiting && e.app.has_start_waiters())
+            .map(|e| {
+                let stopped = e
+                    .after
+                    .iter()
+                    .filter_map(|d| self.entry(*d))
+                    .filter(|d| !d.up && matches!(d.app.phase(), Phase::Stopped | Phase::Stopping))
+                    .map(|d| d.app.name().to_string())
+                    .collect();
+                (e.app.id(), stopped)
+            })
+            .filter(|(_, stopped): &(AppId, Vec<String>)| !stopped.is_empty())
             .collect();
-        self.reload_all = Some(ReloadAll {
-            queue,
-            current: None,
-            reports: Vec::new(),
-            waiters: reply.into_iter().collect(),
-        });
-        self.next_in_reload_all(now);
-    }
-
-    /// Reloads the next app of the reload of every app, or answers when none is left.
-    fn next_in_reload_all(&mut self, now: Instant) {
-        let Some(all) = &mut self.reload_all else {
-            return;
-        };
-        if let Some(i) = all.queue.pop_front() {
-            all.current = Some(i);
-            self.apps[i].request_reload(Some(Waiter::EveryApp));
-            self.collect(i, now);
-            return;
-        }
-        let Some(all) = self.reload_all.take() else {
-            return;
-        };
-        for to in all.waiters {
-            self.out.push(Action::Reply {
-                to,
-                answer: Answer::Reload(all.reports.clone()),
-            });
-        }
-        if let Some(waiters) = self.queued_all.take() {
-            let mut first = waiters.into_iter();
-            self.reload_every_app(first.next(), now);
-            if let Some(all) = &mut self.reload_all {
-                all.waiters.extend(first);
+        for (id, stopped) in stuck {
+            if let Some(e) = self.entry_mut(id) {
+                e.app.answer_waiting(format!(
+                    "waiting for {} (stopped): it starts once {} started",
+                    stopped.join(", "),
+                    if stopped.len() == 1 {
+                        "that app is"
+                    } else {
+                        "those apps are"
+                    }
+                ));
             }
+            self.collect(id, now);
         }
     }
 
-    /// App `i`'s reload ended: answer its clients, or go on with the reload of every app.
-    fn reloaded(&mut self, i: AppIndex, report: ReloadReport, waiters: Vec<Waiter>, now: Instant) {
-        let mut next = false;
+    /// App `id` was started (by hand, or added by a reload): its clients get the outcome.
+    fn app_started(
+        &mut self,
+        id: AppId,
+        waiters: Vec<Waiter>,
+        outcome: Result<(Vec<i32>, Option<String>), String>,
+        now: Instant,
+    ) {
+        let name = self
+            .app(id)
+            .map(|a| a.name().to_string())
+            .unwrap_or_default();
         for waiter in waiters {
             match waiter {
-                Waiter::Client(to) => self.out.push(Action::Reply {
-                    to,
-                    answer: Answer::Reload(vec![report.clone()]),
-                }),
-                Waiter::EveryApp => {
-                    if let Some(all) = &mut self.reload_all
-                        && all.current == Some(i)
-                    {
-                        all.reports.push(report.clone());
-                        all.current = None;
-                        next = true;
-                    }
+                Waiter::Client(to) => {
+                    let answer = match &outcome {
+                        Ok((pids, note)) => Answer::Switched(Switched::Started {
+                            app: name.clone(),
+                            pids: pids.clone(),
+                            already: false,
+                            note: note.clone(),
+                        }),
+                        Err(why) => Answer::Refused(why.clone()),
+                    };
+                    self.out.push(Action::Reply { to, answer });
                 }
+                Waiter::EveryApp => self.added_app_started(id, outcome.clone(), now),
             }
         }
-        if next {
-            self.next_in_reload_all(now);
-        }
     }
 
-    /// The config file was read again: every app waiting for it gets its part.
-    fn config_read(&mut self, settings: Result<Vec<AppSettings>, String>, now: Instant) {
-        for i in 0..self.apps.len() {
-            if !self.apps[i].wants_config() {
-                continue;
-            }
-            let mine = match &settings {
-                Err(e) => Err(e.clone()),
-                Ok(all) => all
-                    .iter()
-                    .find(|s| s.spec.name == self.apps[i].name())
-                    .cloned()
-                    .ok_or_else(|| {
-                        format!(
-                            "app {:?} is no longer in the config file (adding or removing apps needs a restart)",
-                            self.apps[i].name()
-                        )
-                    }),
-            };
-            self.apps[i].config_read(mine, now);
-            self.collect(i, now);
-        }
-    }
-
-    // ---- stop ----
-
-    fn stop(&mut self, reply: Option<ReplyTo>, fast: bool, now: Instant) {
-        if self.phase == Phase::Stopped {
-            // Done already (the shell is on its way out): nothing left to stop.
-            self.answer(reply, Answer::Stopped);
-            return;
-        }
-        self.stop_waiters.extend(reply);
-        if fast {
-            // Every app at once, every group killed; apps already stopped (a graceful stop
-            // under way got that far) are done.
-            self.phase = Phase::Stopping;
-            self.abort_reload_all();
-            self.stopping = (0..self.apps.len()).rev().collect();
-            for i in (0..self.apps.len()).rev() {
-                self.route(i, Event::FastStop, now);
-            }
-            self.stop_next(now);
-            return;
-        }
-        if self.phase == Phase::Stopping || self.phase == Phase::Stopped {
-            return;
-        }
-        self.phase = Phase::Stopping;
-        self.abort_reload_all();
-        self.stopping = (0..self.apps.len()).rev().collect();
-        match self.stopping.front() {
-            Some(&first) => self.route(first, Event::Stop { reply: None }, now),
-            None => self.all_stopped(),
-        }
-    }
-
-    fn abort_reload_all(&mut self) {
-        let waiting = self
-            .queued_all
-            .take()
-            .into_iter()
-            .flatten()
-            .chain(self.reload_all.take().into_iter().flat_map(|a| a.waiters))
-            .collect::<Vec<_>>();
-        for to in waiting {
-            self.out.push(Action::Reply {
-                to,
-                answer: Answer::Reload(vec![ReloadReport {
-                    app: "(every app)".into(),
-                    generation: 0,
-                    outcome: ReloadOutcome::Aborted,
-                    reason: Some("the supervisor is stopping".into()),
-                    note: None,
-                    slots: vec![],
-                    duration_secs: 0.0,
-                }]),
-            });
-        }
-    }
-
-    /// App `i` has no worker left: stop the next one, in reverse file order.
-    fn app_stopped(&mut self, i: AppIndex, now: Instant) {
-        tracing::info!(app = %self.apps[i].name(), "stopped");
-        self.stopping.retain(|&a| a != i);
-        if self.phase != Phase::Stopping {
-            return;
-        }
-        self.stop_next(now);
-    }
-
-    /// Stops the next app in line (the apps already stopped are done), or ends the stop when
-    /// none is left.
-    fn stop_next(&mut self, now: Instant) {
-        let apps = &self.apps;
-        self.stopping.retain(|&a| apps[a].phase() != Phase::Stopped);
-        match self.stopping.front() {
-            Some(&next) if self.apps[next].phase() != Phase::Stopping => {
-                self.route(next, Event::Stop { reply: None }, now)
-            }
-            Some(_) => {}
-            None if self.phase == Phase::Stopping => self.all_stopped(),
-            None => {}
-        }
-    }
-
-    fn all_stopped(&mut self) {
-        self.phase = Phase::Stopped;
-        for to in std::mem::take(&mut self.stop_waiters) {
-            self.out.push(Action::Reply {
-                to,
-                answer: Answer::Stopped,
-            });
-        }
-        self.out.push(Action::Exit(Ok(())));
-    }
-
-    /// No worker of app `i`'s first start could be executed: the supervisor does not run half a
-    /// config. Every worker is killed and it exits with the reason.
-    fn start_failed(&mut self, i: AppIndex, reason: String, now: Instant) {
-        let reason = format!("app {}: {reason}", self.apps[i].name());
-        self.phase = Phase::Stopped;
-        for a in 0..self.apps.len() {
-            if a != i {
-                self.apps[a].handle(Event::FastStop, now);
-                for action in self.apps[a].take_actions() {
-                    if matches!(action, Action::Signal { .. }) {
-                        self.out.push(action);
-                    }
-                }
-                // Nothing to answer or go on with: the supervisor exits.
-                self.apps[a].take_reports();
-            }
-        }
-        self.out.push(Action::Exit(Err(reason)));
-    }
-
-    fn answer(&mut self, reply: Option<ReplyTo>, answer: Answer) {
+    pub(super) fn answer(&mut self, reply: Option<ReplyTo>, answer: Answer) {
         if let Some(to) = reply {
             self.out.push(Action::Reply { to, answer });
         }

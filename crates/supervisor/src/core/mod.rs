@@ -19,26 +19,37 @@
 //! [`LeaseEvent::Lost`] drains them so that they are killed before the lease expires. A stopped
 //! singleton asks for [`Action::ReleaseLease`] once its last worker is gone.
 //!
-//! [`Core`] (`apps.rs`, the decisions across apps) holds the apps in file order: it starts each
-//! once the apps it is `after` are ready, reloads every app one at a time, and stops them in
-//! reverse order. Each [`App`] (`app/`, split by concern) runs its slots (one worker each when
-//! serving) and the workers that are starting, serving or draining, and tells the core what
-//! concerns it through [`AppReport`]s. [`adopt`] holds what an in-place upgrade hands over.
+//! [`Core`] (`apps.rs`, the decisions across apps) holds the apps in the running config's order,
+//! each known by a stable [`AppId`] (a reload adds and removes apps; the ids of the others stay,
+//! and a worker id says its app's): it starts each once the apps it is `after` are ready,
+//! routes `stop APP`, `start APP` and `reset`, and closes a set of sockets once nothing uses it
+//! ([`SocketSet`]). `reload_all.rs` applies the whole file on a reload of every app (added,
+//! removed, changed apps; refused as a whole when it cannot be applied live; [`file`] is what the
+//! shell reads of it), `stop.rs` stops the apps in reverse order. Each [`App`] (`app/`, split by
+//! concern) runs its slots (one worker each when serving) and the workers that are starting,
+//! serving or draining, and tells the core what concerns it through [`AppReport`]s. [`adopt`]
+//! holds what an in-place upgrade hands over.
 
 pub mod adopt;
 pub mod app;
 mod apps;
+pub mod file;
+#[cfg(test)]
+mod file_tests;
+mod reload_all;
 pub mod report;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
 mod singleton_tests;
+mod stop;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
 pub use apps::Core;
+pub use file::{AppRead, FileRead};
 
 use std::sync::Arc;
 
@@ -52,13 +63,27 @@ use report::ReloadReport;
 /// ([`app_of`]).
 pub type WorkerId = u64;
 
-/// Index of an app in the config file's order.
-pub type AppIndex = usize;
+/// An app's identity for the supervisor's whole life (in-place upgrades included): the apps of
+/// the file the supervisor started with are numbered in file order from 0, an app a reload adds
+/// gets the next number, and a number is never given twice. It is not a position in the file:
+/// apps come and go with reloads, so it never indexes the config's list of apps (look an app up
+/// by name or by id).
+pub type AppId = usize;
 
 /// The app a worker id belongs to (ids are `(app + 1) << 32 | n`).
-pub fn app_of(id: WorkerId) -> AppIndex {
+pub fn app_of(id: WorkerId) -> AppId {
     ((id >> 32) as usize).saturating_sub(1)
 }
+
+/// A set of listening sockets the shell bound for an app (one per `[[app.listen]]`, in order),
+/// named by a number the shell gives out. The core decides which set each new worker gets and
+/// when a set is no longer used by anyone ([`Action::CloseSockets`]): an app whose listeners
+/// moved rolls its workers from its old set onto the new one, and the old one closes once no
+/// slot and no settings refer to it any more. A stopping or stopped app uses none.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct SocketSet(pub u64);
 
 /// Identifies a client waiting for an answer; the shell maps it to the connection.
 pub type ReplyTo = u64;
@@ -100,8 +125,41 @@ pub enum Answer {
     },
     /// Every worker is gone.
     Stopped,
+    /// An app stopped by hand (`stop APP`) or started again (`start APP`), or counters reset.
+    Switched(Switched),
     /// The request was not carried out, for this reason.
     Refused(String),
+}
+
+/// What `stop APP`, `start APP` and `reset` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switched {
+    /// The app's workers are gone and its sockets closed.
+    Stopped {
+        /// The app.
+        app: String,
+        /// How many workers were drained.
+        workers: usize,
+        /// It was stopped already: nothing was done.
+        already: bool,
+    },
+    /// The app runs again: every slot has a ready worker (or it stands by, for a cluster
+    /// singleton whose lease another host holds).
+    Started {
+        /// The app.
+        app: String,
+        /// Its ready workers' pids, by slot.
+        pids: Vec<i32>,
+        /// It was running already: nothing was done.
+        already: bool,
+        /// What else to know (standing by, waiting for the apps it is `after`).
+        note: Option<String>,
+    },
+    /// Restart counters cleared, of these apps.
+    Reset {
+        /// The apps.
+        apps: Vec<String>,
+    },
 }
 
 /// What an app runs and how: the part of the config the core decides with.
@@ -119,6 +177,8 @@ pub struct AppSettings {
     pub not_ready_hint: Option<String>,
     /// `Some` for a cluster singleton: it runs only while this host holds its lease.
     pub singleton: Option<SingletonPolicy>,
+    /// The sockets its workers get.
+    pub sockets: SocketSet,
 }
 
 /// What the lease task of a cluster singleton reports.
@@ -195,7 +255,7 @@ pub enum TimerKey {
     /// A slot of an app backing off after a crash starts again then.
     Restart {
         /// The app.
-        app: AppIndex,
+        app: AppId,
         /// The slot.
         slot: usize,
     },
@@ -217,8 +277,8 @@ pub enum Signal {
 pub enum Action {
     /// Fork/exec a worker; answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
     Spawn {
-        /// The app (whose listeners it gets).
-        app: AppIndex,
+        /// The app.
+        app: AppId,
         /// The id the core gave it.
         worker: WorkerId,
         /// Its slot.
@@ -227,12 +287,23 @@ pub enum Action {
         generation: u64,
         /// What to run.
         spec: Arc<WorkerSpec>,
+        /// The sockets it inherits (at fd 3..).
+        sockets: SocketSet,
         /// The fencing token of a cluster singleton's lease (`SUPERVISOR_FENCING_TOKEN`).
         fencing_token: Option<u64>,
     },
     /// A stopped cluster singleton's workers are all gone: give its lease back (and stop
     /// trying to take it).
-    ReleaseLease(AppIndex),
+    ReleaseLease(AppId),
+    /// A cluster singleton was added by a reload or started again by hand: start its lease
+    /// task (it reports [`Event::Lease`]).
+    WatchLease(AppId),
+    /// No worker, slot or setting uses this set of sockets any more: close it (connections to
+    /// its addresses are refused from now on, unless another set shares a socket).
+    CloseSockets(SocketSet),
+    /// The config file read last ([`Event::Config`]) is now the running config: every app of it
+    /// (`None`, a reload of every app), or the part of one app (`Some(name)`).
+    ConfigApplied(Option<String>),
     /// Signal a worker.
     Signal { worker: WorkerId, signal: Signal },
     /// Deliver [`Event::Timer`] with `timer` at `at` (replacing the same key's deadline).
@@ -349,7 +420,7 @@ pub enum Event {
     /// A rolling reload of one app, or of every app one at a time.
     Reload {
         /// The app, or every app.
-        app: Option<AppIndex>,
+        app: Option<AppId>,
         /// The client to answer, if any.
         reply: Option<ReplyTo>,
         /// Answer `reply` once the reload ended; otherwise at once, with each app's report
@@ -357,20 +428,20 @@ pub enum Event {
         /// it is queued behind).
         wait: bool,
     },
-    /// The answer to [`Action::ReadConfig`]: every app's settings by name, or why the file is not
+    /// The answer to [`Action::ReadConfig`]: every app of the file, or why the file is not
     /// valid.
-    Config(Result<Vec<AppSettings>, String>),
+    Config(Result<FileRead, String>),
     /// Replace every worker of an app at once, without waiting for readiness (a stuck app).
     Restart {
         /// The app.
-        app: AppIndex,
+        app: AppId,
         /// The waiting client.
         reply: Option<ReplyTo>,
     },
     /// Run `instances` workers of an app from now on (until a reload re-reads the file).
     Scale {
         /// The app.
-        app: AppIndex,
+        app: AppId,
         /// How many.
         instances: usize,
         /// The waiting client.
@@ -383,10 +454,35 @@ pub enum Event {
     },
     /// Stop, and kill every worker's process group at once.
     FastStop,
+    /// Drain and stop one app, close its sockets, and keep it stopped (through reloads) until
+    /// [`Event::StartApp`]; `reply` is answered when its workers are gone.
+    StopApp {
+        /// The app.
+        app: AppId,
+        /// The waiting client.
+        reply: Option<ReplyTo>,
+    },
+    /// Start a stopped app again on `sockets` (bound again by the shell); `reply` is answered
+    /// once every slot has a ready worker, or with the first failure.
+    StartApp {
+        /// The app.
+        app: AppId,
+        /// Its sockets, bound again.
+        sockets: SocketSet,
+        /// The waiting client.
+        reply: Option<ReplyTo>,
+    },
+    /// Clear the restart counters of one app, or of every app.
+    Reset {
+        /// The app, or every app.
+        app: Option<AppId>,
+        /// The waiting client.
+        reply: Option<ReplyTo>,
+    },
     /// The lease task of a cluster singleton reports.
     Lease {
         /// The app.
-        app: AppIndex,
+        app: AppId,
         /// What happened to its lease.
         event: LeaseEvent,
     },
@@ -445,9 +541,9 @@ pub enum Phase {
     Running,
     /// A cluster singleton whose lease another host holds: no worker runs here.
     Standby,
-    /// Draining every worker before exiting.
+    /// Draining every worker: before the supervisor exits, or an app stops or is removed.
     Stopping,
-    /// Done.
+    /// Done: the supervisor exits; an app stopped by hand (`stop APP`), until `start APP`.
     Stopped,
 }
 

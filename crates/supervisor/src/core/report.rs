@@ -23,6 +23,36 @@ pub struct ReloadReport {
     pub slots: Vec<SlotReplacement>,
     /// Duration of the whole reload in seconds.
     pub duration_secs: f64,
+    /// What a reload of every app did to this app, if it was added, removed or changed in
+    /// the file (absent otherwise: the reload replaced its workers with the same settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<AppChange>,
+    /// The keys that changed in the file (`listen`, `instances`, `command`, ...), for a
+    /// changed app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// What a reload of every app did to an app, as the file asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppChange {
+    /// New in the file: started (after the apps it is `after`).
+    Added,
+    /// Gone from the file: its workers drain, its sockets are closed, it is forgotten.
+    Removed,
+    /// Some of its settings changed: rolled onto them (onto new sockets if `listen` changed).
+    Changed,
+}
+
+impl std::fmt::Display for AppChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppChange::Added => "added",
+            AppChange::Removed => "removed",
+            AppChange::Changed => "changed",
+        })
+    }
 }
 
 /// The outcome of a reload request.

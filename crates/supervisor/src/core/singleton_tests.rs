@@ -24,7 +24,7 @@ fn singleton(name: &str, instances: usize) -> AppSettings {
     s
 }
 
-fn lease(sim: &mut Sim, app: AppIndex, event: LeaseEvent) {
+fn lease(sim: &mut Sim, app: AppId, event: LeaseEvent) {
     sim.send(Event::Lease { app, event });
 }
 
@@ -54,7 +54,7 @@ fn holding() -> Sim {
     sim
 }
 
-fn live(sim: &Sim, app: AppIndex) -> usize {
+fn live(sim: &Sim, app: AppId) -> usize {
     sim.app(app).snapshot(sim.now).workers.len()
 }
 

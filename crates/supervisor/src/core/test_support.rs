@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::app::App;
 use super::report::ReloadReport;
 use super::{
-    Action, Answer, AppIndex, AppSettings, Core, Event, ExitStatus, ReplyTo, ServiceState, Signal,
-    TimerKey, WorkerId, WorkerState,
+    Action, Answer, AppId, AppRead, AppSettings, Core, Event, ExitStatus, FileRead, ReplyTo,
+    ServiceState, Signal, SocketSet, TimerKey, WorkerId, WorkerState,
 };
 use crate::config::{MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy, Runtime, WorkerSpec};
 
@@ -53,6 +53,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
         },
         not_ready_hint: None,
         singleton: None,
+        sockets: super::SocketSet(0),
     }
 }
 
@@ -67,9 +68,22 @@ pub struct Sim {
     pub now: Instant,
     next_pid: i32,
     /// Spawns of this app fail (`execve` would).
-    pub fail_app: Option<AppIndex>,
-    /// What a config read returns.
+    pub fail_app: Option<AppId>,
+    /// What a config read returns: every app's settings (each `after` the apps
+    /// [`Sim::after`] says), or why the file is not valid.
     pub config: Result<Vec<AppSettings>, String>,
+    /// The apps (by name) each app of [`Sim::config`] is `after` (the ones it started with).
+    pub after: BTreeMap<String, Vec<String>>,
+    /// What a config read returns instead of [`Sim::config`], when set.
+    pub file: Option<Result<FileRead, String>>,
+    /// Config reads asked for.
+    pub reads: usize,
+    /// Sets of sockets closed, in order.
+    pub closed: Vec<SocketSet>,
+    /// Lease tasks started (apps added or started again).
+    pub watched: Vec<AppId>,
+    /// What the core said it applied of the file read (`None`: all of it).
+    pub applied: Vec<Option<String>>,
     /// What a memory sample returns: bytes per worker (workers not listed are left out, as
     /// ones whose process group could not be read).
     pub memory: BTreeMap<WorkerId, u64>,
@@ -80,7 +94,7 @@ pub struct Sim {
     /// Signals sent, in order.
     pub signals: Vec<(WorkerId, Signal)>,
     /// Spawns asked for, in order.
-    pub spawned: Vec<(AppIndex, WorkerId)>,
+    pub spawned: Vec<(AppId, WorkerId)>,
     /// Answers, per client.
     pub replies: HashMap<ReplyTo, Vec<Answer>>,
     /// How the supervisor exited, once it did.
@@ -92,19 +106,30 @@ pub struct Sim {
     /// The fencing token each spawned worker got.
     pub tokens: BTreeMap<WorkerId, Option<u64>>,
     /// Lease releases asked for, with the number of live workers of all apps at that moment.
-    pub released: Vec<(AppIndex, usize)>,
+    pub released: Vec<(AppId, usize)>,
 }
 
 impl Sim {
     /// Not started yet: send [`Event::Start`].
-    pub fn new(apps: Vec<(AppSettings, Vec<AppIndex>)>) -> Sim {
+    pub fn new(apps: Vec<(AppSettings, Vec<AppId>)>) -> Sim {
         let config = Ok(apps.iter().map(|(s, _)| s.clone()).collect());
+        let name = |i: &AppId| apps.get(*i).map(|(s, _)| s.spec.name.clone());
+        let after = apps
+            .iter()
+            .map(|(s, after)| (s.spec.name.clone(), after.iter().filter_map(name).collect()))
+            .collect();
         Sim {
             core: Core::new(apps),
             now: Instant::now(),
             next_pid: 100,
             fail_app: None,
             config,
+            after,
+            file: None,
+            reads: 0,
+            closed: Vec::new(),
+            watched: Vec::new(),
+            applied: Vec::new(),
             memory: BTreeMap::new(),
             memory_samples: 0,
             timers: BTreeMap::new(),
@@ -153,7 +178,13 @@ impl Sim {
                     Action::Cancel(timer) => {
                         self.timers.remove(&timer);
                     }
-                    Action::ReadConfig => queue.push_back(Event::Config(self.config.clone())),
+                    Action::ReadConfig => {
+                        self.reads += 1;
+                        queue.push_back(Event::Config(self.file_read()));
+                    }
+                    Action::CloseSockets(set) => self.closed.push(set),
+                    Action::WatchLease(app) => self.watched.push(app),
+                    Action::ConfigApplied(app) => self.applied.push(app),
                     Action::SampleMemory => {
                         self.memory_samples += 1;
                         let samples = self.memory.iter().map(|(w, b)| (*w, *b)).collect();
@@ -178,6 +209,26 @@ impl Sim {
         }
     }
 
+    /// What a config read returns: [`Sim::file`], else [`Sim::config`] with [`Sim::after`].
+    fn file_read(&self) -> Result<FileRead, String> {
+        if let Some(file) = &self.file {
+            return file.clone();
+        }
+        let settings = self.config.clone()?;
+        Ok(FileRead {
+            apps: settings
+                .into_iter()
+                .map(|s| AppRead {
+                    after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
+                    name: s.spec.name.clone(),
+                    settings: Ok(s),
+                    changed: Vec::new(),
+                })
+                .collect(),
+            refused: Vec::new(),
+        })
+    }
+
     /// Moves time forward by `d`, firing every deadline passed on the way, in order.
     pub fn advance(&mut self, d: Duration) {
         let until = self.now + d;
@@ -196,13 +247,13 @@ impl Sim {
         self.now = until;
     }
 
-    /// App `i`.
-    pub fn app(&self, i: AppIndex) -> &App {
-        self.core.apps().nth(i).map(|v| v.app).expect("no such app")
+    /// App `i` (by id).
+    pub fn app(&self, i: AppId) -> &App {
+        self.core.app(i).expect("no such app")
     }
 
     /// Live workers of app `app` in `state`.
-    pub fn workers(&self, app: AppIndex, state: WorkerState) -> Vec<WorkerId> {
+    pub fn workers(&self, app: AppId, state: WorkerState) -> Vec<WorkerId> {
         self.app(app)
             .snapshot(self.now)
             .workers
@@ -213,7 +264,7 @@ impl Sim {
     }
 
     /// Every starting worker of app `app` says it is ready.
-    pub fn ready_all(&mut self, app: AppIndex) {
+    pub fn ready_all(&mut self, app: AppId) {
         for id in self.workers(app, WorkerState::Starting) {
             self.send(Event::Ready(id));
         }

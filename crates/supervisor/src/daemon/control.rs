@@ -1,14 +1,15 @@
 //! One handler per control request, and the one place a control answer is produced: the core's
 //! [`Answer`]s become wire [`Response`]s here ([`response`]), the views answer `status`, the
 //! upgrade sequencer answers `upgrade`, and a request naming no known app is refused here with
-//! the names there are.
+//! the names there are. `start APP` binds the app's sockets again here, before the core hears
+//! of it: a port taken meanwhile refuses the start with the port's name, nothing started.
 
 use super::shell::Shell;
 use crate::control::protocol::{Request, Response};
 use crate::control::server::{ControlRequest, Reply};
 use std::collections::HashMap;
 
-use crate::core::{Answer, AppIndex, Event, ReplyTo};
+use crate::core::{Answer, AppId, Event, Phase, ReplyTo, Switched};
 
 impl Shell {
     /// Serves one control request.
@@ -21,7 +22,60 @@ impl Shell {
             Request::Scale { app, instances } => self.on_scale(&app, instances, reply),
             Request::Stop => self.on_stop(reply),
             Request::Upgrade { binary } => self.request_upgrade(binary, Some(reply)),
+            Request::StopApp { app } => self.on_stop_app(&app, reply),
+            Request::StartApp { app } => self.on_start_app(&app, reply),
+            Request::Reset { app } => self.on_reset(app.as_deref(), reply),
         }
+    }
+
+    fn on_stop_app(&mut self, app: &str, reply: Reply) {
+        let Some(app) = self.named(app) else {
+            return answer(reply, self.unknown_app(Some(app)));
+        };
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::StopApp { app, reply });
+    }
+
+    fn on_start_app(&mut self, name: &str, reply: Reply) {
+        let Some(app) = self.core.app_named(name) else {
+            return answer(reply, self.unknown_app(Some(name)));
+        };
+        let (id, mut sockets) = (app.id(), app.settings().sockets);
+        if app.phase() == Phase::Stopped {
+            // Its listeners as the running config has them (a reload may have moved them).
+            let specs = self
+                .config
+                .apps
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.listeners.clone())
+                .unwrap_or_default();
+            sockets = match self.sockets.open(&specs, &[]) {
+                Ok(set) => set,
+                Err(e) => {
+                    return answer(
+                        reply,
+                        Response::Error {
+                            message: format!("cannot start {name}: {e}"),
+                        },
+                    );
+                }
+            };
+        }
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::StartApp {
+            app: id,
+            sockets,
+            reply,
+        });
+    }
+
+    fn on_reset(&mut self, app: Option<&str>, reply: Reply) {
+        let Some(app) = self.target(app) else {
+            return answer(reply, self.unknown_app(app));
+        };
+        let reply = Some(self.replies.wait(reply));
+        self.feed(Event::Reset { app, reply });
     }
 
     fn on_status(&mut self, app: Option<&str>, reply: Reply) {
@@ -68,20 +122,25 @@ impl Shell {
 
     /// `Some(None)` for every app, `Some(Some(i))` for the app named, `None` for a name no app
     /// has.
-    fn target(&self, app: Option<&str>) -> Option<Option<AppIndex>> {
+    fn target(&self, app: Option<&str>) -> Option<Option<AppId>> {
         match app {
             None => Some(None),
             Some(name) => self.named(name).map(Some),
         }
     }
 
-    fn named(&self, name: &str) -> Option<AppIndex> {
-        self.config.apps.iter().position(|a| a.name == name)
+    fn named(&self, name: &str) -> Option<AppId> {
+        self.core.app_named(name).map(|a| a.id())
     }
 
     /// The refusal of a request naming no known app: says which apps there are.
     fn unknown_app(&self, name: Option<&str>) -> Response {
-        let names: Vec<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .core
+            .apps()
+            .filter(|v| !v.removing)
+            .map(|v| v.app.name())
+            .collect();
         Response::Error {
             message: format!(
                 "no app is named {:?} (apps: {})",
@@ -129,6 +188,27 @@ pub(super) fn response(answer: Answer) -> Response {
             note,
         },
         Answer::Stopped => Response::Stopped,
+        Answer::Switched(Switched::Stopped {
+            app,
+            workers,
+            already,
+        }) => Response::AppStopped {
+            app,
+            workers,
+            already,
+        },
+        Answer::Switched(Switched::Started {
+            app,
+            pids,
+            already,
+            note,
+        }) => Response::AppStarted {
+            app,
+            pids,
+            already,
+            note,
+        },
+        Answer::Switched(Switched::Reset { apps }) => Response::Reset { apps },
         Answer::Refused(message) => Response::Error { message },
     }
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::SingletonPolicy;
-use crate::core::{AppIndex, LeaseEvent};
+use crate::core::{AppId, LeaseEvent};
 
 /// A renewal that failed (an error, not a refusal) is retried after this, while time is left.
 const RETRY: Duration = Duration::from_millis(200);
@@ -31,7 +31,7 @@ const RETRY: Duration = Duration::from_millis(200);
 /// One app's lease task.
 #[derive(Debug)]
 struct LeaseTask {
-    app: AppIndex,
+    app: AppId,
     release: Option<mpsc::UnboundedSender<()>>,
     released: bool,
     handle: JoinHandle<()>,
@@ -41,18 +41,84 @@ struct LeaseTask {
 #[derive(Debug, Default)]
 pub struct LeaseTasks {
     tasks: Vec<LeaseTask>,
+    /// The backend and this host as a contender, for the tasks started later (a singleton
+    /// added by a reload, or started again by hand); made on first use when no singleton ran
+    /// at start.
+    backend: Option<(Arc<SingletonLeases>, Contender)>,
+    /// Where the tasks report.
+    events: Option<mpsc::UnboundedSender<(AppId, LeaseEvent)>>,
 }
 
 impl LeaseTasks {
+    /// Tasks that report on `events`, on `backend` once there is one.
+    pub fn new(
+        events: mpsc::UnboundedSender<(AppId, LeaseEvent)>,
+        backend: Option<(Arc<SingletonLeases>, Contender)>,
+    ) -> LeaseTasks {
+        LeaseTasks {
+            tasks: Vec::new(),
+            backend,
+            events: Some(events),
+        }
+    }
+
+    /// The backend on `url`, made now if need be (calls bounded well inside `policy`'s
+    /// renewal period).
+    fn backend(
+        &mut self,
+        url: &str,
+        policy: SingletonPolicy,
+    ) -> Result<(Arc<SingletonLeases>, Contender), String> {
+        if let Some(b) = &self.backend {
+            return Ok(b.clone());
+        }
+        let timeout = policy
+            .renew_every()
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let leases = SingletonLeases::from_url(url, timeout).map_err(|e| {
+            format!(
+                "cluster singletons: lease backend {}: {e}",
+                cronlock::redact_url(url)
+            )
+        })?;
+        let b = (Arc::new(leases), Contender::current());
+        self.backend = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Whether a lease task can be started on `url` (an app added by a reload is refused
+    /// otherwise).
+    pub fn can_watch(&mut self, url: &str, policy: SingletonPolicy) -> Result<(), String> {
+        self.backend(url, policy).map(|_| ())
+    }
+
+    /// Starts the lease task of app `app` again, or for the first time.
+    pub fn watch(
+        &mut self,
+        url: &str,
+        app: AppId,
+        name: String,
+        policy: SingletonPolicy,
+    ) -> Result<(), String> {
+        let (leases, me) = self.backend(url, policy)?;
+        let Some(events) = self.events.clone() else {
+            return Err("no lease events channel".into());
+        };
+        self.tasks
+            .retain(|t| t.app != app || !t.handle.is_finished());
+        tracing::info!(app = %name, backend = %leases.describe(), "cluster singleton: watching its lease");
+        self.spawn(app, name, policy, leases, me, events);
+        Ok(())
+    }
     /// Starts the lease task of app `app` named `name`; it reports on `events`.
     pub fn spawn(
         &mut self,
-        app: AppIndex,
+        app: AppId,
         name: String,
         policy: SingletonPolicy,
         leases: Arc<SingletonLeases>,
         me: Contender,
-        events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+        events: mpsc::UnboundedSender<(AppId, LeaseEvent)>,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
@@ -73,7 +139,7 @@ impl LeaseTasks {
     }
 
     /// Asks app `app`'s task to give its lease back and stop (its workers are gone).
-    pub fn release(&mut self, app: AppIndex) {
+    pub fn release(&mut self, app: AppId) {
         for t in self.tasks.iter_mut().filter(|t| t.app == app) {
             if let Some(tx) = t.release.take() {
                 let _ = tx.send(());
@@ -103,12 +169,12 @@ impl LeaseTasks {
 }
 
 struct Task {
-    app: AppIndex,
+    app: AppId,
     name: String,
     policy: SingletonPolicy,
     leases: Arc<SingletonLeases>,
     me: Contender,
-    events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+    events: mpsc::UnboundedSender<(AppId, LeaseEvent)>,
     release: mpsc::UnboundedReceiver<()>,
 }
 
@@ -287,7 +353,7 @@ mod tests {
         }
     }
 
-    async fn next(rx: &mut mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>) -> LeaseEvent {
+    async fn next(rx: &mut mpsc::UnboundedReceiver<(AppId, LeaseEvent)>) -> LeaseEvent {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a lease event within 5 s")

@@ -8,7 +8,8 @@
 //! - [`workers`]: starting, signalling, reaping workers ([`process`]: one worker's OS handle and
 //!   watch tasks), memory samples, the orphan sweep.
 //! - [`views`]: `status` and the metrics as pure functions of the core's state.
-//! - [`reread`]: what a reload applies from the file read again.
+//! - [`reread`]: what a reload applies from the file read again ([`config_read`]: reading it,
+//!   binding the new sockets, making it the running config); [`sockets`]: the sets of sockets.
 //! - [`upgrade`]: the shell's side of the in-place upgrade ([`crate::upgrade`] decides).
 //! - [`preflight`]: what `start` tries before anything starts, shared with `check`.
 //! - [`deadlines`], [`runtime_dir`], [`leases`] (the lease tasks of cluster singletons).
@@ -16,6 +17,7 @@
 //! The loop never waits on Redis (the `[[job]]` scheduler, the lease tasks and the metrics
 //! endpoint run in tasks of their own) and never blocks on a client.
 
+mod config_read;
 mod control;
 mod deadlines;
 mod leases;
@@ -25,6 +27,7 @@ mod process;
 mod reread;
 mod runtime_dir;
 mod shell;
+mod sockets;
 mod upgrade;
 mod views;
 mod workers;
@@ -55,13 +58,16 @@ pub enum Command {
 }
 
 /// How `start` runs beyond the config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RunOptions {
     /// Take over from the previous binary: the memfd holding its
     /// [`crate::upgrade::HandoverState`].
     pub resume_fd: Option<i32>,
     /// The `--log-format` to pass on to the next binary of an upgrade.
     pub log_format: String,
+    /// The pipe `start -d` waits on: a line is written once every app's first workers are
+    /// ready, then it is closed.
+    pub ready_fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// The supervisor could not start.
@@ -81,6 +87,9 @@ pub enum StartupError {
     /// The control socket is taken or cannot be created.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// Another supervisor runs under the same name.
+    #[error("{0}")]
+    Named(String),
     /// No worker of the first start could be executed (nothing is left running).
     #[error("{0}")]
     NoWorker(String),

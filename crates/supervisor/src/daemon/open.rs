@@ -1,8 +1,10 @@
 //! Everything the supervisor opens before its first worker starts, in an order that fails early
-//! with nothing started: a live control socket refuses the start, then every listener is bound
-//! (or, after an upgrade, taken over from the previous binary by app name), the metrics listener,
-//! the lease tasks of cluster singletons, the runtime directory, the `[[job]]` scheduler, the
-//! control socket and the metrics endpoint. What it returns is all the shell needs.
+//! with nothing started: a live control socket refuses the start, and so does another live
+//! supervisor of the same name (its entry in the list `supervisor ls` reads is taken and locked
+//! here), then every listener is bound (or, after an upgrade, taken over from the previous
+//! binary by app name), the metrics listener, the lease tasks of cluster singletons, the
+//! runtime directory, the `[[job]]` scheduler, the control socket and the metrics endpoint. What
+//! it returns is all the shell needs.
 
 use std::os::fd::AsRawFd;
 
@@ -15,8 +17,9 @@ use super::shell::Inputs;
 use super::upgrade::HandoverFds;
 use super::{Command, METRICS_KEY, RunOptions, StartupError};
 use crate::config::{AppConfig, Config, SingletonPolicy};
+use crate::control::registry::{self, Registered};
 use crate::control::server::ControlSocket;
-use crate::core::{AppIndex, LeaseEvent};
+use crate::core::{AppId, LeaseEvent};
 use crate::jobs::scheduler::{self, ConfigJobs};
 use crate::metrics;
 use crate::orphans::OwnChildren;
@@ -28,6 +31,10 @@ use crate::upgrade::{self, HandoverState};
 pub(super) struct Opened {
     pub(super) config: Config,
     pub(super) listeners: Vec<Vec<BoundListener>>,
+    /// Its entry in the list of running supervisors, if the runtime directory can hold one.
+    pub(super) registered: Option<Registered>,
+    /// The pipe `start -d` waits on for the first ready.
+    pub(super) detached_ready: Option<std::fs::File>,
     /// The previous binary's state, after an upgrade.
     pub(super) resume: Option<HandoverState>,
     pub(super) service: Option<sdnotify::Notifier>,
@@ -35,7 +42,7 @@ pub(super) struct Opened {
     pub(super) own_children: OwnChildren,
     pub(super) jobs: ConfigJobs,
     pub(super) leases: LeaseTasks,
-    pub(super) lease_events: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    pub(super) lease_events: mpsc::UnboundedReceiver<(AppId, LeaseEvent)>,
     pub(super) control: ControlSocket,
     pub(super) handover: HandoverFds,
     pub(super) inputs: Inputs,
@@ -55,6 +62,7 @@ pub(super) fn open(
         .map(upgrade::read_state_fd)
         .transpose()
         .map_err(|e| StartupError::Resume(e.to_string()))?;
+    let registered = register(&config, resume.as_ref().map(|s| s.started_unix))?;
     // Read once: the workers get their own NOTIFY_SOCKET, never this one.
     let service = match sdnotify::Notifier::from_env() {
         Some(Ok(n)) => Some(n),
@@ -94,7 +102,15 @@ pub(super) fn open(
     };
     let metrics_fd = metrics_listener.as_ref().map(AsRawFd::as_raw_fd);
     let (lease_tx, lease_events) = mpsc::unbounded_channel();
-    let leases = start_lease_tasks(&config, lease_tx)?;
+    // The apps' ids: their places in the file, or those they had before an upgrade.
+    let ids: Vec<AppId> = match &resume {
+        Some(state) => {
+            let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+            crate::core::adopt::adopted_ids(&names, &state.core)
+        }
+        None => (0..config.apps.len()).collect(),
+    };
+    let leases = start_lease_tasks(&config, &ids, lease_tx)?;
     let runtime_dir = match &resume {
         Some(state) => RuntimeDir::adopt(state.runtime_dir.clone())?,
         None => RuntimeDir::create()?,
@@ -104,7 +120,10 @@ pub(super) fn open(
     // Its own tasks: the event loop never waits on the cron backend.
     let jobs = ConfigJobs::start(
         &config.cron_url,
-        scheduler::prepare(&config, &config.apps, &bound),
+        scheduler::prepare(&config, |name| {
+            let i = config.apps.iter().position(|a| a.name == name)?;
+            bound.get(i)?.first()
+        }),
         own_children.clone(),
     )
     .map_err(|cause| StartupError::Jobs {
@@ -169,6 +188,8 @@ pub(super) fn open(
     Ok(Opened {
         config,
         listeners: bound,
+        registered,
+        detached_ready: options.ready_fd.map(std::fs::File::from),
         resume,
         service,
         runtime_dir,
@@ -191,8 +212,42 @@ pub(super) fn open(
     })
 }
 
+/// Lists the supervisor among its user's running ones (`supervisor ls`), under its name, in the
+/// private runtime directory; refused while another supervisor runs under that name. A
+/// runtime directory that cannot be used is said once, and the supervisor runs unlisted.
+fn register(config: &Config, started: Option<f64>) -> Result<Option<Registered>, StartupError> {
+    let Some(base) = crate::rundir::base() else {
+        tracing::warn!(
+            "no private runtime directory (XDG_RUNTIME_DIR and HOME are unset): `supervisor ls` will not list this supervisor"
+        );
+        return Ok(None);
+    };
+    if let Err(e) = crate::rundir::ensure_private(&base) {
+        tracing::warn!("{e}: `supervisor ls` will not list this supervisor");
+        return Ok(None);
+    }
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    // Entries of supervisors that were killed are removed on the way.
+    let _ = registry::list(std::slice::from_ref(&base));
+    let entry = registry::Entry {
+        name: config.name.clone(),
+        pid: std::process::id() as i32,
+        config: absolute(&config.path),
+        control_socket: absolute(&config.control_socket),
+        started_unix: started.unwrap_or_else(super::views::unix_now),
+    };
+    match registry::register(&base, &entry) {
+        Ok(r) => Ok(Some(r)),
+        Err(e @ registry::RegistryError::Taken(_)) => Err(StartupError::Named(e.to_string())),
+        Err(e) => {
+            tracing::warn!("{e}: `supervisor ls` will not list this supervisor");
+            Ok(None)
+        }
+    }
+}
+
 /// The listeners an upgrade handed over, for the apps of the config read again (by app name;
-/// an app must have the same name and place as before: the preflight checked it).
+/// an app must have the same name as before: the preflight checked it).
 fn inherited_listeners(
     config: &Config,
     state: &HandoverState,
@@ -207,7 +262,7 @@ fn inherited_listeners(
                 .find(|a| a.name == app.name)
                 .ok_or_else(|| {
                     StartupError::Resume(format!(
-                        "app {} was not handed over (adding apps needs a restart)",
+                        "app {} was not handed over (a reload adds apps: upgrade after it)",
                         app.name
                     ))
                 })?;
@@ -224,17 +279,17 @@ fn inherited_listeners(
 /// One lease task per cluster singleton, on the cron backend (Redis, or the local directory).
 fn start_lease_tasks(
     config: &Config,
-    events: mpsc::UnboundedSender<(AppIndex, LeaseEvent)>,
+    ids: &[AppId],
+    events: mpsc::UnboundedSender<(AppId, LeaseEvent)>,
 ) -> Result<LeaseTasks, StartupError> {
-    let mut tasks = LeaseTasks::default();
-    let singletons: Vec<(AppIndex, &AppConfig, SingletonPolicy)> = config
+    let singletons: Vec<(AppId, &AppConfig, SingletonPolicy)> = config
         .apps
         .iter()
-        .enumerate()
-        .filter_map(|(i, a)| Some((i, a, a.singleton?)))
+        .zip(ids)
+        .filter_map(|(a, id)| Some((*id, a, a.singleton?)))
         .collect();
     let Some(shortest) = singletons.iter().map(|(_, _, p)| p.renew_every()).min() else {
-        return Ok(tasks);
+        return Ok(LeaseTasks::new(events, None));
     };
     // Every call is bounded well inside a renewal period (the task also races each renewal
     // against its fencing deadline).
@@ -251,6 +306,10 @@ fn start_lease_tasks(
         })?;
     let leases = std::sync::Arc::new(leases);
     let me = cronlock::Contender::current();
+    let mut tasks = LeaseTasks::new(
+        events.clone(),
+        Some((std::sync::Arc::clone(&leases), me.clone())),
+    );
     for (i, app, policy) in singletons {
         tracing::info!(
             app = %app.name,

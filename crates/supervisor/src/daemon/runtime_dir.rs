@@ -1,5 +1,6 @@
 //! The supervisor's private runtime directory: the workers' notify sockets and the files the
-//! runtimes need (the Node preload), mode 0700, removed when the supervisor exits; kept across an
+//! runtimes need (the Node preload), mode 0700, in the user's private runtime directory
+//! ([`crate::rundir`]), removed when the supervisor exits; kept across an
 //! in-place upgrade (the new binary adopts it: the notify sockets in it are in use).
 //!
 //! Each directory holds a `lock` file that its supervisor keeps locked (`flock`) for as long as
@@ -32,7 +33,8 @@ pub(super) struct RuntimeDir {
 
 impl RuntimeDir {
     pub(super) fn create() -> Result<RuntimeDir, StartupError> {
-        let path = std::env::temp_dir().join(format!("supervisor-{}", std::process::id()));
+        let parent = runtime_parent()?;
+        let path = parent.join(format!("supervisor-{}", std::process::id()));
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |cause| StartupError::RuntimeDir { path, cause }
@@ -50,6 +52,20 @@ impl RuntimeDir {
     pub(super) fn lock_fd(&self) -> std::os::fd::RawFd {
         self.lock.as_raw_fd()
     }
+}
+
+/// The user's private runtime directory, created if need be (never a shared one).
+fn runtime_parent() -> Result<PathBuf, StartupError> {
+    let none = || std::io::Error::other("XDG_RUNTIME_DIR and HOME are unset");
+    let parent = crate::rundir::base().ok_or_else(|| StartupError::RuntimeDir {
+        path: PathBuf::from("(no private runtime directory)"),
+        cause: none(),
+    })?;
+    crate::rundir::ensure_private(&parent).map_err(|e| StartupError::RuntimeDir {
+        path: parent.clone(),
+        cause: std::io::Error::other(e),
+    })?;
+    Ok(parent)
 }
 
 /// Creates `path` (mode 0700) with its lock held, or, when a live supervisor of another pid

@@ -17,26 +17,29 @@ use super::leases::LeaseTasks;
 use super::open::Opened;
 use super::process::{Process, WorkerEvent};
 use super::runtime_dir::RuntimeDir;
+use super::sockets::Sockets;
 use super::upgrade::UpgradeState;
 use super::views::Record;
 use crate::config::Config;
+use crate::control::registry::Registered;
 use crate::control::server::{ControlRequest, ControlSocket};
-use crate::core::{Action, AppIndex, Core, Event, LeaseEvent, ServiceState, WorkerId};
+use crate::core::{Action, AppId, Core, Event, LeaseEvent, ServiceState, SocketSet, WorkerId};
 use crate::jobs::scheduler::ConfigJobs;
 use crate::metrics::server::SnapshotRequest;
 use crate::notify;
 use crate::orphans::OwnChildren;
-use crate::sys::listeners::BoundListener;
 use crate::sys::procstat::CpuMeter;
 use crate::sys::sdnotify;
 
 /// The shell's state: the core and everything that carries its decisions out.
 pub(super) struct Shell {
-    /// The config the supervisor started with (a reload re-reads the file, see
-    /// [`super::reread`]).
+    /// The running config: the file as the supervisor started with it, then as the last
+    /// reload applied it ([`super::config_read`]).
     pub(super) config: Config,
-    /// Each app's listeners, in app order, bound once.
-    pub(super) listeners: Vec<Vec<BoundListener>>,
+    /// The file as read last for a reload, until the core applies it.
+    pub(super) last_read: Option<Config>,
+    /// The apps' listening sockets, by the sets the core names.
+    pub(super) sockets: Sockets,
     pub(super) core: Core,
     /// Every live worker's process, until it is reaped.
     pub(super) processes: HashMap<WorkerId, Process>,
@@ -58,9 +61,13 @@ pub(super) struct Shell {
     /// The `[[job]]` scheduler (taken when the loop ends, to wait for its last runs).
     pub(super) jobs: Option<ConfigJobs>,
     pub(super) leases: LeaseTasks,
-    pub(super) lease_events: mpsc::UnboundedReceiver<(AppIndex, LeaseEvent)>,
+    pub(super) lease_events: mpsc::UnboundedReceiver<(AppId, LeaseEvent)>,
     pub(super) control: ControlSocket,
     pub(super) upgrade: UpgradeState,
+    /// Its entry in the list `supervisor ls` reads (removed when the shell is dropped).
+    pub(super) _registered: Option<Registered>,
+    /// Written to once, when every app is first ready (`start -d` waits for it).
+    detached_ready: Option<std::fs::File>,
 }
 
 /// The inputs the loop reads besides its own channels.
@@ -102,6 +109,8 @@ impl Shell {
         let Opened {
             config,
             listeners,
+            registered,
+            detached_ready,
             resume,
             service,
             runtime_dir,
@@ -114,12 +123,22 @@ impl Shell {
             inputs,
             metrics_server: _,
         } = opened;
-        let core = Core::new(super::reread::core_apps(&config, &listeners));
+        let mut sockets = Sockets::default();
+        let sets: Vec<SocketSet> = config
+            .apps
+            .iter()
+            .zip(listeners)
+            .map(|(app, bound)| sockets.insert(app.listeners.clone(), bound))
+            .collect();
+        let bound: Vec<(SocketSet, &[crate::sys::listeners::BoundListener])> =
+            sets.iter().map(|s| (*s, sockets.get(*s))).collect();
+        let core = Core::new(super::reread::core_apps(&config, &bound));
         let own_children_changed = own_children.changes();
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
         let mut shell = Shell {
             config,
-            listeners,
+            last_read: None,
+            sockets,
             core,
             processes: HashMap::new(),
             deadlines: Deadlines::default(),
@@ -141,9 +160,11 @@ impl Shell {
             lease_events,
             control,
             upgrade: UpgradeState::new(handover),
+            _registered: registered,
+            detached_ready,
         };
         if let Some(state) = resume {
-            shell.adopt(state);
+            shell.adopt(state, sets);
         }
         (shell, inputs)
     }
@@ -225,8 +246,17 @@ impl Shell {
                 slot,
                 generation,
                 spec,
+                sockets,
                 fencing_token,
-            } => queue.push_back(self.spawn(app, worker, slot, generation, spec, fencing_token)),
+            } => queue.push_back(self.spawn(
+                app,
+                worker,
+                slot,
+                generation,
+                spec,
+                sockets,
+                fencing_token,
+            )),
             Action::Signal { worker, signal } => self.signal(worker, signal),
             Action::Arm { timer, at } => self.deadlines.arm(timer, at),
             Action::Cancel(timer) => self.deadlines.cancel(timer),
@@ -234,9 +264,26 @@ impl Shell {
             Action::SampleMemory => queue.push_back(Event::Memory(self.sample_memory())),
             Action::Reply { to, answer } => self.answer(to, answer),
             Action::ReleaseLease(app) => self.leases.release(app),
+            Action::WatchLease(app) => self.watch_lease(app),
+            Action::CloseSockets(set) => self.sockets.close(set),
+            Action::ConfigApplied(app) => self.config_applied(app.as_deref()),
             Action::Exit(outcome) => self.exit = Some(outcome),
-            Action::Service { state, status } => self.service.tell(state, &status),
+            Action::Service { state, status } => {
+                if state == ServiceState::Ready {
+                    self.tell_detached_parent();
+                }
+                self.service.tell(state, &status)
+            }
             Action::ReloadEnded(report) => self.record.metrics.reload_ended(&report),
+        }
+    }
+
+    /// `start -d` waits for every app's first workers to be ready: one line on the pipe it gave,
+    /// then the pipe is closed (a start that fails closes it without the line).
+    fn tell_detached_parent(&mut self) {
+        if let Some(mut pipe) = self.detached_ready.take() {
+            use std::io::Write;
+            let _ = writeln!(pipe, "ready {}", std::process::id());
         }
     }
 

@@ -140,6 +140,7 @@ impl Shell {
     pub(super) fn preflight_done(&mut self, outcome: Result<String, String>) {
         let outcome = outcome.and_then(|said| {
             let fresh = Config::load(&self.config.path).map_err(|e| format!("config: {e}"))?;
+            // The running config follows the file as the last reload applied it.
             upgrade::same_shape(&self.config, &fresh)?;
             Ok(said)
         });
@@ -171,13 +172,20 @@ impl Shell {
             control_fd: handover.control,
             metrics_fd: handover.metrics,
             apps: self
-                .config
-                .apps
-                .iter()
-                .zip(&self.listeners)
-                .map(|(a, ls)| upgrade::AppFds {
-                    name: a.name.clone(),
-                    listeners: ls.iter().map(upgrade::ListenerFd::of).collect(),
+                .core
+                .apps()
+                .map(|v| upgrade::AppFds {
+                    name: v.app.name().to_string(),
+                    listeners: match v.app.phase() {
+                        // Stopped by hand: its sockets are closed.
+                        Phase::Stopped => Vec::new(),
+                        _ => self
+                            .sockets
+                            .get(v.app.settings().sockets)
+                            .iter()
+                            .map(upgrade::ListenerFd::of)
+                            .collect(),
+                    },
                 })
                 .collect(),
             core: self.core.export(Instant::now()),
@@ -217,8 +225,9 @@ impl Shell {
     }
 
     /// Takes over from the previous binary: its record, the core rebuilt from the config read
-    /// again plus the running workers, and each worker's watch tasks on its inherited descriptors.
-    pub(super) fn adopt(&mut self, state: HandoverState) {
+    /// again (each app on its inherited sockets, `sets`, in file order) plus the running
+    /// workers, and each worker's watch tasks on its inherited descriptors.
+    pub(super) fn adopt(&mut self, state: HandoverState, sets: Vec<crate::core::SocketSet>) {
         let up_for = Duration::from_secs_f64((unix_now() - state.started_unix).max(0.0));
         let record = &mut self.record;
         record.started = std::time::Instant::now()
@@ -232,11 +241,9 @@ impl Shell {
             last_from: Some(state.from_version.clone()),
             last_error: None,
         };
-        let (core, actions) = Core::adopt(
-            core_apps(&self.config, &self.listeners),
-            state.core,
-            Instant::now(),
-        );
+        let bound: Vec<_> = sets.iter().map(|s| (*s, self.sockets.get(*s))).collect();
+        let (core, actions) =
+            Core::adopt(core_apps(&self.config, &bound), state.core, Instant::now());
         self.core = core;
         let mut lost = Vec::new();
         for fds in &state.workers {

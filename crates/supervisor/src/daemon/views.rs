@@ -6,17 +6,16 @@ use std::path::PathBuf;
 
 use tokio::time::Instant;
 
+use super::shell::Shell;
+use super::sockets::Sockets;
 use crate::config::Config;
 use crate::control::protocol::{
     AppStatus, ListenerInfo, MemoryLimit, ProcessInfo, SingletonStatus, SlotInfo, StatusReport,
     UpgradeInfo, WorkerInfo,
 };
-use crate::core::{AppIndex, Core, SingletonRole, WaitState, Worker, WorkerState};
+use crate::core::{AppId, Core, Phase, SingletonRole, WaitState, Worker, WorkerState};
 use crate::jobs::scheduler::ConfigJobs;
 use crate::metrics;
-use crate::sys::listeners::BoundListener;
-
-use super::shell::Shell;
 
 /// What the shell records about the supervisor itself, beyond the core: shown by `status` and the
 /// metrics, and handed over by an upgrade.
@@ -59,7 +58,7 @@ pub(super) fn unix_now() -> f64 {
 pub(super) struct Seen<'a> {
     pub(super) core: &'a Core,
     pub(super) config: &'a Config,
-    pub(super) listeners: &'a [Vec<BoundListener>],
+    pub(super) sockets: &'a Sockets,
     pub(super) record: &'a Record,
     pub(super) now: Instant,
 }
@@ -67,7 +66,7 @@ pub(super) struct Seen<'a> {
 /// `status`, of every app or of app `only`.
 pub(super) fn status(
     seen: &Seen<'_>,
-    only: Option<usize>,
+    only: Option<AppId>,
     supervisor: ProcessInfo,
     mut process: impl FnMut(&Worker) -> ProcessInfo,
 ) -> StatusReport {
@@ -75,10 +74,14 @@ pub(super) fn status(
     let apps = seen
         .core
         .apps()
-        .enumerate()
-        .filter(|(i, _)| only.is_none_or(|o| o == *i))
-        .map(|(i, view)| {
+        .filter(|view| only.is_none_or(|o| o == view.app.id()))
+        .map(|view| {
             let snapshot = view.app.snapshot(now);
+            // A stopping or stopped app has closed its sockets.
+            let sockets = match snapshot.phase {
+                Phase::Stopping | Phase::Stopped => &[],
+                _ => seen.sockets.get(view.app.settings().sockets),
+            };
             let workers = snapshot
                 .workers
                 .iter()
@@ -98,9 +101,10 @@ pub(super) fn status(
             AppStatus {
                 name: view.app.name().to_string(),
                 phase: snapshot.phase,
+                removed: view.removing,
                 waiting_for: view.waiting_for,
                 generation: snapshot.generation,
-                listeners: seen.listeners[i]
+                listeners: sockets
                     .iter()
                     .enumerate()
                     .map(|(fd, l)| ListenerInfo {
@@ -134,7 +138,9 @@ pub(super) fn status(
                     role: s.role,
                     holder: s.holder,
                     token: s.token,
-                    lease_ttl_secs: seen.config.apps[i]
+                    lease_ttl_secs: view
+                        .app
+                        .settings()
                         .singleton
                         .map_or(0.0, |p| p.lease_ttl.as_secs_f64()),
                 }),
@@ -147,6 +153,7 @@ pub(super) fn status(
         build: crate::upgrade::build_id(),
         binary: seen.record.binary.display().to_string(),
         upgrades: seen.record.upgrades.clone(),
+        name: seen.config.name.clone(),
         config: seen.config.path.display().to_string(),
         phase: seen.core.phase(),
         apps,
@@ -214,10 +221,7 @@ pub(super) fn metrics(
 
 impl Shell {
     /// `status`, now.
-    pub(super) fn status(
-        &mut self,
-        only: Option<AppIndex>,
-    ) -> crate::control::protocol::StatusReport {
+    pub(super) fn status(&mut self, only: Option<AppId>) -> crate::control::protocol::StatusReport {
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.record.started).into();
         // One pass over /proc for every worker's process group.
@@ -225,7 +229,7 @@ impl Shell {
         let seen = Seen {
             core: &self.core,
             config: &self.config,
-            listeners: &self.listeners,
+            sockets: &self.sockets,
             record: &self.record,
             now: Instant::now(),
         };
@@ -255,7 +259,7 @@ impl Shell {
         let seen = Seen {
             core: &self.core,
             config: &self.config,
-            listeners: &self.listeners,
+            sockets: &self.sockets,
             record: &self.record,
             now: Instant::now(),
         };
@@ -281,7 +285,7 @@ mod tests {
 
     /// `web` (2 workers on a real loopback listener) and `cron` (a cluster singleton that stands
     /// by), with both of web's workers started and ready.
-    fn running() -> (tempfile::TempDir, Config, Vec<Vec<BoundListener>>, Core) {
+    fn running() -> (tempfile::TempDir, Config, Sockets, Vec<String>, Core) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
         std::fs::write(
@@ -293,10 +297,21 @@ mod tests {
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
-        let bound: Vec<Vec<BoundListener>> = config
+        let mut sockets = Sockets::default();
+        let sets: Vec<crate::core::SocketSet> = config
             .apps
             .iter()
-            .map(|a| listeners::bind_all(&a.listeners).unwrap())
+            .map(|a| {
+                sockets.insert(
+                    a.listeners.clone(),
+                    listeners::bind_all(&a.listeners).unwrap(),
+                )
+            })
+            .collect();
+        let bound: Vec<_> = sets.iter().map(|s| (*s, sockets.get(*s))).collect();
+        let addresses = bound
+            .iter()
+            .flat_map(|(_, l)| l.iter().map(|l| l.local.clone()))
             .collect();
         let mut core = Core::new(super::super::reread::core_apps(&config, &bound));
         let now = Instant::now();
@@ -319,19 +334,19 @@ mod tests {
             );
             core.handle(Event::Ready(worker), now);
         }
-        (dir, config, bound, core)
+        (dir, config, sockets, addresses, core)
     }
 
     fn seen<'a>(
         core: &'a Core,
         config: &'a Config,
-        listeners: &'a [Vec<BoundListener>],
+        sockets: &'a Sockets,
         record: &'a Record,
     ) -> Seen<'a> {
         Seen {
             core,
             config,
-            listeners,
+            sockets,
             record,
             now: Instant::now(),
         }
@@ -345,9 +360,9 @@ mod tests {
 
     #[test]
     fn status_shows_every_app_its_workers_listeners_and_lease() {
-        let (_dir, config, bound, core) = running();
+        let (_dir, config, sockets, addresses, core) = running();
         let record = record();
-        let seen = seen(&core, &config, &bound, &record);
+        let seen = seen(&core, &config, &sockets, &record);
         let me = ProcessInfo {
             pid: 7,
             ..ProcessInfo::default()
@@ -371,7 +386,7 @@ mod tests {
         assert!(web.workers.iter().all(|w| w.process.rss_bytes == 4096));
         assert_eq!(web.listeners.len(), 1);
         assert_eq!(web.listeners[0].fd, 3, "the first inherited fd");
-        assert_eq!(web.listeners[0].address, bound[0][0].local);
+        assert_eq!(web.listeners[0].address, addresses[0]);
         let cron = &report.apps[1];
         assert_eq!(cron.phase, Phase::Standby);
         assert!(cron.workers.is_empty());
@@ -390,9 +405,9 @@ mod tests {
 
     #[test]
     fn metrics_count_workers_by_state_and_measure_each_group() {
-        let (_dir, config, bound, core) = running();
+        let (_dir, config, sockets, _addresses, core) = running();
         let record = record();
-        let seen = seen(&core, &config, &bound, &record);
+        let seen = seen(&core, &config, &sockets, &record);
         let snap = metrics(
             &seen,
             metrics::Usage {

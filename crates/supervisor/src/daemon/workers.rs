@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::process::{Process, StartArgs, StartError, WorkerEvent};
 use super::shell::Shell;
 use crate::config::{WorkerSpec, missing_interpreter};
-use crate::core::{AppIndex, Event, Signal, WorkerId, WorkerState};
+use crate::core::{AppId, Event, Signal, SocketSet, WorkerId, WorkerState};
 use crate::notify::Notification;
 use crate::orphans;
 use crate::sys::procstat::GroupScan;
@@ -32,14 +32,17 @@ fn exec_error(spec: &WorkerSpec, e: StartError) -> String {
 }
 
 impl Shell {
-    /// Forks and executes a worker of app `app`; the event says whether it runs.
+    /// Forks and executes a worker on the sockets of set `sockets`; the event says whether it
+    /// runs. (The arguments are the fields of [`crate::core::Action::Spawn`].)
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         &mut self,
-        app: AppIndex,
+        app: AppId,
         worker: WorkerId,
         slot: usize,
         generation: u64,
         spec: Arc<WorkerSpec>,
+        sockets: SocketSet,
         fencing_token: Option<u64>,
     ) -> Event {
         let started = Process::start(StartArgs {
@@ -47,7 +50,7 @@ impl Shell {
             slot,
             generation,
             spec: spec.clone(),
-            listeners: self.listeners.get(app).map_or(&[], Vec::as_slice),
+            listeners: self.sockets.get(sockets),
             runtime_dir: &self.runtime_dir.path,
             runtime_files: &self.runtime_dir.files,
             cron_url: &self.config.cron_url,
@@ -56,6 +59,7 @@ impl Shell {
         });
         match started {
             Ok(p) => {
+                tracing::debug!(app, worker, sockets = sockets.0, pid = p.pid, "spawned");
                 let pid = p.pid;
                 self.processes.insert(worker, p);
                 Event::Spawned { worker, pid }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::command::CommandJob;
 use super::http::{HttpJob, Target};
 use super::{Runner, STOP_GRACE, Stops};
-use crate::config::{AppConfig, Config, JobAction, JobConfig};
+use crate::config::{Config, JobAction, JobConfig};
 use crate::orphans::OwnChildren;
 use crate::sys::listeners::BoundListener;
 
@@ -42,35 +42,28 @@ fn target_of(listener: &BoundListener) -> Option<Target> {
     Some(Target::Tcp(addr))
 }
 
-/// The jobs of `config` against the running apps (`apps`, with their bound `listeners`): an http
-/// job whose app is not running (added to the file since the start) is left out with a warning.
-pub fn prepare(
+/// The jobs of `config` against the running apps (`first_listener` gives an app's first bound
+/// listener, by name): an http job whose app has no listener open (stopped) is left out with a
+/// warning.
+pub fn prepare<'a>(
     config: &Config,
-    apps: &[AppConfig],
-    listeners: &[Vec<BoundListener>],
+    first_listener: impl Fn(&str) -> Option<&'a BoundListener>,
 ) -> Vec<PreparedJob> {
     let mut out = Vec::with_capacity(config.jobs.len());
     for job in &config.jobs {
         let target = match &job.action {
             JobAction::Command { .. } => None,
-            JobAction::Http { app, .. } => {
-                let first = apps
-                    .iter()
-                    .position(|a| &a.name == app)
-                    .and_then(|i| listeners.get(i))
-                    .and_then(|l| l.first());
-                match first.and_then(target_of) {
-                    Some(t) => Some(t),
-                    None => {
-                        tracing::warn!(
-                            job = %job.spec.name,
-                            app = %app,
-                            "job left out: its app has no running listener (apps and listeners change with a restart)"
-                        );
-                        continue;
-                    }
+            JobAction::Http { app, .. } => match first_listener(app).and_then(target_of) {
+                Some(t) => Some(t),
+                None => {
+                    tracing::warn!(
+                        job = %job.spec.name,
+                        app = %app,
+                        "job left out: its app has no listener open (it is stopped: `supervisor start` it, then reload)"
+                    );
+                    continue;
                 }
-            }
+            },
         };
         out.push(PreparedJob {
             config: job.clone(),

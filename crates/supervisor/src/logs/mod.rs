@@ -1,7 +1,9 @@
 //! Worker output: bytes from a worker's (or a `[[job]]` command's) stdout and stderr pipes, framed
 //! into lines ([`lines`]) and logged in the worker's span. Reading never stops before end of file:
-//! a pipe nobody reads fills up and blocks the worker in `write()`.
+//! a pipe nobody reads fills up and blocks the worker in `write()`. [`dir`]: where a
+//! supervisor's log files go by default.
 
+pub mod dir;
 pub mod lines;
 
 use std::os::fd::OwnedFd;

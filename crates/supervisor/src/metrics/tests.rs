@@ -183,6 +183,8 @@ fn the_registry_counts_what_the_core_reports() {
         note: None,
         slots: vec![],
         duration_secs,
+        change: None,
+        changed: vec![],
     };
     let mut r = Registry::default();
     r.reload_ended(&report(ReloadOutcome::Ok, 0.02));

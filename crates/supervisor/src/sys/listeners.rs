@@ -43,6 +43,9 @@ pub struct BoundListener {
     pub backlog: i32,
     fd: OwnedFd,
     unix_path: Option<PathBuf>,
+    /// Removes the socket file of a Unix listener when dropped (the last of the listeners
+    /// sharing the socket does).
+    unlink: bool,
 }
 
 impl BoundListener {
@@ -61,9 +64,40 @@ impl BoundListener {
             local,
             port,
             backlog,
+            unlink: unix_path.is_some(),
             fd,
             unix_path,
         }
+    }
+
+    /// The same socket again (a duplicate of its descriptor), under `spec`'s name and backlog:
+    /// what a reload that keeps an address gives the new generation, so that the accept queue
+    /// is the same and nothing is bound twice. The copy leaves a Unix socket's file alone when
+    /// it is dropped (see [`BoundListener::set_unlink`]).
+    pub fn share(&self, spec: &ListenerSpec) -> std::io::Result<BoundListener> {
+        let fd = self.fd.try_clone()?;
+        if spec.backlog != self.backlog {
+            // SAFETY: `fd` is a valid listening socket we own; a second listen() only resizes
+            // its accept queue.
+            if unsafe { libc::listen(fd.as_raw_fd(), spec.backlog) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(BoundListener {
+            name: spec.name.clone(),
+            local: self.local.clone(),
+            port: self.port,
+            backlog: spec.backlog,
+            fd,
+            unix_path: self.unix_path.clone(),
+            unlink: false,
+        })
+    }
+
+    /// Whether dropping it removes a Unix socket's file: of the listeners sharing a socket,
+    /// the one closed last must.
+    pub fn set_unlink(&mut self, unlink: bool) {
+        self.unlink = unlink && self.unix_path.is_some();
     }
 
     /// The socket, to be duplicated into workers.
@@ -79,7 +113,7 @@ impl BoundListener {
 
 impl Drop for BoundListener {
     fn drop(&mut self) {
-        if let Some(p) = &self.unix_path {
+        if let (Some(p), true) = (&self.unix_path, self.unlink) {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -147,7 +181,8 @@ pub fn bind_all(specs: &[ListenerSpec]) -> Result<Vec<BoundListener>, ListenErro
     specs.iter().map(bind_one).collect()
 }
 
-fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
+/// Binds one listener.
+pub fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
     let bind_err = |cause| ListenError::Bind {
         key: format!(
             "{}.{}",
@@ -202,6 +237,7 @@ fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
         port,
         backlog: spec.backlog,
         fd,
+        unlink: unix_path.is_some(),
         unix_path,
     })
 }
@@ -257,5 +293,27 @@ mod tests {
         assert!(UnixStream::connect(&path).is_ok());
         drop(bound);
         assert!(!path.exists(), "socket file removed on drop");
+    }
+
+    #[test]
+    fn a_shared_socket_is_the_same_queue_and_its_file_goes_with_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sock");
+        let mut old = bind_one(&spec(ListenAddr::Unix(path.clone()))).unwrap();
+        let mut renamed = spec(ListenAddr::Unix(path.clone()));
+        renamed.name = "api".into();
+        renamed.backlog = 32;
+        let mut new = old.share(&renamed).unwrap();
+        assert_eq!((new.name.as_str(), new.backlog), ("api", 32));
+        old.set_unlink(false);
+        new.set_unlink(true);
+        drop(old);
+        assert!(path.exists(), "the new one still listens there");
+        let client = UnixStream::connect(&path).unwrap();
+        let accepted = UnixListener::from(new.fd.try_clone().unwrap()).accept();
+        assert!(accepted.is_ok(), "the same socket accepts");
+        drop(client);
+        drop(new);
+        assert!(!path.exists(), "removed with the last one");
     }
 }

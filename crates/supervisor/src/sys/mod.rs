@@ -4,7 +4,9 @@
 //! these modules; the core never calls them.
 
 pub mod child;
+pub mod detach;
 pub mod listeners;
+pub mod lock;
 pub mod procstat;
 pub mod reaper;
 pub mod sdnotify;

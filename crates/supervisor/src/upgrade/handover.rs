@@ -223,7 +223,9 @@ pub(crate) mod tests {
                 }],
             }],
             core: vec![AdoptedApp {
+                id: None,
                 name: "demo".into(),
+                stopped: false,
                 generation: 3,
                 last_generation: Some(4),
                 next_id: (1 << 32) + 9,

@@ -52,15 +52,29 @@ pub fn own_binary() -> PathBuf {
 }
 
 /// The new process reads the config file again and takes the inherited sockets by app name: the
-/// file must still hold the same apps, in the same order, and the same control socket.
+/// file must still hold the apps the supervisor runs (`running`, the file as the last reload
+/// applied it), in the same order, with the same listeners, and the same control socket. A file
+/// edited since then is applied by a reload first.
 pub fn same_shape(running: &Config, fresh: &Config) -> Result<(), String> {
     let names = |c: &Config| c.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
     if names(fresh) != names(running) {
         return Err(format!(
-            "the apps in {} changed ({:?} -> {:?}): adding or removing apps needs a restart",
+            "the apps in {} changed since the last reload ({:?} -> {:?}): `supervisor reload` applies them; upgrade after it (an upgrade takes over the apps as they run)",
             running.path.display(),
             names(running),
             names(fresh)
+        ));
+    }
+    if let Some(app) = running
+        .apps
+        .iter()
+        .zip(&fresh.apps)
+        .find(|(a, b)| a.listeners != b.listeners)
+        .map(|(a, _)| &a.name)
+    {
+        return Err(format!(
+            "app {app}'s listeners changed in {} since the last reload: `supervisor reload` moves them; upgrade after it",
+            running.path.display()
         ));
     }
     if fresh.control_socket != running.control_socket {
@@ -104,8 +118,22 @@ mod tests {
             "{e}"
         );
         let e = same_shape(&running, &config(dir.path(), &["web"], "c.sock")).unwrap_err();
-        assert!(e.contains("adding or removing apps needs a restart"), "{e}");
+        assert!(e.contains("changed since the last reload"), "{e}");
+        assert!(e.contains("`supervisor reload` applies them"), "{e}");
         let e = same_shape(&running, &config(dir.path(), &["web", "api"], "d.sock")).unwrap_err();
         assert!(e.contains("supervisor.control_socket changed"), "{e}");
+        // Moved listeners: a reload moves them first.
+        let path = dir.path().join("s.toml");
+        let mut moved = std::fs::read_to_string(&path).unwrap();
+        moved = moved.replacen(
+            "[[app]]\nname = \"api\"",
+            "[[app]]\nname = \"api\"\nlisten = [{ address = \"127.0.0.1:0\" }]",
+            1,
+        );
+        let running = config(dir.path(), &["web", "api"], "d.sock");
+        std::fs::write(&path, moved.replace("c.sock", "d.sock")).unwrap();
+        let fresh = Config::load(&path).unwrap();
+        let e = same_shape(&running, &fresh).unwrap_err();
+        assert!(e.contains("app api's listeners changed"), "{e}");
     }
 }

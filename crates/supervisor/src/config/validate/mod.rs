@@ -103,7 +103,8 @@ impl Validator<'_> {
     /// The whole file: each section, then what ties them together (unique names and addresses,
     /// `after` between apps, jobs naming apps).
     pub(super) fn validate(&self, raw: RawFile) -> Result<Config, ConfigError> {
-        let control_socket = self.control_socket(&raw.supervisor);
+        let name = self.name(&raw.supervisor)?;
+        let control_socket = self.control_socket(&raw.supervisor, &name)?;
         self.socket_path(
             raw.supervisor.control_socket.as_ref().map(Spanned::span),
             "supervisor.control_socket",
@@ -161,7 +162,7 @@ impl Validator<'_> {
             spans.push(at);
         }
         self.check_after(&apps, &spans)?;
-        let cron_url = self.cron(&raw.cron, &control_socket)?;
+        let cron_url = self.cron(&raw.cron, &raw.supervisor, &name)?;
         self.check_state_dir(&raw.cron, &cron_url)?;
         let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.job.len());
         for (i, rj) in raw.job.into_iter().enumerate() {
@@ -179,6 +180,7 @@ impl Validator<'_> {
         }
         Ok(Config {
             path: self.path.to_path_buf(),
+            name,
             control_socket,
             apps,
             cron_url,

@@ -1,18 +1,55 @@
-//! `[supervisor]` (the control socket and the metrics address) and `[cron]` (the job backend):
-//! the sections the client commands read too (see [`super::super::endpoints_of`]).
+//! `[supervisor]` (the name, the control socket and the metrics address) and `[cron]` (the job
+//! backend): the sections the client commands read too (see [`super::super::endpoints_of`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::super::raw::{RawCron, RawSupervisor};
 use super::{ConfigError, Validator, resolve};
 
 impl Validator<'_> {
-    /// The control socket: `control_socket` relative to the file, or `supervisor.sock` beside it.
-    pub(in crate::config) fn control_socket(&self, s: &RawSupervisor) -> PathBuf {
-        match &s.control_socket {
-            Some(p) => resolve(&self.base, p.get_ref()),
-            None => self.base.join("supervisor.sock"),
+    /// `supervisor.name`: 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.` or
+    /// `-`; by default derived from the file's path ([`super::super::default_name`]).
+    pub(in crate::config) fn name(&self, s: &RawSupervisor) -> Result<String, ConfigError> {
+        let Some(name) = &s.name else {
+            return Ok(super::super::default_name(self.path));
+        };
+        let text = name.get_ref();
+        let fits = !text.is_empty()
+            && text.len() <= 64
+            && !text.starts_with(['.', '-'])
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !fits {
+            return Err(self.err_at(
+                name.span(),
+                "supervisor.name",
+                format!(
+                    "{text:?} is not a name: 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.` or `-` (it names the control socket and the log directory)"
+                ),
+            ));
+        }
+        Ok(text.clone())
+    }
+
+    /// The control socket: `control_socket` relative to the file, or `NAME.sock` in the user's
+    /// private runtime directory ([`crate::rundir`]). Its length is checked by the caller
+    /// (`sun_path`).
+    pub(in crate::config) fn control_socket(
+        &self,
+        s: &RawSupervisor,
+        name: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = &s.control_socket {
+            return Ok(resolve(&self.base, p.get_ref()));
+        }
+        match crate::rundir::base() {
+            Some(base) => Ok(base.join(format!("{name}.sock"))),
+            None => Err(self.err(
+                "supervisor.control_socket",
+                "no private runtime directory for the default control socket (XDG_RUNTIME_DIR and HOME are unset): set control_socket",
+            )),
         }
     }
 
@@ -25,11 +62,13 @@ impl Validator<'_> {
     }
 
     /// `[cron]`: the backend URL handed to the jobs (a Redis URL, or a `file://` directory that
-    /// defaults to one beside the control socket).
+    /// defaults to one beside a `control_socket` the file sets, else to the supervisor's state
+    /// directory, [`crate::rundir::state_dir_for`]).
     pub(in crate::config) fn cron(
         &self,
         c: &RawCron,
-        control_socket: &Path,
+        s: &RawSupervisor,
+        name: &str,
     ) -> Result<String, ConfigError> {
         match (&c.redis_url, &c.state_dir) {
             (Some(_), Some(dir)) => Err(self.err_at(
@@ -49,9 +88,22 @@ impl Validator<'_> {
                 Ok(url.clone())
             }
             (None, dir) => {
-                let dir = match dir {
-                    Some(d) => resolve(&self.base, d.get_ref()),
-                    None => control_socket.with_extension("cron"),
+                let dir = match (dir, &s.control_socket) {
+                    (Some(d), _) => resolve(&self.base, d.get_ref()),
+                    (None, Some(socket)) => {
+                        resolve(&self.base, socket.get_ref()).with_extension("cron")
+                    }
+                    (None, None) => {
+                        let env = crate::rundir::Env::current();
+                        crate::rundir::state_dir_for(&env, name)
+                            .ok_or_else(|| {
+                                self.err(
+                                    "cron.state_dir",
+                                    "no home directory for the default cron state: set state_dir",
+                                )
+                            })?
+                            .join("cron")
+                    }
                 };
                 let dir = std::path::absolute(&dir)
                     .map_err(|e| self.err("cron.state_dir", e.to_string()))?;

@@ -7,7 +7,7 @@ use super::App;
 use super::slots::{Slot, SlotState};
 use crate::core::adopt::{AdoptedApp, AdoptedReload, AdoptedSlot, AdoptedWorker};
 use crate::core::report::ReloadReport;
-use crate::core::{Action, AppIndex, AppSettings, Phase, TimerKey, Worker, WorkerState, later};
+use crate::core::{Action, AppId, AppSettings, Phase, TimerKey, Worker, WorkerState, later};
 
 impl App {
     /// Why this app cannot be handed over to an upgraded supervisor now, if it cannot: a
@@ -15,8 +15,13 @@ impl App {
     /// or a cluster singleton's lease held (the lease is not handed over).
     pub fn not_upgradable(&self) -> Option<String> {
         let name = self.name();
-        if !matches!(self.phase, Phase::Running | Phase::Standby) {
+        if !matches!(self.phase, Phase::Running | Phase::Standby | Phase::Stopped) {
             return Some(format!("app {name} is {}", self.phase));
+        }
+        if self.sockets_in_use().len() > 1 {
+            return Some(format!(
+                "app {name} serves on its old and its new sockets (a reload that moved its listeners was aborted): reload it first"
+            ));
         }
         if self.reloading.is_some() || self.queued_reload.is_some() {
             return Some(format!("app {name} is reloading"));
@@ -42,7 +47,10 @@ impl App {
         {
             return Some(format!("worker {} is starting", w.name));
         }
-        if let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Idle) {
+        let stopped = self.phase == Phase::Stopped;
+        if let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Idle)
+            && !stopped
+        {
             return Some(format!("slot {i} of app {name} has no worker"));
         }
         None
@@ -77,7 +85,9 @@ impl App {
             })
             .collect();
         AdoptedApp {
+            id: Some(self.id),
             name: self.name().to_string(),
+            stopped: self.phase == Phase::Stopped,
             generation: self.generation,
             last_generation: Some(self.last_generation),
             next_id: self.next_id,
@@ -99,8 +109,8 @@ impl App {
     /// The app at `index` with `settings` (the config file read again), taking over the running
     /// workers of `state` at `now`. A backing-off slot gets its restart deadline again
     /// ([`App::take_actions`]); a cluster singleton stands by until its lease task reports.
-    pub fn adopt(index: AppIndex, settings: AppSettings, state: AdoptedApp, now: Instant) -> App {
-        let mut app = App::new(index, settings);
+    pub fn adopt(id: AppId, settings: AppSettings, state: AdoptedApp, now: Instant) -> App {
+        let mut app = App::new(id, settings);
         app.generation = state.generation;
         app.last_generation = state
             .last_generation
@@ -112,7 +122,9 @@ impl App {
         app.memory_recycle_failures = state.memory_recycle_failures;
         app.last_reload = state.last_reload.map(ReloadReport::from);
         app.scaled = state.scaled;
-        app.phase = if app.lease.is_some() {
+        app.phase = if state.stopped {
+            Phase::Stopped
+        } else if app.lease.is_some() {
             Phase::Standby
         } else {
             Phase::Running
@@ -120,7 +132,7 @@ impl App {
         let spec = app.settings.spec.clone();
         app.slots = Vec::with_capacity(state.slots.len());
         for (i, s) in state.slots.into_iter().enumerate() {
-            let mut slot = Slot::new(spec.clone(), s.generation);
+            let mut slot = Slot::new(spec.clone(), app.settings.sockets, s.generation);
             slot.restarts = s.restarts;
             slot.consecutive_failures = s.consecutive_failures;
             slot.recent_failures = s

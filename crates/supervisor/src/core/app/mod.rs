@@ -13,16 +13,17 @@
 //! - `scale`: `scale` and `restart`.
 //! - `lease`: a cluster singleton runs only while this host holds its lease.
 //! - `handover`: handing the app over to an upgraded process, and taking it back.
+//! - `switch`: stopping and starting it by hand (`stop APP`, `start APP`), and `reset`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::report::{MemoryRecycleProgress, ReloadProgress, ReloadReport};
 use super::{
-    Action, AppIndex, AppSettings, Event, Phase, ReplyTo, SingletonRole, WaitState, Waiter, Worker,
-    WorkerId, WorkerState,
+    Action, AppId, AppSettings, Event, Phase, ReplyTo, SingletonRole, SocketSet, WaitState, Waiter,
+    Worker, WorkerId, WorkerState,
 };
 use crate::config::MemoryPolicy;
 use lease::{LeaseState, settings_lease};
@@ -39,6 +40,7 @@ mod reload;
 mod rolling;
 mod scale;
 mod slots;
+mod switch;
 #[cfg(test)]
 mod tests;
 
@@ -90,7 +92,10 @@ pub struct Snapshot<'a> {
 /// The state machine of one app.
 #[derive(Debug)]
 pub struct App {
-    index: AppIndex,
+    id: AppId,
+    /// Started with the supervisor: a first start that cannot execute any worker ends the
+    /// supervisor. An app added by a reload or started by hand is stopped instead.
+    initial: bool,
     settings: AppSettings,
     /// `instances` set by `scale`, until a reload re-reads the file.
     scaled: Option<usize>,
@@ -123,6 +128,12 @@ pub struct App {
     memory_recycle_failures: u64,
     /// `Some` for a cluster singleton.
     lease: Option<LeaseState>,
+    /// Who waits for it to be up (`start APP`, a reload that added it): answered once every
+    /// slot has a ready worker, or with the first failure.
+    start_waiters: Vec<Waiter>,
+    /// Who waits for it to be stopped (`stop APP`), and how many workers the stop drained.
+    stop_waiters: Vec<ReplyTo>,
+    stop_drained: usize,
     out: Vec<Action>,
     /// What the core is to know ([`App::take_reports`]).
     reports: Vec<AppReport>,
@@ -142,24 +153,31 @@ pub enum AppReport {
     Stopped,
     /// No worker of its first start could be executed: why.
     StartFailed(String),
+    /// It was started (by hand or by a reload that added it): up, or why not.
+    Started {
+        /// Who waits for it.
+        waiters: Vec<Waiter>,
+        /// Its ready workers' pids and what to know; or why it is not up.
+        outcome: Result<(Vec<i32>, Option<String>), String>,
+    },
 }
 
 impl App {
-    /// The app at `index` of the file with `settings`, generation 1; nothing runs until
-    /// [`Event::Start`].
-    pub fn new(index: AppIndex, settings: AppSettings) -> App {
+    /// The app `id` with `settings`, generation 1; nothing runs until [`Event::Start`].
+    pub fn new(id: AppId, settings: AppSettings) -> App {
         let slots = (0..settings.spec.instances)
-            .map(|_| Slot::new(settings.spec.clone(), 1))
+            .map(|_| Slot::new(settings.spec.clone(), settings.sockets, 1))
             .collect();
         let lease = settings_lease(&settings);
         App {
-            index,
+            id,
+            initial: true,
             settings,
             scaled: None,
             queued_scale: None,
             slots,
             workers: BTreeMap::new(),
-            next_id: ((index as u64) + 1) << 32,
+            next_id: ((id as u64) + 1) << 32,
             generation: 1,
             last_generation: 1,
             before_reload: None,
@@ -174,9 +192,20 @@ impl App {
             memory_recycles: 0,
             memory_recycle_failures: 0,
             lease,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            stop_drained: 0,
             out: Vec::new(),
             reports: Vec::new(),
         }
+    }
+
+    /// The app `id` added by a reload (or taken over stopped): like [`App::new`], but a start
+    /// that cannot execute any worker stops it instead of ending the supervisor.
+    pub fn added(id: AppId, settings: AppSettings) -> App {
+        let mut app = App::new(id, settings);
+        app.initial = false;
+        app
     }
 
     /// Handles an event about one of its workers or timers at `now`; the core hands a reload
@@ -203,9 +232,13 @@ impl App {
                 instances, reply, ..
             } => self.scale(instances, reply, now),
             Event::Lease { event, .. } => self.lease_event(event, now),
+            Event::StopApp { reply, .. } => self.stop_by_hand(reply, "it was stopped by hand", now),
+            Event::StartApp { sockets, reply, .. } => self.start_by_hand(sockets, reply),
+            Event::Reset { reply, .. } => self.reset(reply),
             Event::Reload { .. } | Event::Config(_) => {}
         }
         self.check_stopped();
+        self.check_started();
     }
 
     /// What the last calls decided, in order.
@@ -221,6 +254,63 @@ impl App {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.settings.spec.name
+    }
+
+    /// Whether it may be stopped while the supervisor runs: started by hand or added by a
+    /// reload, and then stopped (by hand, or because its start failed). The simulation's
+    /// invariants ask it.
+    #[cfg(test)]
+    pub fn stopped_on_its_own(&self) -> bool {
+        !self.initial && self.phase == Phase::Stopped
+    }
+
+    /// Its id.
+    pub fn id(&self) -> AppId {
+        self.id
+    }
+
+    /// The generation new workers start in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The generation its next reload brings.
+    pub fn next_generation(&self) -> u64 {
+        self.last_generation + 1
+    }
+
+    /// Whether a client (or a reload that added it) waits for it to be up.
+    pub fn has_start_waiters(&self) -> bool {
+        !self.start_waiters.is_empty()
+    }
+
+    /// Tells whoever waits for it to be up that it waits (for apps stopped by hand), `note`.
+    pub fn answer_waiting(&mut self, note: String) {
+        self.answer_start(Ok((Vec::new(), Some(note))));
+    }
+
+    /// What it runs now (the last good config's settings).
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+
+    /// The sets of sockets its workers, slots and settings use: none while it stops or is
+    /// stopped (connections to its addresses are refused, not left waiting); two while a
+    /// reload rolls it onto new sockets (or after such a reload was aborted half way).
+    pub fn sockets_in_use(&self) -> BTreeSet<SocketSet> {
+        let mut used = BTreeSet::new();
+        if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
+            return used;
+        }
+        used.insert(self.settings.sockets);
+        used.extend(self.slots.iter().map(|s| s.sockets));
+        if let Some((previous, _, _)) = &self.before_reload {
+            used.insert(previous.sockets);
+        }
+        if let Some(Reloading::Rolling(r)) = &self.reloading {
+            used.insert(r.sockets);
+        }
+        used
     }
 
     /// Whether every slot has a ready worker (the apps `after` it may start). A cluster

@@ -114,8 +114,9 @@ impl App {
             crate::units::size(max),
             crate::units::span(now.saturating_duration_since(since))
         );
-        let (spec, generation) = (self.slots[slot].spec.clone(), self.slots[slot].generation);
-        let new = self.spawn(slot, spec, generation, now);
+        let s = &self.slots[slot];
+        let (spec, sockets, generation) = (s.spec.clone(), s.sockets, s.generation);
+        let new = self.spawn(slot, spec, sockets, generation, now);
         self.recycling = Some(Recycle {
             slot,
             old,

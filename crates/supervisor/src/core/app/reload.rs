@@ -26,10 +26,15 @@ impl App {
     /// the reload under way, or refused when the app does not run.
     pub fn request_reload(&mut self, waiter: Option<Waiter>) {
         if !matches!(self.phase, Phase::Running | Phase::Standby) {
+            let stopped = format!(
+                "it is stopped (`supervisor start {}` starts it)",
+                self.name()
+            );
             let why = match self.phase {
                 Phase::Waiting => "it has not started yet (waiting for the apps it is `after`)",
                 Phase::Starting => "its first workers are still starting",
-                _ => "the supervisor is stopping",
+                Phase::Stopped => stopped.as_str(),
+                _ => "it is stopping",
             };
             self.answer_aborted(waiter, why);
             return;
@@ -55,17 +60,42 @@ impl App {
         let Some(Reloading::ReadingConfig(waiters)) = self.reloading.take() else {
             return;
         };
+        self.reload_into(settings, waiters, now);
+    }
+
+    /// A reload onto `settings` (the file read once for a reload of every app), for `waiters`:
+    /// rolled like [`App::request_reload`]'s; queued behind a reload under way (it reads the
+    /// file again then). An app that is stopped, or waits for the apps it is `after`, takes the
+    /// settings for when it starts. `Err` is why the reload cannot run (said as it is).
+    pub fn reload_into(
+        &mut self,
+        settings: Result<AppSettings, String>,
+        waiters: Vec<Waiter>,
+        now: Instant,
+    ) {
+        if self.reloading.is_some() {
+            self.queued_reload
+                .get_or_insert_with(Vec::new)
+                .extend(waiters);
+            return;
+        }
+        if matches!(self.phase, Phase::Starting | Phase::Stopping) {
+            let why = if self.phase == Phase::Starting {
+                "its first workers are still starting"
+            } else {
+                "it is stopping"
+            };
+            self.answer_aborted(waiters, why);
+            return;
+        }
         // Every reload that reads the file gets a number of its own, aborted or not.
         self.last_generation += 1;
         let generation = self.last_generation;
         let settings = match settings {
             Ok(s) => s,
             Err(e) => {
-                let report = self.aborted_report(
-                    generation,
-                    &format!("config no longer valid, nothing changed: {e}"),
-                );
-                tracing::error!(app = %self.name(), "reload aborted: config no longer valid, nothing changed: {e}");
+                let report = self.aborted_report(generation, &e);
+                tracing::error!(app = %self.name(), "reload aborted: {e}");
                 self.reply_all(waiters, &report);
                 self.finish_reload(report, now);
                 return;
@@ -74,7 +104,7 @@ impl App {
         self.cancel_recycle("a reload replaces every slot", now);
         let spec = settings.spec.clone();
         let new_n = spec.instances;
-        if self.phase == Phase::Standby {
+        if matches!(self.phase, Phase::Standby | Phase::Stopped | Phase::Waiting) {
             self.reload_standing_by(settings, generation, waiters, now);
             return;
         }
@@ -86,19 +116,29 @@ impl App {
         self.before_reload = Some((previous, self.generation, scaled));
         self.generation = generation;
         // New slots (scale up) take part in the reload as slots without an old worker.
+        let sockets = self.settings.sockets;
         while self.slots.len() < new_n {
-            self.slots.push(Slot::new(spec.clone(), generation));
+            self.slots
+                .push(Slot::new(spec.clone(), sockets, generation));
         }
         tracing::info!(app = %self.name(), generation, slots = new_n, "rolling reload started");
-        let mut reload = Reload::new(generation, spec, self.settings.reload, 0..new_n, now);
+        let mut reload = Reload::new(
+            generation,
+            spec,
+            sockets,
+            self.settings.reload,
+            0..new_n,
+            now,
+        );
         reload.add_waiters(waiters);
         reload.note = note;
         self.reloading = Some(Reloading::Rolling(reload));
         self.advance_reload(now);
     }
 
-    /// A reload of a cluster singleton standing by: nothing runs here, so the new settings
-    /// simply become the ones its workers start with when this host takes the lease.
+    /// A reload of an app none of whose workers runs here (a cluster singleton standing by, an
+    /// app stopped by hand or waiting for the apps it is `after`): the new settings simply
+    /// become the ones its workers start with.
     fn reload_standing_by(
         &mut self,
         settings: AppSettings,
@@ -106,25 +146,44 @@ impl App {
         waiters: Vec<Waiter>,
         now: Instant,
     ) {
-        let lease = self.settings.singleton;
+        let (lease, sockets) = (self.settings.singleton, self.settings.sockets);
         self.settings = settings;
         // The lease task runs with the policy it was started with.
         self.settings.singleton = lease;
         self.scaled = None;
         self.generation = generation;
-        let spec = self.settings.spec.clone();
-        self.slots = (0..spec.instances)
-            .map(|_| Slot::new(spec.clone(), generation))
-            .collect();
-        tracing::info!(app = %self.name(), generation, "reloaded while standing by: the new config applies when this host takes the lease");
+        let note = if self.phase == Phase::Stopped {
+            // Closed: it gets sockets bound again when it is started, and its slots (with their
+            // restart counts) take the new settings then.
+            self.settings.sockets = sockets;
+            format!(
+                "stopped: the new config applies when it is started (`supervisor start {}`)",
+                self.name()
+            )
+        } else {
+            let (spec, sockets) = (self.settings.spec.clone(), self.settings.sockets);
+            self.slots = (0..spec.instances)
+                .map(|_| Slot::new(spec.clone(), sockets, generation))
+                .collect();
+            if self.phase == Phase::Waiting {
+                "not started yet: it starts with the new config once the apps it is `after` are up"
+                    .to_string()
+            } else {
+                "standby: no worker runs on this host; the new config applies when it takes the lease"
+                    .to_string()
+            }
+        };
+        tracing::info!(app = %self.name(), generation, "reloaded with no worker running: {note}");
         let report = ReloadReport {
             app: self.name().to_string(),
             generation,
             outcome: ReloadOutcome::Ok,
             reason: None,
-            note: Some("standby: no worker runs on this host; the new config applies when it takes the lease".into()),
+            note: Some(note),
             slots: vec![],
             duration_secs: 0.0,
+            change: None,
+            changed: Vec::new(),
         };
         self.reply_all(waiters, &report);
         self.finish_reload(report, now);
@@ -143,11 +202,12 @@ impl App {
                 return;
             };
             let drain_early = reload.may_drain_early();
-            let (spec, generation) = (reload.spec.clone(), reload.generation);
+            let (spec, sockets, generation) =
+                (reload.spec.clone(), reload.sockets, reload.generation);
             let old = self
                 .slot_worker(slot)
                 .and_then(|id| Some((id, self.workers.get(&id)?.pid?)));
-            let new = self.spawn(slot, spec, generation, now);
+            let new = self.spawn(slot, spec, sockets, generation, now);
             let early = drain_early && old.is_some();
             if let (true, Some((old_id, _))) = (early, old) {
                 self.drain(old_id, now);
@@ -181,13 +241,14 @@ impl App {
 
     /// The new worker of a slot is ready: it becomes the slot's worker and the old one drains.
     pub(super) fn slot_replaced(&mut self, f: InFlight, now: Instant) {
-        let (spec, generation) = match &self.reloading {
-            Some(Reloading::Rolling(r)) => (r.spec.clone(), r.generation),
+        let (spec, sockets, generation) = match &self.reloading {
+            Some(Reloading::Rolling(r)) => (r.spec.clone(), r.sockets, r.generation),
             _ => return,
         };
         let s = &mut self.slots[f.slot];
         let previous = std::mem::replace(&mut s.state, SlotState::Serving(f.new));
         s.spec = spec;
+        s.sockets = sockets;
         s.generation = generation;
         s.consecutive_failures = 0;
         s.recent_failures.clear();
@@ -286,6 +347,8 @@ impl App {
             note: None,
             slots: vec![],
             duration_secs: 0.0,
+            change: None,
+            changed: Vec::new(),
         }
     }
 
@@ -301,6 +364,8 @@ impl App {
             note: None,
             slots: vec![],
             duration_secs: 0.0,
+            change: None,
+            changed: Vec::new(),
         }
     }
 }

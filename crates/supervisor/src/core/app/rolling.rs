@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::{ReloadPolicy, WorkerSpec};
 use crate::core::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
-use crate::core::{Waiter, WorkerId};
+use crate::core::{SocketSet, Waiter, WorkerId};
 
 /// A new worker being started for a slot.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct Reload {
     pub generation: u64,
     /// What the new generation runs.
     pub spec: Arc<WorkerSpec>,
+    /// The sockets the new generation gets.
+    pub sockets: SocketSet,
     policy: ReloadPolicy,
     pending: VecDeque<usize>,
     in_flight: Vec<InFlight>,
@@ -53,6 +55,7 @@ impl Reload {
     pub fn new(
         generation: u64,
         spec: Arc<WorkerSpec>,
+        sockets: SocketSet,
         policy: ReloadPolicy,
         slots: impl IntoIterator<Item = usize>,
         now: Instant,
@@ -61,6 +64,7 @@ impl Reload {
         Reload {
             generation,
             spec,
+            sockets,
             policy,
             total: pending.len(),
             pending,
@@ -143,6 +147,8 @@ impl Reload {
             note: self.note.take(),
             slots: std::mem::take(&mut self.done),
             duration_secs: (now - self.started).as_secs_f64(),
+            change: None,
+            changed: Vec::new(),
         };
         (
             std::mem::take(&mut self.in_flight),
@@ -190,6 +196,7 @@ mod tests {
         Reload::new(
             2,
             spec(),
+            crate::core::SocketSet(1),
             ReloadPolicy {
                 max_surge,
                 max_unavailable,

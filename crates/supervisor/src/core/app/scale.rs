@@ -60,8 +60,11 @@ impl App {
         let generation = self.generation;
         let started = !matches!(self.phase, Phase::Waiting | Phase::Standby);
         while self.slots.len() < n {
-            self.slots
-                .push(Slot::new(self.settings.spec.clone(), generation));
+            self.slots.push(Slot::new(
+                self.settings.spec.clone(),
+                self.settings.sockets,
+                generation,
+            ));
             if started {
                 self.start_slot(self.slots.len() - 1, now);
             }
@@ -69,10 +72,18 @@ impl App {
         self.retire_slots_beyond(n, now);
         tracing::info!(app = %self.name(), from, to = n, "scaled");
         if let Some(to) = reply {
-            let note = (from != n).then(|| {
+            let mut note = (from != n).then(|| {
                 "kept until the next reload, which takes `instances` from the config file again"
                     .to_string()
             });
+            if n == 0 {
+                // Its sockets stay bound: what is queued is served once it is scaled up again.
+                note = Some(format!(
+                    "no worker runs: its sockets stay bound and new connections wait in their queue (`supervisor stop {}` refuses them); {}",
+                    self.name(),
+                    note.unwrap_or_default()
+                ));
+            }
             self.out.push(Action::Reply {
                 to,
                 answer: answer(self, note),
@@ -124,6 +135,7 @@ impl App {
             }
             let s = &mut self.slots[i];
             s.spec = self.settings.spec.clone();
+            s.sockets = self.settings.sockets;
             s.generation = generation;
             s.consecutive_failures = 0;
             s.recent_failures.clear();

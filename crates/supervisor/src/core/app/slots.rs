@@ -13,7 +13,8 @@ use super::reload::Reloading;
 use super::{App, AppReport};
 use crate::config::{Readiness, WorkerSpec};
 use crate::core::{
-    Action, EX_CONFIG, ExitStatus, Phase, Signal, TimerKey, Worker, WorkerId, WorkerState, later,
+    Action, Answer, EX_CONFIG, ExitStatus, Phase, Signal, SocketSet, TimerKey, Worker, WorkerId,
+    WorkerState, later,
 };
 
 /// What a slot is doing.
@@ -33,6 +34,8 @@ pub(super) struct Slot {
     pub(super) state: SlotState,
     /// What this slot runs (the generation it was last started or replaced in).
     pub(super) spec: Arc<WorkerSpec>,
+    /// The sockets its workers get (those of the same generation).
+    pub(super) sockets: SocketSet,
     pub(super) generation: u64,
     pub(super) restarts: u32,
     pub(super) consecutive_failures: u32,
@@ -95,8 +98,9 @@ impl App {
 
     /// A new worker for slot `index`, with what the slot runs; it serves the slot from now on.
     pub(super) fn start_slot(&mut self, index: usize, now: Instant) {
-        let (spec, generation) = (self.slots[index].spec.clone(), self.slots[index].generation);
-        let id = self.spawn(index, spec, generation, now);
+        let s = &self.slots[index];
+        let (spec, sockets, generation) = (s.spec.clone(), s.sockets, s.generation);
+        let id = self.spawn(index, spec, sockets, generation, now);
         self.slots[index].state = SlotState::Serving(id);
     }
 
@@ -105,6 +109,7 @@ impl App {
         &mut self,
         slot: usize,
         spec: Arc<WorkerSpec>,
+        sockets: SocketSet,
         generation: u64,
         now: Instant,
     ) -> WorkerId {
@@ -127,11 +132,12 @@ impl App {
             },
         );
         self.out.push(Action::Spawn {
-            app: self.index,
+            app: self.id,
             worker: id,
             slot,
             generation,
             spec,
+            sockets,
             fencing_token: self.lease.as_ref().and_then(|l| l.token),
         });
         id
@@ -172,7 +178,7 @@ impl App {
             if first.outstanding == 0 {
                 let errors = std::mem::take(&mut first.errors);
                 self.first_start = None;
-                self.fail_start(errors);
+                self.fail_start(errors, now);
                 return;
             }
         }
@@ -191,8 +197,10 @@ impl App {
         }
     }
 
-    /// No worker of the first start could be executed: exit with the reason, nothing left running.
-    fn fail_start(&mut self, errors: Vec<String>) {
+    /// No worker of the first start could be executed: exit with the reason, nothing left
+    /// running. An app added by a reload or started by hand is stopped instead, and its clients
+    /// are told why.
+    fn fail_start(&mut self, errors: Vec<String>, now: Instant) {
         let mut reason = String::from("no worker could be started");
         if let Some(first) = errors.first() {
             reason = format!("{reason}: {first}");
@@ -200,17 +208,27 @@ impl App {
         if errors.len() > 1 {
             reason = format!("{reason} (and {} more)", errors.len() - 1);
         }
-        for s in &mut self.slots {
-            s.state = SlotState::Idle;
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i].state, SlotState::BackingOff(_)) {
+                self.out.push(Action::Cancel(self.restart_key(i)));
+            }
+            self.slots[i].state = SlotState::Idle;
         }
-        self.phase = Phase::Stopped;
-        self.reports.push(AppReport::StartFailed(reason));
+        if self.initial {
+            self.phase = Phase::Stopped;
+            self.reports.push(AppReport::StartFailed(reason));
+            return;
+        }
+        tracing::error!(app = %self.name(), "{reason}: the app is stopped");
+        self.answer_start(Err(format!("{}: {reason}", self.name())));
+        // Its workers (if any is left) drain; it is stopped once they are gone.
+        self.stop_with(&reason, now);
     }
 
     /// A worker of the first start exited with [`EX_CONFIG`] before any worker of the app was
     /// ready: the app cannot run as configured, and restarting cannot fix it. Its other workers
     /// are killed and the start fails at once, with the reason (its own lines said why).
-    fn config_error_at_start(&mut self, w: &Worker, pid: i32, status: ExitStatus) {
+    fn config_error_at_start(&mut self, w: &Worker, pid: i32, status: ExitStatus, now: Instant) {
         let mut reason = format!(
             "worker {} (pid {pid}) exited before it was ready with {status}: not restarted \
              (its last lines say why)",
@@ -218,6 +236,15 @@ impl App {
         );
         if let Some(hint) = &self.settings.not_ready_hint {
             reason = format!("{reason}; {hint}");
+        }
+        if !self.initial {
+            // Added by a reload or started by hand: the app stops, the supervisor goes on.
+            tracing::error!(app = %self.name(), "{reason}: the app is stopped");
+            self.first_start = None;
+            self.starting_up = false;
+            self.answer_start(Err(format!("{}: {reason}", self.name())));
+            self.stop_with(&reason, now);
+            return;
         }
         for &worker in self.workers.keys() {
             self.out.push(Action::Signal {
@@ -283,7 +310,7 @@ impl App {
         let config_error =
             status == ExitStatus::Code(EX_CONFIG) && w.state == WorkerState::Starting;
         if config_error && self.starting_up && self.phase == Phase::Running {
-            self.config_error_at_start(&w, pid, status);
+            self.config_error_at_start(&w, pid, status, now);
             return;
         }
         // What the runtime waits for, after a configuration error: the fix is the same.
@@ -383,10 +410,7 @@ impl App {
 
     /// The deadline of slot `slot`'s backoff.
     pub(super) fn restart_key(&self, slot: usize) -> TimerKey {
-        TimerKey::Restart {
-            app: self.index,
-            slot,
-        }
+        TimerKey::Restart { app: self.id, slot }
     }
 
     /// The worker serving `slot`, if any.
@@ -459,6 +483,15 @@ impl App {
             timer: self.restart_key(index),
             at: later(now, delay),
         });
+        if !self.start_waiters.is_empty() {
+            let why = format!(
+                "{}.{index}: {}; restarting it in {delay_text} (`supervisor stop {}` stops the app)",
+                self.name(),
+                self.slots[index].last_exit.clone().unwrap_or_default(),
+                self.name()
+            );
+            self.answer_start(Err(why));
+        }
     }
 
     /// SIGTERM to a starting or ready worker, and its kill deadline.
@@ -486,9 +519,15 @@ impl App {
         ]);
     }
 
-    /// Drains every worker; [`AppReport::Stopped`] says when none is left (the core answers the
-    /// clients waiting for the stop).
+    /// Drains every worker because the supervisor stops; [`AppReport::Stopped`] says when none
+    /// is left (the core answers the clients waiting for the stop).
     pub(super) fn stop(&mut self, now: Instant) {
+        self.stop_with("the supervisor is stopping", now);
+    }
+
+    /// Drains every worker, for the reason `stopping` (what the clients of a reload or a start
+    /// it cuts short are told). Its sockets are no longer in use from now on.
+    pub(super) fn stop_with(&mut self, stopping: &str, now: Instant) {
         if matches!(self.phase, Phase::Stopping | Phase::Stopped) {
             return;
         }
@@ -499,10 +538,25 @@ impl App {
         );
         self.phase = Phase::Stopping;
         self.first_start = None;
-        let stopping = "the supervisor is stopping";
+        self.stop_drained = self.workers.len();
+        if !self.start_waiters.is_empty() {
+            let why = format!("{} was stopped before it was up: {stopping}", self.name());
+            self.answer_start(Err(why));
+        }
         self.cancel_recycle(stopping, now);
         if let Some(waiters) = self.queued_reload.take() {
             self.answer_aborted(waiters, stopping);
+        }
+        if let Some((to, waiters)) = self.queued_scale.take() {
+            for reply in waiters {
+                self.out.push(Action::Reply {
+                    to: reply,
+                    answer: Answer::Refused(format!(
+                        "app {} was not scaled to {to}: {stopping}",
+                        self.name()
+                    )),
+                });
+            }
         }
         match self.reloading.take() {
             Some(Reloading::ReadingConfig(waiters)) => self.answer_aborted(waiters, stopping),
@@ -536,13 +590,24 @@ impl App {
         }
     }
 
-    /// A stopping app whose last worker is gone is stopped (and gives its lease back).
+    /// A stopping app whose last worker is gone is stopped (and gives its lease back); the
+    /// clients of `stop APP` are answered.
     pub(super) fn check_stopped(&mut self) {
         if self.phase == Phase::Stopping && self.workers.is_empty() {
             self.phase = Phase::Stopped;
             if self.lease.is_some() {
                 // Only now: another host may start the app the moment the lease is gone.
-                self.out.push(Action::ReleaseLease(self.index));
+                self.out.push(Action::ReleaseLease(self.id));
+            }
+            for to in std::mem::take(&mut self.stop_waiters) {
+                self.out.push(Action::Reply {
+                    to,
+                    answer: crate::core::Answer::Switched(crate::core::Switched::Stopped {
+                        app: self.name().to_string(),
+                        workers: self.stop_drained,
+                        already: false,
+                    }),
+                });
             }
             self.reports.push(AppReport::Stopped);
         }
@@ -550,11 +615,12 @@ impl App {
 }
 
 impl Slot {
-    /// A slot running `spec` in `generation`, with no worker yet.
-    pub(super) fn new(spec: Arc<WorkerSpec>, generation: u64) -> Slot {
+    /// A slot running `spec` on `sockets` in `generation`, with no worker yet.
+    pub(super) fn new(spec: Arc<WorkerSpec>, sockets: SocketSet, generation: u64) -> Slot {
         Slot {
             state: SlotState::Idle,
             spec,
+            sockets,
             generation,
             restarts: 0,
             consecutive_failures: 0,

@@ -226,3 +226,63 @@ fn seed_380_a_fast_stop_after_an_app_stopped_ends() {
         ],
     );
 }
+
+/// Found when apps became addable and removable by a reload: a request naming an app that a
+/// reload removed meanwhile was never answered.
+#[test]
+fn seed_3_a_request_for_an_app_a_reload_removed_is_answered() {
+    use plan::ConfigStep;
+    let removed = [
+        Step::Config(ConfigStep::Without(0)),
+        Step::Reload {
+            app: None,
+            client: true,
+            wait: true,
+        },
+    ];
+    replay(3, &[removed[0], removed[1], Step::Restart(0)]);
+    replay(
+        3,
+        &[
+            removed[0],
+            removed[1],
+            Step::Reload {
+                app: Some(0),
+                client: true,
+                wait: true,
+            },
+        ],
+    );
+}
+
+/// Found the same way: an app removed by a reload of every app while its own reload waited to
+/// read the file had the `scale` queued behind that reload applied (a worker spawned) just
+/// before it was stopped.
+#[test]
+fn seed_1002157_a_removed_app_starts_nothing_on_its_way_out() {
+    use crate::core::ExitStatus;
+    use plan::ConfigStep;
+    replay(
+        1002157,
+        &[
+            Step::Reload {
+                app: None,
+                client: false,
+                wait: false,
+            },
+            Step::Reload {
+                app: None,
+                client: false,
+                wait: true,
+            },
+            Step::Crash(16, ExitStatus::Code(1)),
+            Step::Scale(1, 5),
+            Step::Reload {
+                app: Some(1),
+                client: true,
+                wait: false,
+            },
+            Step::Config(ConfigStep::Without(1)),
+        ],
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{Readiness, SingletonPolicy};
 use crate::core::test_support::settings;
-use crate::core::{AppIndex, AppSettings, ExitStatus};
+use crate::core::{AppId, AppSettings, ExitStatus};
 
 /// A small seeded generator (SplitMix64): the same seed, the same run, on any machine.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ pub(crate) enum Step {
 /// The apps a run starts with.
 #[derive(Debug, Clone)]
 pub(crate) struct Setup {
-    pub(crate) apps: Vec<(AppSettings, Vec<AppIndex>)>,
+    pub(crate) apps: Vec<(AppSettings, Vec<AppId>)>,
 }
 
 impl Setup {

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 
 use super::plan::{ConfigStep, LeaseStep, Setup, Step};
 use crate::core::app::invariants::SlotView;
+use crate::core::file::{AppRead, FileRead};
 use crate::core::report::ReloadOutcome;
 use crate::core::{
-    Action, Answer, AppIndex, AppSettings, Core, Event, ExitStatus, LeaseEvent, Phase, ReplyTo,
+    Action, Answer, AppId, AppSettings, Core, Event, ExitStatus, LeaseEvent, Phase, ReplyTo,
     Signal, TimerKey, WorkerId, WorkerState,
 };
 
@@ -30,6 +31,8 @@ pub(crate) struct World {
     core: Core,
     now: Instant,
     setup: Vec<AppSettings>,
+    /// Each app's `after` apps, by name (as the config file says them).
+    after: BTreeMap<String, Vec<String>>,
     /// What the next config read returns.
     config: Result<Vec<AppSettings>, String>,
     spawn_fails: bool,
@@ -44,7 +47,10 @@ pub(crate) struct World {
     asked: BTreeMap<ReplyTo, &'static str>,
     answers: BTreeMap<ReplyTo, usize>,
     /// The generation each app serves from: the last reload that went through, or restart.
-    good: Vec<u64>,
+    good: BTreeMap<String, u64>,
+    /// The newest app id by each name (a name added again after its removal gets a new one).
+    ids: BTreeMap<String, AppId>,
+    ids_seen: bool,
     next_token: u64,
     stopping: bool,
     exit: Option<Result<(), String>>,
@@ -56,11 +62,25 @@ impl World {
     /// The core of `setup`, started.
     pub(crate) fn new(setup: &Setup) -> Result<World, String> {
         let settings: Vec<AppSettings> = setup.apps.iter().map(|(s, _)| s.clone()).collect();
+        let after = setup
+            .apps
+            .iter()
+            .map(|(s, after)| {
+                let names = after
+                    .iter()
+                    .filter_map(|&i| settings.get(i).map(|a| a.spec.name.clone()))
+                    .collect();
+                (s.spec.name.clone(), names)
+            })
+            .collect();
         let mut w = World {
+            after,
             core: Core::new(setup.apps.clone()),
             now: Instant::now(),
             config: Ok(settings.clone()),
-            good: vec![1; settings.len()],
+            good: settings.iter().map(|s| (s.spec.name.clone(), 1)).collect(),
+            ids: BTreeMap::new(),
+            ids_seen: false,
             setup: settings,
             spawn_fails: false,
             next_pid: 100,
@@ -180,6 +200,22 @@ impl World {
             Step::Config(change) => self.config = self.config_after(change),
             Step::SpawnFails(fails) => self.spawn_fails = fails,
         }
+        // A removed app's history goes with it: added again (a new id), it starts afresh.
+        let mut newest: BTreeMap<String, AppId> = BTreeMap::new();
+        for v in self.core.apps() {
+            let id = newest.entry(v.app.name().to_string()).or_insert(v.app.id());
+            *id = (*id).max(v.app.id());
+        }
+        for (name, id) in &newest {
+            if self.ids.insert(name.clone(), *id) != Some(*id) && self.ids_seen {
+                // What it started in is its last good generation.
+                let start = self.core.app(*id).map_or(1, |a| a.generation());
+                self.good.insert(name.clone(), start);
+            }
+        }
+        self.ids.retain(|name, _| newest.contains_key(name));
+        self.good.retain(|name, _| newest.contains_key(name));
+        self.ids_seen = true;
         self.check()
     }
 
@@ -272,7 +308,13 @@ impl World {
     fn feed(&mut self, event: Event) -> Result<(), String> {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
+            if std::env::var_os("SIM_TRACE").is_some() {
+                eprintln!("EVENT {event:?}");
+            }
             for action in self.core.handle(event, self.now) {
+                if std::env::var_os("SIM_TRACE").is_some() {
+                    eprintln!("  ACTION {action:?}");
+                }
                 self.act(action, &mut queue)?;
             }
         }
@@ -326,7 +368,7 @@ impl World {
             Action::Cancel(timer) => {
                 self.timers.remove(&timer);
             }
-            Action::ReadConfig => queue.push_back(Event::Config(self.config.clone())),
+            Action::ReadConfig => queue.push_back(Event::Config(self.file_read())),
             Action::SampleMemory => {
                 let samples = self.memory.iter().map(|(w, b)| (*w, *b)).collect();
                 queue.push_back(Event::Memory(samples));
@@ -348,34 +390,43 @@ impl World {
                 if let Answer::Restarted {
                     app, generation, ..
                 } = &answer
-                    && let Some(i) = self.index_of(app)
                 {
-                    self.good[i] = *generation;
+                    self.good.insert(app.clone(), *generation);
                 }
             }
             Action::ReloadEnded(report) => {
-                let Some(i) = self.index_of(&report.app) else {
+                // A removed app drains while the same name may run again (added back): an Ok is
+                // the running one's; an abort is checked only where the name is unambiguous.
+                if report.outcome == ReloadOutcome::Ok {
+                    self.good.insert(report.app.clone(), report.generation);
+                    return Ok(());
+                }
+                let Some(serving) = self.generation_of(&report.app) else {
                     return Ok(());
                 };
+                let good = *self.good.entry(report.app.clone()).or_insert(serving);
                 match report.outcome {
-                    ReloadOutcome::Ok => self.good[i] = report.generation,
+                    ReloadOutcome::Ok => {}
                     ReloadOutcome::Aborted => {
-                        let serving = self.generation_of(i);
-                        if serving != self.good[i] {
+                        if serving != good {
                             return Err(format!(
                                 "reload of {} to generation {} aborted ({}), but the app is at \
                                  generation {serving}, not at the last good one, {}",
                                 report.app,
                                 report.generation,
                                 report.reason.as_deref().unwrap_or(""),
-                                self.good[i]
+                                good
                             ));
                         }
                     }
                     ReloadOutcome::Started => {}
                 }
             }
-            Action::ReleaseLease(_) | Action::Service { .. } => {}
+            Action::ReleaseLease(_)
+            | Action::Service { .. }
+            | Action::CloseSockets(_)
+            | Action::WatchLease(_)
+            | Action::ConfigApplied(_) => {}
             Action::Exit(outcome) => {
                 if self.exit.is_some() {
                     return Err("exited twice".into());
@@ -386,22 +437,36 @@ impl World {
         Ok(())
     }
 
-    fn phase_of(&self, app: AppIndex) -> Phase {
-        self.core
-            .apps()
-            .nth(app)
-            .map_or(Phase::Stopped, |v| v.app.phase())
+    /// The config file as the core reads it: every app of [`World::config`], in file order.
+    fn file_read(&self) -> Result<FileRead, String> {
+        let settings = self.config.clone()?;
+        Ok(FileRead {
+            apps: settings
+                .into_iter()
+                .map(|s| AppRead {
+                    after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
+                    name: s.spec.name.clone(),
+                    settings: Ok(s),
+                    changed: Vec::new(),
+                })
+                .collect(),
+            refused: Vec::new(),
+        })
     }
 
-    fn generation_of(&self, app: AppIndex) -> u64 {
-        self.core
-            .apps()
-            .nth(app)
-            .map_or(0, |v| v.app.snapshot(self.now).generation)
+    fn phase_of(&self, app: AppId) -> Phase {
+        // By id: an app removed by a reload leaves the others' positions, not their ids.
+        self.core.app(app).map_or(Phase::Stopped, |a| a.phase())
     }
 
-    fn index_of(&self, name: &str) -> Option<AppIndex> {
-        self.setup.iter().position(|s| s.spec.name == name)
+    /// The generation an app (by name) serves from, while the core has it (and only one app
+    /// by that name: while a removed app drains, the same name may be added again).
+    fn generation_of(&self, name: &str) -> Option<u64> {
+        let mut named = self.core.apps().filter(|v| v.app.name() == name);
+        match (named.next(), named.next()) {
+            (Some(v), None) => Some(v.app.snapshot(self.now).generation),
+            _ => None,
+        }
     }
 
     /// The invariants that hold after every step.
@@ -416,7 +481,7 @@ impl World {
             return Ok(());
         }
         let mut known = BTreeSet::new();
-        for (i, view) in self.core.apps().enumerate() {
+        for view in self.core.apps() {
             let app = view.app;
             app.invariants()?;
             let snapshot = app.snapshot(self.now);
@@ -466,7 +531,10 @@ impl World {
                 ));
             }
             for (slot, s) in slots.iter().enumerate() {
-                let key = TimerKey::Restart { app: i, slot };
+                let key = TimerKey::Restart {
+                    app: app.id(),
+                    slot,
+                };
                 if *s == SlotView::BackingOff && !self.timers.contains_key(&key) {
                     return Err(format!(
                         "{}: slot {slot} backs off with no restart deadline",
@@ -569,6 +637,16 @@ impl World {
                                 return Err(format!("{}: a reload never ends", app.name()));
                             }
                         }
+                        // An app a reload added whose start failed is stopped, not the
+                        // supervisor.
+                        Phase::Stopped if app.stopped_on_its_own() => {}
+                        // ... and the apps `after` it wait for it (said to their clients).
+                        Phase::Waiting
+                            if v.waiting_for.iter().any(|name| {
+                                self.core
+                                    .apps()
+                                    .any(|o| o.app.name() == name && o.app.stopped_on_its_own())
+                            }) => {}
                         Phase::Standby => {
                             if app.worker_count() > 0 {
                                 return Err(format!("{}: standing by with workers", app.name()));
