@@ -202,9 +202,15 @@ impl Supervisor {
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, config_text(body))?;
         let log = dir.path().join("supervisor.log");
+        // A runtime directory of its own (`XDG_RUNTIME_DIR`): the supervisors of tests running
+        // at the same time are not listed beside it (`ls`, flagless commands, names).
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run)?;
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let child = command_in(netns, binary)
             .args(["start", "-c"])
             .arg(&config)
+            .env("XDG_RUNTIME_DIR", &run)
             .env("RUST_LOG", "info")
             .env("DRAIN_IDLE_GRACE_MS", "500")
             .envs(env.iter().copied())
@@ -256,7 +262,8 @@ impl Supervisor {
             command_in(self.netns.as_deref(), &bin("supervisor"))
                 .args(args)
                 .arg("-c")
-                .arg(&self.config),
+                .arg(&self.config)
+                .env("XDG_RUNTIME_DIR", self.dir.path().join("run")),
             Duration::from_secs(60),
         )
     }

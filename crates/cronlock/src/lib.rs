@@ -2,7 +2,8 @@
 //! shared backend (Redis: one server, Sentinel or Cluster; or a local directory on a single
 //! host), run under a renewed lease with a strictly increasing fencing token, and recorded in a
 //! bounded history. See [`backend::redis::url`] for the URL forms and `min_replicas_ack`, and
-//! `HA.md` for the guarantee of each backend through a failover.
+//! the README's "Redis Sentinel and Redis Cluster" for the guarantee of each backend through a
+//! failover.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -37,6 +37,9 @@ use crate::health::Health;
 use crate::job::{Identity, Job, JobContext, Misfire, Outcome, RunRecord, TickId};
 use crate::schedule::Schedule;
 
+/// Pause between two tries of a failed release (the backend finds the new master meanwhile).
+const FINISH_RETRY: Duration = Duration::from_millis(250);
+
 /// The wall clock of a scheduler: system time plus a fixed offset (for tests simulating skew).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Clock {
@@ -821,7 +824,13 @@ async fn execute(
         outcome,
         error: error.clone(),
     };
-    let finished = shared.backend.finish(&lease, &record).await;
+    // A release that fails (the master died under it) is tried again until the lease would have
+    // expired anyway: a lease left behind would make every tick skip as an overlap until then.
+    let mut finished = shared.backend.finish(&lease, &record).await;
+    while finished.is_err() && Instant::now() + FINISH_RETRY < deadline {
+        tokio::time::sleep(FINISH_RETRY).await;
+        finished = shared.backend.finish(&lease, &record).await;
+    }
     match &finished {
         Ok(_) => shared.health.success(),
         Err(e) => shared.health.failure("recording a run", e, 0),

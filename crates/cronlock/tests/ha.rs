@@ -790,7 +790,11 @@ async fn sentinel_errors_name_what_is_wrong() -> anyhow::Result<()> {
     let attempt = std::sync::atomic::AtomicI64::new(100);
     wait_for("an acknowledged claim", Duration::from_secs(20), || async {
         let tick = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        matches!(b.claim(&claim("j", tick, 1)).await, Ok(ClaimOutcome::Won(_))).then_some(())
+        matches!(
+            b.claim(&claim("j", tick, 1)).await,
+            Ok(ClaimOutcome::Won(_))
+        )
+        .then_some(())
     })
     .await?;
     let t = b.topology().await;

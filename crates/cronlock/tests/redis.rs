@@ -945,3 +945,41 @@ async fn an_outage_is_logged_once_with_a_periodic_count_and_once_when_it_ends() 
     eprintln!("{detail}");
     Ok(())
 }
+
+/// A finish retried after its answer was lost (the scheduler retries a failed release until the
+/// lease would expire, e.g. across a failover) records the run once and releases once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_finish_records_the_run_once() -> anyhow::Result<()> {
+    let server = RedisServer::start()?;
+    let b = Backend::from_url(&server.url())?;
+    let ClaimOutcome::Won(lease) = b
+        .claim(&claim_req("retry", 201_000, Duration::from_secs(5), 1)?)
+        .await?
+    else {
+        bail!("claim lost");
+    };
+    let record = cronlock::RunRecord {
+        job: "retry".into(),
+        tick: TickId::Scheduled(DateTime::from_timestamp_millis(201_000).context("time")?)
+            .to_string(),
+        host: "test-host".into(),
+        pid: 1,
+        token: Some(lease.token),
+        started_at: Utc::now(),
+        duration_ms: 3,
+        outcome: Outcome::Ok,
+        error: None,
+    };
+    ensure!(b.finish(&lease, &record).await?, "first finish: not ours");
+    ensure!(
+        !b.finish(&lease, &record).await?,
+        "second finish released again"
+    );
+    ensure!(b.current_holder("retry").await?.is_none());
+    let history = b.history("retry", 10).await?;
+    ensure!(
+        history.iter().filter(|r| r.outcome == Outcome::Ok).count() == 1,
+        "{history:?}"
+    );
+    Ok(())
+}

@@ -174,7 +174,28 @@ fn check_binds_like_start() {
 fn check_redacts_the_redis_password() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("s.toml");
-    for password in ["pw~1", "pw~2/pw~3#pw~4", "pw~5?pw~6@pw~7/pw~8"] {
+    // Characters that end the user-info must be percent-encoded: such a URL is refused (it
+    // would not connect), saying so, and the password is not shown either.
+    for password in ["pw~2/pw~3#pw~4", "pw~5?pw~6@pw~7/pw~8"] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\n[cron]\nredis_url = \"redis://app:{password}@127.0.0.1:6379/0\"\n"
+            ),
+        )
+        .unwrap();
+        let (code, text, err) = supervisor(&["check", "-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 1, "{text}");
+        assert!(
+            err.contains("cron.redis_url") && err.contains("percent-encoded"),
+            "{err}"
+        );
+        assert!(
+            !err.contains('~') && !text.contains('~'),
+            "{password}: part of it shown: {err}"
+        );
+    }
+    for password in ["pw~1", "pw~2%2Fpw~3%23pw~4", "pw~5%3Fpw~6%40pw~7%2Fpw~8"] {
         std::fs::write(
             &cfg,
             format!(

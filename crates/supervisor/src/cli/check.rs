@@ -14,8 +14,9 @@ use crate::daemon::preflight::preflight;
 use crate::units;
 
 /// `check`: the verdict and what `start` would run; a failed check is an error, or with `--json`
-/// a JSON verdict on stdout and exit code 1.
-pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
+/// a JSON verdict on stdout and exit code 1. A Redis cron backend is asked for its topology:
+/// what it finds wrong is shown, not a failed check (as at `start`, jobs wait for the backend).
+pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
     let checked = Config::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|c| Ok(try_start(&c).map(|note| (c, note))?));
@@ -31,6 +32,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
     };
     // The cron URL may carry a password: shown redacted, like in every log line.
     let cron = cronlock::redact_url(&c.cron_url);
+    let topology = super::jobs::topology(&c.cron_url).await;
     if json {
         let apps: Vec<serde_json::Value> = c
             .apps
@@ -85,6 +87,7 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
             "control_socket": c.control_socket,
             "metrics": c.metrics.map(|a| a.to_string()),
             "cron_backend": cron,
+            "cron_topology": topology.as_ref().map(super::jobs::topology_json).transpose()?,
             "note": note,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -137,7 +140,10 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode> {
     if let Some(addr) = c.metrics {
         println!("metrics:          http://{addr}/metrics");
     }
-    println!("cron backend:     {cron}");
+    match &topology {
+        Some(t) => print!("{}", super::jobs::render_topology("cron backend:     ", t)),
+        None => println!("cron backend:     {cron}"),
+    }
     if let Some(note) = note {
         println!("note: {note}");
     }

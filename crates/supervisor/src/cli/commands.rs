@@ -46,9 +46,12 @@ pub(super) async fn status(to: &Resolved, app: Option<String>, json: bool) -> Re
     };
     // The jobs live in the cron backend, shared by every host: read it here, not in the daemon,
     // which must never wait on Redis. Unreachable backend: status still answers, and says so.
-    let jobs = match &to.config {
-        Some(config) => jobs::for_status(config).await,
-        None => Ok(Vec::new()),
+    let (jobs, topology) = match &to.config {
+        Some(config) => (
+            jobs::for_status(config).await,
+            jobs::topology_for_status(config).await,
+        ),
+        None => (Ok(Vec::new()), None),
     };
     if json {
         let mut v = serde_json::to_value(&report)?;
@@ -56,6 +59,9 @@ pub(super) async fn status(to: &Resolved, app: Option<String>, json: bool) -> Re
             Ok(j) => serde_json::to_value(j)?,
             Err(e) => serde_json::json!({ "error": e }),
         };
+        if let Some(t) = &topology {
+            v["cron_backend"] = jobs::topology_json(t)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render_status(&report));
@@ -63,6 +69,9 @@ pub(super) async fn status(to: &Resolved, app: Option<String>, json: bool) -> Re
             Ok(j) if j.is_empty() => {}
             Ok(j) => print!("\njobs\n{}", jobs::render(&j)),
             Err(e) => println!("\njobs: {e}"),
+        }
+        if let Some(t) = &topology {
+            print!("\n{}", jobs::render_topology("cron backend: ", t));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -40,6 +40,73 @@ pub(super) async fn for_status(config: &Path) -> Result<Vec<JobView>, String> {
     }
 }
 
+/// The topology and health of the Redis deployment behind `url` (one server, Sentinel or
+/// Cluster), read within [`BACKEND_TIMEOUT`]; `None` for a local state directory, which has
+/// none (and is not created by asking).
+pub(super) async fn topology(url: &str) -> Option<Result<cronlock::Topology, String>> {
+    if url.trim_start().starts_with("file://") {
+        return None;
+    }
+    let b = match cronlock::Backend::from_url(url) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(
+        tokio::time::timeout(BACKEND_TIMEOUT, b.topology())
+            .await
+            .map_err(|_| {
+                format!(
+                    "cron backend {}: no answer within {}",
+                    b.describe(),
+                    units::span(BACKEND_TIMEOUT)
+                )
+            }),
+    )
+}
+
+/// The topology for `status` (the backend of the supervisor's config file).
+pub(super) async fn topology_for_status(
+    config: &Path,
+) -> Option<Result<cronlock::Topology, String>> {
+    match endpoints_of(config) {
+        Ok(e) => topology(&e.cron_url).await,
+        Err(e) => Some(Err(e.to_string())),
+    }
+}
+
+/// A topology after `heading`: the backend on the heading's line, then its nodes and problems.
+/// The failovers this CLI process saw (none) are left out: the supervisor's own count is in
+/// its metrics.
+pub(super) fn render_topology(heading: &str, t: &Result<cronlock::Topology, String>) -> String {
+    match t {
+        Ok(t) => {
+            let text = t.to_string();
+            let nodes: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+            format!(
+                "{heading}{} (min_replicas_ack {})\n{nodes}",
+                t.backend, t.min_replicas_ack
+            )
+        }
+        Err(e) => format!("{heading}{e}\n"),
+    }
+}
+
+/// A topology as JSON, without the failovers this CLI process saw (see [`render_topology`]).
+pub(super) fn topology_json(
+    t: &Result<cronlock::Topology, String>,
+) -> serde_json::Result<serde_json::Value> {
+    Ok(match t {
+        Ok(t) => {
+            let mut v = serde_json::to_value(t)?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("failovers_seen");
+            }
+            v
+        }
+        Err(e) => serde_json::json!({ "error": e }),
+    })
+}
+
 /// `jobs [list | history NAME | run NAME]`; a manual run that did not succeed exits 1.
 pub(super) async fn run(config: &Path, json: bool, action: JobsCmd) -> Result<ExitCode> {
     let backend = backend(config)?;

@@ -101,7 +101,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 println!("supervisor {}", crate::upgrade::version_line());
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Check { json } => check::check(&file(), json),
+            Cmd::Check { json } => check::check(&file(), json).await,
             Cmd::Ls { json } => target::ls(json).await,
             Cmd::Startup { install, user } => startup::startup(&file(), install, user.as_deref()),
             Cmd::Status {

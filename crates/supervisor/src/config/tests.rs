@@ -916,3 +916,35 @@ fn a_bad_spanned_value_names_its_key_not_serdes_private_field() {
         "invalid duration",
     );
 }
+
+#[test]
+fn cron_redis_url_takes_sentinel_and_cluster_and_names_what_is_wrong() {
+    for url in [
+        "redis+sentinel://s1:26379,s2:26379,s3/mymaster?min_replicas_ack=1",
+        "rediss+sentinel://:pw@s1/mymaster?sentinel_password=x",
+        "redis+cluster://n1:7000,n2:7001",
+        "rediss+cluster://n1",
+        "redis://h1:26379,h2:26379/?sentinel=mymaster",
+    ] {
+        let c = load(&format!("[cron]\nredis_url = \"{url}\"\n{OK}"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.cron_url, url);
+    }
+    for (url, says) in [
+        (
+            "redis+sentinel://s1/mymaster?min_replica_ack=1",
+            "min_replica_ack",
+        ),
+        ("redis+sentinel://s1:26379", "master"),
+        ("file:///var/lib/cron", "state_dir"),
+        ("/var/lib/cron", "state_dir"),
+        ("http://h:1", "expected redis://"),
+    ] {
+        let e = load(&format!("[cron]\nredis_url = \"{url}\"\n{OK}"))
+            .expect_err(url)
+            .to_string();
+        assert!(e.contains("cron.redis_url"), "{url}: {e}");
+        assert!(e.contains("s.toml:2:"), "{url}: {e}");
+        assert!(e.contains(says), "{url}: {e}");
+    }
+}

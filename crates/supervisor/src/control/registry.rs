@@ -32,12 +32,15 @@ pub struct Entry {
 /// The supervisor could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// Another live supervisor holds the name.
-    #[error(
-        "another supervisor named {:?} is running (pid {}, config {}): give this one its own `[supervisor] name`, or stop that one first",
-        .0.name, .0.pid, .0.config.display()
-    )]
-    Taken(Box<Entry>),
+    /// Another live supervisor holds the name: the one of this config file (started twice), or
+    /// another file's that has the same name.
+    #[error("{}", taken_message(.held, .ours))]
+    Taken {
+        /// The running one.
+        held: Box<Entry>,
+        /// The config file of the one refused.
+        ours: PathBuf,
+    },
     /// The file could not be written.
     #[error("cannot list the supervisor in {path}: {cause}")]
     Io {
@@ -46,6 +49,27 @@ pub enum RegistryError {
         /// What failed.
         cause: std::io::Error,
     },
+}
+
+fn taken_message(held: &Entry, ours: &Path) -> String {
+    if held.config == ours {
+        format!(
+            "another supervisor is running with this config ({:?}, pid {}): stop it with \
+             `supervisor stop -c {}`, or apply a change with `supervisor reload -c {}`",
+            held.name,
+            held.pid,
+            ours.display(),
+            ours.display()
+        )
+    } else {
+        format!(
+            "another supervisor named {:?} is running (pid {}, config {}): give this one its own \
+             `[supervisor] name`, or stop that one first",
+            held.name,
+            held.pid,
+            held.config.display()
+        )
+    }
 }
 
 /// This supervisor's entry, locked while it lives; removed when dropped.
@@ -87,7 +111,10 @@ pub fn register(dir: &Path, entry: &Entry) -> Result<Registered, RegistryError> 
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
             return Err(match serde_json::from_str::<Entry>(&text) {
-                Ok(held) => RegistryError::Taken(Box::new(held)),
+                Ok(held) => RegistryError::Taken {
+                    held: Box::new(held),
+                    ours: entry.config.clone(),
+                },
                 Err(_) => io(std::io::Error::new(
                     std::io::ErrorKind::WouldBlock,
                     format!("another supervisor named {:?} is starting", entry.name),
@@ -184,9 +211,21 @@ mod tests {
         let names: Vec<String> = list(&dirs).into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["blog", "shop"]);
         assert_eq!(find(&dirs, "shop").unwrap().pid, 10);
+        // The same file started twice: how to stop or reload the running one.
         let e = register(dir.path(), &entry("shop", 12))
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("another supervisor is running with this config (\"shop\", pid 10)")
+                && e.contains("`supervisor stop -c /srv/shop.toml`"),
+            "{e}"
+        );
+        // Another file with the same name: which one holds it.
+        let other = Entry {
+            config: "/srv/other.toml".into(),
+            ..entry("shop", 13)
+        };
+        let e = register(dir.path(), &other).unwrap_err().to_string();
         assert!(
             e.contains(
                 "another supervisor named \"shop\" is running (pid 10, config /srv/shop.toml)"

@@ -238,7 +238,7 @@ fn register(config: &Config, started: Option<f64>) -> Result<Option<Registered>,
     };
     match registry::register(&base, &entry) {
         Ok(r) => Ok(Some(r)),
-        Err(e @ registry::RegistryError::Taken(_)) => Err(StartupError::Named(e.to_string())),
+        Err(e @ registry::RegistryError::Taken { .. }) => Err(StartupError::Named(e.to_string())),
         Err(e) => {
             tracing::warn!("{e}: `supervisor ls` will not list this supervisor");
             Ok(None)

@@ -185,6 +185,12 @@ impl JobMetrics {
 pub struct JobsMetrics {
     /// Whether the backend answered in time.
     pub backend_up: bool,
+    /// Whether its topology showed no problem (a master without enough replicas in sync, a
+    /// sentinel or a shard down); `None` when it could not be read.
+    pub backend_healthy: Option<bool>,
+    /// Failovers of the Redis deployment this supervisor followed (its jobs, singletons and
+    /// scrapes together; 0 for one server or a local directory).
+    pub failovers_seen: u64,
     /// Every registered job (none when the backend is down).
     pub jobs: Vec<JobMetrics>,
 }
@@ -483,7 +489,31 @@ fn encode_jobs(e: &mut DescriptorEncoder, jobs: &JobsMetrics) -> Result<(), std:
         "Whether the cron lock backend (Redis or the local state dir) answered this scrape in time.",
         None,
         MetricType::Gauge,
-        &[(none, u64::from(jobs.backend_up))],
+        &[(none.clone(), u64::from(jobs.backend_up))],
+    )?;
+    let healthy: Vec<(Labels, u64)> = jobs
+        .backend_healthy
+        .map(|h| (none.clone(), u64::from(h)))
+        .into_iter()
+        .collect();
+    family(
+        e,
+        "jobs_backend_healthy",
+        "Whether the cron lock backend's topology shows no problem (every node up, enough \
+         replicas in sync for min_replicas_ack, sentinels or shards reachable); absent when it \
+         could not be read.",
+        None,
+        MetricType::Gauge,
+        &healthy,
+    )?;
+    family(
+        e,
+        "jobs_backend_failovers",
+        "Failovers of the Redis Sentinel or Cluster deployment behind the cron lock backend that \
+         this supervisor followed (a new master for its jobs, singletons or scrapes).",
+        None,
+        MetricType::Counter,
+        &[(none, jobs.failovers_seen)],
     )?;
     let runs: Vec<(Labels, u64)> = jobs
         .jobs

@@ -153,20 +153,33 @@ async fn daemon_snapshot(state: &State) -> Option<Snapshot> {
 
 /// The cron jobs from the backend; the backend is down for this scrape if it fails or is slow.
 async fn read_jobs(state: &State) -> JobsMetrics {
-    let down = JobsMetrics::default();
     let Some(backend) = backend(state) else {
-        return down;
+        return JobsMetrics::default();
     };
-    let read = crate::jobs::registry::histories(&backend, cronlock::HISTORY_LEN, JOBS_TIMEOUT);
-    match tokio::time::timeout(JOBS_TIMEOUT, read).await {
-        Ok(Ok(jobs)) => JobsMetrics {
+    // The topology (one round to every node) and the histories, within the one deadline.
+    let read = async {
+        let topology = backend.topology().await;
+        let jobs =
+            crate::jobs::registry::histories(&backend, cronlock::HISTORY_LEN, JOBS_TIMEOUT).await;
+        (topology, jobs)
+    };
+    let read = tokio::time::timeout(JOBS_TIMEOUT, read).await;
+    // Counted in this process whether or not the backend answers now.
+    let down = JobsMetrics {
+        failovers_seen: backend.failovers_seen(),
+        ..JobsMetrics::default()
+    };
+    match read {
+        Ok((topology, Ok(jobs))) => JobsMetrics {
             backend_up: true,
+            backend_healthy: Some(topology.is_healthy()),
+            failovers_seen: backend.failovers_seen(),
             jobs: jobs
                 .iter()
                 .map(|(name, runs)| JobMetrics::from_history(name, runs))
                 .collect(),
         },
-        Ok(Err(e)) => {
+        Ok((_, Err(e))) => {
             tracing::debug!("metrics: {e}");
             down
         }

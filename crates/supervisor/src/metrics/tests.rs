@@ -203,6 +203,8 @@ fn jobs_when_the_backend_answers_and_when_it_does_not() {
     let mut s = snapshot();
     s.jobs = Some(JobsMetrics {
         backend_up: true,
+        backend_healthy: Some(false),
+        failovers_seen: 2,
         jobs: vec![JobMetrics {
             name: "heartbeat".into(),
             recent_runs: [("ok".to_string(), 98), ("missed".to_string(), 2)].into(),
@@ -211,6 +213,8 @@ fn jobs_when_the_backend_answers_and_when_it_does_not() {
     });
     let l = lines(s.clone());
     has(&l, "supervisor_jobs_backend_up 1");
+    has(&l, "supervisor_jobs_backend_healthy 0");
+    has(&l, "supervisor_jobs_backend_failovers_total 2");
     has(
         &l,
         "supervisor_job_recent_runs{job=\"heartbeat\",outcome=\"missed\"} 2",
@@ -226,6 +230,12 @@ fn jobs_when_the_backend_answers_and_when_it_does_not() {
     s.jobs = Some(JobsMetrics::default());
     let l = lines(s);
     has(&l, "supervisor_jobs_backend_up 0");
+    has(&l, "supervisor_jobs_backend_failovers_total 0");
+    assert!(
+        !l.iter()
+            .any(|x| x.contains("supervisor_jobs_backend_healthy")),
+        "an unread topology is absent, not healthy: {l:?}"
+    );
     assert!(!l.iter().any(|x| x.contains("supervisor_job_")), "{l:?}");
 }
 

@@ -254,7 +254,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   released = 1
 end
-if ARGV[2] ~= '' then
+-- A retry of a finish whose answer was lost (a failover) records the run once.
+if ARGV[2] ~= '' and redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then
   redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 end

@@ -78,13 +78,21 @@ impl Validator<'_> {
             )),
             (Some(url), None) => {
                 let (span, url) = (url.span(), url.get_ref());
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                // One server, Sentinel or Cluster, read the way the backend will read it, so
+                // an unknown option or a missing master name is refused here, with the line.
+                let scheme = url.trim().split_once("://").map(|(s, _)| s);
+                if scheme.is_none_or(|s| s == "file") {
                     return Err(self.err_at(
                         span,
                         "cron.redis_url",
-                        "must start with redis:// or rediss://",
+                        "must be a Redis URL (redis://, rediss://, redis+sentinel://, \
+                         rediss+sentinel://, redis+cluster://, rediss+cluster://); for a \
+                         local directory set `state_dir`",
                     ));
                 }
+                cronlock::Backend::check_url(url).map_err(|e| {
+                    self.err_at(span, "cron.redis_url", format!("{e}{}", userinfo_hint(url)))
+                })?;
                 Ok(url.clone())
             }
             (None, dir) => {
@@ -110,5 +118,18 @@ impl Validator<'_> {
                 Ok(format!("file://{}", dir.display()))
             }
         }
+    }
+}
+
+/// Why a URL may not parse that its (redacted) text cannot show: a user name or password with
+/// a character that ends the user-info, which must be percent-encoded.
+fn userinfo_hint(url: &str) -> &'static str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    match rest.rfind('@') {
+        Some(at) if rest[..at].contains(['/', '#', '?', '@']) => {
+            " (a user name or password with `/`, `?`, `#` or `@` must be percent-encoded: \
+             %2F, %3F, %23, %40)"
+        }
+        _ => "",
     }
 }
