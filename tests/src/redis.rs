@@ -24,6 +24,48 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Starts `redis-server ARGS` and waits (at most 10 s) until `answers()` says it serves on
+/// `port`; one that exits at once (its port still held after a kill) is started again until then.
+pub(crate) fn spawn_server(
+    args: &[String],
+    port: u16,
+    answers: impl Fn() -> bool,
+) -> anyhow::Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("redis-server not found on PATH: install it (apt-get install redis-server)")
+            }
+            Err(e) => return Err(e).context("spawning redis-server"),
+        };
+        loop {
+            if answers() {
+                return Ok(child);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                if Instant::now() > deadline {
+                    bail!("redis-server on port {port} exited: {status}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("redis-server on port {port} did not answer within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn ping(port: u16) -> bool {
     let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -78,58 +120,24 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &self.port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                ])
-                .arg(self.dir.path())
-                .args(self.tls_args())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    bail!(
-                        "redis-server not found on PATH: install it (apt-get install redis-server)"
-                    )
-                }
-                Err(e) => return Err(e).context("spawning redis-server"),
-            };
-            loop {
-                if ping(self.port) {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    // Port probably still in use after a kill: retry until the deadline.
-                    if Instant::now() > deadline {
-                        bail!("redis-server on port {} exited: {status}", self.port);
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!(
-                        "redis-server on port {} did not answer PING within 10 s",
-                        self.port
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.push(self.dir.path().display().to_string());
+        args.extend(self.tls_args());
+        let port = self.port;
+        self.child = Some(spawn_server(&args, port, || ping(port))?);
+        Ok(())
     }
 
     fn tls_args(&self) -> Vec<String> {

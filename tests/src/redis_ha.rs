@@ -80,46 +80,9 @@ struct Proc {
 
 impl Proc {
     fn spawn(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let child = Command::new("redis-server")
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    bail!(
-                        "redis-server not found on PATH: install it (apt-get install redis-server)"
-                    )
-                }
-                Err(e) => return Err(e).context("spawning redis-server"),
-            };
-            loop {
-                if alive(self.port) {
-                    *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-                    return Ok(());
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    if Instant::now() > deadline {
-                        bail!("redis-server on port {} exited: {status}", self.port);
-                    }
-                    // The port may still be held after a kill: try again until the deadline.
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!(
-                        "redis-server on port {} did not answer within 10 s",
-                        self.port
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let child = crate::redis::spawn_server(&self.args, self.port, || alive(self.port))?;
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        Ok(())
     }
 
     fn kill(&self) {

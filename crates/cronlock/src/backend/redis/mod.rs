@@ -1071,35 +1071,12 @@ impl RedisBackend {
                     .map_err(|e| self.redis_err("subscribe", e))?;
                 Ok::<_, Error>(ps)
             };
-            let ps = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.opts.op_timeout, connect) => r,
+            let Some(ps) = self
+                .subscribe_attempt("subscribe", connect, &health, &stop, &mut backoff)
+                .await
+            else {
+                continue;
             };
-            let ps = match ps {
-                Ok(Ok(ps)) => ps,
-                Ok(Err(e)) => {
-                    health.failure("subscribing to manual run requests", &e, 0);
-                    sleep_or_stop(&stop, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    health.failure(
-                        "subscribing to manual run requests",
-                        &Error::RedisTimeout {
-                            url: self.url.to_string(),
-                            op: "subscribe",
-                            timeout_ms: millis(self.opts.op_timeout),
-                        },
-                        0,
-                    );
-                    sleep_or_stop(&stop, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            health.success();
             tracing::debug!(url = %self.url, channel = RUN_CHANNEL, "subscribed to manual-trigger channel");
             let mut stream = ps.into_on_message();
             loop {
@@ -1121,6 +1098,41 @@ impl RedisBackend {
             }
             sleep_or_stop(&stop, backoff).await;
         }
+    }
+
+    /// One attempt at subscribing to manual run requests (`connect`, within the operation
+    /// timeout): the subscription, with the backoff reset and the outage over; else the failure
+    /// is reported to `health`, the backoff waited out and doubled (at most 2 s), and `None`
+    /// (also when `stop` fires: the caller's loop ends).
+    async fn subscribe_attempt<T>(
+        &self,
+        op: &'static str,
+        connect: impl Future<Output = Result<T>>,
+        health: &Health,
+        stop: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Option<T> {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = tokio::time::timeout(self.opts.op_timeout, connect) => r,
+        };
+        let e = match attempt {
+            Ok(Ok(subscribed)) => {
+                *backoff = Duration::from_millis(100);
+                health.success();
+                return Some(subscribed);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::RedisTimeout {
+                url: self.url.to_string(),
+                op,
+                timeout_ms: millis(self.opts.op_timeout),
+            },
+        };
+        health.failure("subscribing to manual run requests", &e, 0);
+        sleep_or_stop(stop, *backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        None
     }
 
     /// [`RedisBackend::listen_requests`] on a Cluster: `SSUBSCRIBE` through a RESP3 cluster
@@ -1146,35 +1158,12 @@ impl RedisBackend {
                     .map_err(|e| self.redis_err("ssubscribe", e))?;
                 Ok::<_, Error>(conn)
             };
-            let conn = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.opts.op_timeout, connect) => r,
+            let Some(_conn) = self
+                .subscribe_attempt("ssubscribe", connect, &health, &stop, &mut backoff)
+                .await
+            else {
+                continue;
             };
-            let _conn = match conn {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    health.failure("subscribing to manual run requests", &e, 0);
-                    sleep_or_stop(&stop, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    health.failure(
-                        "subscribing to manual run requests",
-                        &Error::RedisTimeout {
-                            url: self.url.to_string(),
-                            op: "ssubscribe",
-                            timeout_ms: millis(self.opts.op_timeout),
-                        },
-                        0,
-                    );
-                    sleep_or_stop(&stop, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            health.success();
             tracing::debug!(url = %self.url, channel = RUN_CHANNEL, "subscribed (sharded) to manual-trigger channel");
             loop {
                 let push = tokio::select! {
