@@ -475,7 +475,7 @@ async fn sentinel_two_master_kills_run_each_tick_at_most_once() -> anyhow::Resul
                 // second failover leaves a master with a replica to acknowledge claims.
                 topo.restart_as_replica(old)?;
             }
-            topo.wait_settled(Duration::from_secs(20))?;
+            topo.wait_settled(Duration::from_secs(60))?;
             Ok(())
         })?;
         let healthy_ms = now_ms();
