@@ -146,6 +146,82 @@ pub struct WorkerSpec {
     /// Whether the workers get the cron backend's URL (`SUPERVISOR_CRON_URL`, with its
     /// password): only apps that run jobs in-process ask for it (`cron_backend = true`).
     pub cron_backend: bool,
+    /// PM2's app contract (`kill_signal`, `wait_ready`, `shutdown_with_message`).
+    pub contract: AppContract,
+}
+
+/// PM2's app contract, for an app written for PM2 (Node): how it is told to stop and how it
+/// says it is ready, beyond the worker protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppContract {
+    /// The signal that asks a worker to drain (`kill_signal`; PM2's key).
+    pub kill_signal: StopSignal,
+    /// Ready when the app calls `process.send('ready')`, not when it listens (`wait_ready`).
+    pub wait_ready: bool,
+    /// The app also gets the `'shutdown'` message (`process.on('message')`) when it must drain
+    /// (`shutdown_with_message`).
+    pub shutdown_with_message: bool,
+}
+
+/// The signal that asks a worker to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopSignal {
+    /// SIGTERM, the default (systemd, Docker, Kubernetes).
+    #[default]
+    Term,
+    /// SIGINT, what PM2 sends.
+    Int,
+    /// SIGQUIT.
+    Quit,
+    /// SIGHUP.
+    Hup,
+    /// SIGUSR1.
+    Usr1,
+    /// SIGUSR2.
+    Usr2,
+}
+
+impl StopSignal {
+    /// Every accepted signal, by name.
+    pub const ALL: [StopSignal; 6] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Quit,
+        StopSignal::Hup,
+        StopSignal::Usr1,
+        StopSignal::Usr2,
+    ];
+
+    /// Its name, as Node and `kill -l` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+        }
+    }
+
+    /// Its number.
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Term => libc::SIGTERM,
+            StopSignal::Int => libc::SIGINT,
+            StopSignal::Quit => libc::SIGQUIT,
+            StopSignal::Hup => libc::SIGHUP,
+            StopSignal::Usr1 => libc::SIGUSR1,
+            StopSignal::Usr2 => libc::SIGUSR2,
+        }
+    }
+
+    /// `SIGINT`, `sigint` or `INT`.
+    pub fn parse(text: &str) -> Option<StopSignal> {
+        let upper = text.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        StopSignal::ALL.into_iter().find(|s| &s.name()[3..] == name)
+    }
 }
 
 /// When and how fast crashed workers are restarted.

@@ -109,6 +109,10 @@ pub(super) struct RawApp {
     pub(super) standby_poll: Option<Spanned<HumanDuration>>,
     /// Hand the cron backend's URL to the workers (`SUPERVISOR_CRON_URL`).
     pub(super) cron_backend: Option<bool>,
+    /// PM2's names: the drain signal, readiness by `process.send('ready')`, the shutdown message.
+    pub(super) kill_signal: Option<Spanned<String>>,
+    pub(super) wait_ready: Option<Spanned<bool>>,
+    pub(super) shutdown_with_message: Option<Spanned<bool>>,
 }
 
 /// `[app.restart]`.

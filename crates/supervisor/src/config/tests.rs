@@ -948,3 +948,44 @@ fn cron_redis_url_takes_sentinel_and_cluster_and_names_what_is_wrong() {
         assert!(e.contains(says), "{url}: {e}");
     }
 }
+
+#[test]
+fn pm2_contract_keys_are_read_and_named_when_wrong() {
+    let node = |extra: &str| {
+        format!(
+            "[[app]]\nname = \"web\"\ncommand = \"node\"\nargs = [\"app.js\"]\n{extra}\n\
+             [[app.listen]]\naddress = \"127.0.0.1:0\"\n"
+        )
+    };
+    let c = load(&node(
+        "kill_signal = \"SIGINT\"\nwait_ready = true\nshutdown_with_message = true",
+    ))
+    .unwrap();
+    let contract = c.apps[0].worker.contract;
+    assert_eq!(contract.kill_signal, StopSignal::Int);
+    assert_eq!(contract.kill_signal.number(), libc::SIGINT);
+    assert!(contract.wait_ready && contract.shutdown_with_message);
+    for (text, want) in [("int", StopSignal::Int), ("QUIT", StopSignal::Quit)] {
+        let c = load(&node(&format!("kill_signal = \"{text}\""))).unwrap();
+        assert_eq!(c.apps[0].worker.contract.kill_signal, want, "{text}");
+    }
+    assert_eq!(
+        load(&node("")).unwrap().apps[0].worker.contract,
+        AppContract::default()
+    );
+    let e = load(&node("kill_signal = \"SIGKILL\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("app[0].kill_signal") && e.contains(":5:") && e.contains("SIGTERM, SIGINT"),
+        "{e}"
+    );
+    // Carried out by the Node preload: refused for another runtime, with the line.
+    let e = load("[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\nwait_ready = true\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("wait_ready") && e.contains("needs runtime \"node\""),
+        "{e}"
+    );
+}

@@ -35,6 +35,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             ready_timeout: Duration::from_secs(5),
             kill_timeout: Duration::from_secs(10),
             cron_backend: false,
+            contract: Default::default(),
         }),
         restart: RestartPolicy {
             min_uptime: Duration::from_secs(1),

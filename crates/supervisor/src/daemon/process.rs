@@ -119,6 +119,8 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
                 && k != "NOTIFY_SOCKET"
                 && k != "READY_FD"
                 && k != "SUPERVISOR_FENCING_TOKEN"
+                && k != "SUPERVISOR_WAIT_READY"
+                && k != "SUPERVISOR_SHUTDOWN_MESSAGE"
                 && k != CRON_URL
         })
         .collect();
@@ -151,6 +153,23 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
             spec.kill_timeout.as_millis().to_string(),
         ),
     ]);
+    // PM2's contract, carried out by the Node preload; NODE_APP_INSTANCE as PM2 sets it.
+    if spec.runtime == crate::config::Runtime::Node {
+        let c = &spec.contract;
+        env.insert(
+            "SUPERVISOR_KILL_SIGNAL".to_string(),
+            c.kill_signal.name().to_string(),
+        );
+        if c.wait_ready {
+            env.insert("SUPERVISOR_WAIT_READY".to_string(), "1".to_string());
+        }
+        if c.shutdown_with_message {
+            env.insert("SUPERVISOR_SHUTDOWN_MESSAGE".to_string(), "1".to_string());
+        }
+        if !spec.env.contains_key("NODE_APP_INSTANCE") {
+            env.insert("NODE_APP_INSTANCE".to_string(), args.slot.to_string());
+        }
+    }
     // The backend's URL carries its password: only for the apps that run jobs in-process.
     if spec.cron_backend {
         env.insert(CRON_URL.to_string(), args.cron_url.to_string());
@@ -307,10 +326,10 @@ impl Process {
         }
     }
 
-    /// SIGTERM to the worker process (drain).
-    pub fn term(&self) {
+    /// The drain signal (SIGTERM, or the app's `kill_signal`) to the worker process.
+    pub fn term(&self, signal: i32) {
         if !self.reaped {
-            child::signal(&self.pidfd, libc::SIGTERM);
+            child::signal(&self.pidfd, signal);
         }
     }
 

@@ -75,7 +75,12 @@ impl Shell {
     pub(super) fn signal(&self, worker: WorkerId, signal: Signal) {
         if let Some(p) = self.processes.get(&worker) {
             match signal {
-                Signal::Term => p.term(),
+                // The drain signal of the worker's own generation (`kill_signal`).
+                Signal::Term => p.term(
+                    self.core
+                        .worker(worker)
+                        .map_or(libc::SIGTERM, |w| w.spec.contract.kill_signal.number()),
+                ),
                 Signal::KillGroup => p.kill_group(),
             }
         }

@@ -8,13 +8,19 @@
 //    across a reload, and clients of the held port would wait for nobody. The worker says so once
 //    per generation, at WARN, with the fix, and exits 78 (EX_CONFIG): the start or reload fails
 //    at once instead of at its ready timeout;
-//  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on;
-//  - SIGTERM drains like crates/worker: stop accepting at once, every response from then on carries
+//  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on,
+//    and, with `wait_ready` (PM2's name; SUPERVISOR_WAIT_READY=1), once the app has also called
+//    `process.send('ready')`;
+//  - PM2's app protocol without PM2's IPC channel: `process.send` exists and never throws (an
+//    app written to PM2's docs calls it unguarded), `NODE_APP_INSTANCE` is the worker's slot;
+//  - the drain signal (SIGTERM, or the app's `kill_signal`: SUPERVISOR_KILL_SIGNAL, e.g. SIGINT
+//    as PM2 sends) drains like crates/worker, and with `shutdown_with_message`
+//    (SUPERVISOR_SHUTDOWN_MESSAGE=1) the app's `process.on('message')` gets 'shutdown' too: stop accepting at once, every response from then on carries
 //    `Connection: close`, an idle keep-alive connection is closed only after DRAIN_IDLE_GRACE_MS
 //    of idleness (counted from the drain's start or its last request), exit 0 when the last
 //    connection is gone, hard deadline 500 ms inside SUPERVISOR_KILL_TIMEOUT_MS. The app's own
-//    SIGTERM handlers still run; `server.close()` and `process.exit()` called from them wait for
-//    the drain instead of cutting it short.
+//    handlers of that signal still run; `server.close()` and `process.exit()` called from them
+//    wait for the drain instead of cutting it short.
 //
 // It is shipped inside the supervisor binary and written to the supervisor's private runtime
 // directory; it is inert in any process that is not the worker itself (LISTEN_PID differs), such
@@ -57,9 +63,12 @@
 
   // ---- readiness ----
   const taken = new Set(); // fds some server in this process listens on
+  const waitReady = env.SUPERVISOR_WAIT_READY === "1";
+  let appSaidReady = false; // process.send('ready') was called
   let readySent = false;
   function maybeReady() {
     if (readySent || listeners.some((l) => !taken.has(l.fd))) return;
+    if (waitReady && !appSaidReady) return;
     readySent = true;
     const fd = Number(env.READY_FD);
     if (!Number.isInteger(fd) || fd < 0) return;
@@ -71,6 +80,57 @@
     }
   }
   if (listeners.length === 0) setImmediate(maybeReady);
+
+  // ---- wait_ready: accept nothing before the app says ready ----
+  // Every worker accepts from the same inherited socket, so a worker that listened would take
+  // connections while it warms up (and answer them 503, or late). With `wait_ready` the app's
+  // listen() is answered at once (its callback and 'listening' run, `address()` answers) but
+  // the socket is taken only when the app calls process.send('ready'): until then the workers
+  // already serving take every connection. Readiness follows the real listen.
+  const deferred = []; // listens held until process.send('ready')
+  function addressOf(l) {
+    if (l.path) return l.path;
+    const host = String(l.address || "").replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+    return { address: host, family: host.includes(":") ? "IPv6" : "IPv4", port: l.port };
+  }
+  function listenWhenReady(server, l, options, cb) {
+    const address = addressOf(l);
+    server.address = () => address;
+    deferred.push(() => {
+      delete server.address; // the prototype's again, now that the socket is taken
+      origListen.call(server, options);
+    });
+    process.nextTick(() => {
+      if (cb) cb.call(server);
+      server.emit("listening");
+    });
+    return server;
+  }
+  function listenDeferred() {
+    for (const listen of deferred.splice(0)) listen();
+  }
+
+  // ---- PM2's process.send, with no IPC channel ----
+  // Under PM2 a worker has an IPC channel and `process.send('ready')` tells PM2 it is ready;
+  // here there is none, and Node leaves `process.send` undefined: an app that calls it unguarded
+  // would crash. It exists, takes 'ready' (also as {type: 'ready'}) and never throws; with a real
+  // channel (the app forked by its own parent) messages still go there too.
+  const channelSend = typeof process.send === "function" ? process.send.bind(process) : undefined;
+  process.send = function send(message, ...rest) {
+    if (message === "ready" || (message && typeof message === "object" && message.type === "ready")) {
+      if (!appSaidReady) {
+        appSaidReady = true;
+        if (waitReady) {
+          listenDeferred();
+          maybeReady();
+        }
+      }
+    }
+    if (channelSend) return channelSend(message, ...rest);
+    const cb = rest.find((a) => typeof a === "function");
+    if (cb) setImmediate(cb, null);
+    return true;
+  };
 
   // ---- listen: which inherited socket does a listen() call mean? ----
   // Mirrors Node's own argument normalisation: listen(port[, host][, backlog][, cb]),
@@ -113,6 +173,7 @@
           taken.add(l.fd);
           maybeReady();
         });
+        if (waitReady && !appSaidReady) return listenWhenReady(this, l, options, cb);
         return cb ? origListen.call(this, options, cb) : origListen.call(this, options);
       }
       const key = `taken:${l.fd}`;
@@ -296,11 +357,13 @@
       log(`drained in ${took} ms`);
     }
     if (exitCode !== undefined || !appHandlers || atDeadline) realExit.call(process, exitCode ?? 0);
-    // Otherwise the app's own SIGTERM handler is shutting it down: the process ends when its event
+    // Otherwise the app's own handler of the drain signal is shutting it down: the process ends when its event
     // loop is empty, or at the deadline.
   }
 
-  process.on("SIGTERM", function supervisorDrain() {
+  const drainSignal = /^SIG[A-Z0-9]+$/.test(env.SUPERVISOR_KILL_SIGNAL || "") ? env.SUPERVISOR_KILL_SIGNAL : "SIGTERM";
+  const shutdownMessage = env.SUPERVISOR_SHUTDOWN_MESSAGE === "1";
+  process.on(drainSignal, function supervisorDrain() {
     if (draining) {
       // Asked again (NestJS re-raises the signal after its own shutdown): exit once drained.
       if (drained) realExit.call(process, exitCode ?? 0);
@@ -309,7 +372,8 @@
     }
     draining = true;
     drainStart = performance.now();
-    appHandlers = process.listenerCount("SIGTERM") > 1;
+    appHandlers =
+      process.listenerCount(drainSignal) > 1 || (shutdownMessage && process.listenerCount("message") > 0);
     for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
     inFlight.clear();
     let open = 0;
@@ -317,13 +381,18 @@
       const conns = server[kState];
       if (conns instanceof Set) open += conns.size;
     }
-    log(`SIGTERM: stopped accepting; draining ${open} connection(s)`);
+    log(`${drainSignal}: stopped accepting; draining ${open} connection(s)`);
     setTimeout(() => finish(true), deadline).unref();
-    // After the app's own SIGTERM handlers (they run right after this one): close what they left
+    // PM2's shutdown_with_message: the app's message handlers run now, before its handlers of
+    // this signal (one of which may end the process once its server has closed).
+    if (shutdownMessage) process.emit("message", "shutdown");
+    // After the app's own handlers of the drain signal (they run right after this one): close what they left
     // listening, with net's close, which does not drop idle keep-alive connections.
     setImmediate(() => {
+      deferred.length = 0; // told to stop before it said ready: never take the socket
       for (const server of servers) {
         if (server.listening) net.Server.prototype.close.call(server);
+        else if (deferred.length === 0 && waitReady && !appSaidReady) servers.delete(server);
         const sessions = server[kState];
         if (!isHttp(server) && sessions instanceof Set) for (const s of sessions) s.close();
       }

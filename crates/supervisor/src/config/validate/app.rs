@@ -318,6 +318,11 @@ impl Validator<'_> {
             Duration::from_secs(10),
             MAX_WAIT,
         )?;
+        let contract = self.contract(
+            key,
+            (&rw.kill_signal, &rw.wait_ready, &rw.shutdown_with_message),
+            runtime,
+        )?;
         let env: BTreeMap<String, String> = rw
             .env
             .into_iter()
@@ -335,6 +340,7 @@ impl Validator<'_> {
             ready_timeout,
             kill_timeout,
             cron_backend: rw.cron_backend.unwrap_or(false),
+            contract,
         })
     }
 

@@ -18,6 +18,7 @@ mod job;
 mod listen;
 mod paths;
 pub(crate) use paths::{creatable_dir, missing_interpreter};
+mod contract;
 mod program;
 mod supervisor;
 

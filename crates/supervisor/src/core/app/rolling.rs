@@ -188,6 +188,7 @@ mod tests {
             ready_timeout: Duration::from_secs(1),
             kill_timeout: Duration::from_secs(1),
             cron_backend: false,
+            contract: Default::default(),
         })
     }
 

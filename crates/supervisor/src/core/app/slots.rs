@@ -503,7 +503,7 @@ impl App {
             return;
         }
         w.state = WorkerState::Draining;
-        tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining (SIGTERM)");
+        tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining ({})", w.spec.contract.kill_signal.name());
         let at = later(now, w.spec.kill_timeout);
         w.kill_at = Some(at);
         self.out.extend([

@@ -1,0 +1,150 @@
+//! Apps written to PM2's docs, unchanged, under the supervisor: `process.send('ready')` called
+//! unguarded in the listen callback (no IPC channel here: it must not throw), `wait_ready` with a
+//! warm-up after `listen()` (no request reaches a worker before it says ready, through reloads
+//! under load), `kill_signal = "SIGINT"` with the app's own SIGINT cleanup and
+//! `shutdown_with_message` (the cleanup runs in every replaced worker), `NODE_APP_INSTANCE`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{ConnMode, Supervisor, get, reloads_under_load, wait_for};
+
+/// PM2's docs' app: `process.send('ready')` unguarded in the listen callback.
+const SENDS_READY: &str = r#"
+const http = require("http");
+const server = http.createServer((req, res) => {
+  res.end(`ok pid=${process.pid} instance=${process.env.NODE_APP_INSTANCE}\n`);
+});
+server.listen(process.env.PORT, () => {
+  process.send("ready");
+  console.log("listening, told PM2 we are ready");
+});
+"#;
+
+/// The seeds' NestJS pattern: listen, warm up 1.5 s (503 meanwhile), then `process.send('ready')`;
+/// SIGINT cleanup and the 'shutdown' message write to `$CLEANUP_FILE`.
+const WARMS_UP: &str = r#"
+const fs = require("fs");
+const http = require("http");
+let warm = false;
+const server = http.createServer((req, res) => {
+  if (!warm) {
+    res.statusCode = 503;
+    res.end("warming up\n");
+    return;
+  }
+  res.end(`ok pid=${process.pid}\n`);
+});
+server.listen(process.env.PORT, () => {
+  setTimeout(() => {
+    warm = true;
+    process.send("ready");
+  }, 1500);
+});
+process.on("message", (m) => {
+  if (m === "shutdown") fs.appendFileSync(process.env.CLEANUP_FILE, `message ${process.pid}\n`);
+});
+process.on("SIGINT", () => {
+  server.close(() => {
+    fs.appendFileSync(process.env.CLEANUP_FILE, `sigint ${process.pid}\n`);
+    process.exit(0);
+  });
+});
+"#;
+
+fn app(dir: &Path, file: &str, source: &str, extra: &str) -> String {
+    let script = dir.join(file);
+    std::fs::write(&script, source).unwrap();
+    format!(
+        "[[app]]\nname = \"web\"\ncommand = \"node\"\nargs = [\"{}\"]\ninstances = 2\n\
+         ready_timeout = \"10s\"\nkill_timeout = \"5s\"\n{extra}",
+        script.display()
+    )
+}
+
+#[test]
+fn an_app_that_calls_process_send_ready_unguarded_runs_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Supervisor::start(&app(dir.path(), "app.js", SENDS_READY, ""), 2).unwrap();
+    let addr = s.addr().unwrap();
+    let mut instances = BTreeSet::new();
+    for _ in 0..20 {
+        let (code, body) = get(addr, "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+        instances.insert(body.split("instance=").nth(1).unwrap().trim().to_string());
+    }
+    assert!(
+        instances.iter().all(|i| i == "0" || i == "1"),
+        "NODE_APP_INSTANCE is the slot: {instances:?}"
+    );
+    let report = reloads_under_load(&s, "/", ConnMode::KeepAlive, 4, 3).unwrap();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let workers = e2e::workers(&s.status().unwrap());
+    assert!(
+        workers.iter().all(|w| w.restarts == 0),
+        "no crash loop: {workers:?}\n{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    assert!(log.contains("told PM2 we are ready"), "{log}");
+    assert!(!log.contains("process.send is not a function"), "{log}");
+}
+
+#[test]
+fn wait_ready_holds_requests_until_ready_and_sigint_cleanup_runs_in_every_replaced_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cleanup = dir.path().join("cleanup.log");
+    let extra = format!(
+        "wait_ready = true\nkill_signal = \"SIGINT\"\nshutdown_with_message = true\n\
+         env = {{ CLEANUP_FILE = \"{}\" }}\n",
+        cleanup.display()
+    );
+    let s = Supervisor::start(&app(dir.path(), "warm.js", WARMS_UP, &extra), 2).unwrap();
+    let first: Vec<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+    // Ready only after the warm-up: the first answer is already a 200.
+    let (code, body) = get(s.addr().unwrap(), "/").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let mut seen: BTreeSet<i32> = first.into_iter().collect();
+    for mode in [ConnMode::KeepAlive, ConnMode::PerRequest] {
+        let report = reloads_under_load(&s, "/", mode, 4, 5).unwrap();
+        assert_eq!(
+            report.failed, 0,
+            "{mode:?}: failed or non-2xx (503 = a request before ready): {:?}",
+            report.errors
+        );
+        assert!(report.ok > 50, "{mode:?}: {report:?}");
+        seen.extend(report.by_pid.keys().map(|p| p.parse::<i32>().unwrap()));
+    }
+    let serving: BTreeSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+    let replaced: Vec<i32> = seen.difference(&serving).copied().collect();
+    assert!(replaced.len() >= 10, "10 reloads x 2 workers: {replaced:?}");
+    let lines = wait_for(
+        Duration::from_secs(15),
+        "every replaced worker's cleanup",
+        || {
+            let text = std::fs::read_to_string(&cleanup).unwrap_or_default();
+            replaced
+                .iter()
+                .all(|p| {
+                    text.contains(&format!("sigint {p}\n"))
+                        && text.contains(&format!("message {p}\n"))
+                })
+                .then_some(text)
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            std::fs::read_to_string(&cleanup).unwrap_or_default(),
+            s.log_text()
+        )
+    });
+    eprintln!(
+        "pm2 contract: {} replaced workers, each ran its SIGINT cleanup and got 'shutdown' ({} lines)",
+        replaced.len(),
+        lines.lines().count()
+    );
+}
