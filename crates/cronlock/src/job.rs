@@ -78,7 +78,8 @@ impl Identity {
 pub struct JobSpec {
     /// Unique job name (used in keys: keep it short, no spaces).
     pub name: String,
-    /// Cron expression with a seconds field (6 fields, or 7 with a year).
+    /// Cron expression: 5 fields (at second 0), 6 with seconds first, 7 with a year, or a
+    /// nickname (`@daily`); see [`crate::Schedule::parse_for`].
     pub schedule: String,
     /// Timezone the expression is evaluated in.
     pub timezone: Tz,

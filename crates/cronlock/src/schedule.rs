@@ -45,8 +45,9 @@ pub fn parse_timezone(job: &str, name: &str) -> Result<Tz> {
 }
 
 impl Schedule {
-    /// Parses a cron expression with a seconds field (6 fields, or 7 with a year), e.g.
-    /// `0 30 2 * * *` (02:30:00 every day). Nicknames such as `@daily` are accepted too.
+    /// Parses a cron expression: 5 fields as crontab, node-cron and Kubernetes write them
+    /// (`30 2 * * *`: 02:30 every day, at second 0), 6 with a seconds field first
+    /// (`0 30 2 * * *`), or 7 with a year. Nicknames such as `@daily` are accepted too.
     ///
     /// The job name is only used for the error message.
     pub fn parse_for(job: &str, expr: &str, tz: Tz) -> Result<Self> {
@@ -56,19 +57,23 @@ impl Schedule {
             reason,
         };
         let trimmed = expr.trim();
+        let mut with_seconds = trimmed.to_owned();
         if !trimmed.starts_with('@') {
-            let fields = trimmed.split_whitespace().count();
-            if !(6..=7).contains(&fields) {
-                return Err(invalid(format!(
-                    "expected 6 or 7 fields (seconds minutes hours day-of-month month \
-                     day-of-week [year]), got {fields}"
-                )));
+            match trimmed.split_whitespace().count() {
+                5 => with_seconds = format!("0 {trimmed}"),
+                6 | 7 => {}
+                fields => {
+                    return Err(invalid(format!(
+                        "expected 5 fields (minutes hours day-of-month month day-of-week), or 6 \
+                         with seconds first, or 7 with a year last; got {fields}"
+                    )));
+                }
             }
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Required)
             .build()
-            .parse(trimmed)
+            .parse(&with_seconds)
             .map_err(|e| invalid(e.to_string()))?;
         let fixed_time = cron.determine_job_type() == croner::JobType::FixedTime;
         let schedule = Self {
@@ -335,11 +340,14 @@ mod tests {
             err.contains("nightly") && err.contains("61 * * * * *"),
             "{err}"
         );
-        let err = match Schedule::parse_for("nightly", "* * * * *", Tz::UTC) {
-            Ok(_) => panic!("accepted 5 fields"),
+        let err = match Schedule::parse_for("nightly", "* * * *", Tz::UTC) {
+            Ok(_) => panic!("accepted 4 fields"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("nightly") && err.contains("6 or 7"), "{err}");
+        assert!(
+            err.contains("nightly") && err.contains("expected 5 fields") && err.contains("got 4"),
+            "{err}"
+        );
         let err = match parse_timezone("nightly", "Mars/Olympus") {
             Ok(_) => panic!("accepted an unknown zone"),
             Err(e) => e.to_string(),
@@ -349,5 +357,35 @@ mod tests {
             "{err}"
         );
         assert!(parse_timezone("x", "Europe/Berlin").is_ok());
+    }
+
+    #[test]
+    fn five_fields_run_at_second_zero_and_nicknames_are_read() {
+        let at = |text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_timezone(&Utc)
+        };
+        let hourly = Schedule::parse("0 * * * *", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hourly.expr(), "0 * * * *", "shown as written");
+        assert_eq!(
+            hourly.next_after(at("2026-12-06T10:59:59Z")),
+            Some(at("2026-12-06T11:00:00Z"))
+        );
+        let nightly = Schedule::parse("30 2 * * *", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            nightly.next_after(at("2026-12-06T10:00:00Z")),
+            Some(at("2026-12-07T02:30:00Z"))
+        );
+        let daily = Schedule::parse("@daily", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            daily.next_after(at("2026-12-06T10:00:00Z")),
+            Some(at("2026-12-07T00:00:00Z"))
+        );
+        let hourly = Schedule::parse("@hourly", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            hourly.next_after(at("2026-12-06T10:00:01Z")),
+            Some(at("2026-12-06T11:00:00Z"))
+        );
     }
 }

@@ -989,3 +989,14 @@ fn pm2_contract_keys_are_read_and_named_when_wrong() {
         "{e}"
     );
 }
+
+#[test]
+fn crontab_schedules_with_five_fields_and_nicknames_are_valid() {
+    for schedule in ["0 * * * *", "*/5 9-17 * * 1-5", "@hourly", "0 0 3 * * *"] {
+        let c = load(&format!(
+            "{OK}\n[[job]]\nname = \"j\"\nschedule = \"{schedule}\"\ncommand = [\"true\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{schedule}: {e}"));
+        assert_eq!(c.jobs[0].spec.schedule, schedule);
+    }
+}
