@@ -148,3 +148,54 @@ fn wait_ready_holds_requests_until_ready_and_sigint_cleanup_runs_in_every_replac
         lines.lines().count()
     );
 }
+
+/// Answers `GREETING FROM_FILE`.
+const SHOWS_ENV: &str = r#"
+const http = require("http");
+http
+  .createServer((req, res) => res.end(`${process.env.GREETING} ${process.env.FROM_FILE} pid=${process.pid}\n`))
+  .listen(process.env.PORT);
+"#;
+
+#[test]
+fn env_file_and_the_env_profile_chosen_at_start_are_read_again_by_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let dotenv = dir.path().join("app.env");
+    std::fs::write(
+        &dotenv,
+        "# the app's .env\nFROM_FILE=file-1\nGREETING=from-file\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "env_file = \"{}\"\nenv = {{ GREETING = \"from-env\" }}\n\
+         [app.env_profiles.production]\nGREETING = \"production\"\n",
+        dotenv.display()
+    );
+    let body = app(dir.path(), "env.js", SHOWS_ENV, &extra);
+    // `start --env production` sets SUPERVISOR_ENV for the supervisor (and what it re-reads).
+    let s = Supervisor::spawn_with_env(&body, &[("SUPERVISOR_ENV", "production")]).unwrap();
+    s.wait_ready(2, Duration::from_secs(20)).unwrap();
+    let (code, answer) = get(s.addr().unwrap(), "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(answer.starts_with("production file-1 "), "{answer}");
+    // The file is read again by a reload; the profile stays chosen.
+    std::fs::write(&dotenv, "FROM_FILE=file-2\n").unwrap();
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(ok, "{text}");
+    let (_, answer) = get(s.addr().unwrap(), "/").unwrap();
+    assert!(answer.starts_with("production file-2 "), "{answer}");
+    // A profile no app has is a typo, named; so is a bad line of the file.
+    let (ok, text) = s.cli_text(&["check", "--env", "prodution"]).unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("--env") && text.contains("\"prodution\"") && text.contains("production"),
+        "{text}"
+    );
+    std::fs::write(&dotenv, "FROM_FILE=x\nnot a line\n").unwrap();
+    let (ok, text) = s.cli_text(&["check"]).unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("env_file") && text.contains("app.env:2: expected NAME=value"),
+        "{text}"
+    );
+}

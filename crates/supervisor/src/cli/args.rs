@@ -65,6 +65,10 @@ pub enum Cmd {
         /// Log format of the supervisor's own lines and of the workers' forwarded output.
         #[arg(long, env = "SUPERVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Lay the env profile NAME (`[app.env_profiles.NAME]`, PM2's `--env`) over each app's
+        /// `env`; kept by reloads and upgrades.
+        #[arg(long = "env", value_name = "NAME")]
+        env_profile: Option<String>,
         /// Take over from the previous binary of an in-place upgrade (its state memfd).
         #[arg(long, hide = true)]
         resume_fd: Option<i32>,
@@ -77,6 +81,9 @@ pub enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Check with this env profile laid over each app's `env` (as `start --env NAME`).
+        #[arg(long = "env", value_name = "NAME")]
+        env_profile: Option<String>,
     },
     /// Show every app's workers, and the jobs.
     Status {

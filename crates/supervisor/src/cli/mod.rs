@@ -42,6 +42,20 @@ pub type SignalInstaller = fn() -> std::io::Result<mpsc::Receiver<Command>>;
 
 /// Runs a client command or the supervisor; `start` calls `signals` inside the runtime.
 pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
+    if let Cmd::Start {
+        env_profile: Some(profile),
+        ..
+    }
+    | Cmd::Check {
+        env_profile: Some(profile),
+        ..
+    } = &cli.command
+    {
+        // The config reads the chosen profile from the environment, so that a reload, a
+        // `start -d`'s background process and an upgrade's new binary keep it.
+        // SAFETY: no other thread exists yet: the runtime is built below, and main started none.
+        unsafe { std::env::set_var(crate::config::PROFILE_VAR, profile) };
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -101,7 +115,7 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 println!("supervisor {}", crate::upgrade::version_line());
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Check { json } => check::check(&file(), json).await,
+            Cmd::Check { json, .. } => check::check(&file(), json).await,
             Cmd::Ls { json } => target::ls(json).await,
             Cmd::Startup { install, user } => startup::startup(&file(), install, user.as_deref()),
             Cmd::Status {

@@ -27,6 +27,7 @@ pub use model::{
 };
 
 use raw::{RawEndpoints, RawFile, parse_toml};
+pub use validate::PROFILE_VAR;
 use validate::Validator;
 pub(crate) use validate::{creatable_dir, missing_interpreter};
 

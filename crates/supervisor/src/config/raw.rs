@@ -96,6 +96,12 @@ pub(super) struct RawApp {
     /// key would hide its name from the key path of a parse error).
     #[serde(default)]
     pub(super) env: BTreeMap<String, Spanned<String>>,
+    /// A dotenv file read before `env` (relative to the config file's directory).
+    pub(super) env_file: Option<Spanned<PathBuf>>,
+    /// Named sets of variables laid over `env`, one chosen with `start --env NAME` (PM2's
+    /// `env_production`).
+    #[serde(default)]
+    pub(super) env_profiles: BTreeMap<String, BTreeMap<String, Spanned<String>>>,
     pub(super) cwd: Option<Spanned<PathBuf>>,
     pub(super) instances: Option<Spanned<usize>>,
     pub(super) readiness: Option<Spanned<Readiness>>,

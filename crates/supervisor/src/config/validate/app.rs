@@ -199,7 +199,9 @@ impl Validator<'_> {
 
     /// What an app's workers run: program, arguments, environment, directory, how many, how
     /// they report readiness, and their timeouts.
-    fn worker(&self, key: &str, rw: RawApp) -> Result<WorkerSpec, ConfigError> {
+    fn worker(&self, key: &str, mut rw: RawApp) -> Result<WorkerSpec, ConfigError> {
+        // `env_file`, then `env`, then the chosen profile: one map, checked as one below.
+        rw.env = self.app_env(key, &rw)?;
         let program = self
             .program(key, rw.command.get_ref())
             .map_err(|e| self.located(e, rw.command.span()))?;

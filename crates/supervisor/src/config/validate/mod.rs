@@ -19,6 +19,8 @@ mod listen;
 mod paths;
 pub(crate) use paths::{creatable_dir, missing_interpreter};
 mod contract;
+mod env;
+pub use env::PROFILE_VAR;
 mod program;
 mod supervisor;
 
@@ -118,6 +120,7 @@ impl Validator<'_> {
                 "no app: add at least one [[app]] with `name` and `command`",
             ));
         }
+        self.profile_exists(&raw.app.iter().collect::<Vec<_>>())?;
         let later = |tables: &[Range<usize>], max: usize| tables.get(max).cloned();
         let app_spans: Vec<Range<usize>> = raw.app.iter().map(|a| a.name.span()).collect();
         self.count(
