@@ -199,3 +199,88 @@ fn env_file_and_the_env_profile_chosen_at_start_are_read_again_by_a_reload() {
         "{text}"
     );
 }
+
+/// Listens on the port given as its first argument, on loopback.
+const PORT_FROM_ARGS: &str = r#"
+const http = require("http");
+http
+  .createServer((req, res) => res.end(`ok pid=${process.pid}\n`))
+  .listen(Number(process.argv[2]), "127.0.0.1", () => process.send("ready"));
+"#;
+
+#[test]
+fn start_script_dash_i_runs_it_clustered_on_the_port_its_listen_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("server.js");
+    std::fs::write(&script, PORT_FROM_ARGS).unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = format!("e2e-{}-script", std::process::id());
+    let supervisor = |args: &[&str]| {
+        let mut c = std::process::Command::new(e2e::bin("supervisor"));
+        c.args(args)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("XDG_STATE_HOME", dir.path().join("state"));
+        c
+    };
+    let log = std::fs::File::create(dir.path().join("supervisor.log")).unwrap();
+    let mut child = supervisor(&[
+        "start",
+        "server.js",
+        "-i",
+        "2",
+        "--name",
+        &name,
+        "--",
+        &port.to_string(),
+    ])
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let text = || std::fs::read_to_string(dir.path().join("supervisor.log")).unwrap_or_default();
+    let pids = wait_for(Duration::from_secs(30), "both workers serving", || {
+        let mut pids = BTreeSet::new();
+        for _ in 0..40 {
+            let (code, body) = get(addr, "/").ok()?;
+            (code == 200).then_some(())?;
+            pids.insert(body.split("pid=").nth(1)?.trim().to_string());
+        }
+        (pids.len() == 2).then_some(pids)
+    });
+    let stop = e2e::run_with_deadline(
+        &mut supervisor(&["stop", "-n", &name]),
+        Duration::from_secs(30),
+    );
+    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Root's state directory is under /var/lib: leave nothing behind.
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/supervisor").join(&name));
+    let pids = pids.unwrap_or_else(|e| panic!("{e}\n{}", text()));
+    let stop = stop.unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let log = text();
+    assert!(
+        log.contains(&format!("listens on port {port}: config written to")),
+        "{log}"
+    );
+    assert!(exited.is_ok(), "{log}");
+    eprintln!("start server.js -i 2: workers {pids:?} on port {port}");
+}

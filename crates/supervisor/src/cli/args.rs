@@ -35,7 +35,8 @@ pub struct Target {
     /// Control socket (default: the config file's, or the running supervisor's).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// The running supervisor of this name (`supervisor ls` lists them).
+    /// The running supervisor of this name (`supervisor ls` lists them); with `start SCRIPT`,
+    /// the name to give it (and its app), as PM2's `--name`.
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
 }
@@ -46,8 +47,15 @@ pub enum Cmd {
     /// Run the supervisor in the foreground (what systemd or Docker runs), or in the background
     /// with `-d`; `start APP` starts an app stopped with `stop APP` again.
     Start {
-        /// Start this app of the running supervisor again (after `stop APP`).
+        /// Start this app of the running supervisor again (after `stop APP`); or a Node script
+        /// (`app.js`, `.mjs`, `.cjs`) to run clustered with no config file, the PM2 way.
         app: Option<String>,
+        /// With a script: how many workers (`max`: one per CPU).
+        #[arg(short = 'i', long = "instances", value_name = "N|max")]
+        instances: Option<String>,
+        /// With a script: its arguments (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        script_args: Vec<String>,
         /// Run in the background: return once every app's first workers are ready (or exit 1
         /// with the reason, nothing left running); the supervisor logs to `supervisor.log` in
         /// its log directory.

@@ -1,7 +1,8 @@
 //! Command line: `start | check | status | ls | reload | restart | scale | stop | reset | jobs |
 //! upgrade | startup`, by phase: `args` parses (clap), `target` says which supervisor a client
 //! command talks to, one function per command runs it (`check`, the control socket's client
-//! commands in `commands`, `jobs`, `detach` for `start -d`, `startup` for the systemd unit),
+//! commands in `commands`, `jobs`, `detach` for `start -d`, `script` for `start app.js -i max`,
+//! `startup` for the systemd unit),
 //! and `render` (with `table`) turns the answers into text for people; `--json` prints them for
 //! scripts. Each command picks its exit code.
 
@@ -11,6 +12,7 @@ mod commands;
 mod detach;
 mod jobs;
 mod render;
+mod script;
 mod startup;
 mod table;
 mod target;
@@ -41,7 +43,7 @@ pub fn parse() -> Cli {
 pub type SignalInstaller = fn() -> std::io::Result<mpsc::Receiver<Command>>;
 
 /// Runs a client command or the supervisor; `start` calls `signals` inside the runtime.
-pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
+pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
     if let Cmd::Start {
         env_profile: Some(profile),
         ..
@@ -56,11 +58,37 @@ pub fn run(cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         // SAFETY: no other thread exists yet: the runtime is built below, and main started none.
         unsafe { std::env::set_var(crate::config::PROFILE_VAR, profile) };
     }
+    // `start app.js -i max`: the config is written from the script (its port discovered), then
+    // started like any other.
+    let mut written: Option<PathBuf> = None;
+    if let Cmd::Start {
+        app,
+        instances,
+        script_args,
+        target,
+        ..
+    } = &mut cli.command
+    {
+        if let Some(script) = app.as_deref().filter(|a| script::is_script(a)) {
+            let plan = script::Plan::new(
+                script,
+                instances.as_deref(),
+                target.name.take().as_deref(),
+                script_args,
+            )?;
+            written = Some(script::write_config(&plan)?);
+            *app = None;
+        } else if instances.is_some() || !script_args.is_empty() {
+            anyhow::bail!(
+                "-i and -- ARGS go with a script to run (`supervisor start app.js -i max`)"
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot build the async runtime")?;
-    let given = cli.config.clone();
+    let given = written.or_else(|| cli.config.clone());
     let file = || -> PathBuf {
         given
             .clone()

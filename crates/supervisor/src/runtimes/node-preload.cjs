@@ -27,6 +27,28 @@
 // as children the app spawns with the same NODE_OPTIONS.
 "use strict";
 
+// `supervisor start app.js` with no config: run once with SUPERVISOR_DISCOVER=1 to learn which
+// port (or path) the app's first listen() asks for; it prints it and exits before listening.
+(function supervisorDiscover() {
+  if (process.env.SUPERVISOR_DISCOVER !== "1") return;
+  const fs = require("fs");
+  const net = require("net");
+  net.Server.prototype.listen = function discoverListen(...args) {
+    const first = args[0];
+    let want = { port: 0 };
+    if (first !== null && typeof first === "object") {
+      if (typeof first.path === "string" && first.path !== "") want = { path: first.path };
+      else want = { port: Number(first.port || 0), host: typeof first.host === "string" ? first.host : undefined };
+    } else if (typeof first === "string" && !(Number(first) >= 0)) {
+      want = { path: first };
+    } else if (typeof first === "number" || typeof first === "string") {
+      want = { port: Number(first), host: typeof args[1] === "string" ? args[1] : undefined };
+    }
+    fs.writeSync(1, `\nsupervisor-discover: ${JSON.stringify(want)}\n`);
+    process.exit(0);
+  };
+})();
+
 (function supervisorPreload() {
   const env = process.env;
   if (!env.LISTEN_PID || Number(env.LISTEN_PID) !== process.pid) return;

@@ -1,0 +1,307 @@
+//! `supervisor start app.js -i max`: a Node script run clustered with no config file, the way
+//! PM2 users start one. The port is the one the app's own `listen()` asks for: the script is run
+//! once with the preload in discovery mode (it prints what the first `listen()` asks for and
+//! exits before listening), then a config is written (into the app's state directory, printed,
+//! so that the next step is a file: edit it, `supervisor reload`) and started like any other.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long the discovery run may take to reach its `listen()`.
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether a `start` argument is a script to run rather than an app of a running supervisor.
+pub(super) fn is_script(arg: &str) -> bool {
+    [".js", ".mjs", ".cjs"].iter().any(|ext| arg.ends_with(ext))
+}
+
+/// What to run: the script, its workers, its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// The script (absolute).
+    pub script: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Workers; 0 is one per CPU (`-i max`).
+    pub instances: usize,
+    /// The app's and the supervisor's name.
+    pub name: String,
+}
+
+impl Plan {
+    /// Reads `start SCRIPT [-i N|max] [--name NAME] [-- ARGS]`.
+    pub(super) fn new(
+        script: &str,
+        instances: Option<&str>,
+        name: Option<&str>,
+        args: &[String],
+    ) -> Result<Plan> {
+        let path = std::path::absolute(script)?;
+        if !path.is_file() {
+            bail!("{}: no such script", path.display());
+        }
+        let instances = match instances {
+            None => 1,
+            Some("max" | "0" | "-1") => 0,
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= crate::config::MAX_INSTANCES)
+                .with_context(|| {
+                    format!(
+                        "-i {n}: a number of workers (1 to {}) or `max`",
+                        crate::config::MAX_INSTANCES
+                    )
+                })?,
+        };
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => name_of(&path),
+        };
+        Ok(Plan {
+            script: path,
+            args: args.to_vec(),
+            instances,
+            name,
+        })
+    }
+}
+
+/// A name from the script's file name: `server.js` is `server`, `index.js` its directory's name
+/// (`~/shop/index.js` is `shop`), in the characters a name may have.
+fn name_of(script: &Path) -> String {
+    let stem = script.file_stem().and_then(|s| s.to_str()).unwrap_or("app");
+    let base = if stem == "index" || stem == "main" {
+        script
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|d| d.to_str())
+            .unwrap_or(stem)
+    } else {
+        stem
+    };
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    let clean = clean.trim_start_matches(['-', '_']).to_owned();
+    if clean.is_empty() {
+        "app".into()
+    } else {
+        clean
+    }
+}
+
+/// What the app's first `listen()` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Wanted {
+    /// A TCP port, on this host (`None`: every interface, Node's default).
+    Port(u16, Option<String>),
+    /// A Unix socket path.
+    Path(String),
+}
+
+/// Reads the discovery line the preload prints (`supervisor-discover: {...}`).
+fn parse_discovery(line: &str) -> Option<Wanted> {
+    let json = line.strip_prefix("supervisor-discover: ")?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    if let Some(p) = v["path"].as_str() {
+        return Some(Wanted::Path(p.to_owned()));
+    }
+    let port = u16::try_from(v["port"].as_u64()?).ok()?;
+    Some(Wanted::Port(port, v["host"].as_str().map(str::to_owned)))
+}
+
+/// Runs the script once with the preload in discovery mode and returns what it listens on.
+fn discover(plan: &Plan) -> Result<Wanted> {
+    let base = crate::rundir::base().context("no private runtime directory for this user")?;
+    let dir = base.join(format!("discover-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let preload = dir.join("node-preload.cjs");
+    let result = (|| {
+        std::fs::write(&preload, crate::runtimes::NODE_PRELOAD)?;
+        let mut child = Command::new("node")
+            .arg("--require")
+            .arg(&preload)
+            .arg(&plan.script)
+            .args(&plan.args)
+            .env("SUPERVISOR_DISCOVER", "1")
+            .env("PORT", "3000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .context("cannot run node (is Node installed and on PATH?)")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(w) = parse_discovery(&line) {
+                    let _ = tx.send(w);
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + DISCOVER_TIMEOUT;
+        let found = loop {
+            if let Ok(w) = rx.recv_timeout(Duration::from_millis(50)) {
+                break Some(w);
+            }
+            if child.try_wait()?.is_some() || Instant::now() > deadline {
+                break rx.try_recv().ok();
+            }
+        };
+        // SAFETY: a plain syscall on the discovery run's own process group (it was made its
+        // leader above), whatever it started is killed with it.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        found.with_context(|| {
+            format!(
+                "{} never called listen() (within {}): nothing to serve; for an app that \
+                 listens later or on a port it reads, write a config (`supervisor check` \
+                 explains it)",
+                plan.script.display(),
+                crate::units::span(DISCOVER_TIMEOUT)
+            )
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The config of `plan` listening as `wanted`, with comments: what `start` writes.
+pub(super) fn config_text(plan: &Plan, wanted: &Wanted) -> String {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let args: Vec<String> = std::iter::once(plan.script.display().to_string())
+        .chain(plan.args.iter().cloned())
+        .map(|a| q(&a))
+        .collect();
+    let listen = match wanted {
+        Wanted::Port(port, host) => {
+            let host = match host.as_deref() {
+                None | Some("::" | "0.0.0.0" | "") => "0.0.0.0".to_owned(),
+                // An IPv6 host is bracketed in an address (`[::1]:3000`); Node gives it bare.
+                Some(h) if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+                Some(h) => h.to_owned(),
+            };
+            format!("address = {}", q(&format!("{host}:{port}")))
+        }
+        Wanted::Path(p) => format!("path = {}", q(p)),
+    };
+    let cwd = std::env::current_dir()
+        .map(|d| format!("cwd = {}\n", q(&d.display().to_string())))
+        .unwrap_or_default();
+    let instances = if plan.instances == 0 {
+        "0                 # one worker per CPU (`-i max`)".to_owned()
+    } else {
+        plan.instances.to_string()
+    };
+    format!(
+        "# Written by `supervisor start {script}`: edit it, then `supervisor reload -c THIS_FILE`.\n\
+         [supervisor]\nname = {name}\n\n\
+         [[app]]\nname = {name}\ncommand = \"node\"\nargs = [{args}]\n{cwd}instances = {instances}\n\
+         # wait_ready = true     # ready at process.send('ready'), not at listen()\n\
+         # kill_signal = \"SIGINT\" # what PM2 sends; SIGTERM by default\n\n\
+         [[app.listen]]         # the port the app's listen() asked for\n{listen}\n",
+        script = plan.script.display(),
+        name = q(&plan.name),
+        args = args.join(", "),
+    )
+}
+
+/// Discovers the port, writes the config into the app's state directory and returns its path.
+pub(super) fn write_config(plan: &Plan) -> Result<PathBuf> {
+    let wanted = discover(plan)?;
+    let env = crate::rundir::Env::current();
+    let dir = crate::rundir::state_dir_for(&env, &plan.name)
+        .context("no home directory to keep the config in")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("supervisor.toml");
+    std::fs::write(&path, config_text(plan, &wanted))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "supervisor: {} listens on {}: config written to {} (edit it, then `supervisor reload`)",
+        plan.script.display(),
+        match &wanted {
+            Wanted::Port(p, _) => format!("port {p}"),
+            Wanted::Path(p) => p.clone(),
+        },
+        path.display()
+    );
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_names_and_the_discovery_line() {
+        assert!(is_script("index.js") && is_script("./srv/app.mjs") && is_script("a.cjs"));
+        assert!(!is_script("web") && !is_script("api.json"));
+        assert_eq!(name_of(Path::new("/srv/shop/index.js")), "shop");
+        assert_eq!(name_of(Path::new("/srv/shop/api server.js")), "api-server");
+        assert_eq!(
+            parse_discovery(r#"supervisor-discover: {"port":3000}"#),
+            Some(Wanted::Port(3000, None))
+        );
+        assert_eq!(
+            parse_discovery(r#"supervisor-discover: {"port":8080,"host":"127.0.0.1"}"#),
+            Some(Wanted::Port(8080, Some("127.0.0.1".into())))
+        );
+        assert_eq!(
+            parse_discovery(r#"supervisor-discover: {"path":"/run/app.sock"}"#),
+            Some(Wanted::Path("/run/app.sock".into()))
+        );
+        assert_eq!(parse_discovery("App listening on port 3000"), None);
+    }
+
+    #[test]
+    fn the_written_config_is_one_the_loader_takes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let script = dir.path().join("index.js");
+        std::fs::write(&script, "").unwrap_or_else(|e| panic!("{e}"));
+        let plan = Plan::new(
+            script.to_str().unwrap_or_default(),
+            Some("max"),
+            Some("shop"),
+            &["--flag".into()],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = config_text(&plan, &Wanted::Port(3000, None));
+        let path = dir.path().join("supervisor.toml");
+        let c = crate::config::Config::from_text(&path, &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.name, "shop");
+        let app = &c.apps[0];
+        assert_eq!(
+            app.worker.args,
+            [script.display().to_string(), "--flag".into()]
+        );
+        assert!(app.worker.instances >= 1, "max: one per CPU");
+        assert_eq!(app.listeners[0].addr.to_string(), "0.0.0.0:3000");
+        assert!(Plan::new(script.to_str().unwrap_or_default(), Some("lots"), None, &[]).is_err());
+    }
+}
