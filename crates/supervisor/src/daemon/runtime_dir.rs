@@ -118,16 +118,7 @@ fn lock(dir: &Path) -> std::io::Result<File> {
 /// Takes the exclusive lock on `file` without waiting: `Ok(false)` when another open file
 /// holds it.
 fn try_flock(file: &File) -> std::io::Result<bool> {
-    // SAFETY: flock(2) on a descriptor `file` owns for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
+    crate::sys::lock::try_lock(file, crate::sys::lock::Lock::Exclusive)
 }
 
 /// Removes the runtime directories in `base` of supervisors of this user that died without
