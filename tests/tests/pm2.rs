@@ -284,3 +284,52 @@ fn start_script_dash_i_runs_it_clustered_on_the_port_its_listen_asks_for() {
     assert!(exited.is_ok(), "{log}");
     eprintln!("start server.js -i 2: workers {pids:?} on port {port}");
 }
+
+#[test]
+fn init_writes_the_config_start_would_run_and_check_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.js"), PORT_FROM_ARGS).unwrap();
+    let run = |args: &[&str]| {
+        e2e::run_with_deadline(
+            std::process::Command::new(e2e::bin("supervisor"))
+                .args(args)
+                .current_dir(dir.path()),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let out = run(&[
+        "init",
+        "server.js",
+        "-i",
+        "max",
+        "--name",
+        "shop",
+        "--",
+        "4567",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("supervisor.toml")).unwrap();
+    assert!(text.contains("address = \"127.0.0.1:4567\""), "{text}");
+    assert!(
+        text.contains("name = \"shop\"") && text.contains("one worker per CPU"),
+        "{text}"
+    );
+    let out = run(&["check", "-c", "supervisor.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listen:         listen0 127.0.0.1:4567")
+    );
+    // Never over a file that exists.
+    let out = run(&["init", "server.js", "--", "4567"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("supervisor.toml exists"));
+}

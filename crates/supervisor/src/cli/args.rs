@@ -223,6 +223,24 @@ pub enum Cmd {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Write the config that runs a Node script clustered (what `start app.js` runs), its port
+    /// discovered from the app's own listen(), commented, to edit and `start -c`.
+    Init {
+        /// The script (`.js`, `.mjs`, `.cjs`).
+        script: String,
+        /// How many workers (`max`: one per CPU).
+        #[arg(short = 'i', long = "instances", value_name = "N|max")]
+        instances: Option<String>,
+        /// The app's and the supervisor's name; default the script's name.
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
+        name: Option<String>,
+        /// Where to write it (refused if it exists).
+        #[arg(short = 'o', long = "output", default_value = "supervisor.toml")]
+        output: PathBuf,
+        /// The script's arguments (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        script_args: Vec<String>,
+    },
     /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
     Jobs {
         /// Which supervisor.

@@ -1,5 +1,5 @@
-//! Command line: `start | check | status | ls | reload | restart | scale | stop | reset | jobs |
-//! upgrade | startup`, by phase: `args` parses (clap), `target` says which supervisor a client
+//! Command line: `start | check | init | status | ls | reload | restart | scale | stop | reset |
+//! jobs | upgrade | startup`, by phase: `args` parses (clap), `target` says which supervisor a client
 //! command talks to, one function per command runs it (`check`, the control socket's client
 //! commands in `commands`, `jobs`, `detach` for `start -d`, `script` for `start app.js -i max`,
 //! `startup` for the systemd unit),
@@ -145,6 +145,22 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
             }
             Cmd::Check { json, .. } => check::check(&file(), json).await,
             Cmd::Ls { json } => target::ls(json).await,
+            Cmd::Init {
+                script,
+                instances,
+                name,
+                output,
+                script_args,
+            } => {
+                let plan = script::Plan::new(
+                    &script,
+                    instances.as_deref(),
+                    name.as_deref(),
+                    &script_args,
+                )?;
+                script::init(&plan, &output)?;
+                Ok(ExitCode::SUCCESS)
+            }
             Cmd::Startup { install, user } => startup::startup(&file(), install, user.as_deref()),
             Cmd::Status {
                 app,

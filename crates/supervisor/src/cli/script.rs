@@ -1,8 +1,9 @@
 //! `supervisor start app.js -i max`: a Node script run clustered with no config file, the way
-//! PM2 users start one. The port is the one the app's own `listen()` asks for: the script is run
-//! once with the preload in discovery mode (it prints what the first `listen()` asks for and
-//! exits before listening), then a config is written (into the app's state directory, printed,
-//! so that the next step is a file: edit it, `supervisor reload`) and started like any other.
+//! PM2 users start one, and `supervisor init app.js`: the same config, written to edit. The port
+//! is the one the app's own `listen()` asks for: the script is run once with the preload in
+//! discovery mode (it prints what the first `listen()` asks for and exits before listening),
+//! then a config is written (for `start`, into the app's state directory, printed, so that the
+//! next step is a file: edit it, `supervisor reload`) and started like any other.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::DirBuilderExt;
@@ -225,6 +226,25 @@ pub(super) fn config_text(plan: &Plan, wanted: &Wanted) -> String {
         name = q(&plan.name),
         args = args.join(", "),
     )
+}
+
+/// `supervisor init`: the same config as `start SCRIPT` would write, to `output` (never over a
+/// file that exists).
+pub(super) fn init(plan: &Plan, output: &Path) -> Result<()> {
+    if output.exists() {
+        bail!(
+            "{} exists: not overwritten (give another with -o FILE)",
+            output.display()
+        );
+    }
+    let wanted = discover(plan)?;
+    std::fs::write(output, config_text(plan, &wanted))
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "{} written: `supervisor check -c {0}`, then `supervisor start -c {0}` (-d for the background)",
+        output.display()
+    );
+    Ok(())
 }
 
 /// Discovers the port, writes the config into the app's state directory and returns its path.
