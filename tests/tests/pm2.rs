@@ -333,3 +333,95 @@ fn init_writes_the_config_start_would_run_and_check_accepts_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("supervisor.toml exists"));
 }
+
+/// Records the job requests it gets (and whether the secret reached it) in `$JOBS_FILE`.
+const TAKES_JOBS: &str = r#"
+const fs = require("fs");
+const http = require("http");
+http
+  .createServer((req, res) => {
+    if (req.url === "/tasks/report") {
+      const h = req.headers;
+      fs.appendFileSync(
+        process.env.JOBS_FILE,
+        `job ${h["supervisor-job-name"]} token=${h["supervisor-job-token"]} secret-seen=${"supervisor-job-secret" in h}\n`,
+      );
+    }
+    res.end("ok\n");
+  })
+  .listen(process.env.PORT);
+"#;
+
+/// Sends one request with `headers` and returns the status code.
+fn status_with_headers(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+#[test]
+fn job_requests_carry_the_secret_and_a_forged_one_gets_403_before_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.log");
+    let extra = format!(
+        "env = {{ JOBS_FILE = \"{}\" }}\n\n\
+         [[job]]\nname = \"report\"\nschedule = \"* * * * * *\"\nhttp = \"POST /tasks/report\"\napp = \"web\"\n",
+        jobs.display()
+    );
+    let s = Supervisor::start(&app(dir.path(), "jobs.js", TAKES_JOBS, &extra), 2).unwrap();
+    let addr = s.addr().unwrap();
+    // The supervisor's own requests reach the app, without the secret header.
+    let line = wait_for(Duration::from_secs(15), "a job request", || {
+        let text = std::fs::read_to_string(&jobs).unwrap_or_default();
+        text.lines().next().map(str::to_owned)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert!(line.starts_with("job report token="), "{line}");
+    assert!(line.ends_with("secret-seen=false"), "{line}");
+    // Forged: job headers without the secret, or with a wrong one; never seen by the app.
+    let wrong = "0".repeat(64);
+    for headers in [
+        vec![
+            ("Supervisor-Job-Name", "report"),
+            ("Supervisor-Job-Token", "forged-1"),
+        ],
+        vec![
+            ("Supervisor-Job-Name", "report"),
+            ("Supervisor-Job-Secret", wrong.as_str()),
+        ],
+        vec![("supervisor-job-token", "forged-2")],
+    ] {
+        assert_eq!(
+            status_with_headers(addr, "/tasks/report", &headers),
+            403,
+            "{headers:?}"
+        );
+    }
+    // A plain request is the app's.
+    assert_eq!(status_with_headers(addr, "/tasks/report", &[]), 200);
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    assert!(
+        !text.contains("forged"),
+        "a forged request reached the app: {text}"
+    );
+    assert!(
+        s.log_text()
+            .contains("claiming to be a supervisor job without its secret"),
+        "{}",
+        s.log_text()
+    );
+}

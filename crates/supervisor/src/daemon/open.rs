@@ -125,6 +125,7 @@ pub(super) fn open(
             bound.get(i)?.first()
         }),
         own_children.clone(),
+        runtime_dir.files.job_secret(),
     )
     .map_err(|cause| StartupError::Jobs {
         path: config.path.clone(),

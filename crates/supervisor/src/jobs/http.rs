@@ -1,6 +1,8 @@
 //! One run of a `[[job]] http`: a request to the app through its own first listener (so any
 //! ready worker of the app answers it, on this host), carrying the job's name, tick and fencing
-//! token as `Supervisor-Job-*` headers. 2xx is `ok`; anything else, no answer within the
+//! token as `Supervisor-Job-*` headers, and the supervisor's secret
+//! ([`crate::runtimes::JOB_SECRET_HEADER`]), which the workers have in their environment: the
+//! proof that the request is the supervisor's. 2xx is `ok`; anything else, no answer within the
 //! timeout, or a cancelled run (lease lost, supervisor stopping) is `failed` with the reason.
 
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct HttpJob {
     pub target: Target,
     /// The request is cancelled after this long.
     pub timeout: Duration,
+    /// The supervisor's job secret.
+    pub secret: Arc<str>,
 }
 
 impl Runner for HttpJob {
@@ -88,7 +92,8 @@ async fn send(job: &HttpJob, ctx: &JobContext) -> Result<(), String> {
         .method(job.method.as_str())
         .uri(job.path.as_str())
         .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "supervisor-job");
+        .header(http::header::USER_AGENT, "supervisor-job")
+        .header(crate::runtimes::JOB_SECRET_HEADER, &*job.secret);
     if job.method != "GET" && job.method != "HEAD" {
         builder = builder.header(http::header::CONTENT_LENGTH, "0");
     }
@@ -168,6 +173,7 @@ mod tests {
             app: "web".into(),
             target: Target::Tcp(addr),
             timeout,
+            secret: "s3cret".into(),
         })
     }
 
@@ -214,6 +220,7 @@ mod tests {
             "supervisor-job-tick: 2026-11-30t02:30:00.000z",
             "supervisor-job-token: 7",
             "supervisor-job-run: 2026-11-30t02:30:00.000z",
+            "supervisor-job-secret: s3cret",
             "content-length: 0",
         ] {
             assert!(req.contains(&format!("\r\n{h}\r\n")), "{h}: {req}");

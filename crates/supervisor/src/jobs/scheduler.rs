@@ -75,7 +75,12 @@ pub fn prepare<'a>(
 
 /// The cronlock job of a prepared `[[job]]` (`None` for an http job without a target, which
 /// [`prepare`] never yields); a command lists its runs' pids in `children`.
-fn cron_job(p: &PreparedJob, stops: &Stops, children: &OwnChildren) -> Option<Job> {
+fn cron_job(
+    p: &PreparedJob,
+    stops: &Stops,
+    children: &OwnChildren,
+    secret: &Arc<str>,
+) -> Option<Job> {
     let c = &p.config;
     match (&c.action, &p.target) {
         (
@@ -110,6 +115,7 @@ fn cron_job(p: &PreparedJob, stops: &Stops, children: &OwnChildren) -> Option<Jo
                 app: app.clone(),
                 target: target.clone(),
                 timeout: c.timeout,
+                secret: Arc::clone(secret),
             },
             stops,
         )),
@@ -146,6 +152,8 @@ pub struct ConfigJobs {
     stops: Stops,
     /// The shell's own children, where every command run lists its pid.
     children: OwnChildren,
+    /// What every http job's request carries ([`crate::runtimes::JOB_SECRET_HEADER`]).
+    secret: Arc<str>,
     /// The longest `kill_timeout` of any job started so far: what a stop waits before stopping
     /// running commands.
     longest_kill: Duration,
@@ -161,6 +169,7 @@ impl ConfigJobs {
         cron_url: &str,
         jobs: Vec<PreparedJob>,
         children: OwnChildren,
+        secret: &str,
     ) -> Result<ConfigJobs, cronlock::Error> {
         let mut me = ConfigJobs {
             cron_url: cron_url.to_string(),
@@ -169,6 +178,7 @@ impl ConfigJobs {
             retiring: Vec::new(),
             stops: Stops::default(),
             children,
+            secret: secret.into(),
             longest_kill: Duration::ZERO,
             stopping: false,
             stats: Vec::new(),
@@ -191,7 +201,7 @@ impl ConfigJobs {
         };
         let mut scheduler = Scheduler::new(backend, Identity::current());
         for p in &jobs {
-            if let Some(job) = cron_job(p, &self.stops, &self.children) {
+            if let Some(job) = cron_job(p, &self.stops, &self.children, &self.secret) {
                 scheduler.add(job)?;
             }
             self.longest_kill = self.longest_kill.max(p.config.kill_timeout);

@@ -20,18 +20,50 @@ use crate::sys::listeners::BoundListener;
 /// The Node preload, as shipped.
 pub const NODE_PRELOAD: &str = include_str!("node-preload.cjs");
 
-/// The runtime files, written into the supervisor's private runtime directory.
-#[derive(Debug, Clone)]
+/// The variable that gives every worker the supervisor's job secret.
+pub const JOB_SECRET_VAR: &str = "SUPERVISOR_JOB_SECRET";
+
+/// The header that carries it on every `[[job]] http` request.
+pub const JOB_SECRET_HEADER: &str = "Supervisor-Job-Secret";
+
+/// The runtime files, written into the supervisor's private runtime directory, and the job
+/// secret kept there.
+#[derive(Clone)]
 pub struct RuntimeFiles {
     node_preload: PathBuf,
+    /// This supervisor's secret (64 hex digits): every `[[job]] http` request carries it in
+    /// [`JOB_SECRET_HEADER`], every worker has it in [`JOB_SECRET_VAR`], so an app (the Node
+    /// preload for a Node app) can tell a request of the supervisor's from one that only claims
+    /// to be. Kept in the runtime directory (`job-secret`, mode 0600), which an in-place upgrade
+    /// adopts: the workers it keeps and the new binary agree on it.
+    job_secret: String,
+}
+
+impl std::fmt::Debug for RuntimeFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeFiles")
+            .field("node_preload", &self.node_preload)
+            .field("job_secret", &"(secret)")
+            .finish()
+    }
 }
 
 impl RuntimeFiles {
-    /// Writes the runtime files into `dir` (private to the supervisor's user: mode 0700).
+    /// Writes the runtime files into `dir` (private to the supervisor's user: mode 0700), and
+    /// reads the job secret there or makes one.
     pub fn install(dir: &Path) -> std::io::Result<RuntimeFiles> {
         let node_preload = dir.join("node-preload.cjs");
         std::fs::write(&node_preload, NODE_PRELOAD)?;
-        Ok(RuntimeFiles { node_preload })
+        let job_secret = job_secret(&dir.join("job-secret"))?;
+        Ok(RuntimeFiles {
+            node_preload,
+            job_secret,
+        })
+    }
+
+    /// The secret every `[[job]] http` request carries.
+    pub fn job_secret(&self) -> &str {
+        &self.job_secret
     }
 
     /// Adds what `runtime` needs to a worker's environment. `env` holds the supervisor's own
@@ -43,6 +75,7 @@ impl RuntimeFiles {
         app_env: &BTreeMap<String, String>,
         listeners: &[BoundListener],
     ) {
+        env.insert(JOB_SECRET_VAR.into(), self.job_secret.clone());
         match runtime {
             Runtime::None => {}
             Runtime::Node => {
@@ -62,6 +95,30 @@ impl RuntimeFiles {
             }
         }
     }
+}
+
+/// The secret in `path`, or a new one written there (mode 0600): 32 bytes of the kernel's
+/// randomness, in hex.
+fn job_secret(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let text = text.trim();
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(text.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(secret.as_bytes())?;
+    Ok(secret)
 }
 
 /// What a worker of `runtime` that was never ready most likely did, for the ready-timeout message.
@@ -105,6 +162,7 @@ mod tests {
     fn files() -> RuntimeFiles {
         RuntimeFiles {
             node_preload: PathBuf::from("/run/sup 1/node-preload.cjs"),
+            job_secret: "ab".repeat(32),
         }
     }
 
@@ -123,10 +181,33 @@ mod tests {
     }
 
     #[test]
-    fn no_runtime_adds_nothing() {
+    fn no_runtime_adds_only_the_job_secret() {
         let mut env = BTreeMap::new();
         files().apply(Runtime::None, &mut env, &BTreeMap::new(), &[]);
-        assert!(env.is_empty());
+        assert_eq!(env.keys().collect::<Vec<_>>(), [JOB_SECRET_VAR]);
+    }
+
+    #[test]
+    fn the_job_secret_is_kept_across_installs_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = RuntimeFiles::install(dir.path()).unwrap();
+        let b = RuntimeFiles::install(dir.path()).unwrap();
+        assert_eq!(
+            a.job_secret(),
+            b.job_secret(),
+            "an upgrade adopts the secret"
+        );
+        assert_eq!(a.job_secret().len(), 64);
+        let mode = std::fs::metadata(dir.path().join("job-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = tempfile::tempdir().unwrap();
+        let c = RuntimeFiles::install(other.path()).unwrap();
+        assert_ne!(a.job_secret(), c.job_secret(), "one secret per supervisor");
+        assert!(!format!("{a:?}").contains(a.job_secret()), "never logged");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on,
 //    and, with `wait_ready` (PM2's name; SUPERVISOR_WAIT_READY=1), once the app has also called
 //    `process.send('ready')`;
+//  - a request with Supervisor-Job-* headers but not the supervisor's job secret is answered 403
+//    before the app sees it (a `[[job]] http` request is the supervisor's only);
 //  - PM2's app protocol without PM2's IPC channel: `process.send` exists and never throws (an
 //    app written to PM2's docs calls it unguarded), `NODE_APP_INSTANCE` is the worker's slot;
 //  - the drain signal (SIGTERM, or the app's `kill_signal`: SUPERVISOR_KILL_SIGNAL, e.g. SIGINT
@@ -285,6 +287,45 @@
       socket.once("close", () => conns.delete(socket));
     });
     server.prependListener("request", onRequest);
+    // A request that claims to be a `[[job]] http` run without the supervisor's secret is
+    // answered 403 here: the app never sees it.
+    const appEmit = server.emit;
+    server.emit = function emit(event, ...args) {
+      if (event === "request" && forgedJob(args[0], args[1])) return true;
+      return appEmit.call(this, event, ...args);
+    };
+  }
+
+  // ---- job requests the app can trust ----
+  // The supervisor's `[[job]] http` requests carry Supervisor-Job-Name/-Tick/-Token/-Run and
+  // Supervisor-Job-Secret, the secret every worker has in SUPERVISOR_JOB_SECRET. A request with
+  // any Supervisor-Job-* header and a wrong or missing secret is refused (403) before the app's
+  // handlers run; a genuine one reaches the app with the secret header removed (so no access
+  // log writes it down): in a Node app, Supervisor-Job-* headers are the supervisor's.
+  const crypto = require("crypto");
+  const jobSecret = Buffer.from(env.SUPERVISOR_JOB_SECRET || "");
+  let forged = 0;
+  function forgedJob(req, res) {
+    const headers = req && req.headers;
+    if (!headers || !Object.keys(headers).some((k) => k.startsWith("supervisor-job-"))) return false;
+    const given = Buffer.from(String(headers["supervisor-job-secret"] || ""));
+    if (jobSecret.length > 0 && given.length === jobSecret.length && crypto.timingSafeEqual(given, jobSecret)) {
+      delete headers["supervisor-job-secret"];
+      const raw = req.rawHeaders;
+      for (let i = raw.length - 2; i >= 0; i -= 2) {
+        if (String(raw[i]).toLowerCase() === "supervisor-job-secret") raw.splice(i, 2);
+      }
+      return false;
+    }
+    forged += 1;
+    if (forged === 1 || forged % 1000 === 0) {
+      const from = (req.socket && req.socket.remoteAddress) || "?";
+      log(`refused ${forged === 1 ? "a request" : `${forged} requests`} claiming to be a supervisor job without its secret (403; latest from ${from}, ${req.method} ${req.url})`);
+    }
+    if (draining) res.shouldKeepAlive = false;
+    res.writeHead(403, { "content-type": "text/plain; charset=utf-8" });
+    res.end("forbidden: Supervisor-Job-* headers without the supervisor's secret\n");
+    return true;
   }
 
   function onRequest(req, res) {
