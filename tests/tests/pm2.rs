@@ -425,3 +425,92 @@ fn job_requests_carry_the_secret_and_a_forged_one_gets_403_before_the_app() {
         s.log_text()
     );
 }
+
+fn ready_pids(s: &Supervisor) -> BTreeSet<i32> {
+    s.ready_workers()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w.pid)
+        .collect()
+}
+
+#[test]
+fn a_touched_file_reloads_a_watched_app_with_no_failed_request_and_ignored_files_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "cwd = \"{}\"\nwatch = true\nignore_watch = [\"*.log\"]\nwatch_delay = \"300ms\"\n",
+        dir.path().display()
+    );
+    let s = Supervisor::start(&app(dir.path(), "app.js", SENDS_READY, &extra), 2).unwrap();
+    let first = ready_pids(&s);
+    assert_eq!(first.len(), 2);
+    let load = e2e::Load::start(
+        s.addr().unwrap(),
+        "/",
+        2,
+        &[ConnMode::KeepAlive, ConnMode::PerRequest],
+    );
+    // Ignored: a log written beside the app, and anything under node_modules or a dot directory.
+    std::fs::write(dir.path().join("debug.log"), "a line\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("node_modules/x")).unwrap();
+    std::fs::write(dir.path().join("node_modules/x/index.js"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ready_pids(&s), first, "an ignored file reloaded the app");
+    // The app's own file: a rolling reload (both workers replaced, one at a time).
+    let script = dir.path().join("app.js");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str("// edited\n");
+    std::fs::write(&script, text).unwrap();
+    let replaced = wait_for(Duration::from_secs(20), "both workers replaced", || {
+        let now = ready_pids(&s);
+        (now.len() == 2 && now.is_disjoint(&first)).then_some(now)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    replaced.unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(report.ok > 20, "{report:?}");
+    let log = s.log_text();
+    assert!(
+        log.contains("watch: app.js changed: rolling reload"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("changed: rolling reload").count(),
+        1,
+        "one reload: {log}"
+    );
+}
+
+#[test]
+fn cron_restart_reloads_the_app_on_its_schedule_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Supervisor::start(
+        &app(
+            dir.path(),
+            "app.js",
+            SENDS_READY,
+            "cron_restart = \"*/2 * * * * *\"\n",
+        ),
+        2,
+    )
+    .unwrap();
+    let load = e2e::Load::start(s.addr().unwrap(), "/", 2, &[ConnMode::KeepAlive]);
+    let mut generations = vec![ready_pids(&s)];
+    let seen = wait_for(Duration::from_secs(20), "3 reloads by the schedule", || {
+        let now = ready_pids(&s);
+        if now.len() == 2 && generations.iter().all(|g| g.is_disjoint(&now)) {
+            generations.push(now);
+        }
+        (generations.len() >= 4).then(|| generations.clone())
+    });
+    let report = load.stop();
+    let seen = seen.unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(
+        s.log_text().contains("cron_restart \"*/2 * * * * *\""),
+        "{}",
+        s.log_text()
+    );
+    eprintln!("cron_restart: generations {seen:?}");
+}

@@ -41,5 +41,6 @@ pub(crate) mod runtimes;
 pub(crate) mod sys;
 pub(crate) mod units;
 pub(crate) mod upgrade;
+pub(crate) mod watch;
 
 pub use daemon::Command;

@@ -57,6 +57,13 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
                     "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
                     "cron_backend": a.worker.cron_backend,
+                    "watch": a.triggers.watch.as_ref().map(|w| serde_json::json!({
+                        "paths": w.paths, "ignore": w.ignore,
+                        "delay_ms": w.delay.as_millis() as u64,
+                    })),
+                    "cron_restart": a.triggers.cron_restart.as_ref().map(|c| serde_json::json!({
+                        "schedule": c.expr, "timezone": c.timezone,
+                    })),
                 })
             })
             .collect();
@@ -115,6 +122,25 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
                 "  scope:          cluster (lease ttl {}, standby poll {})",
                 units::span(p.lease_ttl),
                 units::span(p.standby_poll)
+            );
+        }
+        if let Some(w) = &app.triggers.watch {
+            let paths: Vec<String> = w.paths.iter().map(|p| p.display().to_string()).collect();
+            let ignore = if w.ignore.is_empty() {
+                String::new()
+            } else {
+                format!(", ignoring {}", w.ignore.join(" "))
+            };
+            println!(
+                "  watch:          {} (reload {} after the last change{ignore})",
+                paths.join(", "),
+                units::span(w.delay)
+            );
+        }
+        if let Some(c) = &app.triggers.cron_restart {
+            println!(
+                "  cron_restart:   {} ({}): rolling reload",
+                c.expr, c.timezone
             );
         }
         if let Some(max) = app.memory.max_bytes {

@@ -22,8 +22,9 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness,
-    ReloadPolicy, RestartPolicy, Runtime, SingletonPolicy, WorkerSpec,
+    CronRestart, JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES, MemoryPolicy,
+    Readiness, ReloadPolicy, ReloadTriggers, RestartPolicy, Runtime, SingletonPolicy, WatchPolicy,
+    WorkerSpec,
 };
 
 use raw::{RawEndpoints, RawFile, parse_toml};
@@ -141,6 +142,8 @@ pub struct AppConfig {
     pub memory: MemoryPolicy,
     /// `Some` for a cluster singleton (`scope = "cluster"`): its lease.
     pub singleton: Option<SingletonPolicy>,
+    /// What reloads it besides `supervisor reload`: file changes and a schedule.
+    pub triggers: ReloadTriggers,
 }
 
 impl Config {

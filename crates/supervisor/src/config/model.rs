@@ -340,3 +340,48 @@ pub const MAX_INSTANCES: usize = 1024;
 
 /// The default `lease_ttl` of a cluster singleton.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// What starts a rolling reload of one app by itself (PM2's `watch` and `cron_restart`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadTriggers {
+    /// `watch`: a change to a file under these paths reloads the app.
+    pub watch: Option<WatchPolicy>,
+    /// `cron_restart`: the app is reloaded at every occurrence of this schedule.
+    pub cron_restart: Option<CronRestart>,
+}
+
+/// `watch`, `ignore_watch`, `watch_delay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchPolicy {
+    /// The app's directory: what relative paths and `ignore_watch` patterns are relative to.
+    pub root: PathBuf,
+    /// What is watched (absolute; directories are watched with everything under them).
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns of paths that never trigger a reload (beside `node_modules` and paths
+    /// starting with a dot, always ignored): a pattern without `/` matches any one component of
+    /// the path (`*.log`, `tmp`), one with `/` the whole path relative to `root` (`public/**`).
+    pub ignore: Vec<String>,
+    /// How long the files must stay unchanged before the reload starts (a checkout or a build
+    /// writing many files makes one reload).
+    pub delay: Duration,
+}
+
+/// The default `watch_delay`.
+pub const DEFAULT_WATCH_DELAY: Duration = Duration::from_millis(500);
+
+/// `cron_restart`: a schedule, in the host's timezone (as PM2 reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronRestart {
+    /// The expression as written (5, 6 or 7 fields, or a nickname such as `@daily`).
+    pub expr: String,
+    /// The IANA timezone it is read in.
+    pub timezone: String,
+}
+
+impl CronRestart {
+    /// The schedule (the validator checked that it parses).
+    pub fn schedule(&self) -> Option<cronlock::Schedule> {
+        let tz = cronlock::parse_timezone("cron_restart", &self.timezone).ok()?;
+        cronlock::Schedule::parse_for("cron_restart", &self.expr, tz).ok()
+    }
+}

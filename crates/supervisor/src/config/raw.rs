@@ -119,6 +119,37 @@ pub(super) struct RawApp {
     pub(super) kill_signal: Option<Spanned<String>>,
     pub(super) wait_ready: Option<Spanned<bool>>,
     pub(super) shutdown_with_message: Option<Spanned<bool>>,
+    /// PM2's reload triggers: file changes and a schedule.
+    pub(super) watch: Option<Spanned<RawWatch>>,
+    pub(super) ignore_watch: Option<Spanned<RawWatchList>>,
+    pub(super) watch_delay: Option<Spanned<HumanDuration>>,
+    pub(super) cron_restart: Option<Spanned<String>>,
+}
+
+/// `watch`: `true` (the app's directory), a path, or a list of them (PM2's forms).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawWatch {
+    On(bool),
+    Paths(RawWatchList),
+}
+
+/// A path (or pattern), or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawWatchList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawWatchList {
+    /// Every item.
+    pub(super) fn items(&self) -> Vec<String> {
+        match self {
+            RawWatchList::One(s) => vec![s.clone()],
+            RawWatchList::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// `[app.restart]`.

@@ -96,6 +96,7 @@ impl Shell {
         if let Some(scheduler) = &mut self.jobs {
             scheduler.replace(jobs);
         }
+        self.triggers.sync(&self.config.apps);
     }
 
     /// A cluster singleton was added or started again: its lease task starts.

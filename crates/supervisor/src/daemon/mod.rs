@@ -28,6 +28,7 @@ mod reread;
 mod runtime_dir;
 mod shell;
 mod sockets;
+mod triggers;
 mod upgrade;
 mod views;
 mod workers;

@@ -18,6 +18,7 @@ use super::open::Opened;
 use super::process::{Process, WorkerEvent};
 use super::runtime_dir::RuntimeDir;
 use super::sockets::Sockets;
+use super::triggers::{Trigger, Triggers};
 use super::upgrade::UpgradeState;
 use super::views::Record;
 use crate::config::Config;
@@ -68,6 +69,9 @@ pub(super) struct Shell {
     pub(super) _registered: Option<Registered>,
     /// Written to once, when every app is first ready (`start -d` waits for it).
     detached_ready: Option<std::fs::File>,
+    /// `watch` and `cron_restart`: the apps to reload by themselves.
+    pub(super) triggers: Triggers,
+    triggered: mpsc::UnboundedReceiver<Trigger>,
 }
 
 /// The inputs the loop reads besides its own channels.
@@ -135,6 +139,7 @@ impl Shell {
         let core = Core::new(super::reread::core_apps(&config, &bound));
         let own_children_changed = own_children.changes();
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+        let (triggers, triggered) = Triggers::new();
         let mut shell = Shell {
             config,
             last_read: None,
@@ -162,6 +167,8 @@ impl Shell {
             upgrade: UpgradeState::new(handover),
             _registered: registered,
             detached_ready,
+            triggers,
+            triggered,
         };
         if let Some(state) = resume {
             shell.adopt(state, sets);
@@ -175,6 +182,7 @@ impl Shell {
         if start {
             self.feed(Event::Start);
         }
+        self.triggers.sync(&self.config.apps);
         loop {
             if let Some(outcome) = self.exit.take() {
                 return outcome;
@@ -196,6 +204,7 @@ impl Shell {
                 }
                 Some((id, ev)) = self.worker_rx.recv() => self.worker_event(id, ev),
                 Some((app, event)) = self.lease_events.recv() => self.feed(Event::Lease { app, event }),
+                Some(t) = self.triggered.recv() => self.triggered(t),
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
                         self.feed(Event::Timer(key));
@@ -214,16 +223,36 @@ impl Shell {
                 wait: true,
             }),
             Command::Stop => {
+                self.triggers.clear();
                 self.stop_jobs(false);
                 self.feed(Event::Stop { reply: None });
             }
             Command::FastStop => {
+                self.triggers.clear();
                 self.stop_jobs(true);
                 self.feed(Event::FastStop);
             }
             Command::ChildExited => self.sweep_orphans(None),
             Command::Upgrade => self.request_upgrade(None, None),
         }
+    }
+
+    /// `watch` or `cron_restart` asks for a rolling reload of an app (not of a stopped one).
+    fn triggered(&mut self, t: Trigger) {
+        let Some(app) = self.core.app_named(&t.app) else {
+            return;
+        };
+        if app.phase() == crate::core::Phase::Stopped {
+            tracing::debug!(app = %t.app, "{}: the app is stopped: no reload", t.why);
+            return;
+        }
+        let id = app.id();
+        tracing::info!(app = %t.app, "{}: rolling reload", t.why);
+        self.feed(Event::Reload {
+            app: Some(id),
+            reply: None,
+            wait: true,
+        });
     }
 
     /// Hands `event` to the core and carries out what it decides, including the events that

@@ -13,7 +13,7 @@ use super::super::model::{
 use super::super::raw::{RawApp, RawReload, RawRestart, Spanned};
 use super::bounds::{MAX_MEMORY, MAX_NAME, MAX_RESTARTS, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
 use super::program::runs_node;
-use super::{AppConfig, ConfigError, Validator, resolve};
+use super::{AppConfig, ConfigError, Validator, resolve, triggers};
 
 /// Where an app's values are in the file, for the checks across apps (unique names and
 /// addresses, `after`).
@@ -100,7 +100,14 @@ impl Validator<'_> {
             )?,
         };
         let singleton = self.singleton(key, &ra)?;
+        let triggers = triggers::Raw {
+            watch: ra.watch.take(),
+            ignore_watch: ra.ignore_watch.take(),
+            watch_delay: ra.watch_delay.take(),
+            cron_restart: ra.cron_restart.take(),
+        };
         let worker = self.worker(key, ra)?;
+        let triggers = self.triggers(key, triggers, &worker.cwd)?;
         let reload = self.reload(key, &raw_reload, worker.instances)?;
         let app = AppConfig {
             name,
@@ -112,6 +119,7 @@ impl Validator<'_> {
             reload,
             memory,
             singleton,
+            triggers,
         };
         let spans = AppSpans {
             name: name_span,

@@ -42,7 +42,10 @@ impl Validator<'_> {
             return Err(self.err_at(
                 rj.schedule.span(),
                 format!("{key}.schedule"),
-                format!("{e} (6 fields with seconds, e.g. \"0 30 2 * * *\", or 7 with a year)"),
+                format!(
+                    "{e} (5 fields as crontab writes them, e.g. \"30 2 * * *\"; 6 with seconds \
+                     first; 7 with a year last; or @hourly, @daily, @weekly, @monthly, @yearly)"
+                ),
             ));
         }
         if let Some(ttl) = &rj.lease_ttl {

@@ -23,6 +23,7 @@ mod env;
 pub use env::PROFILE_VAR;
 mod program;
 mod supervisor;
+mod triggers;
 
 /// Checks a file against the rules; every error names the file, the key and, for a value read
 /// with its span, its line and column.
