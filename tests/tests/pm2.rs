@@ -438,7 +438,7 @@ fn ready_pids(s: &Supervisor) -> BTreeSet<i32> {
 fn a_touched_file_reloads_a_watched_app_with_no_failed_request_and_ignored_files_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
-        "cwd = \"{}\"\nwatch = true\nignore_watch = [\"*.log\"]\nwatch_delay = \"300ms\"\n",
+        "cwd = \"{}\"\nwatch = true\nignore_watch = [\"uploads\"]\nwatch_delay = \"300ms\"\n",
         dir.path().display()
     );
     let s = Supervisor::start(&app(dir.path(), "app.js", SENDS_READY, &extra), 2).unwrap();
@@ -450,7 +450,9 @@ fn a_touched_file_reloads_a_watched_app_with_no_failed_request_and_ignored_files
         2,
         &[ConnMode::KeepAlive, ConnMode::PerRequest],
     );
-    // Ignored: a log written beside the app, and anything under node_modules or a dot directory.
+    // Ignored: what ignore_watch names, a log written beside the app, node_modules.
+    std::fs::create_dir_all(dir.path().join("uploads")).unwrap();
+    std::fs::write(dir.path().join("uploads/a.png"), "png").unwrap();
     std::fs::write(dir.path().join("debug.log"), "a line\n").unwrap();
     std::fs::create_dir_all(dir.path().join("node_modules/x")).unwrap();
     std::fs::write(dir.path().join("node_modules/x/index.js"), "").unwrap();
@@ -513,4 +515,156 @@ fn cron_restart_reloads_the_app_on_its_schedule_with_no_failed_request() {
         s.log_text()
     );
     eprintln!("cron_restart: generations {seen:?}");
+}
+
+/// The seeds' ecosystem file (DigitalOcean's cluster tutorial), with the `env_production` a PM2
+/// user adds for `--env production`.
+const SEEDS_ECOSYSTEM: &str = r#"module.exports = {
+  apps : [{
+    script: 'index.js',
+    watch: '.',
+    name: "cluster_app",
+    instances: 0,
+    exec_mode: "cluster",
+    env: { GREETING: "dev" },
+    env_production: { NODE_ENV: "production", GREETING: "prod" },
+  }, {
+    script: './service-worker/',
+    watch: ['./service-worker']
+  }],
+
+  deploy : {
+    production : {
+      user : 'SSH_USERNAME',
+      host : 'SSH_HOSTMACHINE',
+      ref  : 'origin/master',
+      repo : 'GIT_REPOSITORY',
+      path : 'DESTINATION_PATH',
+      'pre-deploy-local': '',
+      'post-deploy' : 'npm install && pm2 reload ecosystem.config.cjs --env production',
+      'pre-setup': ''
+    }
+  }
+};
+"#;
+
+#[test]
+fn import_converts_the_seeds_ecosystem_file_and_it_serves_with_env_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = e2e::node_example();
+    for f in ["index.js", "package.json"] {
+        std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        example.join("node_modules"),
+        dir.path().join("node_modules"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ecosystem.config.cjs"), SEEDS_ECOSYSTEM).unwrap();
+    // The supervisor's runtime and state directories outside the watched app directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = elsewhere.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let supervisor = |args: &[&str]| {
+        let mut c = std::process::Command::new(e2e::bin("supervisor"));
+        c.args(args)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("XDG_STATE_HOME", elsewhere.path().join("state"));
+        c
+    };
+    let out = e2e::run_with_deadline(
+        &mut supervisor(&["import", "ecosystem.config.cjs"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("supervisor.toml")).unwrap();
+    for want in [
+        "name = \"cluster_app\"",
+        "command = \"node\"",
+        "args = [\"index.js\"]",
+        "instances = 0",
+        "kill_signal = \"SIGINT\"",
+        "watch = [\".\"]",
+        "[app.env_profiles.production]",
+        "GREETING = \"prod\"",
+        // The port the app's own listen(3000) asked for, found by running it once.
+        "address = \"0.0.0.0:3000\"",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // What could not be carried over is said, with the reason, in the file and on stderr.
+    for said in [&text, &stderr] {
+        assert!(
+            said.contains("deploy: deployment is not the supervisor's job"),
+            "{said}"
+        );
+        assert!(said.contains("service-worker: script:"), "{said}");
+    }
+    // Port 3000 on a loopback address of its own: tests run side by side.
+    let addr = e2e::free_loopback_with_port(3000);
+    let text = text.replace("0.0.0.0:3000", &addr.to_string()).replace(
+        "[supervisor]\n",
+        "[supervisor]\ncontrol_socket = \"control.sock\"\n",
+    );
+    std::fs::write(dir.path().join("supervisor.toml"), &text).unwrap();
+    let out = e2e::run_with_deadline(
+        &mut supervisor(&["check", "-c", "supervisor.toml", "--env", "production"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::File::create(dir.path().join("start.log")).unwrap();
+    let mut child = supervisor(&["start", "-c", "supervisor.toml", "--env", "production"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let served = wait_for(Duration::from_secs(30), "/heavy on port 3000", || {
+        let (code, body) = get(addr, "/heavy").ok()?;
+        (code == 200).then_some(body)
+    });
+    // The workers run with the production profile laid over env.
+    let env_of_worker = || {
+        let status = std::process::Command::new(e2e::bin("supervisor"))
+            .args(["status", "--json", "-c"])
+            .arg(dir.path().join("supervisor.toml"))
+            .env("XDG_RUNTIME_DIR", &run)
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+        let pid = e2e::workers(&v).first()?.pid;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        Some(format!(
+            "\n{}",
+            String::from_utf8_lossy(&environ).replace('\0', "\n")
+        ))
+    };
+    let environ = env_of_worker().unwrap_or_default();
+    let stop = e2e::run_with_deadline(
+        &mut supervisor(&["stop", "-c", "supervisor.toml"]),
+        Duration::from_secs(30),
+    );
+    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = std::fs::read_to_string(dir.path().join("start.log")).unwrap_or_default();
+    let body = served.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(body.contains("CPU intensive task is 5000000"), "{body}");
+    assert!(
+        environ.contains("\nGREETING=prod\n") && environ.contains("\nNODE_ENV=production\n"),
+        "env_production: {environ}"
+    );
+    assert!(stop.unwrap().status.success(), "{out}");
 }

@@ -1,6 +1,6 @@
 //! The decisions behind `watch` (PM2's name): which changed paths count ([`counts`]: not
-//! `node_modules`, not a path with a component starting with a dot, not one an `ignore_watch`
-//! glob matches) and when a burst of changes becomes one reload ([`Debounce`]: once the files have
+//! `node_modules`, not a path with a component starting with a dot, not a `*.log` file, not one
+//! an `ignore_watch` glob matches) and when a burst of changes becomes one reload ([`Debounce`]: once the files have
 //! stayed unchanged for `watch_delay`). Pure: paths and plain instants in, decisions out; the
 //! inotify side is `daemon::triggers`.
 
@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::WatchPolicy;
 
-/// Components never watched, whatever `ignore_watch` says (PM2 and chokidar ignore them too):
-/// dependencies are installed, not edited, and a change there is a deploy's, which reloads on
-/// its own.
-const ALWAYS_IGNORED: &[&str] = &["node_modules"];
+/// Components never watched, whatever `ignore_watch` says: dependencies are installed, not
+/// edited (a change there is a deploy's, which reloads on its own), and a log file written in
+/// the app's directory (the app's own, or the supervisor's `start -d` log) would reload the app
+/// with every line logged about the reload: PM2's endless restart loop.
+const ALWAYS_IGNORED: &[&str] = &["node_modules", "*.log"];
 
 /// Whether a change to `path` (absolute) should reload an app watched with `policy`.
 pub fn counts(policy: &WatchPolicy, path: &Path) -> bool {
@@ -26,7 +27,7 @@ pub fn counts(policy: &WatchPolicy, path: &Path) -> bool {
         .collect();
     if parts
         .iter()
-        .any(|p| p.starts_with('.') || ALWAYS_IGNORED.contains(p))
+        .any(|p| p.starts_with('.') || ALWAYS_IGNORED.iter().any(|g| glob(g, p)))
     {
         return false;
     }
@@ -175,7 +176,8 @@ mod tests {
         let p = policy(&["*.log", "public/assets", "tmp"]);
         assert!(counts(&p, Path::new("/srv/shop/index.js")));
         assert!(counts(&p, Path::new("/srv/shop/src/routes/a.js")));
-        // Always ignored: dependencies and dot paths (.git, editors' swap files).
+        // Always ignored: dependencies, dot paths (.git, editors' swap files), log files.
+        assert!(!counts(&policy(&[]), Path::new("/srv/shop/app.log")));
         assert!(!counts(&p, Path::new("/srv/shop/node_modules/x/index.js")));
         assert!(!counts(&p, Path::new("/srv/shop/.git/index")));
         assert!(!counts(&p, Path::new("/srv/shop/src/.index.js.swp")));

@@ -241,6 +241,16 @@ pub enum Cmd {
         #[arg(last = true, value_name = "ARGS")]
         script_args: Vec<String>,
     },
+    /// Convert PM2's ecosystem file (`.js`, `.cjs`, `.mjs`, evaluated by node, or `.json`) into a
+    /// config: every option mapped, those without an equivalent listed with the reason; each
+    /// Node app is run once up to its listen() to learn its port.
+    Import {
+        /// The ecosystem file.
+        file: PathBuf,
+        /// Where to write the config (refused if it exists; `-` for stdout).
+        #[arg(short = 'o', long = "output", default_value = "supervisor.toml")]
+        output: PathBuf,
+    },
     /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
     Jobs {
         /// Which supervisor.

@@ -1,8 +1,9 @@
-//! Command line: `start | check | init | status | ls | reload | restart | scale | stop | reset |
-//! jobs | upgrade | startup`, by phase: `args` parses (clap), `target` says which supervisor a client
-//! command talks to, one function per command runs it (`check`, the control socket's client
-//! commands in `commands`, `jobs`, `detach` for `start -d`, `script` for `start app.js -i max`,
-//! `startup` for the systemd unit),
+//! Command line: `start | check | init | import | status | ls | reload | restart | scale | stop |
+//! reset | jobs | upgrade | startup`, by phase: `args` parses (clap), `target` says which
+//! supervisor a client command talks to, one function per command runs it (`check`, the control
+//! socket's client commands in `commands`, `jobs`, `detach` for `start -d`, `script` for
+//! `start app.js -i max` and `init`, `import` for PM2's ecosystem file, `startup` for the systemd
+//! unit),
 //! and `render` (with `table`) turns the answers into text for people; `--json` prints them for
 //! scripts. Each command picks its exit code.
 
@@ -10,6 +11,7 @@ mod args;
 mod check;
 mod commands;
 mod detach;
+mod import;
 mod jobs;
 mod render;
 mod script;
@@ -159,6 +161,10 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                     &script_args,
                 )?;
                 script::init(&plan, &output)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Import { file, output } => {
+                import::import(&file, &output)?;
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Startup { install, user } => startup::startup(&file(), install, user.as_deref()),

@@ -128,6 +128,16 @@ fn parse_discovery(line: &str) -> Option<Wanted> {
 
 /// Runs the script once with the preload in discovery mode and returns what it listens on.
 fn discover(plan: &Plan) -> Result<Wanted> {
+    discover_in(plan, None, &[])
+}
+
+/// [`discover`] in directory `cwd` (default: this one) with `env` added (the app's own, which
+/// may say which port it listens on).
+pub(super) fn discover_in(
+    plan: &Plan,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<Wanted> {
     let base = crate::rundir::base().context("no private runtime directory for this user")?;
     let dir = base.join(format!("discover-{}", std::process::id()));
     std::fs::DirBuilder::new()
@@ -138,13 +148,19 @@ fn discover(plan: &Plan) -> Result<Wanted> {
     let preload = dir.join("node-preload.cjs");
     let result = (|| {
         std::fs::write(&preload, crate::runtimes::NODE_PRELOAD)?;
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg("--require")
             .arg(&preload)
             .arg(&plan.script)
             .args(&plan.args)
-            .env("SUPERVISOR_DISCOVER", "1")
             .env("PORT", "3000")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SUPERVISOR_DISCOVER", "1");
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -357,8 +357,8 @@ pub struct WatchPolicy {
     pub root: PathBuf,
     /// What is watched (absolute; directories are watched with everything under them).
     pub paths: Vec<PathBuf>,
-    /// Glob patterns of paths that never trigger a reload (beside `node_modules` and paths
-    /// starting with a dot, always ignored): a pattern without `/` matches any one component of
+    /// Glob patterns of paths that never trigger a reload (beside `node_modules`, `*.log` and
+    /// paths starting with a dot, always ignored): a pattern without `/` matches any one component of
     /// the path (`*.log`, `tmp`), one with `/` the whole path relative to `root` (`public/**`).
     pub ignore: Vec<String>,
     /// How long the files must stay unchanged before the reload starts (a checkout or a build

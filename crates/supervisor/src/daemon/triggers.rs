@@ -214,14 +214,20 @@ impl Files {
         Some(files)
     }
 
-    /// Some paths changed: those that count are debounced; a new directory is watched too.
+    /// Some paths changed: those that count are debounced; a new directory is watched too. A
+    /// socket or a pipe (a runtime directory under the app's) is never the app's code.
     fn changed(&mut self, paths: Vec<PathBuf>) {
+        use std::os::unix::fs::FileTypeExt;
         let now = std::time::Instant::now();
         for p in paths {
             if !watch::counts(&self.policy, &p) {
                 continue;
             }
-            if p.is_dir() {
+            let kind = std::fs::symlink_metadata(&p).map(|m| m.file_type());
+            if kind.as_ref().is_ok_and(|t| t.is_socket() || t.is_fifo()) {
+                continue;
+            }
+            if kind.is_ok_and(|t| t.is_dir()) {
                 self.add(&p);
             }
             self.debounce.changed(p, now);

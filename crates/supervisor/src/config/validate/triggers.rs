@@ -64,11 +64,11 @@ impl Validator<'_> {
         cwd: &Path,
     ) -> Result<WatchPolicy, ConfigError> {
         let paths: Vec<PathBuf> = match w.get_ref() {
-            RawWatch::On(_) => vec![cwd.to_path_buf()],
+            RawWatch::On(_) => vec![clean(cwd)],
             RawWatch::Paths(list) => list
                 .items()
                 .iter()
-                .map(|p| resolve(cwd, Path::new(p)))
+                .map(|p| clean(&resolve(cwd, Path::new(p))))
                 .collect(),
         };
         if paths.is_empty() || paths.len() > MAX_STRINGS {
@@ -110,7 +110,7 @@ impl Validator<'_> {
             Some(d) => self.at_most(&format!("{key}.watch_delay"), d, MAX_WAIT)?,
         };
         Ok(WatchPolicy {
-            root: cwd.to_path_buf(),
+            root: clean(cwd),
             paths,
             ignore,
             delay,
@@ -133,6 +133,15 @@ impl Validator<'_> {
             timezone,
         })
     }
+}
+
+/// `path`, absolute, without its `.` components (`/srv/app/./src` is `/srv/app/src`): what inotify reports
+/// and what `ignore_watch` patterns are matched against.
+fn clean(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// Whether `watch` asks for watching (`watch = false` does not).
@@ -174,7 +183,11 @@ mod tests {
     fn watch_in_pm2s_forms() {
         let c = load("watch = true").unwrap();
         let w = c.apps[0].triggers.watch.clone().unwrap();
-        assert_eq!(w.paths, std::slice::from_ref(&w.root), "the app's directory");
+        assert_eq!(
+            w.paths,
+            std::slice::from_ref(&w.root),
+            "the app's directory"
+        );
         assert_eq!(w.delay, Duration::from_millis(500));
         let c = load("watch = \"src\"\nignore_watch = \"*.log\"\nwatch_delay = \"2s\"").unwrap();
         let w = c.apps[0].triggers.watch.clone().unwrap();

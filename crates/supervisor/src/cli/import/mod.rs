@@ -1,0 +1,330 @@
+//! `supervisor import ecosystem.config.js|.cjs|.mjs|.json [-o FILE]`: PM2's ecosystem file as a
+//! supervisor config. A JavaScript file is evaluated by node (as PM2 does: it may compute its
+//! options); each app's options are mapped by [`convert`]; each Node app is run once up to its
+//! `listen()` to learn its port (as `start app.js` does); the file is written with every option
+//! that has no equivalent listed, with the reason, at its top and on stderr.
+
+mod convert;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use convert::{Imported, Note, q};
+
+use super::script::{Plan, Wanted, discover_in};
+
+/// How long node may take to evaluate the ecosystem file.
+const EVAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Evaluates the file with node and prints it as JSON (RegExps as `{"$regexp": source}`, so an
+/// `ignore_watch` regex is named rather than lost; functions dropped).
+const EVAL: &str = r#"
+const { pathToFileURL } = require("url");
+import(pathToFileURL(process.argv[1]).href)
+  .then((m) => {
+    const v = m && m.default !== undefined ? m.default : m;
+    const json = JSON.stringify(v, (k, x) =>
+      x instanceof RegExp ? { $regexp: x.source } : typeof x === "function" ? undefined : x,
+    );
+    process.stdout.write(json === undefined ? "null" : json);
+  })
+  .catch((e) => {
+    process.stderr.write(String((e && e.stack) || e) + "\n");
+    process.exit(1);
+  });
+"#;
+
+/// `supervisor import FILE -o OUTPUT` (`-` for stdout).
+pub(super) fn import(file: &Path, output: &Path) -> Result<()> {
+    let to_stdout = output == Path::new("-");
+    if !to_stdout && output.exists() {
+        bail!(
+            "{} exists: not overwritten (give another with -o FILE, or -o - for stdout)",
+            output.display()
+        );
+    }
+    let file = std::path::absolute(file)?;
+    let value = read(&file)?;
+    let base = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut notes = convert::file_notes(&value);
+    let mut apps = Vec::new();
+    for (i, raw) in convert::apps_of(&value)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        .iter()
+        .enumerate()
+    {
+        match convert::convert(raw, i, &base, cpus) {
+            Ok((app, app_notes)) => {
+                notes.extend(app_notes);
+                let listen = listen_of(&app, &mut notes);
+                apps.push((app, listen));
+            }
+            Err(skipped) => notes.push(skipped),
+        }
+    }
+    if apps.is_empty() {
+        for n in &notes {
+            eprintln!("  {}: {}: {}", n.app, n.option, n.why);
+        }
+        bail!("{}: no app could be imported", file.display());
+    }
+    let out_dir = if to_stdout {
+        std::env::current_dir()?
+    } else {
+        std::path::absolute(output)?
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf()
+    };
+    let text = render(&file, &out_dir, &apps, &notes);
+    if to_stdout {
+        print!("{text}");
+    } else {
+        std::fs::write(output, &text)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+    }
+    for n in &notes {
+        eprintln!("supervisor import: {}: {}: {}", n.app, n.option, n.why);
+    }
+    if !to_stdout {
+        let profiles: Vec<&String> = apps
+            .iter()
+            .flat_map(|(a, _)| a.profiles.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let env = profiles
+            .first()
+            .map(|p| format!(" (with `--env {p}` for PM2's env_{p})"))
+            .unwrap_or_default();
+        eprintln!(
+            "{} written ({} app{}, {} note{} at its top): `supervisor check -c {0}`, then \
+             `supervisor start -c {0}`{env}",
+            output.display(),
+            apps.len(),
+            if apps.len() == 1 { "" } else { "s" },
+            notes.len(),
+            if notes.len() == 1 { "" } else { "s" },
+        );
+    }
+    Ok(())
+}
+
+/// The ecosystem file as JSON: `.json` read as it is, JavaScript evaluated by node.
+fn read(file: &Path) -> Result<Value> {
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let text = if is_json {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    } else {
+        if !file.is_file() {
+            bail!("{}: no such file", file.display());
+        }
+        evaluate(file)?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))
+}
+
+/// Runs node on the file (in its directory, as `pm2 start` there would) and returns its JSON.
+fn evaluate(file: &Path) -> Result<String> {
+    let mut child = Command::new("node")
+        .arg("-e")
+        .arg(EVAL)
+        .arg(file)
+        .current_dir(file.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run node to read the ecosystem file (is Node installed and on PATH?)")?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let deadline = Instant::now() + EVAL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{}: node did not finish reading it within {}",
+                file.display(),
+                crate::units::span(EVAL_TIMEOUT)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        let first: Vec<&str> = err.lines().take(6).collect();
+        bail!(
+            "{}: node could not load it:\n{}",
+            file.display(),
+            first.join("\n")
+        );
+    }
+    Ok(out)
+}
+
+/// Where the app listens: what its `listen()` asks for (a Node app, run once up to it), else
+/// PM2's `port`; `None` (with a note) when neither says.
+fn listen_of(app: &Imported, notes: &mut Vec<Note>) -> Option<Wanted> {
+    let note = |notes: &mut Vec<Note>, why: String| {
+        notes.push(Note {
+            app: app.name.clone(),
+            option: "(port)".into(),
+            why,
+        });
+    };
+    let Some(script) = &app.node_script else {
+        note(
+            notes,
+            "not a Node app: it binds its own sockets, so no [[app.listen]] is written; for \
+             zero-downtime reloads give the port to the supervisor ([[app.listen]]) and have the \
+             program take it from LISTEN_FDS"
+                .into(),
+        );
+        return None;
+    };
+    let plan = Plan {
+        script: script.clone(),
+        args: app.script_args.clone(),
+        instances: app.instances,
+        name: app.name.clone(),
+    };
+    let env: Vec<(String, String)> = app.env.clone().into_iter().collect();
+    match discover_in(&plan, Some(&app.cwd), &env) {
+        Ok(w) => Some(w),
+        Err(e) => match app.port {
+            Some(p) => Some(Wanted::Port(p, None)),
+            None => {
+                let e = e.to_string();
+                let why = e.split(": nothing to serve").next().unwrap_or(&e);
+                note(
+                    notes,
+                    format!("no port: {why} when run once; add [[app.listen]] by hand"),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// The config file's text.
+fn render(
+    source: &Path,
+    out_dir: &Path,
+    apps: &[(Imported, Option<Wanted>)],
+    notes: &[Note],
+) -> String {
+    let mut t = String::new();
+    t.push_str(&format!(
+        "# Imported from PM2's {} by `supervisor import`.\n\
+         # Check it with `supervisor check -c THIS_FILE`; start it with `supervisor start -c THIS_FILE`\n\
+         # (`--env NAME` lays [app.env_profiles.NAME], PM2's env_NAME, over env).\n",
+        source.display()
+    ));
+    if !notes.is_empty() {
+        t.push_str("#\n# Not carried over, or carried over differently:\n");
+        for n in notes {
+            t.push_str(&format!("#   {}: {}: {}\n", n.app, n.option, n.why));
+        }
+    }
+    let name = apps
+        .first()
+        .map(|(a, _)| a.name.clone())
+        .unwrap_or_else(|| "app".into());
+    t.push_str(&format!("\n[supervisor]\nname = {}\n", q(&name)));
+    for (app, listen) in apps {
+        t.push_str(&format!("\n[[app]]\nname = {}\n", q(&app.name)));
+        t.push_str(&format!("command = {}\n", q(&app.command)));
+        let args: Vec<String> = app.args.iter().map(|a| q(a)).collect();
+        t.push_str(&format!("args = [{}]\n", args.join(", ")));
+        t.push_str(&format!("cwd = {}\n", q(&relative(out_dir, &app.cwd))));
+        if app.instances == 0 {
+            t.push_str("instances = 0  # one worker per CPU (PM2's \"max\")\n");
+        } else {
+            t.push_str(&format!("instances = {}\n", app.instances));
+        }
+        for (k, v, comment) in &app.keys {
+            match comment {
+                Some(c) => t.push_str(&format!("{k} = {v}  # {c}\n")),
+                None => t.push_str(&format!("{k} = {v}\n")),
+            }
+        }
+        if !app.env.is_empty() {
+            t.push_str("\n[app.env]\n");
+            for (k, v) in &app.env {
+                t.push_str(&format!("{} = {}\n", key(k), q(v)));
+            }
+        }
+        for (profile, vars) in &app.profiles {
+            t.push_str(&format!(
+                "\n[app.env_profiles.{}]  # PM2's env_{profile}: start --env {profile}\n",
+                key(profile)
+            ));
+            for (k, v) in vars {
+                t.push_str(&format!("{} = {}\n", key(k), q(v)));
+            }
+        }
+        if !app.restart.is_empty() {
+            t.push_str("\n[app.restart]\n");
+            for (k, v) in &app.restart {
+                t.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        match listen {
+            Some(Wanted::Port(port, host)) => {
+                let host = match host.as_deref() {
+                    None | Some("::" | "0.0.0.0" | "") => "0.0.0.0".to_owned(),
+                    Some(h) if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+                    Some(h) => h.to_owned(),
+                };
+                t.push_str(&format!(
+                    "\n[[app.listen]]  # the port the app's listen() asked for\naddress = {}\n",
+                    q(&format!("{host}:{port}"))
+                ));
+            }
+            Some(Wanted::Path(p)) => t.push_str(&format!(
+                "\n[[app.listen]]  # the path the app's listen() asked for\npath = {}\n",
+                q(p)
+            )),
+            None => {}
+        }
+    }
+    t
+}
+
+/// A TOML key: bare when it can be.
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        q(k)
+    }
+}
+
+/// `path` relative to `dir` when it is under it (a config kept beside the app moves with it).
+fn relative(dir: &Path, path: &Path) -> String {
+    match path.strip_prefix(dir) {
+        Ok(rel) if rel.as_os_str().is_empty() => ".".into(),
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => path.display().to_string(),
+    }
+}
