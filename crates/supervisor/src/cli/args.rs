@@ -41,6 +41,94 @@ pub struct Target {
     pub name: Option<String>,
 }
 
+/// `pm2 start app.js`'s options, under PM2's names, for a script started with no config file
+/// (`start app.js`, `init app.js`): written into the config as `import` maps them.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "With a script: PM2's options")]
+pub struct ScriptOptions {
+    /// Reload the app (rolling, zero downtime) when a file under its directory changes, or under
+    /// PATH (`--watch=src`).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = ".")]
+    pub watch: Option<String>,
+    /// What `--watch` ignores: globs, space-separated (`"uploads *.tmp"`).
+    #[arg(long = "ignore-watch", value_name = "GLOBS")]
+    pub ignore_watch: Option<String>,
+    /// Replace a worker gracefully above this memory (`300M`, `1G`).
+    #[arg(long = "max-memory-restart", value_name = "SIZE")]
+    pub max_memory_restart: Option<String>,
+    /// Reload the app on this schedule (`"0 3 * * *"`).
+    #[arg(long = "cron-restart", visible_alias = "cron", value_name = "EXPR")]
+    pub cron_restart: Option<String>,
+    /// Ready when the app calls `process.send('ready')`, not at `listen()`.
+    #[arg(long = "wait-ready")]
+    pub wait_ready: bool,
+    /// How long a new worker may take to be ready, in milliseconds.
+    #[arg(long = "listen-timeout", value_name = "MS")]
+    pub listen_timeout: Option<u64>,
+    /// How long a stopping worker may drain before it is killed, in milliseconds.
+    #[arg(long = "kill-timeout", value_name = "MS")]
+    pub kill_timeout: Option<u64>,
+    /// The app also gets the 'shutdown' message when it must drain.
+    #[arg(long = "shutdown-with-message")]
+    pub shutdown_with_message: bool,
+    /// Options for node itself (`"--max-old-space-size=512"`).
+    #[arg(long = "node-args", value_name = "ARGS", allow_hyphen_values = true)]
+    pub node_args: Option<String>,
+    /// Crash-loop limit: restarts within the restart window.
+    #[arg(long = "max-restarts", value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// A worker up for less than this (milliseconds) has crashed while starting.
+    #[arg(long = "min-uptime", value_name = "MS")]
+    pub min_uptime: Option<u64>,
+    /// A fixed delay before a crashed worker is started again, in milliseconds.
+    #[arg(long = "restart-delay", value_name = "MS")]
+    pub restart_delay: Option<u64>,
+    /// A growing delay before a crashed worker is started again, from this many milliseconds.
+    #[arg(long = "exp-backoff-restart-delay", value_name = "MS")]
+    pub exp_backoff_restart_delay: Option<u64>,
+}
+
+impl ScriptOptions {
+    /// The options given, as an ecosystem file's app would hold them.
+    pub fn pm2_options(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        };
+        put("watch", self.watch.clone().map(Value::from));
+        put(
+            "ignore_watch",
+            self.ignore_watch
+                .as_ref()
+                .map(|g| g.split_whitespace().collect::<Vec<_>>().into()),
+        );
+        put(
+            "max_memory_restart",
+            self.max_memory_restart.clone().map(Value::from),
+        );
+        put("cron_restart", self.cron_restart.clone().map(Value::from));
+        put("wait_ready", self.wait_ready.then_some(Value::Bool(true)));
+        put("listen_timeout", self.listen_timeout.map(Value::from));
+        put("kill_timeout", self.kill_timeout.map(Value::from));
+        put(
+            "shutdown_with_message",
+            self.shutdown_with_message.then_some(Value::Bool(true)),
+        );
+        put("node_args", self.node_args.clone().map(Value::from));
+        put("max_restarts", self.max_restarts.map(Value::from));
+        put("min_uptime", self.min_uptime.map(Value::from));
+        put("restart_delay", self.restart_delay.map(Value::from));
+        put(
+            "exp_backoff_restart_delay",
+            self.exp_backoff_restart_delay.map(Value::from),
+        );
+        m
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
@@ -83,6 +171,9 @@ pub enum Cmd {
         /// Write a line to this pipe once every app is ready (what `start -d` waits on).
         #[arg(long, hide = true)]
         ready_fd: Option<i32>,
+        /// With a script: PM2's options (last: their help heading holds what follows).
+        #[command(flatten)]
+        pm2: ScriptOptions,
     },
     /// Validate the config file, try what `start` would bind, and print what it would run.
     Check {
@@ -240,6 +331,9 @@ pub enum Cmd {
         /// The script's arguments (after `--`).
         #[arg(last = true, value_name = "ARGS")]
         script_args: Vec<String>,
+        /// PM2's options.
+        #[command(flatten)]
+        pm2: ScriptOptions,
     },
     /// Convert PM2's ecosystem file (`.js`, `.cjs`, `.mjs`, evaluated by node, or `.json`) into a
     /// config: every option mapped, those without an equivalent listed with the reason; each

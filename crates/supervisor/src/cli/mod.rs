@@ -68,6 +68,7 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         instances,
         script_args,
         target,
+        pm2,
         ..
     } = &mut cli.command
     {
@@ -77,12 +78,15 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 instances.as_deref(),
                 target.name.take().as_deref(),
                 script_args,
+                pm2,
             )?;
             written = Some(script::write_config(&plan)?);
             *app = None;
-        } else if instances.is_some() || !script_args.is_empty() {
+        } else if instances.is_some() || !script_args.is_empty() || !pm2.pm2_options().is_empty() {
             anyhow::bail!(
-                "-i and -- ARGS go with a script to run (`supervisor start app.js -i max`)"
+                "-i, PM2's options (--watch, --max-memory-restart, ...) and -- ARGS go with a \
+                 script to run (`supervisor start app.js -i max --watch`); for a config file, \
+                 write them in it"
             );
         }
     }
@@ -153,12 +157,14 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 name,
                 output,
                 script_args,
+                pm2,
             } => {
                 let plan = script::Plan::new(
                     &script,
                     instances.as_deref(),
                     name.as_deref(),
                     &script_args,
+                    &pm2,
                 )?;
                 script::init(&plan, &output)?;
                 Ok(ExitCode::SUCCESS)

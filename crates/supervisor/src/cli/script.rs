@@ -33,15 +33,19 @@ pub(super) struct Plan {
     pub instances: usize,
     /// The app's and the supervisor's name.
     pub name: String,
+    /// PM2's other options from the command line (`--watch`, `--max-memory-restart`, ...), as
+    /// an ecosystem file would give them.
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Plan {
-    /// Reads `start SCRIPT [-i N|max] [--name NAME] [-- ARGS]`.
+    /// Reads `start SCRIPT [-i N|max] [--name NAME] [PM2 OPTIONS] [-- ARGS]`.
     pub(super) fn new(
         script: &str,
         instances: Option<&str>,
         name: Option<&str>,
         args: &[String],
+        options: &super::args::ScriptOptions,
     ) -> Result<Plan> {
         let path = std::path::absolute(script)?;
         if !path.is_file() {
@@ -70,6 +74,7 @@ impl Plan {
             args: args.to_vec(),
             instances,
             name,
+            options: options.pm2_options(),
         })
     }
 }
@@ -204,44 +209,36 @@ pub(super) fn discover_in(
     result
 }
 
-/// The config of `plan` listening as `wanted`, with comments: what `start` writes.
-pub(super) fn config_text(plan: &Plan, wanted: &Wanted) -> String {
-    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let args: Vec<String> = std::iter::once(plan.script.display().to_string())
-        .chain(plan.args.iter().cloned())
-        .map(|a| q(&a))
-        .collect();
-    let listen = match wanted {
-        Wanted::Port(port, host) => {
-            let host = match host.as_deref() {
-                None | Some("::" | "0.0.0.0" | "") => "0.0.0.0".to_owned(),
-                // An IPv6 host is bracketed in an address (`[::1]:3000`); Node gives it bare.
-                Some(h) if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
-                Some(h) => h.to_owned(),
-            };
-            format!("address = {}", q(&format!("{host}:{port}")))
-        }
-        Wanted::Path(p) => format!("path = {}", q(p)),
-    };
-    let cwd = std::env::current_dir()
-        .map(|d| format!("cwd = {}\n", q(&d.display().to_string())))
-        .unwrap_or_default();
-    let instances = if plan.instances == 0 {
-        "0                 # one worker per CPU (`-i max`)".to_owned()
-    } else {
-        plan.instances.to_string()
-    };
-    format!(
-        "# Written by `supervisor start {script}`: edit it, then `supervisor reload -c THIS_FILE`.\n\
-         [supervisor]\nname = {name}\n\n\
-         [[app]]\nname = {name}\ncommand = \"node\"\nargs = [{args}]\n{cwd}instances = {instances}\n\
-         # wait_ready = true     # ready at process.send('ready'), not at listen()\n\
-         # kill_signal = \"SIGINT\" # what PM2 sends; SIGTERM by default\n\n\
-         [[app.listen]]         # the port the app's listen() asked for\n{listen}\n",
-        script = plan.script.display(),
-        name = q(&plan.name),
-        args = args.join(", "),
-    )
+/// The config of `plan` listening as `wanted`, with comments: what `start` and `init` write
+/// (into `out_dir`), through the same mapping as `import` (the command line's options are PM2's).
+pub(super) fn config_text(
+    plan: &Plan,
+    wanted: &Wanted,
+    out_dir: &Path,
+    command: &str,
+) -> Result<String> {
+    use super::import::{convert, render};
+    let cwd = std::env::current_dir()?;
+    // Relative to the directory the workers run in, when it is there.
+    let script = plan.script.strip_prefix(&cwd).unwrap_or(&plan.script);
+    let mut app = plan.options.clone();
+    app.insert("name".into(), plan.name.clone().into());
+    app.insert("script".into(), script.display().to_string().into());
+    app.insert("args".into(), plan.args.clone().into());
+    app.insert("instances".into(), plan.instances.into());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (imported, notes) = convert::convert(&app, 0, &cwd, cpus)
+        .map_err(|n| anyhow::anyhow!("{}: {}", n.option, n.why))?;
+    let header = format!(
+        "# Written by `supervisor {command} {}`: edit it, then `supervisor reload -c THIS_FILE`.\n",
+        script.display()
+    );
+    Ok(render::config(
+        &header,
+        out_dir,
+        &[(imported, Some(wanted.clone()))],
+        &notes,
+    ))
 }
 
 /// `supervisor init`: the same config as `start SCRIPT` would write, to `output` (never over a
@@ -254,7 +251,11 @@ pub(super) fn init(plan: &Plan, output: &Path) -> Result<()> {
         );
     }
     let wanted = discover(plan)?;
-    std::fs::write(output, config_text(plan, &wanted))
+    let out_dir = std::path::absolute(output)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    std::fs::write(output, config_text(plan, &wanted, &out_dir, "init")?)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!(
         "{} written: `supervisor check -c {0}`, then `supervisor start -c {0}` (-d for the background)",
@@ -275,7 +276,7 @@ pub(super) fn write_config(plan: &Plan) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("supervisor.toml");
-    std::fs::write(&path, config_text(plan, &wanted))
+    std::fs::write(&path, config_text(plan, &wanted, &dir, "start")?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
         "supervisor: {} listens on {}: config written to {} (edit it, then `supervisor reload`)",
@@ -319,14 +320,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let script = dir.path().join("index.js");
         std::fs::write(&script, "").unwrap_or_else(|e| panic!("{e}"));
+        let options = crate::cli::args::ScriptOptions {
+            watch: Some(".".into()),
+            max_memory_restart: Some("300M".into()),
+            kill_timeout: Some(3000),
+            ..Default::default()
+        };
         let plan = Plan::new(
             script.to_str().unwrap_or_default(),
             Some("max"),
             Some("shop"),
             &["--flag".into()],
+            &options,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let text = config_text(&plan, &Wanted::Port(3000, None));
+        let text = config_text(
+            &plan,
+            &Wanted::Port(3000, None),
+            Path::new("/elsewhere"),
+            "start",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("supervisor.toml");
         let c = crate::config::Config::from_text(&path, &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -338,6 +352,23 @@ mod tests {
         );
         assert!(app.worker.instances >= 1, "max: one per CPU");
         assert_eq!(app.listeners[0].addr.to_string(), "0.0.0.0:3000");
-        assert!(Plan::new(script.to_str().unwrap_or_default(), Some("lots"), None, &[]).is_err());
+        assert!(app.triggers.watch.is_some(), "--watch");
+        assert_eq!(
+            app.memory.max_bytes,
+            Some(300 << 20),
+            "--max-memory-restart 300M"
+        );
+        assert_eq!(app.worker.kill_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(app.worker.contract.kill_signal.name(), "SIGINT", "PM2's");
+        assert!(
+            Plan::new(
+                script.to_str().unwrap_or_default(),
+                Some("lots"),
+                None,
+                &[],
+                &Default::default()
+            )
+            .is_err()
+        );
     }
 }
