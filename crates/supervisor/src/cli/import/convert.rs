@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::values::{clean_name, duration, interpreter_for, looks_like_regex, size, split_words};
+
 /// Something the user should know about an option: not carried over, or carried over
 /// differently from what PM2 does with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,43 +331,6 @@ const UNMAPPED: &[(&str, &str)] = &[
     ("version", "not needed"),
 ];
 
-/// The interpreter PM2 picks for a script by its extension.
-fn interpreter_for(script: &str) -> &'static str {
-    let ext = Path::new(script)
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "js" | "cjs" | "mjs" => "node",
-        "py" => "python3",
-        "sh" => "bash",
-        "rb" => "ruby",
-        "php" => "php",
-        "pl" => "perl",
-        _ => "none",
-    }
-}
-
-/// A name in the characters an app's name may have.
-fn clean_name(raw: &str) -> String {
-    let clean: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    if clean.trim_matches('-').is_empty() {
-        "app".into()
-    } else {
-        clean
-    }
-}
-
 fn absolute(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -377,56 +342,6 @@ fn absolute(base: &Path, p: &Path) -> PathBuf {
 /// A TOML string.
 pub fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
-}
-
-/// PM2's milliseconds (a number, or a string with or without a unit) as a duration the file
-/// takes (`5s`, `1500ms`).
-fn duration(v: &Value) -> Option<String> {
-    let ms = match v {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => {
-            let s = s.trim();
-            if let Ok(n) = s.parse::<f64>() {
-                n
-            } else {
-                return humantime::parse_duration(s)
-                    .ok()
-                    .map(|d| format_ms(d.as_millis() as u64));
-            }
-        }
-        _ => return None,
-    };
-    (ms >= 0.0 && ms.is_finite()).then(|| format_ms(ms.round() as u64))
-}
-
-fn format_ms(ms: u64) -> String {
-    if ms.is_multiple_of(1000) && ms > 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// PM2's `max_memory_restart` (`300M`, `1G`, `512K`, bytes; powers of 1024) as a size.
-fn size(v: &Value) -> Option<String> {
-    let text = match v {
-        Value::Number(n) => return Some(format!("{}B", n.as_u64()?)),
-        Value::String(s) => s.trim().to_ascii_uppercase(),
-        _ => return None,
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let unit = match unit.trim().trim_end_matches('B') {
-        "" => "B",
-        "K" => "KiB",
-        "M" => "MiB",
-        "G" => "GiB",
-        _ => return None,
-    };
-    Some(format!("{n}{unit}"))
 }
 
 /// Reads one app's options.
@@ -693,40 +608,6 @@ impl Conv<'_> {
             self.note(&k, why);
         }
     }
-}
-
-/// Whether an `ignore_watch` string is a regular expression rather than a glob.
-fn looks_like_regex(s: &str) -> bool {
-    s.contains(['\\', '^', '$', '(', '|', '+'])
-}
-
-/// Splits an argument string like a shell: on whitespace, with '...' and "..." kept together.
-fn split_words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut any = false;
-    for c in s.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                any = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if any || !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            (None, c) => cur.push(c),
-        }
-    }
-    if any || !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub(super) mod convert;
 pub(super) mod render;
+mod values;
 
 use std::io::Read;
 use std::path::Path;

@@ -42,10 +42,7 @@ impl Validator<'_> {
             return Err(self.err_at(
                 rj.schedule.span(),
                 format!("{key}.schedule"),
-                format!(
-                    "{e} (5 fields as crontab writes them, e.g. \"30 2 * * *\"; 6 with seconds \
-                     first; 7 with a year last; or @hourly, @daily, @weekly, @monthly, @yearly)"
-                ),
+                format!("{e} (e.g. \"30 2 * * *\": 02:30 every day; or @hourly, @daily, @weekly)"),
             ));
         }
         if let Some(ttl) = &rj.lease_ttl {
