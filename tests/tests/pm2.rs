@@ -2,7 +2,11 @@
 //! unguarded in the listen callback (no IPC channel here: it must not throw), `wait_ready` with a
 //! warm-up after `listen()` (no request reaches a worker before it says ready, through reloads
 //! under load), `kill_signal = "SIGINT"` with the app's own SIGINT cleanup and
-//! `shutdown_with_message` (the cleanup runs in every replaced worker), `NODE_APP_INSTANCE`.
+//! `shutdown_with_message` (the cleanup runs in every replaced worker), `NODE_APP_INSTANCE`; and
+//! started the way PM2 users start it: `start index.js -i 2` (the seeds' app on port 3000, in a
+//! network namespace of its own), `init`, `import` of the seeds' ecosystem file with
+//! `--env production`, env files and profiles, `watch` and `cron_restart` (rolling reloads under
+//! load, 0 failed), and `[[job]] http` requests the app can trust (a forged one gets 403).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -667,4 +671,64 @@ fn import_converts_the_seeds_ecosystem_file_and_it_serves_with_env_production() 
         "env_production: {environ}"
     );
     assert!(stop.unwrap().status.success(), "{out}");
+}
+
+#[test]
+fn start_index_js_dash_i_2_runs_the_seeds_app_unchanged_on_port_3000() {
+    // Port 3000 on every interface, as the app asks: in a network namespace of its own, where
+    // nothing else holds it.
+    let Some(lab) = e2e::netns::lab_or_skip("start index.js -i 2", 1) else {
+        return;
+    };
+    let ns = lab.host_ns(0);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let name = format!("e2e-{}-seeds", std::process::id());
+    let supervisor = |args: &[&str]| {
+        let mut c = lab.command(&ns, e2e::bin("supervisor"));
+        c.args(args)
+            .current_dir(e2e::node_example())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("XDG_STATE_HOME", dir.path().join("state"));
+        c
+    };
+    let log = std::fs::File::create(dir.path().join("supervisor.log")).unwrap();
+    let mut child = supervisor(&["start", "index.js", "-i", "2", "--name", &name])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:3000".parse().unwrap();
+    let served = wait_for(Duration::from_secs(30), "/heavy on port 3000", || {
+        e2e::netns::in_netns(&ns, || get(addr, "/heavy").ok())
+            .ok()
+            .flatten()
+            .filter(|(code, _)| *code == 200)
+    });
+    let stop = e2e::run_with_deadline(
+        &mut supervisor(&["stop", "-n", &name]),
+        Duration::from_secs(30),
+    );
+    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/supervisor").join(&name));
+    let text = std::fs::read_to_string(dir.path().join("supervisor.log")).unwrap_or_default();
+    let (_, body) = served.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(body, "The result of the CPU intensive task is 5000000\n");
+    assert!(
+        text.contains("listens on port 3000: config written to"),
+        "{text}"
+    );
+    assert!(
+        text.contains("App listening on port 3000"),
+        "the app's own callback: {text}"
+    );
+    assert!(stop.unwrap().status.success(), "{text}");
 }
