@@ -4,6 +4,8 @@
 The worker protocol by hand (README.md "Running any program as a worker"):
 - the listening sockets are fd 3.. (LISTEN_FDS, LISTEN_PID = our pid); never bind;
 - READY=1 is one datagram to the Unix socket in NOTIFY_SOCKET;
+- with a watchdog (WATCHDOG_USEC, WATCHDOG_PID = our pid), WATCHDOG=1 at least once per period,
+  sent from the accept loop itself: a stuck accept loop stops it and the supervisor replaces us;
 - SIGTERM drains: stop accepting at once (close our copies of the listening sockets), answer
   every request from then on with `Connection: close`, close an idle keep-alive connection only
   after DRAIN_IDLE_GRACE_MS (default 1000) without a request, counted from the drain's start or
@@ -141,9 +143,31 @@ class Handler(BaseHTTPRequestHandler):
             return False
 
 
+def watchdog_period():
+    """The watchdog period in seconds the supervisor gave this process, or None."""
+    if os.environ.get("WATCHDOG_PID") != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ["WATCHDOG_USEC"])
+    except (KeyError, ValueError):
+        return None
+    return usec / 1_000_000 if usec > 0 else None
+
+
+WATCHDOG = watchdog_period()
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    last_ping = 0.0
+
+    def service_actions(self):
+        """Called by serve_forever on every turn of the accept loop: the watchdog's heartbeat."""
+        now = time.monotonic()
+        if WATCHDOG and now - self.last_ping >= WATCHDOG / 4:
+            self.last_ping = now
+            notify("WATCHDOG=1")
 
     def __init__(self, sock):
         super().__init__(sock.getsockname(), Handler, bind_and_activate=False)

@@ -174,3 +174,39 @@ fn an_abstract_notify_socket_works_too() {
     systemd.wait_for("STOPPING=1", Duration::from_secs(5));
     assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
 }
+
+/// `WatchdogSec=` in the unit: systemd gives the supervisor `WATCHDOG_USEC` (and
+/// `WATCHDOG_PID`, its own pid); the event loop pings `WATCHDOG=1` four times per period, and
+/// the workers never see the supervisor's watchdog variables (they get their own only with the
+/// app's `watchdog`).
+#[test]
+fn the_supervisor_pings_its_own_watchdog_from_its_event_loop() {
+    let mut systemd = FakeSystemd::bind();
+    let target = systemd.path.display().to_string();
+    let mut s = Supervisor::spawn_with_env(
+        "[[app]]\nname = \"sh\"\ncommand = \"/bin/sh\"\n\
+         args = [\"-c\", \"env > env-$SUPERVISOR_WORKER_NAME.txt; exec {demo}\"]\n\
+         instances = 1\nkill_timeout = \"5s\"\n",
+        &[("NOTIFY_SOCKET", &target), ("WATCHDOG_USEC", "800000")],
+    )
+    .unwrap();
+    systemd.wait_for("READY=1", Duration::from_secs(20));
+    let start = Instant::now();
+    for _ in 0..4 {
+        systemd.wait_for("WATCHDOG=1", Duration::from_secs(2));
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "4 pings at 200 ms: {} ms",
+        took.as_millis()
+    );
+    let env = std::fs::read_to_string(s.dir.path().join("env-sh.0.txt")).unwrap_or_default();
+    assert!(env.contains("LISTEN_PID="), "{env}");
+    assert!(
+        !env.contains("WATCHDOG_USEC"),
+        "the supervisor's own watchdog leaked: {env}"
+    );
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap(), Some(0));
+}

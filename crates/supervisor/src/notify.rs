@@ -1,6 +1,8 @@
 //! Readiness channels of one worker: a systemd-style `NOTIFY_SOCKET` datagram socket
-//! (`READY=1`, `STOPPING=1`, `STATUS=...`) and an s6-style notification pipe (`READY_FD`: a newline
-//! means ready), merged into one stream of [`Notification`]s. And the other direction: what the
+//! (`READY=1`, `STOPPING=1`, `STATUS=...`, `WATCHDOG=1`, `WATCHDOG=trigger`) and an s6-style
+//! notification pipe (`READY_FD`: a newline means ready; after it, lines carry the same
+//! assignments as a datagram, one per line: how the Node preload sends its watchdog heartbeat and
+//! `X_EVENT_LOOP_LAG_MS=`), merged into one stream of [`Notification`]s. And the other direction: what the
 //! supervisor itself tells its own service manager ([`service_datagram`]).
 
 use std::os::fd::OwnedFd;
@@ -21,6 +23,13 @@ pub enum Notification {
     Stopping,
     /// Free-form status text (`STATUS=`).
     Status(String),
+    /// `WATCHDOG=1` (alive) or `WATCHDOG=trigger` (treat me as hung).
+    Watchdog {
+        /// `WATCHDOG=trigger`.
+        trigger: bool,
+    },
+    /// How late its event loop ran its last timer (`X_EVENT_LOOP_LAG_MS=`).
+    EventLoopLag(std::time::Duration),
 }
 
 /// Parses one sd_notify datagram (newline-separated `KEY=VALUE` assignments).
@@ -31,6 +40,16 @@ pub fn parse_datagram(msg: &[u8]) -> Vec<Notification> {
             Some(("READY", "1")) => Some(Notification::Ready),
             Some(("STOPPING", "1")) => Some(Notification::Stopping),
             Some(("STATUS", text)) => Some(Notification::Status(text.to_string())),
+            Some(("WATCHDOG", "1")) => Some(Notification::Watchdog { trigger: false }),
+            Some(("WATCHDOG", "trigger")) => Some(Notification::Watchdog { trigger: true }),
+            Some(("X_EVENT_LOOP_LAG_MS", ms)) => ms
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms < 1e9)
+                .map(|ms| {
+                    Notification::EventLoopLag(std::time::Duration::from_secs_f64(ms / 1000.0))
+                }),
             _ => None,
         })
         .collect()
@@ -80,6 +99,8 @@ pub struct Channels {
     socket: UnixDatagram,
     path: PathBuf,
     pipe: Option<pipe::Receiver>,
+    /// The pipe's bytes after the last newline.
+    partial: Vec<u8>,
     queued: Vec<Notification>,
 }
 
@@ -92,6 +113,7 @@ impl Channels {
             socket,
             path: path.to_path_buf(),
             pipe: None,
+            partial: Vec::new(),
             queued: Vec::new(),
         })
     }
@@ -104,6 +126,7 @@ impl Channels {
             socket: UnixDatagram::from_std(std_socket)?,
             path: path.to_path_buf(),
             pipe: None,
+            partial: Vec::new(),
             queued: Vec::new(),
         })
     }
@@ -136,13 +159,34 @@ impl Channels {
                     }
                 }
                 r = read_pipe(&mut self.pipe, &mut byte) => match r {
-                    Some(chunk) if chunk.contains(&b'\n') => return Notification::Ready,
-                    Some(_) => {}
+                    Some(chunk) => self.queued = pipe_lines(&mut self.partial, &chunk),
                     None => self.pipe = None, // EOF or error: the exit watcher reports what follows
                 },
             }
         }
     }
+}
+
+/// The notifications in the complete lines of `chunk` (after `partial`, which keeps the rest):
+/// an empty line is `READY=1`, any other is parsed like a datagram. A line longer than 4 KiB is
+/// dropped.
+fn pipe_lines(partial: &mut Vec<u8>, chunk: &[u8]) -> Vec<Notification> {
+    let mut out = Vec::new();
+    for &b in chunk {
+        if b != b'\n' {
+            if partial.len() < 4096 {
+                partial.push(b);
+            }
+            continue;
+        }
+        let line = std::mem::take(partial);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            out.push(Notification::Ready);
+        } else {
+            out.extend(parse_datagram(&line));
+        }
+    }
+    out
 }
 
 async fn read_pipe(pipe: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<Vec<u8>> {
@@ -206,6 +250,39 @@ mod tests {
             service_datagram(Some(Ready), Stopping, "stopping", 7, at),
             "STOPPING=1\nSTATUS=stopping"
         );
+    }
+
+    #[test]
+    fn watchdog_and_lag() {
+        assert_eq!(
+            parse_datagram(b"WATCHDOG=1\nX_EVENT_LOOP_LAG_MS=2.5"),
+            vec![
+                Notification::Watchdog { trigger: false },
+                Notification::EventLoopLag(std::time::Duration::from_micros(2500))
+            ]
+        );
+        assert_eq!(
+            parse_datagram(b"WATCHDOG=trigger"),
+            vec![Notification::Watchdog { trigger: true }]
+        );
+        assert!(parse_datagram(b"X_EVENT_LOOP_LAG_MS=-1\nX_EVENT_LOOP_LAG_MS=NaN").is_empty());
+    }
+
+    #[test]
+    fn the_pipe_carries_ready_then_lines() {
+        let mut partial = Vec::new();
+        assert_eq!(
+            pipe_lines(&mut partial, b"\nWATCH"),
+            vec![Notification::Ready]
+        );
+        assert_eq!(
+            pipe_lines(&mut partial, b"DOG=1\nX_EVENT_LOOP_LAG_MS=3\n"),
+            vec![
+                Notification::Watchdog { trigger: false },
+                Notification::EventLoopLag(std::time::Duration::from_millis(3))
+            ]
+        );
+        assert!(partial.is_empty());
     }
 
     #[tokio::test]

@@ -51,9 +51,13 @@ pub async fn run(
     }
     let server = tokio::spawn(serve::serve(listeners, router, shutdown, opts));
     ready::notify_ready()?;
+    let watchdog = ready::spawn_watchdog();
     let report = server
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     if let Some(s) = scheduler {
         match s.await {
             // The scheduler logged its counters itself when it stopped.

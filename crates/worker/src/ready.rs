@@ -16,6 +16,31 @@ pub fn notify_ready() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The watchdog period the supervisor (or systemd) gave this process (`WATCHDOG_USEC`, when
+/// `WATCHDOG_PID` is this process), if any.
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    let mut usec = 0;
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+        .then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Sends `WATCHDOG=1` four times per watchdog period from a task of the current tokio runtime,
+/// so that a runtime that stops running its tasks (a deadlock, a blocked worker thread under
+/// the current-thread runtime) stops the heartbeat and the supervisor replaces the worker. Does
+/// nothing without a watchdog.
+pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let period = watchdog_period()?;
+    tracing::info!("watchdog: WATCHDOG=1 every {} ms", (period / 4).as_millis());
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(period / 4);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}
+
 /// Reports that the worker began draining (`STOPPING=1`).
 pub fn notify_stopping() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -92,7 +92,11 @@ fn render_app(a: &AppStatus) -> String {
         let over = w
             .over_max_memory_secs
             .map(|secs| format!("above max_memory for {}", units::duration(secs)));
-        let status = [over, w.status_text.clone()]
+        let hung = w.hung.then(|| "hung (missed its watchdog)".to_string());
+        let lag = w
+            .event_loop_lag_ms
+            .map(|ms| format!("event loop lag {}", units::duration(ms / 1000.0)));
+        let status = [hung, over, lag, w.status_text.clone()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
@@ -150,12 +154,29 @@ fn render_app(a: &AppStatus) -> String {
         }
         out.push('\n');
     }
-    if let Some(r) = &a.memory_recycling {
+    if a.watchdog_replacements > 0 || a.age_replacements > 0 || a.watchdog_timeouts > 0 {
         out.push_str(&format!(
-            "replacing slot {} for memory: pid {} ({}) -> {} starting for {}\n",
+            "replaced: {} hung (watchdog missed {}), {} for max_age\n",
+            a.watchdog_replacements, a.watchdog_timeouts, a.age_replacements
+        ));
+    }
+    if let Some(r) = &a.memory_recycling {
+        let why = match r.reason {
+            crate::core::report::ReplaceReason::Memory => {
+                format!(
+                    "for memory: pid {} ({})",
+                    r.old_pid,
+                    units::bytes(r.rss_bytes)
+                )
+            }
+            crate::core::report::ReplaceReason::Watchdog => format!("hung: pid {}", r.old_pid),
+            crate::core::report::ReplaceReason::MaxAge => {
+                format!("for max_age: pid {}", r.old_pid)
+            }
+        };
+        out.push_str(&format!(
+            "replacing slot {} {why} -> {} starting for {}\n",
             r.slot,
-            r.old_pid,
-            units::bytes(r.rss_bytes),
             r.new_pid
                 .map(|p| format!("pid {p}"))
                 .unwrap_or_else(|| "new worker".into()),
@@ -390,6 +411,8 @@ mod tests {
                 },
                 status_text: Some("serving".into()),
                 over_max_memory_secs: Some(12.0),
+                hung: false,
+                event_loop_lag_ms: Some(3.0),
             }],
             waiting: vec![],
             reload_in_progress: None,
@@ -397,6 +420,9 @@ mod tests {
             max_memory,
             memory_recycles: recycles,
             memory_recycle_failures: failures,
+            watchdog_replacements: 0,
+            watchdog_timeouts: 0,
+            age_replacements: 0,
             memory_recycling: None,
             singleton: None,
         }
@@ -445,6 +471,7 @@ mod tests {
         };
         let mut a = app(Some(limit), 2, 1);
         a.memory_recycling = Some(MemoryRecycleProgress {
+            reason: Default::default(),
             slot: 1,
             old_pid: 1234,
             new_pid: Some(1240),
@@ -459,7 +486,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("above max_memory for 12.0s; serving"),
+            text.contains("above max_memory for 12.0s; event loop lag 3 ms; serving"),
             "{text}"
         );
         assert!(

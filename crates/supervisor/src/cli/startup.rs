@@ -99,6 +99,9 @@ impl UnitSpec {
              TimeoutStartSec={}\n\
              # Above the sum of the apps' kill_timeouts (they stop one after the other).\n\
              TimeoutStopSec={}\n\
+             # The event loop pings WATCHDOG=1 four times per period: a wedged supervisor is\n\
+             # restarted (its workers go with it and are started again).\n\
+             WatchdogSec=30s\n\
              Restart=on-failure\n\
              RestartSec=1s\n\
              \n\
@@ -217,6 +220,7 @@ mod tests {
             "ExecReload=/usr/local/bin/supervisor reload -c \"/srv/my shop/supervisor.toml\"",
             "KillMode=mixed",
             "TimeoutStopSec=35",
+            "WatchdogSec=30s",
             "WantedBy=multi-user.target",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}:\n{text}");

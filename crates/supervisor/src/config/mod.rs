@@ -22,9 +22,9 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    CronRestart, JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES, MemoryPolicy,
-    Readiness, ReloadPolicy, ReloadTriggers, RestartPolicy, Runtime, SingletonPolicy, WatchPolicy,
-    WorkerSpec,
+    AgePolicy, CronRestart, JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES,
+    MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers, RestartPolicy, Runtime, SingletonPolicy,
+    WatchPolicy, WorkerSpec,
 };
 
 use raw::{RawEndpoints, RawFile, parse_toml};
@@ -140,6 +140,8 @@ pub struct AppConfig {
     pub reload: ReloadPolicy,
     /// Memory recycling policy.
     pub memory: MemoryPolicy,
+    /// Replacing workers for their age (`max_age`).
+    pub age: AgePolicy,
     /// `Some` for a cluster singleton (`scope = "cluster"`): its lease.
     pub singleton: Option<SingletonPolicy>,
     /// What reloads it besides `supervisor reload`: file changes and a schedule.

@@ -148,6 +148,9 @@ pub struct WorkerSpec {
     pub cron_backend: bool,
     /// PM2's app contract (`kill_signal`, `wait_ready`, `shutdown_with_message`).
     pub contract: AppContract,
+    /// systemd's watchdog (`WATCHDOG_USEC`): a ready worker that sends no `WATCHDOG=1` for this
+    /// long (or sends `WATCHDOG=trigger`) is hung and replaced.
+    pub watchdog: Option<Duration>,
 }
 
 /// PM2's app contract, for an app written for PM2 (Node): how it is told to stop and how it
@@ -270,6 +273,35 @@ pub struct MemoryPolicy {
     pub max_bytes: Option<u64>,
     /// How long a worker must stay above `max_bytes` before it is replaced.
     pub grace: Duration,
+}
+
+/// When a worker is replaced for its age (gunicorn's `max_requests` idea, by time): gracefully,
+/// one at a time per app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgePolicy {
+    /// A worker older than this (plus its share of the jitter) is replaced; `None`: never.
+    pub max_age: Option<Duration>,
+    /// Each worker's age limit is `max_age` plus a part of this that depends on the worker, so
+    /// that workers started together are not all replaced at once.
+    pub jitter: Duration,
+}
+
+impl AgePolicy {
+    /// The age at which the worker `id` is due: `max_age` plus its own share of the jitter (a
+    /// hash of its id, so the same worker always gets the same share).
+    pub fn limit_for(&self, id: u64) -> Option<Duration> {
+        let max = self.max_age?;
+        let jitter = self.jitter.as_millis() as u64;
+        if jitter == 0 {
+            return Some(max);
+        }
+        // SplitMix64's finaliser: ids that differ by one land far apart.
+        let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Some(max + Duration::from_millis(z % (jitter + 1)))
+    }
 }
 
 /// A cluster-once cron job the supervisor runs itself (`[[job]]`): each tick once across every

@@ -124,6 +124,10 @@ pub(super) struct RawApp {
     pub(super) ignore_watch: Option<Spanned<RawWatchList>>,
     pub(super) watch_delay: Option<Spanned<HumanDuration>>,
     pub(super) cron_restart: Option<Spanned<String>>,
+    /// Hung workers (systemd's protocol) and old ones.
+    pub(super) watchdog: Option<Spanned<HumanDuration>>,
+    pub(super) max_age: Option<Spanned<HumanDuration>>,
+    pub(super) max_age_jitter: Option<Spanned<HumanDuration>>,
 }
 
 /// `watch`: `true` (the app's directory), a path, or a list of them (PM2's forms).

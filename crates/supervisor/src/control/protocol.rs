@@ -208,9 +208,18 @@ pub struct AppStatus {
     /// Replacements for memory that failed (the old worker kept serving).
     #[serde(default)]
     pub memory_recycle_failures: u64,
-    /// The replacement for memory under way, if any.
+    /// The replacement under way (for memory, a hung worker or age), if any.
     #[serde(default)]
     pub memory_recycling: Option<MemoryRecycleProgress>,
+    /// Hung workers replaced (missed or triggered watchdog), since the supervisor started.
+    #[serde(default)]
+    pub watchdog_replacements: u64,
+    /// Watchdogs missed or triggered.
+    #[serde(default)]
+    pub watchdog_timeouts: u64,
+    /// Workers replaced for their age (`max_age`).
+    #[serde(default)]
+    pub age_replacements: u64,
     /// For a cluster singleton (`scope = "cluster"`): where it runs.
     #[serde(default)]
     pub singleton: Option<SingletonStatus>,
@@ -290,6 +299,12 @@ pub struct WorkerInfo {
     /// Seconds it has been above the app's `max_memory` (every sample since), if it is.
     #[serde(default)]
     pub over_max_memory_secs: Option<f64>,
+    /// It missed its watchdog (or triggered it) and is being replaced.
+    #[serde(default)]
+    pub hung: bool,
+    /// Its event loop's lag in milliseconds, as its heartbeat last reported it (Node).
+    #[serde(default)]
+    pub event_loop_lag_ms: Option<f64>,
 }
 
 /// A slot waiting for a restart.

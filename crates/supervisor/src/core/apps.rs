@@ -198,9 +198,11 @@ impl Core {
             | Event::SpawnFailed { worker, .. }
             | Event::Ready(worker)
             | Event::StatusText(worker, _)
+            | Event::Watchdog { worker, .. }
+            | Event::LoopLag(worker, _)
             | Event::Exited { worker, .. } => self.route(app_of(worker), event, now),
             Event::Timer(key) => match key {
-                TimerKey::Ready(id) | TimerKey::Kill(id) => {
+                TimerKey::Ready(id) | TimerKey::Kill(id) | TimerKey::Watchdog(id) => {
                     self.route(app_of(id), Event::Timer(key), now)
                 }
                 TimerKey::Restart { app, .. } => self.route(app, Event::Timer(key), now),
@@ -325,9 +327,14 @@ impl Core {
         }
     }
 
-    /// Whether worker memory is to be measured: while running, with some app's `max_memory`.
+    /// Whether worker memory is to be measured (and ages checked, on the same tick): while
+    /// running, with some app's `max_memory` or `max_age`.
     fn wants_memory_samples(&self) -> bool {
-        self.phase == Phase::Running && self.apps.iter().any(|e| e.app.max_memory().is_some())
+        self.phase == Phase::Running
+            && self
+                .apps
+                .iter()
+                .any(|e| e.app.max_memory().is_some() || e.app.max_age().is_some())
     }
 
     /// Keeps [`TimerKey::MemorySample`] armed exactly while memory is to be measured (a reload

@@ -56,7 +56,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec};
+use crate::config::{
+    AgePolicy, MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec,
+};
 use report::ReloadReport;
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
@@ -173,6 +175,8 @@ pub struct AppSettings {
     pub reload: ReloadPolicy,
     /// Memory recycling policy.
     pub memory: MemoryPolicy,
+    /// Replacing workers for their age.
+    pub age: AgePolicy,
     /// Said after "was not ready within ..." (what the runtime waits for), if anything.
     pub not_ready_hint: Option<String>,
     /// `Some` for a cluster singleton: it runs only while this host holds its lease.
@@ -259,8 +263,11 @@ pub enum TimerKey {
         /// The slot.
         slot: usize,
     },
-    /// Measure every worker's memory then (armed while some app has `max_memory`).
+    /// Measure every worker's memory then (armed while some app has `max_memory` or
+    /// `max_age`).
     MemorySample,
+    /// A ready worker with a `watchdog` that has not pinged since is hung then.
+    Watchdog(WorkerId),
 }
 
 /// A signal for a worker.
@@ -406,6 +413,16 @@ pub enum Event {
     Ready(WorkerId),
     /// The worker's `STATUS=` text.
     StatusText(WorkerId, String),
+    /// The worker's watchdog: `WATCHDOG=1` (alive), or `WATCHDOG=trigger` (`trigger`: it asks
+    /// to be treated as hung).
+    Watchdog {
+        /// The worker.
+        worker: WorkerId,
+        /// `WATCHDOG=trigger`.
+        trigger: bool,
+    },
+    /// How late the worker's event loop ran its last timer (the Node preload's heartbeat).
+    LoopLag(WorkerId, std::time::Duration),
     /// The worker process exited (the shell reaps it after this event).
     Exited {
         /// The worker.
@@ -584,4 +601,9 @@ pub struct Worker {
     pub over_memory: Option<(Instant, u64)>,
     /// When its process group is to be killed (armed [`TimerKey::Kill`]), once draining.
     pub kill_at: Option<Instant>,
+    /// It missed its watchdog (or triggered it): replaced like a worker over `max_memory`,
+    /// first.
+    pub hung: bool,
+    /// Its event loop's last lag, when it reports one.
+    pub event_loop_lag: Option<std::time::Duration>,
 }

@@ -104,15 +104,42 @@ pub struct ReloadProgress {
     pub queued: bool,
 }
 
-/// A worker being replaced because of its memory.
+/// Why a serving worker is replaced beside its slot (its replacement ready before it drains).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceReason {
+    /// It stayed above `max_memory`.
+    #[default]
+    Memory,
+    /// It missed its watchdog, or triggered it.
+    Watchdog,
+    /// It is older than `max_age`.
+    MaxAge,
+}
+
+impl ReplaceReason {
+    /// As people read it: "for memory", "hung", "for age".
+    pub fn text(self) -> &'static str {
+        match self {
+            ReplaceReason::Memory => "memory",
+            ReplaceReason::Watchdog => "watchdog",
+            ReplaceReason::MaxAge => "max_age",
+        }
+    }
+}
+
+/// A worker being replaced beside its slot: for its memory, because it hung, or for its age.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MemoryRecycleProgress {
+    /// Why (missing on the wire from a release that replaced for memory only).
+    #[serde(default)]
+    pub reason: ReplaceReason,
     pub slot: usize,
     /// The worker being replaced.
     pub old_pid: i32,
     /// Its replacement, once spawned.
     pub new_pid: Option<i32>,
-    /// The old worker's memory when its replacement was started.
+    /// The old worker's memory when its replacement was started (0 unless for memory).
     pub rss_bytes: u64,
     /// Seconds since the replacement was started.
     pub elapsed_secs: f64,

@@ -36,6 +36,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             kill_timeout: Duration::from_secs(10),
             cron_backend: false,
             contract: Default::default(),
+            watchdog: None,
         }),
         restart: RestartPolicy {
             min_uptime: Duration::from_secs(1),
@@ -52,6 +53,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             max_bytes: None,
             grace: Duration::from_secs(30),
         },
+        age: Default::default(),
         not_ready_hint: None,
         singleton: None,
         sockets: super::SocketSet(0),

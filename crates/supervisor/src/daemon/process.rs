@@ -121,6 +121,8 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
                 && k != "SUPERVISOR_FENCING_TOKEN"
                 && k != "SUPERVISOR_WAIT_READY"
                 && k != "SUPERVISOR_SHUTDOWN_MESSAGE"
+                && k != "WATCHDOG_USEC"
+                && k != "WATCHDOG_PID"
                 && k != CRON_URL
         })
         .collect();
@@ -169,6 +171,10 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
         if !spec.env.contains_key("NODE_APP_INSTANCE") {
             env.insert("NODE_APP_INSTANCE".to_string(), args.slot.to_string());
         }
+    }
+    // systemd's watchdog protocol (WATCHDOG_PID, the worker's own pid, is written after fork).
+    if let Some(period) = spec.watchdog {
+        env.insert("WATCHDOG_USEC".to_string(), period.as_micros().to_string());
     }
     // The backend's URL carries its password: only for the apps that run jobs in-process.
     if spec.cron_backend {

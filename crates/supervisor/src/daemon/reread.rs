@@ -25,6 +25,7 @@ pub(super) fn app_settings(
         restart: app.restart,
         reload: app.reload,
         memory: app.memory,
+        age: app.age,
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
         singleton: app.singleton,
         sockets,

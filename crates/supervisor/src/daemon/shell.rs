@@ -81,14 +81,32 @@ pub(super) struct Inputs {
     pub(super) snapshots: mpsc::Receiver<SnapshotRequest>,
 }
 
-/// The supervisor's own service manager (`NOTIFY_SOCKET` at start), and what it was told last.
+/// The supervisor's own service manager (`NOTIFY_SOCKET` at start), what it was told last, and
+/// its watchdog (`WatchdogSec=`): `WATCHDOG=1` four times per period, sent by the event loop
+/// itself, so that a wedged loop is restarted by systemd.
 #[derive(Debug, Default)]
 pub(super) struct Service {
     pub(super) notifier: Option<sdnotify::Notifier>,
     told: Option<ServiceState>,
+    watchdog: Option<std::time::Duration>,
+    next_ping: Option<Instant>,
 }
 
 impl Service {
+    /// Sends `WATCHDOG=1` if it is due, and says when the next one is.
+    fn ping_watchdog(&mut self, now: Instant) {
+        let (Some(n), Some(period)) = (&self.notifier, self.watchdog) else {
+            return;
+        };
+        if self.next_ping.is_some_and(|at| now < at) {
+            return;
+        }
+        if let Err(e) = n.send("WATCHDOG=1") {
+            tracing::warn!(socket = %n.target, "cannot ping the service manager's watchdog: {e}");
+        }
+        self.next_ping = Some(now + period / 4);
+    }
+
     /// Tells the service manager, if there is one.
     fn tell(&mut self, state: ServiceState, status: &str) {
         let Some(n) = &self.notifier else { return };
@@ -154,8 +172,10 @@ impl Shell {
             cpu: CpuMeter::default(),
             record: Record::starting(crate::upgrade::own_binary()),
             service: Service {
+                watchdog: service.as_ref().and(sdnotify::watchdog_period()),
                 notifier: service,
                 told: None,
+                next_ping: None,
             },
             runtime_dir,
             own_children,
@@ -183,10 +203,17 @@ impl Shell {
             self.feed(Event::Start);
         }
         self.triggers.sync(&self.config.apps);
+        if let Some(period) = self.service.watchdog {
+            tracing::info!(
+                "service watchdog: WATCHDOG=1 every {}",
+                crate::units::span(period / 4)
+            );
+        }
         loop {
             if let Some(outcome) = self.exit.take() {
                 return outcome;
             }
+            self.service.ping_watchdog(Instant::now());
             if self.upgrade_turn().await {
                 continue;
             }
@@ -205,6 +232,7 @@ impl Shell {
                 Some((id, ev)) = self.worker_rx.recv() => self.worker_event(id, ev),
                 Some((app, event)) = self.lease_events.recv() => self.feed(Event::Lease { app, event }),
                 Some(t) = self.triggered.recv() => self.triggered(t),
+                () = sleep_until(self.service.next_ping) => {}
                 () = sleep_until(next) => {
                     for key in self.deadlines.due(Instant::now()) {
                         self.feed(Event::Timer(key));

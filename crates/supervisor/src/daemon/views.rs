@@ -96,6 +96,8 @@ pub(super) fn status(
                     over_max_memory_secs: w
                         .over_memory
                         .map(|(since, _)| now.saturating_duration_since(since).as_secs_f64()),
+                    hung: w.hung,
+                    event_loop_lag_ms: w.event_loop_lag.map(|l| l.as_secs_f64() * 1000.0),
                 })
                 .collect();
             AppStatus {
@@ -134,6 +136,9 @@ pub(super) fn status(
                 memory_recycles: snapshot.memory_recycles,
                 memory_recycle_failures: snapshot.memory_recycle_failures,
                 memory_recycling: snapshot.memory_recycling,
+                watchdog_replacements: snapshot.watchdog_recycles,
+                watchdog_timeouts: snapshot.watchdog_timeouts,
+                age_replacements: snapshot.age_recycles,
                 singleton: snapshot.singleton.map(|s| SingletonStatus {
                     role: s.role,
                     holder: s.holder,
@@ -197,6 +202,9 @@ pub(super) fn metrics(
                 restarts: s.restarts_total,
                 memory_recycles: s.memory_recycles,
                 memory_recycle_failures: s.memory_recycle_failures,
+                watchdog_replacements: s.watchdog_recycles,
+                watchdog_timeouts: s.watchdog_timeouts,
+                age_replacements: s.age_recycles,
                 singleton_holder: s
                     .singleton
                     .as_ref()

@@ -93,6 +93,13 @@ impl Shell {
             WorkerEvent::Notify(Notification::Status(text)) => {
                 self.feed(Event::StatusText(id, text))
             }
+            WorkerEvent::Notify(Notification::Watchdog { trigger }) => self.feed(Event::Watchdog {
+                worker: id,
+                trigger,
+            }),
+            WorkerEvent::Notify(Notification::EventLoopLag(lag)) => {
+                self.feed(Event::LoopLag(id, lag))
+            }
             WorkerEvent::Notify(Notification::Stopping) => {
                 if let Some(w) = self.core.worker(id)
                     && w.state != WorkerState::Draining

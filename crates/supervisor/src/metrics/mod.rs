@@ -143,6 +143,11 @@ pub struct AppMetrics {
     pub memory_recycles: u64,
     /// Replacements for memory that failed (the old worker kept serving).
     pub memory_recycle_failures: u64,
+    /// Hung workers replaced, and watchdogs missed or triggered.
+    pub watchdog_replacements: u64,
+    pub watchdog_timeouts: u64,
+    /// Workers replaced for their age.
+    pub age_replacements: u64,
     /// A cluster singleton: whether this host holds its lease (`None`: not a singleton).
     pub singleton_holder: Option<bool>,
     /// Reloads since the supervisor started.
@@ -365,6 +370,34 @@ impl Collector for Snapshot {
             None,
             Counter,
             &recycles,
+        )?;
+        let replaced: Vec<(Labels, u64)> = apps
+            .iter()
+            .flat_map(|a| {
+                [
+                    ("memory", a.memory_recycles),
+                    ("watchdog", a.watchdog_replacements),
+                    ("max_age", a.age_replacements),
+                ]
+                .map(|(reason, n)| (labels_with(a, "reason", reason), n))
+            })
+            .collect();
+        family(
+            &mut e,
+            "worker_replacements",
+            "Serving workers replaced beside their slot (the replacement ready first), by app and \
+             reason: memory (above max_memory), watchdog (hung), max_age.",
+            None,
+            Counter,
+            &replaced,
+        )?;
+        family(
+            &mut e,
+            "watchdog_timeouts",
+            "Worker watchdogs missed (no WATCHDOG=1 within the period) or triggered, by app.",
+            None,
+            Counter,
+            &per_app(&|a| a.watchdog_timeouts),
         )?;
         let reloads: Vec<(Labels, u64)> = apps
             .iter()

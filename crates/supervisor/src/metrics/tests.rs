@@ -23,6 +23,9 @@ fn demo() -> AppMetrics {
         restarts: 7,
         memory_recycles: 2,
         memory_recycle_failures: 1,
+        watchdog_replacements: 3,
+        watchdog_timeouts: 4,
+        age_replacements: 5,
         singleton_holder: Some(true),
         reloads,
         processes: vec![WorkerProcess {
@@ -110,6 +113,15 @@ fn apps_workers_and_slots() {
         "supervisor_config_job_ticks_total{result=\"backend_down\"} 4",
     );
     has(&l, "# TYPE supervisor_memory_recycles_total counter");
+    has(
+        &l,
+        "supervisor_worker_replacements_total{app=\"demo\",reason=\"watchdog\"} 3",
+    );
+    has(
+        &l,
+        "supervisor_worker_replacements_total{app=\"demo\",reason=\"max_age\"} 5",
+    );
+    has(&l, "supervisor_watchdog_timeouts_total{app=\"demo\"} 4");
     has(
         &l,
         "supervisor_memory_recycles_total{app=\"demo\",outcome=\"ok\"} 2",

@@ -8,6 +8,8 @@
 //    across a reload, and clients of the held port would wait for nobody. The worker says so once
 //    per generation, at WARN, with the fix, and exits 78 (EX_CONFIG): the start or reload fails
 //    at once instead of at its ready timeout;
+//  - with a `watchdog` (WATCHDOG_USEC), a heartbeat from the event loop itself on READY_FD after
+//    the ready newline (`WATCHDOG=1` and the loop's lag), so a blocked event loop is replaced;
 //  - readiness (a newline on READY_FD) is reported once every inherited socket is listened on,
 //    and, with `wait_ready` (PM2's name; SUPERVISOR_WAIT_READY=1), once the app has also called
 //    `process.send('ready')`;
@@ -98,10 +100,35 @@
     if (!Number.isInteger(fd) || fd < 0) return;
     try {
       fs.writeSync(fd, "\n");
-      fs.closeSync(fd);
+      if (watchdogMs > 0) startHeartbeat(fd);
+      else fs.closeSync(fd);
     } catch (e) {
       log(`cannot report readiness on READY_FD=${fd}: ${e.message}`);
     }
+  }
+
+  // ---- watchdog (systemd's protocol, WATCHDOG_USEC for this pid): the heartbeat is a timer of
+  // the event loop itself, so a loop blocked by a runaway handler (`while (true) {}`, a
+  // catastrophic regex) stops it and the supervisor replaces the worker. Each beat also says how
+  // late the timer ran: the event loop's lag. Beats go on the readiness pipe, one line each. ----
+  const watchdogMs =
+    Number(env.WATCHDOG_PID) === process.pid && Number(env.WATCHDOG_USEC) > 0 ? Number(env.WATCHDOG_USEC) / 1000 : 0;
+  function startHeartbeat(fd) {
+    const every = Math.max(watchdogMs / 4, 10);
+    let last = performance.now();
+    const beat = () => {
+      const now = performance.now();
+      const lag = Math.max(0, now - last - every);
+      last = now;
+      try {
+        fs.writeSync(fd, `WATCHDOG=1\nX_EVENT_LOOP_LAG_MS=${lag.toFixed(1)}\n`);
+      } catch (e) {
+        clearInterval(timer);
+      }
+    };
+    const timer = setInterval(beat, every);
+    timer.unref();
+    beat();
   }
   if (listeners.length === 0) setImmediate(maybeReady);
 

@@ -47,6 +47,18 @@ impl Notifier {
     }
 }
 
+/// The supervisor's own watchdog period, when its service manager set one (`WatchdogSec=`:
+/// `WATCHDOG_USEC`, with `WATCHDOG_PID` this process or unset).
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim() != std::process::id().to_string()
+    {
+        return None;
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 /// `CLOCK_MONOTONIC` in microseconds (systemd's `MONOTONIC_USEC=`).
 pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {

@@ -84,12 +84,22 @@ fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
     CString::new(bytes).map_err(|_| SpawnError::Nul(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// Length of `LISTEN_PID=` plus room for any pid and the NUL.
+/// The variables whose value is the worker's own pid, written after fork: `LISTEN_PID` (always)
+/// and `WATCHDOG_PID` (when the environment has `WATCHDOG_USEC`), as systemd sets them.
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
-const LISTEN_PID_LEN: usize = 11 + 20 + 1;
+const WATCHDOG_PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
+/// The longest prefix plus room for any pid and the NUL.
+const PID_VAR_LEN: usize = 13 + 20 + 1;
 
-/// Writes `pid` as decimal after the `LISTEN_PID=` prefix. Async-signal-safe: no allocation.
-fn write_pid(buf: &mut [u8; LISTEN_PID_LEN], pid: i32) {
+/// A `NAME=` prefix in a buffer with room for the pid.
+fn pid_var(prefix: &[u8]) -> [u8; PID_VAR_LEN] {
+    let mut buf = [0u8; PID_VAR_LEN];
+    buf[..prefix.len()].copy_from_slice(prefix);
+    buf
+}
+
+/// Writes `pid` as decimal after the `NAME=` prefix. Async-signal-safe: no allocation.
+fn write_pid(buf: &mut [u8; PID_VAR_LEN], pid: i32) {
     let mut digits = [0u8; 20];
     let mut n = pid.unsigned_abs();
     let mut len = 0;
@@ -101,7 +111,7 @@ fn write_pid(buf: &mut [u8; LISTEN_PID_LEN], pid: i32) {
             break;
         }
     }
-    let start = LISTEN_PID_PREFIX.len();
+    let start = buf.iter().position(|b| *b == b'=').map_or(0, |i| i + 1);
     for i in 0..len {
         buf[start + i] = digits[len - 1 - i];
     }
@@ -133,15 +143,24 @@ fn spawn_with(cmd: Exec<'_>, notify_fd: bool) -> Result<Child, SpawnError> {
     let env_c: Vec<CString> = cmd
         .env
         .iter()
-        .filter(|(k, _)| k != "LISTEN_PID")
+        .filter(|(k, _)| k != "LISTEN_PID" && k != "WATCHDOG_PID")
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
         .collect::<Result<_, _>>()?;
-    let mut listen_pid = [0u8; LISTEN_PID_LEN];
-    listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+    let mut listen_pid = pid_var(LISTEN_PID_PREFIX);
+    let mut watchdog_pid = pid_var(WATCHDOG_PID_PREFIX);
+    let watchdog = cmd.env.iter().any(|(k, _)| k == "WATCHDOG_USEC");
     let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
     envp.push(listen_pid.as_ptr().cast());
+    if watchdog {
+        envp.push(watchdog_pid.as_ptr().cast());
+    }
     envp.push(std::ptr::null());
-    let listen_pid_ptr: *mut [u8; LISTEN_PID_LEN] = &mut listen_pid;
+    let listen_pid_ptr: *mut [u8; PID_VAR_LEN] = &mut listen_pid;
+    let watchdog_pid_ptr: *mut [u8; PID_VAR_LEN] = if watchdog {
+        &mut watchdog_pid
+    } else {
+        std::ptr::null_mut()
+    };
 
     let cwd = cstring(cmd.cwd.as_os_str().as_bytes())?;
     let devnull = cstring(OsStr::new("/dev/null").as_bytes())?;
@@ -188,6 +207,7 @@ fn spawn_with(cmd: Exec<'_>, notify_fd: bool) -> Result<Child, SpawnError> {
                 argv: argv.as_ptr(),
                 envp: envp.as_ptr(),
                 listen_pid: listen_pid_ptr,
+                watchdog_pid: watchdog_pid_ptr,
             })
         }
     }
@@ -278,7 +298,9 @@ struct ChildPlan<'a> {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
-    listen_pid: *mut [u8; LISTEN_PID_LEN],
+    listen_pid: *mut [u8; PID_VAR_LEN],
+    /// Null when the worker has no watchdog.
+    watchdog_pid: *mut [u8; PID_VAR_LEN],
 }
 
 /// The child side between fork and exec. Never returns.
@@ -343,7 +365,11 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if libc::chdir(plan.cwd) != 0 {
             fail(exec_err);
         }
-        write_pid(&mut *plan.listen_pid, libc::getpid());
+        let pid = libc::getpid();
+        write_pid(&mut *plan.listen_pid, pid);
+        if !plan.watchdog_pid.is_null() {
+            write_pid(&mut *plan.watchdog_pid, pid);
+        }
         libc::execve(plan.program, plan.argv, plan.envp);
         fail(exec_err)
     }
@@ -355,14 +381,17 @@ mod tests {
 
     #[test]
     fn write_pid_formats_decimal() {
-        let mut buf = [0u8; LISTEN_PID_LEN];
-        buf[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        let mut buf = pid_var(LISTEN_PID_PREFIX);
         write_pid(&mut buf, 40123);
         let s = std::ffi::CStr::from_bytes_until_nul(&buf).unwrap();
         assert_eq!(s.to_str().unwrap(), "LISTEN_PID=40123");
         write_pid(&mut buf, 7);
         let s = std::ffi::CStr::from_bytes_until_nul(&buf).unwrap();
         assert_eq!(s.to_str().unwrap(), "LISTEN_PID=7");
+        let mut buf = pid_var(WATCHDOG_PID_PREFIX);
+        write_pid(&mut buf, i32::MAX);
+        let s = std::ffi::CStr::from_bytes_until_nul(&buf).unwrap();
+        assert_eq!(s.to_str().unwrap(), "WATCHDOG_PID=2147483647");
     }
 
     fn wait(child: &Child) -> i32 {

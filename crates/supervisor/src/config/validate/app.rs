@@ -13,7 +13,7 @@ use super::super::model::{
 use super::super::raw::{RawApp, RawReload, RawRestart, Spanned};
 use super::bounds::{MAX_MEMORY, MAX_NAME, MAX_RESTARTS, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
 use super::program::runs_node;
-use super::{AppConfig, ConfigError, Validator, resolve, triggers};
+use super::{AppConfig, ConfigError, Validator, health, resolve, triggers};
 
 /// Where an app's values are in the file, for the checks across apps (unique names and
 /// addresses, `after`).
@@ -106,8 +106,15 @@ impl Validator<'_> {
             watch_delay: ra.watch_delay.take(),
             cron_restart: ra.cron_restart.take(),
         };
-        let worker = self.worker(key, ra)?;
+        let health = health::Raw {
+            watchdog: ra.watchdog.take(),
+            max_age: ra.max_age.take(),
+            max_age_jitter: ra.max_age_jitter.take(),
+        };
+        let mut worker = self.worker(key, ra)?;
         let triggers = self.triggers(key, triggers, &worker.cwd)?;
+        let (watchdog, age) = self.health(key, health)?;
+        worker.watchdog = watchdog;
         let reload = self.reload(key, &raw_reload, worker.instances)?;
         let app = AppConfig {
             name,
@@ -118,6 +125,7 @@ impl Validator<'_> {
             restart,
             reload,
             memory,
+            age,
             singleton,
             triggers,
         };
@@ -351,6 +359,7 @@ impl Validator<'_> {
             kill_timeout,
             cron_backend: rw.cron_backend.unwrap_or(false),
             contract,
+            watchdog: None,
         })
     }
 

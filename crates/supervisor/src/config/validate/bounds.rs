@@ -37,6 +37,12 @@ pub(crate) const MAX_JOB_TIMEOUT: Bound = Bound {
     text: "7days",
 };
 
+/// An app's `max_age` and `max_age_jitter`: a year.
+pub(crate) const MAX_AGE: Bound = Bound {
+    max: Duration::from_secs(365 * 86_400),
+    text: "365days",
+};
+
 /// The largest `max_memory`: 16 TiB (the message says so in these words).
 pub(crate) const MAX_MEMORY: u64 = 1 << 44;
 

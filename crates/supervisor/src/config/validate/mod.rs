@@ -20,6 +20,7 @@ mod paths;
 pub(crate) use paths::{creatable_dir, missing_interpreter};
 mod contract;
 mod env;
+mod health;
 pub use env::PROFILE_VAR;
 mod program;
 mod supervisor;

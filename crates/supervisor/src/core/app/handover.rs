@@ -163,6 +163,8 @@ impl App {
                         status_text: w.status_text,
                         spec: spec.clone(),
                         over_memory: None,
+                        hung: false,
+                        event_loop_lag: None,
                         kill_at: None,
                     },
                 );
@@ -195,6 +197,8 @@ impl App {
                     status_text: w.status_text,
                     spec: spec.clone(),
                     over_memory: None,
+                    hung: false,
+                    event_loop_lag: None,
                     kill_at: Some(kill_at),
                 },
             );

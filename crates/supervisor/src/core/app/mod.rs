@@ -32,6 +32,7 @@ use reload::Reloading;
 use slots::{FirstStart, Slot, SlotState};
 
 mod handover;
+mod health;
 #[cfg(test)]
 pub(crate) mod invariants;
 mod lease;
@@ -78,10 +79,15 @@ pub struct Snapshot<'a> {
     pub memory: MemoryPolicy,
     /// Workers replaced because they stayed above `max_memory` (the replacement became ready).
     pub memory_recycles: u64,
-    /// Replacements for memory that failed (the old worker kept serving).
+    /// Replacements that failed, for any reason (the old worker kept serving).
     pub memory_recycle_failures: u64,
-    /// The replacement for memory under way.
+    /// The replacement under way (for memory, a hung worker, or age).
     pub memory_recycling: Option<MemoryRecycleProgress>,
+    /// Hung workers replaced; watchdogs missed or triggered.
+    pub watchdog_recycles: u64,
+    pub watchdog_timeouts: u64,
+    /// Workers replaced for their age.
+    pub age_recycles: u64,
     /// Crash restarts of every slot since the supervisor started, slots retired by `scale` or a
     /// reload included (never goes down: what `status` shows per slot, summed).
     pub restarts_total: u64,
@@ -122,10 +128,17 @@ pub struct App {
     /// From the app's first start until one of its workers is ready (never for a cluster
     /// singleton, whose start is a takeover): a configuration error then fails the start.
     starting_up: bool,
-    /// The replacement for memory under way (one at a time).
+    /// The replacement under way (one at a time): for memory, a hung worker, or age.
     recycling: Option<Recycle>,
     memory_recycles: u64,
+    /// Replacements that failed, for any reason (the old worker kept serving).
     memory_recycle_failures: u64,
+    /// Hung workers replaced, and watchdogs missed or triggered.
+    watchdog_recycles: u64,
+    watchdog_timeouts: u64,
+    /// Workers replaced for their age; no replacement for age before this instant (one failed).
+    age_recycles: u64,
+    age_retry_at: Option<Instant>,
     /// `Some` for a cluster singleton.
     lease: Option<LeaseState>,
     /// Who waits for it to be up (`start APP`, a reload that added it): answered once every
@@ -191,6 +204,10 @@ impl App {
             recycling: None,
             memory_recycles: 0,
             memory_recycle_failures: 0,
+            watchdog_recycles: 0,
+            watchdog_timeouts: 0,
+            age_recycles: 0,
+            age_retry_at: None,
             lease,
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
@@ -222,6 +239,8 @@ impl App {
                     w.status_text = Some(text);
                 }
             }
+            Event::Watchdog { worker, trigger } => self.watchdog_ping(worker, trigger, now),
+            Event::LoopLag(worker, lag) => self.event_loop_lag(worker, lag),
             Event::Exited { worker, status } => self.exited(worker, status, now),
             Event::Timer(key) => self.timer(key, now),
             Event::Memory(samples) => self.memory(&samples, now),
@@ -406,6 +425,7 @@ impl App {
             _ => None,
         };
         let memory_recycling = self.recycling.map(|r| MemoryRecycleProgress {
+            reason: r.why,
             slot: r.slot,
             old_pid: self.workers.get(&r.old).and_then(|w| w.pid).unwrap_or(0),
             new_pid: self.workers.get(&r.new).and_then(|w| w.pid),
@@ -423,6 +443,9 @@ impl App {
             memory_recycles: self.memory_recycles,
             memory_recycle_failures: self.memory_recycle_failures,
             memory_recycling,
+            watchdog_recycles: self.watchdog_recycles,
+            watchdog_timeouts: self.watchdog_timeouts,
+            age_recycles: self.age_recycles,
             restarts_total: self.restarts_total,
             singleton: self.lease.as_ref().map(|l| SingletonView {
                 role: if l.token.is_some() {

@@ -1,27 +1,35 @@
-//! Memory recycling (`max_memory`): each sample marks a serving worker above the limit with the
-//! instant it was first seen above (a sample below clears it). One whose mark is older than
-//! `max_memory_grace` is replaced like one slot of a rolling reload: a new worker for its slot,
-//! same generation and program, and the old one drains only once the new one is ready. One slot
-//! at a time per app, never while the app reloads or stops. A replacement that fails (exits,
-//! cannot be executed, is not ready within `ready_timeout`) leaves the old worker serving, and
-//! its mark starts over: it is tried again once it has stayed above the limit for another grace.
+//! Replacing a serving worker beside its slot, for one of three reasons ([`ReplaceReason`]):
+//! it is hung (missed its watchdog: see `health`), it stayed above `max_memory`, or it is older
+//! than `max_age` (plus its share of the jitter), in that order of priority. The replacement is
+//! like one slot of a rolling reload: a new worker for its slot, same generation and program,
+//! and the old one drains only once the new one is ready. One slot at a time per app, never
+//! while the app reloads or stops.
+//!
+//! Memory: each sample marks a serving worker above the limit with the instant it was first seen
+//! above (a sample below clears it); one whose mark is older than `max_memory_grace` is due. A
+//! replacement that fails (exits, cannot be executed, is not ready within `ready_timeout`) leaves
+//! the old worker serving: for memory its mark starts over (tried again after another grace), a
+//! hung worker is tried again after another watchdog period, an old one after the grace.
 
 use tokio::time::Instant;
 
 use super::App;
 use super::slots::SlotState;
-use crate::core::{Action, Phase, WorkerId, WorkerState};
+use crate::core::report::ReplaceReason;
+use crate::core::{Action, Phase, TimerKey, WorkerId, WorkerState, later};
 
-/// A worker being replaced for its memory: its replacement starts beside it.
+/// A worker being replaced: its replacement starts beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Recycle {
+    /// Why.
+    pub(super) why: ReplaceReason,
     /// The slot.
     pub(super) slot: usize,
     /// The worker replaced (it serves the slot until the replacement is ready).
     pub(super) old: WorkerId,
     /// The replacement.
     pub(super) new: WorkerId,
-    /// The old worker's memory when its replacement was started.
+    /// The old worker's memory when its replacement was started (0 unless for memory).
     pub(super) rss: u64,
     /// When the replacement was started.
     pub(super) started: Instant,
@@ -43,6 +51,8 @@ impl App {
             for w in self.workers.values_mut() {
                 w.over_memory = None;
             }
+            // The same tick checks the ages.
+            self.maybe_recycle(now);
             return;
         };
         for &(id, rss) in samples {
@@ -80,44 +90,81 @@ impl App {
         self.maybe_recycle(now);
     }
 
-    /// Starts the replacement of the worker longest above `max_memory` for at least the grace,
-    /// unless the app is not running, reloads, or is already replacing one.
-    fn maybe_recycle(&mut self, now: Instant) {
-        let policy = self.settings.memory;
-        let Some(max) = policy.max_bytes else {
-            return;
-        };
+    /// Starts the replacement of the worker most due: a hung one, else the one longest above
+    /// `max_memory` for at least the grace, else the oldest past its age; unless the app is not
+    /// running, reloads, or is already replacing one.
+    pub(super) fn maybe_recycle(&mut self, now: Instant) {
         if self.phase != Phase::Running || self.reloading.is_some() || self.recycling.is_some() {
             return;
         }
-        let due = self
+        let serving: Vec<&crate::core::Worker> = self
             .workers
             .values()
             .filter(|w| w.state == WorkerState::Ready && self.slot_worker(w.slot) == Some(w.id))
-            .filter_map(|w| {
-                let (since, rss) = w.over_memory?;
-                (now.saturating_duration_since(since) >= policy.grace)
-                    .then_some((since, w.slot, w.id, rss))
-            })
-            .min();
-        let Some((since, slot, old, rss)) = due else {
+            .collect();
+        let hung = serving.iter().find(|w| w.hung).map(|w| {
+            let why = "hung (missed its watchdog)".to_string();
+            (w.slot, w.id, ReplaceReason::Watchdog, 0, why)
+        });
+        let memory = || {
+            let policy = self.settings.memory;
+            let max = policy.max_bytes?;
+            let (since, slot, id, rss) = serving
+                .iter()
+                .filter_map(|w| {
+                    let (since, rss) = w.over_memory?;
+                    (now.saturating_duration_since(since) >= policy.grace)
+                        .then_some((since, w.slot, w.id, rss))
+                })
+                .min()?;
+            let why = format!(
+                "used {} > max_memory {} for {}",
+                crate::units::bytes(rss),
+                crate::units::size(max),
+                crate::units::span(now.saturating_duration_since(since))
+            );
+            Some((slot, id, ReplaceReason::Memory, rss, why))
+        };
+        let age = || {
+            if self.age_retry_at.is_some_and(|at| now < at) {
+                return None;
+            }
+            let policy = self.settings.age;
+            let (started, slot, id, limit) = serving
+                .iter()
+                .filter_map(|w| {
+                    let limit = policy.limit_for(w.id)?;
+                    (now.saturating_duration_since(w.started_at) >= limit).then_some((
+                        w.started_at,
+                        w.slot,
+                        w.id,
+                        limit,
+                    ))
+                })
+                .min()?;
+            let why = format!(
+                "is {} old, past its max_age ({} with its share of the jitter)",
+                crate::units::span(now.saturating_duration_since(started)),
+                crate::units::span(limit)
+            );
+            Some((slot, id, ReplaceReason::MaxAge, 0, why))
+        };
+        let Some((slot, old, why, rss, text)) = hung.or_else(memory).or_else(age) else {
             return;
         };
         let Some(w) = self.workers.get(&old) else {
             return;
         };
         tracing::warn!(
-            "{} pid {} used {} > max_memory {} for {}: replacing it",
+            "{} pid {} {text}: replacing it (its replacement ready before it drains)",
             w.name,
             w.pid.unwrap_or(0),
-            crate::units::bytes(rss),
-            crate::units::size(max),
-            crate::units::span(now.saturating_duration_since(since))
         );
         let s = &self.slots[slot];
         let (spec, sockets, generation) = (s.spec.clone(), s.sockets, s.generation);
         let new = self.spawn(slot, spec, sockets, generation, now);
         self.recycling = Some(Recycle {
+            why,
             slot,
             old,
             new,
@@ -126,7 +173,7 @@ impl App {
         });
     }
 
-    /// The replacement for memory is ready: it serves the slot and the old worker drains.
+    /// The replacement is ready: it serves the slot and the old worker drains.
     pub(super) fn recycle_done(&mut self, r: Recycle, new_pid: i32, now: Instant) {
         self.recycling = None;
         let Some(s) = self.slots.get_mut(r.slot) else {
@@ -134,13 +181,21 @@ impl App {
             return;
         };
         let previous = std::mem::replace(&mut s.state, SlotState::Serving(r.new));
-        self.memory_recycles += 1;
+        let count = match r.why {
+            ReplaceReason::Memory => &mut self.memory_recycles,
+            ReplaceReason::Watchdog => &mut self.watchdog_recycles,
+            ReplaceReason::MaxAge => &mut self.age_recycles,
+        };
+        *count += 1;
+        let count = *count;
         let old_pid = self.workers.get(&r.old).and_then(|w| w.pid).unwrap_or(0);
         tracing::info!(
             app = %self.name(),
             slot = r.slot,
-            recycles = self.memory_recycles,
-            "replaced for memory: pid {old_pid} -> {new_pid}, ready in {}; draining the old worker",
+            reason = r.why.text(),
+            count,
+            "replaced ({}): pid {old_pid} -> {new_pid}, ready in {}; draining the old worker",
+            r.why.text(),
             crate::units::duration(now.saturating_duration_since(r.started).as_secs_f64())
         );
         match previous {
@@ -148,14 +203,37 @@ impl App {
             SlotState::BackingOff(_) => self.out.push(Action::Cancel(self.restart_key(r.slot))),
             _ => {}
         }
+        // Another worker may be due meanwhile (a second hung one).
+        self.maybe_recycle(now);
     }
 
-    /// The replacement for memory failed (the caller stopped it if it runs): the old worker keeps
-    /// serving, and is tried again once it stayed above the limit for another grace.
+    /// The replacement failed (the caller stopped it if it runs): the old worker keeps serving,
+    /// and is tried again later: for memory once it stayed above the limit for another grace, a
+    /// hung one after another watchdog period, an old one after the grace.
     pub(super) fn recycle_failed(&mut self, r: Recycle, why: String, now: Instant) {
         self.recycling = None;
         self.memory_recycle_failures += 1;
         let grace = self.settings.memory.grace;
+        match r.why {
+            ReplaceReason::Memory => {}
+            ReplaceReason::Watchdog => {
+                if let Some(w) = self.workers.get(&r.old)
+                    && let Some(period) = w.spec.watchdog
+                {
+                    tracing::error!(worker = %w.name, "replacement of a hung worker failed: {why}; tried again in {}", crate::units::span(period));
+                    self.out.push(Action::Arm {
+                        timer: TimerKey::Watchdog(r.old),
+                        at: later(now, period),
+                    });
+                }
+                return;
+            }
+            ReplaceReason::MaxAge => {
+                self.age_retry_at = Some(later(now, grace));
+                tracing::error!(app = %self.name(), slot = r.slot, "replacement for age failed: {why}; tried again in {}", crate::units::span(grace));
+                return;
+            }
+        }
         if let Some(w) = self.workers.get_mut(&r.old) {
             if let Some((_, rss)) = w.over_memory {
                 w.over_memory = Some((now, rss));
@@ -169,11 +247,11 @@ impl App {
         }
     }
 
-    /// Gives up the replacement for memory under way (a reload, restart, scale or stop takes
-    /// over): its new worker drains, the old one stays the slot's.
+    /// Gives up the replacement under way (a reload, restart, scale or stop takes over): its new
+    /// worker drains, the old one stays the slot's.
     pub(super) fn cancel_recycle(&mut self, why: &str, now: Instant) {
         if let Some(r) = self.recycling.take() {
-            tracing::info!(app = %self.name(), slot = r.slot, "replacement for memory given up: {why}");
+            tracing::info!(app = %self.name(), slot = r.slot, reason = r.why.text(), "replacement given up: {why}");
             self.drain(r.new, now);
         }
     }

@@ -189,6 +189,7 @@ mod tests {
             kill_timeout: Duration::from_secs(1),
             cron_backend: false,
             contract: Default::default(),
+            watchdog: None,
         })
     }
 

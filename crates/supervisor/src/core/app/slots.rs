@@ -128,6 +128,8 @@ impl App {
                 status_text: None,
                 spec: spec.clone(),
                 over_memory: None,
+                hung: false,
+                event_loop_lag: None,
                 kill_at: None,
             },
         );
@@ -275,6 +277,7 @@ impl App {
         let (pid, slot) = (w.pid.unwrap_or(0), w.slot);
         tracing::info!(worker = %w.name, pid, generation = w.generation, ready_ms = (now - w.started_at).as_millis() as u64, "worker ready");
         self.out.push(Action::Cancel(TimerKey::Ready(id)));
+        self.arm_watchdog(id, now);
         match self.owner(id, slot) {
             Owner::Reload => {
                 let replaced = match &mut self.reloading {
@@ -295,6 +298,7 @@ impl App {
     /// The worker process exited: expected when it was draining, a failure for its owner
     /// otherwise.
     pub(super) fn exited(&mut self, id: WorkerId, status: ExitStatus, now: Instant) {
+        self.disarm_watchdog(id);
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
@@ -396,6 +400,7 @@ impl App {
             }
             // The supervisor's; it hands the samples over as `Event::Memory`.
             TimerKey::MemorySample => {}
+            TimerKey::Watchdog(id) => self.watchdog_missed(id, now),
             TimerKey::Kill(id) => {
                 if let Some(w) = self.workers.get(&id) {
                     tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::units::span(w.spec.kill_timeout));
@@ -503,6 +508,9 @@ impl App {
             return;
         }
         w.state = WorkerState::Draining;
+        if w.spec.watchdog.is_some() {
+            self.out.push(Action::Cancel(TimerKey::Watchdog(id)));
+        }
         tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining ({})", w.spec.contract.kill_signal.name());
         let at = later(now, w.spec.kill_timeout);
         w.kill_at = Some(at);
