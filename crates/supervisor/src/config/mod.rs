@@ -22,8 +22,8 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness,
-    ReloadPolicy, RestartPolicy, Runtime, SingletonPolicy, WorkerSpec,
+    JobAction, JobConfig, ListenAddr, ListenerSpec, LogPolicy, MAX_INSTANCES, MemoryPolicy,
+    Readiness, ReloadPolicy, RestartPolicy, Runtime, SingletonPolicy, WorkerSpec,
 };
 
 use raw::{RawEndpoints, RawFile, parse_toml};
@@ -118,6 +118,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The `[[job]]` tables, in file order.
     pub jobs: Vec<JobConfig>,
+    /// Where the apps' log files go unless they name their own (`[supervisor] log_dir`).
+    pub log_dir: PathBuf,
 }
 
 /// One app: a program run as N workers sharing its own listening sockets.
@@ -141,6 +143,8 @@ pub struct AppConfig {
     pub memory: MemoryPolicy,
     /// `Some` for a cluster singleton (`scope = "cluster"`): its lease.
     pub singleton: Option<SingletonPolicy>,
+    /// Where its output is written, rotated, and how much of it is kept.
+    pub logs: LogPolicy,
 }
 
 impl Config {

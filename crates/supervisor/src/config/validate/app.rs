@@ -34,6 +34,7 @@ impl Validator<'_> {
         &self,
         key: &str,
         mut ra: RawApp,
+        log_dir: &std::path::Path,
     ) -> Result<(AppConfig, AppSpans), ConfigError> {
         let name_span = ra.name.span();
         let name = ra.name.get_ref().clone();
@@ -100,6 +101,7 @@ impl Validator<'_> {
             )?,
         };
         let singleton = self.singleton(key, &ra)?;
+        let logs = self.logs(key, &ra, log_dir)?;
         let worker = self.worker(key, ra)?;
         let reload = self.reload(key, &raw_reload, worker.instances)?;
         let app = AppConfig {
@@ -112,6 +114,7 @@ impl Validator<'_> {
             reload,
             memory,
             singleton,
+            logs,
         };
         let spans = AppSpans {
             name: name_span,
