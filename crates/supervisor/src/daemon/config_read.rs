@@ -89,6 +89,7 @@ impl Shell {
                 self.config.jobs = fresh.jobs.clone();
             }
         }
+        self.logs.configure(&self.config);
         let jobs = scheduler::prepare(&self.config, |app| {
             let a = self.core.app_named(app)?;
             self.sockets.get(a.settings().sockets).first()

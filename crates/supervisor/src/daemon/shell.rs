@@ -25,6 +25,7 @@ use crate::control::registry::Registered;
 use crate::control::server::{ControlRequest, ControlSocket};
 use crate::core::{Action, AppId, Core, Event, LeaseEvent, ServiceState, SocketSet, WorkerId};
 use crate::jobs::scheduler::ConfigJobs;
+use crate::logs::Logs;
 use crate::metrics::server::SnapshotRequest;
 use crate::notify;
 use crate::orphans::OwnChildren;
@@ -68,6 +69,8 @@ pub(super) struct Shell {
     pub(super) _registered: Option<Registered>,
     /// Written to once, when every app is first ready (`start -d` waits for it).
     detached_ready: Option<std::fs::File>,
+    /// Where the workers' output goes.
+    pub(super) logs: Logs,
 }
 
 /// The inputs the loop reads besides its own channels.
@@ -122,6 +125,7 @@ impl Shell {
             handover,
             inputs,
             metrics_server: _,
+            logs,
         } = opened;
         let mut sockets = Sockets::default();
         let sets: Vec<SocketSet> = config
@@ -162,6 +166,7 @@ impl Shell {
             upgrade: UpgradeState::new(handover),
             _registered: registered,
             detached_ready,
+            logs,
         };
         if let Some(state) = resume {
             shell.adopt(state, sets);
@@ -223,6 +228,13 @@ impl Shell {
             }
             Command::ChildExited => self.sweep_orphans(None),
             Command::Upgrade => self.request_upgrade(None, None),
+            Command::ReopenLogs => {
+                let logs = self.logs.clone();
+                tokio::spawn(async move {
+                    let n = logs.reopen().await;
+                    tracing::info!("log files reopened ({n} were open)");
+                });
+            }
         }
     }
 

@@ -214,6 +214,8 @@ pub(super) fn metrics(
         apps,
         jobs: None,
         config_job_ticks,
+        fds: None,
+        logs: Vec::new(),
     }
 }
 
@@ -268,12 +270,15 @@ impl Shell {
             .as_ref()
             .map(ConfigJobs::ticks)
             .unwrap_or_default();
-        metrics(
+        let mut snapshot = metrics(
             &seen,
             supervisor,
             |w| usage(w.pid.and_then(|p| procs.group(p)).unwrap_or_default()),
             ticks,
-        )
+        );
+        snapshot.fds = procstat::open_fds(me).zip(procstat::max_fds());
+        snapshot.logs = self.logs.counts();
+        snapshot
     }
 }
 

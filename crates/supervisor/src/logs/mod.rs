@@ -144,9 +144,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Logs {
-    /// Starts the writer thread for the apps of `config`; `echo`: also log every line on the
-    /// supervisor's stderr.
-    pub fn start(config: &Config, echo: bool) -> std::io::Result<Logs> {
+    /// Starts the writer thread (no app known until [`Logs::configure`]); `echo`: also log every
+    /// line on the supervisor's stderr.
+    pub fn start(echo: bool) -> std::io::Result<Logs> {
         let (live, _) = broadcast::channel(FOLLOW_BUFFER);
         let logs = Logs {
             inner: Arc::new(Inner {
@@ -157,7 +157,6 @@ impl Logs {
                 echo,
             }),
         };
-        logs.configure(config);
         Ok(logs)
     }
 

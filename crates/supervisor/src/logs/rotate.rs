@@ -76,11 +76,6 @@ fn rotated_key<'a>(base: &str, name: &'a str) -> Option<(&'a str, u32)> {
     ok.then_some((stamp, n))
 }
 
-/// Whether `name` is a rotated copy of `base`.
-pub fn is_rotated(base: &str, name: &str) -> bool {
-    rotated_key(base, name).is_some()
-}
-
 /// Of the files `names` in the directory, the rotated copies of `base` beyond the newest
 /// `retain` (a copy and its `.gz` count once: both go).
 pub fn to_delete(base: &str, names: &[String], retain: usize) -> Vec<String> {
@@ -181,7 +176,7 @@ mod tests {
         );
         assert_eq!(to_delete("web.log", &names, 0).len(), 6);
         assert!(to_delete("web.log", &names, 10).is_empty());
-        assert!(is_rotated("web.log", "web.log.20240502-000000.000.gz"));
-        assert!(!is_rotated("web.log", "web.log"));
+        assert!(rotated_key("web.log", "web.log.20240502-000000.000.gz").is_some());
+        assert!(rotated_key("web.log", "web.log").is_none());
     }
 }

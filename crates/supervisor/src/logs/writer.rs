@@ -157,7 +157,7 @@ impl State {
                     while let Ok(msg) = rx.try_recv() {
                         self.handle(msg);
                         n += 1;
-                        if n % 4096 == 0 && self.commands(cmds, rx) {
+                        if n.is_multiple_of(4096) && self.commands(cmds, rx) {
                             return;
                         }
                     }
@@ -178,6 +178,10 @@ impl State {
     /// Serves the waiting commands; `true` after `Stop`.
     fn commands(&mut self, cmds: &Receiver<Cmd>, rx: &Receiver<Msg>) -> bool {
         while let Ok(cmd) = cmds.try_recv() {
+            // The lines sent before the command come first.
+            while let Ok(msg) = rx.try_recv() {
+                self.handle(msg);
+            }
             match cmd {
                 Cmd::Reopen(done) => {
                     self.flush_all();
@@ -189,9 +193,6 @@ impl State {
                     let _ = done.send(self.empty(app.as_deref(), paths));
                 }
                 Cmd::Stop(done) => {
-                    while let Ok(msg) = rx.try_recv() {
-                        self.handle(msg);
-                    }
                     self.flush_all();
                     self.files.clear();
                     let _ = done.send(());
@@ -477,18 +478,22 @@ mod tests {
         for i in 0..500 {
             assert!(w.send(&r, &rec(i, &format!("line {i}"))));
         }
+        assert!(w.send(&r, &rec(500, "line 500")));
         stop(&w);
         let names = list(dir.path());
-        let rotated = names
-            .iter()
-            .filter(|n| rotate::is_rotated("web.log", n))
-            .count();
+        let rotated = names.iter().filter(|n| n.starts_with("web.log.2")).count();
         assert_eq!(rotated, 3, "{names:?}");
-        let text = std::fs::read_to_string(dir.path().join("web.log")).unwrap();
-        let last = text.lines().last().unwrap();
-        assert!(last.ends_with(" web.0[7] err WARN line 499"), "{last}");
-        assert!(last.len() < 1000);
-        assert_eq!(r.counters.written.load(Ordering::Relaxed), 500);
+        let text: String = names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap())
+            .collect();
+        assert!(
+            text.lines()
+                .any(|l| l.ends_with(" web.0[7] err WARN line 500")),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.len() < 100 && l.contains('Z')));
+        assert_eq!(r.counters.written.load(Ordering::Relaxed), 501);
     }
 
     #[test]
