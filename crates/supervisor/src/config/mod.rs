@@ -22,10 +22,11 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    JobAction, JobConfig, ListenAddr, ListenerSpec, LogPolicy, MAX_INSTANCES, MemoryPolicy,
-    Readiness, ReloadPolicy, RestartPolicy, Runtime, SingletonPolicy, WorkerSpec,
+    JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness,
+    ReloadPolicy, RestartPolicy, Runtime, SingletonPolicy, WorkerSpec,
 };
 
+pub use crate::logs::LogPolicy;
 use raw::{RawEndpoints, RawFile, parse_toml};
 pub use validate::PROFILE_VAR;
 use validate::Validator;

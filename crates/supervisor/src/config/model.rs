@@ -341,25 +341,6 @@ pub const MAX_INSTANCES: usize = 1024;
 /// The default `lease_ttl` of a cluster singleton.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// Where an app's output goes and how much of it is kept (PM2's `out_file`, `error_file`,
-/// `merge_logs`, `log_date_format`, and the rotation and rate limit built in).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogPolicy {
-    /// Where stdout lines go (by default `LOG_DIR/APP.log`).
-    pub out_file: PathBuf,
-    /// Where stderr lines go (by default the same file as stdout).
-    pub error_file: PathBuf,
-    /// Every worker in the same files (`true`, the default); `false`: one file per slot
-    /// (`APP-0.log`, as PM2 does without `merge_logs`).
-    pub merge: bool,
-    /// The timestamp's strftime format ("" for none).
-    pub date_format: String,
-    /// When files rotate and how many copies are kept.
-    pub rotation: crate::logs::rotate::Rotation,
-    /// How much output one worker may write.
-    pub rate: crate::logs::rate::RateLimit,
-}
-
 /// Default `log_max_size`.
 pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1000 * 1000;
 /// Default `log_retain`.

@@ -144,7 +144,7 @@ pub(super) fn open(
     // In the background (`start -d`) the supervisor's own log does not repeat every line.
     let echo = std::env::var_os(crate::sys::detach::DETACHED_VAR).is_none();
     let logs = Logs::start(echo).map_err(StartupError::Logs)?;
-    logs.configure(&config);
+    logs.configure(config.apps.iter().map(|a| (a.name.as_str(), &a.logs)));
     let (control_tx, control_rx) = mpsc::channel(64);
     control.set_logs(logs.clone());
     control.serve(control_tx);

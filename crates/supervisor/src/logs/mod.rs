@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 
-use crate::config::{Config, LogPolicy};
 pub use forward::Sink;
 pub(crate) use forward::{forward_output, forward_worker};
 use record::{Record, Stream, Tag};
@@ -41,6 +40,25 @@ const RING_BYTES: usize = 1 << 20;
 
 /// Lines a follower may lag behind before it loses some.
 const FOLLOW_BUFFER: usize = 4096;
+
+/// Where an app's output goes and how much of it is kept (PM2's `out_file`, `error_file`,
+/// `merge_logs`, `log_date_format`, and the rotation and rate limit built in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPolicy {
+    /// Where stdout lines go (by default `LOG_DIR/APP.log`).
+    pub out_file: PathBuf,
+    /// Where stderr lines go (by default the same file as stdout).
+    pub error_file: PathBuf,
+    /// Every worker in the same files (`true`, the default); `false`: one file per slot
+    /// (`APP-0.log`, as PM2 does without `merge_logs`).
+    pub merge: bool,
+    /// The timestamp's strftime format ("" for none).
+    pub date_format: String,
+    /// When files rotate and how many copies are kept.
+    pub rotation: rotate::Rotation,
+    /// How much output one worker may write.
+    pub rate: rate::RateLimit,
+}
 
 /// One app's logs: its policy, counters and ring.
 #[derive(Debug)]
@@ -160,15 +178,15 @@ impl Logs {
         Ok(logs)
     }
 
-    /// Takes the apps' policies from `config` (after a reload): new workers write as it says;
-    /// counters and rings are kept; apps no longer in it are forgotten.
-    pub fn configure(&self, config: &Config) {
+    /// Takes the apps' policies, by app name (at start, after a reload): new workers write as
+    /// they say; counters and rings are kept; apps not named are forgotten.
+    pub fn configure<'a>(&self, policies: impl IntoIterator<Item = (&'a str, &'a LogPolicy)>) {
         let mut apps = lock(&self.inner.apps);
         let mut next = HashMap::new();
-        for a in &config.apps {
-            let (counters, ring) = match apps.remove(&a.name) {
-                Some(old) if old.policy == a.logs => {
-                    next.insert(a.name.clone(), old);
+        for (name, policy) in policies {
+            let (counters, ring) = match apps.remove(name) {
+                Some(old) if old.policy == *policy => {
+                    next.insert(name.to_string(), old);
                     continue;
                 }
                 Some(old) => (old.counters.clone(), old.ring.clone()),
@@ -177,8 +195,8 @@ impl Logs {
                     Arc::new(Mutex::new(Ring::new(RING_LINES, RING_BYTES))),
                 ),
             };
-            let app = AppLog::new(&a.name, a.logs.clone(), counters, ring);
-            next.insert(a.name.clone(), Arc::new(app));
+            let app = AppLog::new(name, policy.clone(), counters, ring);
+            next.insert(name.to_string(), Arc::new(app));
         }
         *apps = next;
     }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use super::super::model::{
     DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_RATE_BYTES, DEFAULT_LOG_RATE_LINES, DEFAULT_LOG_RETAIN,
-    LogPolicy,
 };
 use super::super::raw::{RawApp, RawSupervisor, Spanned};
 use super::bounds::{MAX_WAIT, MAX_WINDOW};
 use super::{ConfigError, Validator, resolve};
+use crate::logs::LogPolicy;
 use crate::logs::rate::RateLimit;
 use crate::logs::record::{DEFAULT_DATE_FORMAT, valid_date_format};
 use crate::logs::rotate::Rotation;
