@@ -48,7 +48,7 @@ fn scrape(addr: SocketAddr) -> (String, BTreeMap<String, f64>) {
         let name_end = series.find('{').unwrap_or(series.len());
         let (name, labels) = series.split_at(name_end);
         assert!(
-            name.starts_with("supervisor_")
+            (name.starts_with("supervisor_") || name.starts_with("process_"))
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "metric name of {line:?}"
         );
@@ -134,6 +134,11 @@ fn metrics_follow_workers_restarts_and_reloads() {
     assert_eq!(value(&m, "supervisor_app_generation{app=\"demo\"}"), 1.0);
     assert_eq!(value(&m, "supervisor_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(value(&m, "supervisor_resident_memory_bytes") > 0.0);
+    // The same figures under the standard names, and the descriptors.
+    assert!(value(&m, "process_resident_memory_bytes") > 0.0);
+    assert!(value(&m, "process_open_fds") >= 3.0);
+    assert!(value(&m, "process_max_fds") >= value(&m, "process_open_fds"));
+    assert!(value(&m, "process_start_time_seconds") > 1.6e9);
     for w in workers(&s.status().unwrap()) {
         let rss = format!(
             "supervisor_worker_resident_memory_bytes{{app=\"demo\",worker=\"{}\",pid=\"{}\"}}",

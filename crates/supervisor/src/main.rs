@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use supervisor::Command;
 use supervisor::cli::{Cmd, LogFormat};
 use tokio::sync::mpsc;
@@ -54,11 +54,12 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// SIGHUP -> reload, SIGUSR2 -> upgrade in place, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop), SIGCHLD ->
+/// SIGHUP -> reload, SIGUSR1 -> reopen the log files, SIGUSR2 -> upgrade in place, SIGTERM -> stop, SIGINT -> stop (a second SIGINT: fast stop), SIGCHLD ->
 /// reap adopted orphans (workers are watched through their pidfds, not through SIGCHLD). Called
 /// by `start` inside the runtime, before anything is bound or started.
 fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
-    let signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR2])?;
+    let signals =
+        signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR1, SIGUSR2])?;
     let (tx, rx) = mpsc::channel(16);
     let forward = async move {
         let mut signals = signals;
@@ -68,6 +69,7 @@ fn install_signals() -> std::io::Result<mpsc::Receiver<Command>> {
                 SIGHUP => Command::Reload,
                 SIGCHLD => Command::ChildExited,
                 SIGUSR2 => Command::Upgrade,
+                SIGUSR1 => Command::ReopenLogs,
                 SIGINT => {
                     interrupts += 1;
                     if interrupts > 1 {

@@ -345,6 +345,54 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", default_value = "supervisor.toml")]
         output: PathBuf,
     },
+    /// The workers' output: the last lines of every app, of one app or of one worker (`web.0`),
+    /// and with `-f` every new line as it is written.
+    Logs {
+        /// An app (`web`) or a worker (`web.0`); every app by default.
+        #[arg(value_name = "APP|WORKER")]
+        what: Option<String>,
+        /// Keep printing new lines as they come (Ctrl-C to stop).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(long, default_value_t = 15)]
+        lines: usize,
+        /// Only stderr.
+        #[arg(long, conflicts_with = "out")]
+        err: bool,
+        /// Only stdout.
+        #[arg(long)]
+        out: bool,
+        /// Only lines since this long ago (`10m`) or this time (`2024-05-01T10:00:00Z`).
+        #[arg(long, value_parser = super::logs::parse_since, value_name = "DURATION|TIME")]
+        since: Option<i64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Empty the log files of every app, or of one, and delete their rotated copies.
+    Flush {
+        /// Only this app.
+        app: Option<String>,
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close and reopen every log file, after an external logrotate moved them (as `kill -USR1`).
+    ReopenLogs {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cluster-once cron jobs: schedule, next tick, last run, current holder (from the backend).
     Jobs {
         /// Which supervisor.

@@ -1,9 +1,9 @@
 //! Command line: `start | check | init | import | status | ls | reload | restart | scale | stop |
-//! reset | jobs | upgrade | startup`, by phase: `args` parses (clap), `target` says which
-//! supervisor a client command talks to, one function per command runs it (`check`, the control
-//! socket's client commands in `commands`, `jobs`, `detach` for `start -d`, `script` for
-//! `start app.js -i max` and `init`, `import` for PM2's ecosystem file, `startup` for the systemd
-//! unit),
+//! reset | jobs | logs | flush | reopen-logs | upgrade | startup`, by phase: `args` parses (clap),
+//! `target` says which supervisor a client command talks to, one function per command runs it
+//! (`check`, the control socket's client commands in `commands`, `jobs`, `logs` for `logs`,
+//! `flush` and `reopen-logs`, `detach` for `start -d`, `script` for `start app.js -i max` and
+//! `init`, `import` for PM2's ecosystem file, `startup` for the systemd unit),
 //! and `render` (with `table`) turns the answers into text for people; `--json` prints them for
 //! scripts. Each command picks its exit code.
 
@@ -13,6 +13,7 @@ mod commands;
 mod detach;
 mod import;
 mod jobs;
+mod logs;
 mod render;
 mod script;
 mod startup;
@@ -30,7 +31,7 @@ pub use args::{Cli, Cmd, JobsCmd, LogFormat, Target};
 use target::{DEFAULT_CONFIG, resolve};
 
 use crate::config::Config;
-use crate::control::protocol::Request;
+use crate::control::protocol::{self, Request};
 use crate::daemon::{self, Command};
 
 /// Parses the command line; `--version` shows the build too.
@@ -222,6 +223,32 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 timeout,
                 json,
             } => commands::stop(&to(&target)?.socket, json, timeout).await,
+            Cmd::Logs {
+                what,
+                follow,
+                lines,
+                err,
+                out,
+                since,
+                json,
+                target,
+            } => {
+                let args = logs::LogsArgs {
+                    target: what,
+                    lines,
+                    stream: match (err, out) {
+                        (true, _) => Some(protocol::Stream::Err),
+                        (_, true) => Some(protocol::Stream::Out),
+                        _ => None,
+                    },
+                    since_ms: since,
+                    follow,
+                    json,
+                };
+                logs::logs(&to(&target)?.socket, args).await
+            }
+            Cmd::Flush { app, target, json } => logs::flush(&to(&target)?.socket, app, json).await,
+            Cmd::ReopenLogs { target, json } => logs::reopen(&to(&target)?.socket, json).await,
             Cmd::Jobs {
                 target,
                 json,

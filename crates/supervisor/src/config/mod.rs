@@ -27,6 +27,7 @@ pub use model::{
     WatchPolicy, WorkerSpec,
 };
 
+pub use crate::logs::LogPolicy;
 use raw::{RawEndpoints, RawFile, parse_toml};
 pub use validate::PROFILE_VAR;
 use validate::Validator;
@@ -119,6 +120,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The `[[job]]` tables, in file order.
     pub jobs: Vec<JobConfig>,
+    /// Where the apps' log files go unless they name their own (`[supervisor] log_dir`).
+    pub log_dir: PathBuf,
 }
 
 /// One app: a program run as N workers sharing its own listening sockets.
@@ -146,6 +149,8 @@ pub struct AppConfig {
     pub singleton: Option<SingletonPolicy>,
     /// What reloads it besides `supervisor reload`: file changes and a schedule.
     pub triggers: ReloadTriggers,
+    /// Where its output is written, rotated, and how much of it is kept.
+    pub logs: LogPolicy,
 }
 
 impl Config {

@@ -417,3 +417,11 @@ impl CronRestart {
         cronlock::Schedule::parse_for("cron_restart", &self.expr, tz).ok()
     }
 }
+/// Default `log_max_size`.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1000 * 1000;
+/// Default `log_retain`.
+pub const DEFAULT_LOG_RETAIN: usize = 5;
+/// Default `log_rate_lines` (per worker, per second).
+pub const DEFAULT_LOG_RATE_LINES: u64 = 20_000;
+/// Default `log_rate_bytes` (per worker, per second).
+pub const DEFAULT_LOG_RATE_BYTES: u64 = 8 * 1024 * 1024;

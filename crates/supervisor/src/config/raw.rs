@@ -64,6 +64,8 @@ pub(super) struct RawSupervisor {
     pub(super) name: Option<Spanned<String>>,
     pub(super) control_socket: Option<Spanned<PathBuf>>,
     pub(super) metrics: Option<String>,
+    /// Where the apps' log files go by default.
+    pub(super) log_dir: Option<Spanned<PathBuf>>,
 }
 
 /// One `[[app.listen]]` table (spanned as a whole by its app: the table's own errors point at it).
@@ -119,6 +121,18 @@ pub(super) struct RawApp {
     pub(super) kill_signal: Option<Spanned<String>>,
     pub(super) wait_ready: Option<Spanned<bool>>,
     pub(super) shutdown_with_message: Option<Spanned<bool>>,
+    /// Its output in files, PM2's names and the rotation and rate limit of [`crate::logs`].
+    pub(super) out_file: Option<Spanned<PathBuf>>,
+    pub(super) error_file: Option<Spanned<PathBuf>>,
+    pub(super) merge_logs: Option<bool>,
+    pub(super) log_date_format: Option<Spanned<String>>,
+    pub(super) log_max_size: Option<Spanned<ByteSize>>,
+    pub(super) log_max_age: Option<Spanned<HumanDuration>>,
+    pub(super) log_retain: Option<Spanned<usize>>,
+    pub(super) log_compress: Option<bool>,
+    pub(super) log_rate_lines: Option<Spanned<u64>>,
+    pub(super) log_rate_bytes: Option<Spanned<ByteSize>>,
+    pub(super) log_burst: Option<Spanned<HumanDuration>>,
     /// PM2's reload triggers: file changes and a schedule.
     pub(super) watch: Option<Spanned<RawWatch>>,
     pub(super) ignore_watch: Option<Spanned<RawWatchList>>,

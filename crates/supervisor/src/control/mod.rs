@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod fair;
+pub mod logs;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+pub use crate::logs::record::{LogLine, Stream};
+
 pub use crate::core::report::{
     AppChange, MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport,
 };
@@ -70,6 +72,42 @@ pub enum Request {
         #[serde(default)]
         binary: Option<std::path::PathBuf>,
     },
+    /// The last lines of the workers' output (answered with [`Response::Logs`]); with `follow`,
+    /// then every new line, in [`Response::LogLines`] frames, until the client leaves.
+    Logs {
+        /// An app (`web`) or a worker (`web.0`); every app by default.
+        #[serde(default)]
+        target: Option<String>,
+        /// How many of the last lines.
+        lines: usize,
+        /// Only stdout or only stderr.
+        #[serde(default)]
+        stream: Option<Stream>,
+        /// Only lines read at or after this time (Unix milliseconds).
+        #[serde(default)]
+        since_ms: Option<i64>,
+        /// Keep streaming new lines.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Empty the log files of one app, or of every app, and delete their rotated copies.
+    Flush {
+        /// Only this app.
+        #[serde(default)]
+        app: Option<String>,
+    },
+    /// Close and reopen every log file (after an external logrotate moved them; as `SIGUSR1`).
+    ReopenLogs,
+}
+
+impl Request {
+    /// Whether it is about logs (served from the logs hub, not by the event loop).
+    pub fn is_about_logs(&self) -> bool {
+        matches!(
+            self,
+            Request::Logs { .. } | Request::Flush { .. } | Request::ReopenLogs
+        )
+    }
 }
 
 /// The answer.
@@ -129,6 +167,32 @@ pub enum Response {
     Reset {
         /// The apps.
         apps: Vec<String>,
+    },
+    /// Answer to [`Request::Logs`]: the last lines, oldest first.
+    Logs {
+        /// The lines.
+        lines: Vec<LogLine>,
+        /// The files that hold older lines.
+        files: Vec<std::path::PathBuf>,
+        /// Whether these are all the lines asked for (else the files have more).
+        complete: bool,
+    },
+    /// A frame of the live stream of `logs -f`.
+    LogLines {
+        /// New lines.
+        lines: Vec<LogLine>,
+        /// Lines this follower lost, reading too slowly, since the previous frame.
+        lost: u64,
+    },
+    /// Answer to [`Request::Flush`].
+    Flushed {
+        /// The files emptied.
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Answer to [`Request::ReopenLogs`].
+    Reopened {
+        /// How many files were open.
+        files: usize,
     },
     /// The request could not be served.
     Error { message: String },

@@ -89,6 +89,8 @@ impl Shell {
                 self.config.jobs = fresh.jobs.clone();
             }
         }
+        let policies = self.config.apps.iter().map(|a| (a.name.as_str(), &a.logs));
+        self.logs.configure(policies);
         let jobs = scheduler::prepare(&self.config, |app| {
             let a = self.core.app_named(app)?;
             self.sockets.get(a.settings().sockets).first()

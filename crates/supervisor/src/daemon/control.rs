@@ -25,6 +25,13 @@ impl Shell {
             Request::StopApp { app } => self.on_stop_app(&app, reply),
             Request::StartApp { app } => self.on_start_app(&app, reply),
             Request::Reset { app } => self.on_reset(app.as_deref(), reply),
+            // Served by the control socket itself, from the logs hub.
+            Request::Logs { .. } | Request::Flush { .. } | Request::ReopenLogs => answer(
+                reply,
+                Response::Error {
+                    message: "requests about logs are served by the control socket".into(),
+                },
+            ),
         }
     }
 

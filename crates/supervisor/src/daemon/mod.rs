@@ -56,6 +56,8 @@ pub enum Command {
     ChildExited,
     /// Upgrade in place to the binary the supervisor was started from (`SIGUSR2`).
     Upgrade,
+    /// Close and reopen the log files, after an external logrotate moved them (`SIGUSR1`).
+    ReopenLogs,
 }
 
 /// How `start` runs beyond the config.
@@ -112,6 +114,9 @@ pub enum StartupError {
     /// The state handed over by an upgrade cannot be used.
     #[error("cannot take over from the previous binary: {0}")]
     Resume(String),
+    /// The log writer's thread could not be started.
+    #[error("cannot start the log writer thread: {0}")]
+    Logs(std::io::Error),
     /// The runtime directory for notify sockets could not be created.
     #[error("cannot create runtime directory {path}: {cause}")]
     RuntimeDir {
@@ -175,4 +180,5 @@ async fn teardown(shell: &mut shell::Shell, commands: &mut mpsc::Receiver<Comman
         .await;
     orphans::kill_all(|pid| shell.is_own(pid), Duration::from_millis(2000));
     shell.control.flush(Duration::from_millis(500)).await;
+    shell.logs.finish(Duration::from_secs(2)).await;
 }

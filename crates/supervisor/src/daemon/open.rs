@@ -21,6 +21,7 @@ use crate::control::registry::{self, Registered};
 use crate::control::server::ControlSocket;
 use crate::core::{AppId, LeaseEvent};
 use crate::jobs::scheduler::{self, ConfigJobs};
+use crate::logs::Logs;
 use crate::metrics;
 use crate::orphans::OwnChildren;
 use crate::sys::listeners::{self, BoundListener, ListenError};
@@ -48,6 +49,8 @@ pub(super) struct Opened {
     pub(super) inputs: Inputs,
     /// The metrics endpoint's task, if one listens.
     pub(super) metrics_server: Option<tokio::task::JoinHandle<()>>,
+    /// Where the workers' output goes.
+    pub(super) logs: Logs,
 }
 
 /// Opens everything for `config` (or takes it over from the previous binary), logging what
@@ -139,7 +142,12 @@ pub(super) fn open(
         None => ControlSocket::bind(&config.control_socket, &config.path)?,
     };
     let control_fd = control.raw_fd().unwrap_or(-1);
+    // In the background (`start -d`) the supervisor's own log does not repeat every line.
+    let echo = std::env::var_os(crate::sys::detach::DETACHED_VAR).is_none();
+    let logs = Logs::start(echo).map_err(StartupError::Logs)?;
+    logs.configure(config.apps.iter().map(|a| (a.name.as_str(), &a.logs)));
     let (control_tx, control_rx) = mpsc::channel(64);
+    control.set_logs(logs.clone());
     control.serve(control_tx);
     let (snapshots_tx, snapshots_rx) = mpsc::channel(16);
     let metrics_server = match metrics_listener {
@@ -176,6 +184,7 @@ pub(super) fn open(
         pid = std::process::id(),
         version = %upgrade::version_line(),
         control_socket = %config.control_socket.display(),
+        log_dir = %config.log_dir.display(),
         apps = config.apps.len(),
         adopts_orphans = subreaper,
         notify_socket = service.as_ref().map(|n| n.target.as_str()),
@@ -210,6 +219,7 @@ pub(super) fn open(
             snapshots: snapshots_rx,
         },
         metrics_server,
+        logs,
     })
 }
 

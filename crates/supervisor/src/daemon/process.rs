@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::config::WorkerSpec;
 pub use crate::core::{ExitStatus, WorkerId};
+use crate::logs::{Logs, Sink};
 use crate::notify::{Channels, Notification};
 use crate::runtimes::RuntimeFiles;
 use crate::sys::child;
@@ -63,6 +64,8 @@ struct Watched<'a> {
     ready: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// Where its stdout and stderr lines go.
+    sinks: Option<(Sink, Sink)>,
 }
 
 /// Everything needed to start a worker.
@@ -87,6 +90,8 @@ pub struct StartArgs<'a> {
     pub fencing_token: Option<u64>,
     /// Where the watch tasks report.
     pub events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+    /// Where its output goes.
+    pub logs: &'a Logs,
 }
 
 /// Starting a worker failed before it ran.
@@ -123,6 +128,7 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
                 && k != "SUPERVISOR_SHUTDOWN_MESSAGE"
                 && k != "WATCHDOG_USEC"
                 && k != "WATCHDOG_PID"
+                && k != crate::sys::detach::DETACHED_VAR
                 && k != CRON_URL
         })
         .collect();
@@ -205,6 +211,7 @@ impl Process {
             cwd: &spec.cwd,
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
         })?;
+        let sinks = args.logs.sinks(&spec.name, &name, args.slot, child.pid);
         Ok(Process::watch(
             Watched {
                 id: args.id,
@@ -216,6 +223,7 @@ impl Process {
                 ready: Some(child.ready),
                 stdout: Some(child.stdout),
                 stderr: Some(child.stderr),
+                sinks,
             },
             args.events,
         ))
@@ -248,6 +256,7 @@ impl Process {
         fds: &crate::upgrade::WorkerFds,
         name: &str,
         events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
+        logs: &Logs,
     ) -> std::io::Result<Process> {
         use crate::upgrade::inherited;
         // SAFETY: the caller guarantees each descriptor is ours alone.
@@ -259,6 +268,9 @@ impl Process {
         let (ready, stdout, stderr) = (take(fds.ready), take(fds.stdout), take(fds.stderr));
         let (id, pid) = (fds.id, fds.pid);
         let channels = Channels::from_inherited(&fds.notify_path, notify)?;
+        let sinks = name
+            .rsplit_once('.')
+            .and_then(|(app, slot)| logs.sinks(app, name, slot.parse().ok()?, pid));
         Ok(Process::watch(
             Watched {
                 id,
@@ -270,6 +282,7 @@ impl Process {
                 ready,
                 stdout,
                 stderr,
+                sinks,
             },
             events,
         ))
@@ -289,6 +302,7 @@ impl Process {
             ready,
             stdout,
             stderr,
+            sinks,
         } = w;
         let handover = Handover {
             notify_path,
@@ -299,8 +313,20 @@ impl Process {
         };
         let span = tracing::info_span!("worker", id = %name, pid);
         // Output forwarders end by themselves at EOF, so the last lines of a crash are kept.
-        for out in [stdout, stderr].into_iter().flatten() {
-            tokio::spawn(crate::logs::forward_output(out).instrument(span.clone()));
+        match sinks {
+            Some((out_sink, err_sink)) => {
+                for (fd, sink) in [(stdout, out_sink), (stderr, err_sink)] {
+                    if let Some(fd) = fd {
+                        let task = crate::logs::forward_worker(fd, sink);
+                        tokio::spawn(task.instrument(span.clone()));
+                    }
+                }
+            }
+            None => {
+                for out in [stdout, stderr].into_iter().flatten() {
+                    tokio::spawn(crate::logs::forward_output(out).instrument(span.clone()));
+                }
+            }
         }
         if let Some(r) = ready
             && let Err(e) = channels.attach_pipe(r)
@@ -374,6 +400,7 @@ mod tests {
         let mut spec = crate::core::test_support::settings("web", 1, 1, 0).spec;
         Arc::make_mut(&mut spec).cron_backend = cron_backend;
         let (events, _rx) = mpsc::unbounded_channel();
+        let logs = Logs::start(false).unwrap();
         let args = StartArgs {
             id: 1,
             slot: 0,
@@ -385,6 +412,7 @@ mod tests {
             cron_url: "redis://:s3cret@redis:6379/0",
             fencing_token: None,
             events,
+            logs: &logs,
         };
         environment(&args, "web.0", &dir.path().join("n.sock"))
             .into_iter()

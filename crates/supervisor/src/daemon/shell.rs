@@ -26,6 +26,7 @@ use crate::control::registry::Registered;
 use crate::control::server::{ControlRequest, ControlSocket};
 use crate::core::{Action, AppId, Core, Event, LeaseEvent, ServiceState, SocketSet, WorkerId};
 use crate::jobs::scheduler::ConfigJobs;
+use crate::logs::Logs;
 use crate::metrics::server::SnapshotRequest;
 use crate::notify;
 use crate::orphans::OwnChildren;
@@ -72,6 +73,8 @@ pub(super) struct Shell {
     /// `watch` and `cron_restart`: the apps to reload by themselves.
     pub(super) triggers: Triggers,
     triggered: mpsc::UnboundedReceiver<Trigger>,
+    /// Where the workers' output goes.
+    pub(super) logs: Logs,
 }
 
 /// The inputs the loop reads besides its own channels.
@@ -144,6 +147,7 @@ impl Shell {
             handover,
             inputs,
             metrics_server: _,
+            logs,
         } = opened;
         let mut sockets = Sockets::default();
         let sets: Vec<SocketSet> = config
@@ -189,6 +193,7 @@ impl Shell {
             detached_ready,
             triggers,
             triggered,
+            logs,
         };
         if let Some(state) = resume {
             shell.adopt(state, sets);
@@ -262,6 +267,13 @@ impl Shell {
             }
             Command::ChildExited => self.sweep_orphans(None),
             Command::Upgrade => self.request_upgrade(None, None),
+            Command::ReopenLogs => {
+                let logs = self.logs.clone();
+                tokio::spawn(async move {
+                    let n = logs.reopen().await;
+                    tracing::info!("log files reopened ({n} were open)");
+                });
+            }
         }
     }
 

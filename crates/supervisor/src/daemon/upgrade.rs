@@ -253,7 +253,7 @@ impl Shell {
             let name = w.name.clone();
             // SAFETY: these descriptors were handed over by the previous binary for this
             // worker alone, and nothing else here took them.
-            match unsafe { Process::adopt(fds, &name, self.worker_tx.clone()) } {
+            match unsafe { Process::adopt(fds, &name, self.worker_tx.clone(), &self.logs) } {
                 Ok(p) => {
                     tracing::info!(worker = %name, pid = fds.pid, "worker adopted");
                     self.processes.insert(fds.id, p);

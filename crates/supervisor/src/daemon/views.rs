@@ -222,6 +222,8 @@ pub(super) fn metrics(
         apps,
         jobs: None,
         config_job_ticks,
+        fds: None,
+        logs: Vec::new(),
     }
 }
 
@@ -276,12 +278,15 @@ impl Shell {
             .as_ref()
             .map(ConfigJobs::ticks)
             .unwrap_or_default();
-        metrics(
+        let mut snapshot = metrics(
             &seen,
             supervisor,
             |w| usage(w.pid.and_then(|p| procs.group(p)).unwrap_or_default()),
             ticks,
-        )
+        );
+        snapshot.fds = procstat::open_fds(me).zip(procstat::max_fds());
+        snapshot.logs = self.logs.counts();
+        snapshot
     }
 }
 

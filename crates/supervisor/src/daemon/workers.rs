@@ -56,6 +56,7 @@ impl Shell {
             cron_url: &self.config.cron_url,
             fencing_token,
             events: self.worker_tx.clone(),
+            logs: &self.logs,
         });
         match started {
             Ok(p) => {

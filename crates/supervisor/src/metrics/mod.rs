@@ -215,12 +215,83 @@ pub struct Snapshot {
     pub jobs: Option<JobsMetrics>,
     /// The ticks of the `[[job]]` tables this supervisor scheduled, by what became of them.
     pub config_job_ticks: cronlock::StatsSnapshot,
+    /// The supervisor's open descriptors and its limit, if known.
+    pub fds: Option<(u64, u64)>,
+    /// Log lines written and dropped, per app.
+    pub logs: Vec<crate::logs::AppCounts>,
+}
+
+/// The supervisor's own figures under the standard `process_*` names every Prometheus client
+/// library exports (no `supervisor_` prefix).
+#[derive(Debug)]
+struct ProcessFigures {
+    usage: Usage,
+    start_time: f64,
+    fds: Option<(u64, u64)>,
+}
+
+impl Collector for ProcessFigures {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let none: Labels = Vec::new();
+        let one = |v: f64| [(none.clone(), v)];
+        family(
+            &mut e,
+            "process_cpu",
+            "Total user and system CPU time spent in seconds.",
+            Some(Unit::Seconds),
+            Counter,
+            &one(self.usage.cpu_seconds),
+        )?;
+        family(
+            &mut e,
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(Unit::Bytes),
+            Gauge,
+            &one(self.usage.rss_bytes as f64),
+        )?;
+        family(
+            &mut e,
+            "process_start_time",
+            "Start time of the process since unix epoch in seconds.",
+            Some(Unit::Seconds),
+            Gauge,
+            &one(self.start_time),
+        )?;
+        if let Some((open, max)) = self.fds {
+            family(
+                &mut e,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                None,
+                Gauge,
+                &one(open as f64),
+            )?;
+            family(
+                &mut e,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                None,
+                Gauge,
+                &one(max as f64),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The Prometheus text format of a snapshot; metric names start with `supervisor_`.
 pub fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
-    let mut registry = prometheus_client::registry::Registry::with_prefix("supervisor");
-    registry.register_collector(Box::new(snapshot));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(ProcessFigures {
+        usage: snapshot.supervisor,
+        start_time: snapshot.start_time,
+        fds: snapshot.fds,
+    }));
+    registry
+        .sub_registry_with_prefix("supervisor")
+        .register_collector(Box::new(snapshot));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
     Ok(out)
@@ -506,6 +577,43 @@ impl Collector for Snapshot {
             None,
             Counter,
             &ticks,
+        )?;
+        let logs = |f: &dyn Fn(&crate::logs::AppCounts) -> Vec<(&'static str, u64)>| {
+            self.logs
+                .iter()
+                .flat_map(|c| {
+                    f(c).into_iter().map(|(reason, n)| {
+                        let mut l = vec![("app", c.app.clone())];
+                        if !reason.is_empty() {
+                            l.push(("reason", reason.to_string()));
+                        }
+                        (l, n)
+                    })
+                })
+                .collect::<Vec<(Labels, u64)>>()
+        };
+        family(
+            &mut e,
+            "log_lines_written",
+            "Lines of the app's output written to its log files.",
+            None,
+            Counter,
+            &logs(&|c| vec![("", c.written)]),
+        )?;
+        family(
+            &mut e,
+            "log_lines_dropped",
+            "Lines of the app's output dropped, by reason: rate_limit (a worker wrote more than \
+             log_rate_lines or log_rate_bytes), backlog (the log writer was behind or a file \
+             could not be written).",
+            None,
+            Counter,
+            &logs(&|c| {
+                vec![
+                    ("rate_limit", c.dropped_rate),
+                    ("backlog", c.dropped_backlog),
+                ]
+            }),
         )?;
         if let Some(jobs) = &self.jobs {
             encode_jobs(&mut e, jobs)?;

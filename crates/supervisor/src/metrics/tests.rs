@@ -55,6 +55,34 @@ fn snapshot() -> Snapshot {
             ticks_backend_down: 4,
             ..Default::default()
         },
+        fds: Some((12, 1024)),
+        logs: vec![crate::logs::AppCounts {
+            app: "web".into(),
+            written: 100,
+            dropped_rate: 7,
+            dropped_backlog: 0,
+        }],
+    }
+}
+
+#[test]
+fn the_supervisor_process_is_also_under_the_standard_names_and_log_lines_are_counted() {
+    let text = lines(snapshot());
+    for want in [
+        "process_cpu_seconds_total 0.25",
+        "process_resident_memory_bytes 7200000.0",
+        "process_start_time_seconds 1700000000.5",
+        "process_open_fds 12.0",
+        "process_max_fds 1024.0",
+        "supervisor_log_lines_written_total{app=\"web\"} 100",
+        "supervisor_log_lines_dropped_total{app=\"web\",reason=\"rate_limit\"} 7",
+        "supervisor_log_lines_dropped_total{app=\"web\",reason=\"backlog\"} 0",
+    ] {
+        assert!(
+            text.iter().any(|l| l == want),
+            "{want} not in:\n{}",
+            text.join("\n")
+        );
     }
 }
 
@@ -300,7 +328,7 @@ fn every_sample_line_is_a_name_labels_and_a_number() {
         );
         let name = series.split('{').next().unwrap();
         assert!(
-            name.starts_with("supervisor_")
+            (name.starts_with("supervisor_") || name.starts_with("process_"))
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "name of {line:?}"
         );

@@ -20,6 +20,10 @@ pub struct Detached {
     pub ready: OwnedFd,
 }
 
+/// Set in the environment of a supervisor started by `start -d` (it does not copy its workers'
+/// lines to its own log, `supervisor.log`, as their files have them).
+pub const DETACHED_VAR: &str = "SUPERVISOR_DETACHED";
+
 /// Runs `program args... --ready-fd N` detached, its output appended to `log`.
 pub fn spawn(program: &Path, args: &[&OsStr], log: &File) -> std::io::Result<Detached> {
     let mut fds = [0 as RawFd; 2];
@@ -34,6 +38,7 @@ pub fn spawn(program: &Path, args: &[&OsStr], log: &File) -> std::io::Result<Det
     cmd.args(args)
         .arg("--ready-fd")
         .arg(write_fd.to_string())
+        .env(DETACHED_VAR, "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);

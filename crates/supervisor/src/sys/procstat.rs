@@ -41,6 +41,22 @@ pub fn cpu_ticks(pid: i32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// How many descriptors `pid` has open.
+pub fn open_fds(pid: i32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// This process's limit on open descriptors (the soft `RLIMIT_NOFILE`).
+pub fn max_fds() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, which lives for the call.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    ok.then_some(limit.rlim_cur)
+}
+
 /// Resident set size of `pid` in bytes.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

@@ -34,6 +34,7 @@ impl Validator<'_> {
         &self,
         key: &str,
         mut ra: RawApp,
+        log_dir: &std::path::Path,
     ) -> Result<(AppConfig, AppSpans), ConfigError> {
         let name_span = ra.name.span();
         let name = ra.name.get_ref().clone();
@@ -111,6 +112,7 @@ impl Validator<'_> {
             max_age: ra.max_age.take(),
             max_age_jitter: ra.max_age_jitter.take(),
         };
+        let logs = self.logs(key, &ra, log_dir)?;
         let mut worker = self.worker(key, ra)?;
         let triggers = self.triggers(key, triggers, &worker.cwd)?;
         let (watchdog, age) = self.health(key, health)?;
@@ -128,6 +130,7 @@ impl Validator<'_> {
             age,
             singleton,
             triggers,
+            logs,
         };
         let spans = AppSpans {
             name: name_span,

@@ -16,6 +16,7 @@ mod app;
 pub(crate) mod bounds;
 mod job;
 mod listen;
+mod logs;
 mod paths;
 pub(crate) use paths::{creatable_dir, missing_interpreter};
 mod contract;
@@ -116,6 +117,7 @@ impl Validator<'_> {
             &control_socket,
         )?;
         let metrics = self.metrics(&raw.supervisor)?;
+        let log_dir = self.log_dir(&raw.supervisor, &name)?;
         if raw.app.is_empty() {
             return Err(self.err(
                 "app",
@@ -143,7 +145,7 @@ impl Validator<'_> {
         let mut apps: Vec<AppConfig> = Vec::with_capacity(raw.app.len());
         let mut spans = Vec::with_capacity(raw.app.len());
         for (i, ra) in raw.app.into_iter().enumerate() {
-            let (app, at) = self.app(&format!("app[{i}]"), ra)?;
+            let (app, at) = self.app(&format!("app[{i}]"), ra, &log_dir)?;
             if let Some(prev) = apps.iter().find(|a| a.name == app.name) {
                 return Err(self.err_at(
                     at.name,
@@ -192,6 +194,7 @@ impl Validator<'_> {
             cron_url,
             metrics,
             jobs,
+            log_dir,
         })
     }
 }

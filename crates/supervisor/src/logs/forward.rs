@@ -1,0 +1,170 @@
+//! The reading side: a task per pipe reads a worker's stdout or stderr to its end, frames lines,
+//! asks the worker's rate limiter, and publishes what passes to the [`super::Logs`] hub (and,
+//! in the foreground, as log events in the worker's span). A `[[job]]` command's output is only
+//! logged ([`forward_output`]). Reading never stops before end of file: a pipe nobody reads
+//! fills up and blocks the worker in `write()`.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use super::lines::LineFramer;
+use super::rate::{Limiter, Verdict};
+use super::record::{Level, Record, Stream, Tag, split_level};
+use super::writer::Route;
+use super::{AppLog, Logs, MAX_LINE, lock};
+
+/// The note added to a line cut at [`MAX_LINE`].
+const TRUNCATED: &str = " [line longer than 16 KiB: truncated]";
+
+/// Where one stream of one worker goes.
+#[derive(Debug)]
+pub struct Sink {
+    logs: Logs,
+    app: Arc<AppLog>,
+    route: Arc<Route>,
+    tag: Arc<Tag>,
+    stream: Stream,
+    /// Shared by the worker's two streams.
+    limiter: Arc<Mutex<Limiter>>,
+}
+
+impl Sink {
+    pub(super) fn new(
+        logs: Logs,
+        app: Arc<AppLog>,
+        route: Arc<Route>,
+        tag: Arc<Tag>,
+        stream: Stream,
+        limiter: Arc<Mutex<Limiter>>,
+    ) -> Sink {
+        Sink {
+            logs,
+            app,
+            route,
+            tag,
+            stream,
+            limiter,
+        }
+    }
+
+    /// One line read at `now`.
+    fn line(&self, bytes: &[u8], truncated: bool, now: Instant) {
+        let len = bytes.len();
+        let verdict = lock(&self.limiter).check(len, now);
+        let dropped_before = match verdict {
+            Verdict::Drop => {
+                self.app
+                    .counters
+                    .dropped_rate
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            Verdict::Pass { dropped_before } => dropped_before,
+        };
+        if dropped_before > 0 {
+            self.dropped(dropped_before);
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let default = match self.stream {
+            Stream::Out => Level::Info,
+            Stream::Err => Level::Warn,
+        };
+        let (level, text) = split_level(text.trim_end_matches('\r'), default);
+        let mut text = text.to_string();
+        if truncated {
+            text.push_str(TRUNCATED);
+        }
+        self.publish(level, text);
+    }
+
+    /// The line that says how many lines the rate limit dropped.
+    fn dropped(&self, n: u64) {
+        let rate = self.app.policy.rate;
+        let text = format!(
+            "[supervisor] {n} lines dropped (rate limit per worker: {} lines/s, {}/s)",
+            rate.lines_per_sec,
+            crate::units::size(rate.bytes_per_sec)
+        );
+        self.publish(Level::Warn, text);
+    }
+
+    fn publish(&self, level: Level, text: String) {
+        if self.logs.echo() {
+            echo(level, &text);
+        }
+        let record = Record {
+            seq: 0,
+            tag: self.tag.clone(),
+            stream: self.stream,
+            level,
+            time: SystemTime::now(),
+            text,
+        };
+        self.logs.publish(&self.app, &self.route, record);
+    }
+
+    /// End of the stream: the count of lines dropped at its very end.
+    fn finish(&self) {
+        let pending = lock(&self.limiter).take_pending();
+        if pending > 0 {
+            self.dropped(pending);
+        }
+    }
+}
+
+/// Reads a worker's stream to its end into `sink`.
+pub(crate) async fn forward_worker(fd: OwnedFd, sink: Sink) {
+    read_lines(fd, |line, truncated, now| sink.line(line, truncated, now)).await;
+    sink.finish();
+}
+
+/// Forwards a `[[job]]` command's output line by line as log events in the current span, until
+/// end of file.
+pub(crate) async fn forward_output(fd: OwnedFd) {
+    read_lines(fd, |line, truncated, _| {
+        let text = String::from_utf8_lossy(line);
+        let (level, text) = split_level(text.trim_end_matches('\r'), Level::Info);
+        let note = if truncated { TRUNCATED } else { "" };
+        echo(level, &format!("{text}{note}"));
+    })
+    .await;
+}
+
+/// Reads `fd` to its end, calling `emit(line, truncated, when read)` for every line.
+async fn read_lines(fd: OwnedFd, mut emit: impl FnMut(&[u8], bool, Instant)) {
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut framer = LineFramer::new(MAX_LINE);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(target: "worker", "cannot read the output pipe any more: {e}");
+                break;
+            }
+        };
+        let now = Instant::now();
+        framer.push(&buf[..n], &mut |l: &[u8], t| emit(l, t, now));
+    }
+    let now = Instant::now();
+    framer.finish(&mut |l: &[u8], t| emit(l, t, now));
+}
+
+/// Logs one line as an event at its level in the current span.
+fn echo(level: Level, text: &str) {
+    match level {
+        Level::Error => tracing::error!(target: "worker", "{text}"),
+        Level::Warn => tracing::warn!(target: "worker", "{text}"),
+        Level::Debug => tracing::debug!(target: "worker", "{text}"),
+        Level::Trace => tracing::trace!(target: "worker", "{text}"),
+        Level::Info => tracing::info!(target: "worker", "{text}"),
+    }
+}
