@@ -241,6 +241,10 @@ const MAPPED: &[&str] = &[
     "max_restarts",
     "restart_delay",
     "exp_backoff_restart_delay",
+    "out_file",
+    "error_file",
+    "merge_logs",
+    "combine_logs",
 ];
 
 /// Options with no equivalent, and why.
@@ -260,20 +264,8 @@ const UNMAPPED: &[(&str, &str)] = &[
          and pid (journald or Docker keep it; `start -d` writes supervisor.log)",
     ),
     (
-        "error_file",
-        "as out_file: worker output goes to the supervisor's log",
-    ),
-    (
         "log_file",
-        "as out_file: worker output goes to the supervisor's log",
-    ),
-    (
-        "merge_logs",
-        "as out_file: worker output goes to the supervisor's log",
-    ),
-    (
-        "combine_logs",
-        "as out_file: worker output goes to the supervisor's log",
+        "both streams go to one file per app by default (out_file), no third copy",
     ),
     (
         "log_type",
@@ -281,7 +273,7 @@ const UNMAPPED: &[(&str, &str)] = &[
     ),
     (
         "log_date_format",
-        "every log line carries an RFC 3339 timestamp",
+        "PM2's is a moment.js format: write it as strftime (`%Y-%m-%d %H:%M:%S`); the default is RFC 3339 with milliseconds",
     ),
     ("time", "every log line carries an RFC 3339 timestamp"),
     (
@@ -490,6 +482,14 @@ impl Conv<'_> {
                 ),
                 None => self.note("max_memory_restart", format!("{v} is not a size")),
             }
+        }
+        for file in ["out_file", "error_file"] {
+            if let Some(path) = self.str(file) {
+                key(file, q(&path), None);
+            }
+        }
+        if let Some(merge) = self.bool("merge_logs").or_else(|| self.bool("combine_logs")) {
+            key("merge_logs", merge.to_string(), None);
         }
         if let Some(expr) = self.str("cron_restart") {
             key(
