@@ -520,8 +520,10 @@ async fn sentinel_two_master_kills_run_each_tick_at_most_once() -> anyhow::Resul
         }
         other => bail!("not a Sentinel layout: {other:?}"),
     }
+    // Both kills were seen; on a loaded machine Sentinel may fail over once more on its own (a
+    // replica judged down while it resyncs): what matters is every tick at most once, below.
     ensure!(
-        topology.failovers_seen == 2,
+        topology.failovers_seen >= 2,
         "failovers seen: {}",
         topology.failovers_seen
     );

@@ -488,7 +488,10 @@ impl Conv<'_> {
                 key(file, q(&path), None);
             }
         }
-        if let Some(merge) = self.bool("merge_logs").or_else(|| self.bool("combine_logs")) {
+        if let Some(merge) = self
+            .bool("merge_logs")
+            .or_else(|| self.bool("combine_logs"))
+        {
             key("merge_logs", merge.to_string(), None);
         }
         if let Some(expr) = self.str("cron_restart") {

@@ -155,11 +155,7 @@ impl App {
         let Some(w) = self.workers.get(&old) else {
             return;
         };
-        tracing::warn!(
-            "{} pid {} {text}: replacing it (its replacement ready before it drains)",
-            w.name,
-            w.pid.unwrap_or(0),
-        );
+        tracing::warn!("{} pid {} {text}: replacing it", w.name, w.pid.unwrap_or(0),);
         let s = &self.slots[slot];
         let (spec, sockets, generation) = (s.spec.clone(), s.sockets, s.generation);
         let new = self.spawn(slot, spec, sockets, generation, now);
