@@ -92,23 +92,7 @@ fn name_of(script: &Path) -> String {
     } else {
         stem
     };
-    let clean: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    let clean = clean.trim_start_matches(['-', '_']).to_owned();
-    if clean.is_empty() {
-        "app".into()
-    } else {
-        clean
-    }
+    super::import::values::clean_name(base)
 }
 
 /// What the app's first `listen()` asks for.

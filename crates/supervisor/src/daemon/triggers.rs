@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -93,7 +92,9 @@ impl Triggers {
 async fn run(app: String, triggers: ReloadTriggers, tx: mpsc::UnboundedSender<Trigger>) {
     let mut files = triggers.watch.as_ref().and_then(|p| Files::watch(&app, p));
     let schedule = triggers.cron_restart.as_ref().and_then(schedule_of);
-    let mut next_cron = schedule.as_ref().and_then(|(s, _)| next_at(s));
+    let mut next_cron = schedule
+        .as_ref()
+        .and_then(|(s, _)| next_at(s, chrono::Utc::now()));
     loop {
         let due = files.as_ref().and_then(|f| f.debounce.due());
         tokio::select! {
@@ -111,13 +112,13 @@ async fn run(app: String, triggers: ReloadTriggers, tx: mpsc::UnboundedSender<Tr
                     let _ = tx.send(Trigger { app: app.clone(), why });
                 }
             }
-            () = sleep_until(next_cron) => {
-                if let Some((s, c)) = &schedule {
+            () = sleep_until(next_cron.map(|(at, _)| at)) => {
+                if let (Some((s, c)), Some((_, fired))) = (&schedule, next_cron) {
                     let why = format!("cron_restart \"{}\" ({})", c.expr, c.timezone);
                     let _ = tx.send(Trigger { app: app.clone(), why });
-                    // Past this occurrence, so that a clock a little early never fires twice.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    next_cron = next_at(s);
+                    // After this occurrence, not after the clock: a timer a little early never
+                    // fires one occurrence twice.
+                    next_cron = next_at(s, fired.max(chrono::Utc::now()));
                 }
             }
         }
@@ -149,11 +150,14 @@ fn schedule_of(c: &CronRestart) -> Option<(cronlock::Schedule, CronRestart)> {
     Some((c.schedule()?, c.clone()))
 }
 
-/// When the schedule's next occurrence is, on the monotonic clock.
-fn next_at(s: &cronlock::Schedule) -> Option<tokio::time::Instant> {
-    let now = chrono::Utc::now();
-    let next = s.next_after(now)?;
-    Some(tokio::time::Instant::now() + (next - now).to_std().ok()?)
+/// The schedule's first occurrence after `after`: on the monotonic clock, and as it is.
+fn next_at(
+    s: &cronlock::Schedule,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<(tokio::time::Instant, chrono::DateTime<chrono::Utc>)> {
+    let next = s.next_after(after)?;
+    let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+    Some((tokio::time::Instant::now() + wait, next))
 }
 
 /// An app's inotify watches and the changes they report.

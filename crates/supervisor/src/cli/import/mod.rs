@@ -6,7 +6,7 @@
 
 pub(super) mod convert;
 pub(super) mod render;
-mod values;
+pub(super) mod values;
 
 use std::io::Read;
 use std::path::Path;

@@ -22,8 +22,10 @@ pub(super) fn interpreter_for(script: &str) -> &'static str {
     }
 }
 
-/// A name in the characters an app's name may have.
-pub(super) fn clean_name(raw: &str) -> String {
+/// A name in the characters an app's name may have (another character becomes `-`, a leading
+/// `-` or `_` goes, at most 64 of them; `app` when nothing is left): for `import`'s names and
+/// `start app.js`'s.
+pub(in crate::cli) fn clean_name(raw: &str) -> String {
     let clean: String = raw
         .chars()
         .map(|c| {
@@ -35,10 +37,11 @@ pub(super) fn clean_name(raw: &str) -> String {
         })
         .take(64)
         .collect();
-    if clean.trim_matches('-').is_empty() {
+    let clean = clean.trim_start_matches(['-', '_']);
+    if clean.is_empty() {
         "app".into()
     } else {
-        clean
+        clean.to_owned()
     }
 }
 
