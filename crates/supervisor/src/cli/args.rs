@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "supervisor", version, about)]
 pub struct Cli {
-    /// Config file (`start` and `check`: default config/supervisor.toml; the other commands
+    /// Config file (`start` and `check`: default config/supervisor.toml, else ./supervisor.toml
+    /// when only it exists, as `init` and `import` write it; the other commands
     /// find the running supervisor without it when only one runs).
     #[arg(short, long, global = true, env = "SUPERVISOR_CONFIG")]
     pub config: Option<PathBuf>,

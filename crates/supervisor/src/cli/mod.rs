@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 pub use args::{Cli, Cmd, JobsCmd, LogFormat, Target};
-use target::{DEFAULT_CONFIG, resolve};
+use target::{default_config, resolve};
 
 use crate::config::Config;
 use crate::control::protocol::{self, Request};
@@ -96,11 +96,7 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         .build()
         .context("cannot build the async runtime")?;
     let given = written.or_else(|| cli.config.clone());
-    let file = || -> PathBuf {
-        given
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
-    };
+    let file = || -> PathBuf { given.clone().unwrap_or_else(default_config) };
     let to = |target: &Target| resolve(given.as_deref(), target);
     rt.block_on(async {
         match cli.command {

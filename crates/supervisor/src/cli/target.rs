@@ -21,8 +21,22 @@ use crate::core::Phase;
 use crate::rundir;
 use crate::units;
 
-/// The config `start` and `check` read when `-c` is not given.
+/// The config `start` and `check` read when `-c` is not given (see [`default_config`]).
 pub const DEFAULT_CONFIG: &str = "config/supervisor.toml";
+
+/// What `init` and `import` write in the current directory.
+const WRITTEN_CONFIG: &str = "supervisor.toml";
+
+/// The config read without `-c`: [`DEFAULT_CONFIG`], or else `./supervisor.toml` when only it
+/// exists (what `init` and `import` wrote here: `supervisor start` runs it, as `pm2 start`
+/// runs the ecosystem file of the directory).
+pub fn default_config() -> PathBuf {
+    let default = Path::new(DEFAULT_CONFIG);
+    if !default.exists() && Path::new(WRITTEN_CONFIG).is_file() {
+        return PathBuf::from(WRITTEN_CONFIG);
+    }
+    default.to_path_buf()
+}
 
 /// The supervisor a client command talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +50,7 @@ pub(super) struct Resolved {
 /// Resolves `config` (`-c`) and `target` (`--socket`, `-n`) to one supervisor.
 pub(super) fn resolve(config: Option<&Path>, target: &Target) -> Result<Resolved> {
     let running = || registry::list(&rundir::candidates());
-    resolve_with(config, target, running, Path::new(DEFAULT_CONFIG))
+    resolve_with(config, target, running, &default_config())
 }
 
 /// [`resolve`] with the running supervisors from `running` and `default` as the fallback config.
