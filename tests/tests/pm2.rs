@@ -11,7 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::{ConnMode, Supervisor, get, reloads_under_load, wait_for};
@@ -58,6 +59,36 @@ process.on("SIGINT", () => {
   });
 });
 "#;
+
+/// A user's own private runtime and state directories (`XDG_RUNTIME_DIR`, `XDG_STATE_HOME`):
+/// the supervisors a test starts with the CLI register there, not beside other tests'.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        Home { dir }
+    }
+
+    fn run(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// `base` (the supervisor binary, maybe through `ip netns exec`) with `args`, in `cwd`.
+    fn supervisor(&self, mut base: Command, cwd: &Path, args: &[&str]) -> Command {
+        base.args(args)
+            .current_dir(cwd)
+            .env("XDG_RUNTIME_DIR", self.run())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"));
+        base
+    }
+}
 
 fn app(dir: &Path, file: &str, source: &str, extra: &str) -> String {
     let script = dir.join(file);
@@ -217,23 +248,15 @@ fn start_script_dash_i_runs_it_clustered_on_the_port_its_listen_asks_for() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("server.js");
     std::fs::write(&script, PORT_FROM_ARGS).unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let home = Home::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let name = format!("e2e-{}-script", std::process::id());
-    let supervisor = |args: &[&str]| {
-        let mut c = std::process::Command::new(e2e::bin("supervisor"));
-        c.args(args)
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", &run)
-            .env("XDG_STATE_HOME", dir.path().join("state"));
-        c
-    };
+    let supervisor =
+        |args: &[&str]| home.supervisor(Command::new(e2e::bin("supervisor")), dir.path(), args);
     let log = std::fs::File::create(dir.path().join("supervisor.log")).unwrap();
     let mut child = supervisor(&[
         "start",
@@ -566,18 +589,10 @@ fn import_converts_the_seeds_ecosystem_file_and_it_serves_with_env_production() 
     .unwrap();
     std::fs::write(dir.path().join("ecosystem.config.cjs"), SEEDS_ECOSYSTEM).unwrap();
     // The supervisor's runtime and state directories outside the watched app directory.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let run = elsewhere.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let supervisor = |args: &[&str]| {
-        let mut c = std::process::Command::new(e2e::bin("supervisor"));
-        c.args(args)
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", &run)
-            .env("XDG_STATE_HOME", elsewhere.path().join("state"));
-        c
-    };
+    let home = Home::new();
+    let run = home.run();
+    let supervisor =
+        |args: &[&str]| home.supervisor(Command::new(e2e::bin("supervisor")), dir.path(), args);
     let out = e2e::run_with_deadline(
         &mut supervisor(&["import", "ecosystem.config.cjs"]),
         Duration::from_secs(60),
@@ -682,18 +697,11 @@ fn start_index_js_dash_i_2_runs_the_seeds_app_unchanged_on_port_3000() {
     };
     let ns = lab.host_ns(0);
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let home = Home::new();
     let name = format!("e2e-{}-seeds", std::process::id());
-    let supervisor = |args: &[&str]| {
-        let mut c = lab.command(&ns, e2e::bin("supervisor"));
-        c.args(args)
-            .current_dir(e2e::node_example())
-            .env("XDG_RUNTIME_DIR", &run)
-            .env("XDG_STATE_HOME", dir.path().join("state"));
-        c
-    };
+    let example = e2e::node_example();
+    let supervisor =
+        |args: &[&str]| home.supervisor(lab.command(&ns, e2e::bin("supervisor")), &example, args);
     let log = std::fs::File::create(dir.path().join("supervisor.log")).unwrap();
     let mut child = supervisor(&["start", "index.js", "-i", "2", "--name", &name])
         .stdout(log.try_clone().unwrap())
