@@ -218,6 +218,17 @@ pub enum Cmd {
         /// Return at once instead of waiting for the outcome.
         #[arg(long)]
         no_wait: bool,
+        /// Replace one slot and hold (the canary): the other slots keep the running generation
+        /// until `--continue` (or the app's `reload.canary_hold` passes) or `--rollback`.
+        #[arg(long, conflicts_with_all = ["continue", "rollback"])]
+        canary: bool,
+        /// Roll the other slots of the canary reload that holds.
+        #[arg(long, conflicts_with = "rollback")]
+        r#continue: bool,
+        /// Put the running generation back on the held canary's slot (its worker ready before
+        /// the canary drains).
+        #[arg(long)]
+        rollback: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -446,4 +457,32 @@ pub enum JobsCmd {
         #[arg(short, default_value_t = 20)]
         n: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Cmd};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Names in `conflicts_with` and the like exist (clap checks them only at run time).
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reload_takes_one_of_canary_continue_rollback() {
+        let cli = Cli::try_parse_from(["supervisor", "reload", "web", "--continue"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Reload {
+                r#continue: true,
+                canary: false,
+                ..
+            }
+        ));
+        let both = Cli::try_parse_from(["supervisor", "reload", "--canary", "--rollback"]);
+        assert!(both.is_err(), "one step at a time");
+    }
 }

@@ -16,7 +16,9 @@ use super::render::{
 };
 use super::target::Resolved;
 use crate::control::client;
-use crate::control::protocol::{ReloadOutcome, Request, Response, StatusReport};
+use crate::control::protocol::{
+    ReloadMode, ReloadOutcome, ReloadReport, Request, Response, StatusReport,
+};
 use crate::units;
 
 /// Sends `request` to the supervisor `to` and returns the answer (waiting at most `timeout`).
@@ -77,15 +79,19 @@ pub(super) async fn status(to: &Resolved, app: Option<String>, json: bool) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// `reload`: exits 1 if any app's reload was aborted.
+/// `reload` (`request`, a [`Request::Reload`]): exits 1 if any app's reload was aborted, or
+/// rolled back when that was not what was asked.
 pub(super) async fn reload(
     socket: &Path,
-    app: Option<String>,
-    wait: bool,
+    request: Request,
     json: bool,
     timeout: Duration,
 ) -> Result<ExitCode> {
-    match client::request(socket, Request::Reload { app, wait }, timeout).await? {
+    let (wait, mode) = match &request {
+        Request::Reload { wait, mode, .. } => (*wait, *mode),
+        _ => (true, ReloadMode::Rolling),
+    };
+    match client::request(socket, request, timeout).await? {
         Response::Reload { reports } => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -106,13 +112,16 @@ pub(super) async fn reload(
                     print!("{}", render_reload_request(r));
                 }
             }
-            Ok(
-                if reports.iter().any(|r| r.outcome == ReloadOutcome::Aborted) {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                },
-            )
+            let failed = |r: &&ReloadReport| match r.outcome {
+                ReloadOutcome::Aborted => true,
+                ReloadOutcome::RolledBack => mode != ReloadMode::Rollback,
+                _ => false,
+            };
+            Ok(if reports.iter().any(|r| failed(&r)) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Response::Error { message } => bail!("reload refused: {message}"),
         other => bail!("unexpected answer: {other:?}"),

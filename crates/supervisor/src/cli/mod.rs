@@ -31,7 +31,7 @@ pub use args::{Cli, Cmd, JobsCmd, LogFormat, Target};
 use target::{default_config, resolve};
 
 use crate::config::Config;
-use crate::control::protocol::{self, Request};
+use crate::control::protocol::{self, ReloadMode, Request};
 use crate::daemon::{self, Command};
 
 /// Parses the command line; `--version` shows the build too.
@@ -187,9 +187,25 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 app,
                 target,
                 no_wait,
+                canary,
+                r#continue,
+                rollback,
                 json,
                 timeout,
-            } => commands::reload(&to(&target)?.socket, app, !no_wait, json, timeout).await,
+            } => {
+                let mode = match (canary, r#continue, rollback) {
+                    (true, _, _) => ReloadMode::Canary,
+                    (_, true, _) => ReloadMode::Continue,
+                    (_, _, true) => ReloadMode::Rollback,
+                    _ => ReloadMode::Rolling,
+                };
+                let request = Request::Reload {
+                    app,
+                    wait: !no_wait,
+                    mode,
+                };
+                commands::reload(&to(&target)?.socket, request, json, timeout).await
+            }
             Cmd::Restart { app, target, json } => {
                 let request = Request::Restart { app };
                 commands::answer(&to(&target)?, request, json, Duration::from_secs(60)).await

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::table::Table;
 use crate::control::protocol::{
-    AppChange, AppStatus, ReloadReport, Response, SingletonStatus, StatusReport,
+    AppChange, AppStatus, CanaryStage, ReloadOutcome, ReloadProgress, ReloadReport, Response,
+    SingletonStatus, StatusReport,
 };
 use crate::units;
 
@@ -184,14 +185,7 @@ fn render_app(a: &AppStatus) -> String {
         ));
     }
     if let Some(p) = &a.reload_in_progress {
-        out.push_str(&format!(
-            "reload to generation {} in progress: {}/{} slots, {}{}\n",
-            p.generation,
-            p.done,
-            p.total,
-            units::duration(p.elapsed_secs),
-            if p.queued { " (one more queued)" } else { "" }
-        ));
+        out.push_str(&render_progress(&a.name, p));
     }
     if let Some(l) = &a.last_reload {
         out.push_str(&format!(
@@ -249,11 +243,67 @@ pub(super) fn render_reload_refused(reports: &[ReloadReport]) -> Option<String> 
     })
 }
 
+/// The line of `status` on a reload under way: a canary that holds says what to do next.
+fn render_progress(app: &str, p: &ReloadProgress) -> String {
+    let queued = if p.queued { " (one more queued)" } else { "" };
+    let elapsed = units::duration(p.elapsed_secs);
+    if let Some(of) = p.rolling_back {
+        return format!(
+            "rolling back generation {of}'s canary: generation {} back on {}/{} slot(s), {elapsed}{queued}\n",
+            p.generation, p.done, p.total
+        );
+    }
+    let Some(c) = &p.canary else {
+        return format!(
+            "reload to generation {} in progress: {}/{} slots, {elapsed}{queued}\n",
+            p.generation, p.done, p.total
+        );
+    };
+    let canary = match (c.slot, c.pid) {
+        (Some(slot), Some(pid)) => format!("slot {slot}, pid {pid}"),
+        (Some(slot), None) => format!("slot {slot}"),
+        _ => "starting".to_string(),
+    };
+    match c.stage {
+        CanaryStage::Starting => format!(
+            "canary reload to generation {}: canary starting ({canary}), {elapsed}\n",
+            p.generation
+        ),
+        CanaryStage::Held => {
+            let next = match c.continues_in_secs {
+                Some(s) => format!("continues by itself in {}", units::duration(s)),
+                None => format!(
+                    "`reload {app} --continue` rolls the rest, `reload {app} --rollback` takes it back"
+                ),
+            };
+            format!(
+                "canary reload to generation {} HELD for {}: canary {canary}, {} of {} slots; {next}\n",
+                p.generation,
+                units::duration(c.held_secs),
+                p.done,
+                p.total
+            )
+        }
+        CanaryStage::Continued => format!(
+            "canary reload to generation {} continued: {}/{} slots, {elapsed}{queued}\n",
+            p.generation, p.done, p.total
+        ),
+    }
+}
+
 /// One app's finished reload: outcome, reason, note and each slot's replacement; an app the
-/// reload added or removed says so.
+/// reload added or removed says so; a canary that holds, and a rollback, say so.
 pub(super) fn render_reload(r: &ReloadReport) -> String {
     let took = units::duration(r.duration_secs);
     let mut out = match r.change {
+        _ if r.outcome == ReloadOutcome::Held => format!(
+            "{}: canary of generation {} ready in {took}: the reload holds\n",
+            r.app, r.generation
+        ),
+        _ if r.outcome == ReloadOutcome::RolledBack => format!(
+            "{}: rolled back to generation {} in {took}\n",
+            r.app, r.generation
+        ),
         Some(AppChange::Added) => format!(
             "{}: added: started in generation {}: {} in {took}\n",
             r.app, r.generation, r.outcome

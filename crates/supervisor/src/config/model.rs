@@ -262,6 +262,10 @@ pub struct ReloadPolicy {
     pub max_surge: usize,
     /// How many slots may be without a ready worker during the reload.
     pub max_unavailable: usize,
+    /// Every reload is a canary reload: one slot is replaced, then the reload holds this long
+    /// and continues by itself if that worker neither exited nor missed its watchdog (it is
+    /// rolled back if it did). `None`: reloads roll every slot, unless `reload --canary`.
+    pub canary_hold: Option<Duration>,
 }
 
 /// When a worker is replaced for using too much memory (like PM2's `max_memory_restart`, but

@@ -187,6 +187,7 @@ pub(super) struct RawRestart {
 pub(super) struct RawReload {
     pub(super) max_surge: Option<Spanned<usize>>,
     pub(super) max_unavailable: Option<Spanned<usize>>,
+    pub(super) canary_hold: Option<Spanned<HumanDuration>>,
 }
 
 /// `[cron]`.

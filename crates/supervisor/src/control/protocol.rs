@@ -9,7 +9,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use crate::logs::record::{LogLine, Stream};
 
 pub use crate::core::report::{
-    AppChange, MemoryRecycleProgress, ReloadOutcome, ReloadProgress, ReloadReport,
+    AppChange, CanaryStage, MemoryRecycleProgress, ReloadMode, ReloadOutcome, ReloadProgress,
+    ReloadReport,
 };
 
 /// A request from a client (`supervisor status`, `reload`, `restart`, `scale`, `stop`). `app`
@@ -31,6 +32,9 @@ pub enum Request {
         app: Option<String>,
         /// Answer only when the reload finished.
         wait: bool,
+        /// A canary reload, its `--continue` or `--rollback` (missing: rolling).
+        #[serde(default)]
+        mode: ReloadMode,
     },
     /// New workers for every slot of an app at once, without readiness gating.
     Restart {
@@ -437,10 +441,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Reload {
                 app: Some("web".into()),
-                wait: true
+                wait: true,
+                mode: ReloadMode::Canary,
             })
             .unwrap(),
-            r#"{"request":"reload","app":"web","wait":true}"#
+            r#"{"request":"reload","app":"web","wait":true,"mode":"canary"}"#
+        );
+        let old: Request =
+            serde_json::from_str(r#"{"request":"reload","app":"web","wait":true}"#).unwrap();
+        assert_eq!(
+            old,
+            Request::Reload {
+                app: Some("web".into()),
+                wait: true,
+                mode: ReloadMode::Rolling,
+            },
+            "a client from before canaries asks for a rolling reload"
         );
         assert_eq!(
             serde_json::to_string(&Request::Scale {

@@ -107,6 +107,11 @@ pub enum AdoptedOutcome {
     /// Accepted, not waited for (never the outcome of a finished reload; kept for a total
     /// mapping).
     Started,
+    /// A canary that holds (never the outcome of a finished reload either).
+    Held,
+    /// The canary was taken back.
+    #[serde(rename = "rolled_back")]
+    RolledBack,
 }
 
 /// One slot a reload handed over replaced.
@@ -130,6 +135,8 @@ impl From<&ReloadReport> for AdoptedReload {
                 ReloadOutcome::Ok => AdoptedOutcome::Ok,
                 ReloadOutcome::Aborted => AdoptedOutcome::Aborted,
                 ReloadOutcome::Started => AdoptedOutcome::Started,
+                ReloadOutcome::Held => AdoptedOutcome::Held,
+                ReloadOutcome::RolledBack => AdoptedOutcome::RolledBack,
             },
             reason: r.reason.clone(),
             note: r.note.clone(),
@@ -157,6 +164,8 @@ impl From<AdoptedReload> for ReloadReport {
                 AdoptedOutcome::Ok => ReloadOutcome::Ok,
                 AdoptedOutcome::Aborted => ReloadOutcome::Aborted,
                 AdoptedOutcome::Started => ReloadOutcome::Started,
+                AdoptedOutcome::Held => ReloadOutcome::Held,
+                AdoptedOutcome::RolledBack => ReloadOutcome::RolledBack,
             },
             reason: r.reason,
             note: r.note,

@@ -205,7 +205,9 @@ impl Core {
                 TimerKey::Ready(id) | TimerKey::Kill(id) | TimerKey::Watchdog(id) => {
                     self.route(app_of(id), Event::Timer(key), now)
                 }
-                TimerKey::Restart { app, .. } => self.route(app, Event::Timer(key), now),
+                TimerKey::Restart { app, .. } | TimerKey::CanaryHold { app, .. } => {
+                    self.route(app, Event::Timer(key), now)
+                }
                 TimerKey::MemorySample => {
                     self.sampling = false;
                     if self.wants_memory_samples() {
@@ -224,7 +226,12 @@ impl Core {
                     self.route(id, Event::Memory(mine), now);
                 }
             }
-            Event::Reload { app, reply, wait } => self.reload(app, reply, wait, now),
+            Event::Reload {
+                app,
+                reply,
+                wait,
+                mode,
+            } => self.reload(app, reply, wait, mode, now),
             Event::Config(read) => self.config_read(read, now),
             Event::Restart { app, reply } => self.route(app, Event::Restart { app, reply }, now),
             Event::Scale {
@@ -562,6 +569,28 @@ impl Core {
                 AppReport::Reloaded { report, waiters } => {
                     self.out.push(Action::ReloadEnded(report.clone()));
                     self.reloaded(id, report, waiters, now);
+                }
+                AppReport::Refused { report, waiters } => {
+                    let why = report.reason.clone().unwrap_or_default();
+                    let (clients, every): (Vec<Waiter>, Vec<Waiter>) = waiters
+                        .into_iter()
+                        .partition(|w| matches!(w, Waiter::Client(_)));
+                    for waiter in clients {
+                        if let Waiter::Client(to) = waiter {
+                            self.answer(Some(to), Answer::Refused(why.clone()));
+                        }
+                    }
+                    if !every.is_empty() {
+                        self.reloaded(id, report, every, now);
+                    }
+                }
+                AppReport::Held { report, waiters } => {
+                    for waiter in waiters {
+                        if let Waiter::Client(to) = waiter {
+                            let answer = Answer::Reload(vec![report.clone()]);
+                            self.out.push(Action::Reply { to, answer });
+                        }
+                    }
                 }
                 AppReport::Stopped => self.app_stopped(id, now),
                 AppReport::StartFailed(reason) => self.start_failed(id, reason, now),

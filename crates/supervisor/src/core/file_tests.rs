@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::report::{AppChange, ReloadOutcome};
+use super::report::{AppChange, ReloadMode, ReloadOutcome};
 use super::test_support::Sim;
 use super::*;
 
@@ -65,6 +65,7 @@ fn a_reload_adds_removes_and_moves_apps_and_says_so() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     // web drains at once, its sockets closed before its workers are gone.
     assert!(
@@ -149,6 +150,7 @@ fn an_added_app_waits_for_the_apps_it_is_after_and_the_answer_waits_for_it() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let (db, cache) = (2, 3);
     assert_eq!(sim.app(cache).phase(), Phase::Waiting, "after db");
@@ -196,6 +198,7 @@ fn a_file_that_cannot_be_applied_is_refused_whole_and_its_new_sockets_closed() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let reports = sim.reports(1);
     assert_eq!(reports.len(), 2, "api and web: nothing added");
@@ -263,6 +266,7 @@ fn an_app_stopped_by_hand_refuses_at_once_stays_stopped_through_reloads_and_star
         app: None,
         reply: Some(2),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     for _ in 0..2 {
         sim.ready_all(0);
@@ -407,6 +411,7 @@ fn app_ids_and_stopped_apps_survive_an_upgrade() {
         app: None,
         reply: None,
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     for _ in 0..3 {
         sim.ready_all(0);
@@ -457,6 +462,7 @@ fn app_ids_and_stopped_apps_survive_an_upgrade() {
         app: None,
         reply: None,
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     assert_eq!(next.core.app_named("mail").unwrap().id(), 3);
 }
@@ -517,6 +523,7 @@ fn an_app_stopped_by_hand_or_still_waiting_is_removed_at_once() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     assert!(
         sim.core.app(2).is_none(),
@@ -564,6 +571,7 @@ fn a_move_aborted_half_way_keeps_both_sockets_until_a_reload_completes_it() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     // Slot 0 moves; slot 1's new worker dies: aborted, slot 0 stays on the new sockets.
     sim.ready_all(0);
@@ -585,6 +593,7 @@ fn a_move_aborted_half_way_keeps_both_sockets_until_a_reload_completes_it() {
         app: None,
         reply: Some(2),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     for _ in 0..2 {
         sim.ready_all(0);
@@ -603,6 +612,7 @@ fn a_move_aborted_half_way_keeps_both_sockets_until_a_reload_completes_it() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let new = sim.workers(0, WorkerState::Starting)[0];
     sim.exit(new, ExitStatus::Code(1));

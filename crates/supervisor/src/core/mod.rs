@@ -59,7 +59,7 @@ use tokio::time::Instant;
 use crate::config::{
     AgePolicy, MemoryPolicy, ReloadPolicy, RestartPolicy, SingletonPolicy, WorkerSpec,
 };
-use report::ReloadReport;
+use report::{ReloadMode, ReloadReport};
 
 /// Supervisor-unique worker id (never reused, unlike pids); its high bits say which app it is
 /// ([`app_of`]).
@@ -268,6 +268,13 @@ pub enum TimerKey {
     MemorySample,
     /// A ready worker with a `watchdog` that has not pinged since is hung then.
     Watchdog(WorkerId),
+    /// The canary of an app's reload into `generation` has held its `canary_hold` then.
+    CanaryHold {
+        /// The app.
+        app: AppId,
+        /// The reload's generation.
+        generation: u64,
+    },
 }
 
 /// A signal for a worker.
@@ -434,8 +441,11 @@ pub enum Event {
     /// The answer to [`Action::SampleMemory`]: the resident memory in bytes of each worker's
     /// process group (workers whose group could not be read are left out).
     Memory(Vec<(WorkerId, u64)>),
-    /// A rolling reload of one app, or of every app one at a time.
+    /// A rolling reload of one app, or of every app one at a time; or a canary reload of one
+    /// app, continued or rolled back.
     Reload {
+        /// Rolling, canary, continue or rollback.
+        mode: ReloadMode,
         /// The app, or every app.
         app: Option<AppId>,
         /// The client to answer, if any.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::app::App;
 use super::apps::{Core, Entry};
 use super::file::FileRead;
-use super::report::{AppChange, ReloadOutcome, ReloadReport, SlotReplacement};
+use super::report::{AppChange, ReloadMode, ReloadOutcome, ReloadReport, SlotReplacement};
 use super::{Action, Answer, AppId, AppSettings, Phase, ReplyTo, SocketSet, Waiter};
 
 /// A reload of every app: the file read once, then one app at a time.
@@ -53,16 +53,43 @@ impl ReloadAll {
 }
 
 impl Core {
-    /// A reload of app `app`, or of every app. A client that waits is answered when it ended;
-    /// one that does not, at once: each app's reload started, towards which generation.
+    /// A reload of app `app`, or of every app (in `mode`: a canary reload, its `--continue` and
+    /// `--rollback`, are of one app: the only one, when none is named). A client that waits is
+    /// answered when it ended (a canary: when it holds); one that does not, at once: each app's
+    /// reload started, towards which generation.
     pub(super) fn reload(
         &mut self,
-        app: Option<AppId>,
+        mut app: Option<AppId>,
         reply: Option<ReplyTo>,
         wait: bool,
+        mode: ReloadMode,
         now: Instant,
     ) {
         let waiter = reply.filter(|_| wait);
+        if mode != ReloadMode::Rolling && app.is_none() {
+            let running: Vec<&App> = self
+                .apps
+                .iter()
+                .filter(|e| !e.removing)
+                .map(|e| &e.app)
+                .collect();
+            match running.as_slice() {
+                [only] => app = Some(only.id()),
+                _ => {
+                    let names: Vec<&str> = running.iter().map(|a| a.name()).collect();
+                    let flag = match mode {
+                        ReloadMode::Continue => "--continue",
+                        ReloadMode::Rollback => "--rollback",
+                        _ => "--canary",
+                    };
+                    let message = format!(
+                        "name the app: `supervisor reload APP {flag}` (apps: {})",
+                        names.join(", ")
+                    );
+                    return self.answer(reply, Answer::Refused(message));
+                }
+            }
+        }
         match app {
             Some(id) => {
                 let Some(e) = self.entry_mut(id) else {
@@ -70,7 +97,7 @@ impl Core {
                     let message = format!("app {id} is no longer run (a reload removed it)");
                     return self.answer(reply, Answer::Refused(message));
                 };
-                e.app.request_reload(waiter.map(Waiter::Client));
+                e.app.reload_request(mode, waiter.map(Waiter::Client), now);
                 self.collect(id, now);
             }
             None => {

@@ -65,6 +65,14 @@ pub enum ReloadOutcome {
     Aborted,
     /// Accepted, not waited for (`reload --no-wait`).
     Started,
+    /// A canary reload replaced its first slot and holds: the other slots keep the previous
+    /// generation until `reload APP --continue` (or its `canary_hold` passes), or the canary is
+    /// taken back by `reload APP --rollback`.
+    Held,
+    /// The canary was taken back: the previous generation serves its slot again (`reload APP
+    /// --rollback`, or a canary that exited or hung while held).
+    #[serde(rename = "rolled_back")]
+    RolledBack,
 }
 
 impl std::fmt::Display for ReloadOutcome {
@@ -73,6 +81,8 @@ impl std::fmt::Display for ReloadOutcome {
             ReloadOutcome::Ok => "ok",
             ReloadOutcome::Aborted => "aborted",
             ReloadOutcome::Started => "started",
+            ReloadOutcome::Held => "held",
+            ReloadOutcome::RolledBack => "rolled back",
         })
     }
 }
@@ -102,6 +112,52 @@ pub struct ReloadProgress {
     pub elapsed_secs: f64,
     /// Reloads requested meanwhile, to run after this one (at most one).
     pub queued: bool,
+    /// A canary reload: where its canary stands (absent for a reload that rolls every slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryProgress>,
+    /// A rollback: the generation whose canary it takes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<u64>,
+}
+
+/// Where the canary of a canary reload stands, for `status`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryStage {
+    /// Its canary is starting.
+    Starting,
+    /// Its canary is ready: the reload holds.
+    Held,
+    /// Continued: the other slots roll.
+    Continued,
+}
+
+/// A canary reload's canary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CanaryProgress {
+    pub stage: CanaryStage,
+    /// The canary's slot and pid, once it is ready.
+    pub slot: Option<usize>,
+    pub pid: Option<i32>,
+    /// Seconds it has held so far.
+    pub held_secs: f64,
+    /// Seconds until it continues by itself (`canary_hold`); `None`: it holds until told.
+    pub continues_in_secs: Option<f64>,
+}
+
+/// How a reload is asked for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadMode {
+    /// Every slot, one after another (or a canary first, with `canary_hold`).
+    #[default]
+    Rolling,
+    /// One slot, then hold (`reload APP --canary`).
+    Canary,
+    /// The held canary reload goes on with the other slots (`--continue`).
+    Continue,
+    /// The held canary is replaced by the previous generation (`--rollback`).
+    Rollback,
 }
 
 /// Why a serving worker is replaced beside its slot (its replacement ready before it drains).

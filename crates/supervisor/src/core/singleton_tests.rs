@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::report::ReloadOutcome;
+use super::report::{ReloadMode, ReloadOutcome};
 use super::test_support::Sim;
 use super::*;
 use crate::config::SingletonPolicy;
@@ -176,6 +176,7 @@ fn a_lease_lost_too_late_for_a_drain_kills_at_once_and_aborts_a_reload() {
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let starting = sim.workers(0, WorkerState::Starting);
     assert_eq!(starting.len(), 1, "a reload is replacing slot 0");
@@ -208,6 +209,7 @@ fn a_reload_keeps_the_lease_and_replaces_the_workers_in_place() {
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     for _ in 0..2 {
         sim.ready_all(0);
@@ -238,6 +240,7 @@ fn a_reload_while_standing_by_takes_the_new_config_for_the_takeover() {
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let r = &sim.reports(1)[0];
     assert_eq!(r.outcome, ReloadOutcome::Ok);

@@ -48,6 +48,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
         reload: ReloadPolicy {
             max_surge: surge,
             max_unavailable: unavailable,
+            canary_hold: None,
         },
         memory: MemoryPolicy {
             max_bytes: None,

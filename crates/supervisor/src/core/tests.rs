@@ -75,6 +75,7 @@ fn reload_of_every_app_goes_one_app_at_a_time() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     assert_eq!(sim.workers(0, WorkerState::Starting).len(), 1, "db first");
     assert!(sim.workers(1, WorkerState::Starting).is_empty());
@@ -100,6 +101,7 @@ fn reloading_one_app_leaves_the_others_alone() {
         app: Some(2),
         reply: Some(7),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.ready_all(2);
     assert_eq!(sim.spawned.len(), before + 1);
@@ -116,6 +118,7 @@ fn a_reload_not_waited_for_is_answered_at_once_with_the_generation_it_brings() {
         app: Some(1),
         reply: Some(1),
         wait: false,
+        mode: ReloadMode::Rolling,
     });
     let started = sim.reports(1);
     assert_eq!(started.len(), 1);
@@ -129,6 +132,7 @@ fn a_reload_not_waited_for_is_answered_at_once_with_the_generation_it_brings() {
         app: Some(1),
         reply: Some(2),
         wait: false,
+        mode: ReloadMode::Rolling,
     });
     assert_eq!(sim.reports(2)[0].generation, 2);
     // Every app: the first app's reload starts now, web's runs, jobs' waits its turn.
@@ -136,6 +140,7 @@ fn a_reload_not_waited_for_is_answered_at_once_with_the_generation_it_brings() {
         app: None,
         reply: Some(3),
         wait: false,
+        mode: ReloadMode::Rolling,
     });
     let all: Vec<(String, u64, ReloadOutcome)> = sim
         .reports(3)
@@ -175,6 +180,7 @@ fn a_reload_not_waited_for_of_an_app_that_does_not_run_yet_says_its_generation()
         app: Some(1),
         reply: Some(1),
         wait: false,
+        mode: ReloadMode::Rolling,
     });
     let started = &sim.reports(1)[0];
     assert_eq!(
@@ -300,6 +306,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
         app: Some(0),
         reply: Some(2),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.send(Event::Scale {
         app: 0,
@@ -322,6 +329,7 @@ fn scale_up_and_down_is_graceful_and_waits_for_a_reload_under_way() {
         app: Some(0),
         reply: Some(4),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.ready_all(0);
     sim.ready_all(0);
@@ -371,6 +379,7 @@ fn a_crash_during_the_reload_of_every_app_is_restarted_and_the_reload_goes_on() 
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     // jobs' worker crashes while db reloads.
     let jobs = sim.workers(2, WorkerState::Ready)[0];
@@ -422,6 +431,7 @@ fn memory_recycling_is_per_app_one_at_a_time_each_and_a_reload_of_one_leaves_the
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.advance(Duration::from_secs(4));
     assert_eq!(
@@ -460,6 +470,7 @@ fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.ready_all(0);
     assert!(sim.timers.contains_key(&TimerKey::MemorySample));
@@ -470,6 +481,7 @@ fn a_reload_that_sets_the_first_max_memory_starts_sampling_and_one_that_removes_
         app: Some(0),
         reply: Some(2),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     sim.ready_all(0);
     assert!(!sim.timers.contains_key(&TimerKey::MemorySample));
@@ -517,6 +529,7 @@ fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
         app: None,
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     assert_eq!(sim.service[emitted].0, ServiceState::Reloading);
     assert_eq!(
@@ -549,6 +562,7 @@ fn service_state_is_ready_once_every_app_is_up_then_reloading_and_stopping() {
         app: Some(2),
         reply: Some(2),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     assert_eq!(sim.reports(2)[0].outcome, ReloadOutcome::Aborted);
     assert_eq!(
@@ -583,6 +597,7 @@ fn an_upgrade_waits_for_a_reload_and_hands_over_workers_slots_and_backoffs() {
         app: Some(1),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let why = sim.core.not_upgradable().expect("a reload is under way");
     assert!(why.contains("web"), "{why}");
@@ -661,6 +676,7 @@ fn starting_and_draining_workers_are_handed_over_with_their_deadlines() {
         app: Some(1),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     for _ in 0..4 {
         sim.ready_all(1);
@@ -765,6 +781,7 @@ fn a_configuration_error_after_the_start_is_a_crash_and_aborts_a_reload_at_once(
         app: Some(0),
         reply: Some(1),
         wait: true,
+        mode: ReloadMode::Rolling,
     });
     let new = sim.workers(0, WorkerState::Starting);
     assert_eq!(new.len(), 1);

@@ -5,7 +5,7 @@
 //! of it: a port taken meanwhile refuses the start with the port's name, nothing started.
 
 use super::shell::Shell;
-use crate::control::protocol::{Request, Response};
+use crate::control::protocol::{ReloadMode, Request, Response};
 use crate::control::server::{ControlRequest, Reply};
 use std::collections::HashMap;
 
@@ -17,7 +17,9 @@ impl Shell {
         let ControlRequest { request, reply } = req;
         match request {
             Request::Status { app } => self.on_status(app.as_deref(), reply),
-            Request::Reload { app, wait } => self.on_reload(app.as_deref(), wait, reply),
+            Request::Reload { app, wait, mode } => {
+                self.on_reload(app.as_deref(), wait, mode, reply)
+            }
             Request::Restart { app } => self.on_restart(&app, reply),
             Request::Scale { app, instances } => self.on_scale(&app, instances, reply),
             Request::Stop => self.on_stop(reply),
@@ -93,12 +95,17 @@ impl Shell {
         answer(reply, Response::Status(Box::new(report)));
     }
 
-    fn on_reload(&mut self, app: Option<&str>, wait: bool, reply: Reply) {
+    fn on_reload(&mut self, app: Option<&str>, wait: bool, mode: ReloadMode, reply: Reply) {
         let Some(app) = self.target(app) else {
             return answer(reply, self.unknown_app(app));
         };
         let reply = Some(self.replies.wait(reply));
-        self.feed(Event::Reload { app, reply, wait });
+        self.feed(Event::Reload {
+            app,
+            reply,
+            wait,
+            mode,
+        });
     }
 
     fn on_restart(&mut self, app: &str, reply: Reply) {

@@ -24,6 +24,7 @@ use super::views::Record;
 use crate::config::Config;
 use crate::control::registry::Registered;
 use crate::control::server::{ControlRequest, ControlSocket};
+use crate::core::report::ReloadMode;
 use crate::core::{Action, AppId, Core, Event, LeaseEvent, ServiceState, SocketSet, WorkerId};
 use crate::jobs::scheduler::ConfigJobs;
 use crate::logs::Logs;
@@ -254,6 +255,7 @@ impl Shell {
                 app: None,
                 reply: None,
                 wait: true,
+                mode: ReloadMode::Rolling,
             }),
             Command::Stop => {
                 self.triggers.clear();
@@ -292,6 +294,7 @@ impl Shell {
             app: Some(id),
             reply: None,
             wait: true,
+            mode: ReloadMode::Rolling,
         });
     }
 

@@ -5,6 +5,7 @@
 //! processes. [`server`] serves `GET /metrics` outside the event loop and adds the cron jobs,
 //! which it reads from the lock backend itself (the daemon never waits on Redis).
 
+mod process;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use crate::core::report::{ReloadOutcome, ReloadReport};
+use process::ProcessFigures;
 
 /// Upper bounds (seconds) of the reload duration histogram's buckets; `+Inf` comes on top. A
 /// rolling reload of a fast worker takes milliseconds, one of a slow starter up to its ready
@@ -67,6 +69,9 @@ pub struct ReloadStats {
     pub ok: u64,
     /// Reloads that were aborted (or refused: the app was starting or stopping).
     pub aborted: u64,
+    /// Canary reloads rolled back (missing from a release before canaries).
+    #[serde(default)]
+    pub rolled_back: u64,
     /// Durations of the reloads that ended ok.
     pub durations: Histogram,
 }
@@ -89,8 +94,10 @@ impl Registry {
                 stats.durations.observe(report.duration_secs);
             }
             ReloadOutcome::Aborted => stats.aborted += 1,
-            // Only answers to `reload --no-wait` say "started": never a finished reload.
-            ReloadOutcome::Started => {}
+            ReloadOutcome::RolledBack => stats.rolled_back += 1,
+            // Only answers to `reload --no-wait` say "started", and a canary that holds has
+            // not ended: neither is a finished reload.
+            ReloadOutcome::Started | ReloadOutcome::Held => {}
         }
     }
 
@@ -219,66 +226,6 @@ pub struct Snapshot {
     pub fds: Option<(u64, u64)>,
     /// Log lines written and dropped, per app.
     pub logs: Vec<crate::logs::AppCounts>,
-}
-
-/// The supervisor's own figures under the standard `process_*` names every Prometheus client
-/// library exports (no `supervisor_` prefix).
-#[derive(Debug)]
-struct ProcessFigures {
-    usage: Usage,
-    start_time: f64,
-    fds: Option<(u64, u64)>,
-}
-
-impl Collector for ProcessFigures {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter, Gauge};
-        let none: Labels = Vec::new();
-        let one = |v: f64| [(none.clone(), v)];
-        family(
-            &mut e,
-            "process_cpu",
-            "Total user and system CPU time spent in seconds.",
-            Some(Unit::Seconds),
-            Counter,
-            &one(self.usage.cpu_seconds),
-        )?;
-        family(
-            &mut e,
-            "process_resident_memory",
-            "Resident memory size in bytes.",
-            Some(Unit::Bytes),
-            Gauge,
-            &one(self.usage.rss_bytes as f64),
-        )?;
-        family(
-            &mut e,
-            "process_start_time",
-            "Start time of the process since unix epoch in seconds.",
-            Some(Unit::Seconds),
-            Gauge,
-            &one(self.start_time),
-        )?;
-        if let Some((open, max)) = self.fds {
-            family(
-                &mut e,
-                "process_open_fds",
-                "Number of open file descriptors.",
-                None,
-                Gauge,
-                &one(open as f64),
-            )?;
-            family(
-                &mut e,
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-                None,
-                Gauge,
-                &one(max as f64),
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// The Prometheus text format of a snapshot; metric names start with `supervisor_`.
@@ -473,14 +420,18 @@ impl Collector for Snapshot {
         let reloads: Vec<(Labels, u64)> = apps
             .iter()
             .flat_map(|a| {
-                [("ok", a.reloads.ok), ("aborted", a.reloads.aborted)]
-                    .map(|(outcome, n)| (labels_with(a, "outcome", outcome), n))
+                [
+                    ("ok", a.reloads.ok),
+                    ("aborted", a.reloads.aborted),
+                    ("rolled_back", a.reloads.rolled_back),
+                ]
+                .map(|(outcome, n)| (labels_with(a, "outcome", outcome), n))
             })
             .collect();
         family(
             &mut e,
             "reloads",
-            "Rolling reloads by app and outcome (ok, aborted).",
+            "Rolling reloads by app and outcome (ok, aborted, rolled_back: a canary taken back).",
             None,
             Counter,
             &reloads,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
 
+use super::super::human::HumanDuration;
 use super::super::model::{
     DEFAULT_LEASE_TTL, MAX_INSTANCES, MemoryPolicy, Readiness, ReloadPolicy, RestartPolicy,
     Runtime, Scope, SingletonPolicy, WorkerSpec,
@@ -141,6 +142,21 @@ impl Validator<'_> {
         Ok((app, spans))
     }
 
+    /// `[app.reload] canary_hold`: at least a second (a hold of nothing is a plain reload).
+    fn canary_hold(&self, key: &str, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
+        let name = format!("{key}.reload.canary_hold");
+        let hold = self.at_most(&name, d, MAX_WAIT)?;
+        if hold < Duration::from_secs(1) {
+            return Err(self.err_at(
+                d.span(),
+                name,
+                "must be at least 1s (leave it out for reloads that roll every slot; \
+                 `supervisor reload APP --canary` holds until --continue or --rollback)",
+            ));
+        }
+        Ok(hold)
+    }
+
     /// `[app.reload]`, checked against the number of workers.
     fn reload(
         &self,
@@ -151,6 +167,11 @@ impl Validator<'_> {
         let reload = ReloadPolicy {
             max_surge: r.max_surge.as_ref().map_or(1, |s| *s.get_ref()),
             max_unavailable: r.max_unavailable.as_ref().map_or(0, |u| *u.get_ref()),
+            canary_hold: r
+                .canary_hold
+                .as_ref()
+                .map(|d| self.canary_hold(key, d))
+                .transpose()?,
         };
         if reload.max_surge == 0 || reload.max_surge > MAX_INSTANCES {
             let why = if reload.max_surge == 0 {

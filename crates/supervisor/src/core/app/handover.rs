@@ -23,6 +23,9 @@ impl App {
                 "app {name} serves on its old and its new sockets (a reload that moved its listeners was aborted): reload it first"
             ));
         }
+        if let Some(held) = self.held_reason() {
+            return Some(format!("app {name}: {held}"));
+        }
         if self.reloading.is_some() || self.queued_reload.is_some() {
             return Some(format!("app {name} is reloading"));
         }

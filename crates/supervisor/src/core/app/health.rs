@@ -85,7 +85,9 @@ impl App {
         };
         w.hung = true;
         self.watchdog_timeouts += 1;
-        tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "hung: {why}");
+        let (slot, pid) = (w.slot, w.pid.unwrap_or(0));
+        tracing::warn!(worker = %w.name, pid, "hung: {why}");
+        self.canary_failed(slot, format!("(pid {pid}) is hung: {why}"), now);
         self.maybe_recycle(now);
     }
 

@@ -9,6 +9,7 @@
 //!   slot, or nobody).
 //! - `reload`: the app's side of a rolling reload (the config read, the slots replaced one at a
 //!   time, aborts, a reload queued behind another), with its bookkeeping in `rolling`.
+//! - `canary`: canary reloads (one slot, then hold), continued or rolled back.
 //! - `recycle`: replacing a worker that stays above `max_memory`.
 //! - `scale`: `scale` and `restart`.
 //! - `lease`: a cluster singleton runs only while this host holds its lease.
@@ -31,6 +32,7 @@ use recycle::Recycle;
 use reload::Reloading;
 use slots::{FirstStart, Slot, SlotState};
 
+mod canary;
 mod handover;
 mod health;
 #[cfg(test)]
@@ -160,6 +162,21 @@ pub enum AppReport {
         /// The report.
         report: ReloadReport,
         /// Who waits for it.
+        waiters: Vec<Waiter>,
+    },
+    /// A reload was refused before it began, for the report's reason (a canary reload holds,
+    /// or `--continue` found nothing held): not a reload that ended.
+    Refused {
+        /// The report (outcome `aborted`), for a reload of every app.
+        report: ReloadReport,
+        /// Who asked.
+        waiters: Vec<Waiter>,
+    },
+    /// Its canary reload holds: these asked for the canary (`reload APP --canary`).
+    Held {
+        /// The report so far (outcome `held`).
+        report: ReloadReport,
+        /// Who asked.
         waiters: Vec<Waiter>,
     },
     /// It was stopping and its last worker is gone.
@@ -363,7 +380,7 @@ impl App {
     pub fn reload_generation(&self) -> Option<u64> {
         match &self.reloading {
             Some(Reloading::Rolling(r)) => Some(r.generation),
-            Some(Reloading::ReadingConfig(_)) => Some(self.last_generation + 1),
+            Some(Reloading::ReadingConfig { .. }) => Some(self.last_generation + 1),
             None => self
                 .queued_reload
                 .as_ref()
@@ -421,7 +438,11 @@ impl App {
             })
             .collect();
         let reload_in_progress = match &self.reloading {
-            Some(Reloading::Rolling(r)) => Some(r.progress(self.queued_reload.is_some(), now)),
+            Some(Reloading::Rolling(r)) => {
+                Some(r.progress(self.queued_reload.is_some(), now, |id| {
+                    self.workers.get(&id).and_then(|w| w.pid)
+                }))
+            }
             _ => None,
         };
         let memory_recycling = self.recycling.map(|r| MemoryRecycleProgress {

@@ -15,16 +15,18 @@ use crate::core::{Action, AppSettings, Phase, Waiter};
 /// The reload in progress.
 #[derive(Debug)]
 pub(super) enum Reloading {
-    /// Waiting for [`crate::core::Event::Config`]; these wait for the outcome.
-    ReadingConfig(Vec<Waiter>),
+    /// Waiting for [`crate::core::Event::Config`]; these wait for the outcome (a canary
+    /// reload's: for its canary to hold).
+    ReadingConfig { waiters: Vec<Waiter>, canary: bool },
     /// Replacing slots.
-    Rolling(Reload),
+    Rolling(Box<Reload>),
 }
 
 impl App {
     /// A reload is asked for, by `waiter` if any: it reads the config file, or is queued behind
-    /// the reload under way, or refused when the app does not run.
-    pub fn request_reload(&mut self, waiter: Option<Waiter>) {
+    /// the reload under way, or refused when the app does not run or holds a canary reload. A
+    /// canary reload (`canary`) is refused while another reload is under way.
+    pub fn request_reload(&mut self, waiter: Option<Waiter>, canary: bool) {
         if !matches!(self.phase, Phase::Running | Phase::Standby) {
             let stopped = format!(
                 "it is stopped (`supervisor start {}` starts it)",
@@ -39,6 +41,20 @@ impl App {
             self.answer_aborted(waiter, why);
             return;
         }
+        if let Some(why) = self.held_reason() {
+            tracing::warn!(app = %self.name(), "reload refused: {why}");
+            self.refuse_reload(waiter, &why);
+            return;
+        }
+        if canary && (self.reloading.is_some() || self.queued_reload.is_some()) {
+            let why = format!(
+                "a reload of {} is under way (generation {}): ask for the canary once it ended",
+                self.name(),
+                self.reload_generation().unwrap_or(self.generation)
+            );
+            self.refuse_reload(waiter, &why);
+            return;
+        }
         if self.reloading.is_some() {
             tracing::info!(app = %self.name(), "reload requested while one is running: queued to run once after it");
             self.queued_reload
@@ -46,21 +62,24 @@ impl App {
                 .extend(waiter);
             return;
         }
-        self.reloading = Some(Reloading::ReadingConfig(waiter.into_iter().collect()));
+        self.reloading = Some(Reloading::ReadingConfig {
+            waiters: waiter.into_iter().collect(),
+            canary,
+        });
         self.out.push(Action::ReadConfig);
     }
 
     /// Whether it waits for [`App::config_read`].
     pub fn wants_config(&self) -> bool {
-        matches!(self.reloading, Some(Reloading::ReadingConfig(_)))
+        matches!(self.reloading, Some(Reloading::ReadingConfig { .. }))
     }
 
     /// The answer to its [`Action::ReadConfig`]: its settings from the file read again.
     pub fn config_read(&mut self, settings: Result<AppSettings, String>, now: Instant) {
-        let Some(Reloading::ReadingConfig(waiters)) = self.reloading.take() else {
+        let Some(Reloading::ReadingConfig { waiters, canary }) = self.reloading.take() else {
             return;
         };
-        self.reload_into(settings, waiters, now);
+        self.roll_onto(settings, waiters, canary, now);
     }
 
     /// A reload onto `settings` (the file read once for a reload of every app), for `waiters`:
@@ -71,6 +90,23 @@ impl App {
         &mut self,
         settings: Result<AppSettings, String>,
         waiters: Vec<Waiter>,
+        now: Instant,
+    ) {
+        if let Some(why) = self.held_reason() {
+            tracing::warn!(app = %self.name(), "reload refused: {why}");
+            self.refuse_reload(waiters, &why);
+            return;
+        }
+        self.roll_onto(settings, waiters, false, now);
+    }
+
+    /// [`App::reload_into`], as a canary reload if asked for (`canary`: `waiters` wait for the
+    /// canary to hold) or if its `canary_hold` says so.
+    fn roll_onto(
+        &mut self,
+        settings: Result<AppSettings, String>,
+        waiters: Vec<Waiter>,
+        canary: bool,
         now: Instant,
     ) {
         if self.reloading.is_some() {
@@ -116,12 +152,16 @@ impl App {
         self.before_reload = Some((previous, self.generation, scaled));
         self.generation = generation;
         // New slots (scale up) take part in the reload as slots without an old worker.
+        // (A canary reload adds them when it continues: while it holds, the app runs as many
+        // workers as before.)
         let sockets = self.settings.sockets;
-        while self.slots.len() < new_n {
+        let hold = self.settings.reload.canary_hold;
+        let asked = canary;
+        let canary = canary || hold.is_some();
+        while self.slots.len() < new_n && !canary {
             self.slots
                 .push(Slot::new(spec.clone(), sockets, generation));
         }
-        tracing::info!(app = %self.name(), generation, slots = new_n, "rolling reload started");
         let mut reload = Reload::new(
             generation,
             spec,
@@ -130,9 +170,23 @@ impl App {
             0..new_n,
             now,
         );
-        reload.add_waiters(waiters);
+        if canary {
+            tracing::info!(app = %self.name(), generation, slots = new_n, "canary reload started: one slot first");
+            // Who asked for the canary hears of it when it holds; a reload made a canary one by
+            // `canary_hold` is answered when it ends.
+            let (at_hold, at_end) = if asked {
+                (waiters, Vec::new())
+            } else {
+                (Vec::new(), waiters)
+            };
+            reload = reload.canary(hold, at_hold);
+            reload.add_waiters(at_end);
+        } else {
+            tracing::info!(app = %self.name(), generation, slots = new_n, "rolling reload started");
+            reload.add_waiters(waiters);
+        }
         reload.note = note;
-        self.reloading = Some(Reloading::Rolling(reload));
+        self.reloading = Some(Reloading::Rolling(Box::new(reload)));
         self.advance_reload(now);
     }
 
@@ -195,6 +249,10 @@ impl App {
             let Some(Reloading::Rolling(reload)) = &mut self.reloading else {
                 return;
             };
+            if reload.canary_due() {
+                self.hold_canary(now);
+                return;
+            }
             if reload.is_complete() {
                 break;
             }
@@ -204,6 +262,11 @@ impl App {
             let drain_early = reload.may_drain_early();
             let (spec, sockets, generation) =
                 (reload.spec.clone(), reload.sockets, reload.generation);
+            // A slot the new config adds (a canary reload adds them only as their turn comes).
+            while self.slots.len() <= slot {
+                let s = Slot::new(spec.clone(), sockets, generation);
+                self.slots.push(s);
+            }
             let old = self
                 .slot_worker(slot)
                 .and_then(|id| Some((id, self.workers.get(&id)?.pid?)));
@@ -228,10 +291,16 @@ impl App {
             self.before_reload = None;
             let (_, report, waiters) = reload.finish(None, now);
             self.retire_slots_beyond(keep, now);
+            let what = match report.outcome {
+                ReloadOutcome::RolledBack => {
+                    "rolled back: the canary's slots serve this generation again"
+                }
+                _ => "rolling reload finished",
+            };
             tracing::info!(
                 app = %self.name(),
                 generation = report.generation,
-                "rolling reload finished in {}",
+                "{what} in {}",
                 crate::units::duration(report.duration_secs)
             );
             self.reply_all(waiters, &report);
@@ -307,7 +376,10 @@ impl App {
         if let Some(waiters) = self.queued_reload.take() {
             // Stopping answered the queued clients already; only a running app reloads again.
             if self.phase == Phase::Running {
-                self.reloading = Some(Reloading::ReadingConfig(waiters));
+                self.reloading = Some(Reloading::ReadingConfig {
+                    waiters,
+                    canary: false,
+                });
                 self.out.push(Action::ReadConfig);
                 return;
             }
@@ -316,6 +388,16 @@ impl App {
             for reply in waiters {
                 self.scale(n, Some(reply), now);
             }
+        }
+    }
+
+    /// Refuses the reload `waiters` asked for, for `why` (said as an error, not counted as a
+    /// reload that was aborted).
+    pub(super) fn refuse_reload(&mut self, waiters: impl IntoIterator<Item = Waiter>, why: &str) {
+        let waiters: Vec<Waiter> = waiters.into_iter().collect();
+        if !waiters.is_empty() {
+            let report = self.aborted_report(self.last_generation + 1, why);
+            self.reports.push(AppReport::Refused { report, waiters });
         }
     }
 

@@ -5,14 +5,21 @@
 //! reload. Slots already replaced keep their new (ready, proven) workers; every other slot keeps
 //! its old worker, which was never signalled. No rollback is needed because an old worker is told
 //! to drain only after its replacement is ready (unless `max_unavailable` allows otherwise).
+//!
+//! A canary reload ([`Canary`]) replaces one slot and holds once that worker is ready: the other
+//! slots keep the previous generation until it is continued (by hand, or by itself after
+//! `canary_hold`). A rollback is a reload of the canary's slot back into the previous generation.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::{ReloadPolicy, WorkerSpec};
-use crate::core::report::{ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement};
+use crate::core::report::{
+    CanaryProgress, CanaryStage, ReloadOutcome, ReloadProgress, ReloadReport, SlotReplacement,
+};
 use crate::core::{SocketSet, Waiter, WorkerId};
 
 /// A new worker being started for a slot.
@@ -28,6 +35,24 @@ pub struct InFlight {
     pub old_drained_early: bool,
     /// When the new worker was started.
     pub started: Instant,
+}
+
+/// Where a reload stands with its canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// Not a canary reload: every slot rolls.
+    None,
+    /// Only the first slot rolls; the reload holds once it is replaced, for `hold` if given
+    /// (then it continues by itself), else until told.
+    First { hold: Option<Duration> },
+    /// The first slot is replaced: nothing more rolls until it is continued or rolled back.
+    Held {
+        since: Instant,
+        /// When it continues by itself.
+        until: Option<Instant>,
+    },
+    /// Continued: the other slots roll.
+    Continued,
 }
 
 /// A rolling reload in progress.
@@ -48,6 +73,11 @@ pub struct Reload {
     waiters: Vec<Waiter>,
     /// Said in the report (the `scale` the file's `instances` undid).
     pub note: Option<String>,
+    canary: Canary,
+    /// Who asked for the canary: answered when it holds.
+    canary_waiters: Vec<Waiter>,
+    /// A rollback: the generation whose canary it takes back, and why.
+    rollback_of: Option<(u64, String)>,
 }
 
 impl Reload {
@@ -73,7 +103,62 @@ impl Reload {
             started: now,
             waiters: Vec::new(),
             note: None,
+            canary: Canary::None,
+            canary_waiters: Vec::new(),
+            rollback_of: None,
         }
+    }
+
+    /// Makes it a canary reload (holding for `hold`, or until told); `waiters` are answered
+    /// when the canary holds.
+    pub fn canary(mut self, hold: Option<Duration>, waiters: Vec<Waiter>) -> Reload {
+        self.canary = Canary::First { hold };
+        self.canary_waiters = waiters;
+        self
+    }
+
+    /// Makes it the rollback of generation `of`'s canary, for `why`.
+    pub fn rollback(mut self, of: u64, why: String) -> Reload {
+        self.rollback_of = Some((of, why));
+        self
+    }
+
+    /// Where it stands with its canary.
+    pub fn canary_state(&self) -> Canary {
+        self.canary
+    }
+
+    /// Whether its canary is ready and it is to hold now.
+    pub fn canary_due(&self) -> bool {
+        matches!(self.canary, Canary::First { .. })
+            && !self.done.is_empty()
+            && self.in_flight.is_empty()
+    }
+
+    /// Holds from `now`: returns until when (if it continues by itself), the report for who
+    /// asked for the canary, and them.
+    pub fn hold(&mut self, now: Instant) -> (Option<Instant>, ReloadReport, Vec<Waiter>) {
+        let hold = match self.canary {
+            Canary::First { hold } => hold,
+            _ => None,
+        };
+        let until = hold.map(|h| crate::core::later(now, h));
+        self.canary = Canary::Held { since: now, until };
+        let mut report = self.report(None, now);
+        report.outcome = ReloadOutcome::Held;
+        (until, report, std::mem::take(&mut self.canary_waiters))
+    }
+
+    /// The held reload goes on with the other slots.
+    pub fn release(&mut self) {
+        if matches!(self.canary, Canary::Held { .. }) {
+            self.canary = Canary::Continued;
+        }
+    }
+
+    /// The slots it has replaced so far, in order (a held reload's: its canary).
+    pub fn replaced_slots(&self) -> Vec<usize> {
+        self.done.iter().map(|d| d.slot).collect()
     }
 
     /// Adds waiters for the outcome.
@@ -85,6 +170,12 @@ impl Reload {
     pub fn next_slot(&mut self) -> Option<usize> {
         if self.in_flight.len() >= self.policy.max_surge {
             return None;
+        }
+        let canary_out = !self.done.is_empty() || !self.in_flight.is_empty();
+        match self.canary {
+            Canary::Held { .. } => return None,
+            Canary::First { .. } if canary_out => return None,
+            _ => {}
         }
         self.pending.pop_front()
     }
@@ -123,9 +214,12 @@ impl Reload {
         Some(f)
     }
 
-    /// Whether every slot has been replaced.
+    /// Whether every slot has been replaced (and it does not hold).
     pub fn is_complete(&self) -> bool {
-        self.pending.is_empty() && self.in_flight.is_empty()
+        self.pending.is_empty()
+            && self.in_flight.is_empty()
+            && !matches!(self.canary, Canary::Held { .. })
+            && !self.canary_due()
     }
 
     /// Ends the reload. Returns the new workers still starting (to stop), the report, and who
@@ -135,36 +229,70 @@ impl Reload {
         reason: Option<String>,
         now: Instant,
     ) -> (Vec<InFlight>, ReloadReport, Vec<Waiter>) {
-        let report = ReloadReport {
+        let report = self.report(reason, now);
+        let mut waiters = std::mem::take(&mut self.waiters);
+        // A canary that never held: who asked for it hears how the reload ended.
+        waiters.append(&mut self.canary_waiters);
+        (std::mem::take(&mut self.in_flight), report, waiters)
+    }
+
+    /// Its report so far: aborted for `reason`, else ok (a rollback: rolled back).
+    fn report(&mut self, reason: Option<String>, now: Instant) -> ReloadReport {
+        let (outcome, reason) = match (reason, &self.rollback_of) {
+            (Some(r), _) => (ReloadOutcome::Aborted, Some(r)),
+            (None, Some((_, why))) => (ReloadOutcome::RolledBack, Some(why.clone())),
+            (None, None) => (ReloadOutcome::Ok, None),
+        };
+        ReloadReport {
             app: self.spec.name.clone(),
             generation: self.generation,
-            outcome: if reason.is_none() {
-                ReloadOutcome::Ok
-            } else {
-                ReloadOutcome::Aborted
-            },
+            outcome,
             reason,
-            note: self.note.take(),
-            slots: std::mem::take(&mut self.done),
+            note: self.note.clone(),
+            slots: self.done.clone(),
             duration_secs: (now - self.started).as_secs_f64(),
             change: None,
             changed: Vec::new(),
-        };
-        (
-            std::mem::take(&mut self.in_flight),
-            report,
-            std::mem::take(&mut self.waiters),
-        )
+        }
     }
 
-    /// Progress for `status`.
-    pub fn progress(&self, queued: bool, now: Instant) -> ReloadProgress {
+    /// Progress for `status`; `pid` finds a worker's pid.
+    pub fn progress(
+        &self,
+        queued: bool,
+        now: Instant,
+        pid: impl Fn(WorkerId) -> Option<i32>,
+    ) -> ReloadProgress {
+        let canary = |stage, held_secs, continues_in_secs| {
+            let first = self.done.first();
+            let starting = self.in_flight.first();
+            Some(CanaryProgress {
+                stage,
+                slot: first.map(|d| d.slot).or(starting.map(|f| f.slot)),
+                pid: first
+                    .map(|d| d.new_pid)
+                    .or(starting.and_then(|f| pid(f.new))),
+                held_secs,
+                continues_in_secs,
+            })
+        };
         ReloadProgress {
             generation: self.generation,
             done: self.done.len(),
             total: self.total,
             elapsed_secs: (now - self.started).as_secs_f64(),
             queued,
+            canary: match self.canary {
+                Canary::None => None,
+                Canary::First { .. } => canary(CanaryStage::Starting, 0.0, None),
+                Canary::Held { since, until } => canary(
+                    CanaryStage::Held,
+                    now.saturating_duration_since(since).as_secs_f64(),
+                    until.map(|u| u.saturating_duration_since(now).as_secs_f64()),
+                ),
+                Canary::Continued => canary(CanaryStage::Continued, 0.0, None),
+            },
+            rolling_back: self.rollback_of.as_ref().map(|(g, _)| *g),
         }
     }
 }
@@ -202,6 +330,7 @@ mod tests {
             ReloadPolicy {
                 max_surge,
                 max_unavailable,
+                canary_hold: None,
             },
             0..3,
             Instant::now(),

@@ -350,6 +350,7 @@ impl App {
                 let unstable =
                     w.state == WorkerState::Starting || uptime < self.settings.restart.min_uptime;
                 self.slot_failed(slot, format!("{status} while {}", w.state), unstable, now);
+                self.canary_failed(slot, format!("(pid {pid}) exited: {status}"), now);
             }
             Owner::Draining => {}
         }
@@ -401,6 +402,7 @@ impl App {
             // The supervisor's; it hands the samples over as `Event::Memory`.
             TimerKey::MemorySample => {}
             TimerKey::Watchdog(id) => self.watchdog_missed(id, now),
+            TimerKey::CanaryHold { generation, .. } => self.canary_hold_over(generation, now),
             TimerKey::Kill(id) => {
                 if let Some(w) = self.workers.get(&id) {
                     tracing::warn!(worker = %w.name, pid = w.pid.unwrap_or(0), "still running {} after SIGTERM (kill_timeout): SIGKILL to its process group", crate::units::span(w.spec.kill_timeout));
@@ -567,7 +569,9 @@ impl App {
             }
         }
         match self.reloading.take() {
-            Some(Reloading::ReadingConfig(waiters)) => self.answer_aborted(waiters, stopping),
+            Some(Reloading::ReadingConfig { waiters, .. }) => {
+                self.answer_aborted(waiters, stopping)
+            }
             Some(rolling) => {
                 self.reloading = Some(rolling);
                 self.abort_reload(stopping.into(), now);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Readiness;
-use crate::core::report::ReloadOutcome;
+use crate::core::report::{ReloadMode, ReloadOutcome};
 use crate::core::test_support::Sim;
 use crate::core::{ExitStatus, Signal, TimerKey};
 
@@ -57,6 +57,7 @@ impl OneApp for Sim {
             app: Some(0),
             reply: Some(reply),
             wait: true,
+            mode: ReloadMode::Rolling,
         });
     }
 

@@ -20,6 +20,8 @@ mod world;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use crate::core::report::ReloadMode;
+
 use plan::{Rng, Setup, Step, shrink, steps};
 use world::World;
 
@@ -200,6 +202,7 @@ fn a_failure_is_shrunk_to_what_causes_it() {
             app: None,
             client: true,
             wait: true,
+            mode: ReloadMode::Rolling,
         },
         Step::Ready(1),
     ];
@@ -238,6 +241,7 @@ fn seed_3_a_request_for_an_app_a_reload_removed_is_answered() {
             app: None,
             client: true,
             wait: true,
+            mode: ReloadMode::Rolling,
         },
     ];
     replay(3, &[removed[0], removed[1], Step::Restart(0)]);
@@ -250,6 +254,7 @@ fn seed_3_a_request_for_an_app_a_reload_removed_is_answered() {
                 app: Some(0),
                 client: true,
                 wait: true,
+                mode: ReloadMode::Rolling,
             },
         ],
     );
@@ -269,11 +274,13 @@ fn seed_1002157_a_removed_app_starts_nothing_on_its_way_out() {
                 app: None,
                 client: false,
                 wait: false,
+                mode: ReloadMode::Rolling,
             },
             Step::Reload {
                 app: None,
                 client: false,
                 wait: true,
+                mode: ReloadMode::Rolling,
             },
             Step::Crash(16, ExitStatus::Code(1)),
             Step::Scale(1, 5),
@@ -281,6 +288,7 @@ fn seed_1002157_a_removed_app_starts_nothing_on_its_way_out() {
                 app: Some(1),
                 client: true,
                 wait: false,
+                mode: ReloadMode::Rolling,
             },
             Step::Config(ConfigStep::Without(1)),
         ],

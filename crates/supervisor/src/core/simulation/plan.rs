@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Readiness, SingletonPolicy};
+use crate::core::report::ReloadMode;
 use crate::core::test_support::settings;
 use crate::core::{AppId, AppSettings, ExitStatus};
 
@@ -83,6 +84,9 @@ pub(crate) enum Step {
         app: Option<usize>,
         client: bool,
         wait: bool,
+        /// Mostly rolling; a canary, `--continue` or `--rollback` (of one app, or of the only
+        /// one) one time in four.
+        mode: ReloadMode,
     },
     /// `restart` of an app.
     Restart(usize),
@@ -122,6 +126,9 @@ impl Setup {
             let mut s = settings(&format!("a{i}"), instances, surge, unavailable);
             if rng.chance(150) {
                 Arc::make_mut(&mut s.spec).readiness = Readiness::Exec;
+            }
+            if rng.chance(150) {
+                s.reload.canary_hold = Some(Duration::from_secs(1 + rng.below(10)));
             }
             if rng.chance(300) {
                 s.memory.max_bytes = Some(100 << 20);
@@ -163,6 +170,12 @@ fn step(rng: &mut Rng, apps: usize) -> Step {
             app: (!rng.chance(300)).then(|| app(rng)),
             client: rng.chance(700),
             wait: rng.chance(600),
+            mode: match rng.below(12) {
+                0 => ReloadMode::Canary,
+                1 => ReloadMode::Continue,
+                2 => ReloadMode::Rollback,
+                _ => ReloadMode::Rolling,
+            },
         },
         650..670 => Step::Restart(app(rng)),
         670..700 => Step::Scale(
