@@ -24,7 +24,10 @@
 //    of idleness (counted from the drain's start or its last request), exit 0 when the last
 //    connection is gone, hard deadline 500 ms inside SUPERVISOR_KILL_TIMEOUT_MS. The app's own
 //    handlers of that signal still run; `server.close()` and `process.exit()` called from them
-//    wait for the drain instead of cutting it short.
+//    wait for the drain instead of cutting it short. A WebSocket (an HTTP upgrade to
+//    `websocket`), which never ends on its own, is sent a close frame with code 1012 (service
+//    restart) once it has had the same grace, so its client (`ws`, socket.io, browsers)
+//    reconnects, to a live worker, instead of being cut at the kill timeout.
 //
 // It is shipped inside the supervisor binary and written to the supervisor's private runtime
 // directory; it is inert in any process that is not the worker itself (LISTEN_PID differs), such
@@ -309,9 +312,12 @@
     server[kState] = conns;
     const event = server instanceof https.Server ? "secureConnection" : "connection";
     server.on(event, (socket) => {
-      socket[kState] = { busy: 0, last: performance.now() };
+      socket[kState] = { busy: 0, last: performance.now(), websocket: false, closing: false };
       conns.add(socket);
-      socket.once("close", () => conns.delete(socket));
+      socket.once("close", () => {
+        conns.delete(socket);
+        if (draining) check();
+      });
     });
     server.prependListener("request", onRequest);
     // A request that claims to be a `[[job]] http` run without the supervisor's secret is
@@ -319,6 +325,7 @@
     const appEmit = server.emit;
     server.emit = function emit(event, ...args) {
       if (event === "request" && forgedJob(args[0], args[1])) return true;
+      if (event === "upgrade") upgraded(args[0], args[1]);
       return appEmit.call(this, event, ...args);
     };
   }
@@ -353,6 +360,27 @@
     res.writeHead(403, { "content-type": "text/plain; charset=utf-8" });
     res.end("forbidden: Supervisor-Job-* headers without the supervisor's secret\n");
     return true;
+  }
+
+  // A connection upgraded to a WebSocket: closed with 1012 when the drain's grace is over.
+  function upgraded(req, socket) {
+    const st = socket && socket[kState];
+    const protocol = String((req && req.headers && req.headers.upgrade) || "").toLowerCase();
+    if (st && protocol === "websocket") st.websocket = true;
+  }
+
+  // The close frame, unmasked as a server sends it: FIN + opcode 8, 2 bytes of payload, the code
+  // 1012 ("service restart": the client may reconnect at once).
+  const serviceRestart = Buffer.from([0x88, 0x02, 0x03, 0xf4]);
+  let websocketsClosed = 0;
+
+  function closeWebSocket(socket, st) {
+    if (st.closing) return;
+    st.closing = true;
+    websocketsClosed += 1;
+    socket.end(serviceRestart);
+    // The client answers with its own close frame and closes; one that does not is cut.
+    setTimeout(() => socket.destroy(), 2000).unref();
   }
 
   function onRequest(req, res) {
@@ -422,9 +450,11 @@
           next = Math.min(next, grace);
           continue;
         }
+        if (st.closing) continue;
         const idle = t - Math.max(st.last, drainStart);
-        if (idle >= grace) socket.destroy();
-        else next = Math.min(next, grace - idle);
+        if (idle < grace) next = Math.min(next, grace - idle);
+        else if (st.websocket) closeWebSocket(socket, st);
+        else socket.destroy();
       }
     }
     clearTimeout(timer);
@@ -444,7 +474,8 @@
       }
       log(`drain deadline (${deadline} ms) reached: ${open} connection(s) dropped`);
     } else {
-      log(`drained in ${took} ms`);
+      const ws = websocketsClosed > 0 ? ` (${websocketsClosed} WebSocket(s) closed with 1012, service restart)` : "";
+      log(`drained in ${took} ms${ws}`);
     }
     if (exitCode !== undefined || !appHandlers || atDeadline) realExit.call(process, exitCode ?? 0);
     // Otherwise the app's own handler of the drain signal is shutting it down: the process ends when its event
