@@ -193,7 +193,10 @@ impl Core {
             }
             self.collect(id, now);
         }
-        if self.reload_all.as_ref().is_some_and(|a| a.reading) {
+        // Only the reload of every app that waited for this read applies it: one that began
+        // meanwhile (queued behind the one an app's report just ended) reads the file again,
+        // after what this read did to the apps.
+        if applying && self.reload_all.as_ref().is_some_and(|a| a.reading) {
             self.apply_file(read, now);
         }
     }

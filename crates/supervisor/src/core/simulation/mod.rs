@@ -294,3 +294,28 @@ fn seed_1002157_a_removed_app_starts_nothing_on_its_way_out() {
         ],
     );
 }
+
+/// Found by the long run: an app whose reload of every app was queued behind its own reload,
+/// with a `scale` queued too, and then removed from the file: its own reload read the file
+/// (without it) and ended aborted, the queued `scale` started workers, and the reload of every
+/// app removed it in the same turn.
+#[test]
+fn seed_1003116_a_removed_app_scales_nothing_on_its_way_out() {
+    use plan::ConfigStep;
+    let reload = |app, wait| Step::Reload {
+        app,
+        client: true,
+        wait,
+        mode: ReloadMode::Rolling,
+    };
+    replay(
+        1003116,
+        &[
+            reload(Some(0), false),
+            reload(None, true),
+            Step::Scale(0, 4),
+            Step::Config(ConfigStep::Without(0)),
+            reload(None, false),
+        ],
+    );
+}
