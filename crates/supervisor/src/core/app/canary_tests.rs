@@ -100,6 +100,12 @@ fn a_canary_holds_after_one_slot_and_continue_rolls_the_rest() {
     // Another reload is refused with what to do; the held one goes on when continued.
     reload(&mut sim, ReloadMode::Rolling, 2);
     assert!(refused(&sim, 2).contains("--rollback"), "says what to do");
+    sim.send(Event::Scale {
+        app: 0,
+        instances: 5,
+        reply: Some(9),
+    });
+    assert!(refused(&sim, 9).contains("--continue"), "not queued behind a hold");
     reload(&mut sim, ReloadMode::Continue, 3);
     for _ in 0..2 {
         let next = starting(&sim);

@@ -27,6 +27,17 @@ impl App {
             }
             return;
         }
+        if let Some(held) = self.held_reason() {
+            // Queued, it would wait for as long as the canary holds.
+            if let Some(to) = reply {
+                let why = format!("cannot scale app {} now: {held}", self.name());
+                self.out.push(Action::Reply {
+                    to,
+                    answer: Answer::Refused(why),
+                });
+            }
+            return;
+        }
         if self.reloading.is_some() {
             let q = self.queued_scale.get_or_insert((n, Vec::new()));
             q.0 = n;
