@@ -72,10 +72,10 @@ fn close_code(s: &mut TcpStream) -> u16 {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     loop {
-        if let Some(at) = got.iter().position(|b| *b == 0x88) {
-            if got.len() >= at + 4 {
-                return u16::from_be_bytes([got[at + 2], got[at + 3]]);
-            }
+        if let Some(at) = got.iter().position(|b| *b == 0x88)
+            && got.len() >= at + 4
+        {
+            return u16::from_be_bytes([got[at + 2], got[at + 3]]);
         }
         let n = s
             .read(&mut buf)

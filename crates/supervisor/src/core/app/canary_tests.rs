@@ -105,7 +105,10 @@ fn a_canary_holds_after_one_slot_and_continue_rolls_the_rest() {
         instances: 5,
         reply: Some(9),
     });
-    assert!(refused(&sim, 9).contains("--continue"), "not queued behind a hold");
+    assert!(
+        refused(&sim, 9).contains("--continue"),
+        "not queued behind a hold"
+    );
     reload(&mut sim, ReloadMode::Continue, 3);
     for _ in 0..2 {
         let next = starting(&sim);
