@@ -396,6 +396,7 @@ mod tests {
             removed: false,
             waiting_for: vec![],
             generation: 1,
+            instances: 1,
             listeners: vec![],
             workers: vec![WorkerInfo {
                 slot: 1,
