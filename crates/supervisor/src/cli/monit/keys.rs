@@ -75,7 +75,7 @@ pub(super) fn on_key(m: &Model, key: KeyEvent) -> (Ui, Action) {
             }
             (Some(app), _) => {
                 ui.message = Some(Message::info(format!(
-                    "press R again to restart every worker of {app} at once (no readiness gating; r reloads with zero downtime); any other key cancels"
+                    "press R again to restart every worker of {app} at once (r reloads, zero downtime); other keys cancel"
                 )));
                 ui.confirm = Some(Confirm::Restart(app));
                 Action::None
