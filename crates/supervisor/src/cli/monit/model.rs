@@ -255,3 +255,88 @@ pub(super) fn scaled(app: &str, now: usize, delta: i8) -> Result<usize, String> 
         (_, n) => Ok(n + 1),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::monit::fixture;
+    use crate::logs::record::{Level, Stream};
+
+    #[test]
+    fn the_selection_stays_on_its_worker_then_its_replacement_then_its_app() {
+        let mut m = fixture::model();
+        let old = RowId::Worker {
+            app: "web".into(),
+            name: "web.1".into(),
+            pid: 4243,
+        };
+        m.ui.selected = Some(old.clone());
+        m.set_status(fixture::status());
+        assert_eq!(m.selected(), Some(old), "the same row");
+        // The reload finished: old web.1 is gone, its replacement is the row of that name.
+        let mut s = fixture::status();
+        s.apps[0].workers.retain(|w| w.process.pid != 4243);
+        m.set_status(s.clone());
+        assert!(matches!(
+            m.selected(),
+            Some(RowId::Worker { pid: 4245, .. })
+        ));
+        assert_eq!(m.log_target().as_deref(), Some("web.1"));
+        // Scaled down to one: the app.
+        s.apps[0].workers.retain(|w| w.slot == 0);
+        m.set_status(s.clone());
+        assert_eq!(m.selected(), Some(RowId::App("web".into())));
+        // The app removed: the first row.
+        s.apps.remove(0);
+        m.set_status(s);
+        assert_eq!(m.selected(), Some(RowId::App("api".into())));
+        // A waiting slot and the worker that replaces it are the same row to follow.
+        let rows = fixture::model().rows();
+        let waiting = RowId::Waiting {
+            app: "api".into(),
+            slot: 0,
+        };
+        let at = selected_index(&rows, Some(&waiting)).and_then(|i| rows.get(i));
+        assert!(
+            matches!(at, Some(RowId::Worker { pid: 5001, .. })),
+            "{at:?}"
+        );
+        assert_eq!(selected_index(&[], Some(&waiting)), None);
+    }
+
+    #[test]
+    fn the_log_pane_keeps_the_newest_lines_within_its_bound() {
+        let mut pane = LogPane::default();
+        let line = |i: usize| fixture::line("web.0", 0, Stream::Out, Level::Info, &i.to_string());
+        pane.reset("web.0".into(), (0..10).map(line).collect());
+        pane.push((10..LOG_LINES_KEPT + 300).map(line).collect(), 7);
+        pane.push(
+            (LOG_LINES_KEPT + 300..LOG_LINES_KEPT + 320)
+                .map(line)
+                .collect(),
+            3,
+        );
+        assert_eq!(pane.lines.len(), LOG_LINES_KEPT);
+        assert_eq!(pane.lost, 10);
+        assert_eq!(pane.lines.front().map(|l| l.text.as_str()), Some("320"));
+        let last = (LOG_LINES_KEPT + 319).to_string();
+        assert_eq!(
+            pane.lines.back().map(|l| l.text.as_str()),
+            Some(last.as_str())
+        );
+        pane.reset("web.1".into(), vec![]);
+        assert!(pane.lines.is_empty() && pane.lost == 0);
+    }
+
+    #[test]
+    fn instances_are_the_slots_the_report_says_or_those_it_shows() {
+        let s = fixture::status();
+        assert_eq!(instances(&s.apps[0]), 2);
+        let mut old = s.apps[1].clone();
+        old.instances = 0; // a release before monit
+        assert_eq!(instances(&old), 2, "api.0 and the waiting api.1");
+        let mut web = s.apps[0].clone();
+        web.instances = 0;
+        assert_eq!(instances(&web), 2, "old and new web.1 are one slot");
+    }
+}
