@@ -1,8 +1,8 @@
 //! `supervisor monit` as a person runs it: in a real pseudo-terminal (100x30, TERM=xterm) it
 //! draws the app and its workers and the selected row's log lines; `+` scales the selected app
-//! by one (as `status` then shows); `q`, Ctrl-C and SIGTERM each end it with exit 0 and the
-//! terminal given back (the alternate screen left, the cursor shown). With stdout piped it prints
-//! the status once and says why.
+//! by one (as `status` then shows); a worker flooding the log pane never holds up the keys;
+//! `q`, Ctrl-C and SIGTERM each end it with exit 0 and the terminal given back (the alternate
+//! screen left, the cursor shown). With stdout piped it prints the status once and says why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -254,4 +254,44 @@ fn without_a_terminal_monit_prints_the_status_once() {
     );
     assert!(!stdout.contains('\x1b'), "no escape sequence: {stdout:?}");
     assert!(stderr.contains("stdout is not a terminal"), "{stderr}");
+}
+
+#[test]
+fn a_flood_in_the_log_pane_never_holds_up_the_keys() {
+    // One worker printing as fast as it can (the supervisor's rate limit lets 20000 lines/s
+    // through), followed by the log pane; a quiet app after it.
+    let flood = r#"
+[[app]]
+name = "flood"
+command = "/usr/bin/yes"
+args = ["a flood line, as long as a chatty worker prints them"]
+readiness = "exec"
+instances = 1
+
+[[app]]
+name = "calm"
+command = "/bin/sh"
+args = ["-c", "while true; do echo calm; sleep 1; done"]
+readiness = "exec"
+instances = 1
+"#;
+    let s = Supervisor::start(flood, 2).unwrap();
+    let mut m = Monit::start(&s);
+    m.wait_text("logs flood", Duration::from_secs(20));
+    m.wait_text("a flood line", Duration::from_secs(10));
+    let mut worst = Duration::ZERO;
+    for (key, title) in [
+        (b"j", "logs flood.0"),
+        (b"j", "logs calm "),
+        (b"k", "logs flood.0"),
+    ] {
+        let t = Instant::now();
+        m.keys(key);
+        m.wait_text(title, Duration::from_secs(5));
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("slowest key to screen under the flood: {worst:?}");
+    m.keys(b"q");
+    assert_eq!(m.exit_code(Duration::from_secs(10)), 0, "{}", m.text());
+    m.assert_restored();
 }
