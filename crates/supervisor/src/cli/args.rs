@@ -385,6 +385,14 @@ pub enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// A live view of every app and worker (state, cpu, memory, restarts, uptime, reloads)
+    /// with the logs of the selected one; keys reload, restart and scale the selected app (`?`
+    /// lists them). Without a terminal on stdout, the status once.
+    Monit {
+        /// Which supervisor.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Empty the log files of every app, or of one, and delete their rotated copies.
     Flush {
         /// Only this app.

@@ -1,11 +1,11 @@
 //! Command line: `start | check | init | import | status | ls | reload | restart | scale | stop |
-//! reset | jobs | logs | flush | reopen-logs | upgrade | startup`, by phase: `args` parses (clap),
-//! `target` says which supervisor a client command talks to, one function per command runs it
-//! (`check`, the control socket's client commands in `commands`, `jobs`, `logs` for `logs`,
-//! `flush` and `reopen-logs`, `detach` for `start -d`, `script` for `start app.js -i max` and
-//! `init`, `import` for PM2's ecosystem file, `startup` for the systemd unit),
-//! and `render` (with `table`) turns the answers into text for people; `--json` prints them for
-//! scripts. Each command picks its exit code.
+//! reset | jobs | logs | monit | flush | reopen-logs | upgrade | startup`, by phase: `args` parses
+//! (clap), `target` says which supervisor a client command talks to, one function per command
+//! runs it (`check`, the control socket's client commands in `commands`, `jobs`, `logs` for
+//! `logs`, `flush` and `reopen-logs`, `monit` for the live view, `detach` for `start -d`, `script`
+//! for `start app.js -i max` and `init`, `import` for PM2's ecosystem file, `startup` for the
+//! systemd unit), and `render` (with `table`) turns the answers into text for people; `--json`
+//! prints them for scripts. Each command picks its exit code.
 
 mod args;
 mod check;
@@ -14,6 +14,7 @@ mod detach;
 mod import;
 mod jobs;
 mod logs;
+mod monit;
 mod render;
 mod script;
 mod startup;
@@ -259,6 +260,7 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
                 };
                 logs::logs(&to(&target)?.socket, args).await
             }
+            Cmd::Monit { target } => monit::monit(&to(&target)?.socket).await,
             Cmd::Flush { app, target, json } => logs::flush(&to(&target)?.socket, app, json).await,
             Cmd::ReopenLogs { target, json } => logs::reopen(&to(&target)?.socket, json).await,
             Cmd::Jobs {

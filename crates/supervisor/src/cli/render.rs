@@ -446,6 +446,7 @@ mod tests {
             removed: false,
             waiting_for: vec![],
             generation: 1,
+            instances: 1,
             listeners: vec![],
             workers: vec![WorkerInfo {
                 slot: 1,

@@ -256,6 +256,10 @@ pub struct AppStatus {
     pub waiting_for: Vec<String>,
     /// Current generation (the one new workers are started in).
     pub generation: u64,
+    /// How many slots it runs: its `instances`, or what `scale` set (absent from a release
+    /// before `monit`: 0).
+    #[serde(default)]
+    pub instances: usize,
     /// Its listeners.
     pub listeners: Vec<ListenerInfo>,
     /// Every worker process, including draining ones.

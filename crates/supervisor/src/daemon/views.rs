@@ -106,6 +106,7 @@ pub(super) fn status(
                 removed: view.removing,
                 waiting_for: view.waiting_for,
                 generation: snapshot.generation,
+                instances: snapshot.instances,
                 listeners: sockets
                     .iter()
                     .enumerate()

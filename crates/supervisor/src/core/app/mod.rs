@@ -69,6 +69,8 @@ pub struct Snapshot<'a> {
     pub phase: Phase,
     /// The generation new workers start in.
     pub generation: u64,
+    /// How many slots it runs (its `instances`, or what `scale` set).
+    pub instances: usize,
     /// Every live worker, by slot then generation, with its slot's restart count.
     pub workers: Vec<(&'a Worker, u32)>,
     /// Slots waiting to restart.
@@ -456,6 +458,7 @@ impl App {
         Snapshot {
             phase: self.phase,
             generation: self.generation,
+            instances: self.slots.len(),
             workers,
             waiting,
             reload_in_progress,
