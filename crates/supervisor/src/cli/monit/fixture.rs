@@ -75,6 +75,8 @@ pub(super) fn status() -> StatusReport {
         total: 2,
         elapsed_secs: 3.2,
         queued: false,
+        canary: None,
+        rolling_back: None,
     });
     let mut hung = worker("api.0", 1, WorkerState::Ready, 5001, 86_500.0);
     hung.hung = true;

@@ -16,7 +16,7 @@ use super::keys::Action;
 use super::model::{self, Message};
 use crate::cli::render::{render_answer, render_reload_request};
 use crate::control::client;
-use crate::control::protocol::{self, LogLine, Request, Response, StatusReport};
+use crate::control::protocol::{self, LogLine, ReloadMode, Request, Response, StatusReport};
 
 /// How often the status is asked.
 pub(super) const REFRESH: Duration = Duration::from_secs(1);
@@ -166,6 +166,7 @@ async fn act(socket: &Path, action: Action) -> Result<String, String> {
             Request::Reload {
                 app: Some(app),
                 wait: false,
+                mode: ReloadMode::Rolling,
             },
             "reload",
         ),

@@ -11,7 +11,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
 
 use super::model::Model;
-use crate::control::protocol::{AppStatus, LogLine, SlotInfo, StatusReport, WorkerInfo};
+use crate::control::protocol::{
+    AppStatus, CanaryStage, LogLine, SlotInfo, StatusReport, WorkerInfo,
+};
 use crate::core::{Phase, WorkerState};
 use crate::logs::record::Level;
 use crate::units;
@@ -159,13 +161,25 @@ fn app_row(a: &AppStatus) -> Row<'static> {
     let mut info = Vec::new();
     // The generation it reloads to is in the gen column.
     if let Some(p) = &a.reload_in_progress {
-        info.push(format!(
-            "reloading {}/{}, {}{}",
-            p.done,
-            p.total,
-            units::duration(p.elapsed_secs),
-            if p.queued { " (+1 queued)" } else { "" }
-        ));
+        let held = p.canary.as_ref().filter(|c| c.stage == CanaryStage::Held);
+        info.push(match (held, p.rolling_back) {
+            (_, Some(of)) => format!("rolling back generation {of}'s canary"),
+            (Some(c), None) => format!(
+                "canary held {}: {}",
+                units::duration(c.held_secs),
+                match c.continues_in_secs {
+                    Some(s) => format!("continues in {}", units::duration(s)),
+                    None => "reload --continue/--rollback".to_string(),
+                }
+            ),
+            (None, None) => format!(
+                "reloading {}/{}, {}{}",
+                p.done,
+                p.total,
+                units::duration(p.elapsed_secs),
+                if p.queued { " (+1 queued)" } else { "" }
+            ),
+        });
     } else if let Some(l) = &a.last_reload {
         let why = l
             .reason

@@ -186,3 +186,21 @@ fn before_the_first_status_and_after_an_error() {
     let all = screen(&m, 80, 20).join("\n");
     assert!(all.contains("status: no supervisor is running"), "{all}");
 }
+
+#[test]
+fn a_held_canary_says_how_to_go_on() {
+    let mut m = web1_model();
+    let report = m.status.as_mut().unwrap();
+    let web = report.apps.iter_mut().find(|a| a.name == "web").unwrap();
+    let progress = web.reload_in_progress.as_mut().unwrap();
+    progress.canary = Some(crate::core::report::CanaryProgress {
+        stage: CanaryStage::Held,
+        slot: Some(0),
+        pid: Some(4301),
+        held_secs: 12.0,
+        continues_in_secs: None,
+    });
+    let lines = screen(&m, 120, 30);
+    let web = line_with(&lines, "canary held");
+    assert!(web.contains("reload --continue/--rollback"), "{web}");
+}
