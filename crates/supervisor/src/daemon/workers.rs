@@ -45,6 +45,11 @@ impl Shell {
         sockets: SocketSet,
         fencing_token: Option<u64>,
     ) -> Event {
+        if let Some(user) = spec.confine.user.as_ref().filter(|u| u.switch)
+            && let Err(error) = self.runtime_dir.open_to(user)
+        {
+            return Event::SpawnFailed { worker, error };
+        }
         let started = Process::start(StartArgs {
             id: worker,
             slot,

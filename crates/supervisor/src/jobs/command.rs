@@ -86,6 +86,7 @@ impl Runner for CommandJob {
             env,
             cwd: &self.cwd,
             listeners: vec![],
+            confine: spawn::Confine::default(),
         })
         .map_err(|e| e.to_string())?;
         let pid = child.pid;

@@ -190,6 +190,7 @@ mod tests {
             cron_backend: false,
             contract: Default::default(),
             watchdog: None,
+            confine: Default::default(),
         })
     }
 
