@@ -1,0 +1,231 @@
+//! Confined workers: a root supervisor binds a privileged port and runs its workers as `nobody`
+//! (the standard-library Python example, which reports readiness on `NOTIFY_SOCKET`, so the
+//! socket in the runtime directory is usable by the worker's user), with `[app.rlimits]`; they
+//! serve through the inherited socket and reload under load with no failed request. A
+//! supervisor that is not root is refused another user when the file is checked.
+//!
+//! Needs root (skipped, saying so, otherwise) and a `nobody` user.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{ConnMode, Supervisor, get, reloads_under_load, run_with_deadline};
+
+/// `examples/python` of this workspace.
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/python")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Why this test cannot run here, if it cannot.
+fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (a supervisor that changes its workers' user)".into());
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        return Some("needs /usr/bin/python3 (one that `nobody` may run)".into());
+    }
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().ok()?;
+    if !nobody.status.success() {
+        return Some("needs a user named nobody".into());
+    }
+    // The example must be readable by nobody.
+    let probe = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=65534", "--clear-groups"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import pages",
+        ])
+        .arg(examples())
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "nobody cannot read {}: {}",
+            examples().display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("needs setpriv: {e}")),
+    }
+}
+
+/// A free privileged port on 127.0.0.1.
+fn privileged_port() -> u16 {
+    (600..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("no free port in 600..1000")
+}
+
+/// A line of `/proc/PID/status` (`Uid`, `Gid`): its four ids.
+fn ids(pid: i32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every worker of `s` runs as nobody with its `nofile` limit and its user's environment.
+fn assert_confined(s: &Supervisor, nobody: &str) {
+    for w in s.ready_workers().unwrap() {
+        let want = [nobody; 4].join(" ");
+        assert_eq!(ids(w.pid, "Uid"), want, "worker {}", w.pid);
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", w.pid)).unwrap();
+        let files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(
+            files.split_whitespace().collect::<Vec<_>>()[3..5],
+            ["4096", "8192"],
+            "{files}"
+        );
+        let environ = std::fs::read(format!("/proc/{}/environ", w.pid)).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        let vars: Vec<&str> = environ.split('\0').collect();
+        assert!(vars.contains(&"USER=nobody"), "{vars:?}");
+        assert!(vars.contains(&"LOGNAME=nobody"), "{vars:?}");
+        assert!(!vars.iter().any(|v| *v == "HOME=/root"), "{vars:?}");
+    }
+}
+
+#[test]
+fn a_worker_of_a_root_supervisor_runs_as_nobody_on_a_privileged_port_and_reloads_under_load() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let nobody = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // A runtime directory nobody may traverse (the harness's own is private to root): the
+    // supervisor opens its own part of it to the workers' user.
+    let run = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let port = privileged_port();
+    let body = format!(
+        r#"[[app]]
+name = "web"
+command = "/usr/bin/python3"
+args = ["stdlib_worker.py"]
+cwd = "{examples}"
+env = {{ PYTHONUNBUFFERED = "1", PYTHONDONTWRITEBYTECODE = "1" }}
+instances = 2
+user = "nobody"
+ready_timeout = "10s"
+kill_timeout = "10s"
+
+[[app.listen]]
+name = "http"
+address = "127.0.0.1:{port}"
+
+[app.rlimits]
+nofile = [4096, 8192]
+core = 0
+"#,
+        examples = examples().display()
+    );
+    let s = Supervisor::spawn_with_env(&body, &[("XDG_RUNTIME_DIR", run.path().to_str().unwrap())])
+        .unwrap();
+    s.wait_ready(2, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_confined(&s, &nobody);
+    let addr = s.addr().unwrap();
+    assert_eq!(addr.port(), port);
+    let (code, body) = get(addr, "/").unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    let report = reloads_under_load(&s, "/", ConnMode::KeepAlive, 4, 3)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    eprintln!(
+        "port {port}: 3 reloads under load, {} ok, {} failed",
+        report.ok, report.failed
+    );
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(report.ok > 100, "{report:?}");
+    assert_confined(&s, &nobody);
+    // The runtime directory: traversable, the secret still private.
+    let rt = std::fs::read_dir(run.path().join("supervisor"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("supervisor-"))
+        .unwrap()
+        .path();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&rt), 0o711);
+    assert_eq!(mode(&rt.join("job-secret")), 0o600);
+}
+
+#[test]
+fn a_supervisor_that_is_not_root_is_refused_another_user_at_check() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("s.toml");
+    std::fs::write(
+        &config,
+        "[supervisor]\ncontrol_socket = \"control.sock\"\n\n[[app]]\nname = \"web\"\n\
+         command = \"/bin/sleep\"\nargs = [\"60\"]\nreadiness = \"exec\"\nuser = \"root\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_with_deadline(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=65534", "--clear-groups"])
+            .arg(e2e::bin("supervisor"))
+            .args(["check", "-c"])
+            .arg(&config)
+            .env("HOME", dir.path()),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "s.toml:9:8: app[0].user: root (uid 0) is not the user this supervisor runs as, nobody"
+        ) && err.contains("only a supervisor started as root"),
+        "{err}"
+    );
+
+    // As root, an unknown user is named with its line.
+    std::fs::write(
+        &config,
+        "[[app]]\nname = \"web\"\ncommand = \"/bin/sleep\"\nuser = \"no-such-user-here\"\n",
+    )
+    .unwrap();
+    let out = run_with_deadline(
+        Command::new(e2e::bin("supervisor"))
+            .args(["check", "-c"])
+            .arg(&config),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("s.toml:4:8: app[0].user: no user is named \"no-such-user-here\""),
+        "{err}"
+    );
+}
