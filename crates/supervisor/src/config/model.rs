@@ -162,6 +162,50 @@ pub struct Confinement {
     pub user: Option<RunAs>,
     /// `[app.rlimits]`, set before `execve`.
     pub rlimits: Vec<Rlimit>,
+    /// `[app.cgroup]`: a cgroup v2 of the app's own, where the supervisor may create one.
+    pub cgroup: Option<CgroupLimits>,
+}
+
+/// `[app.cgroup]`: the limits of the app's cgroup, as cgroup v2 files take them. `None` leaves a
+/// file as the kernel makes it (no limit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CgroupLimits {
+    /// `memory.max` in bytes ([`CGROUP_MAX`]: `max`).
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: microseconds of CPU time per [`CPU_PERIOD_US`] ([`CGROUP_MAX`]: `max`).
+    pub cpu_max: Option<u64>,
+    /// `pids.max` ([`CGROUP_MAX`]: `max`).
+    pub pids_max: Option<u64>,
+}
+
+/// A cgroup limit of `max`: none.
+pub const CGROUP_MAX: u64 = u64::MAX;
+
+/// The period of `cpu.max`: 100 ms, the kernel's default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+impl CgroupLimits {
+    /// `(controller, file, value)` for each limit set: what is written into the app's cgroup.
+    pub fn files(&self) -> Vec<(&'static str, &'static str, String)> {
+        let show = |v: u64| {
+            if v == CGROUP_MAX {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let mut out = Vec::new();
+        if let Some(m) = self.memory_max {
+            out.push(("memory", "memory.max", show(m)));
+        }
+        if let Some(c) = self.cpu_max {
+            out.push(("cpu", "cpu.max", format!("{} {CPU_PERIOD_US}", show(c))));
+        }
+        if let Some(p) = self.pids_max {
+            out.push(("pids", "pids.max", show(p)));
+        }
+        out
+    }
 }
 
 /// A worker's user, resolved when the file is read (the forked child may not look it up).

@@ -147,6 +147,25 @@ pub(super) struct RawApp {
     pub(super) group: Option<Spanned<RawId>>,
     #[serde(default)]
     pub(super) rlimits: RawRlimits,
+    #[serde(default)]
+    pub(super) cgroup: RawCgroup,
+}
+
+/// `[app.cgroup]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCgroup {
+    pub(super) memory_max: Option<Spanned<RawLimitValue>>,
+    pub(super) cpu_max: Option<Spanned<RawCpu>>,
+    pub(super) pids_max: Option<Spanned<RawLimitValue>>,
+}
+
+/// CPUs: a number (`0.5`, `2`) or a string (`"50%"`, `"0.5"`, `"max"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawCpu {
+    Number(f64),
+    Word(String),
 }
 
 /// A user or group: a name or a numeric id.

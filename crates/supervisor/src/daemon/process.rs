@@ -92,6 +92,8 @@ pub struct StartArgs<'a> {
     pub events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
     /// Where its output goes.
     pub logs: &'a Logs,
+    /// Its app's `cgroup.procs`, open for writing, when the app has a cgroup.
+    pub cgroup: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Starting a worker failed before it ran.
@@ -212,7 +214,7 @@ fn user_env(env: &mut BTreeMap<String, String>, user: &RunAs, app_env: &BTreeMap
 
 /// What the child sets before `execve`: the app's limits, and its user when the supervisor
 /// changes users (root).
-fn confine_of(spec: &WorkerSpec) -> spawn::Confine {
+fn confine_of(spec: &WorkerSpec, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> spawn::Confine {
     let c = &spec.confine;
     spawn::Confine {
         rlimits: c
@@ -225,6 +227,7 @@ fn confine_of(spec: &WorkerSpec) -> spawn::Confine {
             gid: u.gid,
             groups: u.groups.clone(),
         }),
+        cgroup: cgroup.map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
     }
 }
 
@@ -263,7 +266,7 @@ impl Process {
             env,
             cwd: &spec.cwd,
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
-            confine: confine_of(&spec),
+            confine: confine_of(&spec, args.cgroup),
         })?;
         let sinks = args.logs.sinks(&spec.name, &name, args.slot, child.pid);
         Ok(Process::watch(
@@ -467,6 +470,7 @@ mod tests {
             fencing_token: None,
             events,
             logs: &logs,
+            cgroup: None,
         };
         environment(&args, "web.0", &dir.path().join("n.sock"))
             .into_iter()

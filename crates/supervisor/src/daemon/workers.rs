@@ -50,6 +50,11 @@ impl Shell {
         {
             return Event::SpawnFailed { worker, error };
         }
+        let cgroup = spec
+            .confine
+            .cgroup
+            .as_ref()
+            .and_then(|limits| self.cgroups.procs_for(&spec.name, limits));
         let started = Process::start(StartArgs {
             id: worker,
             slot,
@@ -62,6 +67,7 @@ impl Shell {
             fencing_token,
             events: self.worker_tx.clone(),
             logs: &self.logs,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsFd::as_fd),
         });
         match started {
             Ok(p) => {

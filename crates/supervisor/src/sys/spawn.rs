@@ -70,6 +70,9 @@ pub struct Confine {
     pub rlimits: Vec<(&'static str, libc::__rlimit_resource_t, u64, u64)>,
     /// The user to become, if any.
     pub creds: Option<Creds>,
+    /// The app's `cgroup.procs`, open for writing: the child joins the cgroup (writes `0`)
+    /// before it changes user.
+    pub cgroup: Option<RawFd>,
 }
 
 /// A user's ids: `setgroups(groups)`, `setresgid(gid)`, `setresuid(uid)`.
@@ -89,6 +92,7 @@ const STAGE_CHDIR: u32 = 1;
 const STAGE_SETGROUPS: u32 = 2;
 const STAGE_SETGID: u32 = 3;
 const STAGE_SETUID: u32 = 4;
+const STAGE_CGROUP: u32 = 5;
 /// `STAGE_RLIMIT + i`: the `i`th limit.
 const STAGE_RLIMIT: u32 = 16;
 
@@ -303,6 +307,7 @@ fn setup_error(cmd: &Exec<'_>, stage: u32, cause: std::io::Error) -> SpawnError 
         STAGE_SETGROUPS => format!("setgroups({:?})", creds.map(|c| &c.groups)),
         STAGE_SETGID => format!("setgid({})", creds.map_or(0, |c| c.gid)),
         STAGE_SETUID => format!("setuid({})", creds.map_or(0, |c| c.uid)),
+        STAGE_CGROUP => "joining the app's cgroup (cgroup.procs)".to_string(),
         n => match cmd
             .confine
             .rlimits
@@ -490,6 +495,11 @@ unsafe fn confine(c: &Confine, parent_pid: libc::pid_t, exec_err: RawFd) {
             if rc != 0 {
                 fail_at(exec_err, STAGE_RLIMIT + i as u32);
             }
+        }
+        if let Some(fd) = c.cgroup
+            && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+        {
+            fail_at(exec_err, STAGE_CGROUP);
         }
         let Some(creds) = &c.creds else { return };
         if libc::syscall(

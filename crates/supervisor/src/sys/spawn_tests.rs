@@ -42,6 +42,7 @@ fn limits_are_set_before_exec() {
             ("RLIMIT_CORE", libc::RLIMIT_CORE, 0, 0),
         ],
         creds: None,
+        cgroup: None,
     };
     let (status, out) = run("ulimit -Sn; ulimit -Sc", confine, Path::new("/")).unwrap();
     assert_eq!(status, 0, "{out}");
@@ -54,6 +55,7 @@ fn a_limit_that_cannot_be_set_is_named() {
         // soft above hard: EINVAL for anyone
         rlimits: vec![("RLIMIT_NOFILE", libc::RLIMIT_NOFILE, 20, 10)],
         creds: None,
+        cgroup: None,
     };
     let e = run("true", confine, Path::new("/"))
         .unwrap_err()
@@ -86,6 +88,7 @@ fn the_child_becomes_the_user_with_its_groups() {
     let confine = Confine {
         rlimits: vec![],
         creds: Some(creds),
+        cgroup: None,
     };
     let (status, out) = run(
         "grep -E '^(Uid|Gid|Groups):' /proc/self/status; cat /proc/self/status | grep -c PPid",
@@ -111,6 +114,7 @@ fn a_user_change_that_fails_is_named() {
             gid: 0,
             groups: vec![0],
         }),
+        cgroup: None,
     };
     let e = run("true", confine, Path::new("/"))
         .unwrap_err()

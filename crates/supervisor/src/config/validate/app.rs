@@ -116,6 +116,7 @@ impl Validator<'_> {
             user: ra.user.take(),
             group: ra.group.take(),
             rlimits: std::mem::take(&mut ra.rlimits),
+            cgroup: std::mem::take(&mut ra.cgroup),
         };
         let logs = self.logs(key, &ra, log_dir)?;
         let mut worker = self.worker(key, ra)?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::super::human::parse_size;
 use super::super::model::{Confinement, RLIM_INFINITY, Rlimit, RlimitResource, RunAs};
-use super::super::raw::{RawId, RawLimit, RawLimitValue, RawRlimits, Spanned};
+use super::super::raw::{RawCgroup, RawId, RawLimit, RawLimitValue, RawRlimits, Spanned};
 use super::{ConfigError, Validator};
 use crate::sys::users;
 
@@ -16,6 +16,7 @@ pub(super) struct Raw {
     pub(super) user: Option<Spanned<RawId>>,
     pub(super) group: Option<Spanned<RawId>>,
     pub(super) rlimits: RawRlimits,
+    pub(super) cgroup: RawCgroup,
 }
 
 /// The most open files the kernel allows a process (`fs.nr_open`), the bound of `nofile`.
@@ -69,7 +70,12 @@ impl Validator<'_> {
     pub(super) fn confinement(&self, key: &str, raw: Raw) -> Result<Confinement, ConfigError> {
         let user = self.run_as(key, raw.user, raw.group)?;
         let rlimits = self.rlimits(key, &raw.rlimits)?;
-        Ok(Confinement { user, rlimits })
+        let cgroup = self.cgroup(key, &raw.cgroup)?;
+        Ok(Confinement {
+            user,
+            rlimits,
+            cgroup,
+        })
     }
 
     /// `user` and `group`, looked up, with the user's groups.
