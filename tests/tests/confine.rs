@@ -242,3 +242,64 @@ fn a_supervisor_that_is_not_root_is_refused_another_user_at_check() {
         "{err}"
     );
 }
+
+/// `[app.cgroup]`: where this host lets the supervisor create cgroup v2 groups, the worker runs
+/// in its app's cgroup with its limits, and the cgroup is killed and removed at stop; where it
+/// does not (cgroup v1, no delegation, a controller held by v1), `check` and `start` say why and
+/// the app runs without.
+#[test]
+fn an_app_cgroup_is_applied_where_cgroup_v2_allows_and_said_unavailable_where_not() {
+    let body = "[[app]]\nname = \"web\"\ncommand = \"{demo}\"\ninstances = 1\n\
+                kill_timeout = \"3s\"\n\n[app.cgroup]\npids_max = 100\nmemory_max = \"256MiB\"\n";
+    let mut s = Supervisor::spawn(body).unwrap();
+    s.wait_ready(1, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    let (ok, check) = s.cli_text(&["check"]).unwrap();
+    assert!(ok, "{check}");
+    assert!(
+        check.contains("cgroup:         memory.max=268435456, pids.max=100"),
+        "{check}"
+    );
+    let pid = s.ready_workers().unwrap()[0].pid;
+    if let Some(line) = check
+        .lines()
+        .find(|l| l.contains("[app.cgroup] is not applied on this host"))
+    {
+        eprintln!("cgroup v2 unavailable here, as check says: {}", line.trim());
+        assert!(
+            s.log_text().contains("[app.cgroup] is not applied"),
+            "start says so too: {}",
+            s.log_text()
+        );
+        let (code, _) = get(s.addr().unwrap(), "/").unwrap();
+        assert_eq!(code, 200, "the app runs without");
+        return;
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    assert!(
+        path.ends_with(&format!("app-web-{}", s.pid())),
+        "the worker is in its app's cgroup: {path}"
+    );
+    let dir = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|m| Path::new(m).join(&path))
+        .find(|d| d.join("cgroup.procs").exists())
+        .unwrap();
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("pids.max"), "100");
+    assert_eq!(read("memory.max"), "268435456");
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(20)).unwrap(), Some(0));
+    assert!(!dir.exists(), "removed at stop: {}", dir.display());
+}
