@@ -12,7 +12,6 @@ pub mod procstat;
 pub mod reaper;
 pub mod sdnotify;
 pub mod spawn;
-pub mod users;
 
 /// Gives the memory freed by the allocator back to the system. After a reload settles, the
 /// allocator otherwise keeps the high-water mark of every worker that was draining at once

@@ -29,12 +29,12 @@ fn run(script: &str, confine: Confine, cwd: &Path) -> Result<(i32, String), Spaw
 }
 
 fn root() -> bool {
-    crate::sys::users::effective().0 == 0
+    crate::users::effective().0 == 0
 }
 
 #[test]
 fn limits_are_set_before_exec() {
-    let (_, hard) = crate::sys::users::rlimit(libc::RLIMIT_NOFILE).unwrap();
+    let (_, hard) = crate::users::rlimit(libc::RLIMIT_NOFILE).unwrap();
     let soft = 100.min(hard);
     let confine = Confine {
         rlimits: vec![

@@ -9,7 +9,7 @@ use super::super::human::parse_size;
 use super::super::model::{Confinement, RLIM_INFINITY, Rlimit, RlimitResource, RunAs};
 use super::super::raw::{RawCgroup, RawId, RawLimit, RawLimitValue, RawRlimits, Spanned};
 use super::{ConfigError, Validator};
-use crate::sys::users;
+use crate::users;
 
 /// The raw keys, taken out of the app's table.
 pub(super) struct Raw {

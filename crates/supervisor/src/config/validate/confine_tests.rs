@@ -16,7 +16,7 @@ fn load(extra: &str) -> Result<Config, String> {
 }
 
 fn root() -> bool {
-    crate::sys::users::effective().0 == 0
+    crate::users::effective().0 == 0
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn bad_rlimits_are_named_with_their_line() {
 
 #[test]
 fn above_the_own_hard_limit_only_for_root() {
-    let (_, hard) = crate::sys::users::rlimit(libc::RLIMIT_NPROC).unwrap();
+    let (_, hard) = crate::users::rlimit(libc::RLIMIT_NPROC).unwrap();
     if hard == INF {
         return;
     }
