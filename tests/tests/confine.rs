@@ -1,8 +1,10 @@
 //! Confined workers: a root supervisor binds a privileged port and runs its workers as `nobody`
 //! (the standard-library Python example, which reports readiness on `NOTIFY_SOCKET`, so the
 //! socket in the runtime directory is usable by the worker's user), with `[app.rlimits]`; they
-//! serve through the inherited socket and reload under load with no failed request. A
-//! supervisor that is not root is refused another user when the file is checked.
+//! serve through the inherited socket and reload under load with no failed request; so does the
+//! seeds' Node app as nobody through the preload. A supervisor that is not root is refused
+//! another user when the file is checked; `[app.cgroup]` is applied where cgroup v2 allows, and
+//! said unavailable, with the reason, where it does not.
 //!
 //! Needs root (skipped, saying so, otherwise) and a `nobody` user.
 
@@ -76,6 +78,12 @@ fn ids(pid: i32, key: &str) -> String {
         .join(" ")
 }
 
+/// nobody's uid.
+fn nobody_uid() -> String {
+    let out = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// nobody's home directory in the password database.
 fn nobody_home() -> String {
     let out = Command::new("getent")
@@ -119,16 +127,7 @@ fn a_worker_of_a_root_supervisor_runs_as_nobody_on_a_privileged_port_and_reloads
         eprintln!("skipped: {why}");
         return;
     }
-    let nobody = String::from_utf8(
-        Command::new("id")
-            .args(["-u", "nobody"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let nobody = nobody_uid();
     // A runtime directory nobody may traverse (the harness's own is private to root): the
     // supervisor opens its own part of it to the workers' user.
     let run = tempfile::tempdir().unwrap();
@@ -185,6 +184,57 @@ core = 0
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&rt), 0o711);
     assert_eq!(mode(&rt.join("job-secret")), 0o600);
+}
+
+/// A Node app, unchanged, as nobody: the preload (in the runtime directory) is loaded, takes
+/// the privileged port's inherited socket for the app's own `listen()` (nobody could not bind
+/// it), and reports readiness on `READY_FD`.
+#[test]
+fn a_node_app_as_nobody_serves_on_a_privileged_port_through_the_preload() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = e2e::node_example();
+    let probe = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-r",
+        ])
+        .arg(dir.join("commonjs.cjs"))
+        .status()
+        .unwrap();
+    if !probe.success() {
+        eprintln!("skipped: nobody cannot read {}", dir.display());
+        return;
+    }
+    let run = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let port = privileged_port();
+    let body = format!(
+        "[[app]]\nname = \"web\"\ncommand = \"node\"\nargs = [\"{}\"]\ninstances = 2\n\
+         user = \"nobody\"\nready_timeout = \"10s\"\nkill_timeout = \"5s\"\n\
+         [[app.listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\n",
+        dir.join("commonjs.cjs").display()
+    );
+    let s = Supervisor::spawn_with_env(&body, &[("XDG_RUNTIME_DIR", run.path().to_str().unwrap())])
+        .unwrap();
+    s.wait_ready(2, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    let uid = nobody_uid();
+    let nobody = [uid.as_str(); 4].join(" ");
+    for w in s.ready_workers().unwrap() {
+        assert_eq!(ids(w.pid, "Uid"), nobody, "worker {}", w.pid);
+    }
+    let report = reloads_under_load(&s, "/", ConnMode::PerRequest, 4, 2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    for w in s.ready_workers().unwrap() {
+        assert_eq!(ids(w.pid, "Uid"), nobody, "worker {}", w.pid);
+    }
 }
 
 #[test]
