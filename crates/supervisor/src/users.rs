@@ -192,6 +192,59 @@ pub fn rlimit(resource: libc::__rlimit_resource_t) -> std::io::Result<(u64, u64)
     Ok((r.rlim_cur, r.rlim_max))
 }
 
+/// A directory (or file) that a user may not get through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// Where.
+    pub path: PathBuf,
+    /// Its mode.
+    pub mode: u32,
+    /// Its owner.
+    pub owner: u32,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (mode {:o}, owner uid {})",
+            self.path.display(),
+            self.mode & 0o7777,
+            self.owner
+        )
+    }
+}
+
+/// The first component of `path` (itself included) that user `uid`, in `groups`, may not
+/// search (a directory) or execute (a file), by its mode bits; `None` when every one lets it
+/// through (or cannot be read: what does not exist is someone else's error). Root passes.
+pub fn blocked(path: &std::path::Path, uid: u32, groups: &[u32]) -> Option<Blocked> {
+    use std::os::unix::fs::MetadataExt;
+    if uid == 0 {
+        return None;
+    }
+    let mut at = PathBuf::new();
+    for part in path.components() {
+        at.push(part);
+        let m = std::fs::metadata(&at).ok()?;
+        let bit = if m.uid() == uid {
+            0o100
+        } else if groups.contains(&m.gid()) {
+            0o010
+        } else {
+            0o001
+        };
+        if m.mode() & bit == 0 {
+            return Some(Blocked {
+                path: at,
+                mode: m.mode(),
+                owner: m.uid(),
+            });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
@@ -208,6 +261,30 @@ mod tests {
         assert_eq!(user_by_name("no-such-user-here").unwrap(), None);
         assert_eq!(user_by_name("a\0b").unwrap(), None);
         assert_eq!(group_by_name("no-such-group-here").unwrap(), None);
+    }
+
+    #[test]
+    fn what_a_user_cannot_get_through_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let set = |p: &std::path::Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(dir.path(), 0o711);
+        set(&dir.path().join("a"), 0o750);
+        let me = effective().0;
+        let other = if me == 4242 { 4243 } else { 4242 };
+        assert_eq!(blocked(&inner, me, &[]), None, "the owner passes");
+        assert_eq!(blocked(&inner, 0, &[]), None, "root passes");
+        let b = blocked(&inner, other, &[4242]).unwrap();
+        assert_eq!(b.path, dir.path().join("a"));
+        assert!(b.to_string().contains("/a (mode 750, owner uid"), "{b}");
+        let gid = std::fs::metadata(dir.path().join("a"))
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .unwrap();
+        assert_eq!(blocked(&inner, other, &[gid]), None, "its group passes");
     }
 
     #[test]

@@ -230,44 +230,18 @@ impl RuntimeDir {
             let _ = std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644));
             self.shared = true;
         }
-        match blocked_ancestor(&self.path, user) {
+        match crate::users::blocked(&self.path, user.uid, &user.groups) {
             None => Ok(()),
-            Some((dir, mode, owner)) => Err(format!(
-                "the supervisor's runtime directory {} is out of reach of {}: {} (mode {:o}, \
-                 owner uid {owner}) does not let it through, so it cannot use NOTIFY_SOCKET or \
-                 the Node preload; run the supervisor without XDG_RUNTIME_DIR (root's runtime \
-                 directory is then /run/supervisor)",
+            Some(blocked) => Err(format!(
+                "the supervisor's runtime directory {} is out of reach of {}: {blocked} does \
+                 not let it through, so it cannot use NOTIFY_SOCKET or the Node preload; run the \
+                 supervisor without XDG_RUNTIME_DIR (root's runtime directory is then \
+                 /run/supervisor)",
                 self.path.display(),
                 user.describe(),
-                dir.display(),
-                mode & 0o7777,
             )),
         }
     }
-}
-
-/// The first directory on the way to `path` (itself included) that `user` may not traverse:
-/// its path, mode and owner.
-fn blocked_ancestor(path: &Path, user: &RunAs) -> Option<(PathBuf, u32, u32)> {
-    if user.uid == 0 {
-        return None;
-    }
-    let mut at = PathBuf::new();
-    for part in path.components() {
-        at.push(part);
-        let m = std::fs::metadata(&at).ok()?;
-        let bit = if m.uid() == user.uid {
-            0o100
-        } else if user.groups.contains(&m.gid()) || m.gid() == user.gid {
-            0o010
-        } else {
-            0o001
-        };
-        if m.mode() & bit == 0 {
-            return Some((at, m.mode(), m.uid()));
-        }
-    }
-    None
 }
 
 impl Drop for RuntimeDir {
@@ -372,7 +346,7 @@ mod tests {
         );
         assert_eq!(mode(&path.join("node-preload.cjs")), 0o644);
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        if blocked_ancestor(base.path(), &nobody).is_none() {
+        if crate::users::blocked(base.path(), nobody.uid, &nobody.groups).is_none() {
             dir.open_to(&nobody).unwrap();
         }
         crate::rundir::ensure_private(&parent).unwrap();

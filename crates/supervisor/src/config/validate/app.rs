@@ -120,7 +120,7 @@ impl Validator<'_> {
         };
         let logs = self.logs(key, &ra, log_dir)?;
         let mut worker = self.worker(key, ra)?;
-        worker.confine = self.confinement(key, confine)?;
+        worker.confine = self.confinement(key, confine, &worker)?;
         let triggers = self.triggers(key, triggers, &worker.cwd)?;
         let (watchdog, age) = self.health(key, health)?;
         worker.watchdog = watchdog;

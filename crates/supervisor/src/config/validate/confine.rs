@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use super::super::human::parse_size;
-use super::super::model::{Confinement, RLIM_INFINITY, Rlimit, RlimitResource, RunAs};
+use super::super::model::{Confinement, RLIM_INFINITY, Rlimit, RlimitResource, RunAs, WorkerSpec};
 use super::super::raw::{RawCgroup, RawId, RawLimit, RawLimitValue, RawRlimits, Spanned};
 use super::{ConfigError, Validator};
 use crate::users;
@@ -67,8 +67,17 @@ fn refusal(run_as: &RunAs, euid: u32, egid: u32, me: Option<&str>) -> Option<Ref
 
 impl Validator<'_> {
     /// The confinement of app `key`.
-    pub(super) fn confinement(&self, key: &str, raw: Raw) -> Result<Confinement, ConfigError> {
+    pub(super) fn confinement(
+        &self,
+        key: &str,
+        raw: Raw,
+        worker: &WorkerSpec,
+    ) -> Result<Confinement, ConfigError> {
+        let user_span = raw.user.as_ref().map(Spanned::span);
         let user = self.run_as(key, raw.user, raw.group)?;
+        if let Some(u) = user.as_ref().filter(|u| u.switch) {
+            self.reachable(key, u, worker, user_span)?;
+        }
         let rlimits = self.rlimits(key, &raw.rlimits)?;
         let cgroup = self.cgroup(key, &raw.cgroup)?;
         Ok(Confinement {
@@ -180,6 +189,33 @@ impl Validator<'_> {
                 Err(self.err_at(group_span.unwrap_or(user_span), format!("{key}.group"), why))
             }
         }
+    }
+
+    /// The user may enter the app's `cwd` and execute its program (what the forked child's
+    /// `chdir` and `execve` would fail on, said now).
+    fn reachable(
+        &self,
+        key: &str,
+        user: &RunAs,
+        worker: &WorkerSpec,
+        span: Option<Range<usize>>,
+    ) -> Result<(), ConfigError> {
+        let why = if let Some(b) = users::blocked(&worker.cwd, user.uid, &user.groups) {
+            format!(
+                "{} cannot enter the app's cwd {}: {b} does not let it through",
+                user.describe(),
+                worker.cwd.display()
+            )
+        } else if let Some(b) = users::blocked(&worker.program, user.uid, &user.groups) {
+            format!(
+                "{} cannot run the app's program {}: {b} does not let it through",
+                user.describe(),
+                worker.program.display()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(self.err_at(span, format!("{key}.user"), why))
     }
 
     /// A group's id, by name or number.

@@ -102,6 +102,48 @@ fn a_user_by_name_or_number_with_its_groups() {
 }
 
 #[test]
+fn a_cwd_or_program_the_user_cannot_reach_is_named() {
+    if !root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = load(&format!(
+        "user = \"nobody\"\ncwd = \"{}\"",
+        private.display()
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(":4:8: app[0].user: nobody (uid")
+            && e.contains(&format!("cannot enter the app's cwd {}", private.display()))
+            && e.contains("(mode 700, owner uid 0) does not let it through"),
+        "{e}"
+    );
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o744)).unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[app]]\nname = \"web\"\ncommand = \"{}\"\ncwd = \"/\"\nuser = \"nobody\"\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot run the app's program") && e.contains("mode 744"),
+        "{e}"
+    );
+    assert!(load("user = \"nobody\"\ncwd = \"/\"").is_ok());
+}
+
+#[test]
 fn unknown_users_and_groups_are_named_with_their_line() {
     let e = load("user = \"no-such-user-here\"").unwrap_err();
     assert!(
