@@ -152,6 +152,12 @@ address = "127.0.0.1:{port}"
 [app.rlimits]
 nofile = [4096, 8192]
 core = 0
+
+[[job]]
+name = "whoami"
+schedule = "* * * * * *"
+app = "web"
+command = ["/bin/sh", "-c", "echo job-uid=$(id -u) job-home=$HOME"]
 "#,
         examples = examples().display()
     );
@@ -164,6 +170,16 @@ core = 0
     assert_eq!(addr.port(), port);
     let (code, body) = get(addr, "/").unwrap();
     assert_eq!(code, 200, "{body}");
+    // A job of the app runs as the app does.
+    e2e::wait_for(Duration::from_secs(10), "a run of the job", || {
+        s.log_text().contains("job-uid=").then_some(())
+    })
+    .unwrap();
+    let log = s.log_text();
+    assert!(
+        log.contains(&format!("job-uid={nobody} job-home={}", nobody_home())),
+        "{log}"
+    );
 
     let report = reloads_under_load(&s, "/", ConnMode::KeepAlive, 4, 3)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));

@@ -22,9 +22,9 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    AgePolicy, CgroupLimits, CronRestart, JobAction, JobConfig, ListenAddr, ListenerSpec,
-    MAX_INSTANCES, MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers, RestartPolicy, RunAs,
-    Runtime, SingletonPolicy, WatchPolicy, WorkerSpec,
+    AgePolicy, CgroupLimits, Confinement, CronRestart, JobAction, JobConfig, ListenAddr,
+    ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers,
+    RestartPolicy, RunAs, Runtime, SingletonPolicy, WatchPolicy, WorkerSpec,
 };
 
 pub use crate::logs::LogPolicy;

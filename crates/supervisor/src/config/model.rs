@@ -227,6 +227,16 @@ pub struct RunAs {
 }
 
 impl RunAs {
+    /// `HOME`, `USER` and `LOGNAME` of this user (as systemd's `User=` sets them).
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![("HOME", self.home.display().to_string())];
+        if let Some(name) = &self.name {
+            vars.push(("USER", name.clone()));
+            vars.push(("LOGNAME", name.clone()));
+        }
+        vars
+    }
+
     /// `nobody (uid 65534)`.
     pub fn describe(&self) -> String {
         match &self.name {
@@ -483,6 +493,8 @@ pub enum JobAction {
         cwd: PathBuf,
         /// The app whose environment and directory it takes, if any.
         app: Option<String>,
+        /// That app's user and limits (not its cgroup): a job of an app runs as the app does.
+        confine: Box<Confinement>,
     },
     /// Send a request to an app through its own first listener.
     Http {

@@ -200,34 +200,10 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
 /// `HOME`, `USER` and `LOGNAME` of the worker's user (as systemd's `User=` sets them), unless
 /// the app's `env` sets them.
 fn user_env(env: &mut BTreeMap<String, String>, user: &RunAs, app_env: &BTreeMap<String, String>) {
-    let mut set = |k: &str, v: String| {
+    for (k, v) in user.env_vars() {
         if !app_env.contains_key(k) {
             env.insert(k.to_string(), v);
         }
-    };
-    set("HOME", user.home.display().to_string());
-    if let Some(name) = &user.name {
-        set("USER", name.clone());
-        set("LOGNAME", name.clone());
-    }
-}
-
-/// What the child sets before `execve`: the app's limits, and its user when the supervisor
-/// changes users (root).
-fn confine_of(spec: &WorkerSpec, cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> spawn::Confine {
-    let c = &spec.confine;
-    spawn::Confine {
-        rlimits: c
-            .rlimits
-            .iter()
-            .map(|r| (r.resource.name(), r.resource.number(), r.soft, r.hard))
-            .collect(),
-        creds: c.user.as_ref().filter(|u| u.switch).map(|u| spawn::Creds {
-            uid: u.uid,
-            gid: u.gid,
-            groups: u.groups.clone(),
-        }),
-        cgroup: cgroup.map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
     }
 }
 
@@ -266,7 +242,10 @@ impl Process {
             env,
             cwd: &spec.cwd,
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
-            confine: confine_of(&spec, args.cgroup),
+            confine: spawn::Confine::of(
+                &spec.confine,
+                args.cgroup.map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            ),
         })?;
         let sinks = args.logs.sinks(&spec.name, &name, args.slot, child.pid);
         Ok(Process::watch(

@@ -75,6 +75,26 @@ pub struct Confine {
     pub cgroup: Option<RawFd>,
 }
 
+impl Confine {
+    /// What the config's `user`, `group` and `[app.rlimits]` ask for (the user only when the
+    /// supervisor changes users: root), and the app's open `cgroup.procs`, if any.
+    pub fn of(c: &crate::config::Confinement, cgroup: Option<RawFd>) -> Confine {
+        Confine {
+            rlimits: c
+                .rlimits
+                .iter()
+                .map(|r| (r.resource.name(), r.resource.number(), r.soft, r.hard))
+                .collect(),
+            creds: c.user.as_ref().filter(|u| u.switch).map(|u| Creds {
+                uid: u.uid,
+                gid: u.gid,
+                groups: u.groups.clone(),
+            }),
+            cgroup,
+        }
+    }
+}
+
 /// A user's ids: `setgroups(groups)`, `setresgid(gid)`, `setresuid(uid)`.
 #[derive(Debug, Clone)]
 pub struct Creds {

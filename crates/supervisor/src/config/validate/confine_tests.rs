@@ -86,10 +86,21 @@ fn a_user_by_name_or_number_with_its_groups() {
     assert!(u.switch);
     let c = load("user = 0\ngroup = \"root\"").unwrap();
     assert_eq!(c.apps[0].worker.confine.user.as_ref().unwrap().uid, 0);
-    let c = load("user = \"nobody\"").unwrap();
+    let c = load(
+        "user = \"nobody\"\n[app.rlimits]\ncore = 0\n\n[[job]]\nname = \"j\"\n\
+         schedule = \"@daily\"\napp = \"web\"\ncommand = [\"/bin/true\"]",
+    )
+    .unwrap();
     let u = c.apps[0].worker.confine.user.clone().unwrap();
     assert_eq!(u.name.as_deref(), Some("nobody"));
     assert_ne!(u.uid, 0);
+    let crate::config::JobAction::Command { confine, .. } = &c.jobs[0].action else {
+        panic!("a command job");
+    };
+    assert_eq!(
+        **confine, c.apps[0].worker.confine,
+        "a job of the app runs as the app does"
+    );
     // A uid the password database lacks needs a group.
     let e = load("user = 4000123").unwrap_err();
     assert!(e.contains("set `group` too"), "{e}");
