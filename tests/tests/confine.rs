@@ -190,6 +190,24 @@ command = ["/bin/sh", "-c", "echo job-uid=$(id -u) job-home=$HOME"]
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert!(report.ok > 100, "{report:?}");
     assert_confined(&s, &nobody);
+
+    // An in-place upgrade keeps the confined workers, and the new image starts confined ones.
+    let before: Vec<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+    let binary = e2e::bin("supervisor");
+    let (ok, text) = s
+        .cli_text(&["upgrade", "--binary", &binary.display().to_string()])
+        .unwrap();
+    assert!(
+        ok && text.contains("upgraded in place"),
+        "{text}\n{}",
+        s.log_text()
+    );
+    let after: Vec<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+    assert_eq!(before, after, "no worker restarted by the upgrade");
+    let report = reloads_under_load(&s, "/", ConnMode::PerRequest, 4, 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_confined(&s, &nobody);
     // The runtime directory: traversable, the secret still private.
     let rt = std::fs::read_dir(run.path().join("supervisor"))
         .unwrap()
