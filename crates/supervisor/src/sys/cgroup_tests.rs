@@ -65,13 +65,19 @@ fn a_child_joins_the_app_cgroup_and_dies_with_it() {
     };
     let procs = test.prepare("web", &CgroupLimits::default()).unwrap();
     let args = vec!["-c".to_string(), "sleep 30".to_string()];
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // Enough listeners that the child's fd layout (3..) covers the number of `procs`: the
+    // child must join through a copy made before the layout is built.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: `listener` outlives the spawn.
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    let layout = (procs.as_raw_fd() - 2).max(1) as usize;
     let child = crate::sys::spawn::spawn_plain(crate::sys::spawn::Exec {
         program: Path::new("/bin/sh"),
         args: &args,
         env: vec![],
         cwd: Path::new("/"),
-        listeners: vec![],
+        listeners: vec![fd; layout],
         confine: crate::sys::spawn::Confine {
             cgroup: Some(procs.as_raw_fd()),
             ..Default::default()

@@ -429,6 +429,17 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if exec_err < 0 {
             libc::_exit(127);
         }
+        // The cgroup's `cgroup.procs` too: its number may be one of the layout's.
+        let cgroup = match plan.confine.cgroup {
+            Some(fd) => {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, plan.first_free);
+                if copy < 0 {
+                    fail_at(exec_err, STAGE_CGROUP);
+                }
+                Some(copy)
+            }
+            None => None,
+        };
         // Own process group: the supervisor can signal the worker and everything it forks.
         if libc::setpgid(0, 0) != 0 {
             fail(exec_err);
@@ -476,7 +487,7 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
 
-        confine(plan.confine, plan.parent_pid, exec_err);
+        confine(plan.confine, cgroup, plan.parent_pid, exec_err);
         // As the worker's user: its directory must be its to enter.
         if libc::chdir(plan.cwd) != 0 {
             fail_at(exec_err, STAGE_CHDIR);
@@ -491,13 +502,14 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
     }
 }
 
-/// Sets the child's limits, then its groups, group and user, with raw system calls (glibc's
+/// Sets the child's limits, joins its app's cgroup (`cgroup`: the copy of `cgroup.procs` made
+/// above the fd layout), then sets its groups, group and user, with raw system calls (glibc's
 /// wrappers of the id calls synchronise threads; the child has one). A change of credentials
 /// clears the parent-death signal, so it is set again after.
 ///
 /// # Safety
 /// Only for the child between fork and exec.
-unsafe fn confine(c: &Confine, parent_pid: libc::pid_t, exec_err: RawFd) {
+unsafe fn confine(c: &Confine, cgroup: Option<RawFd>, parent_pid: libc::pid_t, exec_err: RawFd) {
     // SAFETY: raw system calls on memory prepared before fork; `fail_at` exits.
     unsafe {
         for (i, (_, resource, soft, hard)) in c.rlimits.iter().enumerate() {
@@ -516,7 +528,7 @@ unsafe fn confine(c: &Confine, parent_pid: libc::pid_t, exec_err: RawFd) {
                 fail_at(exec_err, STAGE_RLIMIT + i as u32);
             }
         }
-        if let Some(fd) = c.cgroup
+        if let Some(fd) = cgroup
             && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
         {
             fail_at(exec_err, STAGE_CGROUP);
