@@ -18,6 +18,9 @@
 //! - [`rundir`]: where a supervisor's runtime files and state live (the per-user private runtime
 //!   directory), the one rule every module uses; it depends on no other module (the config's
 //!   defaults use it), so the user's identity queries it needs are made there.
+//! - [`users`]: the user and group databases and this process's own ids and limits, what the
+//!   config's `user`, `group` and `[app.rlimits]` are resolved and checked with (like
+//!   [`rundir`], it depends on no other module).
 //! - [`notify`] (readiness channels), [`runtimes`] (the Node preload), [`logs`] (worker output),
 //!   [`orphans`] (adopted processes and the shell's own children), [`metrics`] (Prometheus),
 //!   [`units`] (durations and sizes as people read them), `fuzzing` (the entry points of the
@@ -41,6 +44,7 @@ pub(crate) mod runtimes;
 pub(crate) mod sys;
 pub(crate) mod units;
 pub(crate) mod upgrade;
+pub(crate) mod users;
 pub(crate) mod watch;
 
 pub use daemon::Command;

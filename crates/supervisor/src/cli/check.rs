@@ -57,6 +57,8 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "lease_ttl_ms": a.singleton.map(|p| p.lease_ttl.as_millis() as u64),
                     "standby_poll_ms": a.singleton.map(|p| p.standby_poll.as_millis() as u64),
                     "cron_backend": a.worker.cron_backend,
+                    "user": a.worker.confine.user.as_ref().map(|u| u.uid),
+                    "cgroup_unavailable": a.worker.confine.cgroup.as_ref().and_then(crate::sys::cgroup::unavailable),
                     "watch": a.triggers.watch.as_ref().map(|w| serde_json::json!({
                         "paths": w.paths, "ignore": w.ignore,
                         "delay_ms": w.delay.as_millis() as u64,
@@ -108,6 +110,28 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
         println!("  program:        {}{args}", w.program.display());
         println!("  instances:      {}", w.instances);
         println!("  runtime:        {}", w.runtime);
+        if let Some(u) = &w.confine.user {
+            println!("  user:           {}, gid {}", u.describe(), u.gid);
+        }
+        for r in &w.confine.rlimits {
+            println!(
+                "  rlimit:         {} {}/{}",
+                r.resource.key(),
+                crate::config::show_limit(r.soft),
+                crate::config::show_limit(r.hard)
+            );
+        }
+        if let Some(limits) = &w.confine.cgroup {
+            let files: Vec<String> = limits
+                .files()
+                .iter()
+                .map(|(_, f, v)| format!("{f}={v}"))
+                .collect();
+            println!("  cgroup:         {}", files.join(", "));
+            if let Some(why) = crate::sys::cgroup::unavailable(limits) {
+                println!("  warning:        [app.cgroup] is not applied on this host: {why}");
+            }
+        }
         if w.cron_backend {
             println!("  cron backend:   handed to its workers (SUPERVISOR_CRON_URL)");
         }

@@ -22,16 +22,16 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    AgePolicy, CronRestart, JobAction, JobConfig, ListenAddr, ListenerSpec, MAX_INSTANCES,
-    MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers, RestartPolicy, Runtime, SingletonPolicy,
-    WatchPolicy, WorkerSpec,
+    AgePolicy, CgroupLimits, Confinement, CronRestart, JobAction, JobConfig, ListenAddr,
+    ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers,
+    RestartPolicy, RunAs, Runtime, SingletonPolicy, WatchPolicy, WorkerSpec,
 };
 
 pub use crate::logs::LogPolicy;
 use raw::{RawEndpoints, RawFile, parse_toml};
 pub use validate::PROFILE_VAR;
 use validate::Validator;
-pub(crate) use validate::{creatable_dir, missing_interpreter};
+pub(crate) use validate::{creatable_dir, missing_interpreter, show_limit};
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]

@@ -151,7 +151,164 @@ pub struct WorkerSpec {
     /// systemd's watchdog (`WATCHDOG_USEC`): a ready worker that sends no `WATCHDOG=1` for this
     /// long (or sends `WATCHDOG=trigger`) is hung and replaced.
     pub watchdog: Option<Duration>,
+    /// Who the workers run as and their resource limits (`user`, `group`, `[app.rlimits]`).
+    pub confine: Confinement,
 }
+
+/// Who an app's workers run as and the limits they start with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Confinement {
+    /// `user` (and `group`): `None` runs them as the supervisor's user.
+    pub user: Option<RunAs>,
+    /// `[app.rlimits]`, set before `execve`.
+    pub rlimits: Vec<Rlimit>,
+    /// `[app.cgroup]`: a cgroup v2 of the app's own, where the supervisor may create one.
+    pub cgroup: Option<CgroupLimits>,
+}
+
+/// `[app.cgroup]`: the limits of the app's cgroup, as cgroup v2 files take them. `None` leaves a
+/// file as the kernel makes it (no limit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CgroupLimits {
+    /// `memory.max` in bytes ([`CGROUP_MAX`]: `max`).
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: microseconds of CPU time per [`CPU_PERIOD_US`] ([`CGROUP_MAX`]: `max`).
+    pub cpu_max: Option<u64>,
+    /// `pids.max` ([`CGROUP_MAX`]: `max`).
+    pub pids_max: Option<u64>,
+}
+
+/// A cgroup limit of `max`: none.
+pub const CGROUP_MAX: u64 = u64::MAX;
+
+/// The period of `cpu.max`: 100 ms, the kernel's default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+impl CgroupLimits {
+    /// `(controller, file, value)` for each limit set: what is written into the app's cgroup.
+    pub fn files(&self) -> Vec<(&'static str, &'static str, String)> {
+        let show = |v: u64| {
+            if v == CGROUP_MAX {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let mut out = Vec::new();
+        if let Some(m) = self.memory_max {
+            out.push(("memory", "memory.max", show(m)));
+        }
+        if let Some(c) = self.cpu_max {
+            out.push(("cpu", "cpu.max", format!("{} {CPU_PERIOD_US}", show(c))));
+        }
+        if let Some(p) = self.pids_max {
+            out.push(("pids", "pids.max", show(p)));
+        }
+        out
+    }
+}
+
+/// A worker's user, resolved when the file is read (the forked child may not look it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// Its login name (`USER`, `LOGNAME`); `None` for a uid the password database lacks.
+    pub name: Option<String>,
+    /// User id.
+    pub uid: u32,
+    /// Group id: `group`, else the user's primary group.
+    pub gid: u32,
+    /// Every group it is in, `gid` first (`initgroups`).
+    pub groups: Vec<u32>,
+    /// Its home directory (`HOME`).
+    pub home: PathBuf,
+    /// Whether the worker's credentials change (`setgroups`, `setgid`, `setuid`): a root
+    /// supervisor's workers; `false` when the supervisor already is this user.
+    pub switch: bool,
+}
+
+impl RunAs {
+    /// `HOME`, `USER` and `LOGNAME` of this user (as systemd's `User=` sets them).
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![("HOME", self.home.display().to_string())];
+        if let Some(name) = &self.name {
+            vars.push(("USER", name.clone()));
+            vars.push(("LOGNAME", name.clone()));
+        }
+        vars
+    }
+
+    /// `nobody (uid 65534)`.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} (uid {})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+/// A resource `[app.rlimits]` may limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlimitResource {
+    /// Open files (`RLIMIT_NOFILE`).
+    Nofile,
+    /// Processes of the user (`RLIMIT_NPROC`).
+    Nproc,
+    /// Core dump size in bytes (`RLIMIT_CORE`).
+    Core,
+    /// Locked memory in bytes (`RLIMIT_MEMLOCK`).
+    Memlock,
+    /// Stack size in bytes (`RLIMIT_STACK`).
+    Stack,
+}
+
+impl RlimitResource {
+    /// Its key in `[app.rlimits]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            RlimitResource::Nofile => "nofile",
+            RlimitResource::Nproc => "nproc",
+            RlimitResource::Core => "core",
+            RlimitResource::Memlock => "memlock",
+            RlimitResource::Stack => "stack",
+        }
+    }
+
+    /// Its C name (`RLIMIT_NOFILE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RlimitResource::Nofile => "RLIMIT_NOFILE",
+            RlimitResource::Nproc => "RLIMIT_NPROC",
+            RlimitResource::Core => "RLIMIT_CORE",
+            RlimitResource::Memlock => "RLIMIT_MEMLOCK",
+            RlimitResource::Stack => "RLIMIT_STACK",
+        }
+    }
+
+    /// Its number for `setrlimit`.
+    pub fn number(self) -> libc::__rlimit_resource_t {
+        match self {
+            RlimitResource::Nofile => libc::RLIMIT_NOFILE,
+            RlimitResource::Nproc => libc::RLIMIT_NPROC,
+            RlimitResource::Core => libc::RLIMIT_CORE,
+            RlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
+            RlimitResource::Stack => libc::RLIMIT_STACK,
+        }
+    }
+}
+
+/// One limit: soft and hard, [`RLIM_INFINITY`] for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// What it limits.
+    pub resource: RlimitResource,
+    /// The soft limit (what the worker gets; it may raise it up to `hard`).
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// No limit (`"infinity"`, `"unlimited"`).
+pub const RLIM_INFINITY: u64 = libc::RLIM_INFINITY;
 
 /// PM2's app contract, for an app written for PM2 (Node): how it is told to stop and how it
 /// says it is ready, beyond the worker protocol.
@@ -340,6 +497,8 @@ pub enum JobAction {
         cwd: PathBuf,
         /// The app whose environment and directory it takes, if any.
         app: Option<String>,
+        /// That app's user and limits (not its cgroup): a job of an app runs as the app does.
+        confine: Box<Confinement>,
     },
     /// Send a request to an app through its own first listener.
     Http {

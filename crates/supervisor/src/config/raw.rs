@@ -142,6 +142,65 @@ pub(super) struct RawApp {
     pub(super) watchdog: Option<Spanned<HumanDuration>>,
     pub(super) max_age: Option<Spanned<HumanDuration>>,
     pub(super) max_age_jitter: Option<Spanned<HumanDuration>>,
+    /// Who the workers run as (a name or a number), and their resource limits.
+    pub(super) user: Option<Spanned<RawId>>,
+    pub(super) group: Option<Spanned<RawId>>,
+    #[serde(default)]
+    pub(super) rlimits: RawRlimits,
+    #[serde(default)]
+    pub(super) cgroup: RawCgroup,
+}
+
+/// `[app.cgroup]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCgroup {
+    pub(super) memory_max: Option<Spanned<RawLimitValue>>,
+    pub(super) cpu_max: Option<Spanned<RawCpu>>,
+    pub(super) pids_max: Option<Spanned<RawLimitValue>>,
+}
+
+/// CPUs: a number (`0.5`, `2`) or a string (`"50%"`, `"0.5"`, `"max"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawCpu {
+    Number(f64),
+    Word(String),
+}
+
+/// A user or group: a name or a numeric id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawId {
+    Id(u32),
+    Name(String),
+}
+
+/// `[app.rlimits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRlimits {
+    pub(super) nofile: Option<Spanned<RawLimit>>,
+    pub(super) nproc: Option<Spanned<RawLimit>>,
+    pub(super) core: Option<Spanned<RawLimit>>,
+    pub(super) memlock: Option<Spanned<RawLimit>>,
+    pub(super) stack: Option<Spanned<RawLimit>>,
+}
+
+/// One limit: a value for both soft and hard, or `[soft, hard]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawLimit {
+    Both(RawLimitValue),
+    Pair(Vec<RawLimitValue>),
+}
+
+/// A number, or `"infinity"` / `"unlimited"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawLimitValue {
+    Number(i64),
+    Word(String),
 }
 
 /// `watch`: `true` (the app's directory), a path, or a list of them (PM2's forms).

@@ -37,6 +37,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
             cron_backend: false,
             contract: Default::default(),
             watchdog: None,
+            confine: Default::default(),
         }),
         restart: RestartPolicy {
             min_uptime: Duration::from_secs(1),

@@ -17,6 +17,7 @@
 //! The loop never waits on Redis (the `[[job]]` scheduler, the lease tasks and the metrics
 //! endpoint run in tasks of their own) and never blocks on a client.
 
+mod cgroups;
 mod config_read;
 mod control;
 mod deadlines;
@@ -179,6 +180,7 @@ async fn teardown(shell: &mut shell::Shell, commands: &mut mpsc::Receiver<Comman
         .finish(Duration::from_secs(3))
         .await;
     orphans::kill_all(|pid| shell.is_own(pid), Duration::from_millis(2000));
+    shell.cgroups.remove_all(&shell.config);
     shell.control.flush(Duration::from_millis(500)).await;
     shell.logs.finish(Duration::from_secs(2)).await;
 }

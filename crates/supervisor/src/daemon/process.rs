@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::WorkerSpec;
+use crate::config::{RunAs, WorkerSpec};
 pub use crate::core::{ExitStatus, WorkerId};
 use crate::logs::{Logs, Sink};
 use crate::notify::{Channels, Notification};
@@ -92,6 +92,8 @@ pub struct StartArgs<'a> {
     pub events: mpsc::UnboundedSender<(WorkerId, WorkerEvent)>,
     /// Where its output goes.
     pub logs: &'a Logs,
+    /// Its app's `cgroup.procs`, open for writing, when the app has a cgroup.
+    pub cgroup: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Starting a worker failed before it ran.
@@ -189,7 +191,31 @@ fn environment(args: &StartArgs<'_>, name: &str, notify_path: &Path) -> Vec<(Str
     if let Some(token) = args.fencing_token {
         env.insert("SUPERVISOR_FENCING_TOKEN".to_string(), token.to_string());
     }
+    if let Some(user) = &spec.confine.user {
+        user_env(&mut env, user, &spec.env);
+    }
     env.into_iter().collect()
+}
+
+/// `HOME`, `USER` and `LOGNAME` of the worker's user (as systemd's `User=` sets them), unless
+/// the app's `env` sets them.
+fn user_env(env: &mut BTreeMap<String, String>, user: &RunAs, app_env: &BTreeMap<String, String>) {
+    for (k, v) in user.env_vars() {
+        if !app_env.contains_key(k) {
+            env.insert(k.to_string(), v);
+        }
+    }
+}
+
+/// The notify socket of a worker that runs as another user: its own (a datagram needs write
+/// permission on the socket), mode 0600; any other stays the supervisor's, mode 0600.
+fn own_socket(path: &Path, user: Option<&RunAs>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(u) = user.filter(|u| u.switch) {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))?;
+    }
+    Ok(())
 }
 
 impl Process {
@@ -202,6 +228,12 @@ impl Process {
             path: notify_path.display().to_string(),
             cause,
         })?;
+        own_socket(&notify_path, spec.confine.user.as_ref()).map_err(|cause| {
+            StartError::Notify {
+                path: notify_path.display().to_string(),
+                cause,
+            }
+        })?;
 
         let env = environment(&args, &name, &notify_path);
         let child = spawn::spawn(spawn::Exec {
@@ -210,6 +242,10 @@ impl Process {
             env,
             cwd: &spec.cwd,
             listeners: args.listeners.iter().map(|l| l.fd()).collect(),
+            confine: spawn::Confine::of(
+                &spec.confine,
+                args.cgroup.map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            ),
         })?;
         let sinks = args.logs.sinks(&spec.name, &name, args.slot, child.pid);
         Ok(Process::watch(
@@ -413,6 +449,7 @@ mod tests {
             fencing_token: None,
             events,
             logs: &logs,
+            cgroup: None,
         };
         environment(&args, "web.0", &dir.path().join("n.sock"))
             .into_iter()
@@ -427,5 +464,28 @@ mod tests {
             "the password is nowhere in the environment"
         );
         assert_eq!(env_of(true)[CRON_URL], "redis://:s3cret@redis:6379/0");
+    }
+
+    #[test]
+    fn a_worker_of_another_user_gets_its_home_and_name_unless_the_app_sets_them() {
+        let user = RunAs {
+            name: Some("nobody".into()),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            home: "/nonexistent".into(),
+            switch: true,
+        };
+        let mut env = BTreeMap::from([("HOME".to_string(), "/root".to_string())]);
+        user_env(&mut env, &user, &BTreeMap::new());
+        assert_eq!(env["HOME"], "/nonexistent");
+        assert_eq!(
+            (env["USER"].as_str(), env["LOGNAME"].as_str()),
+            ("nobody", "nobody")
+        );
+        let app = BTreeMap::from([("HOME".to_string(), "/srv/app".to_string())]);
+        let mut env = app.clone();
+        user_env(&mut env, &user, &app);
+        assert_eq!(env["HOME"], "/srv/app", "the app's env wins");
     }
 }

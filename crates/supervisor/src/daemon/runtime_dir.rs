@@ -15,7 +15,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use super::StartupError;
+use crate::config::RunAs;
 use crate::runtimes::RuntimeFiles;
 
 /// The lock file in a runtime directory.
@@ -29,6 +32,8 @@ pub(super) struct RuntimeDir {
     pub(super) files: RuntimeFiles,
     /// The locked `lock` file: the proof, for other supervisors, that this one is alive.
     lock: File,
+    /// Whether it was opened to the workers of other users ([`RuntimeDir::open_to`]).
+    shared: bool,
 }
 
 impl RuntimeDir {
@@ -44,7 +49,12 @@ impl RuntimeDir {
         }
         let (path, lock) = claim(&path).map_err(err(&path))?;
         let files = RuntimeFiles::install(&path).map_err(err(&path))?;
-        Ok(RuntimeDir { path, files, lock })
+        Ok(RuntimeDir {
+            path,
+            files,
+            lock,
+            shared: false,
+        })
     }
 
     /// The descriptor of the locked `lock` file, handed over by an upgrade so that the lock is
@@ -126,7 +136,7 @@ fn try_flock(file: &File) -> std::io::Result<bool> {
 /// a `lock` file of this user that nobody holds. The lock is taken before and held during the
 /// removal, so two starting supervisors never race for the same directory.
 pub(super) fn remove_stale_runtime_dirs(base: &Path) {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -171,7 +181,12 @@ impl RuntimeDir {
             None => lock(&path).map_err(err)?,
         };
         let files = RuntimeFiles::install(&path).map_err(err)?;
-        Ok(RuntimeDir { path, files, lock })
+        Ok(RuntimeDir {
+            path,
+            files,
+            lock,
+            shared: false,
+        })
     }
 }
 
@@ -188,6 +203,45 @@ fn inherited_lock(lock: &Path) -> Option<File> {
     // SAFETY: an open descriptor of this process that nothing else owns: the previous image
     // handed it over for the runtime directory's lock, and only this function takes it.
     Some(unsafe { File::from_raw_fd(fd) })
+}
+
+impl RuntimeDir {
+    /// Lets a worker that runs as `user` reach what it needs here: its notify socket (made its
+    /// own by [`super::process`]) and the Node preload. The directory, and its parent when that
+    /// is this supervisor's own, become traversable by anyone (mode 0711: nobody may list them
+    /// or write to them; the job secret and the lock stay 0600, every notify socket 0600). An
+    /// ancestor that is not the supervisor's and that `user` cannot traverse (a login session's
+    /// `/run/user/0`, mode 0700) is an error naming it.
+    pub(super) fn open_to(&mut self, user: &RunAs) -> Result<(), String> {
+        if !self.shared {
+            let me = crate::rundir::euid();
+            let mut dirs = vec![self.path.clone()];
+            dirs.extend(self.path.parent().map(Path::to_path_buf));
+            for dir in dirs {
+                if let Ok(m) = std::fs::symlink_metadata(&dir)
+                    && m.is_dir()
+                    && m.uid() == me
+                {
+                    let mode = (m.mode() & 0o7700) | 0o011;
+                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode));
+                }
+            }
+            let preload = self.path.join("node-preload.cjs");
+            let _ = std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644));
+            self.shared = true;
+        }
+        match crate::users::blocked(&self.path, user.uid, &user.groups) {
+            None => Ok(()),
+            Some(blocked) => Err(format!(
+                "the supervisor's runtime directory {} is out of reach of {}: {blocked} does \
+                 not let it through, so it cannot use NOTIFY_SOCKET or the Node preload; run the \
+                 supervisor without XDG_RUNTIME_DIR (root's runtime directory is then \
+                 /run/supervisor)",
+                self.path.display(),
+                user.describe(),
+            )),
+        }
+    }
 }
 
 impl Drop for RuntimeDir {
@@ -251,6 +305,51 @@ mod tests {
         assert!(second.join(LOCK).is_file() && !second.join("lock.new").exists());
         let again = File::open(second.join(LOCK)).unwrap();
         assert!(!try_flock(&again).unwrap(), "held by the claimant");
+    }
+
+    #[test]
+    fn opened_to_another_user_it_is_traversable_and_nothing_more() {
+        let base = tempfile::tempdir().unwrap();
+        let parent = base.path().join("supervisor");
+        crate::rundir::ensure_private(&parent).unwrap();
+        let (path, lock) = claim(&parent.join("supervisor-9")).unwrap();
+        let files = RuntimeFiles::install(&path).unwrap();
+        let mut dir = RuntimeDir {
+            path: path.clone(),
+            files,
+            lock,
+            shared: false,
+        };
+        let nobody = RunAs {
+            name: Some("nobody".into()),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            home: "/nonexistent".into(),
+            switch: true,
+        };
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        // The temporary directory itself is private (0700): named as the obstacle.
+        let e = dir.open_to(&nobody).unwrap_err();
+        assert!(
+            e.contains(&format!("{} (mode 700", base.path().display()))
+                && e.contains("nobody (uid 65534)"),
+            "{e}"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&path), 0o711);
+        assert_eq!(mode(&parent), 0o711);
+        assert_eq!(
+            mode(&path.join("job-secret")),
+            0o600,
+            "the secret stays private"
+        );
+        assert_eq!(mode(&path.join("node-preload.cjs")), 0o644);
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        if crate::users::blocked(base.path(), nobody.uid, &nobody.groups).is_none() {
+            dir.open_to(&nobody).unwrap();
+        }
+        crate::rundir::ensure_private(&parent).unwrap();
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub(super) struct Shell {
     pub(super) record: Record,
     pub(super) service: Service,
     pub(super) runtime_dir: RuntimeDir,
+    /// The apps' cgroups (`[app.cgroup]`).
+    pub(super) cgroups: super::cgroups::AppCgroups,
     /// Its own children that are not workers (`[[job]]` commands, the upgrade's preflight).
     pub(super) own_children: OwnChildren,
     /// A change in [`Shell::own_children`] (a job command ended: an upgrade may go on).
@@ -183,6 +185,7 @@ impl Shell {
                 next_ping: None,
             },
             runtime_dir,
+            cgroups: Default::default(),
             own_children,
             own_children_changed,
             jobs: Some(jobs),

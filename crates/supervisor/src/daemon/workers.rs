@@ -45,6 +45,16 @@ impl Shell {
         sockets: SocketSet,
         fencing_token: Option<u64>,
     ) -> Event {
+        if let Some(user) = spec.confine.user.as_ref().filter(|u| u.switch)
+            && let Err(error) = self.runtime_dir.open_to(user)
+        {
+            return Event::SpawnFailed { worker, error };
+        }
+        let cgroup = spec
+            .confine
+            .cgroup
+            .as_ref()
+            .and_then(|limits| self.cgroups.procs_for(&spec.name, limits));
         let started = Process::start(StartArgs {
             id: worker,
             slot,
@@ -57,6 +67,7 @@ impl Shell {
             fencing_token,
             events: self.worker_tx.clone(),
             logs: &self.logs,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsFd::as_fd),
         });
         match started {
             Ok(p) => {

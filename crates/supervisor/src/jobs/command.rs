@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Runner, STOP_GRACE, Stops};
+use crate::config::Confinement;
 use crate::core::ExitStatus;
 use crate::orphans::{OwnChildren, OwnKind, Registration};
 use crate::sys::child;
@@ -37,6 +38,8 @@ pub struct CommandJob {
     pub cwd: PathBuf,
     /// The app it borrows its environment from, if any (`SUPERVISOR_APP`).
     pub app: Option<String>,
+    /// That app's user and limits.
+    pub confine: Confinement,
     /// Stop it (SIGTERM, then SIGKILL after `kill_timeout`) when it runs longer than this.
     pub timeout: Duration,
     /// SIGTERM to SIGKILL.
@@ -68,6 +71,13 @@ fn environment(job: &CommandJob, ctx: &JobContext) -> Vec<(String, String)> {
     if let Some(app) = &job.app {
         env.insert("SUPERVISOR_APP".into(), app.clone());
     }
+    if let Some(user) = &job.confine.user {
+        for (k, v) in user.env_vars() {
+            if !job.env.contains_key(k) {
+                env.insert(k.to_string(), v);
+            }
+        }
+    }
     let vars = super::run_vars(ctx);
     env.extend(
         vars.into_iter()
@@ -86,6 +96,7 @@ impl Runner for CommandJob {
             env,
             cwd: &self.cwd,
             listeners: vec![],
+            confine: spawn::Confine::of(&self.confine, None),
         })
         .map_err(|e| e.to_string())?;
         let pid = child.pid;
@@ -219,6 +230,7 @@ mod tests {
             env: BTreeMap::from([("FROM_APP".into(), "yes".into())]),
             cwd: PathBuf::from("/"),
             app: Some("web".into()),
+            confine: Confinement::default(),
             timeout,
             kill_timeout: Duration::from_millis(300),
             lease_ttl: Duration::from_secs(3),

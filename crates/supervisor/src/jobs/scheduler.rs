@@ -90,6 +90,7 @@ fn cron_job(
                 env,
                 cwd,
                 app,
+                confine,
             },
             _,
         ) => Some(job_of(
@@ -100,6 +101,7 @@ fn cron_job(
                 env: env.clone(),
                 cwd: cwd.clone(),
                 app: app.clone(),
+                confine: (**confine).clone(),
                 timeout: c.timeout,
                 kill_timeout: c.kill_timeout,
                 lease_ttl: c.spec.lease_ttl,

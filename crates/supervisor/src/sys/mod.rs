@@ -3,6 +3,7 @@
 //! orphans, and the supervisor's own service manager notifications. The rest of the crate asks
 //! these modules; the core never calls them.
 
+pub mod cgroup;
 pub mod child;
 pub mod detach;
 pub mod listeners;

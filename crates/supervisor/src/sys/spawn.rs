@@ -1,8 +1,10 @@
 //! Fork/exec of one worker: listeners at fd 3.., the notification fd after them, `LISTEN_*`
 //! environment with `LISTEN_PID` written after fork, its own process group, a parent-death
-//! signal, and a pidfd so the supervisor learns of its exit without `SIGCHLD` or pid reuse races.
+//! signal, its resource limits and user ([`Confine`]), and a pidfd so the supervisor learns of
+//! its exit without `SIGCHLD` or pid reuse races.
 //!
-//! Everything is allocated before `fork`; the child runs only async-signal-safe calls.
+//! Everything is allocated (and every user looked up) before `fork`; the child runs only
+//! async-signal-safe calls, and raw system calls for its limits and credentials.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +30,16 @@ pub enum SpawnError {
         /// The error `execve` (or `chdir`) returned in the child.
         cause: std::io::Error,
     },
+    /// The child could not take on its limits, user or directory before `execve`.
+    #[error("cannot start {program}: {step} failed: {cause}")]
+    Setup {
+        /// The program path.
+        program: String,
+        /// What failed (`setuid(65534)`, `chdir(/srv/app)`).
+        step: String,
+        /// The error the call returned in the child.
+        cause: std::io::Error,
+    },
     /// An argument or environment entry contains a NUL byte.
     #[error("argument or environment entry contains a NUL byte: {0:?}")]
     Nul(String),
@@ -46,7 +58,63 @@ pub struct Exec<'a> {
     pub cwd: &'a Path,
     /// Listening sockets, placed at fd 3, 4, ... in this order.
     pub listeners: Vec<BorrowedFd<'a>>,
+    /// Its limits and user.
+    pub confine: Confine,
 }
+
+/// What the child sets before `execve`, as numbers: its resource limits, then its groups, group
+/// and user (in that order: the limits may need the privilege the user change drops).
+#[derive(Debug, Clone, Default)]
+pub struct Confine {
+    /// `(name, resource, soft, hard)`, set with `prlimit64`.
+    pub rlimits: Vec<(&'static str, libc::__rlimit_resource_t, u64, u64)>,
+    /// The user to become, if any.
+    pub creds: Option<Creds>,
+    /// The app's `cgroup.procs`, open for writing: the child joins the cgroup (writes `0`)
+    /// before it changes user.
+    pub cgroup: Option<RawFd>,
+}
+
+impl Confine {
+    /// What the config's `user`, `group` and `[app.rlimits]` ask for (the user only when the
+    /// supervisor changes users: root), and the app's open `cgroup.procs`, if any.
+    pub fn of(c: &crate::config::Confinement, cgroup: Option<RawFd>) -> Confine {
+        Confine {
+            rlimits: c
+                .rlimits
+                .iter()
+                .map(|r| (r.resource.name(), r.resource.number(), r.soft, r.hard))
+                .collect(),
+            creds: c.user.as_ref().filter(|u| u.switch).map(|u| Creds {
+                uid: u.uid,
+                gid: u.gid,
+                groups: u.groups.clone(),
+            }),
+            cgroup,
+        }
+    }
+}
+
+/// A user's ids: `setgroups(groups)`, `setresgid(gid)`, `setresuid(uid)`.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// What the child reports on the error pipe with the errno: which step failed.
+const STAGE_EXEC: u32 = 0;
+const STAGE_CHDIR: u32 = 1;
+const STAGE_SETGROUPS: u32 = 2;
+const STAGE_SETGID: u32 = 3;
+const STAGE_SETUID: u32 = 4;
+const STAGE_CGROUP: u32 = 5;
+/// `STAGE_RLIMIT + i`: the `i`th limit.
+const STAGE_RLIMIT: u32 = 16;
 
 /// A started child.
 #[derive(Debug)]
@@ -208,24 +276,24 @@ fn spawn_with(cmd: Exec<'_>, notify_fd: bool) -> Result<Child, SpawnError> {
                 envp: envp.as_ptr(),
                 listen_pid: listen_pid_ptr,
                 watchdog_pid: watchdog_pid_ptr,
+                confine: &cmd.confine,
             })
         }
     }
 
     // Parent.
     drop((out_w, err_w, ready_w, exec_w));
-    let mut errno_buf = [0u8; 4];
-    let n = read_full(&exec_r, &mut errno_buf);
-    if n == 4 {
+    let mut report = [0u8; 8];
+    let n = read_full(&exec_r, &mut report);
+    if n == 8 {
         // The child failed before or at execve and exits with 127: reap it now.
-        let errno = i32::from_ne_bytes(errno_buf);
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+        let stage = u32::from_ne_bytes([s0, s1, s2, s3]);
+        let cause = std::io::Error::from_raw_os_error(i32::from_ne_bytes([e0, e1, e2, e3]));
         let mut status = 0;
         // SAFETY: `pid` is our child; blocking wait is short since it is exiting.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(SpawnError::Exec {
-            program: cmd.program.display().to_string(),
-            cause: std::io::Error::from_raw_os_error(errno),
-        });
+        return Err(setup_error(&cmd, stage, cause));
     }
     // SAFETY: plain syscall with a pid of our own unreaped child (it cannot be reused meanwhile).
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -247,6 +315,37 @@ fn spawn_with(cmd: Exec<'_>, notify_fd: bool) -> Result<Child, SpawnError> {
         stderr: err_r,
         ready: ready_r,
     })
+}
+
+/// The error for a child that failed at `stage`.
+fn setup_error(cmd: &Exec<'_>, stage: u32, cause: std::io::Error) -> SpawnError {
+    let program = cmd.program.display().to_string();
+    let creds = cmd.confine.creds.as_ref();
+    let step = match stage {
+        STAGE_EXEC => return SpawnError::Exec { program, cause },
+        STAGE_CHDIR => format!("chdir({})", cmd.cwd.display()),
+        STAGE_SETGROUPS => format!("setgroups({:?})", creds.map(|c| &c.groups)),
+        STAGE_SETGID => format!("setgid({})", creds.map_or(0, |c| c.gid)),
+        STAGE_SETUID => format!("setuid({})", creds.map_or(0, |c| c.uid)),
+        STAGE_CGROUP => "joining the app's cgroup (cgroup.procs)".to_string(),
+        n => match cmd
+            .confine
+            .rlimits
+            .get(n.saturating_sub(STAGE_RLIMIT) as usize)
+        {
+            Some((name, _, soft, hard)) => format!(
+                "setrlimit({name}, soft {}, hard {})",
+                crate::config::show_limit(*soft),
+                crate::config::show_limit(*hard)
+            ),
+            None => format!("step {n}"),
+        },
+    };
+    SpawnError::Setup {
+        program,
+        step,
+        cause,
+    }
 }
 
 /// Reads until `buf` is full or EOF; returns the count (EINTR retried).
@@ -272,17 +371,31 @@ fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
     got
 }
 
-/// Reports errno on the exec-error pipe and exits. Async-signal-safe.
+/// Reports the failed step and errno on the exec-error pipe (one write of 8 bytes) and exits.
+/// Async-signal-safe.
+///
+/// # Safety
+/// Only for the child between fork and exec.
+unsafe fn fail_at(err_fd: RawFd, stage: u32) -> ! {
+    // SAFETY: errno location is thread-local and valid; write and _exit are async-signal-safe.
+    unsafe {
+        let errno = (*libc::__errno_location()).to_ne_bytes();
+        let stage = stage.to_ne_bytes();
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&stage);
+        bytes[4..].copy_from_slice(&errno);
+        libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+/// [`fail_at`] the `execve` step (or an fd-layout step before it).
 ///
 /// # Safety
 /// Only for the child between fork and exec.
 unsafe fn fail(err_fd: RawFd) -> ! {
-    // SAFETY: errno location is thread-local and valid; write and _exit are async-signal-safe.
-    unsafe {
-        let bytes = (*libc::__errno_location()).to_ne_bytes();
-        libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
+    // SAFETY: the caller's contract is ours.
+    unsafe { fail_at(err_fd, STAGE_EXEC) }
 }
 
 struct ChildPlan<'a> {
@@ -301,6 +414,7 @@ struct ChildPlan<'a> {
     listen_pid: *mut [u8; PID_VAR_LEN],
     /// Null when the worker has no watchdog.
     watchdog_pid: *mut [u8; PID_VAR_LEN],
+    confine: &'a Confine,
 }
 
 /// The child side between fork and exec. Never returns.
@@ -315,6 +429,17 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if exec_err < 0 {
             libc::_exit(127);
         }
+        // The cgroup's `cgroup.procs` too: its number may be one of the layout's.
+        let cgroup = match plan.confine.cgroup {
+            Some(fd) => {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, plan.first_free);
+                if copy < 0 {
+                    fail_at(exec_err, STAGE_CGROUP);
+                }
+                Some(copy)
+            }
+            None => None,
+        };
         // Own process group: the supervisor can signal the worker and everything it forks.
         if libc::setpgid(0, 0) != 0 {
             fail(exec_err);
@@ -362,8 +487,10 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
 
+        confine(plan.confine, cgroup, plan.parent_pid, exec_err);
+        // As the worker's user: its directory must be its to enter.
         if libc::chdir(plan.cwd) != 0 {
-            fail(exec_err);
+            fail_at(exec_err, STAGE_CHDIR);
         }
         let pid = libc::getpid();
         write_pid(&mut *plan.listen_pid, pid);
@@ -374,6 +501,65 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         fail(exec_err)
     }
 }
+
+/// Sets the child's limits, joins its app's cgroup (`cgroup`: the copy of `cgroup.procs` made
+/// above the fd layout), then sets its groups, group and user, with raw system calls (glibc's
+/// wrappers of the id calls synchronise threads; the child has one). A change of credentials
+/// clears the parent-death signal, so it is set again after.
+///
+/// # Safety
+/// Only for the child between fork and exec.
+unsafe fn confine(c: &Confine, cgroup: Option<RawFd>, parent_pid: libc::pid_t, exec_err: RawFd) {
+    // SAFETY: raw system calls on memory prepared before fork; `fail_at` exits.
+    unsafe {
+        for (i, (_, resource, soft, hard)) in c.rlimits.iter().enumerate() {
+            let limit = libc::rlimit64 {
+                rlim_cur: *soft,
+                rlim_max: *hard,
+            };
+            let rc = libc::syscall(
+                libc::SYS_prlimit64,
+                0 as libc::pid_t,
+                *resource as libc::c_int,
+                &limit as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            );
+            if rc != 0 {
+                fail_at(exec_err, STAGE_RLIMIT + i as u32);
+            }
+        }
+        if let Some(fd) = cgroup
+            && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+        {
+            fail_at(exec_err, STAGE_CGROUP);
+        }
+        let Some(creds) = &c.creds else { return };
+        if libc::syscall(
+            libc::SYS_setgroups,
+            creds.groups.len() as libc::c_int,
+            creds.groups.as_ptr(),
+        ) != 0
+        {
+            fail_at(exec_err, STAGE_SETGROUPS);
+        }
+        if libc::syscall(libc::SYS_setresgid, creds.gid, creds.gid, creds.gid) != 0 {
+            fail_at(exec_err, STAGE_SETGID);
+        }
+        if libc::syscall(libc::SYS_setresuid, creds.uid, creds.uid, creds.uid) != 0 {
+            fail_at(exec_err, STAGE_SETUID);
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(exec_err);
+        }
+        if libc::getppid() != parent_pid {
+            libc::_exit(1); // the supervisor died meanwhile
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "spawn_tests.rs"]
+mod confine_tests;
 
 #[cfg(test)]
 mod tests {
@@ -424,6 +610,7 @@ mod tests {
             ],
             cwd: Path::new("/"),
             listeners: vec![fd],
+            confine: Confine::default(),
         })
         .unwrap();
         let pid = child.pid;
@@ -454,6 +641,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: Path::new("/"),
             listeners: vec![],
+            confine: Confine::default(),
         })
         .unwrap();
         let status = wait(&child);
@@ -470,6 +658,7 @@ mod tests {
             env: vec![],
             cwd: Path::new("/"),
             listeners: vec![],
+            confine: Confine::default(),
         })
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/program"), "{e}");

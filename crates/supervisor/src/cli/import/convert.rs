@@ -245,6 +245,8 @@ const MAPPED: &[&str] = &[
     "error_file",
     "merge_logs",
     "combine_logs",
+    "uid",
+    "gid",
 ];
 
 /// Options with no equivalent, and why.
@@ -309,9 +311,10 @@ const UNMAPPED: &[(&str, &str)] = &[
         "one supervisor per file: `supervisor -n NAME` names it",
     ),
     ("append_env_to_name", "the app's name is kept as written"),
-    ("uid", "workers run as the supervisor's user"),
-    ("gid", "workers run as the supervisor's group"),
-    ("user", "workers run as the supervisor's user"),
+    (
+        "user",
+        "not carried over: PM2's `uid` is what becomes `user`",
+    ),
     ("post_update", "no equivalent"),
     (
         "filter_env",
@@ -493,6 +496,37 @@ impl Conv<'_> {
             .or_else(|| self.bool("combine_logs"))
         {
             key("merge_logs", merge.to_string(), None);
+        }
+        // PM2's uid/gid (a name or a number): `user`/`group`, which need a root supervisor.
+        let id = |v: &Value| match v {
+            Value::String(s) if !s.is_empty() => Some(q(s)),
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|n| *n <= u32::MAX as u64)
+                .map(|n| n.to_string()),
+            _ => None,
+        };
+        let uid = self.app.get("uid").map(|v| (v, id(v)));
+        let gid = self.app.get("gid").map(|v| (v, id(v)));
+        match &uid {
+            Some((_, Some(user))) => key(
+                "user",
+                user.clone(),
+                Some(
+                    "PM2's uid: the supervisor must run as root (it binds, the workers run as this user)",
+                ),
+            ),
+            Some((v, None)) => self.note("uid", format!("{v} is not a user name or id")),
+            None => {}
+        }
+        match (gid, &uid) {
+            (Some((_, Some(group))), Some((_, Some(_)))) => key("group", group, None),
+            (Some((v, None)), _) => self.note("gid", format!("{v} is not a group name or id")),
+            (Some(_), _) => self.note(
+                "gid",
+                "`group` needs `user` here (PM2's uid): not carried over alone".into(),
+            ),
+            (None, _) => {}
         }
         if let Some(expr) = self.str("cron_restart") {
             key(

@@ -173,3 +173,32 @@ fn other_interpreters_and_what_is_left_out() {
     assert!(apps_of(&serde_json::json!({ "name": "x" })).is_err());
     assert_eq!(split_words(r#"a "b c" '' d"#), ["a", "b c", "", "d"]);
 }
+
+#[test]
+fn uid_and_gid_become_user_and_group() {
+    let dir = app_dir(&["app.js"]);
+    let (app, notes) = one(
+        serde_json::json!({ "script": "app.js", "uid": "www-data", "gid": 33 }),
+        dir.path(),
+    );
+    assert_eq!(notes, []);
+    assert_eq!(key(&app, "user"), Some("\"www-data\""));
+    assert_eq!(key(&app, "group"), Some("33"));
+    let (app, notes) = one(
+        serde_json::json!({ "script": "app.js", "gid": "web" }),
+        dir.path(),
+    );
+    assert_eq!(key(&app, "group"), None);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.option == "gid" && n.why.contains("needs `user`")),
+        "{notes:?}"
+    );
+    let (app, notes) = one(
+        serde_json::json!({ "script": "app.js", "uid": true }),
+        dir.path(),
+    );
+    assert_eq!(key(&app, "user"), None);
+    assert!(notes.iter().any(|n| n.option == "uid"), "{notes:?}");
+}

@@ -14,7 +14,7 @@ use super::super::model::{
 use super::super::raw::{RawApp, RawReload, RawRestart, Spanned};
 use super::bounds::{MAX_MEMORY, MAX_NAME, MAX_RESTARTS, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
 use super::program::runs_node;
-use super::{AppConfig, ConfigError, Validator, health, resolve, triggers};
+use super::{AppConfig, ConfigError, Validator, confine, health, resolve, triggers};
 
 /// Where an app's values are in the file, for the checks across apps (unique names and
 /// addresses, `after`).
@@ -113,8 +113,15 @@ impl Validator<'_> {
             max_age: ra.max_age.take(),
             max_age_jitter: ra.max_age_jitter.take(),
         };
+        let confine = confine::Raw {
+            user: ra.user.take(),
+            group: ra.group.take(),
+            rlimits: std::mem::take(&mut ra.rlimits),
+            cgroup: std::mem::take(&mut ra.cgroup),
+        };
         let logs = self.logs(key, &ra, log_dir)?;
         let mut worker = self.worker(key, ra)?;
+        worker.confine = self.confinement(key, confine, &worker)?;
         let triggers = self.triggers(key, triggers, &worker.cwd)?;
         let (watchdog, age) = self.health(key, health)?;
         worker.watchdog = watchdog;
@@ -384,6 +391,7 @@ impl Validator<'_> {
             cron_backend: rw.cron_backend.unwrap_or(false),
             contract,
             watchdog: None,
+            confine: Default::default(),
         })
     }
 

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::super::model::{
-    DEFAULT_JOB_KILL_TIMEOUT, DEFAULT_JOB_TIMEOUT, DEFAULT_MISFIRE_GRACE, JobAction, JobConfig,
+    Confinement, DEFAULT_JOB_KILL_TIMEOUT, DEFAULT_JOB_TIMEOUT, DEFAULT_MISFIRE_GRACE, JobAction,
+    JobConfig,
 };
 use super::super::raw::RawJob;
 use super::bounds::{MAX_JOB_TIMEOUT, MAX_STRINGS, MAX_WAIT, MAX_WINDOW};
@@ -160,9 +161,16 @@ impl Validator<'_> {
                 let program = self
                     .program(key, prog)
                     .map_err(|e| self.located(e, span.clone()))?;
-                let (env, cwd) = match &app {
-                    Some((a, _)) => (a.worker.env.clone(), a.worker.cwd.clone()),
-                    None => (BTreeMap::new(), self.base.clone()),
+                let (env, cwd, confine) = match &app {
+                    Some((a, _)) => (
+                        a.worker.env.clone(),
+                        a.worker.cwd.clone(),
+                        Box::new(Confinement {
+                            cgroup: None,
+                            ..a.worker.confine.clone()
+                        }),
+                    ),
+                    None => (BTreeMap::new(), self.base.clone(), Box::default()),
                 };
                 let path_env = env.get("PATH").map(String::as_str);
                 self.interpreter(span.clone(), &command_key, &program, path_env)?;
@@ -172,6 +180,7 @@ impl Validator<'_> {
                     env,
                     cwd,
                     app: app.map(|(a, _)| a.name.clone()),
+                    confine,
                 }
             }
             (None, Some(h)) => {

@@ -13,6 +13,9 @@ use super::{AppConfig, Config, ConfigError, Location};
 use bounds::{MAX_APPS, MAX_JOBS};
 
 mod app;
+mod cgroup;
+mod confine;
+pub(crate) use confine::show_limit;
 pub(crate) mod bounds;
 mod job;
 mod listen;

@@ -318,6 +318,7 @@ mod tests {
             cron_backend: false,
             contract: Default::default(),
             watchdog: None,
+            confine: Default::default(),
         })
     }
 
