@@ -44,3 +44,4 @@ pub(crate) mod upgrade;
 pub(crate) mod watch;
 
 pub use daemon::Command;
+pub use logs::own::OwnWriter as LogWriter;

@@ -5,11 +5,13 @@
 //! `logs -f` (a broadcast: a slow one loses lines, counted), and to the writer thread
 //! ([`writer`]) that owns the files and rotates them ([`rotate`]). Nothing here ever waits for
 //! a file, a follower or the event loop: a pipe nobody reads fills up and blocks its worker.
-//! [`dir`]: where a supervisor's log files go by default.
+//! [`dir`]: where a supervisor's log files go by default; [`own`]: the supervisor's own log
+//! under `start -d`, rotated likewise.
 
 pub mod dir;
 pub mod forward;
 pub mod lines;
+pub mod own;
 pub mod rate;
 pub mod record;
 pub mod ring;
@@ -311,11 +313,12 @@ impl Logs {
     }
 
     /// Closes every log file; each opens again at its next line (after an external logrotate
-    /// moved them). How many were open.
+    /// moved them), and the supervisor's own log at once. How many were open.
     pub async fn reopen(&self) -> usize {
+        let own = usize::from(own::reopen());
         let (tx, rx) = oneshot::channel();
         self.inner.writer.command(Cmd::Reopen(tx));
-        rx.await.unwrap_or(0)
+        rx.await.unwrap_or(0) + own
     }
 
     /// Empties the files of `app` (every app for `None`), deletes their rotated copies and

@@ -280,37 +280,15 @@ impl State {
         }
     }
 
-    /// Renames the file to its rotated name, gzips that (on a thread of its own) if asked,
-    /// deletes the copies beyond `retain`; the next line opens a new file.
+    /// Closes the file and rotates it ([`rotate_file`]); the next line opens a new file.
     fn rotate(&mut self, path: &Path, now: SystemTime) {
         let Some(mut o) = self.files.remove(path) else {
             return;
         };
         let _ = o.file.flush();
         drop(o.file);
-        let rotation = o.route.rotation;
-        let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
-            return;
-        };
-        let base = base.to_string_lossy().into_owned();
-        let name = rotate::rotated_name(&base, &rotate::stamp(now), |n| dir.join(n).exists());
-        let rotated = dir.join(&name);
-        if let Err(e) = std::fs::rename(path, &rotated) {
+        if let Err(e) = rotate_file(path, o.route.rotation, now) {
             warn_once(path, &e);
-            return;
-        }
-        let names = list(dir);
-        for old in rotate::to_delete(&base, &names, rotation.retain) {
-            let _ = std::fs::remove_file(dir.join(old));
-        }
-        if rotation.compress && rotation.retain > 0 {
-            let _ = std::thread::Builder::new()
-                .name("log-gzip".into())
-                .spawn(move || {
-                    if let Err(e) = gzip(&rotated) {
-                        tracing::warn!("cannot compress {}: {e}", rotated.display());
-                    }
-                });
         }
     }
 
@@ -383,6 +361,32 @@ fn open(route: &Arc<Route>) -> std::io::Result<Open> {
         route: route.clone(),
         dirty: false,
     })
+}
+
+/// Renames the (closed) file `path` to its rotated name, gzips that copy on a thread of its own
+/// if asked, and deletes the copies beyond `retain`. Logs nothing itself (the supervisor's own
+/// log rotates with it, from inside its tracing writer), except from the gzip thread.
+pub(super) fn rotate_file(path: &Path, rotation: Rotation, now: SystemTime) -> std::io::Result<()> {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let base = base.to_string_lossy().into_owned();
+    let name = rotate::rotated_name(&base, &rotate::stamp(now), |n| dir.join(n).exists());
+    let rotated = dir.join(&name);
+    std::fs::rename(path, &rotated)?;
+    for old in rotate::to_delete(&base, &list(dir), rotation.retain) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    if rotation.compress && rotation.retain > 0 {
+        let _ = std::thread::Builder::new()
+            .name("log-gzip".into())
+            .spawn(move || {
+                if let Err(e) = gzip(&rotated) {
+                    tracing::warn!("cannot compress {}: {e}", rotated.display());
+                }
+            });
+    }
+    Ok(())
 }
 
 /// The file names in `dir`.
