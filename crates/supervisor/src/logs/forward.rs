@@ -1,8 +1,9 @@
 //! The reading side: a task per pipe reads a worker's stdout or stderr to its end, frames lines,
 //! asks the worker's rate limiter, and publishes what passes to the [`super::Logs`] hub (and,
 //! in the foreground, as log events in the worker's span). A `[[job]]` command's output is only
-//! logged ([`forward_output`]). Reading never stops before end of file: a pipe nobody reads
-//! fills up and blocks the worker in `write()`.
+//! logged ([`forward_output`]). Reading never stops before end of file, but it pauses while the
+//! stream has more than its [`Budget`] waiting for the writer: the pipe fills up and blocks the
+//! worker in `write()` until the writer has caught up (no line lost, no other worker held up).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use super::budget::Budget;
 use super::lines::LineFramer;
 use super::rate::{Limiter, Verdict};
 use super::record::{Level, Record, Stream, Tag, split_level};
@@ -30,6 +32,8 @@ pub struct Sink {
     stream: Stream,
     /// Shared by the worker's two streams.
     limiter: Arc<Mutex<Limiter>>,
+    /// This stream's lines waiting for the writer.
+    budget: Arc<Budget>,
 }
 
 impl Sink {
@@ -48,6 +52,7 @@ impl Sink {
             tag,
             stream,
             limiter,
+            budget: Arc::default(),
         }
     }
 
@@ -104,7 +109,8 @@ impl Sink {
             time: SystemTime::now(),
             text,
         };
-        self.logs.publish(&self.app, &self.route, record);
+        self.logs
+            .publish(&self.app, &self.route, &self.budget, record);
     }
 
     /// End of the stream: the count of lines dropped at its very end.
@@ -116,16 +122,20 @@ impl Sink {
     }
 }
 
-/// Reads a worker's stream to its end into `sink`.
+/// Reads a worker's stream to its end into `sink`, pausing while the writer is behind on it.
 pub(crate) async fn forward_worker(fd: OwnedFd, sink: Sink) {
-    read_lines(fd, |line, truncated, now| sink.line(line, truncated, now)).await;
+    let budget = sink.budget.clone();
+    read_lines(fd, Some(&budget), |line, truncated, now| {
+        sink.line(line, truncated, now)
+    })
+    .await;
     sink.finish();
 }
 
 /// Forwards a `[[job]]` command's output line by line as log events in the current span, until
 /// end of file.
 pub(crate) async fn forward_output(fd: OwnedFd) {
-    read_lines(fd, |line, truncated, _| {
+    read_lines(fd, None, |line, truncated, _| {
         let text = String::from_utf8_lossy(line);
         let (level, text) = split_level(text.trim_end_matches('\r'), Level::Info);
         let note = if truncated { TRUNCATED } else { "" };
@@ -134,8 +144,13 @@ pub(crate) async fn forward_output(fd: OwnedFd) {
     .await;
 }
 
-/// Reads `fd` to its end, calling `emit(line, truncated, when read)` for every line.
-async fn read_lines(fd: OwnedFd, mut emit: impl FnMut(&[u8], bool, Instant)) {
+/// Reads `fd` to its end, calling `emit(line, truncated, when read)` for every line; after each
+/// read, waits for room on `budget` if given.
+async fn read_lines(
+    fd: OwnedFd,
+    budget: Option<&Budget>,
+    mut emit: impl FnMut(&[u8], bool, Instant),
+) {
     let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -153,6 +168,9 @@ async fn read_lines(fd: OwnedFd, mut emit: impl FnMut(&[u8], bool, Instant)) {
         };
         let now = Instant::now();
         framer.push(&buf[..n], &mut |l: &[u8], t| emit(l, t, now));
+        if let Some(budget) = budget {
+            budget.room().await;
+        }
     }
     let now = Instant::now();
     framer.finish(&mut |l: &[u8], t| emit(l, t, now));

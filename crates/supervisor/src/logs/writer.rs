@@ -1,28 +1,26 @@
-//! The log writer: one thread that owns every log file. Readers hand it lines over a bounded
-//! channel and never wait for it: when it is behind (a slow disk, a flood), a line that does not
-//! fit is dropped and counted ([`Writer::send`]). It formats each line (timestamp, worker, pid,
-//! stream, level), writes through a buffer flushed whenever the channel is empty, rotates a file
-//! once it is due ([`super::rotate`]), gzips rotated copies on a thread of their own, and
-//! serves `reopen-logs` and `flush` ([`Cmd`]).
+//! The log writer: one thread that owns every log file. Readers hand it lines over a channel
+//! and never wait for it there; what each worker stream may have waiting is bounded by its
+//! [`Budget`] instead (past it, that stream's reader stops reading its pipe: backpressure onto
+//! that worker alone). It formats each line (timestamp, worker, pid, stream, level), writes
+//! through a buffer flushed whenever the channel is empty, rotates a file once it is due
+//! ([`super::rotate`]), gzips rotated copies on a thread of their own, and serves `reopen-logs`
+//! and `flush` ([`Cmd`]). A line that cannot be written (a file that cannot be opened or
+//! written) is dropped and counted.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
+use super::budget::{self, Budget};
 use super::record::{Record, Stamper, write_line};
 use super::rotate::{self, Rotation};
-
-/// Lines waiting for the writer, at most.
-const CHANNEL_LINES: usize = 64 * 1024;
-/// Bytes of text waiting for the writer, at most.
-const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Lines of one app written and dropped, since the supervisor started.
 #[derive(Debug, Default)]
@@ -31,8 +29,8 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Dropped by the rate limit.
     pub dropped_rate: AtomicU64,
-    /// Dropped because the writer was behind.
-    pub dropped_backlog: AtomicU64,
+    /// Dropped because they could not be written (a file that cannot be opened or written).
+    pub dropped_error: AtomicU64,
 }
 
 /// Where one worker's stream goes: the file, how it rotates, the timestamp format.
@@ -71,7 +69,8 @@ pub enum Cmd {
 }
 
 enum Msg {
-    Line(Arc<Route>, Arc<Record>),
+    /// A line, and the budget of the stream it came from.
+    Line(Arc<Route>, Arc<Record>, Arc<Budget>),
     /// A command is waiting.
     Wake,
 }
@@ -79,49 +78,43 @@ enum Msg {
 /// The handle readers send lines to (cheap to share).
 #[derive(Debug)]
 pub struct Writer {
-    tx: SyncSender<Msg>,
-    cmds: mpsc::Sender<Cmd>,
-    queued: Arc<AtomicUsize>,
+    tx: Sender<Msg>,
+    cmds: Sender<Cmd>,
 }
 
 impl Writer {
     /// Starts the writer thread.
     pub fn start() -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::sync_channel(CHANNEL_LINES);
+        let (tx, rx) = mpsc::channel();
         let (cmds, cmd_rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
         let mut state = State {
             files: HashMap::new(),
-            queued: queued.clone(),
             line: String::with_capacity(512),
         };
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || state.run(&rx, &cmd_rx))?;
-        Ok(Writer { tx, cmds, queued })
+        Ok(Writer { tx, cmds })
     }
 
-    /// Queues a line for `route`'s file; `false` when it was dropped (the writer is behind).
-    pub fn send(&self, route: &Arc<Route>, record: &Arc<Record>) -> bool {
-        let len = record.text.len();
-        if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+    /// Queues a line for `route`'s file, on `budget` (its stream's); `false` when the writer
+    /// has stopped.
+    pub fn send(&self, route: &Arc<Route>, record: &Arc<Record>, budget: &Arc<Budget>) -> bool {
+        let cost = budget::cost(record.text.len());
+        budget.take(cost);
+        let msg = Msg::Line(route.clone(), record.clone(), budget.clone());
+        if self.tx.send(msg).is_err() {
+            budget.give(cost);
             return false;
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Line(route.clone(), record.clone())) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                false
-            }
-        }
+        true
     }
 
     /// Hands the writer a command (never lost: commands have a channel of their own).
     pub fn command(&self, cmd: Cmd) {
         if self.cmds.send(cmd).is_ok() {
-            // When the channel is full the writer is busy and reads commands between batches.
-            let _ = self.tx.try_send(Msg::Wake);
+            // A busy writer reads commands between batches too.
+            let _ = self.tx.send(Msg::Wake);
         }
     }
 }
@@ -141,7 +134,6 @@ struct Open {
 /// The writer thread's state.
 struct State {
     files: HashMap<PathBuf, Open>,
-    queued: Arc<AtomicUsize>,
     /// The line being formatted (reused).
     line: String,
 }
@@ -204,20 +196,22 @@ impl State {
     }
 
     fn handle(&mut self, msg: Msg) {
-        let Msg::Line(route, record) = msg else {
+        let Msg::Line(route, record, budget) = msg else {
             return;
         };
-        self.queued.fetch_sub(record.text.len(), Ordering::Relaxed);
+        self.write(&route, &record);
+        budget.give(budget::cost(record.text.len()));
+    }
+
+    /// Writes one line to its file (opened if need be), then rotates the file if it is due.
+    fn write(&mut self, route: &Arc<Route>, record: &Record) {
         if !self.files.contains_key(&route.path) {
-            match open(&route) {
+            match open(route) {
                 Ok(o) => {
                     self.files.insert(route.path.clone(), o);
                 }
                 Err(e) => {
-                    route
-                        .counters
-                        .dropped_backlog
-                        .fetch_add(1, Ordering::Relaxed);
+                    route.counters.dropped_error.fetch_add(1, Ordering::Relaxed);
                     warn_once(&route.path, &e);
                     return;
                 }
@@ -244,10 +238,7 @@ impl State {
                 route.counters.written.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                route
-                    .counters
-                    .dropped_backlog
-                    .fetch_add(1, Ordering::Relaxed);
+                route.counters.dropped_error.fetch_add(1, Ordering::Relaxed);
                 warn_once(&route.path, &e);
             }
         }
@@ -479,10 +470,11 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
         for i in 0..500 {
-            assert!(w.send(&r, &rec(i, &format!("line {i}"))));
+            assert!(w.send(&r, &rec(i, &format!("line {i}")), &b));
         }
-        assert!(w.send(&r, &rec(500, "line 500")));
+        assert!(w.send(&r, &rec(500, "line 500"), &b));
         stop(&w);
         let names = list(dir.path());
         let rotated = names.iter().filter(|n| n.starts_with("web.log.2")).count();
@@ -511,13 +503,14 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
-        assert!(w.send(&r, &rec(1, "one")));
+        let b = Arc::new(Budget::default());
+        assert!(w.send(&r, &rec(1, "one"), &b));
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Reopen(tx));
         assert_eq!(rx.blocking_recv().unwrap(), 1);
         // Moved away by logrotate: the next line goes to a new file.
         std::fs::rename(dir.path().join("web.log"), dir.path().join("moved")).unwrap();
-        assert!(w.send(&r, &rec(2, "two")));
+        assert!(w.send(&r, &rec(2, "two"), &b));
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Flush {
             app: Some("web".into()),
@@ -528,7 +521,7 @@ mod tests {
             rx.blocking_recv().unwrap(),
             vec![dir.path().join("web.log")]
         );
-        assert!(w.send(&r, &rec(3, "three")));
+        assert!(w.send(&r, &rec(3, "three"), &b));
         stop(&w);
         let moved = std::fs::read_to_string(dir.path().join("moved")).unwrap();
         assert!(moved.contains("one") && !moved.contains("two"), "{moved}");
@@ -547,8 +540,9 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
         for i in 0..6 {
-            assert!(w.send(&r, &rec(i, "a line of text long enough to rotate")));
+            assert!(w.send(&r, &rec(i, "a line of text long enough to rotate"), &b));
         }
         stop(&w);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
