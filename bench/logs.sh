@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/logs.sh: one worker printing N lines (default 1M) as fast as it can, side by side in one
-# run under the supervisor (release build, `start -d`) and under pm2 5 (its out_file, `--time`
-# so that both stamp every line): lines on disk, whether they are all there and in order, lines
+# run under the supervisor (release build, `start -d`) and under pm2 5 (its out_file): lines on
+# disk, whether they are all there and in order, lines
 # per second, the manager's CPU seconds meanwhile (the supervisor process; pm2's God daemon,
 # which reads its workers' pipes and writes their files), its peak RSS, and the latency of its
 # event loop meanwhile: a status request every 10 ms over one connection (the supervisor's
@@ -9,8 +9,9 @@
 # before the flood and during it.
 #
 # Rows: the supervisor with no rate limit (every line must be kept: a flood is held back, not
-# dropped), the supervisor with its default rate limit (20000 lines/s per worker: the rest is
-# dropped and counted), pm2.
+# dropped), pm2 with `--time` (a timestamp per line, as the supervisor writes) and without, the
+# supervisor with its default rate limit (20000 lines/s per worker, 1 s of burst: the rest is
+# dropped and counted; its time is until the worker is done, as it is never held back).
 #
 #   bench/logs.sh                          # N=1000000; prints the table, writes bench/results/logs.txt
 #   N=200000 NO_BUILD=1 SKIP_PM2=1 bench/logs.sh
@@ -129,11 +130,14 @@ wait_flood() {
   done
 }
 
-# check_lines FILE: "kept out_of_order": the lines "... line K" in FILE, and how many of them
-# do not come after a smaller K (0: in order, each once).
+# check_lines FILE: "kept out_of_order mangled": the lines "... line K" in FILE, how many of
+# them do not come after a smaller K (0: in order, each once), and how many other lines there
+# are (a line cut in two; the supervisor's own "[supervisor] N lines dropped" lines aside).
 check_lines() {
-  awk 'match($0, /line [0-9]+$/) { v = substr($0, RSTART + 5) + 0; kept++; if (v <= prev) bad++; prev = v }
-       END { printf "%d %d\n", kept, bad }' "$1"
+  awk '/\[supervisor\] [0-9]+ lines dropped/ { next }
+       /^line [0-9]+$|: line [0-9]+$| out INFO line [0-9]+$/ { v = $NF + 0; kept++; if (v <= prev) bad++; prev = v; next }
+       { mangled++ }
+       END { printf "%d %d %d\n", kept, bad, mangled }' "$1"
 }
 
 # latency FILE GO END: "idle_median flood_median flood_p99 flood_max" (ms) of the probe's
@@ -154,13 +158,14 @@ declare -A ROW
 KEYS=()
 # record KEY LABEL FILE GO END CPU0 CPU1 RSS [NOTE]
 record() {
-  local kept bad secs rate lat
-  read -r kept bad < <(check_lines "$3")
+  local kept bad mangled secs rate lat
+  read -r kept bad mangled < <(check_lines "$3")
   secs=$(echo "$5 - $4" | bc -l)
   rate=$(echo "$kept / $secs" | bc -l)
   lat=$(latency "$work/lat-$1" "$4" "$5")
   local all="yes"
   [ "$kept" != "$N" ] && all="in order, $((N - kept)) dropped"
+  [ "$mangled" != 0 ] && all="no: $mangled cut, $((N - kept - mangled)) lost"
   [ "$bad" != 0 ] && all="no: $bad out of order"
   ROW[$1]=$(printf '%-34s %10d  %-24s %7.2f s %10.0f %9.2f s %8s MB  %s' \
     "$2" "$kept" "$all" "$secs" "$rate" "$(echo "$7 - $6" | bc)" "$8" "$lat")
@@ -200,8 +205,10 @@ TOML
   timeout 30 "$SUP" stop -c "$cfg" > /dev/null 2>&1 || kill_tree "$pid"
 }
 
+# run_pm2 KEY LABEL [PM2 START OPTIONS]
 run_pm2() {
-  local dir="$work/pm2" god go end cpu0 cpu1 probe
+  local key=$1 label=$2 dir="$work/$1" god go end cpu0 cpu1 probe
+  shift 2
   mkdir -p "$dir"
   local tools="$OUT/tools"
   PM2="$tools/node_modules/.bin/pm2"
@@ -210,19 +217,21 @@ run_pm2() {
     echo "logs: installing pm2@5 into $tools" >&2
     npm install --prefix "$tools" --no-audit --no-fund pm2@5 > /dev/null 2>&1 || { echo "logs: npm install pm2@5 failed" >&2; PM2=; return 1; }
   fi
-  echo "logs: pm2 $("$PM2" --version 2> /dev/null | tail -1) ..." >&2
+  local version
+  version=$("$PM2" --version 2> /dev/null | tail -1)
+  echo "logs: pm2 $version $* ..." >&2
   "$PM2" ping > /dev/null
   god=$(cat "$PM2_HOME/pm2.pid")
-  "$PM2" start "$work/printer.sh" --interpreter none --name printer --time --merge-logs \
+  "$PM2" start "$work/printer.sh" --interpreter none --name printer --merge-logs "$@" \
     -o "$dir/out.log" -e "$dir/err.log" -- "$dir/go" "$dir/done" > /dev/null
-  node "$work/probe-pm2.js" "$tools/node_modules/pm2" "$work/lat-pm2" "$work/stop-probe" &
+  node "$work/probe-pm2.js" "$tools/node_modules/pm2" "$work/lat-$key" "$work/stop-probe" &
   probe=$!; STARTED+=("$probe")
   sleep 1
   cpu0=$(cpu_secs "$god")
   go=$(now); touch "$dir/go"
   end=$(wait_flood "$dir/out.log" "$dir/done")
   cpu1=$(cpu_secs "$god")
-  record pm2 "pm2 $("$PM2" --version 2> /dev/null | tail -1) (--time, out_file)" "$dir/out.log" "$go" "$end" "$cpu0" "$cpu1" "$(peak_rss_mb "$god")"
+  record "$key" "pm2 $version, $label" "$dir/out.log" "$go" "$end" "$cpu0" "$cpu1" "$(peak_rss_mb "$god")"
   touch "$work/stop-probe"; wait "$probe" 2> /dev/null || true; rm -f "$work/stop-probe"
   "$PM2" kill > /dev/null 2>&1 || true
   kill_tree "$god"
@@ -231,7 +240,10 @@ run_pm2() {
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 run_supervisor nolimit "supervisor, no rate limit" $'log_rate_lines = 0\nlog_rate_bytes = "1GB"' || true
 if [ -z "${SKIP_PM2:-}" ]; then
-  if command -v node > /dev/null; then run_pm2 || true; else echo "logs: node not found: pm2 skipped" >&2; fi
+  if command -v node > /dev/null; then
+    run_pm2 pm2-time "--time" --time || true
+    run_pm2 pm2 "no timestamps" || true
+  else echo "logs: node not found: pm2 skipped" >&2; fi
 fi
 run_supervisor limited "supervisor, default rate limit" "" || true
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -34,6 +34,8 @@ pub struct Sink {
     limiter: Arc<Mutex<Limiter>>,
     /// This stream's lines waiting for the writer.
     budget: Arc<Budget>,
+    /// The lines of the current read, handed to the writer at its end (one message per read).
+    batch: Vec<Arc<Record>>,
 }
 
 impl Sink {
@@ -53,11 +55,12 @@ impl Sink {
             stream,
             limiter,
             budget: Arc::default(),
+            batch: Vec::new(),
         }
     }
 
-    /// One line read at `now`.
-    fn line(&self, bytes: &[u8], truncated: bool, now: Instant) {
+    /// One line read at `now` (`wall`: the same instant on the clock).
+    fn line(&mut self, bytes: &[u8], truncated: bool, now: Instant, wall: SystemTime) {
         let len = bytes.len();
         let verdict = lock(&self.limiter).check(len, now);
         let dropped_before = match verdict {
@@ -71,7 +74,7 @@ impl Sink {
             Verdict::Pass { dropped_before } => dropped_before,
         };
         if dropped_before > 0 {
-            self.dropped(dropped_before);
+            self.dropped(dropped_before, wall);
         }
         let text = String::from_utf8_lossy(bytes);
         let default = match self.stream {
@@ -83,21 +86,21 @@ impl Sink {
         if truncated {
             text.push_str(TRUNCATED);
         }
-        self.publish(level, text);
+        self.publish(level, text, wall);
     }
 
     /// The line that says how many lines the rate limit dropped.
-    fn dropped(&self, n: u64) {
+    fn dropped(&mut self, n: u64, wall: SystemTime) {
         let rate = self.app.policy.rate;
         let text = format!(
             "[supervisor] {n} lines dropped (rate limit per worker: {} lines/s, {}/s)",
             rate.lines_per_sec,
             crate::units::size(rate.bytes_per_sec)
         );
-        self.publish(Level::Warn, text);
+        self.publish(Level::Warn, text, wall);
     }
 
-    fn publish(&self, level: Level, text: String) {
+    fn publish(&mut self, level: Level, text: String, wall: SystemTime) {
         if self.logs.echo() {
             echo(level, &text);
         }
@@ -106,27 +109,45 @@ impl Sink {
             tag: self.tag.clone(),
             stream: self.stream,
             level,
-            time: SystemTime::now(),
+            time: wall,
             text,
         };
-        self.logs
-            .publish(&self.app, &self.route, &self.budget, record);
+        let record = self.logs.publish(&self.app, record);
+        self.batch.push(record);
+    }
+
+    /// The end of a read: its lines go to the writer, in one message.
+    fn end_of_read(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.logs.write(&self.app, &self.route, &self.budget, batch);
+        }
     }
 
     /// End of the stream: the count of lines dropped at its very end.
-    fn finish(&self) {
+    fn finish(&mut self) {
         let pending = lock(&self.limiter).take_pending();
         if pending > 0 {
-            self.dropped(pending);
+            self.dropped(pending, SystemTime::now());
         }
+        self.end_of_read();
     }
 }
 
+/// What [`read_lines`] hands its caller.
+enum Piece<'a> {
+    /// A line (truncated or not), read at this instant (on both clocks).
+    Line(&'a [u8], bool, Instant, SystemTime),
+    /// The lines of one read were all handed over.
+    EndOfRead,
+}
+
 /// Reads a worker's stream to its end into `sink`, pausing while the writer is behind on it.
-pub(crate) async fn forward_worker(fd: OwnedFd, sink: Sink) {
+pub(crate) async fn forward_worker(fd: OwnedFd, mut sink: Sink) {
     let budget = sink.budget.clone();
-    read_lines(fd, Some(&budget), |line, truncated, now| {
-        sink.line(line, truncated, now)
+    read_lines(fd, Some(&budget), |piece| match piece {
+        Piece::Line(line, truncated, now, wall) => sink.line(line, truncated, now, wall),
+        Piece::EndOfRead => sink.end_of_read(),
     })
     .await;
     sink.finish();
@@ -135,7 +156,10 @@ pub(crate) async fn forward_worker(fd: OwnedFd, sink: Sink) {
 /// Forwards a `[[job]]` command's output line by line as log events in the current span, until
 /// end of file.
 pub(crate) async fn forward_output(fd: OwnedFd) {
-    read_lines(fd, None, |line, truncated, _| {
+    read_lines(fd, None, |piece| {
+        let Piece::Line(line, truncated, _, _) = piece else {
+            return;
+        };
         let text = String::from_utf8_lossy(line);
         let (level, text) = split_level(text.trim_end_matches('\r'), Level::Info);
         let note = if truncated { TRUNCATED } else { "" };
@@ -144,13 +168,9 @@ pub(crate) async fn forward_output(fd: OwnedFd) {
     .await;
 }
 
-/// Reads `fd` to its end, calling `emit(line, truncated, when read)` for every line; after each
-/// read, waits for room on `budget` if given.
-async fn read_lines(
-    fd: OwnedFd,
-    budget: Option<&Budget>,
-    mut emit: impl FnMut(&[u8], bool, Instant),
-) {
+/// Reads `fd` to its end, calling `emit` with every line, then with the end of each read; after
+/// each read, waits for room on `budget` if given.
+async fn read_lines(fd: OwnedFd, budget: Option<&Budget>, mut emit: impl FnMut(Piece<'_>)) {
     let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -166,14 +186,18 @@ async fn read_lines(
                 break;
             }
         };
-        let now = Instant::now();
-        framer.push(&buf[..n], &mut |l: &[u8], t| emit(l, t, now));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        framer.push(&buf[..n], &mut |l: &[u8], t| {
+            emit(Piece::Line(l, t, now, wall))
+        });
+        emit(Piece::EndOfRead);
         if let Some(budget) = budget {
             budget.room().await;
         }
     }
-    let now = Instant::now();
-    framer.finish(&mut |l: &[u8], t| emit(l, t, now));
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    framer.finish(&mut |l: &[u8], t| emit(Piece::Line(l, t, now, wall)));
+    emit(Piece::EndOfRead);
 }
 
 /// Logs one line as an event at its level in the current span.

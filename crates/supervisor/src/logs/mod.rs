@@ -228,23 +228,31 @@ impl Logs {
         Some((sink(Stream::Out), sink(Stream::Err)))
     }
 
-    /// Publishes one line: the ring, the followers, the writer, on the `budget` of its stream
-    /// (dropped and counted if the writer has stopped).
-    fn publish(
-        &self,
-        app: &AppLog,
-        route: &Arc<Route>,
-        budget: &Arc<budget::Budget>,
-        mut record: Record,
-    ) {
+    /// Publishes one line to the ring and the followers; the writer gets it with the other
+    /// lines of its read ([`Logs::write`]).
+    fn publish(&self, app: &AppLog, mut record: Record) -> Arc<Record> {
         record.seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(record);
         lock(&app.ring).push(record.clone());
         if self.inner.live.receiver_count() > 0 {
             let _ = self.inner.live.send(record.clone());
         }
-        if !self.inner.writer.send(route, &record, budget) {
-            app.counters.dropped_error.fetch_add(1, Ordering::Relaxed);
+        record
+    }
+
+    /// Hands the writer the lines of one read of a stream, on the `budget` of that stream
+    /// (dropped and counted if the writer has stopped).
+    fn write(
+        &self,
+        app: &AppLog,
+        route: &Arc<Route>,
+        budget: &Arc<budget::Budget>,
+        lines: Vec<Arc<Record>>,
+    ) {
+        if let Err(lost) = self.inner.writer.send(route, lines, budget) {
+            app.counters
+                .dropped_error
+                .fetch_add(lost as u64, Ordering::Relaxed);
         }
     }
 

@@ -69,8 +69,8 @@ pub enum Cmd {
 }
 
 enum Msg {
-    /// A line, and the budget of the stream it came from.
-    Line(Arc<Route>, Arc<Record>, Arc<Budget>),
+    /// The lines of one read of a stream, the budget of that stream, and what they cost it.
+    Lines(Arc<Route>, Vec<Arc<Record>>, Arc<Budget>, usize),
     /// A command is waiting.
     Wake,
 }
@@ -97,17 +97,25 @@ impl Writer {
         Ok(Writer { tx, cmds })
     }
 
-    /// Queues a line for `route`'s file, on `budget` (its stream's); `false` when the writer
-    /// has stopped.
-    pub fn send(&self, route: &Arc<Route>, record: &Arc<Record>, budget: &Arc<Budget>) -> bool {
-        let cost = budget::cost(record.text.len());
+    /// Queues lines for `route`'s file, on `budget` (their stream's); how many were lost when
+    /// the writer has stopped.
+    pub fn send(
+        &self,
+        route: &Arc<Route>,
+        lines: Vec<Arc<Record>>,
+        budget: &Arc<Budget>,
+    ) -> Result<(), usize> {
+        let cost = lines.iter().map(|r| budget::cost(r.text.len())).sum();
         budget.take(cost);
-        let msg = Msg::Line(route.clone(), record.clone(), budget.clone());
-        if self.tx.send(msg).is_err() {
+        let msg = Msg::Lines(route.clone(), lines, budget.clone(), cost);
+        if let Err(mpsc::SendError(msg)) = self.tx.send(msg) {
             budget.give(cost);
-            return false;
+            return Err(match msg {
+                Msg::Lines(_, lines, ..) => lines.len(),
+                Msg::Wake => 0,
+            });
         }
-        true
+        Ok(())
     }
 
     /// Hands the writer a command (never lost: commands have a channel of their own).
@@ -196,54 +204,74 @@ impl State {
     }
 
     fn handle(&mut self, msg: Msg) {
-        let Msg::Line(route, record, budget) = msg else {
+        let Msg::Lines(route, lines, budget, cost) = msg else {
             return;
         };
-        self.write(&route, &record);
-        budget.give(budget::cost(record.text.len()));
+        let mut rest = &lines[..];
+        while !rest.is_empty() {
+            rest = self.write(&route, rest);
+        }
+        budget.give(cost);
     }
 
-    /// Writes one line to its file (opened if need be), then rotates the file if it is due.
-    fn write(&mut self, route: &Arc<Route>, record: &Record) {
+    /// Writes lines to their file (opened if need be) until it is due for rotation, and rotates
+    /// it then; the lines not written yet.
+    fn write<'a>(&mut self, route: &Arc<Route>, lines: &'a [Arc<Record>]) -> &'a [Arc<Record>] {
+        let counters = &route.counters;
         if !self.files.contains_key(&route.path) {
             match open(route) {
                 Ok(o) => {
                     self.files.insert(route.path.clone(), o);
                 }
                 Err(e) => {
-                    route.counters.dropped_error.fetch_add(1, Ordering::Relaxed);
+                    let n = lines.len() as u64;
+                    counters.dropped_error.fetch_add(n, Ordering::Relaxed);
                     warn_once(&route.path, &e);
-                    return;
+                    return &[];
                 }
             }
         }
         let Some(open) = self.files.get_mut(&route.path) else {
-            return;
+            return &[];
         };
-        self.line.clear();
-        let who = (record.tag.worker.as_str(), record.tag.pid);
-        write_line(
-            &mut self.line,
-            &mut open.stamper,
-            record.time,
-            who,
-            record.stream,
-            record.level,
-            &record.text,
-        );
-        match open.file.write_all(self.line.as_bytes()) {
-            Ok(()) => {
-                open.size += self.line.len() as u64;
-                open.dirty = true;
-                route.counters.written.fetch_add(1, Ordering::Relaxed);
+        let (mut written, mut failed) = (0, 0);
+        let mut rotate_at = None;
+        for (i, record) in lines.iter().enumerate() {
+            self.line.clear();
+            let who = (record.tag.worker.as_str(), record.tag.pid);
+            write_line(
+                &mut self.line,
+                &mut open.stamper,
+                record.time,
+                who,
+                record.stream,
+                record.level,
+                &record.text,
+            );
+            match open.file.write_all(self.line.as_bytes()) {
+                Ok(()) => {
+                    open.size += self.line.len() as u64;
+                    open.dirty = true;
+                    written += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn_once(&route.path, &e);
+                }
             }
-            Err(e) => {
-                route.counters.dropped_error.fetch_add(1, Ordering::Relaxed);
-                warn_once(&route.path, &e);
+            if route.rotation.due(open.size, open.since, record.time) {
+                rotate_at = Some((i + 1, record.time));
+                break;
             }
         }
-        if route.rotation.due(open.size, open.since, record.time) {
-            self.rotate(&route.path.clone(), record.time);
+        counters.written.fetch_add(written, Ordering::Relaxed);
+        counters.dropped_error.fetch_add(failed, Ordering::Relaxed);
+        match rotate_at {
+            Some((next, time)) => {
+                self.rotate(&route.path.clone(), time);
+                &lines[next..]
+            }
+            None => &[],
         }
     }
 
@@ -472,9 +500,9 @@ mod tests {
         let w = Writer::start().unwrap();
         let b = Arc::new(Budget::default());
         for i in 0..500 {
-            assert!(w.send(&r, &rec(i, &format!("line {i}")), &b));
+            w.send(&r, vec![rec(i, &format!("line {i}"))], &b).unwrap();
         }
-        assert!(w.send(&r, &rec(500, "line 500"), &b));
+        w.send(&r, vec![rec(500, "line 500")], &b).unwrap();
         stop(&w);
         let names = list(dir.path());
         let rotated = names.iter().filter(|n| n.starts_with("web.log.2")).count();
@@ -493,6 +521,34 @@ mod tests {
     }
 
     #[test]
+    fn one_batch_rotates_wherever_its_lines_make_the_file_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_size: 1000,
+            max_age: None,
+            retain: 100,
+            compress: false,
+        };
+        let r = route(dir.path(), rotation);
+        let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
+        let batch = (0..400).map(|i| rec(i, &format!("line {i}"))).collect();
+        w.send(&r, batch, &b).unwrap();
+        stop(&w);
+        assert_eq!(r.counters.written.load(Ordering::Relaxed), 400);
+        assert_eq!(b.waiting(), 0, "the budget is given back");
+        let names = list(dir.path());
+        assert!(names.len() > 10, "{names:?}");
+        let mut lines = 0;
+        for n in &names {
+            let text = std::fs::read_to_string(dir.path().join(n)).unwrap();
+            assert!(text.len() < 1100, "{n}: {} bytes", text.len());
+            lines += text.lines().count();
+        }
+        assert_eq!(lines, 400);
+    }
+
+    #[test]
     fn flush_empties_and_reopen_closes() {
         let dir = tempfile::tempdir().unwrap();
         let rotation = Rotation {
@@ -504,13 +560,13 @@ mod tests {
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
         let b = Arc::new(Budget::default());
-        assert!(w.send(&r, &rec(1, "one"), &b));
+        w.send(&r, vec![rec(1, "one")], &b).unwrap();
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Reopen(tx));
         assert_eq!(rx.blocking_recv().unwrap(), 1);
         // Moved away by logrotate: the next line goes to a new file.
         std::fs::rename(dir.path().join("web.log"), dir.path().join("moved")).unwrap();
-        assert!(w.send(&r, &rec(2, "two"), &b));
+        w.send(&r, vec![rec(2, "two")], &b).unwrap();
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Flush {
             app: Some("web".into()),
@@ -521,7 +577,7 @@ mod tests {
             rx.blocking_recv().unwrap(),
             vec![dir.path().join("web.log")]
         );
-        assert!(w.send(&r, &rec(3, "three"), &b));
+        w.send(&r, vec![rec(3, "three")], &b).unwrap();
         stop(&w);
         let moved = std::fs::read_to_string(dir.path().join("moved")).unwrap();
         assert!(moved.contains("one") && !moved.contains("two"), "{moved}");
@@ -542,7 +598,8 @@ mod tests {
         let w = Writer::start().unwrap();
         let b = Arc::new(Budget::default());
         for i in 0..6 {
-            assert!(w.send(&r, &rec(i, "a line of text long enough to rotate"), &b));
+            w.send(&r, vec![rec(i, "a line of text long enough to rotate")], &b)
+                .unwrap();
         }
         stop(&w);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
