@@ -15,13 +15,15 @@
 #
 #   bench/logs.sh                          # N=1000000; prints the table, writes bench/results/logs.txt
 #   N=200000 NO_BUILD=1 SKIP_PM2=1 bench/logs.sh
-# Knobs: N, LIMIT (seconds each run may take, 60), NO_BUILD=1 (use the release binary as it is;
+# Knobs: N, ROUNDS (3: the supervisor and pm2 rows, in turn), LIMIT (seconds each run may take,
+# 60), NO_BUILD=1 (use the release binary as it is;
 # SUPERVISOR=path for another), SKIP_PM2=1. Needs python3; pm2 needs node and npm (pm2@5 is
 # installed into bench/out/tools when missing). Everything started is stopped on exit, and the
 # temporary directory (logs, PM2_HOME, state) removed.
 source "$(dirname "$0")/lib.sh"
 N=${N:-1000000}
 LIMIT=${LIMIT:-60}
+ROUNDS=${ROUNDS:-3}
 SUP=${SUPERVISOR:-${CARGO_TARGET_DIR:-$ROOT/target}/release/supervisor}
 RESULTS="$ROOT/bench/results/logs.txt"
 need python3 "install it with: apt-get install -y python3"
@@ -154,7 +156,7 @@ latency() {
     }' "$1"
 }
 
-declare -A ROW
+declare -A ROW RATE CPU
 KEYS=()
 # record KEY LABEL FILE GO END CPU0 CPU1 RSS [NOTE]
 record() {
@@ -167,8 +169,10 @@ record() {
   [ "$kept" != "$N" ] && all="in order, $((N - kept)) dropped"
   [ "$mangled" != 0 ] && all="no: $mangled cut, $((N - kept - mangled)) lost"
   [ "$bad" != 0 ] && all="no: $bad out of order"
-  ROW[$1]=$(printf '%-34s %10d  %-24s %7.2f s %10.0f %9.2f s %8s MB  %s' \
-    "$2" "$kept" "$all" "$secs" "$rate" "$(echo "$7 - $6" | bc)" "$8" "$lat")
+  RATE[$1]=$rate
+  CPU[$1]=$(echo "$7 - $6" | bc)
+  ROW[$1]=$(printf '%-5s %-31s %10d  %-24s %7.2f s %10.0f %9.2f s %8s MB  %s' \
+    "${1##*-}" "$2" "$kept" "$all" "$secs" "$rate" "${CPU[$1]}" "$8" "$lat")
   KEYS+=("$1")
 }
 
@@ -238,21 +242,38 @@ run_pm2() {
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-run_supervisor nolimit "supervisor, no rate limit" $'log_rate_lines = 0\nlog_rate_bytes = "1GB"' || true
+with_pm2=
 if [ -z "${SKIP_PM2:-}" ]; then
-  if command -v node > /dev/null; then
-    run_pm2 pm2-time "--time" --time || true
-    run_pm2 pm2 "no timestamps" || true
-  else echo "logs: node not found: pm2 skipped" >&2; fi
+  if command -v node > /dev/null; then with_pm2=1; else echo "logs: node not found: pm2 skipped" >&2; fi
 fi
-run_supervisor limited "supervisor, default rate limit" "" || true
+for r in $(seq 1 "$ROUNDS"); do
+  run_supervisor "nolimit-$r" "supervisor, no rate limit" $'log_rate_lines = 0\nlog_rate_bytes = "1GB"' || true
+  if [ -n "$with_pm2" ]; then
+    run_pm2 "pm2time-$r" "--time" --time || true
+    run_pm2 "pm2-$r" "no timestamps" || true
+  fi
+done
+run_supervisor "limited-1" "supervisor, default rate limit" "" || true
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ratio NUM_KEY DEN_KEY: "X.Yx lines/s, Z% of its CPU"
+ratio() {
+  [ -n "${RATE[$1]:-}" ] && [ -n "${RATE[$2]:-}" ] || { echo "-"; return; }
+  awk -v a="${RATE[$1]}" -v b="${RATE[$2]}" -v c="${CPU[$1]}" -v d="${CPU[$2]}" \
+    'BEGIN { printf "%.1fx the lines/s, %s of its CPU", a / b, (d > 0 ? sprintf("%.0f%%", 100 * c / d) : "-") }'
+}
 
 {
   echo "bench/logs.sh: one worker printing $N lines as fast as it can ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, release build)"
   echo "load average before: $load_before, after: $load_after (anything else running skews every figure: compare within one run)"
   echo
-  printf '%-34s %10s  %-24s %9s %10s %11s %11s  %s\n' "manager" "lines kept" "all, in order" "time" "lines/s" "mgr CPU" "peak RSS" "event loop ms: idle p50, flood p50 p99 max"
+  printf '%-5s %-31s %10s  %-24s %9s %10s %11s %11s  %s\n' "round" "manager" "lines kept" "all, in order" "time" "lines/s" "mgr CPU" "peak RSS" "event loop ms: idle p50, flood p50 p99 max"
   for k in "${KEYS[@]}"; do echo "${ROW[$k]}"; done
+  if [ -n "$with_pm2" ]; then
+    echo
+    for r in $(seq 1 "$ROUNDS"); do
+      echo "round $r: supervisor vs pm2 --time: $(ratio "nolimit-$r" "pm2time-$r"); vs pm2 without timestamps: $(ratio "nolimit-$r" "pm2-$r")"
+    done
+  fi
 } | tee "$RESULTS"
 echo "(written to ${RESULTS#"$ROOT"/})"
