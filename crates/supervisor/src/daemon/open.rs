@@ -147,7 +147,11 @@ pub(super) fn open(
     let own_log = std::env::var_os(crate::sys::detach::DETACHED_VAR).map(std::path::PathBuf::from);
     let echo = own_log.is_none();
     if let Some(path) = own_log.filter(|p| p.is_absolute())
-        && let Err(e) = crate::logs::own::install(&path, config.log_rotation)
+        && let Err(e) = crate::logs::own::install(
+            &path,
+            config.log_rotation,
+            crate::sys::detach::redirect_output,
+        )
     {
         tracing::warn!(
             "{}: {e}: the supervisor's log is not rotated",

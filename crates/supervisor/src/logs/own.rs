@@ -17,6 +17,10 @@ use super::lock;
 use super::rotate::Rotation;
 use super::writer::rotate_file;
 
+/// Points stdout and stderr at a file (`sys::detach::redirect_output`, handed in: this module
+/// makes no system call of its own).
+pub type Redirect = fn(&File) -> std::io::Result<()>;
+
 /// The installed log (`None` in the foreground).
 static OWN: Mutex<Option<OwnLog>> = Mutex::new(None);
 
@@ -29,14 +33,18 @@ struct OwnLog {
     size: u64,
     /// Since when it has been written (its creation, or its last rotation).
     since: SystemTime,
-    /// Point stdout and stderr at each file opened (off in unit tests).
-    redirect: bool,
+    /// Points stdout and stderr at each file opened (`None` in unit tests).
+    redirect: Option<Redirect>,
     /// A rotation or an open failed already (said once).
     failed: bool,
 }
 
 impl OwnLog {
-    fn open(path: &Path, rotation: Rotation, redirect: bool) -> std::io::Result<OwnLog> {
+    fn open(
+        path: &Path,
+        rotation: Rotation,
+        redirect: Option<Redirect>,
+    ) -> std::io::Result<OwnLog> {
         let (file, size, since) = open_file(path, redirect)?;
         Ok(OwnLog {
             path: path.to_path_buf(),
@@ -92,15 +100,15 @@ impl OwnLog {
     }
 }
 
-/// Opens `path` for appending (creating it and its directory) and, if `redirect`, points stdout
-/// and stderr at it; its size and since when it has been written.
-fn open_file(path: &Path, redirect: bool) -> std::io::Result<(File, u64, SystemTime)> {
+/// Opens `path` for appending (creating it and its directory) and `redirect`s stdout and stderr
+/// to it; its size and since when it has been written.
+fn open_file(path: &Path, redirect: Option<Redirect>) -> std::io::Result<(File, u64, SystemTime)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let file = OpenOptions::new().create(true).append(true).open(path)?;
-    if redirect {
-        crate::sys::detach::redirect_output(&file)?;
+    if let Some(redirect) = redirect {
+        redirect(&file)?;
     }
     let meta = file.metadata()?;
     let since = match meta.len() {
@@ -114,9 +122,9 @@ fn open_file(path: &Path, redirect: bool) -> std::io::Result<(File, u64, SystemT
 }
 
 /// From now on the supervisor's log events go to `path` (appended), rotated by `rotation`, and
-/// so do its stdout and stderr.
-pub fn install(path: &Path, rotation: Rotation) -> std::io::Result<()> {
-    let log = OwnLog::open(path, rotation, true)?;
+/// so do its stdout and stderr (through `redirect`).
+pub fn install(path: &Path, rotation: Rotation, redirect: Redirect) -> std::io::Result<()> {
+    let log = OwnLog::open(path, rotation, Some(redirect))?;
     *lock(&OWN) = Some(log);
     Ok(())
 }

@@ -26,7 +26,7 @@ fn rotation(max_size: u64, max_age: Option<Duration>, retain: usize) -> Rotation
 fn rotates_by_size_keeping_retain_copies_and_never_splits_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("logs/supervisor.log");
-    let mut log = OwnLog::open(&path, rotation(200, None, 2), false).unwrap();
+    let mut log = OwnLog::open(&path, rotation(200, None, 2), None).unwrap();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     for i in 0..40 {
         let line = format!("2027-01-15T08:00:00.000Z  INFO event number {i:02}\n");
@@ -54,7 +54,7 @@ fn rotates_by_age_before_writing_and_opens_again_after_a_move() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("supervisor.log");
     let day = Duration::from_secs(86_400);
-    let mut log = OwnLog::open(&path, rotation(0, Some(day), 5), false).unwrap();
+    let mut log = OwnLog::open(&path, rotation(0, Some(day), 5), None).unwrap();
     let t0 = log.since;
     log.write(b"old event\n", t0).unwrap();
     log.write(b"new event\n", t0 + day).unwrap();
