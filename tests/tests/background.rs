@@ -98,6 +98,23 @@ impl Drop for User {
     }
 }
 
+/// The supervisor's own log of the supervisor named `name` started by `start -d`, for this user.
+fn own_log(name: &str) -> PathBuf {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if root {
+        PathBuf::from("/var/log/supervisor").join(name)
+    } else {
+        PathBuf::from(std::env::var("HOME").unwrap())
+            .join(".local/state/supervisor")
+            .join(name)
+            .join("logs")
+    }
+    .join("supervisor.log")
+}
+
 const WEB: &str = "[[app]]\nname = \"web\"\ncommand = \"{demo}\"\ninstances = 2\nenv = { DEMO_JOBS = \"off\" }\n[[app.listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n";
 
 #[test]
@@ -132,21 +149,7 @@ fn start_d_returns_once_ready_and_clients_find_it_from_any_directory() {
         "{text}"
     );
     // Its own log file, not the terminal.
-    let log = v["name"].as_str().map(|n| {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-        if root {
-            PathBuf::from("/var/log/supervisor").join(n)
-        } else {
-            PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".local/state/supervisor")
-                .join(n)
-                .join("logs")
-        }
-        .join("supervisor.log")
-    });
+    let log = v["name"].as_str().map(own_log);
     let log = std::fs::read_to_string(log.unwrap()).unwrap();
     assert!(log.contains("supervisor started"), "{log}");
 
@@ -243,6 +246,71 @@ fn start_d_with_a_broken_config_or_a_taken_port_says_why_and_leaves_nothing() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0, "no socket, entry or runtime directory left");
+}
+
+#[test]
+fn start_d_rotates_its_own_log_keeping_exactly_retain_copies_and_reopens_it() {
+    let mut user = User::new();
+    let path = user.config("rot", WEB);
+    // Keys of `[supervisor]`, the first table of the file.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "[cron]",
+        "log_max_size = \"1KB\"\nlog_retain = 2\n[cron]",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let (ok, text) = user.cli(user.dir.path(), &["start", "-d", "-c", "rot.toml"]);
+    assert!(ok, "{text}");
+    let log = own_log(&format!("e2e-{}-rot", std::process::id()));
+    let dir = log.parent().unwrap().to_path_buf();
+    let copies = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("supervisor.log."))
+            .collect();
+        v.sort();
+        v
+    };
+    // Each `reopen-logs` logs a line (~70 bytes): 40 of them rotate the file several times.
+    for _ in 0..40 {
+        let (ok, text) = user.cli(Path::new("/"), &["reopen-logs"]);
+        assert!(ok, "{text}");
+    }
+    let rotated = copies();
+    assert_eq!(rotated.len(), 2, "exactly log_retain copies: {rotated:?}");
+    for n in rotated.iter().map(String::as_str).chain(["supervisor.log"]) {
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        assert!(text.len() < 1000 + 200, "{n}: {} bytes", text.len());
+        // Every line whole, with its own timestamp (2026-12-06T20:18:14.123456Z).
+        for l in text.lines() {
+            let stamp = l.split_whitespace().next().unwrap_or_default();
+            assert!(
+                stamp.len() >= 20 && stamp.as_bytes()[10] == b'T' && stamp.ends_with('Z'),
+                "{n}: {l:?}"
+            );
+        }
+    }
+    let newest = std::fs::read_to_string(dir.join(&rotated[1])).unwrap();
+    assert!(newest.contains("log files reopened"), "{newest}");
+
+    // An external logrotate moves it away: `reopen-logs` starts a new file, the moved one
+    // gets nothing more.
+    let moved = dir.join("moved.log");
+    std::fs::rename(&log, &moved).unwrap();
+    let before = std::fs::read_to_string(&moved).unwrap();
+    let (ok, text) = user.cli(Path::new("/"), &["reopen-logs"]);
+    assert!(ok, "{text}");
+    wait_for(Duration::from_secs(5), "a new supervisor.log", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("log files reopened"))
+    })
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), before);
+    let (ok, text) = user.cli(Path::new("/"), &["stop"]);
+    assert!(ok, "{text}");
 }
 
 #[test]

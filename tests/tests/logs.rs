@@ -2,8 +2,9 @@
 //! with a timestamp, the worker and its pid (stderr without a level at WARN); rotation at a small
 //! size keeps exactly `log_retain` copies; `logs --lines 100` prints the last 100; `logs -f`
 //! shows a line within 100 ms of the worker printing it, also while another worker floods and is
-//! rate limited (its drops counted in one line); a long line never blocks a worker; `flush`
-//! empties the files.
+//! rate limited (its drops counted in one line); a flood with no rate limit keeps every line, in
+//! order (held back, not dropped), while another worker's lines flow; a long line never blocks
+//! a worker; `flush` empties the files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -244,4 +245,75 @@ fn follow_shows_a_line_within_100ms_even_while_another_worker_floods_and_is_limi
         long.contains("[line longer than 16 KiB: truncated]"),
         "{long}"
     );
+}
+
+#[test]
+fn a_flood_without_a_rate_limit_is_held_back_not_dropped_while_other_lines_flow() {
+    // The flood's file is a FIFO nobody reads yet: the writer is stuck, as on a hung disk.
+    // With no rate limit the flood must then be held back (its pipe fills, `seq` blocks in
+    // write()), not dropped; once the FIFO is read, every line comes out, in order.
+    const N: usize = 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("flood.fifo");
+    let done = tmp.path().join("flood-done");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let tick = sh_app("tick", TICK, "");
+    let flood = sh_app(
+        "flood",
+        &format!(
+            "seq 1 {N}; echo done; touch {}; exec sleep 1000",
+            done.display()
+        ),
+        &format!(
+            "log_rate_lines = 0\nlog_rate_bytes = \"1GB\"\nout_file = {:?}\n",
+            fifo.display().to_string()
+        ),
+    );
+    let s = Supervisor::start(&format!("{tick}{flood}"), 2).unwrap();
+    // Another worker's lines flow meanwhile (to `logs -f`: the files wait for the writer).
+    let (mut child, rx) = follow(&s, "tick");
+    let mut lat = tick_latencies(&rx, 10);
+    lat.sort_unstable();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lat[lat.len() / 2] < 100,
+        "median latency over 100 ms: {lat:?} ms"
+    );
+    assert!(
+        !done.exists(),
+        "the flood was not held back: its lines went nowhere"
+    );
+    // Read at last: every line once, in order, and the worker gets to its end.
+    let reader = std::io::BufReader::new(std::fs::File::open(&fifo).unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            let last = line.ends_with(" done");
+            if tx.send(line).is_err() || last {
+                // Keep the FIFO open until the test ends (no EPIPE for the writer).
+                std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next = 1;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("the flood's lines in time");
+        if line.ends_with(" done") {
+            break;
+        }
+        let n = line.rsplit(' ').next().unwrap();
+        assert_eq!(n.parse::<usize>().ok(), Some(next), "{line}");
+        next += 1;
+    }
+    assert_eq!(next, N + 1, "every line once");
+    wait_for(Duration::from_secs(10), "the flood's end", || {
+        done.exists().then_some(())
+    })
+    .unwrap();
 }

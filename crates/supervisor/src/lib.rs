@@ -48,3 +48,4 @@ pub(crate) mod users;
 pub(crate) mod watch;
 
 pub use daemon::Command;
+pub use logs::own::OwnWriter as LogWriter;

@@ -34,14 +34,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, each line with an RFC 3339 timestamp (UTC), as text or one JSON object per line.
+/// Logs to stderr (under `start -d`, to `supervisor.log`, rotated: `logs::own`),
+/// each line with an RFC 3339 timestamp (UTC), as text or one JSON object per line.
 fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| supervisor::LogWriter)
         .with_target(false)
         .with_ansi(ansi);
     match format {

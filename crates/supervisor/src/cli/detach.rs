@@ -68,7 +68,7 @@ pub(super) async fn start(config: &Path, format: LogFormat, timeout: Duration) -
         OsStr::new(format),
     ];
     let started = Instant::now();
-    let mut d = detach::spawn(&exe, &args, &log)
+    let mut d = detach::spawn(&exe, &args, &log_path, &log)
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let pid = d.child.id();
     let said = tokio::time::timeout(timeout, first_line(d.ready)).await;

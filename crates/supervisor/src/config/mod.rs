@@ -122,6 +122,9 @@ pub struct Config {
     pub jobs: Vec<JobConfig>,
     /// Where the apps' log files go unless they name their own (`[supervisor] log_dir`).
     pub log_dir: PathBuf,
+    /// How the supervisor's own log (`supervisor.log` of `start -d`) rotates (`[supervisor]
+    /// log_max_size`, `log_max_age`, `log_retain`, `log_compress`).
+    pub log_rotation: crate::logs::rotate::Rotation,
 }
 
 /// One app: a program run as N workers sharing its own listening sockets.

@@ -66,6 +66,11 @@ pub(super) struct RawSupervisor {
     pub(super) metrics: Option<String>,
     /// Where the apps' log files go by default.
     pub(super) log_dir: Option<Spanned<PathBuf>>,
+    /// The rotation of its own log under `start -d` (`supervisor.log`), as an app's.
+    pub(super) log_max_size: Option<Spanned<ByteSize>>,
+    pub(super) log_max_age: Option<Spanned<HumanDuration>>,
+    pub(super) log_retain: Option<Spanned<usize>>,
+    pub(super) log_compress: Option<bool>,
 }
 
 /// One `[[app.listen]]` table (spanned as a whole by its app: the table's own errors point at it).

@@ -91,6 +91,7 @@ impl Shell {
         }
         let policies = self.config.apps.iter().map(|a| (a.name.as_str(), &a.logs));
         self.logs.configure(policies);
+        crate::logs::own::set_rotation(self.config.log_rotation);
         let jobs = scheduler::prepare(&self.config, |app| {
             let a = self.core.app_named(app)?;
             self.sockets.get(a.settings().sockets).first()

@@ -142,8 +142,22 @@ pub(super) fn open(
         None => ControlSocket::bind(&config.control_socket, &config.path)?,
     };
     let control_fd = control.raw_fd().unwrap_or(-1);
-    // In the background (`start -d`) the supervisor's own log does not repeat every line.
-    let echo = std::env::var_os(crate::sys::detach::DETACHED_VAR).is_none();
+    // In the background (`start -d`) the supervisor's own log does not repeat every line, and
+    // it rotates.
+    let own_log = std::env::var_os(crate::sys::detach::DETACHED_VAR).map(std::path::PathBuf::from);
+    let echo = own_log.is_none();
+    if let Some(path) = own_log.filter(|p| p.is_absolute())
+        && let Err(e) = crate::logs::own::install(
+            &path,
+            config.log_rotation,
+            crate::sys::detach::redirect_output,
+        )
+    {
+        tracing::warn!(
+            "{}: {e}: the supervisor's log is not rotated",
+            path.display()
+        );
+    }
     let logs = Logs::start(echo).map_err(StartupError::Logs)?;
     logs.configure(config.apps.iter().map(|a| (a.name.as_str(), &a.logs)));
     let (control_tx, control_rx) = mpsc::channel(64);

@@ -1,8 +1,9 @@
 //! The reading side: a task per pipe reads a worker's stdout or stderr to its end, frames lines,
 //! asks the worker's rate limiter, and publishes what passes to the [`super::Logs`] hub (and,
 //! in the foreground, as log events in the worker's span). A `[[job]]` command's output is only
-//! logged ([`forward_output`]). Reading never stops before end of file: a pipe nobody reads
-//! fills up and blocks the worker in `write()`.
+//! logged ([`forward_output`]). Reading never stops before end of file, but it pauses while the
+//! stream has more than its [`Budget`] waiting for the writer: the pipe fills up and blocks the
+//! worker in `write()` until the writer has caught up (no line lost, no other worker held up).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use super::budget::Budget;
 use super::lines::LineFramer;
 use super::rate::{Limiter, Verdict};
 use super::record::{Level, Record, Stream, Tag, split_level};
@@ -30,6 +32,10 @@ pub struct Sink {
     stream: Stream,
     /// Shared by the worker's two streams.
     limiter: Arc<Mutex<Limiter>>,
+    /// This stream's lines waiting for the writer.
+    budget: Arc<Budget>,
+    /// The lines of the current read, handed to the writer at its end (one message per read).
+    batch: Vec<Arc<Record>>,
 }
 
 impl Sink {
@@ -48,11 +54,13 @@ impl Sink {
             tag,
             stream,
             limiter,
+            budget: Arc::default(),
+            batch: Vec::new(),
         }
     }
 
-    /// One line read at `now`.
-    fn line(&self, bytes: &[u8], truncated: bool, now: Instant) {
+    /// One line read at `now` (`wall`: the same instant on the clock).
+    fn line(&mut self, bytes: &[u8], truncated: bool, now: Instant, wall: SystemTime) {
         let len = bytes.len();
         let verdict = lock(&self.limiter).check(len, now);
         let dropped_before = match verdict {
@@ -66,7 +74,7 @@ impl Sink {
             Verdict::Pass { dropped_before } => dropped_before,
         };
         if dropped_before > 0 {
-            self.dropped(dropped_before);
+            self.dropped(dropped_before, wall);
         }
         let text = String::from_utf8_lossy(bytes);
         let default = match self.stream {
@@ -78,21 +86,21 @@ impl Sink {
         if truncated {
             text.push_str(TRUNCATED);
         }
-        self.publish(level, text);
+        self.publish(level, text, wall);
     }
 
     /// The line that says how many lines the rate limit dropped.
-    fn dropped(&self, n: u64) {
+    fn dropped(&mut self, n: u64, wall: SystemTime) {
         let rate = self.app.policy.rate;
         let text = format!(
             "[supervisor] {n} lines dropped (rate limit per worker: {} lines/s, {}/s)",
             rate.lines_per_sec,
             crate::units::size(rate.bytes_per_sec)
         );
-        self.publish(Level::Warn, text);
+        self.publish(Level::Warn, text, wall);
     }
 
-    fn publish(&self, level: Level, text: String) {
+    fn publish(&mut self, level: Level, text: String, wall: SystemTime) {
         if self.logs.echo() {
             echo(level, &text);
         }
@@ -101,31 +109,57 @@ impl Sink {
             tag: self.tag.clone(),
             stream: self.stream,
             level,
-            time: SystemTime::now(),
+            time: wall,
             text,
         };
-        self.logs.publish(&self.app, &self.route, record);
+        let record = self.logs.publish(&self.app, record);
+        self.batch.push(record);
+    }
+
+    /// The end of a read: its lines go to the writer, in one message.
+    fn end_of_read(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.logs.write(&self.app, &self.route, &self.budget, batch);
+        }
     }
 
     /// End of the stream: the count of lines dropped at its very end.
-    fn finish(&self) {
+    fn finish(&mut self) {
         let pending = lock(&self.limiter).take_pending();
         if pending > 0 {
-            self.dropped(pending);
+            self.dropped(pending, SystemTime::now());
         }
+        self.end_of_read();
     }
 }
 
-/// Reads a worker's stream to its end into `sink`.
-pub(crate) async fn forward_worker(fd: OwnedFd, sink: Sink) {
-    read_lines(fd, |line, truncated, now| sink.line(line, truncated, now)).await;
+/// What [`read_lines`] hands its caller.
+enum Piece<'a> {
+    /// A line (truncated or not), read at this instant (on both clocks).
+    Line(&'a [u8], bool, Instant, SystemTime),
+    /// The lines of one read were all handed over.
+    EndOfRead,
+}
+
+/// Reads a worker's stream to its end into `sink`, pausing while the writer is behind on it.
+pub(crate) async fn forward_worker(fd: OwnedFd, mut sink: Sink) {
+    let budget = sink.budget.clone();
+    read_lines(fd, Some(&budget), |piece| match piece {
+        Piece::Line(line, truncated, now, wall) => sink.line(line, truncated, now, wall),
+        Piece::EndOfRead => sink.end_of_read(),
+    })
+    .await;
     sink.finish();
 }
 
 /// Forwards a `[[job]]` command's output line by line as log events in the current span, until
 /// end of file.
 pub(crate) async fn forward_output(fd: OwnedFd) {
-    read_lines(fd, |line, truncated, _| {
+    read_lines(fd, None, |piece| {
+        let Piece::Line(line, truncated, _, _) = piece else {
+            return;
+        };
         let text = String::from_utf8_lossy(line);
         let (level, text) = split_level(text.trim_end_matches('\r'), Level::Info);
         let note = if truncated { TRUNCATED } else { "" };
@@ -134,8 +168,9 @@ pub(crate) async fn forward_output(fd: OwnedFd) {
     .await;
 }
 
-/// Reads `fd` to its end, calling `emit(line, truncated, when read)` for every line.
-async fn read_lines(fd: OwnedFd, mut emit: impl FnMut(&[u8], bool, Instant)) {
+/// Reads `fd` to its end, calling `emit` with every line, then with the end of each read; after
+/// each read, waits for room on `budget` if given.
+async fn read_lines(fd: OwnedFd, budget: Option<&Budget>, mut emit: impl FnMut(Piece<'_>)) {
     let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -151,11 +186,18 @@ async fn read_lines(fd: OwnedFd, mut emit: impl FnMut(&[u8], bool, Instant)) {
                 break;
             }
         };
-        let now = Instant::now();
-        framer.push(&buf[..n], &mut |l: &[u8], t| emit(l, t, now));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        framer.push(&buf[..n], &mut |l: &[u8], t| {
+            emit(Piece::Line(l, t, now, wall))
+        });
+        emit(Piece::EndOfRead);
+        if let Some(budget) = budget {
+            budget.room().await;
+        }
     }
-    let now = Instant::now();
-    framer.finish(&mut |l: &[u8], t| emit(l, t, now));
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    framer.finish(&mut |l: &[u8], t| emit(Piece::Line(l, t, now, wall)));
+    emit(Piece::EndOfRead);
 }
 
 /// Logs one line as an event at its level in the current span.

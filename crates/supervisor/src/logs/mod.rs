@@ -4,12 +4,17 @@
 //! [`Logs`] hub: into a bounded ring per app (what `logs` answers from), to the followers of
 //! `logs -f` (a broadcast: a slow one loses lines, counted), and to the writer thread
 //! ([`writer`]) that owns the files and rotates them ([`rotate`]). Nothing here ever waits for
-//! a file, a follower or the event loop: a pipe nobody reads fills up and blocks its worker.
-//! [`dir`]: where a supervisor's log files go by default.
+//! a follower, and the event loop never waits for anything: a stream whose lines the writer has
+//! not caught up with ([`budget`]) is not read until it has, so its worker blocks in `write()`
+//! and every line is kept (up to the rate limit), while the other workers' lines flow on.
+//! [`dir`]: where a supervisor's log files go by default; [`own`]: the supervisor's own log
+//! under `start -d`, rotated likewise.
 
+pub mod budget;
 pub mod dir;
 pub mod forward;
 pub mod lines;
+pub mod own;
 pub mod rate;
 pub mod record;
 pub mod ring;
@@ -137,8 +142,8 @@ pub struct AppCounts {
     pub written: u64,
     /// Lines dropped by the rate limit.
     pub dropped_rate: u64,
-    /// Lines dropped because the writer was behind.
-    pub dropped_backlog: u64,
+    /// Lines dropped because they could not be written (a file error).
+    pub dropped_error: u64,
 }
 
 /// The hub every worker's output goes through (cheap to clone).
@@ -223,17 +228,31 @@ impl Logs {
         Some((sink(Stream::Out), sink(Stream::Err)))
     }
 
-    /// Publishes one line: the ring, the followers, the writer (dropped and counted when it is
-    /// behind).
-    fn publish(&self, app: &AppLog, route: &Arc<Route>, mut record: Record) {
+    /// Publishes one line to the ring and the followers; the writer gets it with the other
+    /// lines of its read ([`Logs::write`]).
+    fn publish(&self, app: &AppLog, mut record: Record) -> Arc<Record> {
         record.seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(record);
         lock(&app.ring).push(record.clone());
         if self.inner.live.receiver_count() > 0 {
             let _ = self.inner.live.send(record.clone());
         }
-        if !self.inner.writer.send(route, &record) {
-            app.counters.dropped_backlog.fetch_add(1, Ordering::Relaxed);
+        record
+    }
+
+    /// Hands the writer the lines of one read of a stream, on the `budget` of that stream
+    /// (dropped and counted if the writer has stopped).
+    fn write(
+        &self,
+        app: &AppLog,
+        route: &Arc<Route>,
+        budget: &Arc<budget::Budget>,
+        lines: Vec<Arc<Record>>,
+    ) {
+        if let Err(lost) = self.inner.writer.send(route, lines, budget) {
+            app.counters
+                .dropped_error
+                .fetch_add(lost as u64, Ordering::Relaxed);
         }
     }
 
@@ -311,11 +330,12 @@ impl Logs {
     }
 
     /// Closes every log file; each opens again at its next line (after an external logrotate
-    /// moved them). How many were open.
+    /// moved them), and the supervisor's own log at once. How many were open.
     pub async fn reopen(&self) -> usize {
+        let own = usize::from(own::reopen());
         let (tx, rx) = oneshot::channel();
         self.inner.writer.command(Cmd::Reopen(tx));
-        rx.await.unwrap_or(0)
+        rx.await.unwrap_or(0) + own
     }
 
     /// Empties the files of `app` (every app for `None`), deletes their rotated copies and
@@ -351,7 +371,7 @@ impl Logs {
                 app: a.name.clone(),
                 written: a.counters.written.load(Ordering::Relaxed),
                 dropped_rate: a.counters.dropped_rate.load(Ordering::Relaxed),
-                dropped_backlog: a.counters.dropped_backlog.load(Ordering::Relaxed),
+                dropped_error: a.counters.dropped_error.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| a.app.cmp(&b.app));

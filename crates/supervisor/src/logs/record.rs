@@ -178,22 +178,28 @@ impl Stamper {
     /// Appends `time` in the format to `out`.
     pub fn write(&mut self, out: &mut String, time: SystemTime) {
         use std::fmt::Write;
-        let since = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let dt: chrono::DateTime<chrono::Utc> = time.into();
         if !self.default {
+            let dt: chrono::DateTime<chrono::Utc> = time.into();
             let _ = write!(out, "{}", dt.format(&self.format));
             return;
         }
+        let since = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let secs = since.as_secs();
         if self.cached.as_ref().is_none_or(|(s, _)| *s != secs) {
+            let dt: chrono::DateTime<chrono::Utc> = time.into();
             self.cached = Some((secs, dt.format("%Y-%m-%dT%H:%M:%S").to_string()));
         }
         if let Some((_, prefix)) = &self.cached {
             out.push_str(prefix);
         }
-        let _ = write!(out, ".{:03}Z", since.subsec_millis());
+        let ms = since.subsec_millis();
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
     }
 }
 
@@ -208,17 +214,43 @@ pub fn write_line(
     level: Level,
     text: &str,
 ) {
-    use std::fmt::Write;
+    // Pushed piece by piece: this runs for every line of a flood (the formatting machinery
+    // cost a third of the writer's time).
     if !stamp.format.is_empty() {
         stamp.write(out, time);
         out.push(' ');
     }
-    let _ = writeln!(
-        out,
-        "{worker}[{pid}] {} {} {text}",
-        stream.as_str(),
-        level.as_str()
-    );
+    out.push_str(worker);
+    out.push('[');
+    push_int(out, pid);
+    out.push_str("] ");
+    out.push_str(stream.as_str());
+    out.push(' ');
+    out.push_str(level.as_str());
+    out.push(' ');
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut String, n: i32) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut n = n.unsigned_abs();
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// A line that starts with its own level (`INFO serving`, ` WARN ...`, `WARNING: ...`: what
@@ -325,6 +357,15 @@ mod tests {
             "x",
         );
         assert_eq!(out, "a.1[1] out INFO x\n");
+    }
+
+    #[test]
+    fn pids_in_decimal() {
+        for n in [0, 7, 10, 4242, -1, i32::MAX, i32::MIN] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

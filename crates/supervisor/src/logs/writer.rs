@@ -1,28 +1,26 @@
-//! The log writer: one thread that owns every log file. Readers hand it lines over a bounded
-//! channel and never wait for it: when it is behind (a slow disk, a flood), a line that does not
-//! fit is dropped and counted ([`Writer::send`]). It formats each line (timestamp, worker, pid,
-//! stream, level), writes through a buffer flushed whenever the channel is empty, rotates a file
-//! once it is due ([`super::rotate`]), gzips rotated copies on a thread of their own, and
-//! serves `reopen-logs` and `flush` ([`Cmd`]).
+//! The log writer: one thread that owns every log file. Readers hand it lines over a channel
+//! and never wait for it there; what each worker stream may have waiting is bounded by its
+//! [`Budget`] instead (past it, that stream's reader stops reading its pipe: backpressure onto
+//! that worker alone). It formats each line (timestamp, worker, pid, stream, level), writes
+//! through a buffer flushed whenever the channel is empty, rotates a file once it is due
+//! ([`super::rotate`]), gzips rotated copies on a thread of their own, and serves `reopen-logs`
+//! and `flush` ([`Cmd`]). A line that cannot be written (a file that cannot be opened or
+//! written) is dropped and counted.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
+use super::budget::{self, Budget};
 use super::record::{Record, Stamper, write_line};
 use super::rotate::{self, Rotation};
-
-/// Lines waiting for the writer, at most.
-const CHANNEL_LINES: usize = 64 * 1024;
-/// Bytes of text waiting for the writer, at most.
-const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Lines of one app written and dropped, since the supervisor started.
 #[derive(Debug, Default)]
@@ -31,8 +29,8 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Dropped by the rate limit.
     pub dropped_rate: AtomicU64,
-    /// Dropped because the writer was behind.
-    pub dropped_backlog: AtomicU64,
+    /// Dropped because they could not be written (a file that cannot be opened or written).
+    pub dropped_error: AtomicU64,
 }
 
 /// Where one worker's stream goes: the file, how it rotates, the timestamp format.
@@ -71,7 +69,8 @@ pub enum Cmd {
 }
 
 enum Msg {
-    Line(Arc<Route>, Arc<Record>),
+    /// The lines of one read of a stream, the budget of that stream, and what they cost it.
+    Lines(Arc<Route>, Vec<Arc<Record>>, Arc<Budget>, usize),
     /// A command is waiting.
     Wake,
 }
@@ -79,49 +78,51 @@ enum Msg {
 /// The handle readers send lines to (cheap to share).
 #[derive(Debug)]
 pub struct Writer {
-    tx: SyncSender<Msg>,
-    cmds: mpsc::Sender<Cmd>,
-    queued: Arc<AtomicUsize>,
+    tx: Sender<Msg>,
+    cmds: Sender<Cmd>,
 }
 
 impl Writer {
     /// Starts the writer thread.
     pub fn start() -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::sync_channel(CHANNEL_LINES);
+        let (tx, rx) = mpsc::channel();
         let (cmds, cmd_rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
         let mut state = State {
             files: HashMap::new(),
-            queued: queued.clone(),
             line: String::with_capacity(512),
         };
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || state.run(&rx, &cmd_rx))?;
-        Ok(Writer { tx, cmds, queued })
+        Ok(Writer { tx, cmds })
     }
 
-    /// Queues a line for `route`'s file; `false` when it was dropped (the writer is behind).
-    pub fn send(&self, route: &Arc<Route>, record: &Arc<Record>) -> bool {
-        let len = record.text.len();
-        if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
-            return false;
+    /// Queues lines for `route`'s file, on `budget` (their stream's); how many were lost when
+    /// the writer has stopped.
+    pub fn send(
+        &self,
+        route: &Arc<Route>,
+        lines: Vec<Arc<Record>>,
+        budget: &Arc<Budget>,
+    ) -> Result<(), usize> {
+        let cost = lines.iter().map(|r| budget::cost(r.text.len())).sum();
+        budget.take(cost);
+        let msg = Msg::Lines(route.clone(), lines, budget.clone(), cost);
+        if let Err(mpsc::SendError(msg)) = self.tx.send(msg) {
+            budget.give(cost);
+            return Err(match msg {
+                Msg::Lines(_, lines, ..) => lines.len(),
+                Msg::Wake => 0,
+            });
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Line(route.clone(), record.clone())) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                false
-            }
-        }
+        Ok(())
     }
 
     /// Hands the writer a command (never lost: commands have a channel of their own).
     pub fn command(&self, cmd: Cmd) {
         if self.cmds.send(cmd).is_ok() {
-            // When the channel is full the writer is busy and reads commands between batches.
-            let _ = self.tx.try_send(Msg::Wake);
+            // A busy writer reads commands between batches too.
+            let _ = self.tx.send(Msg::Wake);
         }
     }
 }
@@ -141,7 +142,6 @@ struct Open {
 /// The writer thread's state.
 struct State {
     files: HashMap<PathBuf, Open>,
-    queued: Arc<AtomicUsize>,
     /// The line being formatted (reused).
     line: String,
 }
@@ -204,55 +204,74 @@ impl State {
     }
 
     fn handle(&mut self, msg: Msg) {
-        let Msg::Line(route, record) = msg else {
+        let Msg::Lines(route, lines, budget, cost) = msg else {
             return;
         };
-        self.queued.fetch_sub(record.text.len(), Ordering::Relaxed);
+        let mut rest = &lines[..];
+        while !rest.is_empty() {
+            rest = self.write(&route, rest);
+        }
+        budget.give(cost);
+    }
+
+    /// Writes lines to their file (opened if need be) until it is due for rotation, and rotates
+    /// it then; the lines not written yet.
+    fn write<'a>(&mut self, route: &Arc<Route>, lines: &'a [Arc<Record>]) -> &'a [Arc<Record>] {
+        let counters = &route.counters;
         if !self.files.contains_key(&route.path) {
-            match open(&route) {
+            match open(route) {
                 Ok(o) => {
                     self.files.insert(route.path.clone(), o);
                 }
                 Err(e) => {
-                    route
-                        .counters
-                        .dropped_backlog
-                        .fetch_add(1, Ordering::Relaxed);
+                    let n = lines.len() as u64;
+                    counters.dropped_error.fetch_add(n, Ordering::Relaxed);
                     warn_once(&route.path, &e);
-                    return;
+                    return &[];
                 }
             }
         }
         let Some(open) = self.files.get_mut(&route.path) else {
-            return;
+            return &[];
         };
-        self.line.clear();
-        let who = (record.tag.worker.as_str(), record.tag.pid);
-        write_line(
-            &mut self.line,
-            &mut open.stamper,
-            record.time,
-            who,
-            record.stream,
-            record.level,
-            &record.text,
-        );
-        match open.file.write_all(self.line.as_bytes()) {
-            Ok(()) => {
-                open.size += self.line.len() as u64;
-                open.dirty = true;
-                route.counters.written.fetch_add(1, Ordering::Relaxed);
+        let (mut written, mut failed) = (0, 0);
+        let mut rotate_at = None;
+        for (i, record) in lines.iter().enumerate() {
+            self.line.clear();
+            let who = (record.tag.worker.as_str(), record.tag.pid);
+            write_line(
+                &mut self.line,
+                &mut open.stamper,
+                record.time,
+                who,
+                record.stream,
+                record.level,
+                &record.text,
+            );
+            match open.file.write_all(self.line.as_bytes()) {
+                Ok(()) => {
+                    open.size += self.line.len() as u64;
+                    open.dirty = true;
+                    written += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn_once(&route.path, &e);
+                }
             }
-            Err(e) => {
-                route
-                    .counters
-                    .dropped_backlog
-                    .fetch_add(1, Ordering::Relaxed);
-                warn_once(&route.path, &e);
+            if route.rotation.due(open.size, open.since, record.time) {
+                rotate_at = Some((i + 1, record.time));
+                break;
             }
         }
-        if route.rotation.due(open.size, open.since, record.time) {
-            self.rotate(&route.path.clone(), record.time);
+        counters.written.fetch_add(written, Ordering::Relaxed);
+        counters.dropped_error.fetch_add(failed, Ordering::Relaxed);
+        match rotate_at {
+            Some((next, time)) => {
+                self.rotate(&route.path.clone(), time);
+                &lines[next..]
+            }
+            None => &[],
         }
     }
 
@@ -280,37 +299,15 @@ impl State {
         }
     }
 
-    /// Renames the file to its rotated name, gzips that (on a thread of its own) if asked,
-    /// deletes the copies beyond `retain`; the next line opens a new file.
+    /// Closes the file and rotates it ([`rotate_file`]); the next line opens a new file.
     fn rotate(&mut self, path: &Path, now: SystemTime) {
         let Some(mut o) = self.files.remove(path) else {
             return;
         };
         let _ = o.file.flush();
         drop(o.file);
-        let rotation = o.route.rotation;
-        let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
-            return;
-        };
-        let base = base.to_string_lossy().into_owned();
-        let name = rotate::rotated_name(&base, &rotate::stamp(now), |n| dir.join(n).exists());
-        let rotated = dir.join(&name);
-        if let Err(e) = std::fs::rename(path, &rotated) {
+        if let Err(e) = rotate_file(path, o.route.rotation, now) {
             warn_once(path, &e);
-            return;
-        }
-        let names = list(dir);
-        for old in rotate::to_delete(&base, &names, rotation.retain) {
-            let _ = std::fs::remove_file(dir.join(old));
-        }
-        if rotation.compress && rotation.retain > 0 {
-            let _ = std::thread::Builder::new()
-                .name("log-gzip".into())
-                .spawn(move || {
-                    if let Err(e) = gzip(&rotated) {
-                        tracing::warn!("cannot compress {}: {e}", rotated.display());
-                    }
-                });
         }
     }
 
@@ -383,6 +380,32 @@ fn open(route: &Arc<Route>) -> std::io::Result<Open> {
         route: route.clone(),
         dirty: false,
     })
+}
+
+/// Renames the (closed) file `path` to its rotated name, gzips that copy on a thread of its own
+/// if asked, and deletes the copies beyond `retain`. Logs nothing itself (the supervisor's own
+/// log rotates with it, from inside its tracing writer), except from the gzip thread.
+pub(super) fn rotate_file(path: &Path, rotation: Rotation, now: SystemTime) -> std::io::Result<()> {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let base = base.to_string_lossy().into_owned();
+    let name = rotate::rotated_name(&base, &rotate::stamp(now), |n| dir.join(n).exists());
+    let rotated = dir.join(&name);
+    std::fs::rename(path, &rotated)?;
+    for old in rotate::to_delete(&base, &list(dir), rotation.retain) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    if rotation.compress && rotation.retain > 0 {
+        let _ = std::thread::Builder::new()
+            .name("log-gzip".into())
+            .spawn(move || {
+                if let Err(e) = gzip(&rotated) {
+                    tracing::warn!("cannot compress {}: {e}", rotated.display());
+                }
+            });
+    }
+    Ok(())
 }
 
 /// The file names in `dir`.
@@ -475,10 +498,11 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
         for i in 0..500 {
-            assert!(w.send(&r, &rec(i, &format!("line {i}"))));
+            w.send(&r, vec![rec(i, &format!("line {i}"))], &b).unwrap();
         }
-        assert!(w.send(&r, &rec(500, "line 500")));
+        w.send(&r, vec![rec(500, "line 500")], &b).unwrap();
         stop(&w);
         let names = list(dir.path());
         let rotated = names.iter().filter(|n| n.starts_with("web.log.2")).count();
@@ -497,6 +521,34 @@ mod tests {
     }
 
     #[test]
+    fn one_batch_rotates_wherever_its_lines_make_the_file_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_size: 1000,
+            max_age: None,
+            retain: 100,
+            compress: false,
+        };
+        let r = route(dir.path(), rotation);
+        let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
+        let batch = (0..400).map(|i| rec(i, &format!("line {i}"))).collect();
+        w.send(&r, batch, &b).unwrap();
+        stop(&w);
+        assert_eq!(r.counters.written.load(Ordering::Relaxed), 400);
+        assert_eq!(b.waiting(), 0, "the budget is given back");
+        let names = list(dir.path());
+        assert!(names.len() > 10, "{names:?}");
+        let mut lines = 0;
+        for n in &names {
+            let text = std::fs::read_to_string(dir.path().join(n)).unwrap();
+            assert!(text.len() < 1100, "{n}: {} bytes", text.len());
+            lines += text.lines().count();
+        }
+        assert_eq!(lines, 400);
+    }
+
+    #[test]
     fn flush_empties_and_reopen_closes() {
         let dir = tempfile::tempdir().unwrap();
         let rotation = Rotation {
@@ -507,13 +559,14 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
-        assert!(w.send(&r, &rec(1, "one")));
+        let b = Arc::new(Budget::default());
+        w.send(&r, vec![rec(1, "one")], &b).unwrap();
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Reopen(tx));
         assert_eq!(rx.blocking_recv().unwrap(), 1);
         // Moved away by logrotate: the next line goes to a new file.
         std::fs::rename(dir.path().join("web.log"), dir.path().join("moved")).unwrap();
-        assert!(w.send(&r, &rec(2, "two")));
+        w.send(&r, vec![rec(2, "two")], &b).unwrap();
         let (tx, rx) = oneshot::channel();
         w.command(Cmd::Flush {
             app: Some("web".into()),
@@ -524,7 +577,7 @@ mod tests {
             rx.blocking_recv().unwrap(),
             vec![dir.path().join("web.log")]
         );
-        assert!(w.send(&r, &rec(3, "three")));
+        w.send(&r, vec![rec(3, "three")], &b).unwrap();
         stop(&w);
         let moved = std::fs::read_to_string(dir.path().join("moved")).unwrap();
         assert!(moved.contains("one") && !moved.contains("two"), "{moved}");
@@ -543,8 +596,10 @@ mod tests {
         };
         let r = route(dir.path(), rotation);
         let w = Writer::start().unwrap();
+        let b = Arc::new(Budget::default());
         for i in 0..6 {
-            assert!(w.send(&r, &rec(i, "a line of text long enough to rotate")));
+            w.send(&r, vec![rec(i, "a line of text long enough to rotate")], &b)
+                .unwrap();
         }
         stop(&w);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -555,14 +555,14 @@ impl Collector for Snapshot {
             &mut e,
             "log_lines_dropped",
             "Lines of the app's output dropped, by reason: rate_limit (a worker wrote more than \
-             log_rate_lines or log_rate_bytes), backlog (the log writer was behind or a file \
-             could not be written).",
+             log_rate_lines or log_rate_bytes), write_error (a file could not be opened or \
+             written).",
             None,
             Counter,
             &logs(&|c| {
                 vec![
                     ("rate_limit", c.dropped_rate),
-                    ("backlog", c.dropped_backlog),
+                    ("write_error", c.dropped_error),
                 ]
             }),
         )?;

@@ -60,7 +60,7 @@ fn snapshot() -> Snapshot {
             app: "web".into(),
             written: 100,
             dropped_rate: 7,
-            dropped_backlog: 0,
+            dropped_error: 0,
         }],
     }
 }
@@ -76,7 +76,7 @@ fn the_supervisor_process_is_also_under_the_standard_names_and_log_lines_are_cou
         "process_max_fds 1024.0",
         "supervisor_log_lines_written_total{app=\"web\"} 100",
         "supervisor_log_lines_dropped_total{app=\"web\",reason=\"rate_limit\"} 7",
-        "supervisor_log_lines_dropped_total{app=\"web\",reason=\"backlog\"} 0",
+        "supervisor_log_lines_dropped_total{app=\"web\",reason=\"write_error\"} 0",
     ] {
         assert!(
             text.iter().any(|l| l == want),

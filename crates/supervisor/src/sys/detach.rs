@@ -20,12 +20,19 @@ pub struct Detached {
     pub ready: OwnedFd,
 }
 
-/// Set in the environment of a supervisor started by `start -d` (it does not copy its workers'
-/// lines to its own log, `supervisor.log`, as their files have them).
+/// Set in the environment of a supervisor started by `start -d`, to the path of its own log,
+/// `supervisor.log` (it rotates that file, and does not copy its workers' lines into it, as
+/// their files have them).
 pub const DETACHED_VAR: &str = "SUPERVISOR_DETACHED";
 
-/// Runs `program args... --ready-fd N` detached, its output appended to `log`.
-pub fn spawn(program: &Path, args: &[&OsStr], log: &File) -> std::io::Result<Detached> {
+/// Runs `program args... --ready-fd N` detached, its output appended to `log` (the file open at
+/// `log_path`).
+pub fn spawn(
+    program: &Path,
+    args: &[&OsStr],
+    log_path: &Path,
+    log: &File,
+) -> std::io::Result<Detached> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints; O_CLOEXEC so no other child inherits them.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -38,7 +45,7 @@ pub fn spawn(program: &Path, args: &[&OsStr], log: &File) -> std::io::Result<Det
     cmd.args(args)
         .arg("--ready-fd")
         .arg(write_fd.to_string())
-        .env(DETACHED_VAR, "1")
+        .env(DETACHED_VAR, log_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
@@ -68,6 +75,20 @@ pub fn terminate(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
 }
 
+/// Points this process's stdout and stderr at `file` (the supervisor's own log, opened again
+/// or anew after a rotation): what is written to them from now on, a panic message included,
+/// goes there.
+pub fn redirect_output(file: &File) -> std::io::Result<()> {
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 on a descriptor `file` owns and a standard descriptor number; it touches
+        // no memory, and the descriptor it replaces is the process's own stdout or stderr.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The ready pipe a detached supervisor was given (`--ready-fd N`), made close-on-exec so
 /// that no worker inherits it (the parent sees end of file only when this process closes it).
 pub fn ready_pipe(fd: RawFd) -> std::io::Result<OwnedFd> {
@@ -93,7 +114,7 @@ mod tests {
         let script = "echo sid=$(ps -o sid= -p $$ | tr -d ' ') pid=$$; echo ready >&$2";
         let words = ["-c", script, "sh"];
         let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
-        let mut d = spawn(Path::new("/bin/sh"), &args, &log).unwrap();
+        let mut d = spawn(Path::new("/bin/sh"), &args, &dir.path().join("log"), &log).unwrap();
         let mut line = String::new();
         use std::io::Read;
         File::from(d.ready).read_to_string(&mut line).unwrap();

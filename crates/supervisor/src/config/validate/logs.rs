@@ -1,11 +1,14 @@
 //! An app's log keys (`out_file`, `error_file`, `merge_logs`, `log_date_format`, `log_max_size`,
 //! `log_max_age`, `log_retain`, `log_compress`, `log_rate_lines`, `log_rate_bytes`,
 //! `log_burst`) and `[supervisor] log_dir`, the directory of the default files: `logs/` beside a
-//! `control_socket` the file sets, else the supervisor's log directory ([`crate::logs::dir`]).
+//! `control_socket` the file sets, else the supervisor's log directory ([`crate::logs::dir`]);
+//! `[supervisor] log_max_size`, `log_max_age`, `log_retain`, `log_compress`: the rotation of the
+//! supervisor's own log under `start -d`, with the apps' defaults.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::super::human::{ByteSize, HumanDuration};
 use super::super::model::{
     DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_RATE_BYTES, DEFAULT_LOG_RATE_LINES, DEFAULT_LOG_RETAIN,
 };
@@ -36,6 +39,46 @@ impl Validator<'_> {
                 "supervisor.log_dir",
                 format!("{}: {e}", dir.display()),
             )
+        })
+    }
+
+    /// `[supervisor] log_max_size`, `log_max_age`, `log_retain`, `log_compress`: how the
+    /// supervisor's own log rotates under `start -d`.
+    pub(super) fn own_log_rotation(&self, s: &RawSupervisor) -> Result<Rotation, ConfigError> {
+        self.rotation(
+            "supervisor",
+            s.log_max_size.as_ref(),
+            s.log_max_age.as_ref(),
+            s.log_retain.as_ref(),
+            s.log_compress,
+        )
+    }
+
+    /// The rotation keys of the table at `key`, their defaults for those not given.
+    fn rotation(
+        &self,
+        key: &str,
+        max_size: Option<&Spanned<ByteSize>>,
+        max_age: Option<&Spanned<HumanDuration>>,
+        retain: Option<&Spanned<usize>>,
+        compress: Option<bool>,
+    ) -> Result<Rotation, ConfigError> {
+        if let Some(r) = retain.filter(|r| *r.get_ref() > MAX_RETAIN) {
+            return Err(self.err_at(
+                r.span(),
+                format!("{key}.log_retain"),
+                format!("{} is more than {MAX_RETAIN}", r.get_ref()),
+            ));
+        }
+        let max_age = max_age
+            .map(|a| self.at_most(&format!("{key}.log_max_age"), a, MAX_WINDOW))
+            .transpose()?
+            .filter(|a| !a.is_zero());
+        Ok(Rotation {
+            max_size: max_size.map_or(DEFAULT_LOG_MAX_SIZE, |s| s.get_ref().0),
+            max_age,
+            retain: retain.map_or(DEFAULT_LOG_RETAIN, |r| *r.get_ref()),
+            compress: compress.unwrap_or(false),
         })
     }
 
@@ -76,32 +119,13 @@ impl Validator<'_> {
                 ));
             }
         };
-        let retain = ra
-            .log_retain
-            .as_ref()
-            .map_or(DEFAULT_LOG_RETAIN, |r| *r.get_ref());
-        if let Some(r) = ra.log_retain.as_ref().filter(|r| *r.get_ref() > MAX_RETAIN) {
-            return Err(self.err_at(
-                r.span(),
-                format!("{key}.log_retain"),
-                format!("{} is more than {MAX_RETAIN}", r.get_ref()),
-            ));
-        }
-        let max_age = ra
-            .log_max_age
-            .as_ref()
-            .map(|a| self.at_most(&format!("{key}.log_max_age"), a, MAX_WINDOW))
-            .transpose()?
-            .filter(|a| !a.is_zero());
-        let rotation = Rotation {
-            max_size: ra
-                .log_max_size
-                .as_ref()
-                .map_or(DEFAULT_LOG_MAX_SIZE, |s| s.get_ref().0),
-            max_age,
-            retain,
-            compress: ra.log_compress.unwrap_or(false),
-        };
+        let rotation = self.rotation(
+            key,
+            ra.log_max_size.as_ref(),
+            ra.log_max_age.as_ref(),
+            ra.log_retain.as_ref(),
+            ra.log_compress,
+        )?;
         let burst = self.duration(
             &format!("{key}.log_burst"),
             ra.log_burst.as_ref(),

@@ -121,6 +121,7 @@ impl Validator<'_> {
         )?;
         let metrics = self.metrics(&raw.supervisor)?;
         let log_dir = self.log_dir(&raw.supervisor, &name)?;
+        let log_rotation = self.own_log_rotation(&raw.supervisor)?;
         if raw.app.is_empty() {
             return Err(self.err(
                 "app",
@@ -198,6 +199,7 @@ impl Validator<'_> {
             metrics,
             jobs,
             log_dir,
+            log_rotation,
         })
     }
 }
