@@ -129,7 +129,7 @@ fn canary_then_rollback_under_load_fails_no_request() {
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     let (_, status) = s.cli_text(&["status"]).unwrap();
     assert!(
-        status.contains("last reload: generation 1 rolled back"),
+        status.contains("last reload: canary rolled back, generation 1 serves again"),
         "{status}"
     );
     let json = s.cli_text(&["status", "--json"]).unwrap().1;

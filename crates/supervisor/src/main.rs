@@ -13,10 +13,11 @@ fn main() -> ExitCode {
     let cli = supervisor::cli::parse();
     // Only the supervisor itself logs; a client command prints its answer and, on failure, the
     // error below (RUST_LOG=... still turns its logs on, for debugging).
-    if !matches!(cli.command, Cmd::Start { .. }) {
+    if !matches!(cli.command, Cmd::Start { detach: false, .. }) {
         // A client command whose output is piped into `head` ends quietly when the pipe closes,
-        // like any Unix tool (Rust ignores SIGPIPE, and println! would panic on EPIPE). The
-        // supervisor itself keeps ignoring it: a worker's closed pipe must not kill it.
+        // like any Unix tool (Rust ignores SIGPIPE, and println! would panic on EPIPE); so does
+        // `start -d`, a client of the supervisor it starts. The supervisor itself keeps
+        // ignoring it: a worker's closed pipe must not kill it.
         // SAFETY: setting a signal's disposition to the default before any thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -148,7 +148,7 @@ pub enum Cmd {
         /// Run in the background: return once every app's first workers are ready (or exit 1
         /// with the reason, nothing left running); the supervisor logs to `supervisor.log` in
         /// its log directory.
-        #[arg(short = 'd', long = "daemon", conflicts_with = "app")]
+        #[arg(short = 'd', long = "daemon")]
         detach: bool,
         /// With `-d`: how long to wait for every app to be ready.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -337,7 +337,7 @@ pub enum Cmd {
         /// The app's and the supervisor's name; default the script's name.
         #[arg(short = 'n', long = "name", value_name = "NAME")]
         name: Option<String>,
-        /// Where to write it (refused if it exists).
+        /// Where to write it (refused if it exists; `-` for stdout).
         #[arg(short = 'o', long = "output", default_value = "supervisor.toml")]
         output: PathBuf,
         /// The script's arguments (after `--`).

@@ -51,6 +51,7 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
                         "name": l.name, "address": l.addr.to_string(),
                     })).collect::<Vec<_>>(),
                     "after": a.after,
+                    "canary_hold_ms": a.reload.canary_hold.map(|d| d.as_millis() as u64),
                     "max_memory": a.memory.max_bytes,
                     "max_memory_grace_ms": a.memory.grace.as_millis() as u64,
                     "scope": if a.singleton.is_some() { "cluster" } else { "host" },
@@ -165,6 +166,12 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
             println!(
                 "  cron_restart:   {} ({}): rolling reload",
                 c.expr, c.timezone
+            );
+        }
+        if let Some(hold) = app.reload.canary_hold {
+            println!(
+                "  canary_hold:    {}: every reload replaces one slot, holds, then the rest",
+                units::span(hold)
             );
         }
         if let Some(max) = app.memory.max_bytes {

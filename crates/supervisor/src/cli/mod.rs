@@ -71,9 +71,16 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         script_args,
         target,
         pm2,
+        detach,
         ..
     } = &mut cli.command
     {
+        if let (Some(name), true) = (app.as_deref().filter(|a| !script::is_script(a)), *detach) {
+            anyhow::bail!(
+                "`start {name}` starts an app of the running supervisor again: it takes no -d \
+                 (`start -d` starts a supervisor in the background; `start app.js -d` a script)"
+            );
+        }
         if let Some(script) = app.as_deref().filter(|a| script::is_script(a)) {
             let plan = script::Plan::new(
                 script,
@@ -97,6 +104,13 @@ pub fn run(mut cli: Cli, signals: SignalInstaller) -> Result<ExitCode> {
         .build()
         .context("cannot build the async runtime")?;
     let given = written.or_else(|| cli.config.clone());
+    let starts_a_supervisor = matches!(
+        cli.command,
+        Cmd::Start { app: None, .. } | Cmd::Check { .. }
+    );
+    if let (None, true, Some(e)) = (&given, starts_a_supervisor, target::no_default_config()) {
+        return Err(e);
+    }
     let file = || -> PathBuf { given.clone().unwrap_or_else(default_config) };
     let to = |target: &Target| resolve(given.as_deref(), target);
     rt.block_on(async {

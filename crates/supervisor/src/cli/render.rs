@@ -188,16 +188,23 @@ fn render_app(a: &AppStatus) -> String {
         out.push_str(&render_progress(&a.name, p));
     }
     if let Some(l) = &a.last_reload {
-        out.push_str(&format!(
-            "last reload: generation {} {} in {}{}\n",
-            l.generation,
-            l.outcome,
-            units::duration(l.duration_secs),
-            l.reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ));
+        let why = l
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let took = units::duration(l.duration_secs);
+        out.push_str(&match l.outcome {
+            // A rollback's generation is the one that serves again, not the canary's.
+            ReloadOutcome::RolledBack => format!(
+                "last reload: canary rolled back, generation {} serves again, in {took}{why}\n",
+                l.generation
+            ),
+            _ => format!(
+                "last reload: generation {} {} in {took}{why}\n",
+                l.generation, l.outcome
+            ),
+        });
     }
     out
 }
@@ -346,8 +353,13 @@ pub(super) fn render_reload(r: &ReloadReport) -> String {
 
 /// One line per app of a `reload --no-wait`: the reload it started (or queued).
 pub(super) fn render_reload_request(r: &ReloadReport) -> String {
+    let why = r
+        .reason
+        .as_deref()
+        .map(|why| format!(": {why}"))
+        .unwrap_or_default();
     format!(
-        "{}: reload to generation {} {}\n",
+        "{}: reload to generation {} {}{why}\n",
         r.app, r.generation, r.outcome
     )
 }
@@ -577,7 +589,12 @@ mod tests {
              slot  old pid  new pid  ready in\n\
              1     100      200      500 ms\n"
         );
+        assert_eq!(
+            render_reload_request(&r),
+            "web: reload to generation 3 aborted: slot 2: not ready within 5s\n"
+        );
         r.outcome = ReloadOutcome::Started;
+        r.reason = None;
         assert_eq!(
             render_reload_request(&r),
             "web: reload to generation 3 started\n"

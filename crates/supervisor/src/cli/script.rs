@@ -228,13 +228,19 @@ pub(super) fn config_text(
 /// `supervisor init`: the same config as `start SCRIPT` would write, to `output` (never over a
 /// file that exists).
 pub(super) fn init(plan: &Plan, output: &Path) -> Result<()> {
-    if output.exists() {
+    let to_stdout = output == Path::new("-");
+    if !to_stdout && output.exists() {
         bail!(
-            "{} exists: not overwritten (give another with -o FILE)",
+            "{} exists: not overwritten (give another with -o FILE, or -o - for stdout)",
             output.display()
         );
     }
     let wanted = discover(plan)?;
+    if to_stdout {
+        let here = std::env::current_dir()?;
+        print!("{}", config_text(plan, &wanted, &here, "init")?);
+        return Ok(());
+    }
     let out_dir = std::path::absolute(output)?
         .parent()
         .map(Path::to_path_buf)
@@ -260,8 +266,22 @@ pub(super) fn write_config(plan: &Plan) -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("supervisor.toml");
-    std::fs::write(&path, config_text(plan, &wanted, &dir, "start")?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    // What this command wrote last time: a file that differs from it was edited, and is kept.
+    let last = dir.join(".supervisor.toml.written");
+    let text = config_text(plan, &wanted, &dir, "start")?;
+    if let Ok(now) = std::fs::read_to_string(&path)
+        && std::fs::read_to_string(&last).is_ok_and(|l| l != now)
+    {
+        eprintln!(
+            "supervisor: {} was edited since `start` wrote it: it runs as edited, and the options \
+             given now are not applied (delete it to write it again from them)",
+            path.display()
+        );
+        return Ok(path);
+    }
+    for (file, what) in [(&path, &text), (&last, &text)] {
+        std::fs::write(file, what).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     eprintln!(
         "supervisor: {} listens on {}: config written to {} (edit it, then `supervisor reload`)",
         plan.script.display(),

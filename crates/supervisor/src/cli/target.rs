@@ -38,6 +38,18 @@ pub fn default_config() -> PathBuf {
     default.to_path_buf()
 }
 
+/// `start` and `check` without `-c`, where neither default file exists: what to do instead.
+pub(super) fn no_default_config() -> Option<anyhow::Error> {
+    (!Path::new(DEFAULT_CONFIG).exists() && !Path::new(WRITTEN_CONFIG).exists()).then(|| {
+        anyhow::anyhow!(
+            "no config file here: neither ./{WRITTEN_CONFIG} nor ./{DEFAULT_CONFIG} exists. Name \
+             one with -c FILE; or write one: `supervisor init app.js` (a Node script), \
+             `supervisor import ecosystem.config.js` (PM2's file); or run a script at once: \
+             `supervisor start app.js -i max`"
+        )
+    })
+}
+
 /// The supervisor a client command talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Resolved {

@@ -97,6 +97,11 @@ impl Core {
                     let message = format!("app {id} is no longer run (a reload removed it)");
                     return self.answer(reply, Answer::Refused(message));
                 };
+                if let (false, Some(why)) = (wait, e.app.reload_refusal(mode)) {
+                    // Not waited for: refused now, not answered "started".
+                    tracing::warn!(app = %e.app.name(), "reload refused: {why}");
+                    return self.answer(reply, Answer::Refused(why));
+                }
                 e.app.reload_request(mode, waiter.map(Waiter::Client), now);
                 self.collect(id, now);
             }

@@ -68,9 +68,10 @@
   const { performance } = require("perf_hooks");
 
   const PREFIX = "supervisor-preload:";
-  const log = (msg) => {
+  // With its level first, which the supervisor reads (a stderr line without one is a WARN).
+  const log = (msg, level = "WARN") => {
     try {
-      process.stderr.write(`${PREFIX} ${msg}\n`);
+      process.stderr.write(`${level} ${PREFIX} ${msg}\n`);
     } catch (_) {
       // stderr gone: nothing to tell anyone.
     }
@@ -475,7 +476,7 @@
       log(`drain deadline (${deadline} ms) reached: ${open} connection(s) dropped`);
     } else {
       const ws = websocketsClosed > 0 ? ` (${websocketsClosed} WebSocket(s) closed with 1012, service restart)` : "";
-      log(`drained in ${took} ms${ws}`);
+      log(`drained in ${took} ms${ws}`, "INFO");
     }
     if (exitCode !== undefined || !appHandlers || atDeadline) realExit.call(process, exitCode ?? 0);
     // Otherwise the app's own handler of the drain signal is shutting it down: the process ends when its event
@@ -502,7 +503,7 @@
       const conns = server[kState];
       if (conns instanceof Set) open += conns.size;
     }
-    log(`${drainSignal}: stopped accepting; draining ${open} connection(s)`);
+    log(`${drainSignal}: stopped accepting; draining ${open} connection(s)`, "INFO");
     setTimeout(() => finish(true), deadline).unref();
     // PM2's shutdown_with_message: the app's message handlers run now, before its handlers of
     // this signal (one of which may end the process once its server has closed).

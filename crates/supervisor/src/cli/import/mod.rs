@@ -41,6 +41,31 @@ import(pathToFileURL(process.argv[1]).href)
   });
 "#;
 
+/// Why a `.js` file may export nothing: the nearest `package.json` makes it an ES module
+/// (`"type": "module"`), where PM2's usual `module.exports = {...}` is not an export.
+fn esm_hint(file: &Path) -> String {
+    if file.extension().and_then(|e| e.to_str()) != Some("js") {
+        return String::new();
+    }
+    let package = file
+        .ancestors()
+        .skip(1)
+        .map(|d| d.join("package.json"))
+        .find(|p| p.is_file());
+    let module = package
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v["type"] == "module");
+    if module {
+        " (its package.json says \"type\": \"module\", so node reads it as an ES module, where \
+         `module.exports = ...` exports nothing: rename it to ecosystem.config.cjs, as PM2 does \
+         for such projects, or write `export default { apps: [...] }`)"
+            .to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// `supervisor import FILE -o OUTPUT` (`-` for stdout).
 pub(super) fn import(file: &Path, output: &Path) -> Result<()> {
     let to_stdout = output == Path::new("-");
@@ -57,7 +82,7 @@ pub(super) fn import(file: &Path, output: &Path) -> Result<()> {
     let mut notes = convert::file_notes(&value);
     let mut apps = Vec::new();
     for (i, raw) in convert::apps_of(&value)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        .map_err(|e| anyhow::anyhow!("{}: {e}{}", file.display(), esm_hint(&file)))?
         .iter()
         .enumerate()
     {

@@ -18,19 +18,46 @@ use crate::core::{Action, TimerKey, Waiter, WorkerState};
 impl App {
     /// A reload asked for in `mode`, by `waiter` if any.
     pub fn reload_request(&mut self, mode: ReloadMode, waiter: Option<Waiter>, now: Instant) {
+        if let Some(why) = self.reload_refusal(mode) {
+            tracing::warn!(app = %self.name(), "reload refused: {why}");
+            self.refuse_reload(waiter, &why);
+            return;
+        }
         match mode {
             ReloadMode::Rolling => self.request_reload(waiter, false),
             ReloadMode::Canary => self.request_reload(waiter, true),
             ReloadMode::Continue => self.continue_reload(waiter, now),
             ReloadMode::Rollback => {
-                if self.held().is_none() {
-                    let why = self.not_held("nothing to roll back");
-                    self.refuse_reload(waiter, &why);
-                    return;
-                }
                 let why = "asked for (`reload --rollback`)".to_string();
                 self.roll_back(waiter, why, now);
             }
+        }
+    }
+
+    /// Why a reload asked for in `mode` is refused now, if it is: a canary holds (for any other
+    /// reload), a reload is under way (for a canary), nothing holds (for `--continue` and
+    /// `--rollback`).
+    pub fn reload_refusal(&self, mode: ReloadMode) -> Option<String> {
+        match mode {
+            ReloadMode::Rolling => self.held_reason(),
+            ReloadMode::Canary => self.held_reason().or_else(|| {
+                let busy = self.reloading.is_some() || self.queued_reload.is_some();
+                busy.then(|| {
+                    format!(
+                        "a reload of {} is under way (generation {}): ask for the canary once it ended",
+                        self.name(),
+                        self.reload_generation().unwrap_or(self.generation)
+                    )
+                })
+            }),
+            ReloadMode::Continue => self
+                .held()
+                .is_none()
+                .then(|| self.not_held("nothing to continue")),
+            ReloadMode::Rollback => self
+                .held()
+                .is_none()
+                .then(|| self.not_held("nothing to roll back")),
         }
     }
 
@@ -86,6 +113,7 @@ impl App {
             return;
         };
         let generation = r.generation;
+        let others = r.total().saturating_sub(r.replaced_slots().len());
         let (until, mut report, waiters) = r.hold(now);
         if let Some(at) = until {
             self.out.push(Action::Arm {
@@ -111,9 +139,13 @@ impl App {
                  `supervisor reload {name} --rollback` puts generation {previous} back"
             ),
         };
-        tracing::info!(app = %name, generation, "canary ready on {canary}: the reload holds, the other slots keep generation {previous}; {next}");
+        let rest = match others {
+            0 => "it is the app's only slot".to_string(),
+            n => format!("the other {n} slot(s) keep generation {previous}"),
+        };
+        tracing::info!(app = %name, generation, "canary ready on {canary}: the reload holds, {rest}; {next}");
         report.note = Some(format!(
-            "generation {generation} serves {canary}; the other slots keep generation {previous}: {next}"
+            "generation {generation} serves {canary}; {rest}: {next}"
         ));
         if !waiters.is_empty() {
             self.reports.push(AppReport::Held { report, waiters });
@@ -122,11 +154,6 @@ impl App {
 
     /// `--continue`: the held reload rolls the other slots; `waiter` hears when it ended.
     fn continue_reload(&mut self, waiter: Option<Waiter>, now: Instant) {
-        if self.held().is_none() {
-            let why = self.not_held("nothing to continue");
-            self.refuse_reload(waiter, &why);
-            return;
-        }
         let id = self.id;
         if let Some(Reloading::Rolling(r)) = &mut self.reloading {
             let generation = r.generation;

@@ -100,6 +100,23 @@ fn a_canary_holds_after_one_slot_and_continue_rolls_the_rest() {
     // Another reload is refused with what to do; the held one goes on when continued.
     reload(&mut sim, ReloadMode::Rolling, 2);
     assert!(refused(&sim, 2).contains("--rollback"), "says what to do");
+    // Not waited for: refused all the same, not answered "started".
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(8),
+        wait: false,
+        mode: ReloadMode::Rolling,
+    });
+    assert!(refused(&sim, 8).contains("--continue"));
+    sim.send(Event::Reload {
+        app: None,
+        reply: Some(10),
+        wait: false,
+        mode: ReloadMode::Rolling,
+    });
+    let every = sim.reports(10);
+    assert_eq!(every[0].outcome, ReloadOutcome::Aborted, "{every:?}");
+    assert!(every[0].reason.as_ref().unwrap().contains("--rollback"));
     sim.send(Event::Scale {
         app: 0,
         instances: 5,

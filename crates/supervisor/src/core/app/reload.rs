@@ -23,10 +23,10 @@ pub(super) enum Reloading {
 }
 
 impl App {
-    /// A reload is asked for, by `waiter` if any: it reads the config file, or is queued behind
-    /// the reload under way, or refused when the app does not run or holds a canary reload. A
-    /// canary reload (`canary`) is refused while another reload is under way.
-    pub fn request_reload(&mut self, waiter: Option<Waiter>, canary: bool) {
+    /// A reload is asked for, by `waiter` if any (what a canary holds refuses first:
+    /// [`App::reload_refusal`]): it reads the config file, or is queued behind the reload under
+    /// way, or refused when the app does not run. `canary`: a canary reload.
+    pub(super) fn request_reload(&mut self, waiter: Option<Waiter>, canary: bool) {
         if !matches!(self.phase, Phase::Running | Phase::Standby) {
             let stopped = format!(
                 "it is stopped (`supervisor start {}` starts it)",
@@ -39,20 +39,6 @@ impl App {
                 _ => "it is stopping",
             };
             self.answer_aborted(waiter, why);
-            return;
-        }
-        if let Some(why) = self.held_reason() {
-            tracing::warn!(app = %self.name(), "reload refused: {why}");
-            self.refuse_reload(waiter, &why);
-            return;
-        }
-        if canary && (self.reloading.is_some() || self.queued_reload.is_some()) {
-            let why = format!(
-                "a reload of {} is under way (generation {}): ask for the canary once it ended",
-                self.name(),
-                self.reload_generation().unwrap_or(self.generation)
-            );
-            self.refuse_reload(waiter, &why);
             return;
         }
         if self.reloading.is_some() {
@@ -438,11 +424,17 @@ impl App {
     /// generation of its reload (or of the one under way it is queued behind); the current
     /// generation when it did not start.
     pub fn started_report(&self) -> ReloadReport {
+        let held = self.held_reason();
         ReloadReport {
             app: self.name().to_string(),
             generation: self.reload_generation().unwrap_or(self.generation),
-            outcome: ReloadOutcome::Started,
-            reason: None,
+            // A canary that holds refuses any other reload (a reload of every app included).
+            outcome: if held.is_some() {
+                ReloadOutcome::Aborted
+            } else {
+                ReloadOutcome::Started
+            },
+            reason: held,
             note: None,
             slots: vec![],
             duration_secs: 0.0,

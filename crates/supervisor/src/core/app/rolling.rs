@@ -156,6 +156,11 @@ impl Reload {
         }
     }
 
+    /// How many slots it replaces in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// The slots it has replaced so far, in order (a held reload's: its canary).
     pub fn replaced_slots(&self) -> Vec<usize> {
         self.done.iter().map(|d| d.slot).collect()
