@@ -223,7 +223,7 @@ fn start_fails(body: &str) -> String {
 fn bad_configs_fail_naming_the_key_and_start_nothing() {
     let log = start_fails("[[app]]\nname = \"demo\"\ncommand = \"{demo}\"\nkill_timout = \"1s\"\n");
     assert!(
-        log.contains("app[0].kill_timout") && log.contains("unknown field"),
+        log.contains("app[0].kill_timout") && log.contains("did you mean `kill_timeout`?"),
         "{log}"
     );
     let log = start_fails("[[app]]\nname = \"demo\"\ncommand = \"/no/such/program\"\n");

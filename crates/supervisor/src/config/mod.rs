@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 mod human;
 mod model;
 mod raw;
+mod suggest;
 mod validate;
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ pub(super) fn parse_text<T: serde::de::DeserializeOwned>(
         path: path.to_path_buf(),
         at: Location::of_span(text, e.span()),
         key,
-        message: e.message().trim_end().to_string(),
+        message: super::suggest::unknown_key(e.message().trim_end()),
     };
     let de = toml::Deserializer::parse(text).map_err(|e| parse_err("(syntax)".into(), e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {

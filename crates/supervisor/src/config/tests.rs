@@ -59,7 +59,10 @@ fn unknown_key_is_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("app[0].listen[0].kill_timout"), "{e}");
-    assert!(e.contains("unknown field"), "{e}");
+    assert!(
+        e.contains("unknown field"),
+        "nothing near it in [[app.listen]]: {e}"
+    );
 }
 
 #[test]
@@ -449,7 +452,10 @@ fn job_policies_and_durations_are_checked() {
     let e = job_error(&format!("{base}\noverlap = \"queue\""));
     assert!(e.contains("job[0].overlap"), "{e}");
     let e = job_error(&format!("{base}\ncomand = [\"sh\"]"));
-    assert!(e.contains("job[0]") && e.contains("unknown field"), "{e}");
+    assert!(
+        e.contains("job[0]") && e.contains("did you mean `command`?"),
+        "{e}"
+    );
 }
 
 #[test]
