@@ -11,18 +11,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use e2e::{ConnMode, Supervisor, get, reloads_under_load, run_with_deadline};
 
-/// `examples/python` of this workspace.
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/python")
-        .canonicalize()
-        .unwrap()
+/// A copy of `examples/python`'s modules that `nobody` may read, wherever the checkout is (one
+/// under a private home directory is not).
+fn examples() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") {
+            let to = dir.path().join(path.file_name().unwrap());
+            std::fs::copy(&path, &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    dir
 }
 
 /// Why this test cannot run here, if it cannot.
@@ -39,6 +49,7 @@ fn unavailable() -> Option<String> {
         return Some("needs a user named nobody".into());
     }
     // The example must be readable by nobody.
+    let examples = examples();
     let probe = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=65534", "--clear-groups"])
         .args([
@@ -46,13 +57,13 @@ fn unavailable() -> Option<String> {
             "-c",
             "import sys; sys.path.insert(0, sys.argv[1]); import pages",
         ])
-        .arg(examples())
+        .arg(examples.path())
         .output();
     match probe {
         Ok(o) if o.status.success() => None,
         Ok(o) => Some(format!(
             "nobody cannot read {}: {}",
-            examples().display(),
+            examples.path().display(),
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Some(format!("needs setpriv: {e}")),
@@ -128,6 +139,7 @@ fn a_worker_of_a_root_supervisor_runs_as_nobody_on_a_privileged_port_and_reloads
         return;
     }
     let nobody = nobody_uid();
+    let examples = examples();
     // A runtime directory nobody may traverse (the harness's own is private to root): the
     // supervisor opens its own part of it to the workers' user.
     let run = tempfile::tempdir().unwrap();
@@ -159,7 +171,7 @@ schedule = "* * * * * *"
 app = "web"
 command = ["/bin/sh", "-c", "echo job-uid=$(id -u) job-home=$HOME"]
 "#,
-        examples = examples().display()
+        examples = examples.path().display()
     );
     let s = Supervisor::spawn_with_env(&body, &[("XDG_RUNTIME_DIR", run.path().to_str().unwrap())])
         .unwrap();
