@@ -16,9 +16,9 @@
 //! run from a login shell finds a supervisor a service manager started without
 //! `XDG_RUNTIME_DIR`, and the other way round.
 //!
-//! This module depends on no other one of the crate: the config's defaults (the control socket,
-//! the cron state directory) use it, so it is not under [`crate::sys`] (which uses the config's
-//! types); the two queries of the user's identity it needs (`geteuid`, `getpwuid_r`) are here.
+//! This module depends on no other one of the crate but [`crate::users`] (the password
+//! database): the config's defaults (the control socket, the cron state directory) use it, so it
+//! is not under [`crate::sys`] (which uses the config's types).
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -76,47 +76,14 @@ pub fn euid() -> u32 {
 
 /// The home directory of `uid` in the password database.
 fn home_of(uid: u32) -> Option<PathBuf> {
-    let (_, home) = passwd(uid)?;
+    let home = crate::users::user_by_uid(uid).ok()??.home;
     home.is_absolute().then_some(home)
 }
 
 /// The login name of `uid` in the password database.
 pub fn user_name(uid: u32) -> Option<String> {
-    passwd(uid).map(|(name, _)| name).filter(|n| !n.is_empty())
-}
-
-/// `uid`'s name and home directory in the password database.
-fn passwd(uid: u32) -> Option<(String, PathBuf)> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; `buf` outlives the use of `pwd`'s fields.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() || pwd.pw_dir.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded: pw_name and pw_dir point to NUL-terminated strings inside
-    // `buf`, which lives until the end of this function.
-    let (name, dir) = unsafe {
-        (
-            std::ffi::CStr::from_ptr(pwd.pw_name),
-            std::ffi::CStr::from_ptr(pwd.pw_dir),
-        )
-    };
-    Some((
-        name.to_string_lossy().into_owned(),
-        PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())),
-    ))
+    let name = crate::users::user_by_uid(uid).ok()??.name;
+    (!name.is_empty()).then_some(name)
 }
 
 /// The private runtime directory for `env` (see the module's doc), or `None` when the user has

@@ -1,8 +1,9 @@
 //! The user and group databases (`getpwnam_r`, `getgrnam_r`, `getgrouplist`) and this process's
 //! own credentials and limits: what the config's `user`, `group` and `[app.rlimits]` are checked
 //! against. None of these calls is async-signal-safe: they run when the config is read, never in
-//! a forked child (which gets the numbers). Like [`crate::rundir`], this module depends on no
-//! other of the crate (the config uses it, and `sys` uses the config).
+//! a forked child (which gets the numbers). This module depends on no other of the crate: the
+//! config uses it, `sys` uses the config, and [`crate::rundir`] asks it for a user's name and
+//! home.
 
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
