@@ -105,7 +105,6 @@ impl Validator<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-    use super::super::super::Config;
     use super::*;
 
     #[test]
@@ -124,16 +123,7 @@ mod tests {
 
     #[test]
     fn the_files_an_app_cgroup_gets() {
-        let load = |extra: &str| {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("s.toml");
-            std::fs::write(
-                &path,
-                format!("[[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\n[app.cgroup]\n{extra}\n"),
-            )
-            .unwrap();
-            Config::load(&path).map_err(|e| e.to_string())
-        };
+        let load = |extra: &str| super::super::load_app(&format!("[app.cgroup]\n{extra}"));
         let c = load("memory_max = \"512MiB\"\ncpu_max = \"50%\"\npids_max = 100").unwrap();
         let limits = c.apps[0].worker.confine.cgroup.clone().unwrap();
         assert_eq!(

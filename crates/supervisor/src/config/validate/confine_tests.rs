@@ -2,18 +2,8 @@
 
 use super::super::super::model::{RLIM_INFINITY as INF, RlimitResource};
 use super::super::super::{Config, RunAs};
+use super::super::load_app as load;
 use super::{Refusal, refusal};
-
-fn load(extra: &str) -> Result<Config, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.toml");
-    std::fs::write(
-        &path,
-        format!("[[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\n{extra}\n"),
-    )
-    .unwrap();
-    Config::load(&path).map_err(|e| e.to_string())
-}
 
 fn root() -> bool {
     crate::users::effective().0 == 0

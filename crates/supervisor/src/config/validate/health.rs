@@ -71,18 +71,7 @@ impl Validator<'_> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::super::Config;
-
-    fn load(extra: &str) -> Result<Config, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(
-            &path,
-            format!("[[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\n{extra}\n"),
-        )
-        .unwrap();
-        Config::load(&path).map_err(|e| e.to_string())
-    }
+    use super::super::load_app as load;
 
     #[test]
     fn watchdog_and_max_age() {

@@ -220,3 +220,16 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
         base.join(p)
     }
 }
+
+/// A file of one app `web` (`command = "/bin/sh"`) with `extra` keys, loaded from a temporary
+/// directory that also holds `src/`: what the validators' unit tests read.
+#[cfg(test)]
+fn load_app(extra: &str) -> Result<Config, String> {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    let path = dir.path().join("s.toml");
+    let text = format!("[[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\n{extra}\n");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).map_err(|e| e.to_string())
+}

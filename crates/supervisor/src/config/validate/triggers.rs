@@ -167,17 +167,8 @@ fn local_timezone() -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::super::super::Config;
-
-    /// Loads an app with `extra` keys from a file in a directory holding `src/`.
-    fn load(extra: &str) -> Result<Config, String> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("src")).unwrap();
-        let path = dir.path().join("s.toml");
-        let text = format!("[[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\n{extra}\n");
-        std::fs::write(&path, &text).unwrap();
-        Config::load(&path).map_err(|e| e.to_string())
-    }
+    /// An app with `extra` keys, from a file in a directory holding `src/`.
+    use super::super::load_app as load;
 
     #[test]
     fn watch_in_pm2s_forms() {
