@@ -67,7 +67,6 @@ fn header_line(m: &Model) -> Line<'static> {
     let Some(r) = &m.status else {
         return Line::from("supervisor monit: waiting for the first status...");
     };
-    let s = &r.supervisor;
     let name = if r.name.is_empty() {
         String::new()
     } else {
@@ -79,12 +78,8 @@ fn header_line(m: &Model) -> Line<'static> {
             Style::new().add_modifier(Modifier::BOLD),
         ),
         Span::raw(format!(
-            "  pid {}  up {}  cpu {:.1}%  mem {}  {}  config {}",
-            s.pid,
-            units::duration(s.uptime_secs),
-            s.cpu_percent,
-            units::bytes(s.rss_bytes),
-            r.phase,
+            "  {}  config {}",
+            crate::cli::render::supervisor_figures(r),
             r.config
         )),
     ])
