@@ -411,9 +411,7 @@ pub fn reloads_under_load(
     rounds: usize,
 ) -> Result<LoadReport> {
     let load = Load::start(s.addr()?, path, clients, &[mode]);
-    wait_for(Duration::from_secs(10), "the first responses", || {
-        (load.ok_so_far() > 0).then_some(())
-    })?;
+    load.wait_answered()?;
     for round in 0..rounds {
         let before: Vec<i32> = s.ready_workers()?.iter().map(|w| w.pid).collect();
         let out = s.cli(&["reload"])?;
@@ -585,6 +583,13 @@ impl Load {
             counters,
             thread: Some(thread),
         }
+    }
+
+    /// Waits (10 s at most) until the clients get answers: the load is on.
+    pub fn wait_answered(&self) -> Result<()> {
+        wait_for(Duration::from_secs(10), "the first responses", || {
+            (self.ok_so_far() > 0).then_some(())
+        })
     }
 
     /// Responses so far.

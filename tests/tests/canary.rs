@@ -28,10 +28,7 @@ fn canary_held() -> (Supervisor, Load, Vec<i32>, i32) {
         2,
         &[ConnMode::KeepAlive, ConnMode::PerRequest],
     );
-    wait_for(Duration::from_secs(10), "the first responses", || {
-        (load.ok_so_far() > 0).then_some(())
-    })
-    .unwrap();
+    load.wait_answered().unwrap();
     let before: Vec<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
     let (ok, text) = s.cli_text(&["reload", "web", "--canary"]).unwrap();
     assert!(ok, "{text}");

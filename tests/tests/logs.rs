@@ -183,6 +183,16 @@ fn tick_latencies(rx: &mpsc::Receiver<(Instant, String)>, n: usize) -> Vec<i64> 
     out
 }
 
+/// The latencies of 10 `tick` lines through `logs -f tick`, sorted.
+fn followed_tick_latencies(s: &Supervisor) -> Vec<i64> {
+    let (mut child, rx) = follow(s, "tick");
+    let mut lat = tick_latencies(&rx, 10);
+    lat.sort_unstable();
+    let _ = child.kill();
+    let _ = child.wait();
+    lat
+}
+
 const TICK: &str = "while :; do echo \"tick $(date +%s%3N)\"; sleep 0.1; done";
 
 #[test]
@@ -200,11 +210,7 @@ fn follow_shows_a_line_within_100ms_even_while_another_worker_floods_and_is_limi
         "",
     );
     let s = Supervisor::start(&format!("{tick}{flood}{long}"), 3).unwrap();
-    let (mut child, rx) = follow(&s, "tick");
-    let mut lat = tick_latencies(&rx, 10);
-    lat.sort_unstable();
-    let _ = child.kill();
-    let _ = child.wait();
+    let lat = followed_tick_latencies(&s);
     assert!(
         lat[lat.len() / 2] < 100,
         "median latency over 100 ms: {lat:?} ms"
@@ -272,11 +278,7 @@ fn a_flood_without_a_rate_limit_is_held_back_not_dropped_while_other_lines_flow(
     );
     let s = Supervisor::start(&format!("{tick}{flood}"), 2).unwrap();
     // Another worker's lines flow meanwhile (to `logs -f`: the files wait for the writer).
-    let (mut child, rx) = follow(&s, "tick");
-    let mut lat = tick_latencies(&rx, 10);
-    lat.sort_unstable();
-    let _ = child.kill();
-    let _ = child.wait();
+    let lat = followed_tick_latencies(&s);
     assert!(
         lat[lat.len() / 2] < 100,
         "median latency over 100 ms: {lat:?} ms"

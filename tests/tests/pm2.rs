@@ -90,6 +90,24 @@ impl Home {
     }
 }
 
+/// Stops a supervisor the test started in the foreground (`child`) with `stop` (a `supervisor
+/// stop` command), and waits for it to exit, killing it if it does not within 15 s; the stop
+/// command's output, and whether the supervisor exited by itself.
+fn stop_foreground(
+    mut stop: Command,
+    child: &mut std::process::Child,
+) -> (anyhow::Result<std::process::Output>, bool) {
+    let out = e2e::run_with_deadline(&mut stop, Duration::from_secs(30));
+    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
+        child.try_wait().ok().flatten()
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (out, exited.is_ok())
+}
+
 fn app(dir: &Path, file: &str, source: &str, extra: &str) -> String {
     let script = dir.join(file);
     std::fs::write(&script, source).unwrap();
@@ -283,17 +301,7 @@ fn start_script_dash_i_runs_it_clustered_on_the_port_its_listen_asks_for() {
         }
         (pids.len() == 2).then_some(pids)
     });
-    let stop = e2e::run_with_deadline(
-        &mut supervisor(&["stop", "-n", &name]),
-        Duration::from_secs(30),
-    );
-    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
-        child.try_wait().ok().flatten()
-    });
-    if exited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let (stop, exited) = stop_foreground(supervisor(&["stop", "-n", &name]), &mut child);
     // Root's state directory is under /var/lib: leave nothing behind.
     let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/supervisor").join(&name));
     let pids = pids.unwrap_or_else(|e| panic!("{e}\n{}", text()));
@@ -308,7 +316,7 @@ fn start_script_dash_i_runs_it_clustered_on_the_port_its_listen_asks_for() {
         log.contains(&format!("listens on port {port}: config written to")),
         "{log}"
     );
-    assert!(exited.is_ok(), "{log}");
+    assert!(exited, "{log}");
     eprintln!("start server.js -i 2: workers {pids:?} on port {port}");
 }
 
@@ -667,17 +675,7 @@ fn import_converts_the_seeds_ecosystem_file_and_it_serves_with_env_production() 
         ))
     };
     let environ = env_of_worker().unwrap_or_default();
-    let stop = e2e::run_with_deadline(
-        &mut supervisor(&["stop", "-c", "supervisor.toml"]),
-        Duration::from_secs(30),
-    );
-    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
-        child.try_wait().ok().flatten()
-    });
-    if exited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let (stop, _) = stop_foreground(supervisor(&["stop", "-c", "supervisor.toml"]), &mut child);
     let out = std::fs::read_to_string(dir.path().join("start.log")).unwrap_or_default();
     let body = served.unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(body.contains("CPU intensive task is 5000000"), "{body}");
@@ -715,17 +713,7 @@ fn start_index_js_dash_i_2_runs_the_seeds_app_unchanged_on_port_3000() {
             .flatten()
             .filter(|(code, _)| *code == 200)
     });
-    let stop = e2e::run_with_deadline(
-        &mut supervisor(&["stop", "-n", &name]),
-        Duration::from_secs(30),
-    );
-    let exited = wait_for(Duration::from_secs(15), "the supervisor to exit", || {
-        child.try_wait().ok().flatten()
-    });
-    if exited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let (stop, _) = stop_foreground(supervisor(&["stop", "-n", &name]), &mut child);
     let _ = std::fs::remove_dir_all(std::path::Path::new("/var/lib/supervisor").join(&name));
     let text = std::fs::read_to_string(dir.path().join("supervisor.log")).unwrap_or_default();
     let (_, body) = served.unwrap_or_else(|e| panic!("{e}\n{text}"));

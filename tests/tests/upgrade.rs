@@ -59,10 +59,7 @@ fn ten_upgrades_under_load_keep_every_pid_and_fail_no_request() {
         3,
         &[ConnMode::KeepAlive, ConnMode::PerRequest],
     );
-    wait_for(Duration::from_secs(10), "the first responses", || {
-        (load.ok_so_far() > 0).then_some(())
-    })
-    .unwrap();
+    load.wait_answered().unwrap();
     for round in 0..10u64 {
         let binary = if round % 2 == 0 { &copy } else { &original };
         let (ok, text) = upgrade_to(&s, binary);
@@ -400,10 +397,7 @@ fn the_previous_release_upgrades_to_this_build_in_place_under_load() {
         3,
         &[ConnMode::KeepAlive, ConnMode::PerRequest],
     );
-    wait_for(Duration::from_secs(10), "the first responses", || {
-        (load.ok_so_far() > 0).then_some(())
-    })
-    .unwrap();
+    load.wait_answered().unwrap();
 
     let (ok, text) = upgrade_to(&s, &bin("supervisor"));
     assert!(ok, "{text}\n{}", s.log_text());
