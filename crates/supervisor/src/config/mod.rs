@@ -23,7 +23,7 @@ mod bounds_tests;
 mod tests;
 
 pub use model::{
-    AgePolicy, CgroupLimits, Confinement, CronRestart, JobAction, JobConfig, ListenAddr,
+    AgePolicy, Balance, CgroupLimits, Confinement, CronRestart, JobAction, JobConfig, ListenAddr,
     ListenerSpec, MAX_INSTANCES, MemoryPolicy, Readiness, ReloadPolicy, ReloadTriggers,
     RestartPolicy, RunAs, Runtime, SingletonPolicy, WatchPolicy, WorkerSpec,
 };
@@ -139,6 +139,8 @@ pub struct AppConfig {
     pub after: Vec<String>,
     /// Its listening sockets, passed at fd 3.. to its workers only.
     pub listeners: Vec<ListenerSpec>,
+    /// How its TCP connections are spread over its workers.
+    pub balance: Balance,
     /// The worker program.
     pub worker: WorkerSpec,
     /// Crash restart policy.

@@ -20,6 +20,41 @@ pub enum Readiness {
     Exec,
 }
 
+/// How an app's TCP connections are spread over its workers (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// One listening socket per address, shared by every worker: one accept queue, each
+    /// connection taken by whichever worker accepts first (the default).
+    #[default]
+    Shared,
+    /// One socket per worker slot (`SO_REUSEPORT`), the kernel picking a slot's socket from a
+    /// hash of the client's address: every connection from one address reaches the same worker
+    /// while the set of serving workers is unchanged (socket.io long-polling, sessions kept in a
+    /// worker's memory).
+    Sticky,
+    /// One socket per worker slot, picked from a hash of the connection's addresses and ports:
+    /// connections are spread evenly over the workers, whichever is fastest to accept.
+    Spread,
+}
+
+impl Balance {
+    /// It gives each slot its own socket (sticky or spread).
+    pub fn per_slot(self) -> bool {
+        self != Balance::Shared
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::Shared => "shared",
+            Balance::Sticky => "sticky",
+            Balance::Spread => "spread",
+        })
+    }
+}
+
 /// Where an app runs: on every host (each supervisor runs its workers), or on exactly one host
 /// of those sharing the cron backend at a time (a cluster singleton).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -118,6 +153,10 @@ pub struct ListenerSpec {
     pub backlog: i32,
     /// The config key this came from, for errors (`listen[0]`).
     pub key: String,
+    /// How its connections are spread over the workers: the app's `balance` for a TCP
+    /// address, always [`Balance::Shared`] for a Unix socket (one queue; `SO_REUSEPORT` is
+    /// TCP's).
+    pub balance: Balance,
 }
 
 /// What to run as a worker; one generation of workers shares one spec.

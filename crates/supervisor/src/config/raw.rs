@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::human::{ByteSize, HumanDuration};
-use super::model::{Readiness, Runtime, Scope};
+use super::model::{Balance, Readiness, Runtime, Scope};
 use super::validate::bounds::MAX_FILE;
 use super::{ConfigError, Location};
 
@@ -111,6 +111,8 @@ pub(super) struct RawApp {
     pub(super) env_profiles: BTreeMap<String, BTreeMap<String, Spanned<String>>>,
     pub(super) cwd: Option<Spanned<PathBuf>>,
     pub(super) instances: Option<Spanned<usize>>,
+    /// `shared` (one accept queue), `sticky` or `spread` (a socket per slot).
+    pub(super) balance: Option<Balance>,
     pub(super) readiness: Option<Spanned<Readiness>>,
     pub(super) runtime: Option<Spanned<Runtime>>,
     pub(super) ready_timeout: Option<Spanned<HumanDuration>>,

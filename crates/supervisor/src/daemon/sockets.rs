@@ -113,6 +113,7 @@ mod tests {
             addr: ListenAddr::Tcp(addr.parse().unwrap()),
             backlog: 64,
             key: format!("app[0].listen[{name}]"),
+            balance: crate::config::Balance::Shared,
         }
     }
 

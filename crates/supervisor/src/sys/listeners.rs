@@ -252,6 +252,7 @@ mod tests {
             addr,
             backlog: 16,
             key: "listen[0]".into(),
+            balance: crate::config::Balance::Shared,
         }
     }
 

@@ -60,7 +60,13 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let (listeners, listener_spans) = self.listeners(key, &ra.listen)?;
+        let (mut listeners, listener_spans) = self.listeners(key, &ra.listen)?;
+        let balance = ra.balance.unwrap_or_default();
+        for l in &mut listeners {
+            if matches!(l.addr, crate::config::ListenAddr::Tcp(_)) {
+                l.balance = balance;
+            }
+        }
         let restart = self.restart(key, &ra.restart)?;
         let (after, after_span, after_each) = match ra.after.take() {
             None => (Vec::new(), None, Vec::new()),
@@ -131,6 +137,7 @@ impl Validator<'_> {
             key: key.to_string(),
             after,
             listeners,
+            balance,
             worker,
             restart,
             reload,

@@ -102,6 +102,8 @@ impl Validator<'_> {
                 addr,
                 backlog,
                 key,
+                // The app's `balance` is laid over its TCP listeners once it is read.
+                balance: crate::config::Balance::Shared,
             });
             spans.push(addr_span);
         }
