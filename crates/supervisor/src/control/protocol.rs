@@ -262,6 +262,10 @@ pub struct AppStatus {
     pub instances: usize,
     /// Its listeners.
     pub listeners: Vec<ListenerInfo>,
+    /// How its TCP connections are spread over its workers (`balance`; absent from a release
+    /// before it: `shared`, the only way then).
+    #[serde(default)]
+    pub balance: crate::config::Balance,
     /// Every worker process, including draining ones.
     pub workers: Vec<WorkerInfo>,
     /// Slots without a live worker (waiting to restart).
@@ -377,6 +381,10 @@ pub struct WorkerInfo {
     /// Its event loop's lag in milliseconds, as its heartbeat last reported it (Node).
     #[serde(default)]
     pub event_loop_lag_ms: Option<f64>,
+    /// Established TCP connections its process group holds on the app's listening addresses
+    /// (none for an app without a TCP listener, or from a release before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 /// A slot waiting for a restart.

@@ -2,13 +2,14 @@
 //! config and the shell's record: the measurements (`/proc`) are taken by the caller and passed
 //! in, so these are unit-tested with a core driven by hand and made-up figures.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tokio::time::Instant;
 
 use super::shell::Shell;
 use super::sockets::Sockets;
-use crate::config::Config;
+use crate::config::{Balance, Config};
 use crate::control::protocol::{
     AppStatus, ListenerInfo, MemoryLimit, ProcessInfo, SingletonStatus, SlotInfo, StatusReport,
     UpgradeInfo, WorkerInfo,
@@ -16,6 +17,7 @@ use crate::control::protocol::{
 use crate::core::{AppId, Core, Phase, SingletonRole, WaitState, Worker, WorkerState};
 use crate::jobs::scheduler::ConfigJobs;
 use crate::metrics;
+use crate::sys::listeners::BoundListener;
 
 /// What the shell records about the supervisor itself, beyond the core: shown by `status` and the
 /// metrics, and handed over by an upgrade.
@@ -63,12 +65,43 @@ pub(super) struct Seen<'a> {
     pub(super) now: Instant,
 }
 
-/// `status`, of every app or of app `only`.
+/// The TCP addresses of an app's listeners (what its workers' connections are counted on).
+pub(super) fn tcp_addresses(listeners: &[BoundListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter(|l| l.port.is_some())
+        .filter_map(|l| l.local.parse().ok())
+        .collect()
+}
+
+/// How an app's connections are spread: what its TCP sockets were bound for, else what its
+/// config says (an app without a TCP listener), else the default.
+fn balance(seen: &Seen<'_>, app: &crate::core::app::App) -> Balance {
+    let bound = seen
+        .sockets
+        .specs(app.settings().sockets)
+        .and_then(|specs| {
+            specs
+                .iter()
+                .find(|s| matches!(s.addr, crate::config::ListenAddr::Tcp(_)))
+                .map(|s| s.balance)
+        });
+    bound
+        .or_else(|| {
+            let config = seen.config.apps.iter().find(|a| a.name == app.name());
+            config.map(|a| a.balance)
+        })
+        .unwrap_or_default()
+}
+
+/// `status`, of every app or of app `only`; `connections` counts a worker's established
+/// connections on its app's TCP addresses (asked only for an app that has one).
 pub(super) fn status(
     seen: &Seen<'_>,
     only: Option<AppId>,
     supervisor: ProcessInfo,
     mut process: impl FnMut(&Worker) -> ProcessInfo,
+    mut connections: impl FnMut(&Worker, &[SocketAddr]) -> Option<u64>,
 ) -> StatusReport {
     let now = seen.now;
     let apps = seen
@@ -82,6 +115,7 @@ pub(super) fn status(
                 Phase::Stopping | Phase::Stopped => &[],
                 _ => seen.sockets.get(view.app.settings().sockets),
             };
+            let tcp = tcp_addresses(sockets);
             let workers = snapshot
                 .workers
                 .iter()
@@ -98,6 +132,11 @@ pub(super) fn status(
                         .map(|(since, _)| now.saturating_duration_since(since).as_secs_f64()),
                     hung: w.hung,
                     event_loop_lag_ms: w.event_loop_lag.map(|l| l.as_secs_f64() * 1000.0),
+                    connections: if tcp.is_empty() {
+                        None
+                    } else {
+                        connections(w, &tcp)
+                    },
                 })
                 .collect();
             AppStatus {
@@ -116,6 +155,7 @@ pub(super) fn status(
                         fd: 3 + fd as i32,
                     })
                     .collect(),
+                balance: balance(seen, view.app),
                 workers,
                 waiting: snapshot
                     .waiting
@@ -235,8 +275,15 @@ impl Shell {
     pub(super) fn status(&mut self, only: Option<AppId>) -> crate::control::protocol::StatusReport {
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.record.started).into();
-        // One pass over /proc for every worker's process group.
+        // One pass over /proc for every worker's process group, one read of the TCP tables for
+        // the connections of every app's listeners.
         let procs = crate::sys::procstat::GroupScan::scan();
+        let listening: Vec<SocketAddr> = self
+            .core
+            .apps()
+            .flat_map(|v| tcp_addresses(self.sockets.get(v.app.settings().sockets)))
+            .collect();
+        let established = crate::sys::connections::Established::read(&listening);
         let seen = Seen {
             core: &self.core,
             config: &self.config,
@@ -245,12 +292,21 @@ impl Shell {
             now: Instant::now(),
         };
         let (processes, cpu) = (&self.processes, &mut self.cpu);
-        status(&seen, only, supervisor, |w| match processes.get(&w.id) {
-            Some(p) => cpu
-                .sample_group(&procs, p.pid, w.started_at.into_std())
-                .into(),
-            None => Default::default(),
-        })
+        status(
+            &seen,
+            only,
+            supervisor,
+            |w| match processes.get(&w.id) {
+                Some(p) => cpu
+                    .sample_group(&procs, p.pid, w.started_at.into_std())
+                    .into(),
+                None => Default::default(),
+            },
+            |w, tcp| {
+                let pid = processes.get(&w.id)?.pid;
+                Some(established.count(&procs.socket_inodes(pid), tcp))
+            },
+        )
     }
 
     /// What a metrics scrape shows of the apps and processes (one pass over `/proc`).
@@ -297,15 +353,15 @@ mod tests {
     use crate::core::{Action, Event, Phase};
     use crate::sys::listeners;
 
-    /// `web` (2 workers on a real loopback listener) and `cron` (a cluster singleton that stands
-    /// by), with both of web's workers started and ready.
+    /// `web` (2 workers on a real loopback listener, `balance = "spread"`) and `cron` (a
+    /// cluster singleton that stands by), with both of web's workers started and ready.
     fn running() -> (tempfile::TempDir, Config, Sockets, Vec<String>, Core) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
         std::fs::write(
             &path,
             "[supervisor]\ncontrol_socket = \"c.sock\"\n\
-             [[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\ninstances = 2\n\
+             [[app]]\nname = \"web\"\ncommand = \"/bin/sh\"\ninstances = 2\nbalance = \"spread\"\n\
              [[app.listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
              [[app]]\nname = \"cron\"\ncommand = \"/bin/sh\"\ninstances = 1\nscope = \"cluster\"\nlease_ttl = \"6s\"\n",
         )
@@ -381,11 +437,21 @@ mod tests {
             pid: 7,
             ..ProcessInfo::default()
         };
-        let report = status(&seen, None, me, |w| ProcessInfo {
-            pid: w.pid.unwrap_or(0),
-            rss_bytes: 4096,
-            ..ProcessInfo::default()
-        });
+        let mut asked = Vec::new();
+        let report = status(
+            &seen,
+            None,
+            me,
+            |w| ProcessInfo {
+                pid: w.pid.unwrap_or(0),
+                rss_bytes: 4096,
+                ..ProcessInfo::default()
+            },
+            |w, tcp| {
+                asked.push(tcp.to_vec());
+                w.pid.map(|p| p as u64 - 990)
+            },
+        );
         assert_eq!(report.supervisor.pid, 7);
         assert_eq!(report.binary, "/usr/bin/supervisor");
         assert_eq!(report.upgrades.count, 2);
@@ -398,11 +464,17 @@ mod tests {
         assert_eq!(pids, [1000, 1001]);
         assert!(web.workers.iter().all(|w| w.state == WorkerState::Ready));
         assert!(web.workers.iter().all(|w| w.process.rss_bytes == 4096));
+        let conns: Vec<Option<u64>> = web.workers.iter().map(|w| w.connections).collect();
+        assert_eq!(conns, [Some(10), Some(11)], "counted per worker");
+        let web_tcp: Vec<SocketAddr> = vec![addresses[0].parse().unwrap()];
+        assert_eq!(asked, [web_tcp.clone(), web_tcp], "on web's own address");
+        assert_eq!(web.balance, Balance::Spread);
         assert_eq!(web.listeners.len(), 1);
         assert_eq!(web.listeners[0].fd, 3, "the first inherited fd");
         assert_eq!(web.listeners[0].address, addresses[0]);
         let cron = &report.apps[1];
         assert_eq!(cron.phase, Phase::Standby);
+        assert_eq!(cron.balance, Balance::Shared, "the default");
         assert!(cron.workers.is_empty());
         let lease = cron.singleton.as_ref().unwrap();
         assert_eq!(
@@ -410,9 +482,13 @@ mod tests {
             (SingletonRole::Standby, 6.0)
         );
 
-        let only = status(&seen, Some(1), ProcessInfo::default(), |_| {
-            ProcessInfo::default()
-        });
+        let only = status(
+            &seen,
+            Some(1),
+            ProcessInfo::default(),
+            |_| ProcessInfo::default(),
+            |_, _| Some(1),
+        );
         let names: Vec<&str> = only.apps.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["cron"]);
     }

@@ -1,10 +1,11 @@
 //! Every system call of the supervisor in one place: binding the listeners, fork/exec of a
-//! worker, signals and exit through its pidfd, `/proc` for cpu and memory, reaping adopted
-//! orphans, and the supervisor's own service manager notifications. The rest of the crate asks
+//! worker, signals and exit through its pidfd, `/proc` for cpu, memory and connections, reaping
+//! adopted orphans, and the supervisor's own service manager notifications. The rest of the crate asks
 //! these modules; the core never calls them.
 
 pub mod cgroup;
 pub mod child;
+pub mod connections;
 pub mod detach;
 pub mod listeners;
 pub mod lock;

@@ -1,9 +1,9 @@
 //! Resource use from `/proc`: resident memory and CPU time of a process or of a whole process
 //! group (a worker and the children it forked, e.g. a gunicorn arbiter and its workers, from one
 //! scan of `/proc` per status), with a meter that turns CPU time into a percentage between two
-//! status samples.
+//! status samples; and the sockets each group holds (for [`super::connections`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 fn sysconf(name: libc::c_int, fallback: u64) -> u64 {
@@ -76,6 +76,7 @@ pub struct Usage {
 /// The fields of `/proc/<pid>/stat` the group sums need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
+    pid: i32,
     pgrp: i32,
     /// utime + stime + cutime + cstime: a child reaped by a member keeps counting.
     ticks: u64,
@@ -85,22 +86,25 @@ struct Stat {
 /// Parses `/proc/<pid>/stat`; the command name may contain spaces and parentheses, so the fields
 /// are counted after the last `)`.
 fn parse_stat(text: &str) -> Option<Stat> {
+    let pid = text.split_whitespace().next()?.parse().ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     // After ')': state(3) ppid(4) pgrp(5) ... utime(14) stime(15) cutime(16) cstime(17) ... rss(24)
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i)?.parse::<i64>().ok();
     let ticks = (11..=14).map(num).sum::<Option<i64>>()?;
     Some(Stat {
+        pid,
         pgrp: i32::try_from(num(2)?).ok()?,
         ticks: u64::try_from(ticks).unwrap_or(0),
         rss_pages: u64::try_from(num(21)?).unwrap_or(0),
     })
 }
 
-/// Per process group, the summed usage of its members: one pass over `/proc`.
+/// Per process group, the summed usage of its members and their pids: one pass over `/proc`.
 #[derive(Debug, Default)]
 pub struct GroupScan {
     groups: HashMap<i32, Usage>,
+    members: HashMap<i32, Vec<i32>>,
 }
 
 impl GroupScan {
@@ -118,17 +122,37 @@ impl GroupScan {
 
     fn from_stats(stats: impl IntoIterator<Item = Stat>, page: u64) -> GroupScan {
         let mut groups: HashMap<i32, Usage> = HashMap::new();
+        let mut members: HashMap<i32, Vec<i32>> = HashMap::new();
         for s in stats {
             let g = groups.entry(s.pgrp).or_default();
             g.ticks += s.ticks;
             g.rss_bytes += s.rss_pages * page;
+            members.entry(s.pgrp).or_default().push(s.pid);
         }
-        GroupScan { groups }
+        GroupScan { groups, members }
     }
 
     /// The summed usage of process group `pgid` (a worker's pid: each worker leads its group).
     pub fn group(&self, pgid: i32) -> Option<Usage> {
         self.groups.get(&pgid).copied()
+    }
+
+    /// The pids of process group `pgid` when it was scanned.
+    pub fn members(&self, pgid: i32) -> &[i32] {
+        self.members.get(&pgid).map_or(&[], Vec::as_slice)
+    }
+
+    /// The inodes of the sockets process group `pgid` holds open, each once (a socket a
+    /// member inherited from another is one socket): `/proc/PID/fd` of each member. Members
+    /// that exited meanwhile, or whose descriptors this process may not read, hold none.
+    pub fn socket_inodes(&self, pgid: i32) -> HashSet<u64> {
+        self.members(pgid)
+            .iter()
+            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+            .flat_map(|dir| dir.flatten())
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|link| super::connections::socket_inode(link.to_str()?))
+            .collect()
     }
 }
 
@@ -194,6 +218,7 @@ mod tests {
         assert_eq!(
             s,
             Stat {
+                pid: 4242,
                 pgrp: 4240,
                 ticks: 30 + 12 + 5 + 3,
                 rss_pages: 250
@@ -204,17 +229,18 @@ mod tests {
 
     #[test]
     fn groups_sum_their_members() {
-        let st = |pgrp, ticks, rss_pages| Stat {
+        let st = |pid, pgrp, ticks, rss_pages| Stat {
+            pid,
             pgrp,
             ticks,
             rss_pages,
         };
         let scan = GroupScan::from_stats(
             [
-                st(10, 0, 100),
-                st(10, 56, 200),
-                st(10, 75, 300),
-                st(11, 7, 1),
+                st(10, 10, 0, 100),
+                st(12, 10, 56, 200),
+                st(13, 10, 75, 300),
+                st(11, 11, 7, 1),
             ],
             4096,
         );
@@ -227,6 +253,9 @@ mod tests {
         );
         assert_eq!(scan.group(11).unwrap().ticks, 7);
         assert_eq!(scan.group(12), None);
+        assert_eq!(scan.members(10), [10, 12, 13]);
+        assert_eq!(scan.members(11), [11]);
+        assert!(scan.members(12).is_empty());
     }
 
     #[test]
@@ -234,10 +263,20 @@ mod tests {
         use std::os::unix::process::CommandExt;
         // A group of its own: `sh` (the leader, idle in `wait`) and the `sleep` it forked, like a
         // worker and its child. Our own group would mix in the test runner's processes, whose
-        // memory changes between two reads.
+        // memory changes between two reads. Both hold one socket, as their stdin.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
         let mut sh = std::process::Command::new("sh")
             .args(["-c", "sleep 5 & wait"])
             .process_group(0)
+            .stdin(std::os::fd::OwnedFd::from(client))
             .spawn()
             .unwrap();
         let leader = sh.id() as i32;
@@ -261,12 +300,20 @@ mod tests {
         }
         let scan = GroupScan::scan();
         let leader_alone = rss_bytes(leader).unwrap();
+        let members = scan.members(leader).len();
+        let sockets = scan.socket_inodes(leader);
         // SAFETY: kill of the process group this test created (sh and its sleep).
         unsafe { libc::kill(-leader, libc::SIGKILL) };
         let _ = sh.wait();
         assert!(
             scan.group(leader).unwrap().rss_bytes > leader_alone,
             "the child's memory counts for its group"
+        );
+        assert_eq!(members, 2, "sh and its sleep");
+        assert_eq!(
+            sockets,
+            HashSet::from([inode]),
+            "the socket both hold, once"
         );
     }
 

@@ -31,6 +31,7 @@ fn worker(name: &str, generation: u64, state: WorkerState, pid: i32, up: f64) ->
         over_max_memory_secs: None,
         hung: false,
         event_loop_lag_ms: None,
+        connections: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn app(name: &str, generation: u64, workers: Vec<WorkerInfo>) -> AppStatus {
         generation,
         instances: 2,
         listeners: vec![],
+        balance: Default::default(),
         workers,
         waiting: vec![],
         reload_in_progress: None,

@@ -1,7 +1,7 @@
 //! The screen, pure: a [`Model`] drawn into a ratatui [`Frame`]. A header line (the supervisor),
-//! the table (each app, its workers and waiting slots: state, cpu, memory, restarts, uptime, and
-//! what is going on: a reload, a hung worker, memory), the log pane of the selected row (or the
-//! help), the status line and the keys. Below [`MIN_WIDTH`] x [`MIN_HEIGHT`] a compact list and
+//! the table (each app, its workers and waiting slots: state, cpu, memory, connections, restarts,
+//! uptime, and what is going on: a reload, a hung worker, memory), the log pane of the selected
+//! row (or the help), the status line and the keys. Below [`MIN_WIDTH`] x [`MIN_HEIGHT`] a compact list and
 //! a note instead: never a panic, whatever the size.
 
 use ratatui::Frame;
@@ -85,14 +85,40 @@ fn header_line(m: &Model) -> Line<'static> {
     ])
 }
 
+/// The connections column's place (shown when some worker's connections are counted).
+const CONNS: usize = 6;
+
 fn draw_table(frame: &mut Frame, m: &Model, area: Rect) {
-    let header = Row::new(
+    let counted = m.status.as_ref().is_some_and(|r| {
+        r.apps
+            .iter()
+            .flat_map(|a| &a.workers)
+            .any(|w| w.connections.is_some())
+    });
+    let columns = |mut cells: Vec<Cell<'static>>| {
+        if !counted {
+            cells.remove(CONNS);
+        }
+        cells
+    };
+    let header = Row::new(columns(
         [
-            "name", "pid", "gen", "state", "cpu", "mem", "restarts", "uptime", "info",
+            "name", "pid", "gen", "state", "cpu", "mem", "conns", "restarts", "uptime", "info",
         ]
-        .map(|h| Cell::from(h).style(Style::new().add_modifier(Modifier::BOLD))),
-    );
-    let rows: Vec<Row> = m.status.as_ref().map(|r| table_rows(r)).unwrap_or_default();
+        .map(|h| Cell::from(h).style(Style::new().add_modifier(Modifier::BOLD)))
+        .to_vec(),
+    ));
+    let rows: Vec<Row> = m
+        .status
+        .as_ref()
+        .map(|r| {
+            table_rows(r)
+                .into_iter()
+                .map(columns)
+                .map(Row::new)
+                .collect()
+        })
+        .unwrap_or_default();
     // The name column as wide as the longest name (a worker's is indented by one).
     let names = m.status.as_ref().map_or(0, |r| {
         r.apps
@@ -109,17 +135,21 @@ fn draw_table(frame: &mut Frame, m: &Model, area: Rect) {
             .max()
             .unwrap_or(0)
     });
-    let widths = [
+    let mut widths = vec![
         Constraint::Length(names.clamp(6, 24) as u16),
         Constraint::Length(7),
         Constraint::Length(3),
         Constraint::Length(12),
         Constraint::Length(6),
         Constraint::Length(8),
+        Constraint::Length(5),
         Constraint::Length(8),
         Constraint::Length(7),
         Constraint::Fill(1),
     ];
+    if !counted {
+        widths.remove(CONNS);
+    }
     let table = Table::new(rows, widths)
         .header(header)
         .block(Block::bordered().title(" apps and workers "))
@@ -129,8 +159,8 @@ fn draw_table(frame: &mut Frame, m: &Model, area: Rect) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-/// Every row of the report, in [`super::model::rows_of`]'s order.
-fn table_rows(r: &StatusReport) -> Vec<Row<'static>> {
+/// Every row of the report, in [`super::model::rows_of`]'s order, as its cells.
+fn table_rows(r: &StatusReport) -> Vec<Vec<Cell<'static>>> {
     let mut rows = Vec::new();
     for a in &r.apps {
         rows.push(app_row(a));
@@ -140,13 +170,18 @@ fn table_rows(r: &StatusReport) -> Vec<Row<'static>> {
     rows
 }
 
-fn app_row(a: &AppStatus) -> Row<'static> {
+fn app_row(a: &AppStatus) -> Vec<Cell<'static>> {
     let serving = a
         .workers
         .iter()
         .filter(|w| w.state != WorkerState::Draining);
     let cpu: f64 = a.workers.iter().map(|w| w.process.cpu_percent).sum();
     let mem: u64 = a.workers.iter().map(|w| w.process.rss_bytes).sum();
+    let conns: Option<u64> = a
+        .workers
+        .iter()
+        .filter_map(|w| w.connections)
+        .reduce(|x, y| x + y);
     let restarts: u64 = a.workers.iter().map(|w| u64::from(w.restarts)).sum::<u64>()
         + a.waiting.iter().map(|s| u64::from(s.restarts)).sum::<u64>();
     let ready = serving
@@ -208,7 +243,7 @@ fn app_row(a: &AppStatus) -> Row<'static> {
     if let Some(s) = &a.singleton {
         info.push(format!("singleton: {}", s.role));
     }
-    Row::new(vec![
+    vec![
         Cell::from(a.name.clone()).style(Style::new().add_modifier(Modifier::BOLD)),
         Cell::from(""),
         Cell::from(a.generation.to_string()),
@@ -220,13 +255,14 @@ fn app_row(a: &AppStatus) -> Row<'static> {
         .style(phase_style(a.phase)),
         Cell::from(format!("{cpu:.1}%")),
         Cell::from(units::bytes(mem)),
+        Cell::from(conns.map_or(String::new(), |n| n.to_string())),
         Cell::from(restarts.to_string()),
         Cell::from(""),
         Cell::from(info.join("; ")),
-    ])
+    ]
 }
 
-fn worker_row(w: &WorkerInfo) -> Row<'static> {
+fn worker_row(w: &WorkerInfo) -> Vec<Cell<'static>> {
     let (state, style) = if w.hung {
         ("hung".to_string(), Style::new().fg(Color::Red))
     } else {
@@ -244,31 +280,33 @@ fn worker_row(w: &WorkerInfo) -> Row<'static> {
     .flatten()
     .collect::<Vec<_>>()
     .join("; ");
-    Row::new(vec![
+    vec![
         Cell::from(format!(" {}", w.name)),
         Cell::from(w.process.pid.to_string()),
         Cell::from(w.generation.to_string()),
         Cell::from(state).style(style),
         Cell::from(format!("{:.1}%", w.process.cpu_percent)),
         Cell::from(units::bytes(w.process.rss_bytes)),
+        Cell::from(w.connections.map_or(String::new(), |n| n.to_string())),
         Cell::from(w.restarts.to_string()),
         Cell::from(units::duration(w.process.uptime_secs)),
         Cell::from(info),
-    ])
+    ]
 }
 
-fn waiting_row(a: &AppStatus, s: &SlotInfo) -> Row<'static> {
-    Row::new(vec![
+fn waiting_row(a: &AppStatus, s: &SlotInfo) -> Vec<Cell<'static>> {
+    vec![
         Cell::from(format!(" {}.{}", a.name, s.slot)),
         Cell::from("-"),
         Cell::from("-"),
         Cell::from(s.state.to_string()).style(Style::new().fg(Color::Red)),
         Cell::from("-"),
         Cell::from("-"),
+        Cell::from(""),
         Cell::from(s.restarts.to_string()),
         Cell::from(format!("in {}", units::duration(s.restart_in_secs))),
         Cell::from(s.last_exit.clone()),
-    ])
+    ]
 }
 
 fn phase_style(p: Phase) -> Style {

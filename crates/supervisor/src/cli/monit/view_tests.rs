@@ -52,7 +52,13 @@ fn web1_model() -> Model {
 
 #[test]
 fn the_full_view_shows_apps_workers_the_reload_the_selection_and_the_logs() {
-    let m = web1_model();
+    let mut m = web1_model();
+    // Connections held (web listens on TCP, api does not): the old web.1 still has 7, its
+    // replacement none yet.
+    let report = m.status.as_mut().unwrap();
+    for (w, n) in report.apps[0].workers.iter_mut().zip([12, 7, 0]) {
+        w.connections = Some(n);
+    }
     let lines = screen(&m, 100, 30);
     let all = lines.join("\n");
     // The supervisor.
@@ -69,6 +75,20 @@ fn the_full_view_shows_apps_workers_the_reload_the_selection_and_the_logs() {
         line_with(&lines, "│  api ").contains("running 1/2"),
         "{all}"
     );
+    // Connections: web's sum and each worker's; api has no TCP listener, nothing counted.
+    let header = line_with(&lines, "restarts");
+    let col = header.find("conns").unwrap();
+    let at = |l: &str| {
+        l.chars()
+            .skip(header[..col].chars().count())
+            .take(5)
+            .collect::<String>()
+    };
+    assert_eq!(at(web).trim(), "19", "{all}");
+    assert_eq!(at(line_with(&lines, "4244")).trim(), "12", "{all}");
+    assert_eq!(at(line_with(&lines, "4243")).trim(), "7", "{all}");
+    assert_eq!(at(line_with(&lines, "4245")).trim(), "0", "{all}");
+    assert_eq!(at(line_with(&lines, "5001")).trim(), "", "{all}");
     // Workers: old and new web.1, the hung api.0 and api.1 in its crash loop.
     assert!(line_with(&lines, "4244").contains("ready"), "{all}");
     assert!(line_with(&lines, "4245").contains("starting"), "{all}");
@@ -203,4 +223,8 @@ fn a_held_canary_says_how_to_go_on() {
     let lines = screen(&m, 120, 30);
     let web = line_with(&lines, "canary held");
     assert!(web.contains("reload --continue/--rollback"), "{web}");
+    assert!(
+        !line_with(&lines, "restarts").contains("conns"),
+        "no connection counted, no column: {web}"
+    );
 }
