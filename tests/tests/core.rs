@@ -1,5 +1,6 @@
 //! Supervisor core, end to end: shared socket, crash restart with backoff, stop without orphans,
-//! config errors, control socket ownership, status that matches /proc.
+//! config errors, control socket ownership, status that matches /proc (processes, memory,
+//! connections).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -537,4 +538,93 @@ fn status_counts_the_workers_whole_process_group() {
         rss > own_pages * 4096,
         "the child's memory counts: {rss} bytes: {w}"
     );
+}
+
+/// Opens a keep-alive connection, asks `/` on it and keeps it: the connection and the pid of the
+/// worker that answered (the demo app says `pid=N`).
+fn held_connection(addr: std::net::SocketAddr) -> (std::net::TcpStream, i32) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The whole response: its headers, then Content-Length bytes of body.
+    let body = loop {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("Content-Length");
+        if body.len() >= len {
+            break body.to_string();
+        }
+    };
+    let pid = body
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| {
+            p.split(|ch: char| !ch.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pid in {body}"));
+    (c, pid)
+}
+
+#[test]
+fn status_counts_each_workers_connections_and_shows_the_balance() {
+    let s = Supervisor::start(DEMO2, 2).unwrap();
+    let addr = s.addr().unwrap();
+    let held: Vec<(std::net::TcpStream, i32)> = (0..7).map(|_| held_connection(addr)).collect();
+    let mut expected = std::collections::BTreeMap::new();
+    for (_, pid) in &held {
+        *expected.entry(*pid).or_insert(0u64) += 1;
+    }
+    let v = s.status().unwrap();
+    assert_eq!(v["apps"][0]["balance"], "shared", "the default");
+    let counted: std::collections::BTreeMap<i32, u64> = v["apps"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let pid = w["process"]["pid"].as_i64().unwrap() as i32;
+            let n = w["connections"].as_u64();
+            (pid, n.unwrap_or_else(|| panic!("not counted: {w}")))
+        })
+        .collect();
+    assert_eq!(counted.values().sum::<u64>(), 7, "{counted:?}");
+    for (pid, n) in &counted {
+        assert_eq!(
+            expected.get(pid).copied().unwrap_or(0),
+            *n,
+            "worker {pid}: answered on {expected:?}, counted {counted:?}"
+        );
+    }
+    let table = String::from_utf8_lossy(&s.cli(&["status"]).unwrap().stdout).to_string();
+    assert!(table.contains("balance shared"), "{table}");
+    assert!(table.contains("conns"), "{table}");
+    // Closed by the clients: counted no more.
+    drop(held);
+    wait_for(Duration::from_secs(10), "no connection left", || {
+        let v = s.status().ok()?;
+        let left: u64 = v["apps"][0]["workers"]
+            .as_array()?
+            .iter()
+            .filter_map(|w| w["connections"].as_u64())
+            .sum();
+        (left == 0).then_some(())
+    })
+    .unwrap();
 }
