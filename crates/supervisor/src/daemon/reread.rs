@@ -29,6 +29,7 @@ pub(super) fn app_settings(
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
         singleton: app.singleton,
         sockets,
+        balance: app.balance,
     }
 }
 
