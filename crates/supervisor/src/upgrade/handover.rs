@@ -304,7 +304,8 @@ pub(crate) mod tests {
             back.core[0].slots[0].recent_failures_ago,
             vec![Duration::from_millis(1500)]
         );
-        assert_eq!(back.fds(), vec![5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(back.fds(), vec![5, 6, 7, 20, 21, 8, 9, 10, 11]);
+        assert_eq!(back.groups, s.groups, "slot sockets by slot");
     }
 
     #[test]
