@@ -188,3 +188,31 @@ fn an_upgrade_in_place_hands_the_slot_sockets_over_and_keeps_every_address_on_it
     let after = pid_by_address(addr);
     assert_eq!(after.len(), 50);
 }
+
+#[test]
+fn a_connection_queued_on_a_crashed_workers_socket_is_answered_by_its_restart() {
+    let s = Supervisor::start(&app("sticky", 2), 2).unwrap();
+    let addr = s.addr().unwrap();
+    let by_address = slot_by_address(&s, &pid_by_address(addr));
+    let (&from, _) = by_address.iter().find(|(_, slot)| **slot == 0).unwrap();
+    let victim = s.ready_workers().unwrap()[0].pid;
+    // Stopped, it accepts nothing: the connection waits in slot 0's queue.
+    // SAFETY: kill takes no pointers; `victim` is our supervisor's worker.
+    unsafe { libc::kill(victim, libc::SIGSTOP) };
+    let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    c.bind(&SocketAddr::new(from.into(), 0).into()).unwrap();
+    c.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut c: TcpStream = c.into();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    // Its worker crashes: the supervisor holds the slot's socket, the restart takes the queue.
+    // SAFETY: as above.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let restarted = s.ready_workers().unwrap()[0].pid;
+    assert_ne!(restarted, victim);
+    assert!(body.contains(&format!("pid={restarted}")), "{body}");
+}

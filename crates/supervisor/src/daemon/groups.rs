@@ -80,6 +80,23 @@ impl Group {
         self.sockets[slot].try_clone()
     }
 
+    /// A reload kept the address with `balance` and `backlog`: the program follows the newest
+    /// mode, and every slot socket's accept queue the new length (a second `listen` only
+    /// resizes it).
+    pub(super) fn update(&mut self, balance: Balance, backlog: i32) {
+        self.balance = balance;
+        if backlog != self.backlog {
+            self.backlog = backlog;
+            for fd in &self.sockets {
+                if let Err(e) = reuseport::relisten(fd.as_fd(), backlog) {
+                    tracing::warn!(address = %self.addr, "cannot resize a slot socket's accept queue: {e}");
+                }
+            }
+        }
+        self.attached = None;
+        self.apply();
+    }
+
     /// Set `set`'s route changed: takes out the sockets no set keeps open any more (the last
     /// ones) and points the kernel at the serving slots.
     pub(super) fn route(&mut self, set: SocketSet, route: Route) {
@@ -94,7 +111,12 @@ impl Group {
         }
     }
 
+    /// Carries out the routes (nothing before the first: the core has not said yet which
+    /// slots there are, as after an upgrade).
     fn apply(&mut self) {
+        if self.routes.is_empty() {
+            return;
+        }
         let keep = self
             .routes
             .values()

@@ -115,7 +115,7 @@ impl Sockets {
                 }
                 Some((_, old)) => {
                     if let Some(g) = self.groups.get_mut(&old.local) {
-                        g.balance = spec.balance;
+                        g.update(spec.balance, spec.backlog);
                     }
                     old.share(spec).map_err(|cause| ListenError::Bind {
                         key: spec.key.clone(),

@@ -62,6 +62,8 @@ pub(crate) struct World {
     killed: BTreeSet<WorkerId>,
     /// The last route of each open set of sockets of an app with a socket per slot.
     routes: BTreeMap<SocketSet, Route>,
+    /// The last set of sockets bound for an app added by a reload.
+    next_sockets: u64,
 }
 
 impl World {
@@ -102,6 +104,7 @@ impl World {
             exit: None,
             killed: BTreeSet::new(),
             routes: BTreeMap::new(),
+            next_sockets: 1000,
         };
         w.feed(Event::Start)?;
         w.check()?;
@@ -471,19 +474,31 @@ impl World {
         Ok(())
     }
 
-    /// The config file as the core reads it: every app of [`World::config`], in file order.
-    fn file_read(&self) -> Result<FileRead, String> {
+    /// The config file as the core reads it: every app of [`World::config`], in file order. A
+    /// running app keeps its sockets; one added (again) gets sockets bound now, as the shell
+    /// binds them.
+    fn file_read(&mut self) -> Result<FileRead, String> {
         let settings = self.config.clone()?;
+        let mut apps = Vec::with_capacity(settings.len());
+        for mut s in settings {
+            let running = self
+                .core
+                .apps()
+                .find(|v| !v.removing && v.app.name() == s.spec.name)
+                .map(|v| v.app.settings().sockets);
+            s.sockets = running.unwrap_or_else(|| {
+                self.next_sockets += 1;
+                SocketSet(self.next_sockets)
+            });
+            apps.push(AppRead {
+                after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
+                name: s.spec.name.clone(),
+                settings: Ok(s),
+                changed: Vec::new(),
+            });
+        }
         Ok(FileRead {
-            apps: settings
-                .into_iter()
-                .map(|s| AppRead {
-                    after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
-                    name: s.spec.name.clone(),
-                    settings: Ok(s),
-                    changed: Vec::new(),
-                })
-                .collect(),
+            apps,
             refused: Vec::new(),
         })
     }
