@@ -27,6 +27,7 @@
 //!   fuzz targets: the config loader and the control decoder on arbitrary bytes).
 #![warn(missing_docs)]
 
+pub(crate) mod balance;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod control;

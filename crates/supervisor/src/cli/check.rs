@@ -50,6 +50,7 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
                     "listen": a.listeners.iter().map(|l| serde_json::json!({
                         "name": l.name, "address": l.addr.to_string(),
                     })).collect::<Vec<_>>(),
+                    "balance": a.balance,
                     "after": a.after,
                     "canary_hold_ms": a.reload.canary_hold.map(|d| d.as_millis() as u64),
                     "max_memory": a.memory.max_bytes,
@@ -138,6 +139,17 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
         }
         for l in &app.listeners {
             println!("  listen:         {} {}", l.name, l.addr);
+        }
+        match app.balance {
+            crate::config::Balance::Shared => {}
+            b => println!(
+                "  balance:        {b} (a socket per worker, {})",
+                if b == crate::config::Balance::Sticky {
+                    "picked by the client's address"
+                } else {
+                    "picked by the connection's addresses and ports"
+                }
+            ),
         }
         if !app.after.is_empty() {
             println!("  after:          {}", app.after.join(", "));

@@ -5,7 +5,7 @@
 //! the app they concern, by its [`AppId`], and turns what the apps report (a finished reload, a
 //! stopped app, an app up) into answers and the next steps.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tokio::time::Instant;
 
@@ -63,6 +63,8 @@ pub struct Core {
     pub(super) reading: bool,
     /// The sets of sockets open (bound and not closed yet), as far as the core knows.
     pub(super) open_sockets: BTreeSet<SocketSet>,
+    /// The last [`Action::Route`] of each open set of an app with a socket per slot.
+    pub(super) routes: BTreeMap<SocketSet, super::Route>,
     /// Whether [`TimerKey::MemorySample`] is armed.
     sampling: bool,
     /// The last [`Action::Service`] emitted.
@@ -101,6 +103,7 @@ impl Core {
             queued_all: None,
             reading: false,
             open_sockets: BTreeSet::new(),
+            routes: BTreeMap::new(),
             sampling: false,
             service: None,
             out: Vec::new(),
@@ -202,9 +205,10 @@ impl Core {
             | Event::LoopLag(worker, _)
             | Event::Exited { worker, .. } => self.route(app_of(worker), event, now),
             Event::Timer(key) => match key {
-                TimerKey::Ready(id) | TimerKey::Kill(id) | TimerKey::Watchdog(id) => {
-                    self.route(app_of(id), Event::Timer(key), now)
-                }
+                TimerKey::Ready(id)
+                | TimerKey::Kill(id)
+                | TimerKey::Watchdog(id)
+                | TimerKey::Drain(id) => self.route(app_of(id), Event::Timer(key), now),
                 TimerKey::Restart { app, .. } | TimerKey::CanaryHold { app, .. } => {
                     self.route(app, Event::Timer(key), now)
                 }
@@ -306,6 +310,7 @@ impl Core {
         self.start_apps_that_may(now);
         self.schedule_memory_sample(now);
         self.close_unused_sockets();
+        self.routes_changed();
         self.service_changed();
     }
 
@@ -357,24 +362,6 @@ impl Core {
             self.out.push(Action::Cancel(TimerKey::MemorySample));
         }
         self.sampling = wanted;
-    }
-
-    /// Closes every open set of sockets no app uses any more (and no reload holds for an app
-    /// whose turn has not come yet).
-    fn close_unused_sockets(&mut self) {
-        let mut used: BTreeSet<SocketSet> = self
-            .apps
-            .iter()
-            .flat_map(|e| e.app.sockets_in_use())
-            .collect();
-        if let Some(all) = &self.reload_all {
-            used.extend(all.held_sockets());
-        }
-        let open = std::mem::take(&mut self.open_sockets);
-        for set in open.difference(&used) {
-            self.out.push(Action::CloseSockets(*set));
-        }
-        self.open_sockets = used;
     }
 
     /// What the supervisor as a whole is doing: starting until every app was up once, then ready

@@ -42,6 +42,7 @@ pub mod report;
 mod simulation;
 #[cfg(test)]
 mod singleton_tests;
+mod sockets;
 mod stop;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -86,6 +87,27 @@ pub fn app_of(id: WorkerId) -> AppId {
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 pub struct SocketSet(pub u64);
+
+/// Which slot sockets of a set take new connections, for an app with a socket per slot: the
+/// shell points the kernel's choice of socket (`SO_REUSEPORT`) at the `serving` ones, and
+/// closes the sockets from `open` up. A slot serves while a worker of it on this set is ready
+/// and not told to drain: during a rolling reload of a slot its old worker serves until its
+/// replacement is ready, which then serves on the same socket, so the slot never stops serving
+/// and no client moves. A crashed slot stops serving until its restart is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Route {
+    /// The app's slots when they use this set (the hash's buckets), else 0.
+    pub slots: usize,
+    /// Sockets `0..open` stay open: the slots, and those above of a worker still running.
+    pub open: usize,
+    /// The slots whose socket takes new connections, in order.
+    pub serving: Vec<usize>,
+}
+
+/// How long a worker taken off its slot's socket keeps accepting before it is told to drain:
+/// connections the kernel routed to that socket before (their handshake under way) reach its
+/// accept queue and are taken.
+pub const UNROUTE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Identifies a client waiting for an answer; the shell maps it to the connection.
 pub type ReplyTo = u64;
@@ -183,6 +205,9 @@ pub struct AppSettings {
     pub singleton: Option<SingletonPolicy>,
     /// The sockets its workers get.
     pub sockets: SocketSet,
+    /// How its connections are spread: with a socket per slot (`sticky`, `spread`) the core
+    /// says which slots take new connections ([`Action::Route`]).
+    pub balance: crate::config::Balance,
 }
 
 /// What the lease task of a cluster singleton reports.
@@ -268,6 +293,9 @@ pub enum TimerKey {
     MemorySample,
     /// A ready worker with a `watchdog` that has not pinged since is hung then.
     Watchdog(WorkerId),
+    /// A worker taken off its slot's socket (a scale down of an app with a socket per slot) is
+    /// told to drain then, once the connections routed to it before have been accepted.
+    Drain(WorkerId),
     /// The canary of an app's reload into `generation` has held its `canary_hold` then.
     CanaryHold {
         /// The app.
@@ -312,6 +340,14 @@ pub enum Action {
     /// A cluster singleton was added by a reload or started again by hand: start its lease
     /// task (it reports [`Event::Lease`]).
     WatchLease(AppId),
+    /// For an app with a socket per slot (`balance = "sticky" | "spread"`): which of the set's
+    /// slot sockets take new connections and how many must stay open. Emitted when it changes.
+    Route {
+        /// The set.
+        sockets: SocketSet,
+        /// Its slots.
+        route: Route,
+    },
     /// No worker, slot or setting uses this set of sockets any more: close it (connections to
     /// its addresses are refused from now on, unless another set shares a socket).
     CloseSockets(SocketSet),
@@ -611,6 +647,11 @@ pub struct Worker {
     pub over_memory: Option<(Instant, u64)>,
     /// When its process group is to be killed (armed [`TimerKey::Kill`]), once draining.
     pub kill_at: Option<Instant>,
+    /// The sockets it was started on.
+    pub sockets: SocketSet,
+    /// Draining but not told yet: taken off its slot's socket, it is signalled then
+    /// ([`TimerKey::Drain`]).
+    pub term_at: Option<Instant>,
     /// It missed its watchdog (or triggered it): replaced like a worker over `max_memory`,
     /// first.
     pub hung: bool,

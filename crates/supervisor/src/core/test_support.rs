@@ -59,6 +59,7 @@ pub fn settings(name: &str, instances: usize, surge: usize, unavailable: usize) 
         not_ready_hint: None,
         singleton: None,
         sockets: super::SocketSet(0),
+        balance: Default::default(),
     }
 }
 
@@ -85,6 +86,8 @@ pub struct Sim {
     pub reads: usize,
     /// Sets of sockets closed, in order.
     pub closed: Vec<SocketSet>,
+    /// Routes of apps with a socket per slot, in order.
+    pub routes: Vec<(SocketSet, super::Route)>,
     /// Lease tasks started (apps added or started again).
     pub watched: Vec<AppId>,
     /// What the core said it applied of the file read (`None`: all of it).
@@ -133,6 +136,7 @@ impl Sim {
             file: None,
             reads: 0,
             closed: Vec::new(),
+            routes: Vec::new(),
             watched: Vec::new(),
             applied: Vec::new(),
             memory: BTreeMap::new(),
@@ -188,6 +192,7 @@ impl Sim {
                         queue.push_back(Event::Config(self.file_read()));
                     }
                     Action::CloseSockets(set) => self.closed.push(set),
+                    Action::Route { sockets, route } => self.routes.push((sockets, route)),
                     Action::WatchLease(app) => self.watched.push(app),
                     Action::ConfigApplied(app) => self.applied.push(app),
                     Action::SampleMemory => {
@@ -232,6 +237,21 @@ impl Sim {
                 .collect(),
             refused: Vec::new(),
         })
+    }
+
+    /// One app, `first`, started with every worker ready; the file its reloads read has it
+    /// with a new program (arguments `v2`) and `change` applied.
+    pub fn running_one(first: AppSettings, change: impl FnOnce(&mut AppSettings)) -> Sim {
+        let mut sim = Sim::new(vec![(first.clone(), vec![])]);
+        sim.send(Event::Start);
+        sim.ready_all(0);
+        let mut next = first;
+        let mut spec: WorkerSpec = (*next.spec).clone();
+        spec.args = vec!["v2".into()];
+        next.spec = Arc::new(spec);
+        change(&mut next);
+        sim.config = Ok(vec![next]);
+        sim
     }
 
     /// Moves time forward by `d`, firing every deadline passed on the way, in order.

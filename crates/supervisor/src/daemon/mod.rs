@@ -21,6 +21,7 @@ mod cgroups;
 mod config_read;
 mod control;
 mod deadlines;
+mod groups;
 mod leases;
 mod open;
 pub(crate) mod preflight;

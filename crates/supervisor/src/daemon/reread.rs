@@ -29,6 +29,7 @@ pub(super) fn app_settings(
         not_ready_hint: runtimes::not_ready_hint(app.worker.runtime, listeners),
         singleton: app.singleton,
         sockets,
+        balance: app.balance,
     }
 }
 
@@ -172,8 +173,15 @@ pub(super) fn plan<'a>(
 /// reload report names them.
 pub(super) fn changed_keys(a: &AppConfig, b: &AppConfig) -> Vec<String> {
     let (wa, wb) = (&a.worker, &b.worker);
-    let checks: [(&str, bool); 14] = [
-        ("listen", a.listeners != b.listeners),
+    let where_ = |c: &AppConfig| -> Vec<(String, String, i32)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr.to_string(), l.backlog))
+            .collect()
+    };
+    let checks: [(&str, bool); 15] = [
+        ("listen", where_(a) != where_(b)),
+        ("balance", a.balance != b.balance),
         ("command", wa.program != wb.program),
         ("args", wa.args != wb.args),
         ("env", wa.env != wb.env),

@@ -153,6 +153,18 @@ impl Shell {
             logs,
         } = opened;
         let mut sockets = Sockets::default();
+        if let Some(state) = &resume {
+            let groups = state.groups.iter().map(|g| {
+                let fds = g
+                    .fds
+                    .iter()
+                    // SAFETY: slot sockets the previous binary handed over; ours alone.
+                    .map(|fd| unsafe { crate::upgrade::inherited(*fd) })
+                    .collect();
+                (g.clone(), fds)
+            });
+            sockets.adopt_groups(groups.collect());
+        }
         let sets: Vec<SocketSet> = config
             .apps
             .iter()
@@ -341,6 +353,7 @@ impl Shell {
             Action::ReleaseLease(app) => self.leases.release(app),
             Action::WatchLease(app) => self.watch_lease(app),
             Action::CloseSockets(set) => self.sockets.close(set),
+            Action::Route { sockets, route } => self.sockets.route(sockets, &route),
             Action::ConfigApplied(app) => self.config_applied(app.as_deref()),
             Action::Exit(outcome) => self.exit = Some(outcome),
             Action::Service { state, status } => {

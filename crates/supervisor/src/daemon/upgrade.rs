@@ -188,6 +188,7 @@ impl Shell {
                     },
                 })
                 .collect(),
+            groups: self.sockets.handover_groups(),
             core: self.core.export(Instant::now()),
             workers,
             metrics: self.record.metrics.clone(),

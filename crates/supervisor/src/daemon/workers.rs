@@ -55,12 +55,16 @@ impl Shell {
             .cgroup
             .as_ref()
             .and_then(|limits| self.cgroups.procs_for(&spec.name, limits));
+        let listeners = match self.sockets.for_worker(sockets, slot) {
+            Ok(l) => l,
+            Err(error) => return Event::SpawnFailed { worker, error },
+        };
         let started = Process::start(StartArgs {
             id: worker,
             slot,
             generation,
             spec: spec.clone(),
-            listeners: self.sockets.get(sockets),
+            listeners: &listeners,
             runtime_dir: &self.runtime_dir.path,
             runtime_files: &self.runtime_dir.files,
             cron_url: &self.config.cron_url,

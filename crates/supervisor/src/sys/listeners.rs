@@ -20,6 +20,21 @@ pub enum ListenError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// An address kept by a reload whose `balance` changed between one shared socket and a
+    /// socket per slot: its sockets would have to be bound again while they serve.
+    #[error(
+        "{key} ({addr}): `balance` changed from {from} to {to}, which needs the address bound again, not possible while it serves: stop the app (`supervisor stop APP`), reload, then `supervisor start APP` (or restart the supervisor)"
+    )]
+    BalanceChanged {
+        /// Config key of the listener.
+        key: String,
+        /// The address.
+        addr: String,
+        /// The running balance.
+        from: crate::config::Balance,
+        /// The file's.
+        to: crate::config::Balance,
+    },
     /// A Unix socket path is served by a live process.
     #[error("{key}: {path} is in use by a running process")]
     InUse {
@@ -198,6 +213,13 @@ pub fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
     };
     let (fd, local, port, unix_path): (OwnedFd, String, Option<u16>, Option<PathBuf>) =
         match &spec.addr {
+            // The first socket of a group with one per worker slot: the address checked free
+            // first (a plain bind), then bound with SO_REUSEPORT.
+            ListenAddr::Tcp(addr) if spec.balance.per_slot() => {
+                let local = super::reuseport::probe(*addr).map_err(bind_err)?;
+                let fd = super::reuseport::bind(local, spec.backlog).map_err(bind_err)?;
+                (fd, local.to_string(), Some(local.port()), None)
+            }
             ListenAddr::Tcp(addr) => {
                 // std sets SO_REUSEADDR (restart while old connections are in TIME_WAIT) and CLOEXEC.
                 let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;

@@ -11,6 +11,7 @@ pub mod listeners;
 pub mod lock;
 pub mod procstat;
 pub mod reaper;
+pub mod reuseport;
 pub mod sdnotify;
 pub mod spawn;
 

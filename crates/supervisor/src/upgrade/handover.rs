@@ -73,6 +73,20 @@ pub struct AppFds {
     pub listeners: Vec<ListenerFd>,
 }
 
+/// The sockets of an address with a socket per worker slot (`balance = "sticky" | "spread"`),
+/// handed over in slot order (the kernel's group order).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupFds {
+    /// The address.
+    pub local: String,
+    /// Sticky or spread.
+    pub balance: crate::config::Balance,
+    /// The backlog its sockets listen with.
+    pub backlog: i32,
+    /// The inherited sockets, by slot.
+    pub fds: Vec<RawFd>,
+}
+
 /// One worker's descriptors, handed over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerFds {
@@ -115,6 +129,9 @@ pub struct HandoverState {
     pub metrics_fd: Option<RawFd>,
     /// Every app's listeners.
     pub apps: Vec<AppFds>,
+    /// The slot sockets of the addresses with a socket per slot (none before they existed).
+    #[serde(default)]
+    pub groups: Vec<GroupFds>,
     /// The core's state.
     pub core: Vec<AdoptedApp>,
     /// Every worker's descriptors.
@@ -165,6 +182,9 @@ impl HandoverState {
         fds.extend(self.metrics_fd);
         for a in &self.apps {
             fds.extend(a.listeners.iter().map(|l| l.fd));
+        }
+        for g in &self.groups {
+            fds.extend(&g.fds);
         }
         for w in &self.workers {
             fds.extend([w.pidfd, w.notify]);
@@ -222,6 +242,12 @@ pub(crate) mod tests {
                     fd: 7,
                 }],
             }],
+            groups: vec![GroupFds {
+                local: "127.0.0.1:3001".into(),
+                balance: crate::config::Balance::Sticky,
+                backlog: 1024,
+                fds: vec![20, 21],
+            }],
             core: vec![AdoptedApp {
                 id: None,
                 name: "demo".into(),
@@ -278,7 +304,8 @@ pub(crate) mod tests {
             back.core[0].slots[0].recent_failures_ago,
             vec![Duration::from_millis(1500)]
         );
-        assert_eq!(back.fds(), vec![5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(back.fds(), vec![5, 6, 7, 20, 21, 8, 9, 10, 11]);
+        assert_eq!(back.groups, s.groups, "slot sockets by slot");
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-pub use handover::{AppFds, HandoverState, ListenerFd, STATE_VERSION, WorkerFds, check_version};
+pub use handover::{
+    AppFds, GroupFds, HandoverState, ListenerFd, STATE_VERSION, WorkerFds, check_version,
+};
 pub use os::{exec, inherited, preflight, read_state_fd, write_memfd};
 
 /// How long the preflight run of the new binary may take.

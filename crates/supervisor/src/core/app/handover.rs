@@ -35,6 +35,12 @@ impl App {
         if self.recycling.is_some() {
             return Some(format!("app {name} is replacing a worker for its memory"));
         }
+        if let Some(w) = self.workers.values().find(|w| w.term_at.is_some()) {
+            return Some(format!(
+                "worker {} was just taken off its socket and is told to drain in a moment",
+                w.name
+            ));
+        }
         if self.holds_lease() {
             return Some(format!(
                 "app {name} is a cluster singleton whose lease this host holds (an upgrade does not hand leases over: upgrade while it stands by, or stop it)"
@@ -169,6 +175,8 @@ impl App {
                         hung: false,
                         event_loop_lag: None,
                         kill_at: None,
+                        sockets: app.settings.sockets,
+                        term_at: None,
                     },
                 );
             } else if let Some(delay) = s.restart_in {
@@ -203,6 +211,8 @@ impl App {
                     hung: false,
                     event_loop_lag: None,
                     kill_at: Some(kill_at),
+                    sockets: app.settings.sockets,
+                    term_at: None,
                 },
             );
         }

@@ -41,6 +41,10 @@ mod lease;
 mod recycle;
 mod reload;
 mod rolling;
+mod routes;
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod routes_tests;
 mod scale;
 mod slots;
 mod switch;

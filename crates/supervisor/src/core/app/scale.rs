@@ -107,6 +107,17 @@ impl App {
         while self.slots.len() > n {
             let index = self.slots.len() - 1;
             match self.slots.pop().map(|s| s.state) {
+                // Off its own socket first (the shell re-points the kernel's choice after this
+                // step), then drained once what was routed to it is accepted.
+                Some(SlotState::Serving(id))
+                    if self.settings.balance.per_slot()
+                        && self
+                            .workers
+                            .get(&id)
+                            .is_some_and(|w| w.state == crate::core::WorkerState::Ready) =>
+                {
+                    self.drain_after(id, crate::core::UNROUTE_GRACE, now)
+                }
                 Some(SlotState::Serving(id)) => self.drain(id, now),
                 Some(SlotState::BackingOff(_)) => {
                     self.out.push(Action::Cancel(self.restart_key(index)))

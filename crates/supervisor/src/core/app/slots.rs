@@ -131,6 +131,8 @@ impl App {
                 hung: false,
                 event_loop_lag: None,
                 kill_at: None,
+                sockets,
+                term_at: None,
             },
         );
         self.out.push(Action::Spawn {
@@ -304,6 +306,9 @@ impl App {
         };
         self.out.push(Action::Cancel(TimerKey::Ready(id)));
         self.out.push(Action::Cancel(TimerKey::Kill(id)));
+        if w.term_at.is_some() {
+            self.out.push(Action::Cancel(TimerKey::Drain(id)));
+        }
         let uptime = now - w.started_at;
         let pid = w.pid.unwrap_or(0);
         if w.state == WorkerState::Draining {
@@ -360,6 +365,7 @@ impl App {
     /// owner), a slot's backoff over, a draining worker to kill.
     pub(super) fn timer(&mut self, key: TimerKey, now: Instant) {
         match key {
+            TimerKey::Drain(id) => self.drain_now(id),
             TimerKey::Ready(id) => {
                 let Some(w) = self.workers.get(&id) else {
                     return;
@@ -503,6 +509,13 @@ impl App {
 
     /// SIGTERM to a starting or ready worker, and its kill deadline.
     pub(super) fn drain(&mut self, id: WorkerId, now: Instant) {
+        self.drain_after(id, std::time::Duration::ZERO, now);
+    }
+
+    /// Drains a worker `delay` from now: until then it is draining (nobody's, its kill deadline
+    /// armed that much later) but not told yet, so that it still accepts what the kernel routed
+    /// to its slot's socket before the route changed ([`TimerKey::Drain`]).
+    pub(super) fn drain_after(&mut self, id: WorkerId, delay: std::time::Duration, now: Instant) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -513,20 +526,43 @@ impl App {
         if w.spec.watchdog.is_some() {
             self.out.push(Action::Cancel(TimerKey::Watchdog(id)));
         }
-        tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining ({})", w.spec.contract.kill_signal.name());
-        let at = later(now, w.spec.kill_timeout);
+        let at = later(now, delay + w.spec.kill_timeout);
         w.kill_at = Some(at);
-        self.out.extend([
-            Action::Cancel(TimerKey::Ready(id)),
-            Action::Signal {
+        self.out.push(Action::Cancel(TimerKey::Ready(id)));
+        if delay.is_zero() {
+            tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining ({})", w.spec.contract.kill_signal.name());
+            self.out.push(Action::Signal {
                 worker: id,
                 signal: Signal::Term,
-            },
-            Action::Arm {
-                timer: TimerKey::Kill(id),
-                at,
-            },
-        ]);
+            });
+        } else {
+            tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "taken off its socket: draining ({}) in {}", w.spec.contract.kill_signal.name(), crate::units::span(delay));
+            let term = later(now, delay);
+            w.term_at = Some(term);
+            self.out.push(Action::Arm {
+                timer: TimerKey::Drain(id),
+                at: term,
+            });
+        }
+        self.out.push(Action::Arm {
+            timer: TimerKey::Kill(id),
+            at,
+        });
+    }
+
+    /// [`TimerKey::Drain`]: a worker taken off its socket is told to drain now.
+    fn drain_now(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.term_at.take().is_none() {
+            return;
+        }
+        tracing::info!(worker = %w.name, pid = w.pid.unwrap_or(0), "draining ({})", w.spec.contract.kill_signal.name());
+        self.out.push(Action::Signal {
+            worker: id,
+            signal: Signal::Term,
+        });
     }
 
     /// Drains every worker because the supervisor stops; [`AppReport::Stopped`] says when none

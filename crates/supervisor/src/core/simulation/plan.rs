@@ -124,11 +124,17 @@ impl Setup {
             let surge = 1 + rng.below(3) as usize;
             let unavailable = rng.below(instances.max(1) as u64) as usize;
             let mut s = settings(&format!("a{i}"), instances, surge, unavailable);
+            // Each app its own sockets, as the shell binds them.
+            s.sockets = crate::core::SocketSet(i as u64 + 1);
             if rng.chance(150) {
                 Arc::make_mut(&mut s.spec).readiness = Readiness::Exec;
             }
             if rng.chance(150) {
                 s.reload.canary_hold = Some(Duration::from_secs(1 + rng.below(10)));
+            }
+            // Drawn aside, so that the main sequence (and every pinned seed's run) is as before.
+            if Rng(rng.0.rotate_left(17) ^ i as u64).chance(300) {
+                s.balance = crate::config::Balance::Sticky;
             }
             if rng.chance(300) {
                 s.memory.max_bytes = Some(100 << 20);

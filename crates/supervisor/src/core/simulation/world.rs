@@ -17,8 +17,8 @@ use crate::core::app::invariants::SlotView;
 use crate::core::file::{AppRead, FileRead};
 use crate::core::report::ReloadOutcome;
 use crate::core::{
-    Action, Answer, AppId, AppSettings, Core, Event, ExitStatus, LeaseEvent, Phase, ReplyTo,
-    Signal, TimerKey, WorkerId, WorkerState,
+    Action, Answer, AppId, AppSettings, Core, Event, ExitStatus, LeaseEvent, Phase, ReplyTo, Route,
+    Signal, SocketSet, TimerKey, WorkerId, WorkerState,
 };
 
 /// A worker process of the simulated machine.
@@ -26,6 +26,8 @@ use crate::core::{
 struct Proc {
     /// Told to stop (`SIGTERM`).
     termed: bool,
+    /// The sockets it was started on, and its slot.
+    on: (SocketSet, usize),
 }
 
 /// The simulated shell and machine around a [`Core`].
@@ -58,6 +60,10 @@ pub(crate) struct World {
     exit: Option<Result<(), String>>,
     /// Workers whose process group was killed.
     killed: BTreeSet<WorkerId>,
+    /// The last route of each open set of sockets of an app with a socket per slot.
+    routes: BTreeMap<SocketSet, Route>,
+    /// The last set of sockets bound for an app added by a reload.
+    next_sockets: u64,
 }
 
 impl World {
@@ -97,6 +103,8 @@ impl World {
             stopping: false,
             exit: None,
             killed: BTreeSet::new(),
+            routes: BTreeMap::new(),
+            next_sockets: 1000,
         };
         w.feed(Event::Start)?;
         w.check()?;
@@ -335,7 +343,13 @@ impl World {
 
     fn act(&mut self, action: Action, queue: &mut VecDeque<Event>) -> Result<(), String> {
         match action {
-            Action::Spawn { app, worker, .. } => {
+            Action::Spawn {
+                app,
+                worker,
+                slot,
+                sockets,
+                ..
+            } => {
                 if self.exit.is_some() {
                     return Err(format!("spawn of worker {worker} after the exit"));
                 }
@@ -353,7 +367,13 @@ impl World {
                     });
                 } else {
                     self.next_pid += 1;
-                    self.procs.insert(worker, Proc { termed: false });
+                    self.procs.insert(
+                        worker,
+                        Proc {
+                            termed: false,
+                            on: (sockets, slot),
+                        },
+                    );
                     queue.push_back(Event::Spawned {
                         worker,
                         pid: self.next_pid,
@@ -434,9 +454,14 @@ impl World {
                     ReloadOutcome::Started | ReloadOutcome::Held => {}
                 }
             }
+            Action::Route { sockets, route } => {
+                self.routes.insert(sockets, route);
+            }
+            Action::CloseSockets(set) => {
+                self.routes.remove(&set);
+            }
             Action::ReleaseLease(_)
             | Action::Service { .. }
-            | Action::CloseSockets(_)
             | Action::WatchLease(_)
             | Action::ConfigApplied(_) => {}
             Action::Exit(outcome) => {
@@ -449,19 +474,31 @@ impl World {
         Ok(())
     }
 
-    /// The config file as the core reads it: every app of [`World::config`], in file order.
-    fn file_read(&self) -> Result<FileRead, String> {
+    /// The config file as the core reads it: every app of [`World::config`], in file order. A
+    /// running app keeps its sockets; one added (again) gets sockets bound now, as the shell
+    /// binds them.
+    fn file_read(&mut self) -> Result<FileRead, String> {
         let settings = self.config.clone()?;
+        let mut apps = Vec::with_capacity(settings.len());
+        for mut s in settings {
+            let running = self
+                .core
+                .apps()
+                .find(|v| !v.removing && v.app.name() == s.spec.name)
+                .map(|v| v.app.settings().sockets);
+            s.sockets = running.unwrap_or_else(|| {
+                self.next_sockets += 1;
+                SocketSet(self.next_sockets)
+            });
+            apps.push(AppRead {
+                after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
+                name: s.spec.name.clone(),
+                settings: Ok(s),
+                changed: Vec::new(),
+            });
+        }
         Ok(FileRead {
-            apps: settings
-                .into_iter()
-                .map(|s| AppRead {
-                    after: self.after.get(&s.spec.name).cloned().unwrap_or_default(),
-                    name: s.spec.name.clone(),
-                    settings: Ok(s),
-                    changed: Vec::new(),
-                })
-                .collect(),
+            apps,
             refused: Vec::new(),
         })
     }
@@ -555,11 +592,37 @@ impl World {
                 }
             }
         }
+        self.check_routes()?;
         for id in self.procs.keys() {
             if !known.contains(id) {
                 return Err(format!(
                     "worker {id} runs, but the core forgot it: an orphan"
                 ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl World {
+    /// With a socket per slot: no slot socket is closed under a worker that still runs on it,
+    /// and new connections go only to slot sockets a worker accepts from (one not told to
+    /// drain).
+    fn check_routes(&self) -> Result<(), String> {
+        for (set, route) in &self.routes {
+            let on_set = || self.procs.iter().filter(move |(_, p)| p.on.0 == *set);
+            if let Some((id, p)) = on_set().find(|(_, p)| p.on.1 >= route.open) {
+                return Err(format!(
+                    "sockets {set:?}: slot {}'s socket is closed (open {}) under worker {id}, which still runs",
+                    p.on.1, route.open
+                ));
+            }
+            for slot in &route.serving {
+                if !on_set().any(|(_, p)| p.on.1 == *slot && !p.termed) {
+                    return Err(format!(
+                        "sockets {set:?}: new connections go to slot {slot}'s socket, where no worker accepts ({route:?})"
+                    ));
+                }
             }
         }
         Ok(())
