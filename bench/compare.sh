@@ -9,14 +9,22 @@
 #     constant wrk load, keep-alive and `Connection: close` (requests, failures = connect, read,
 #     write, timeout errors + non-2xx, time per reload);
 #  3. resident memory of the manager (pm2 daemon "God", node cluster primary, supervisor) while it
-#     runs N workers: idle, after the load, after the reloads.
+#     runs N workers: idle, after the load, after the reloads;
+#  4. how $SPREAD_CONNS keep-alive connections spread over the workers of the Node app: supervisor
+#     with `balance = "shared"` (one accept queue), `balance = "spread"` (a socket per worker, the
+#     kernel hashing each connection's addresses and ports) and node cluster's round robin (the
+#     primary accepts and hands each connection on), counted with `ss -tnp` while wrk runs
+#     (connections per worker pid; for supervisor also the `conns` column of `supervisor status`,
+#     as a cross-check), with the req/s of that run.
 # Prints one report with the ratios that matter (supervisor-node req/s / pm2 req/s, goal >= 1.05;
 # supervisor RSS / pm2 daemon RSS, goal < 1/8; reload failures of both), writes it to
 # bench/out/compare.txt and a chart to bench/out/compare.png (gnuplot, else matplotlib).
 #
 #   bench/compare.sh                                   # RELOADS=20 DURATION=10 CONNS=64 N=nproc
 #   RELOADS=2 DURATION=3 NO_BUILD=1 bench/compare.sh   # a quick smoke run, no cargo build
-# Other knobs: WARMUP=2 (s), LT_REQUESTS=1200, LT_CONC=200. Needs wrk and node (apt-get install
+#   ONLY=spread DURATION=5 bench/compare.sh            # section 4 alone (no pm2, no loadtest)
+# Other knobs: WARMUP=2 (s), LT_REQUESTS=1200, LT_CONC=200, SPREAD_CONNS=200,
+# SPREAD_DURATION=$DURATION (s). Needs wrk and node (apt-get install
 # wrk nodejs npm); pm2 and loadtest are installed into bench/out/tools when missing, express by
 # `npm ci` in examples/node-express. Port 3000 must be free. Everything started is stopped on exit.
 source "$(dirname "$0")/lib.sh"
@@ -27,6 +35,9 @@ N=${N:-$(nproc)}
 WARMUP=${WARMUP:-2}
 LT_REQUESTS=${LT_REQUESTS:-1200}
 LT_CONC=${LT_CONC:-200}
+ONLY=${ONLY:-}
+SPREAD_CONNS=${SPREAD_CONNS:-200}
+SPREAD_DURATION=${SPREAD_DURATION:-$DURATION}
 LT_LABEL="loadtest -n $LT_REQUESTS -c $LT_CONC -k"
 APP_DIR="$ROOT/examples/node-express"
 APP_PORT=3000 # hard-coded in the app
@@ -59,8 +70,12 @@ tool() {
   npm install --prefix "$OUT/tools" --no-audit --no-fund "$1" >&2
   echo "$private"
 }
-PM2=$(tool pm2)
-LOADTEST=$(tool loadtest)
+if [ "$ONLY" = spread ]; then
+  PM2=true LOADTEST=false # section 4 needs neither
+else
+  PM2=$(tool pm2)
+  LOADTEST=$(tool loadtest)
+fi
 if [ ! -d "$APP_DIR/node_modules/express" ]; then
   echo "compare: npm ci in $APP_DIR" >&2
   (cd "$APP_DIR" && npm ci --no-audit --no-fund >&2)
@@ -113,7 +128,7 @@ start_node() {
 
 start_cluster() {
   launch "$OUT/cmp-cluster.log" "$APP_DIR" node primary.js
-  STOP="kill_tree $LAUNCHED"; MGR_PID=$LAUNCHED; RELOAD=
+  STOP="kill_tree $LAUNCHED"; MGR_PID=$LAUNCHED; RELOAD=; SUP_CFG=
   wait_children "$LAUNCHED" "$(nproc)" && wait_answers "$1" 20
 }
 
@@ -130,13 +145,16 @@ start_under_supervisor() {
   local port=$1 name=$2; shift 2
   local cfg="$OUT/cmp-$name.toml"
   write_config "$cfg" "$port" "$N" "$@"
-  STOP="stop_supervisor '$cfg'"; RELOAD="'$SUP' reload -c '$cfg'"
+  STOP="stop_supervisor '$cfg'"; RELOAD="'$SUP' reload -c '$cfg'"; SUP_CFG=$cfg
   start_supervisor "$cfg" "$N" "$OUT/cmp-$name.log"
   local rc=$?
   STARTED+=("$SUP_PID"); MGR_PID=$SUP_PID
   return $rc
 }
 start_sup_node() { start_under_supervisor "$1" sup-node "$(command -v node)" "$APP_DIR/index.js"; }
+# For section 4: the same, with the app's balance.
+start_sup_shared() { BALANCE=shared start_under_supervisor "$1" sup-shared "$(command -v node)" "$APP_DIR/index.js"; }
+start_sup_spread() { BALANCE=spread start_under_supervisor "$1" sup-spread "$(command -v node)" "$APP_DIR/index.js"; }
 start_sup_demo() { start_under_supervisor "$1" sup-demo "$DEMO"; }
 
 start_demo() {
@@ -204,6 +222,102 @@ run_setup() {
   eval "$STOP" || true
   [ ${#STARTED[@]} -eq 0 ] || kill_tree "${STARTED[@]}" # whatever the stop left behind
   STARTED=()
+}
+
+# ---------------------------------------------------------------- 4. connection spread
+declare -A SP_LABEL SP_FAILED SP_COUNTS SP_STATUS SP_RPS SP_ERR SP_TOTAL SP_OPEN
+SP_KEYS=()
+
+# worker_pids: the worker pids of the setup running (a supervisor's from its status, node
+# cluster's the primary's children).
+worker_pids() {
+  if [ -n "${SUP_CFG:-}" ]; then
+    "$SUP" status --json -c "$SUP_CFG" | python3 -c 'import json,sys; print(" ".join(str(w["process"]["pid"]) for a in json.load(sys.stdin)["apps"] for w in a["workers"]))'
+  else
+    pgrep -P "$MGR_PID" | tr '\n' ' '
+  fi
+}
+
+# conn_counts PORT PID...: established connections to 127.0.0.1:PORT held by each PID (ss -tnp:
+# a socket's holders are listed as pid=N), ascending, space-separated; a PID holding none is 0.
+conn_counts() {
+  local port=$1; shift
+  ss -Htnp state established "( sport = :$port )" 2>/dev/null | awk -v pids="$*" '
+    BEGIN { n = split(pids, p, " "); for (i = 1; i <= n; i++) c[p[i]] = 0 }
+    { delete seen; s = $0
+      while (match(s, /pid=[0-9]+/)) { q = substr(s, RSTART + 4, RLENGTH - 4); s = substr(s, RSTART + RLENGTH)
+        if ((q in c) && !(q in seen)) { c[q]++; seen[q] = 1 } } }
+    END { for (q in c) print c[q] }' | sort -n | tr '\n' ' ' | sed 's/ $//'
+}
+
+# status_counts: the `conns` column of `supervisor status` (JSON), ascending (empty for node).
+status_counts() {
+  [ -n "${SUP_CFG:-}" ] || return 0
+  "$SUP" status --json -c "$SUP_CFG" | python3 -c 'import json,sys; print(" ".join(sorted((str(w.get("connections", "-")) for a in json.load(sys.stdin)["apps"] for w in a["workers"]), key=lambda x: (len(x), x))))'
+}
+
+# spread_setup KEY LABEL PORT: start_KEY, then wrk -c$SPREAD_CONNS keep-alive on /heavy, the
+# connections per worker sampled while it runs; then stop.
+spread_setup() {
+  local key=$1 port=$3 report="$OUT/cmp-spread-$1.txt" wrk_pid pids req p50 p99 best end counts total
+  SP_KEYS+=("$key"); SP_LABEL[$key]=$2
+  echo "compare: spread, $2 ..." >&2
+  wait_port_free "$port" 20 || { SP_FAILED[$key]="port $port still busy"; return; }
+  if ! "start_$key" "$port"; then
+    SP_FAILED[$key]="did not become ready (logs: $OUT/cmp-*.log)"
+  else
+    sleep 1 # every worker listening, not just the first
+    pids=$(worker_pids)
+    wrk -t2 -c"$SPREAD_CONNS" -d"${SPREAD_DURATION}s" --timeout 5s --latency "http://127.0.0.1:$port/heavy" > "$report" 2>&1 &
+    wrk_pid=$!
+    # Every half second from 1 s on, until 1 s before the end: the sample in which the workers
+    # hold the most connections (busy workers leave connections in the accept queue a while:
+    # those are nobody's yet).
+    sleep 1
+    best=-1; end=$(( $(date +%s) + SPREAD_DURATION - 2 ))
+    while alive "$wrk_pid"; do
+      # shellcheck disable=SC2086 # one pid per word
+      counts=$(conn_counts "$port" $pids)
+      total=$(( $(tr ' ' '+' <<< "${counts:-0}") ))
+      if [ "$total" -gt "$best" ]; then
+        best=$total; SP_COUNTS[$key]=$counts; SP_STATUS[$key]=$(status_counts)
+        SP_OPEN[$key]=$(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l)
+      fi
+      [ "$(date +%s)" -lt "$end" ] || break
+      sleep 0.5
+    done
+    SP_TOTAL[$key]=$best
+    wait "$wrk_pid" 2>/dev/null || true
+    read -r req SP_ERR[$key] SP_RPS[$key] p50 p99 < <(wrk_summary "$report")
+  fi
+  eval "$STOP" || true
+  [ ${#STARTED[@]} -eq 0 ] || kill_tree "${STARTED[@]}"
+  STARTED=()
+}
+
+# spread_stats COUNTS...: "min max max/min stddev" of the counts (max/min "inf" when min is 0).
+spread_stats() {
+  awk 'BEGIN { n = ARGC - 1; if (n == 0) { print "- - - -"; exit }
+    for (i = 1; i < ARGC; i++) { v = ARGV[i] + 0; s += v; q += v * v; if (i == 1 || v < lo) lo = v; if (v > hi) hi = v }
+    m = s / n; sd = sqrt(q / n - m * m)
+    printf "%d %d %s %.1f\n", lo, hi, (lo > 0 ? sprintf("%.2f", hi / lo) : "inf"), sd }' "$@"
+}
+
+spread_report() {
+  local k min max ratio sd
+  echo "== 4. Spread of $SPREAD_CONNS keep-alive connections over the workers of the Node app"
+  echo "   (wrk -t2 -c$SPREAD_CONNS -d${SPREAD_DURATION}s on /heavy; connections per worker pid from ss -tnp, every 0.5 s,"
+  echo "   the sample where the workers held the most: \"held\" of those open; the others waited in an accept queue"
+  echo "   (supervisor) or in the primary (node cluster hands a connection on when a worker is free); supervisor"
+  echo "   rows also give the \`conns\` column of supervisor status then; errors: requests not answered in 5 s)"
+  printf '%-34s %7s %-24s %7s %5s %5s %7s %6s %9s %6s  %s\n' setup workers "connections per worker" held min max max/min stddev "req/s" errors "status conns"
+  for k in "${SP_KEYS[@]}"; do
+    if [ -n "${SP_FAILED[$k]:-}" ]; then printf '%-34s %s\n' "${SP_LABEL[$k]}" "FAILED: ${SP_FAILED[$k]}"; continue; fi
+    # shellcheck disable=SC2086
+    read -r min max ratio sd < <(spread_stats ${SP_COUNTS[$k]})
+    printf '%-34s %7s %-24s %7s %5s %5s %7s %6s %9s %6s  %s\n' "${SP_LABEL[$k]}" "$(wc -w <<< "${SP_COUNTS[$k]}")" \
+      "${SP_COUNTS[$k]}" "${SP_TOTAL[$k]}/${SP_OPEN[$k]}" "$min" "$max" "$ratio" "$sd" "${SP_RPS[$k]}" "${SP_ERR[$k]}" "${SP_STATUS[$k]:--}"
+  done
 }
 
 # ---------------------------------------------------------------- report
@@ -325,12 +439,22 @@ PY
 declare -A SHORT=([node]="node index.js" [cluster]="node cluster" [pm2]="pm2 -i $N"
   [sup_node]="supervisor + node" [demo]="demo-app" [sup_demo]="supervisor + demo-app")
 
-run_setup node "node index.js (1 process)" "$APP_PORT"
-run_setup cluster "node cluster (primary.js, $(nproc) workers)" "$APP_PORT"
-run_setup pm2 "pm2 start index.js -i $N" "$APP_PORT"
-run_setup sup_node "supervisor + node index.js, $N workers" "$APP_PORT"
-run_setup demo "demo-app alone (1 process)" "$(free_port)"
-run_setup sup_demo "supervisor + demo-app, $N workers" "$(free_port)"
+if [ "$ONLY" != spread ]; then
+  run_setup node "node index.js (1 process)" "$APP_PORT"
+  run_setup cluster "node cluster (primary.js, $(nproc) workers)" "$APP_PORT"
+  run_setup pm2 "pm2 start index.js -i $N" "$APP_PORT"
+  run_setup sup_node "supervisor + node index.js, $N workers" "$APP_PORT"
+  run_setup demo "demo-app alone (1 process)" "$(free_port)"
+  run_setup sup_demo "supervisor + demo-app, $N workers" "$(free_port)"
+fi
+spread_setup sup_shared "supervisor, balance = \"shared\"" "$APP_PORT"
+spread_setup sup_spread "supervisor, balance = \"spread\"" "$APP_PORT"
+spread_setup cluster "node cluster, round robin" "$APP_PORT"
 
 echo >&2
-{ report; echo; chart; } | tee "$OUT/compare.txt"
+if [ "$ONLY" = spread ]; then
+  { echo "supervisor vs node cluster: $(date -u +%FT%TZ), $(nproc) CPUs, N=$N workers, loopback, /heavy"
+    echo "load average before: $LOAD_START, after: $(cut -d' ' -f1-3 /proc/loadavg)"; echo; spread_report; } | tee "$OUT/compare-spread.txt"
+else
+  { report; echo; spread_report; echo; chart; } | tee "$OUT/compare.txt"
+fi

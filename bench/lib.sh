@@ -1,8 +1,10 @@
 # Shared helpers for the bench scripts (sourced). Loopback only; every wait is bounded.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SUP="$ROOT/target/release/supervisor"
-DEMO="$ROOT/target/release/demo-app"
+# The release binaries, in cargo's target directory (CARGO_TARGET_DIR when set, as cargo does).
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SUP="$TARGET_DIR/release/supervisor"
+DEMO="$TARGET_DIR/release/demo-app"
 OUT=${BENCH_OUT:-$ROOT/bench/out}
 mkdir -p "$OUT"
 
@@ -25,10 +27,12 @@ wait_http() {
 }
 
 # write_config FILE PORT INSTANCES [COMMAND [ARG...]]: a supervisor config for demo-app, or for
-# COMMAND ARG... (e.g. node /abs/path/app.js) when given.
+# COMMAND ARG... (e.g. node /abs/path/app.js) when given; with BALANCE set (shared, sticky or
+# spread), the app's `balance`.
 write_config() {
-  local command=${4:-$DEMO} args="" a
+  local command=${4:-$DEMO} args="" a balance=""
   for a in "${@:5}"; do args+="${args:+, }\"$a\""; done
+  [ -z "${BALANCE:-}" ] || balance="balance = \"$BALANCE\""
   cat > "$1" <<CONF
 [supervisor]
 control_socket = "$(dirname "$1")/bench-$2.sock"
@@ -37,6 +41,7 @@ name = "$(basename "$command" | tr -c 'A-Za-z0-9_\n-' _)"
 command = "$command"
 args = [$args]
 instances = $3
+$balance
 ready_timeout = "10s"
 kill_timeout = "10s"
 [[app.listen]]

@@ -276,11 +276,12 @@ impl Shell {
         let me = std::process::id() as i32;
         let supervisor = self.cpu.sample(me, self.record.started).into();
         // One pass over /proc for every worker's process group, one read of the TCP tables for
-        // the connections of every app's listeners.
+        // the connections of the listeners of every app shown.
         let procs = crate::sys::procstat::GroupScan::scan();
         let listening: Vec<SocketAddr> = self
             .core
             .apps()
+            .filter(|v| only.is_none_or(|o| o == v.app.id()))
             .flat_map(|v| tcp_addresses(self.sockets.get(v.app.settings().sockets)))
             .collect();
         let established = crate::sys::connections::Established::read(&listening);
