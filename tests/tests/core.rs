@@ -585,7 +585,20 @@ fn held_connection(addr: std::net::SocketAddr) -> (std::net::TcpStream, i32) {
 
 #[test]
 fn status_counts_each_workers_connections_and_shows_the_balance() {
-    let s = Supervisor::start(DEMO2, 2).unwrap();
+    for balance in ["shared", "spread"] {
+        counts_connections(balance);
+    }
+}
+
+/// 7 keep-alive connections held open to a demo app with 2 workers and `balance`: each worker's
+/// count in `status` is the number of them it answered, then 0 once they are closed.
+fn counts_connections(balance: &str) {
+    let config = if balance == "shared" {
+        DEMO2.to_string() // the default
+    } else {
+        format!("{DEMO2}balance = \"{balance}\"\n")
+    };
+    let s = Supervisor::start(&config, 2).unwrap();
     let addr = s.addr().unwrap();
     let held: Vec<(std::net::TcpStream, i32)> = (0..7).map(|_| held_connection(addr)).collect();
     let mut expected = std::collections::BTreeMap::new();
@@ -593,7 +606,7 @@ fn status_counts_each_workers_connections_and_shows_the_balance() {
         *expected.entry(*pid).or_insert(0u64) += 1;
     }
     let v = s.status().unwrap();
-    assert_eq!(v["apps"][0]["balance"], "shared", "the default");
+    assert_eq!(v["apps"][0]["balance"], balance);
     let counted: std::collections::BTreeMap<i32, u64> = v["apps"][0]["workers"]
         .as_array()
         .unwrap()
@@ -613,7 +626,7 @@ fn status_counts_each_workers_connections_and_shows_the_balance() {
         );
     }
     let table = String::from_utf8_lossy(&s.cli(&["status"]).unwrap().stdout).to_string();
-    assert!(table.contains("balance shared"), "{table}");
+    assert!(table.contains(&format!("balance {balance}")), "{table}");
     assert!(table.contains("conns"), "{table}");
     // Closed by the clients: counted no more.
     drop(held);
