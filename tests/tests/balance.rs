@@ -18,15 +18,22 @@ fn app(balance: &str, instances: usize) -> String {
     )
 }
 
-/// The pid that answers a request on a new connection from `from`.
-fn pid_from(from: Ipv4Addr, to: SocketAddr) -> String {
+/// A connection from source address `from` to `to` with a request written: `GET /`, closed
+/// after its answer.
+fn request_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&SocketAddr::new(from.into(), 0).into()).unwrap();
     s.connect_timeout(&to.into(), Duration::from_secs(5))
         .unwrap();
     let mut s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    s
+}
+
+/// The pid that answers a request on a new connection from `from`.
+fn pid_from(from: Ipv4Addr, to: SocketAddr) -> String {
+    let mut s = request_from(from, to);
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.split("pid=")
@@ -199,13 +206,7 @@ fn a_connection_queued_on_a_crashed_workers_socket_is_answered_by_its_restart() 
     // Stopped, it accepts nothing: the connection waits in slot 0's queue.
     // SAFETY: kill takes no pointers; `victim` is our supervisor's worker.
     unsafe { libc::kill(victim, libc::SIGSTOP) };
-    let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    c.bind(&SocketAddr::new(from.into(), 0).into()).unwrap();
-    c.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut c: TcpStream = c.into();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(c, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut c = request_from(from, addr);
     // Its worker crashes: the supervisor holds the slot's socket, the restart takes the queue.
     // SAFETY: as above.
     unsafe { libc::kill(victim, libc::SIGKILL) };

@@ -239,6 +239,21 @@ impl Sim {
         })
     }
 
+    /// One app, `first`, started with every worker ready; the file its reloads read has it
+    /// with a new program (arguments `v2`) and `change` applied.
+    pub fn running_one(first: AppSettings, change: impl FnOnce(&mut AppSettings)) -> Sim {
+        let mut sim = Sim::new(vec![(first.clone(), vec![])]);
+        sim.send(Event::Start);
+        sim.ready_all(0);
+        let mut next = first;
+        let mut spec: WorkerSpec = (*next.spec).clone();
+        spec.args = vec!["v2".into()];
+        next.spec = Arc::new(spec);
+        change(&mut next);
+        sim.config = Ok(vec![next]);
+        sim
+    }
+
     /// Moves time forward by `d`, firing every deadline passed on the way, in order.
     pub fn advance(&mut self, d: Duration) {
         let until = self.now + d;

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::WorkerSpec;
 use crate::core::report::{CanaryStage, ReloadMode, ReloadOutcome, ReloadReport};
 use crate::core::test_support::{Sim, settings};
 use crate::core::{
@@ -18,17 +17,7 @@ const SEC: Duration = Duration::from_secs(1);
 /// App `web` (`instances` workers, all ready in generation 1), and the settings its reloads
 /// read (`change` applied to them: a new program, a hold).
 fn web(instances: usize, change: impl FnOnce(&mut AppSettings)) -> Sim {
-    let first = settings("web", instances, 1, 0);
-    let mut sim = Sim::new(vec![(first.clone(), vec![])]);
-    sim.send(Event::Start);
-    sim.ready_all(0);
-    let mut next = first;
-    let mut spec: WorkerSpec = (*next.spec).clone();
-    spec.args = vec!["v2".into()];
-    next.spec = Arc::new(spec);
-    change(&mut next);
-    sim.config = Ok(vec![next]);
-    sim
+    Sim::running_one(settings("web", instances, 1, 0), change)
 }
 
 fn reload(sim: &mut Sim, mode: ReloadMode, reply: ReplyTo) {

@@ -4,10 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Balance, WorkerSpec};
+use crate::config::Balance;
 use crate::core::test_support::{Sim, settings};
 use crate::core::{
     Event, ExitStatus, Route, Signal, SocketSet, TimerKey, UNROUTE_GRACE, WorkerState,
@@ -17,15 +16,7 @@ use crate::core::{
 fn sticky(instances: usize) -> Sim {
     let mut first = settings("web", instances, 1, 0);
     first.balance = Balance::Sticky;
-    let mut sim = Sim::new(vec![(first.clone(), vec![])]);
-    sim.send(Event::Start);
-    sim.ready_all(0);
-    let mut next = first;
-    let mut spec: WorkerSpec = (*next.spec).clone();
-    spec.args = vec!["v2".into()];
-    next.spec = Arc::new(spec);
-    sim.config = Ok(vec![next]);
-    sim
+    Sim::running_one(first, |_| {})
 }
 
 fn route(slots: usize, open: usize, serving: &[usize]) -> Route {

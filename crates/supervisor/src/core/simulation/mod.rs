@@ -319,3 +319,18 @@ fn seed_1003116_a_removed_app_scales_nothing_on_its_way_out() {
         ],
     );
 }
+
+/// Found by the long run: a canary held with no `canary_hold` (no deadline) right as the run
+/// settled was taken for a reload that never ends; settling continues or rolls it back first.
+#[test]
+fn seed_4009649_a_canary_held_at_the_end_is_settled() {
+    replay(
+        4009649,
+        &[Step::Reload {
+            app: Some(2),
+            client: true,
+            wait: false,
+            mode: ReloadMode::Canary,
+        }],
+    );
+}

@@ -76,9 +76,14 @@ impl World {
     }
 
     /// Nothing left to happen but the memory samples: no process starting or told to stop, no
-    /// deadline but theirs.
+    /// deadline but theirs, no reload under way (a canary held without `canary_hold` waits for
+    /// the next round's continue or rollback, with no deadline).
     fn quiet(&self) -> bool {
         self.dying.is_empty()
+            && self
+                .core
+                .apps()
+                .all(|v| v.app.reload_generation().is_none())
             && self
                 .procs
                 .iter()
