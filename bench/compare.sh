@@ -22,11 +22,12 @@
 #
 #   bench/compare.sh                                   # RELOADS=20 DURATION=10 CONNS=64 N=nproc
 #   RELOADS=2 DURATION=3 NO_BUILD=1 bench/compare.sh   # a quick smoke run, no cargo build
-#   ONLY=spread DURATION=5 bench/compare.sh            # section 4 alone (no pm2, no loadtest)
-# Other knobs: WARMUP=2 (s), LT_REQUESTS=1200, LT_CONC=200, SPREAD_CONNS=200,
-# SPREAD_DURATION=$DURATION (s). Needs wrk and node (apt-get install
-# wrk nodejs npm); pm2 and loadtest are installed into bench/out/tools when missing, express by
-# `npm ci` in examples/node-express. Port 3000 must be free. Everything started is stopped on exit.
+#   ONLY=spread DURATION=5 bench/compare.sh            # section 4 alone (no pm2, no loadtest),
+#                                                      # to bench/out/compare-spread.txt
+# Other knobs: WARMUP=2 (s), LT_REQUESTS=1200, LT_CONC=200, SPREAD_CONNS=200, SPREAD_DURATION
+# (s, default DURATION). Needs wrk and node (apt-get install wrk nodejs npm); pm2 and loadtest
+# are installed into bench/out/tools when missing, express by `npm ci` in examples/node-express.
+# Port 3000 must be free. Everything started is stopped on exit.
 source "$(dirname "$0")/lib.sh"
 RELOADS=${RELOADS:-20}
 DURATION=${DURATION:-10}
