@@ -21,15 +21,24 @@ impl App {
     }
 
     /// Set `set`'s route: a slot serves while a worker of it started on `set` is ready (and not
-    /// draining); the sockets stay open up to the highest slot of a worker still running on it.
+    /// draining); the sockets stay open up to the highest slot of a worker of the app still
+    /// running, on any set: the sets of an address a reload kept share its slot sockets, and a
+    /// worker of a set closed already (scaled away by the reload that closed it) may still be
+    /// accepting on its slot's socket until it is told to drain.
     fn route(&self, set: SocketSet) -> Route {
         let slots = if self.slots.iter().any(|s| s.sockets == set) {
             self.slots.len()
         } else {
             0
         };
+        let open = self
+            .workers
+            .values()
+            .map(|w| w.slot + 1)
+            .max()
+            .unwrap_or(0)
+            .max(slots);
         let on_set = || self.workers.values().filter(move |w| w.sockets == set);
-        let open = on_set().map(|w| w.slot + 1).max().unwrap_or(0).max(slots);
         let serving: BTreeSet<usize> = on_set()
             .filter(|w| w.state == WorkerState::Ready)
             .map(|w| w.slot)

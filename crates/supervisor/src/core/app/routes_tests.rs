@@ -125,3 +125,40 @@ fn a_shared_app_has_no_routes_and_drains_a_scaled_away_worker_at_once() {
     assert_eq!(sim.signalled(ready[1]), vec![Signal::Term]);
     assert!(sim.routes.is_empty());
 }
+
+#[test]
+fn a_reload_to_fewer_slots_keeps_their_sockets_open_until_the_workers_scaled_away_are_gone() {
+    let mut first = settings("web", 4, 1, 0);
+    first.balance = Balance::Sticky;
+    let mut sim = Sim::running_one(first, |next| {
+        std::sync::Arc::make_mut(&mut next.spec).instances = 2;
+        // The reload rolls onto a new set sharing the address's slot sockets.
+        next.sockets = SocketSet(1);
+    });
+    let old = sim.workers(0, WorkerState::Ready);
+    sim.send(Event::Reload {
+        app: Some(0),
+        reply: Some(1),
+        wait: true,
+        mode: crate::core::report::ReloadMode::Rolling,
+    });
+    for _ in 0..2 {
+        let new = sim.workers(0, WorkerState::Starting);
+        sim.send(Event::Ready(new[0]));
+    }
+    assert_eq!(sim.reports(1).len(), 1, "the reload ended");
+    assert!(sim.closed.contains(&SocketSet(0)), "the old set is closed");
+    let (set, kept) = sim.routes.last().cloned().unwrap();
+    assert_eq!(set, SocketSet(1));
+    assert_eq!(
+        kept.open, 4,
+        "slots 2 and 3 still have their workers: {kept:?}"
+    );
+    for gone in &old[2..] {
+        sim.exit(*gone, ExitStatus::Code(0));
+    }
+    for gone in &old[..2] {
+        sim.exit(*gone, ExitStatus::Code(0));
+    }
+    assert_eq!(sim.routes.last().unwrap().1, route(2, 2, &[0, 1]));
+}

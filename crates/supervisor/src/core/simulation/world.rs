@@ -611,7 +611,13 @@ impl World {
     fn check_routes(&self) -> Result<(), String> {
         for (set, route) in &self.routes {
             let on_set = || self.procs.iter().filter(move |(_, p)| p.on.0 == *set);
-            if let Some((id, p)) = on_set().find(|(_, p)| p.on.1 >= route.open) {
+            // Any set of the app may share the address's slot sockets.
+            let apps: BTreeSet<AppId> = on_set().map(|(id, _)| crate::core::app_of(*id)).collect();
+            let mut of_app = self
+                .procs
+                .iter()
+                .filter(|(id, _)| apps.contains(&crate::core::app_of(**id)));
+            if let Some((id, p)) = of_app.find(|(_, p)| p.on.1 >= route.open) {
                 return Err(format!(
                     "sockets {set:?}: slot {}'s socket is closed (open {}) under worker {id}, which still runs",
                     p.on.1, route.open
