@@ -217,3 +217,35 @@ fn a_connection_queued_on_a_crashed_workers_socket_is_answered_by_its_restart() 
     assert_ne!(restarted, victim);
     assert!(body.contains(&format!("pid={restarted}")), "{body}");
 }
+
+#[test]
+fn reloads_that_change_the_number_of_workers_under_load_fail_nothing() {
+    let s = Supervisor::start(&app("sticky", 4), 4).unwrap();
+    let addr = s.addr().unwrap();
+    let load = Load::start(addr, "/", 3, &[ConnMode::KeepAlive, ConnMode::PerRequest]);
+    load.wait_answered().unwrap();
+    for n in [2usize, 4, 1, 3] {
+        s.rewrite(&app("sticky", n)).unwrap();
+        let (ok, text) = s.cli_text(&["reload"]).unwrap();
+        assert!(ok, "{text}");
+        wait_for(
+            Duration::from_secs(20),
+            "the old workers to be gone",
+            || {
+                let ws = e2e::workers(&s.status().ok()?);
+                (ws.len() == n && ws.iter().all(|w| w.state == "ready")).then_some(())
+            },
+        )
+        .unwrap();
+        let pids: BTreeSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
+        for (from, pid) in pid_by_address(addr) {
+            assert!(pids.contains(&pid.parse().unwrap()), "{from} reached {pid}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let log = s.log_text();
+    assert!(!log.contains("still queued"), "{log}");
+    assert!(!log.contains("cannot"), "{log}");
+}
