@@ -249,3 +249,33 @@ fn reloads_that_change_the_number_of_workers_under_load_fail_nothing() {
     assert!(!log.contains("still queued"), "{log}");
     assert!(!log.contains("cannot"), "{log}");
 }
+
+#[test]
+fn scaled_to_zero_and_back_under_load_every_connection_waits_and_is_answered() {
+    for balance in ["sticky", "spread"] {
+        let s = Supervisor::start(&app(balance, 3), 3).unwrap();
+        let load = Load::start(
+            s.addr().unwrap(),
+            "/",
+            4,
+            &[ConnMode::KeepAlive, ConnMode::PerRequest],
+        );
+        load.wait_answered().unwrap();
+        let (ok, text) = s.cli_text(&["scale", "demo", "0"]).unwrap();
+        assert!(ok, "{text}");
+        wait_for(Duration::from_secs(20), "every worker gone", || {
+            e2e::workers(&s.status().ok()?).is_empty().then_some(())
+        })
+        .unwrap();
+        // Connections made meanwhile wait in slot 0's queue, the one socket kept.
+        std::thread::sleep(Duration::from_millis(500));
+        let (ok, text) = s.cli_text(&["scale", "demo", "3"]).unwrap();
+        assert!(ok, "{text}");
+        s.wait_ready(3, Duration::from_secs(20)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let report = load.stop();
+        assert_eq!(report.failed, 0, "{balance}: {:?}", report.errors);
+        let log = s.log_text();
+        assert!(!log.contains("still queued"), "{balance}: {log}");
+    }
+}

@@ -4,13 +4,16 @@
 //! the slots serving now; [`crate::sys::reuseport`] attaches it.
 //!
 //! The program hashes the client's address (`sticky`) or the addresses and ports (`spread`)
-//! and takes it modulo the app's slots: the bucket is the slot, and the socket's index in the
-//! kernel's `SO_REUSEPORT` group, because the shell binds a group's sockets in slot order and
-//! only ever closes its last ones. A bucket whose slot does not serve (its worker crashed, or
-//! is starting) is sent to a serving slot picked by more bits of the same hash, so the clients
-//! of a missing slot spread over the others while everyone else's stay where they were. With
-//! nothing serving it answers an index past the group, and the kernel falls back to its own
-//! hash (the connections wait in a queue a worker will take them from).
+//! into one of [`BUCKETS`] buckets and looks the bucket up in a table ([`table`]) of slots. A
+//! slot is the socket's index in the kernel's `SO_REUSEPORT` group too, because the shell binds
+//! a group's sockets in slot order and only ever closes its last ones. The table is consistent
+//! (jump consistent hashing of each bucket): going from N to N + 1 slots moves a bucket in
+//! N + 1 to the new slot and no other, and going down moves only the buckets of the slots that
+//! went. A bucket whose slot does not serve (its worker crashed, or is starting) goes to a
+//! serving slot picked the same way among those, so the clients of a missing slot spread over
+//! the others while everyone else's stay where they were, and come back with it. With nothing
+//! serving everything goes to slot 0, whose socket is never closed while the app runs: the
+//! connections wait in its queue for a worker.
 
 use crate::config::Balance;
 
@@ -31,6 +34,10 @@ pub struct Insn {
 /// The most instructions the kernel accepts in a classic program (`BPF_MAXINSNS`).
 pub const MAX_INSNS: usize = 4096;
 
+/// How many buckets the hash picks from (a power of two): at least one per slot
+/// ([`crate::config::MAX_INSTANCES`]), and a lookup of them within [`MAX_INSNS`].
+pub const BUCKETS: usize = 1024;
+
 /// Loads relative to the network header (`SKF_NET_OFF`): the program runs past the TCP header.
 const NET: u32 = 0xfff0_0000;
 
@@ -43,14 +50,13 @@ pub(crate) const LD_MEM: u16 = 0x60;
 pub(crate) const ST: u16 = 0x02;
 pub(crate) const TAX: u16 = 0x07;
 pub(crate) const ALU_MUL_K: u16 = 0x24;
-pub(crate) const ALU_DIV_K: u16 = 0x34;
+pub(crate) const ALU_AND_K: u16 = 0x54;
 pub(crate) const ALU_RSH_K: u16 = 0x74;
-pub(crate) const ALU_MOD_K: u16 = 0x94;
 pub(crate) const ALU_XOR_X: u16 = 0xac;
 pub(crate) const JA: u16 = 0x05;
 pub(crate) const JEQ_K: u16 = 0x15;
+pub(crate) const JGE_K: u16 = 0x35;
 pub(crate) const RET_K: u16 = 0x06;
-pub(crate) const RET_A: u16 = 0x16;
 
 fn op(code: u16, k: u32) -> Insn {
     Insn {
@@ -128,41 +134,76 @@ fn hash(mode: Balance) -> Vec<Insn> {
     out
 }
 
+/// Jump consistent hash (Lamping and Veach, 2014): which of `n` (at least 1) buckets `key`
+/// goes to, such that from `n` to `n + 1` a key moves only to the new bucket.
+fn jump(mut key: u64, n: usize) -> usize {
+    let (mut b, mut j) = (0u64, 0u64);
+    while j < n as u64 {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as u64;
+    }
+    b as usize
+}
+
+/// A bucket's number mixed into a key for [`jump`] (SplitMix64's finalizer).
+fn key(bucket: usize, salt: u64) -> u64 {
+    let mut z = (bucket as u64 ^ salt).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The slot of each bucket, for an app of `slots` slots of which `serving` (in order) take
+/// connections: its own slot when that serves, else one of the serving ones; slot 0 for every
+/// bucket when none serves.
+pub fn table(slots: usize, serving: &[usize]) -> Vec<usize> {
+    (0..BUCKETS)
+        .map(|b| {
+            if slots == 0 || serving.is_empty() {
+                return 0;
+            }
+            let home = jump(key(b, 0), slots);
+            if serving.contains(&home) {
+                home
+            } else {
+                serving[jump(key(b, 0x5eed), serving.len())]
+            }
+        })
+        .collect()
+}
+
 /// The program for an app of `slots` slots of which `serving` (in order) take connections.
 pub fn program(mode: Balance, slots: usize, serving: &[usize]) -> Vec<Insn> {
-    let nothing = vec![op(RET_K, u32::MAX)];
-    if slots == 0 || serving.is_empty() || mode == Balance::Shared {
-        return nothing;
+    let table = table(slots, serving);
+    if mode == Balance::Shared || table.iter().all(|s| *s == table[0]) {
+        return vec![op(RET_K, table[0] as u32)];
     }
     let mut out = hash(mode);
-    out.push(op(ST, 0));
-    out.push(op(ALU_MOD_K, slots as u32));
-    let missing: Vec<usize> = (0..slots).filter(|b| !serving.contains(b)).collect();
-    if missing.is_empty() {
-        out.push(op(RET_A, 0));
-        return out;
+    out.push(op(ALU_AND_K, (BUCKETS - 1) as u32));
+    // The table as runs of buckets going to one slot, in order: below a run's end, its slot.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (b, slot) in table.iter().enumerate() {
+        match runs.last_mut() {
+            Some((end, s)) if s == slot => *end = b + 1,
+            _ => runs.push((b + 1, *slot)),
+        }
     }
-    // A missing bucket jumps to the remap, past the rest of this chain and its `ret a`.
-    for (i, b) in missing.iter().enumerate() {
-        out.push(jeq(*b as u32, 0, 1));
-        out.push(op(JA, (2 * (missing.len() - i - 1) + 1) as u32));
+    let last = runs.len() - 1;
+    for (i, (end, slot)) in runs.into_iter().enumerate() {
+        if i < last {
+            out.push(Insn {
+                code: JGE_K,
+                jt: 1,
+                jf: 0,
+                k: end as u32,
+            });
+        }
+        out.push(op(RET_K, slot as u32));
     }
-    out.push(op(RET_A, 0));
-    // The remap: another part of the hash picks one of the serving slots.
-    out.extend([
-        op(LD_MEM, 0),
-        op(ALU_DIV_K, slots as u32),
-        op(ALU_MOD_K, serving.len() as u32),
-    ]);
-    for (k, slot) in serving.iter().enumerate() {
-        out.push(jeq(k as u32, 0, 1));
-        out.push(op(RET_K, *slot as u32));
-    }
-    out.push(op(RET_K, serving[0] as u32));
-    if out.len() > MAX_INSNS {
-        // Not reachable within MAX_INSTANCES slots; never a program the kernel refuses.
-        return nothing;
-    }
+    // At most two per bucket past the hash (BUCKETS is sized for it): never a program the
+    // kernel refuses.
+    debug_assert!(out.len() <= MAX_INSNS, "{} instructions", out.len());
     out
 }
 

@@ -29,14 +29,13 @@ fn run(prog: &[Insn], packet: &[u8]) -> Option<u32> {
             ST => mem[i.k as usize] = Some(a),
             TAX => x = a,
             ALU_MUL_K => a = a.wrapping_mul(i.k),
-            ALU_DIV_K => a = a.checked_div(i.k)?,
+            ALU_AND_K => a &= i.k,
             ALU_RSH_K => a >>= i.k,
-            ALU_MOD_K => a = a.checked_rem(i.k)?,
             ALU_XOR_X => a ^= x,
             JA => pc += i.k as usize,
             JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+            JGE_K => pc += usize::from(if a >= i.k { i.jt } else { i.jf }),
             RET_K => return Some(i.k),
-            RET_A => return Some(a),
             other => panic!("opcode {other:#x} not interpreted"),
         }
     }
@@ -154,21 +153,23 @@ fn a_slot_that_does_not_serve_has_its_clients_spread_over_the_others_and_nobody_
 }
 
 #[test]
-fn with_nothing_serving_the_kernel_picks_and_programs_stay_within_its_limit() {
+fn with_nothing_serving_everything_waits_on_slot_0_and_programs_stay_within_the_limit() {
     for prog in [
         program(Balance::Sticky, 4, &[]),
         program(Balance::Spread, 0, &[]),
         program(Balance::Shared, 4, &[0]),
     ] {
-        assert_eq!(run(&prog, &v4(addr(1), 1, 5)), Some(u32::MAX));
+        assert_eq!(run(&prog, &v4(addr(1), 1, 5)), Some(0));
     }
     // The most slots, half of them missing: within the kernel's limit, and a serving slot.
     let serving: Vec<usize> = (0..crate::config::MAX_INSTANCES).step_by(2).collect();
-    let prog = program(Balance::Spread, crate::config::MAX_INSTANCES, &serving);
-    assert!(prog.len() <= MAX_INSNS, "{}", prog.len());
-    for port in 0..500 {
-        let slot = run(&prog, &v4(addr(3), port, 5)).unwrap();
-        assert_eq!(slot % 2, 0, "slot {slot} does not serve");
+    for mode in [Balance::Sticky, Balance::Spread] {
+        let prog = program(mode, crate::config::MAX_INSTANCES, &serving);
+        assert!(prog.len() <= MAX_INSNS, "{}", prog.len());
+        for port in 0..500 {
+            let slot = run(&prog, &v4(addr(port), port as u16, 5)).unwrap();
+            assert_eq!(slot % 2, 0, "slot {slot} does not serve");
+        }
     }
     // Slots that are not a prefix (the first ones restarting) are never picked either.
     let prog = program(Balance::Sticky, 5, &[3, 4]);
@@ -177,19 +178,64 @@ fn with_nothing_serving_the_kernel_picks_and_programs_stay_within_its_limit() {
 }
 
 #[test]
-fn a_packet_too_short_to_read_fails_like_the_kernel_and_the_builder_never_divides_by_zero() {
-    let prog = program(Balance::Spread, 2, &[0, 1]);
-    assert_eq!(run(&prog, &[0x45, 0, 0]), None);
-    for slots in 1..20 {
-        for n in 1..=slots {
-            let serving: Vec<usize> = (0..n).collect();
-            let prog = program(Balance::Sticky, slots, &serving);
-            assert!(
-                prog.iter()
-                    .all(|i| !matches!(i.code, ALU_DIV_K | ALU_MOD_K) || i.k != 0)
-            );
-            let slot = run(&prog, &v4(addr(slots as u32), 1, 5)).unwrap();
-            assert!((slot as usize) < n, "{slots} slots, {n} serving: {slot}");
+fn scaling_moves_only_the_clients_it_must() {
+    let picks = |slots: usize| -> Vec<u32> {
+        let serving: Vec<usize> = (0..slots).collect();
+        let prog = program(Balance::Sticky, slots, &serving);
+        (0..4000)
+            .map(|i| run(&prog, &v4(addr(i), 1, 5)).unwrap())
+            .collect()
+    };
+    let (four, five, three) = (picks(4), picks(5), picks(3));
+    // Up: a client moves only to the new slot, about a fifth of them.
+    let moved: Vec<(u32, u32)> = four
+        .iter()
+        .zip(&five)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| (*a, *b))
+        .collect();
+    assert!(moved.iter().all(|(_, to)| *to == 4), "{:?}", &moved[..5]);
+    assert!(
+        (600..1000).contains(&moved.len()),
+        "{} of 4000 moved",
+        moved.len()
+    );
+    // Down: only the clients of the slot that went move.
+    for (a, b) in four.iter().zip(&three) {
+        if *a < 3 {
+            assert_eq!(a, b, "a client of a slot that stays moved");
         }
     }
+}
+
+#[test]
+fn every_slot_count_and_serving_set_gets_a_serving_slot_from_an_even_table() {
+    for slots in 1..20 {
+        for n in 1..=slots {
+            let serving: Vec<usize> = (slots - n..slots).collect();
+            let prog = program(Balance::Sticky, slots, &serving);
+            let slot = run(&prog, &v4(addr(slots as u32), 1, 5)).unwrap() as usize;
+            assert!(
+                serving.contains(&slot),
+                "{slots} slots, {serving:?}: {slot}"
+            );
+        }
+        // Each slot gets its share of the buckets, as a hash does: within four standard
+        // deviations (a third of it, at most, for 20 slots).
+        let all: Vec<usize> = (0..slots).collect();
+        let t = table(slots, &all);
+        let share = (BUCKETS / slots) as f64;
+        for s in 0..slots {
+            let n = t.iter().filter(|x| **x == s).count() as f64;
+            assert!(
+                (n - share).abs() <= 4.0 * share.sqrt() + 1.0,
+                "{slots} slots: slot {s} has {n}"
+            );
+        }
+    }
+    // A packet too short to read fails like the kernel's (which then returns 0).
+    assert_eq!(
+        run(&program(Balance::Spread, 2, &[0, 1]), &[0x45, 0, 0]),
+        None
+    );
 }

@@ -140,8 +140,15 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
         for l in &app.listeners {
             println!("  listen:         {} {}", l.name, l.addr);
         }
+        let tcp = app
+            .listeners
+            .iter()
+            .any(|l| matches!(l.addr, crate::config::ListenAddr::Tcp(_)));
         match app.balance {
             crate::config::Balance::Shared => {}
+            b if !tcp => println!(
+                "  note:           balance = \"{b}\" applies to TCP listeners: this app has none (a Unix socket keeps one shared queue)"
+            ),
             b => println!(
                 "  balance:        {b} (a socket per worker, {})",
                 if b == crate::config::Balance::Sticky {

@@ -11,6 +11,7 @@ use super::shell::Shell;
 use crate::config::Config;
 use crate::core::{AppId, AppRead, FileRead, Phase};
 use crate::jobs::scheduler;
+use crate::sys::listeners::ListenError;
 
 impl Shell {
     /// Reads the config file again for a reload: every app's part, with its sockets bound.
@@ -21,10 +22,18 @@ impl Shell {
         for p in plan.apps {
             let mut sockets = p.sockets.and_then(|s| match s {
                 SocketsPlan::Keep(set) => Ok(set),
-                SocketsPlan::Bind { reuse } => self
-                    .sockets
-                    .open(&p.app.listeners, &reuse)
-                    .map_err(|e| format!("{}: {e}", fresh.path.display())),
+                SocketsPlan::Bind { reuse } => {
+                    self.sockets.open(&p.app.listeners, &reuse).map_err(|e| {
+                        let how = match e {
+                            ListenError::BalanceChanged { .. } => format!(
+                                ": `supervisor stop {app}`, then `supervisor reload` (the whole file: `reload {app}` leaves a stopped app as it is), then `supervisor start {app}`; or restart the supervisor",
+                                app = p.app.name
+                            ),
+                            _ => String::new(),
+                        };
+                        format!("{}: {e}{how}", fresh.path.display())
+                    })
+                }
             });
             if !p.known
                 && let (Some(policy), Ok(_)) = (p.app.singleton, &sockets)

@@ -360,7 +360,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("changed from shared to sticky") && e.contains("supervisor stop APP"),
+            e.contains("changed from shared to sticky") && e.contains("bound again"),
             "{e}"
         );
         assert_eq!(sockets.sets.len(), 1);

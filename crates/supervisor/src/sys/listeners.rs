@@ -23,7 +23,7 @@ pub enum ListenError {
     /// An address kept by a reload whose `balance` changed between one shared socket and a
     /// socket per slot: its sockets would have to be bound again while they serve.
     #[error(
-        "{key} ({addr}): `balance` changed from {from} to {to}, which needs the address bound again, not possible while it serves: stop the app (`supervisor stop APP`), reload, then `supervisor start APP` (or restart the supervisor)"
+        "{key} ({addr}): `balance` changed from {from} to {to}, which needs the address bound again, not possible while it serves"
     )]
     BalanceChanged {
         /// Config key of the listener.
