@@ -1,5 +1,7 @@
-//! Established TCP connections of the apps' listening addresses, by socket inode: one read of
-//! `/proc/net/tcp` and `/proc/net/tcp6` per status. Counted per worker with the socket inodes its
+//! Established TCP connections of the apps' listening addresses, by socket inode: one dump of
+//! the kernel's socket diagnostics per status ([`super::sockdiag`], established sockets only),
+//! or where that is not available one read of `/proc/net/tcp` and `/proc/net/tcp6` (every socket,
+//! `TIME_WAIT` included, filtered here). Counted per worker with the socket inodes its
 //! process group holds ([`super::procstat::GroupScan::socket_inodes`]): a connection a worker
 //! accepted is one of its descriptors, `socket:[inode]`. The parsing is pure; [`Established::read`]
 //! is the one read.
@@ -27,6 +29,19 @@ impl Established {
     pub fn read(listening: &[SocketAddr]) -> Established {
         if listening.is_empty() {
             return Established::default();
+        }
+        // The kernel's socket diagnostics first: it leaves out every socket not established.
+        match super::sockdiag::established() {
+            Ok(all) => {
+                let by_inode = all
+                    .into_iter()
+                    .filter(|(_, local)| serves(listening, *local))
+                    .collect();
+                return Established { by_inode };
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "socket diagnostics unavailable: reading /proc/net/tcp")
+            }
         }
         let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(|path| {
             std::fs::read_to_string(path)

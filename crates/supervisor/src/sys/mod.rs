@@ -13,6 +13,7 @@ pub mod procstat;
 pub mod reaper;
 pub mod reuseport;
 pub mod sdnotify;
+pub mod sockdiag;
 pub mod spawn;
 
 /// Gives the memory freed by the allocator back to the system. After a reload settles, the
