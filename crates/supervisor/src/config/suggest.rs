@@ -30,6 +30,12 @@ const PM2_NAMES: &[(&str, &str)] = &[
     ("gid", "`group`"),
 ];
 
+/// Keys of one table often written in another, with the table they belong to.
+const OTHER_TABLE: &[(&str, &str)] = &[(
+    "balance",
+    "a key of `[[app]]` (it applies to every TCP listener of the app), not of this table",
+)];
+
 /// serde's "unknown field `X`, expected one of `a`, `b`" with what `X` was probably meant to be
 /// put first; any other message as it is.
 pub fn unknown_key(message: &str) -> String {
@@ -45,6 +51,9 @@ pub fn unknown_key(message: &str) -> String {
         .step_by(2)
         .filter(|k| !k.is_empty())
         .collect();
+    if let Some((_, table)) = OTHER_TABLE.iter().find(|(key, _)| *key == given) {
+        return format!("unknown key `{given}`: `{given}` is {table}");
+    }
     if let Some((_, ours)) = PM2_NAMES.iter().find(|(pm2, _)| *pm2 == given) {
         return format!("unknown key `{given}`: PM2's `{given}` is {ours} here");
     }
@@ -102,6 +111,12 @@ mod tests {
         );
         assert_eq!(distance("kill_timout", "kill_timeout"), 1);
         assert_eq!(distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn a_key_of_another_table_says_where_it_goes() {
+        let m = unknown_key("unknown field `balance`, expected one of `name`, `address`, `path`");
+        assert!(m.contains("`balance` is a key of `[[app]]`"), "{m}");
     }
 
     #[test]

@@ -72,11 +72,22 @@ fn header_line(m: &Model) -> Line<'static> {
     } else {
         format!(" {}", r.name)
     };
+    let title = Span::styled(
+        format!("supervisor{name}"),
+        Style::new().add_modifier(Modifier::BOLD),
+    );
+    if m.status_error.is_some() {
+        // The report is the last one that came: its figures (running, up 2.3s) are no more.
+        return Line::from(vec![
+            title,
+            Span::styled(
+                "  not answering: the table is its last status (see below)",
+                Style::new().fg(Color::Red),
+            ),
+        ]);
+    }
     Line::from(vec![
-        Span::styled(
-            format!("supervisor{name}"),
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
+        title,
         Span::raw(format!(
             "  {}  config {}",
             crate::cli::render::supervisor_figures(r),
@@ -372,6 +383,10 @@ fn log_line(l: &LogLine) -> Line<'static> {
 }
 
 fn status_line(m: &Model) -> Line<'static> {
+    // A status that fails says more than the last action's message.
+    if let Some(e) = &m.status_error {
+        return Line::styled(format!("status: {e}"), Style::new().fg(Color::Red));
+    }
     if let Some(msg) = &m.ui.message {
         let style = if msg.error {
             Style::new().fg(Color::Red)
@@ -380,10 +395,7 @@ fn status_line(m: &Model) -> Line<'static> {
         };
         return Line::styled(msg.text.clone(), style);
     }
-    match &m.status_error {
-        Some(e) => Line::styled(format!("status: {e}"), Style::new().fg(Color::Red)),
-        None => Line::from(""),
-    }
+    Line::from("")
 }
 
 fn help() -> Paragraph<'static> {

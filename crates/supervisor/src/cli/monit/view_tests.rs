@@ -205,6 +205,17 @@ fn before_the_first_status_and_after_an_error() {
     m.status_error = Some("no supervisor is running on control socket /x.sock".into());
     let all = screen(&m, 80, 20).join("\n");
     assert!(all.contains("status: no supervisor is running"), "{all}");
+    // A supervisor that stops answering: its last report is not shown as alive, and the
+    // failure wins over the last action's message.
+    let mut m = web1_model();
+    m.ui.message = Some(crate::cli::monit::Message::info("scaled web to 2"));
+    m.status_error = Some("no supervisor is running on control socket /x.sock".into());
+    let lines = screen(&m, 100, 30);
+    assert!(lines[0].contains("not answering"), "{}", lines[0]);
+    assert!(!lines[0].contains("running"), "{}", lines[0]);
+    let all = lines.join("\n");
+    assert!(all.contains("status: no supervisor is running"), "{all}");
+    assert!(!all.contains("scaled web to 2"), "{all}");
 }
 
 #[test]
