@@ -21,7 +21,7 @@ pub enum Readiness {
 }
 
 /// How an app's TCP connections are spread over its workers (`balance`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
     /// One listening socket per address, shared by every worker: one accept queue, each
@@ -42,6 +42,29 @@ impl Balance {
     /// It gives each slot its own socket (sticky or spread).
     pub fn per_slot(self) -> bool {
         self != Balance::Shared
+    }
+}
+
+/// Only its names, as strings: serde's derived form would also take a table (`{ sticky = {} }`)
+/// and call a number "wanted string or table".
+impl<'de> Deserialize<'de> for Balance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Balance, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Balance;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"shared\", \"sticky\" or \"spread\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Balance, E> {
+                match v {
+                    "shared" => Ok(Balance::Shared),
+                    "sticky" => Ok(Balance::Sticky),
+                    "spread" => Ok(Balance::Spread),
+                    _ => Err(E::unknown_variant(v, &["shared", "sticky", "spread"])),
+                }
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 

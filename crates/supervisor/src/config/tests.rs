@@ -1006,3 +1006,38 @@ fn crontab_schedules_with_five_fields_and_nicknames_are_valid() {
         assert_eq!(c.jobs[0].spec.schedule, schedule);
     }
 }
+
+#[test]
+fn balance_is_one_of_its_names_laid_over_tcp_listeners_only() {
+    let with = |b: &str| {
+        OK.replace("instances = 2", &format!("instances = 2\nbalance = {b}"))
+            .replace(
+                "address = \"127.0.0.1:0\"",
+                "address = \"127.0.0.1:0\"\n[[app.listen]]\npath = \"x.sock\"",
+            )
+    };
+    let c = load(&with("\"sticky\"")).unwrap();
+    let a = &c.apps[0];
+    assert_eq!(a.balance, Balance::Sticky);
+    assert_eq!(a.listeners[0].balance, Balance::Sticky);
+    assert_eq!(
+        a.listeners[1].balance,
+        Balance::Shared,
+        "a Unix socket keeps one queue"
+    );
+    assert_eq!(load(OK).unwrap().apps[0].balance, Balance::Shared);
+    for (bad, says) in [
+        ("\"stick\"", "unknown variant `stick`"),
+        ("3", "expected \"shared\", \"sticky\" or \"spread\""),
+        (
+            "{ sticky = {} }",
+            "expected \"shared\", \"sticky\" or \"spread\"",
+        ),
+    ] {
+        let e = load(&with(bad)).unwrap_err().to_string();
+        assert!(
+            e.contains("app[0].balance") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}
