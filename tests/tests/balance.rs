@@ -138,19 +138,19 @@ fn spread_evens_keep_alive_connections_and_ten_reloads_fail_nothing() {
     assert_eq!(report.failed, 0, "{:?}", report.errors);
 }
 
-#[test]
-fn scaling_down_and_up_under_load_fails_nothing_and_addresses_stay_on_serving_workers() {
+/// Under load, resizes a sticky app of 4 workers to 2, 4, 1 and 3 in turn with `resize`: after
+/// each, once the workers taken away are gone, every address reaches a serving worker; no
+/// request fails, and no connection is left queued on a socket that closes.
+fn resized_under_load(resize: impl Fn(&Supervisor, usize)) {
     let s = Supervisor::start(&app("sticky", 4), 4).unwrap();
     let addr = s.addr().unwrap();
     let load = Load::start(addr, "/", 3, &[ConnMode::KeepAlive, ConnMode::PerRequest]);
     load.wait_answered().unwrap();
     for n in [2usize, 4, 1, 3] {
-        let (ok, text) = s.cli_text(&["scale", "demo", &n.to_string()]).unwrap();
-        assert!(ok, "{text}");
+        resize(&s, n);
         // Until the workers scaled away are gone (drained after a second off their socket).
-        wait_for(Duration::from_secs(20), "the scale to settle", || {
-            let st = s.status().ok()?;
-            let ws = e2e::workers(&st);
+        wait_for(Duration::from_secs(20), "the resize to settle", || {
+            let ws = e2e::workers(&s.status().ok()?);
             (ws.len() == n && ws.iter().all(|w| w.state == "ready")).then_some(())
         })
         .unwrap();
@@ -168,6 +168,14 @@ fn scaling_down_and_up_under_load_fails_nothing_and_addresses_stay_on_serving_wo
     let log = s.log_text();
     assert!(log.contains("taken off its socket"), "{log}");
     assert!(!log.contains("still queued"), "{log}");
+}
+
+#[test]
+fn scaling_down_and_up_under_load_fails_nothing_and_addresses_stay_on_serving_workers() {
+    resized_under_load(|s, n| {
+        let (ok, text) = s.cli_text(&["scale", "demo", &n.to_string()]).unwrap();
+        assert!(ok, "{text}");
+    });
 }
 
 #[test]
@@ -220,34 +228,11 @@ fn a_connection_queued_on_a_crashed_workers_socket_is_answered_by_its_restart() 
 
 #[test]
 fn reloads_that_change_the_number_of_workers_under_load_fail_nothing() {
-    let s = Supervisor::start(&app("sticky", 4), 4).unwrap();
-    let addr = s.addr().unwrap();
-    let load = Load::start(addr, "/", 3, &[ConnMode::KeepAlive, ConnMode::PerRequest]);
-    load.wait_answered().unwrap();
-    for n in [2usize, 4, 1, 3] {
+    resized_under_load(|s, n| {
         s.rewrite(&app("sticky", n)).unwrap();
         let (ok, text) = s.cli_text(&["reload"]).unwrap();
         assert!(ok, "{text}");
-        wait_for(
-            Duration::from_secs(20),
-            "the old workers to be gone",
-            || {
-                let ws = e2e::workers(&s.status().ok()?);
-                (ws.len() == n && ws.iter().all(|w| w.state == "ready")).then_some(())
-            },
-        )
-        .unwrap();
-        let pids: BTreeSet<i32> = s.ready_workers().unwrap().iter().map(|w| w.pid).collect();
-        for (from, pid) in pid_by_address(addr) {
-            assert!(pids.contains(&pid.parse().unwrap()), "{from} reached {pid}");
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let report = load.stop();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    let log = s.log_text();
-    assert!(!log.contains("still queued"), "{log}");
-    assert!(!log.contains("cannot"), "{log}");
+    });
 }
 
 #[test]
