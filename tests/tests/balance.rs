@@ -264,3 +264,32 @@ fn scaled_to_zero_and_back_under_load_every_connection_waits_and_is_answered() {
         assert!(!log.contains("still queued"), "{balance}: {log}");
     }
 }
+
+#[test]
+fn a_change_between_shared_and_sticky_is_told_by_check_and_refused_by_reload_with_the_way() {
+    let s = Supervisor::start(&app("shared", 2), 2).unwrap();
+    // The same address (127.0.0.1:0, kept by a reload), a socket per worker asked for.
+    s.rewrite(&app("sticky", 2)).unwrap();
+    let (ok, text) = s.cli_text(&["check"]).unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: app demo: `balance` changes from shared to sticky")
+            && text.contains("supervisor stop demo"),
+        "{text}"
+    );
+    let (ok, text) = s.cli_text(&["reload"]).unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("changed from shared to sticky")
+            && text.contains("`supervisor stop demo`, then `supervisor reload`"),
+        "{text}"
+    );
+    // The way it says works.
+    for args in [&["stop", "demo"][..], &["reload"], &["start", "demo"]] {
+        let (ok, text) = s.cli_text(args).unwrap();
+        assert!(ok, "{args:?}: {text}");
+    }
+    let status = s.status().unwrap();
+    assert_eq!(status["apps"][0]["balance"], "sticky", "{status}");
+    s.wait_ready(2, Duration::from_secs(20)).unwrap();
+}

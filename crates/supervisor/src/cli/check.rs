@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -29,6 +30,12 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e),
+    };
+    // With a supervisor running the file: what its reload would refuse that the file alone
+    // cannot say.
+    let warnings = match note {
+        Some(_) => reload_refusals(&c).await,
+        None => Vec::new(),
     };
     // The cron URL may carry a password: shown redacted, like in every log line.
     let cron = cronlock::redact_url(&c.cron_url);
@@ -100,6 +107,7 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
             "cron_backend": cron,
             "cron_topology": topology.as_ref().map(super::jobs::topology_json).transpose()?,
             "note": note,
+            "warnings": warnings,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -223,7 +231,55 @@ pub(super) async fn check(path: &Path, json: bool) -> Result<ExitCode> {
     if let Some(note) = note {
         println!("note: {note}");
     }
+    for w in &warnings {
+        println!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the running supervisor's reload of this file would refuse, by app: a `balance` changed
+/// between one shared socket and a socket per worker on an address it serves (found in its
+/// status; nothing when it does not answer).
+async fn reload_refusals(c: &Config) -> Vec<String> {
+    let request = crate::control::protocol::Request::Status { app: None };
+    let answer =
+        crate::control::client::request(&c.control_socket, request, Duration::from_secs(5));
+    let Ok(crate::control::protocol::Response::Status(running)) = answer.await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for app in &c.apps {
+        let Some(now) = running.apps.iter().find(|a| a.name == app.name) else {
+            continue;
+        };
+        if now.phase == crate::core::Phase::Stopped
+            || now.balance.per_slot() == app.balance.per_slot()
+        {
+            continue;
+        }
+        // The listener of the same name on the same address (port 0: on the same IP, the
+        // port it was given).
+        let kept = app.listeners.iter().find(|l| {
+            let crate::config::ListenAddr::Tcp(file) = l.addr else {
+                return false;
+            };
+            now.listeners.iter().any(|r| {
+                let bound: Option<std::net::SocketAddr> = r.address.parse().ok();
+                r.name == l.name
+                    && bound.is_some_and(|b| b == file || (file.port() == 0 && b.ip() == file.ip()))
+            })
+        });
+        if let Some(l) = kept {
+            out.push(format!(
+                "app {name}: `balance` changes from {from} to {to} on {addr}, which the running supervisor serves: its reload refuses that; `supervisor stop {name}`, `supervisor reload`, then `supervisor start {name}`",
+                name = app.name,
+                from = now.balance,
+                to = app.balance,
+                addr = l.addr,
+            ));
+        }
+    }
+    out
 }
 
 /// What `start` would find before starting a worker: the same [`preflight`] (every listener
