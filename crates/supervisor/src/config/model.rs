@@ -289,6 +289,20 @@ pub struct RunAs {
 }
 
 impl RunAs {
+    /// `nobody` (65534) as the password database of most systems has it, for tests; `switch` as
+    /// a root supervisor (`true`) or one running as nobody (`false`) would have it.
+    #[cfg(test)]
+    pub fn nobody(switch: bool) -> RunAs {
+        RunAs {
+            name: Some("nobody".into()),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            home: "/nonexistent".into(),
+            switch,
+        }
+    }
+
     /// `HOME`, `USER` and `LOGNAME` of this user (as systemd's `User=` sets them).
     pub fn env_vars(&self) -> Vec<(&'static str, String)> {
         let mut vars = vec![("HOME", self.home.display().to_string())];

@@ -468,14 +468,7 @@ mod tests {
 
     #[test]
     fn a_worker_of_another_user_gets_its_home_and_name_unless_the_app_sets_them() {
-        let user = RunAs {
-            name: Some("nobody".into()),
-            uid: 65534,
-            gid: 65534,
-            groups: vec![65534],
-            home: "/nonexistent".into(),
-            switch: true,
-        };
+        let user = RunAs::nobody(true);
         let mut env = BTreeMap::from([("HOME".to_string(), "/root".to_string())]);
         user_env(&mut env, &user, &BTreeMap::new());
         assert_eq!(env["HOME"], "/nonexistent");

@@ -320,14 +320,7 @@ mod tests {
             lock,
             shared: false,
         };
-        let nobody = RunAs {
-            name: Some("nobody".into()),
-            uid: 65534,
-            gid: 65534,
-            groups: vec![65534],
-            home: "/nonexistent".into(),
-            switch: true,
-        };
+        let nobody = RunAs::nobody(true);
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         // The temporary directory itself is private (0700): named as the obstacle.
         let e = dir.open_to(&nobody).unwrap_err();

@@ -164,14 +164,7 @@ fn unknown_users_and_groups_are_named_with_their_line() {
 
 #[test]
 fn a_supervisor_that_is_not_root_may_only_name_itself() {
-    let nobody = RunAs {
-        name: Some("nobody".into()),
-        uid: 65534,
-        gid: 65534,
-        groups: vec![65534],
-        home: "/nonexistent".into(),
-        switch: false,
-    };
+    let nobody = RunAs::nobody(false);
     assert_eq!(refusal(&nobody, 0, 0, Some("root")), None);
     let Some(Refusal::User(why)) = refusal(&nobody, 1000, 1000, Some("ann")) else {
         panic!("refused");
