@@ -177,6 +177,23 @@ record() {
 }
 
 # run_supervisor KEY LABEL EXTRA_KEYS
+# measure KEY LABEL PID LOG DIR PROBE...: the control-latency probe (PROBE... given its output
+# and stop files) runs from a second of idle before the flood to its end; the flood starts
+# ($DIR/go) and the run is recorded: LOG's lines, the flood's time, PID's CPU and peak memory.
+measure() {
+  local key=$1 label=$2 pid=$3 log=$4 dir=$5 go end cpu0 cpu1 probe
+  shift 5
+  "$@" "$work/lat-$key" "$work/stop-probe" &
+  probe=$!; STARTED+=("$probe")
+  sleep 1 # idle samples
+  cpu0=$(cpu_secs "$pid")
+  go=$(now); touch "$dir/go"
+  end=$(wait_flood "$log" "$dir/done")
+  cpu1=$(cpu_secs "$pid")
+  record "$key" "$label" "$log" "$go" "$end" "$cpu0" "$cpu1" "$(peak_rss_mb "$pid")"
+  touch "$work/stop-probe"; wait "$probe" 2> /dev/null || true; rm -f "$work/stop-probe"
+}
+
 run_supervisor() {
   local key=$1 cfg="$work/sup-$1.toml" dir="$work/sup-$1"
   mkdir -p "$dir"
@@ -195,23 +212,15 @@ $3
 TOML
   echo "logs: $2 ..." >&2
   timeout 60 "$SUP" start -d -c "$cfg" > "$dir/start.out" 2>&1 || { cat "$dir/start.out" >&2; return 1; }
-  local pid go end cpu0 cpu1 probe
+  local pid
   pid=$("$SUP" status --pid -c "$cfg")
-  python3 "$work/probe-sup.py" "$dir/control.sock" "$work/lat-$key" "$work/stop-probe" &
-  probe=$!; STARTED+=("$probe")
-  sleep 1 # idle samples
-  cpu0=$(cpu_secs "$pid")
-  go=$(now); touch "$dir/go"
-  end=$(wait_flood "$dir/logs/printer.log" "$dir/done")
-  cpu1=$(cpu_secs "$pid")
-  record "$key" "$2" "$dir/logs/printer.log" "$go" "$end" "$cpu0" "$cpu1" "$(peak_rss_mb "$pid")"
-  touch "$work/stop-probe"; wait "$probe" 2> /dev/null || true; rm -f "$work/stop-probe"
+  measure "$key" "$2" "$pid" "$dir/logs/printer.log" "$dir" python3 "$work/probe-sup.py" "$dir/control.sock"
   timeout 30 "$SUP" stop -c "$cfg" > /dev/null 2>&1 || kill_tree "$pid"
 }
 
 # run_pm2 KEY LABEL [PM2 START OPTIONS]
 run_pm2() {
-  local key=$1 label=$2 dir="$work/$1" god go end cpu0 cpu1 probe
+  local key=$1 label=$2 dir="$work/$1" god
   shift 2
   mkdir -p "$dir"
   local tools="$OUT/tools"
@@ -228,15 +237,7 @@ run_pm2() {
   god=$(cat "$PM2_HOME/pm2.pid")
   "$PM2" start "$work/printer.sh" --interpreter none --name printer --merge-logs "$@" \
     -o "$dir/out.log" -e "$dir/err.log" -- "$dir/go" "$dir/done" > /dev/null
-  node "$work/probe-pm2.js" "$tools/node_modules/pm2" "$work/lat-$key" "$work/stop-probe" &
-  probe=$!; STARTED+=("$probe")
-  sleep 1
-  cpu0=$(cpu_secs "$god")
-  go=$(now); touch "$dir/go"
-  end=$(wait_flood "$dir/out.log" "$dir/done")
-  cpu1=$(cpu_secs "$god")
-  record "$key" "pm2 $version, $label" "$dir/out.log" "$go" "$end" "$cpu0" "$cpu1" "$(peak_rss_mb "$god")"
-  touch "$work/stop-probe"; wait "$probe" 2> /dev/null || true; rm -f "$work/stop-probe"
+  measure "$key" "pm2 $version, $label" "$god" "$dir/out.log" "$dir" node "$work/probe-pm2.js" "$tools/node_modules/pm2"
   "$PM2" kill > /dev/null 2>&1 || true
   kill_tree "$god"
 }
