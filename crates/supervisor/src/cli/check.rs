@@ -257,16 +257,15 @@ async fn reload_refusals(c: &Config) -> Vec<String> {
         {
             continue;
         }
-        // The listener of the same name on the same address (port 0: on the same IP, the
-        // port it was given).
+        // A listener on the address the file names (port 0: on the same IP, the port it was
+        // given), as the reload shares an address it keeps.
         let kept = app.listeners.iter().find(|l| {
             let crate::config::ListenAddr::Tcp(file) = l.addr else {
                 return false;
             };
             now.listeners.iter().any(|r| {
                 let bound: Option<std::net::SocketAddr> = r.address.parse().ok();
-                r.name == l.name
-                    && bound.is_some_and(|b| b == file || (file.port() == 0 && b.ip() == file.ip()))
+                bound.is_some_and(|b| b == file || (file.port() == 0 && b.ip() == file.ip()))
             })
         });
         if let Some(l) = kept {
