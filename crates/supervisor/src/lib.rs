@@ -16,11 +16,13 @@
 //! - [`jobs`]: the `[[job]]` scheduler and its runners; the reader of the cron backend.
 //! - [`sys`]: every system call (binding, fork/exec, pidfd, `/proc`, reaping, locks).
 //! - [`rundir`]: where a supervisor's runtime files and state live (the per-user private runtime
-//!   directory), the one rule every module uses; it depends on no other module (the config's
-//!   defaults use it), so the user's identity queries it needs are made there.
+//!   directory), the one rule every module uses; it depends only on [`users`] (the config's
+//!   defaults use it), for a user's name and home.
 //! - [`users`]: the user and group databases and this process's own ids and limits, what the
-//!   config's `user`, `group` and `[app.rlimits]` are resolved and checked with (like
-//!   [`rundir`], it depends on no other module).
+//!   config's `user`, `group` and `[app.rlimits]` are resolved and checked with (it depends on
+//!   no other module).
+//! - [`balance`]: the kernel program that picks a worker slot's socket for `balance = "sticky" |
+//!   "spread"`, pure (the table of buckets to slots, the classic BPF it compiles to).
 //! - [`notify`] (readiness channels), [`runtimes`] (the Node preload), [`logs`] (worker output),
 //!   [`orphans`] (adopted processes and the shell's own children), [`metrics`] (Prometheus),
 //!   [`units`] (durations and sizes as people read them), `fuzzing` (the entry points of the

@@ -1,8 +1,9 @@
-//! The shell's side of worker processes: starting one (fork/exec with its app's listeners, the
-//! runtime files and its fencing token), signalling it, turning what its watch tasks report
-//! (readiness, `STATUS=`, exit) into core events, reaping it once the core has handled its exit,
-//! measuring every worker's memory for `max_memory`, and sweeping adopted orphans (every pid
-//! that is neither a worker nor one of the shell's own children).
+//! The shell's side of worker processes: starting one (fork/exec with its app's listeners, its
+//! slot's own socket where the app has one per slot, the runtime files and its fencing token),
+//! signalling it, turning what its watch tasks report (readiness, `STATUS=`, exit) into core
+//! events, reaping it once the core has handled its exit, measuring every worker's memory for
+//! `max_memory`, and sweeping adopted orphans (every pid that is neither a worker nor one of the
+//! shell's own children).
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! Binds the configured listening sockets once; the supervisor owns them for its whole life and
 //! every worker of every generation inherits the same sockets (one shared accept queue each).
+//! An address of an app with a socket per worker slot is bound here as its group's first
+//! socket ([`super::reuseport`]); the shell's groups bind the others.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -1,6 +1,8 @@
-//! Every system call of the supervisor in one place: binding the listeners, fork/exec of a
-//! worker, signals and exit through its pidfd, `/proc` for cpu, memory and connections, reaping
-//! adopted orphans, and the supervisor's own service manager notifications. The rest of the crate asks
+//! Every system call of the supervisor in one place: binding the listeners (and the
+//! `SO_REUSEPORT` groups of sockets per worker slot, with their BPF program), fork/exec of a
+//! worker, signals and exit through its pidfd, `/proc` for cpu and memory, the kernel's socket
+//! diagnostics for connections, reaping adopted orphans, and the supervisor's own service
+//! manager notifications. The rest of the crate asks
 //! these modules; the core never calls them.
 
 pub mod cgroup;
