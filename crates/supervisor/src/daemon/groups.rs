@@ -88,7 +88,7 @@ impl Group {
         if backlog != self.backlog {
             self.backlog = backlog;
             for fd in &self.sockets {
-                if let Err(e) = reuseport::relisten(fd.as_fd(), backlog) {
+                if let Err(e) = crate::sys::listeners::resize_queue(fd.as_fd(), backlog) {
                     tracing::warn!(address = %self.addr, "cannot resize a slot socket's accept queue: {e}");
                 }
             }

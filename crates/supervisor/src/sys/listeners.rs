@@ -94,11 +94,7 @@ impl BoundListener {
     pub fn share(&self, spec: &ListenerSpec) -> std::io::Result<BoundListener> {
         let fd = self.fd.try_clone()?;
         if spec.backlog != self.backlog {
-            // SAFETY: `fd` is a valid listening socket we own; a second listen() only resizes
-            // its accept queue.
-            if unsafe { libc::listen(fd.as_raw_fd(), spec.backlog) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            resize_queue(fd.as_fd(), spec.backlog)?;
         }
         Ok(BoundListener {
             name: spec.name.clone(),
@@ -133,6 +129,16 @@ impl Drop for BoundListener {
         if let (Some(p), true) = (&self.unix_path, self.unlink) {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// A listening socket's accept queue resized to `backlog` (a second `listen` only resizes it).
+pub fn resize_queue(fd: BorrowedFd<'_>, backlog: i32) -> std::io::Result<()> {
+    // SAFETY: `fd` is a valid socket; listen() takes no pointers.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -249,12 +255,8 @@ pub fn bind_one(spec: &ListenerSpec) -> Result<BoundListener, ListenError> {
                 )
             }
         };
-    // Raise the accept queue to the configured backlog (a second listen() only resizes it).
-    // SAFETY: `fd` is a valid, bound, listening socket owned by this function.
-    let rc = unsafe { libc::listen(fd.as_raw_fd(), spec.backlog) };
-    if rc != 0 {
-        return Err(bind_err(std::io::Error::last_os_error()));
-    }
+    // Raise the accept queue to the configured backlog.
+    resize_queue(fd.as_fd(), spec.backlog).map_err(bind_err)?;
     Ok(BoundListener {
         name: spec.name.clone(),
         local,

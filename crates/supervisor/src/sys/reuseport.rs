@@ -32,16 +32,6 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     Ok(s.into())
 }
 
-/// A listening socket's accept queue resized to `backlog`.
-pub fn relisten(fd: BorrowedFd<'_>, backlog: i32) -> std::io::Result<()> {
-    // SAFETY: `fd` is a valid listening socket; a second listen() only resizes its queue.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Attaches `prog` to the group `fd` belongs to (replacing the one before).
 pub fn attach(fd: BorrowedFd<'_>, prog: &[Insn]) -> std::io::Result<()> {
     let fprog = libc::sock_fprog {
